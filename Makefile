@@ -1,0 +1,25 @@
+# Two entry points, as in the README's Quickstart: `make demo` and `make test`.
+VENV ?= .venv
+PYTHON ?= python3
+BIN = $(VENV)/bin
+
+$(BIN)/graft: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.test-deps: $(BIN)/graft
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+.PHONY: demo test test-slow lint
+demo: $(BIN)/graft
+	$(BIN)/graft demo
+
+test: $(VENV)/.test-deps
+	$(BIN)/ruff check src tests bench
+	$(BIN)/python -m pytest -q
+
+test-slow: $(VENV)/.test-deps
+	$(BIN)/python -m pytest -q -m slow

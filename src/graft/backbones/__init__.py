@@ -1,0 +1,132 @@
+"""Backbones by name: `create_backbone("efficientnet_lite0")`, `"resnet18"`, `"timm/convnext_tiny"`.
+
+Resolution order: a registered name, then `timm/<name>`, then any torchvision classification model.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import torch
+
+from ._registry import (
+    Backbone,
+    BackboneError,
+    BackboneInfo,
+    Preprocessing,
+    register_backbone,
+    registered_backbones,
+)
+from ._vision import (
+    build_efficientnet_lite0,
+    build_timm,
+    build_torchvision,
+    packaged_lite0_file,
+    read_state_dict,
+    timm_weights_cached,
+    torchvision_names,
+    torchvision_weights_cached,
+)
+
+__all__ = [
+    "Backbone",
+    "BackboneError",
+    "Preprocessing",
+    "create_backbone",
+    "describe_backbone",
+    "list_backbones",
+    "read_state_dict",
+    "register_backbone",
+]
+
+DEFAULT_IMAGE_BACKBONE = "efficientnet_lite0"
+
+
+def _describe_lite0() -> dict[str, Any]:
+    return {**_describe_timm("tf_efficientnet_lite0"), "offline": packaged_lite0_file() is not None}
+
+
+def _describe_torchvision(name: str) -> dict[str, Any]:
+    from torchvision.models import get_model_weights
+
+    enum = get_model_weights(name).DEFAULT
+    return {
+        "parameters": int(enum.meta["num_params"]),
+        "input_size": int(enum.transforms().crop_size[0]),
+        "offline": torchvision_weights_cached(name),
+    }
+
+
+def _describe_timm(name: str) -> dict[str, Any]:
+    import timm
+
+    with torch.device("meta"):  # shapes only: no memory, no download
+        model = timm.create_model(name.removeprefix("timm/"), pretrained=False)
+    return {
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "input_size": int(model.pretrained_cfg["input_size"][-1]),
+        "offline": bool(timm_weights_cached(model)),
+    }
+
+
+def _register_defaults() -> None:
+    register_backbone(
+        BackboneInfo("efficientnet_lite0", "packaged", build_efficientnet_lite0, _describe_lite0)
+    )
+    for name in (
+        "resnet18",
+        "resnet50",
+        "vgg16",
+        "mobilenet_v3_large",
+        "efficientnet_b0",
+        "convnext_tiny",
+    ):
+        register_backbone(
+            BackboneInfo(
+                name,
+                "torchvision",
+                partial(build_torchvision, name),
+                partial(_describe_torchvision, name),
+            )
+        )
+    for name in (
+        "timm/convnext_tiny",
+        "timm/resnet50",
+        "timm/efficientnet_b0",
+        "timm/vit_small_patch16_224",
+    ):
+        register_backbone(
+            BackboneInfo(name, "timm", partial(build_timm, name), partial(_describe_timm, name))
+        )
+
+
+_register_defaults()
+
+
+def create_backbone(
+    name: str = DEFAULT_IMAGE_BACKBONE, *, pretrained: bool = True, weights: str | None = None
+) -> Backbone:
+    """Build a backbone; `weights` is a local .pth/.safetensors file for the named architecture.
+    `pretrained=False` gives the same architecture with random weights (for training from scratch,
+    or before loading a saved bundle)."""
+    registry = registered_backbones()
+    if name in registry:
+        return registry[name].build(pretrained=pretrained, weights_path=weights)
+    if name.startswith("timm/"):
+        return build_timm(name, pretrained=pretrained, weights_path=weights)
+    if name.removeprefix("tv/") in torchvision_names():
+        return build_torchvision(name, pretrained=pretrained, weights_path=weights)
+    raise BackboneError(
+        f"unknown backbone {name!r}: `graft backbones` lists the built-in names; any torchvision "
+        "classification model (resnet18, vgg16, ...) or timm/<model> works too"
+    )
+
+
+def describe_backbone(name: str) -> dict[str, Any]:
+    info = registered_backbones()[name]
+    return {"name": name, "source": info.source, **info.describe()}
+
+
+def list_backbones() -> list[dict[str, Any]]:
+    return [describe_backbone(name) for name in registered_backbones()]

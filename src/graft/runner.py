@@ -1,0 +1,318 @@
+"""One training run, start to finish: data -> backbone + head -> strategy -> loop -> report -> bundle.
+
+`cli.py` turns arguments into a TrainConfig and calls `run`; nothing here reads the command line.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import strategies
+from .backbones import Backbone, Preprocessing, create_backbone
+from .bundle import save_bundle, write_json
+from .config import TrainConfig, resolved
+from .data.images import DataError, SkippedFile
+from .data.sources import DataSplits, Labelled, load_image_data
+from .features import Features, cached_features
+from .heads import GraftModel, HeadSpec, build_head
+from .metrics import classification_metrics, plot_confusion, plot_curves
+from .train import LoopConfig, fit
+
+Log = Callable[[str], None]
+MIN_HEAD_STEPS = 500
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    report: dict[str, Any]
+    model: GraftModel
+
+
+def default_run_dir(config: TrainConfig, data_name: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return (
+        Path("runs") / f"{data_name}-{config.backbone.replace('/', '_')}-{config.strategy}-{stamp}"
+    )
+
+
+def run(config: TrainConfig, log: Log = print, splits: DataSplits | None = None) -> RunResult:
+    """Train, evaluate and save a bundle. `splits` lets callers (the demo, tests) pass data in memory."""
+    started = time.perf_counter()
+    torch.manual_seed(config.seed)
+    if splits is None:
+        splits = load_image_data(
+            config.data, config.val, config.test, config.val_fraction, config.seed, config.data_root
+        )
+    backbone = create_backbone(config.backbone, weights=config.weights)
+    prep = backbone.preprocessing.with_size(config.image_size)
+    if config.strategy != "linear":
+        raise NotImplementedError(f"strategy {config.strategy!r} is not available yet")
+    head = build_head(
+        HeadSpec.parse(config.head, config.dropout), backbone.num_features, len(splits.classes)
+    )
+    trained = _train_linear(config, backbone, prep, head, splits, log)
+    model = GraftModel(backbone.body, head).eval()
+    run_dir = Path(config.out) if config.out else default_run_dir(config, splits.name)
+    report = _report(
+        config, backbone, prep, splits, trained, time.perf_counter() - started, run_dir
+    )
+    _save(run_dir, model, report, splits.classes, trained["history"])
+    return RunResult(run_dir, report, model)
+
+
+# --------------------------------------------------------------------------- linear strategy
+
+
+def _features_for(
+    backbone: Backbone,
+    data: Labelled,
+    prep: Preprocessing,
+    config: TrainConfig,
+    desc: str,
+    log: Log,
+) -> Features:
+    feats = cached_features(
+        backbone, data.sources, prep, flip=config.flip_features, batch_size=64, desc=desc
+    )
+    if feats.cached:
+        log(f"{desc}: {len(data)} feature vectors from the cache")
+    else:
+        log(
+            f"{desc}: extracted {len(data)} feature vectors in {feats.seconds:.1f}s "
+            f"({len(data) / max(feats.seconds, 1e-9):.0f} images/s)"
+        )
+    return feats
+
+
+def _usable(
+    feats: Features, data: Labelled, skipped: list[SkippedFile]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    for index, reason in sorted(feats.failures.items()):
+        warnings.warn(f"skipping unreadable image: {reason}", stacklevel=2)
+        skipped.append(SkippedFile(str(data.sources[index]), reason))
+    return torch.from_numpy(feats.values[feats.ok]), torch.from_numpy(data.labels[feats.ok])
+
+
+def _feature_batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int
+) -> Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        for start in range(0, len(y), batch_size):
+            idx = order[start : start + batch_size]
+            yield x[idx], y[idx]
+
+    return batches
+
+
+@torch.inference_mode()
+def predict_features(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    head.eval()
+    return (
+        torch.cat([head(x[i : i + 4096]) for i in range(0, len(x), 4096)])
+        if len(x)
+        else torch.empty(0)
+    )
+
+
+def _evaluator(
+    x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...]
+) -> Callable[[nn.Module], dict]:
+    def evaluate(head: nn.Module) -> dict[str, float]:
+        logits = predict_features(head, x)
+        m = classification_metrics(y.numpy(), logits.argmax(1).numpy(), classes)
+        loss = float(nn.functional.cross_entropy(logits, y))
+        return {"val_loss": loss, "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
+
+    return evaluate
+
+
+def _train_linear(
+    config: TrainConfig,
+    backbone: Backbone,
+    prep: Preprocessing,
+    head: nn.Sequential,
+    splits: DataSplits,
+    log: Log,
+) -> dict[str, Any]:
+    # one cache entry for train+val together, so another --seed or --val-fraction still hits it
+    both = Labelled(
+        [*splits.train.sources, *splits.val.sources],
+        np.concatenate([splits.train.labels, splits.val.labels]),
+    )
+    feats = _features_for(backbone, both, prep, config, "train+val", log)
+    n_train = len(splits.train)
+    in_train = np.arange(len(both)) < n_train
+    x_train, y_train = _usable(_rows(feats, in_train), splits.train, splits.skipped)
+    x_val, y_val = _usable(_rows(feats, ~in_train), splits.val, splits.skipped)
+    _require_every_class(y_train, splits.classes)
+    head[0].fit(x_train)
+    batch_size, epochs = head_schedule(config, len(y_train))
+    loop = LoopConfig(
+        epochs=epochs,
+        lr=resolved(config, "lr"),
+        weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing,
+        seed=config.seed,
+    )
+    started = time.perf_counter()
+    history = fit(
+        head,
+        [(strategies.HEAD, list(head.parameters()))],
+        strategies.make_strategy("linear", [n for n, _ in backbone.groups]),
+        _feature_batches(x_train, y_train, batch_size, config.seed),
+        steps_per_epoch=-(-len(y_train) // batch_size),
+        evaluate=_evaluator(x_val, y_val, splits.classes),
+        cfg=loop,
+        log=lambda row: log(_epoch_line(row, loop.epochs)),
+    )
+    result: dict[str, Any] = {
+        "history": history,
+        "head_seconds": time.perf_counter() - started,
+        "extract_seconds": feats.seconds,
+        "cache_hit": feats.cached,
+        "n_train": len(y_train),
+        "val": _final_metrics(head, x_val, y_val, splits.classes),
+    }
+    if splits.test is not None:
+        test_feats = _features_for(backbone, splits.test, prep, config, "test", log)
+        x_test, y_test = _usable(test_feats, splits.test, splits.skipped)
+        result["test"] = _final_metrics(head, x_test, y_test, splits.classes)
+        result["extract_seconds"] += test_feats.seconds
+    return result
+
+
+def head_schedule(config: TrainConfig, n_train: int) -> tuple[int, int]:
+    """Batch size and epochs for a head on cached features. Epochs alone under-train small data
+    (100 images at batch 256 is one step an epoch), so unless --epochs is given the schedule has at
+    least MIN_HEAD_STEPS steps, with batches of at most a quarter of the data; both cost milliseconds."""
+    batch_size = resolved(config, "batch_size")
+    if config.batch_size is None:
+        batch_size = min(batch_size, max(8, n_train // 4))
+    epochs = resolved(config, "epochs")
+    if config.epochs is None:
+        epochs = max(epochs, math.ceil(MIN_HEAD_STEPS / math.ceil(n_train / batch_size)))
+    return batch_size, epochs
+
+
+def _rows(feats: Features, keep: np.ndarray) -> Features:
+    index = np.flatnonzero(keep)
+    local = {int(np.searchsorted(index, i)): r for i, r in feats.failures.items() if keep[i]}
+    return Features(feats.values[keep], feats.ok[keep], local, feats.seconds, feats.cached)
+
+
+def _require_every_class(y: torch.Tensor, classes: tuple[str, ...]) -> None:
+    missing = sorted(set(range(len(classes))) - set(y.tolist()))
+    if missing:
+        names = ", ".join(classes[i] for i in missing)
+        raise DataError(
+            f"no readable training images for class(es) {names}: add images or remove the folder"
+        )
+
+
+def _final_metrics(
+    head: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...]
+) -> dict:
+    return classification_metrics(y.numpy(), predict_features(head, x).argmax(1).numpy(), classes)
+
+
+def _epoch_line(row: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
+        f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
+        f"val_f1 {row['val_macro_f1']:.4f}  ({row['train_seconds']:.2f}s)"
+    )
+
+
+# --------------------------------------------------------------------------- report and bundle
+
+
+def _report(
+    config: TrainConfig,
+    backbone: Backbone,
+    prep: Preprocessing,
+    splits: DataSplits,
+    trained: dict[str, Any],
+    seconds: float,
+    run_dir: Path,
+) -> dict[str, Any]:
+    return {
+        "run_dir": str(run_dir),
+        "seconds": seconds,
+        "strategy": config.strategy,
+        "backbone": {
+            "name": backbone.name,
+            "source": backbone.source,
+            "weights": backbone.weights,
+            "num_features": backbone.num_features,
+            "groups": [g for g, _ in backbone.groups],
+        },
+        "head": str(HeadSpec.parse(config.head, config.dropout)),
+        "preprocessing": prep.to_dict(),
+        "classes": list(splits.classes),
+        "data": {
+            "name": splits.name,
+            "train": trained["n_train"],
+            "val": len(splits.val),
+            "test": len(splits.test) if splits.test is not None else None,
+            "val_source": splits.val_source,
+        },
+        "timing": {
+            "feature_extraction_seconds": trained["extract_seconds"],
+            "head_training_seconds": trained["head_seconds"],
+            "feature_cache_hit": trained["cache_hit"],
+        },
+        "validation": trained["val"],
+        "test": trained.get("test"),
+        "history": trained["history"],
+        "skipped_files": [{"path": s.path, "reason": s.reason} for s in splits.skipped],
+        "config": config.to_dict(),
+    }
+
+
+def _save(
+    run_dir: Path,
+    model: GraftModel,
+    report: dict[str, Any],
+    classes: tuple[str, ...],
+    history: list[dict[str, Any]],
+) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "backbone": report["backbone"] | {"arch_weights": report["config"]["weights"]},
+        "head": {"spec": report["head"], "dropout": report["config"]["dropout"]},
+        "classes": list(classes),
+        "preprocessing": report["preprocessing"],
+        "recipe": report["config"],
+        "metrics": {
+            "validation": _headline(report["validation"]),
+            "test": _headline(report["test"]) if report["test"] else None,
+        },
+        "data": report["data"],
+    }
+    save_bundle(run_dir, model, meta)
+    write_json(run_dir / "report.json", report)
+    test = report["test"] or report["validation"]
+    plot_confusion(
+        test["confusion_matrix"],
+        classes,
+        run_dir / "confusion.png",
+        "test" if report["test"] else "validation",
+    )
+    plot_curves(history, run_dir / "curves.png")
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n": metrics["n"]}

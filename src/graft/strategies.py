@@ -1,0 +1,68 @@
+"""Training strategies as plain functions of the epoch: which layer groups train, at what LR multiplier.
+
+A strategy never touches the model; the training loop applies the `Stage` it returns. Group names
+come from the backbone (stem, blocks..., in order) plus the new head, always called "head".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+HEAD = "head"
+STRATEGIES = ("linear", "finetune", "gradual")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """The groups that train in an epoch, each with its learning-rate multiplier; others are frozen."""
+
+    lr_mults: dict[str, float] = field(default_factory=lambda: {HEAD: 1.0})
+
+    def trains(self, group: str) -> bool:
+        return group in self.lr_mults
+
+
+StageFn = Callable[[int], Stage]
+
+
+def discriminative_mults(groups: Sequence[str], lr_mult: float) -> dict[str, float]:
+    """ULMFiT's discriminative rates: the head at 1, the earliest group at 1/lr_mult, geometric between."""
+    ordered = [*groups, HEAD]
+    if len(ordered) == 1:
+        return {HEAD: 1.0}
+    step = lr_mult ** (1.0 / (len(ordered) - 1))
+    return {name: step ** -(len(ordered) - 1 - i) for i, name in enumerate(ordered)}
+
+
+def linear(epoch: int, groups: Sequence[str]) -> Stage:
+    """Frozen backbone (features can be cached): only the head trains."""
+    return Stage({HEAD: 1.0})
+
+
+def finetune(
+    epoch: int, groups: Sequence[str], freeze_epochs: int = 1, lr_mult: float = 10.0
+) -> Stage:
+    """fastai's fine_tune: the head alone for `freeze_epochs`, then everything, discriminatively."""
+    if epoch < freeze_epochs:
+        return Stage({HEAD: 1.0})
+    return Stage(discriminative_mults(groups, lr_mult))
+
+
+def gradual(epoch: int, groups: Sequence[str], lr_mult: float = 10.0) -> Stage:
+    """ULMFiT gradual unfreezing: the head first, then one more group from the top each epoch."""
+    mults = discriminative_mults(groups, lr_mult)
+    unfrozen = set([HEAD, *list(groups)[::-1][:epoch]])
+    return Stage({g: m for g, m in mults.items() if g in unfrozen})
+
+
+def make_strategy(name: str, groups: Sequence[str], **options: float) -> StageFn:
+    table: dict[str, Callable[..., Stage]] = {
+        "linear": linear,
+        "finetune": finetune,
+        "gradual": gradual,
+    }
+    if name not in table:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    return partial(table[name], groups=tuple(groups), **options)

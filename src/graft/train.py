@@ -1,0 +1,128 @@
+"""The one training loop: AdamW, a one-cycle schedule computed per step, one autocast path.
+
+Everything the loop needs arrives as arguments (no CLI namespace): the model, its named parameter
+groups, a strategy (epoch -> Stage), a batch source and an evaluation function.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .strategies import Stage, StageFn
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+ParamGroups = Sequence[tuple[str, Sequence[nn.Parameter]]]
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    epochs: int = 10
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    label_smoothing: float = 0.0
+    pct_start: float = 0.25  # share of steps spent warming up (one-cycle / slanted triangular)
+    seed: int = 0
+
+
+def one_cycle(progress: float, pct_start: float = 0.25) -> float:
+    """LR factor in [0, 1]: cosine warm-up to 1 over `pct_start`, cosine annealing to ~0 after."""
+    progress = min(max(progress, 0.0), 1.0)
+    if progress < pct_start:
+        return 0.04 + 0.96 * (1 - math.cos(math.pi * progress / pct_start)) / 2
+    rest = (progress - pct_start) / max(1e-8, 1 - pct_start)
+    return 1e-4 + (1 - 1e-4) * (1 + math.cos(math.pi * rest)) / 2
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """bf16 autocast pays only where the hardware has it (AVX512-BF16/AMX on CPU, Ampere+ on GPU);
+    emulated bf16 is several times slower than fp32 on older CPUs."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def autocast(device: torch.device) -> AbstractContextManager[Any]:
+    if bf16_supported(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_optimizer(groups: ParamGroups, cfg: LoopConfig) -> torch.optim.AdamW:
+    """One AdamW group per named layer group; the loop sets each group's LR every step."""
+    param_groups = []
+    for name, params in groups:
+        decay = [p for p in params if p.ndim > 1]  # no weight decay on norms and biases
+        no_decay = [p for p in params if p.ndim <= 1]
+        for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
+            if ps:
+                param_groups.append({"params": ps, "weight_decay": wd, "name": name, "lr": cfg.lr})
+    return torch.optim.AdamW(param_groups, lr=cfg.lr)
+
+
+def apply_stage(groups: ParamGroups, stage: Stage) -> None:
+    for name, params in groups:
+        for p in params:
+            p.requires_grad_(stage.trains(name))
+
+
+def fit(
+    model: nn.Module,
+    groups: ParamGroups,
+    strategy: StageFn,
+    batches: Callable[[int], Iterable[Batch]],
+    steps_per_epoch: int,
+    evaluate: Callable[[nn.Module], dict[str, float]],
+    cfg: LoopConfig,
+    log: Callable[[dict[str, Any]], None] = lambda row: None,
+) -> list[dict[str, Any]]:
+    """Train for cfg.epochs; returns one history row per epoch (train loss, LR, validation metrics)."""
+    torch.manual_seed(cfg.seed)
+    device = next(model.parameters()).device
+    optimizer = make_optimizer(groups, cfg)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    total_steps = max(1, cfg.epochs * steps_per_epoch)
+    history: list[dict[str, Any]] = []
+    step = 0
+    for epoch in range(cfg.epochs):
+        stage = strategy(epoch)
+        apply_stage(groups, stage)
+        model.train()
+        started, loss_sum, seen = time.perf_counter(), 0.0, 0
+        for x, y in batches(epoch):
+            factor = one_cycle(step / total_steps, cfg.pct_start)
+            for g in optimizer.param_groups:
+                g["lr"] = cfg.lr * factor * stage.lr_mults.get(g["name"], 0.0)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast(device):
+                loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += float(loss.detach()) * len(y)
+            seen += len(y)
+            step += 1
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / max(1, seen),
+            "lr": cfg.lr * one_cycle(step / total_steps, cfg.pct_start),
+            "train_seconds": time.perf_counter() - started,
+            **evaluate(model),
+        }
+        history.append(row)
+        log(row)
+    return history
