@@ -57,12 +57,8 @@ def save_bundle(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any]) -> 
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(
-        run_dir / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"})
-    )
-    write_json(
-        run_dir / META_FILE, {"format": BUNDLE_FORMAT, **meta, "versions": library_versions()}
-    )
+    atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    write_json(run_dir / META_FILE, {"format": BUNDLE_FORMAT, **meta, "versions": library_versions()})
 
 
 def read_meta(run_dir: Path) -> dict[str, Any]:
@@ -71,9 +67,7 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{run_dir} is not a graft run folder: {META_FILE} is missing")
     meta = json.loads(path.read_text())
     if meta.get("format", 0) > BUNDLE_FORMAT:
-        raise ValueError(
-            f"{path} was written by a newer graft (format {meta['format']}); upgrade graft"
-        )
+        raise ValueError(f"{path} was written by a newer graft (format {meta['format']}); upgrade graft")
     return meta
 
 

@@ -14,12 +14,8 @@ EXIT_USER_ERROR = 2
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a classifier on an image folder (or `cifar10`)")
-    p.add_argument(
-        "data", help="image folder (class subfolders, or train/ [val/] [test/]) or `cifar10`"
-    )
-    p.add_argument(
-        "--val", help="validation folder (default: val/ or valid/ inside DATA, else a split)"
-    )
+    p.add_argument("data", help="image folder (class subfolders, or train/ [val/] [test/]) or `cifar10`")
+    p.add_argument("--val", help="validation folder (default: val/ or valid/ inside DATA, else a split)")
     p.add_argument("--test", help="test folder, evaluated once at the end")
     p.add_argument("--data-root", help="where cifar10 is read from or downloaded to")
     p.add_argument("--backbone", default="efficientnet_lite0", help="see `graft backbones`")
@@ -50,9 +46,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="graft", description="Transfer learning from one command."
-    )
+    parser = argparse.ArgumentParser(prog="graft", description="Transfer learning from one command.")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     p = sub.add_parser("eval", help="evaluate a run folder on a labelled image folder")
@@ -114,9 +108,7 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
 
     metrics = evaluate_folder(args.run_dir, args.data)
     if not args.json:
-        print(
-            f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  (n={metrics['n']})"
-        )
+        print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  (n={metrics['n']})")
     return metrics
 
 
@@ -170,15 +162,9 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
             f"\nDigits, {result['labels_per_class']} labels per class, {result['test_images']} held-out "
             f"test images, {result['backbone']} at {args.image_size}px:"
         )
-        print(
-            f"  pretrained (ImageNet) + linear head : accuracy {t['accuracy']:.3f} in {t['seconds']:.0f}s"
-        )
-        print(
-            f"  same network from scratch           : accuracy {s['accuracy']:.3f} in {s['seconds']:.0f}s"
-        )
-        print(
-            "Same images, same architecture, same time budget: the gap is what pretraining gives."
-        )
+        print(f"  pretrained (ImageNet) + linear head : accuracy {t['accuracy']:.3f} in {t['seconds']:.0f}s")
+        print(f"  same network from scratch           : accuracy {s['accuracy']:.3f} in {s['seconds']:.0f}s")
+        print("Same images, same architecture, same time budget: the gap is what pretraining gives.")
         print(f"Run folder: {result['run_dir']}  (total {time.perf_counter() - started:.0f}s)")
     return result
 

@@ -61,9 +61,7 @@ def _tensors(data: Labelled, prep) -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.from_numpy(data.labels)
 
 
-def train_from_scratch(
-    splits: DataSplits, image_size: int, budget_s: float, seed: int
-) -> dict[str, Any]:
+def train_from_scratch(splits: DataSplits, image_size: int, budget_s: float, seed: int) -> dict[str, Any]:
     """The same architecture, randomly initialised, trained on the same images for `budget_s`."""
     torch.manual_seed(seed)
     started = time.perf_counter()
@@ -71,9 +69,7 @@ def train_from_scratch(
     prep = backbone.preprocessing.with_size(image_size)
     x, y = _tensors(splits.train, prep)
     x_test, y_test = _tensors(splits.test, prep)
-    model = GraftModel(
-        backbone.body, build_head(HeadSpec(), backbone.num_features, len(splits.classes))
-    )
+    model = GraftModel(backbone.body, build_head(HeadSpec(), backbone.num_features, len(splits.classes)))
     groups = [*backbone.group_parameters(), (HEAD, list(model.head.parameters()))]
     everything = {name: 1.0 for name, _ in groups}
     batch = 32

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .backbones import Backbone, Preprocessing
 from .bundle import atomic_write
 from .data.pipeline import Source, iterate_batches, normalize
+from .progress import Progress
 from .train import autocast
 
 FEATURES_VERSION = 1  # bump when extraction changes numerically
@@ -45,7 +45,8 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("graft"))
 
 
-def _fingerprint_sources(sources: Sequence[Source]) -> str:
+def fingerprint_sources(sources: Sequence[Source]) -> str:
+    """Identity of the inputs: path, size and mtime of files; the bytes of in-memory images."""
     h = hashlib.sha256()
     for src in sources:
         if isinstance(src, str | Path):
@@ -56,9 +57,7 @@ def _fingerprint_sources(sources: Sequence[Source]) -> str:
     return h.hexdigest()
 
 
-def cache_key(
-    backbone: Backbone, prep: Preprocessing, sources: Sequence[Source], flip: bool
-) -> str:
+def cache_key(backbone: Backbone, prep: Preprocessing, sources: Sequence[Source], flip: bool) -> str:
     spec = {
         "v": FEATURES_VERSION,
         "backbone": backbone.name,
@@ -68,7 +67,7 @@ def cache_key(
         "n": len(sources),
     }
     head = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{backbone.name.replace('/', '_')}-{head}-{_fingerprint_sources(sources)[:24]}"
+    return f"{backbone.name.replace('/', '_')}-{head}-{fingerprint_sources(sources)[:24]}"
 
 
 @torch.inference_mode()
@@ -88,7 +87,7 @@ def extract_features(
     ok = np.zeros(len(sources), dtype=bool)
     failures: dict[int, str] = {}
     started = time.perf_counter()
-    with tqdm(total=len(sources), desc=desc, unit="img", disable=None, leave=False) as bar:
+    with Progress(len(sources), desc) as bar:
         for batch in iterate_batches(sources, prep, batch_size):
             failures.update(batch.failures)
             if len(batch.indices):
@@ -116,11 +115,7 @@ def cached_features(
     """extract_features, memoised on disk as safetensors (no pickle) under GRAFT_CACHE_DIR."""
     from safetensors.numpy import load_file, save_file
 
-    path = (
-        (directory or cache_dir())
-        / "features"
-        / f"{cache_key(backbone, prep, sources, flip)}.safetensors"
-    )
+    path = (directory or cache_dir()) / "features" / f"{cache_key(backbone, prep, sources, flip)}.safetensors"
     if path.is_file():
         try:
             data = load_file(str(path))

@@ -27,6 +27,8 @@ class HeadSpec:
                 raise ValueError(
                     f"bad --head {text!r}: widths must be integers, e.g. mlp:4096,4096"
                 ) from None
+            if any(w <= 0 for w in hidden):
+                raise ValueError(f"bad --head {text!r}: widths must be positive, e.g. mlp:4096,4096")
             return cls("mlp", hidden, dropout)
         raise ValueError(f"bad --head {text!r}: use 'linear' or 'mlp:WIDTH[,WIDTH...]'")
 

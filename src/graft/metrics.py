@@ -15,18 +15,14 @@ from sklearn.metrics import (
 )
 
 
-def classification_metrics(
-    y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]
-) -> dict[str, Any]:
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
     labels = np.arange(len(classes))
     precision, recall, f1, support = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(
-            f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
-        ),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
         "n": int(len(y_true)),
         "per_class": {
             name: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
@@ -59,9 +55,7 @@ def _pyplot():
     return plt
 
 
-def plot_confusion(
-    cm: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str
-) -> None:
+def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Path, title: str) -> None:
     plt = _pyplot()
     matrix = np.asarray(cm)
     size = max(4.0, 0.5 * len(classes) + 2)
@@ -99,12 +93,8 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
         left.plot(epochs, [row["val_loss"] for row in history], marker="o", label="validation loss")
     left.set_xlabel("epoch")
     left.legend()
-    right.plot(
-        epochs, [row.get("val_accuracy", np.nan) for row in history], marker="o", label="accuracy"
-    )
-    right.plot(
-        epochs, [row.get("val_macro_f1", np.nan) for row in history], marker="o", label="macro-F1"
-    )
+    right.plot(epochs, [row.get("val_accuracy", np.nan) for row in history], marker="o", label="accuracy")
+    right.plot(epochs, [row.get("val_macro_f1", np.nan) for row in history], marker="o", label="macro-F1")
     right.set_xlabel("epoch")
     right.set_title("validation")
     right.legend()

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .backbones import Preprocessing, create_backbone
 from .bundle import read_meta, read_weights
@@ -36,9 +37,7 @@ class Predictor:
 
     def _batches(self, inputs: Sequence[Source], batch_size: int):
         inputs = _as_list(inputs)
-        workers = (
-            0 if len(inputs) <= 4 * batch_size else None
-        )  # worker start-up costs more than small jobs
+        workers = 0 if len(inputs) <= 4 * batch_size else None  # worker start-up costs more than small jobs
         for batch in iterate_batches(inputs, self.preprocessing, batch_size, workers=workers):
             if batch.failures:
                 raise UnreadableImage(batch.failures[0][1])
@@ -62,7 +61,7 @@ class Predictor:
 
 
 def _as_list(inputs: Any) -> list[Source]:
-    if isinstance(inputs, str | Path) or (
+    if isinstance(inputs, str | Path | Image.Image) or (
         isinstance(inputs, np.ndarray)
         and inputs.ndim in (2, 3)
         and inputs.dtype == np.uint8
@@ -86,6 +85,4 @@ def load(run_dir: str | Path, device: str | torch.device | None = None) -> Predi
     model = build_model(meta)
     model.load_state_dict(read_weights(run_dir), strict=True)
     device = torch.device(device) if device else default_device()
-    return Predictor(
-        model, Preprocessing.from_dict(meta["preprocessing"]), meta["classes"], meta, device
-    )
+    return Predictor(model, Preprocessing.from_dict(meta["preprocessing"]), meta["classes"], meta, device)

@@ -9,6 +9,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ from .bundle import save_bundle, write_json
 from .config import TrainConfig, resolved
 from .data.images import DataError, SkippedFile
 from .data.sources import DataSplits, Labelled, load_image_data
-from .features import Features, cached_features
+from .features import Features, cached_features, fingerprint_sources
 from .heads import GraftModel, HeadSpec, build_head
 from .metrics import classification_metrics, plot_confusion, plot_curves
 from .train import LoopConfig, fit
@@ -42,9 +43,7 @@ class RunResult:
 
 def default_run_dir(config: TrainConfig, data_name: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return (
-        Path("runs") / f"{data_name}-{config.backbone.replace('/', '_')}-{config.strategy}-{stamp}"
-    )
+    return Path("runs") / f"{data_name}-{config.backbone.replace('/', '_')}-{config.strategy}-{stamp}"
 
 
 def run(config: TrainConfig, log: Log = print, splits: DataSplits | None = None) -> RunResult:
@@ -59,15 +58,11 @@ def run(config: TrainConfig, log: Log = print, splits: DataSplits | None = None)
     prep = backbone.preprocessing.with_size(config.image_size)
     if config.strategy != "linear":
         raise NotImplementedError(f"strategy {config.strategy!r} is not available yet")
-    head = build_head(
-        HeadSpec.parse(config.head, config.dropout), backbone.num_features, len(splits.classes)
-    )
+    head = build_head(HeadSpec.parse(config.head, config.dropout), backbone.num_features, len(splits.classes))
     trained = _train_linear(config, backbone, prep, head, splits, log)
     model = GraftModel(backbone.body, head).eval()
     run_dir = Path(config.out) if config.out else default_run_dir(config, splits.name)
-    report = _report(
-        config, backbone, prep, splits, trained, time.perf_counter() - started, run_dir
-    )
+    report = _report(config, backbone, prep, splits, trained, time.perf_counter() - started, run_dir)
     _save(run_dir, model, report, splits.classes, trained["history"])
     return RunResult(run_dir, report, model)
 
@@ -83,9 +78,7 @@ def _features_for(
     desc: str,
     log: Log,
 ) -> Features:
-    feats = cached_features(
-        backbone, data.sources, prep, flip=config.flip_features, batch_size=64, desc=desc
-    )
+    feats = cached_features(backbone, data.sources, prep, flip=config.flip_features, batch_size=64, desc=desc)
     if feats.cached:
         log(f"{desc}: {len(data)} feature vectors from the cache")
     else:
@@ -96,9 +89,7 @@ def _features_for(
     return feats
 
 
-def _usable(
-    feats: Features, data: Labelled, skipped: list[SkippedFile]
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _usable(feats: Features, data: Labelled, skipped: list[SkippedFile]) -> tuple[torch.Tensor, torch.Tensor]:
     for index, reason in sorted(feats.failures.items()):
         warnings.warn(f"skipping unreadable image: {reason}", stacklevel=2)
         skipped.append(SkippedFile(str(data.sources[index]), reason))
@@ -120,16 +111,10 @@ def _feature_batches(
 @torch.inference_mode()
 def predict_features(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
     head.eval()
-    return (
-        torch.cat([head(x[i : i + 4096]) for i in range(0, len(x), 4096)])
-        if len(x)
-        else torch.empty(0)
-    )
+    return torch.cat([head(x[i : i + 4096]) for i in range(0, len(x), 4096)]) if len(x) else torch.empty(0)
 
 
-def _evaluator(
-    x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...]
-) -> Callable[[nn.Module], dict]:
+def _evaluator(x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...]) -> Callable[[nn.Module], dict]:
     def evaluate(head: nn.Module) -> dict[str, float]:
         logits = predict_features(head, x)
         m = classification_metrics(y.numpy(), logits.argmax(1).numpy(), classes)
@@ -168,16 +153,19 @@ def _train_linear(
         seed=config.seed,
     )
     started = time.perf_counter()
-    history = fit(
-        head,
-        [(strategies.HEAD, list(head.parameters()))],
-        strategies.make_strategy("linear", [n for n, _ in backbone.groups]),
-        _feature_batches(x_train, y_train, batch_size, config.seed),
-        steps_per_epoch=-(-len(y_train) // batch_size),
-        evaluate=_evaluator(x_val, y_val, splits.classes),
-        cfg=loop,
-        log=lambda row: log(_epoch_line(row, loop.epochs)),
-    )
+    # a small head is too little work to split: extra threads only spin-wait (10x slower on busy cores)
+    small = sum(p.numel() for p in head.parameters()) < 1_000_000
+    with _threads(1 if small else torch.get_num_threads()):
+        history = fit(
+            head,
+            [(strategies.HEAD, list(head.parameters()))],
+            strategies.make_strategy("linear", [n for n, _ in backbone.groups]),
+            _feature_batches(x_train, y_train, batch_size, config.seed),
+            steps_per_epoch=-(-len(y_train) // batch_size),
+            evaluate=_evaluator(x_val, y_val, splits.classes),
+            cfg=loop,
+            log=lambda row: log(_epoch_line(row, loop.epochs)),
+        )
     result: dict[str, Any] = {
         "history": history,
         "head_seconds": time.perf_counter() - started,
@@ -192,6 +180,16 @@ def _train_linear(
         result["test"] = _final_metrics(head, x_test, y_test, splits.classes)
         result["extract_seconds"] += test_feats.seconds
     return result
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def head_schedule(config: TrainConfig, n_train: int) -> tuple[int, int]:
@@ -217,14 +215,10 @@ def _require_every_class(y: torch.Tensor, classes: tuple[str, ...]) -> None:
     missing = sorted(set(range(len(classes))) - set(y.tolist()))
     if missing:
         names = ", ".join(classes[i] for i in missing)
-        raise DataError(
-            f"no readable training images for class(es) {names}: add images or remove the folder"
-        )
+        raise DataError(f"no readable training images for class(es) {names}: add images or remove the folder")
 
 
-def _final_metrics(
-    head: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...]
-) -> dict:
+def _final_metrics(head: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...]) -> dict:
     return classification_metrics(y.numpy(), predict_features(head, x).argmax(1).numpy(), classes)
 
 
@@ -264,6 +258,7 @@ def _report(
         "classes": list(splits.classes),
         "data": {
             "name": splits.name,
+            "fingerprint": fingerprint_sources([*splits.train.sources, *splits.val.sources])[:16],
             "train": trained["n_train"],
             "val": len(splits.val),
             "test": len(splits.test) if splits.test is not None else None,

@@ -41,9 +41,7 @@ def linear(epoch: int, groups: Sequence[str]) -> Stage:
     return Stage({HEAD: 1.0})
 
 
-def finetune(
-    epoch: int, groups: Sequence[str], freeze_epochs: int = 1, lr_mult: float = 10.0
-) -> Stage:
+def finetune(epoch: int, groups: Sequence[str], freeze_epochs: int = 1, lr_mult: float = 10.0) -> Stage:
     """fastai's fine_tune: the head alone for `freeze_epochs`, then everything, discriminatively."""
     if epoch < freeze_epochs:
         return Stage({HEAD: 1.0})

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checkpoint import Checkpointer, LoopState
 from .strategies import Stage, StageFn
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -30,6 +31,7 @@ class LoopConfig:
     label_smoothing: float = 0.0
     pct_start: float = 0.25  # share of steps spent warming up (one-cycle / slanted triangular)
     seed: int = 0
+    bn_frozen: bool = True  # BatchNorm of frozen groups stays in eval mode
 
 
 def one_cycle(progress: float, pct_start: float = 0.25) -> float:
@@ -74,10 +76,22 @@ def make_optimizer(groups: ParamGroups, cfg: LoopConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(param_groups, lr=cfg.lr)
 
 
-def apply_stage(groups: ParamGroups, stage: Stage) -> None:
+def apply_stage(model: nn.Module, groups: ParamGroups, stage: Stage, bn_frozen: bool = True) -> None:
+    """Freeze the groups the stage leaves out; their BatchNorm layers stay in eval mode (running
+    statistics untouched) unless `bn_frozen` is False."""
+    frozen: set[int] = set()
     for name, params in groups:
         for p in params:
             p.requires_grad_(stage.trains(name))
+            if not stage.trains(name):
+                frozen.add(id(p))
+    model.train()
+    if bn_frozen:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(
+                id(p) in frozen for p in module.parameters(recurse=False)
+            ):
+                module.eval()
 
 
 def fit(
@@ -89,22 +103,26 @@ def fit(
     evaluate: Callable[[nn.Module], dict[str, float]],
     cfg: LoopConfig,
     log: Callable[[dict[str, Any]], None] = lambda row: None,
+    checkpoint: Checkpointer | None = None,
+    deadline: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Train for cfg.epochs; returns one history row per epoch (train loss, LR, validation metrics)."""
-    torch.manual_seed(cfg.seed)
+    """Train for cfg.epochs; returns one history row per epoch (train loss, LR, validation metrics).
+
+    Each epoch reseeds from (seed, epoch), so with a `checkpoint` the run resumes at the last
+    finished epoch and ends with the same weights as an uninterrupted run. `deadline`
+    (time.perf_counter() value) stops training cleanly after the step that crosses it."""
     device = next(model.parameters()).device
     optimizer = make_optimizer(groups, cfg)
+    state = checkpoint.restore(model, optimizer) if checkpoint else LoopState()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
-    history: list[dict[str, Any]] = []
-    step = 0
-    for epoch in range(cfg.epochs):
+    for epoch in range(state.epoch, cfg.epochs):
+        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout, augmentation: a function of the epoch
         stage = strategy(epoch)
-        apply_stage(groups, stage)
-        model.train()
+        apply_stage(model, groups, stage, cfg.bn_frozen)
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
         for x, y in batches(epoch):
-            factor = one_cycle(step / total_steps, cfg.pct_start)
+            factor = one_cycle(state.step / total_steps, cfg.pct_start)
             for g in optimizer.param_groups:
                 g["lr"] = cfg.lr * factor * stage.lr_mults.get(g["name"], 0.0)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -115,14 +133,22 @@ def fit(
             optimizer.step()
             loss_sum += float(loss.detach()) * len(y)
             seen += len(y)
-            step += 1
+            state.step += 1
+            if deadline is not None and time.perf_counter() > deadline:
+                break
         row = {
             "epoch": epoch + 1,
+            "stage": sorted(stage.lr_mults),
             "train_loss": loss_sum / max(1, seen),
-            "lr": cfg.lr * one_cycle(step / total_steps, cfg.pct_start),
+            "lr": cfg.lr * one_cycle(state.step / total_steps, cfg.pct_start),
             "train_seconds": time.perf_counter() - started,
             **evaluate(model),
         }
-        history.append(row)
+        state.history.append(row)
+        state.epoch = epoch + 1
         log(row)
-    return history
+        if checkpoint:
+            checkpoint.save(model, optimizer, state)
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    return state.history

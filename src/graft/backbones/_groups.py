@@ -44,6 +44,8 @@ def module_groups(body: nn.Module, expand: tuple[str, ...] = ("features",)) -> G
             _append(groups, child_name, child)
     if stem:
         groups.insert(0, ("stem", stem))
+    elif groups:  # features.0 of torchvision's VGG/MobileNet/EfficientNet/ConvNeXt is their stem
+        groups[0] = ("stem", groups[0][1])
     return _dedupe(groups)
 
 

@@ -56,10 +56,14 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], origin: str)
     usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     body_keys = [k for k in own if not k.startswith(_CLASSIFIER_PREFIXES)]
     matched = sum(k in usable for k in body_keys)
-    if matched < 0.9 * len(body_keys):
+    # both ways: the model's tensors must be covered, and the file must not hold much more
+    # (resnet34 weights "fit" resnet18 if only the first direction is checked)
+    unused = [k for k in state if k not in usable and not k.startswith(_CLASSIFIER_PREFIXES)]
+    if matched < 0.9 * len(body_keys) or len(unused) > 0.1 * len(body_keys):
         raise BackboneError(
-            f"{origin} matches only {matched} of {len(body_keys)} backbone tensors of "
-            f"{type(model).__name__}; pass the --backbone these weights were trained for"
+            f"{origin} does not fit {type(model).__name__}: {matched} of {len(body_keys)} backbone "
+            f"tensors match and {len(unused)} of the file's are unused; pass the --backbone these "
+            "weights were trained for"
         )
     model.load_state_dict(usable, strict=False)
 
@@ -178,16 +182,18 @@ def _require_timm_weights(name: str, model: nn.Module) -> str:
         from huggingface_hub.constants import HF_HUB_CACHE
 
         where = Path(HF_HUB_CACHE) if hub_id else _torch_checkpoints()
-        url = f"https://huggingface.co/{hub_id}" if hub_id else cfg.get("url", "")
-        raise _missing_weights(
-            name, "model.safetensors" if hub_id else os.path.basename(url), where, url
-        )
+        if hub_id:
+            raise BackboneError(
+                f"{name} needs pretrained weights from the Hugging Face hub ({hub_id}), which are not "
+                f"in {where} and cannot be downloaded (offline?): run `huggingface-cli download {hub_id}` "
+                "where you are online and copy that cache folder here, or pass --weights PATH"
+            )
+        url = cfg.get("url", "")
+        raise _missing_weights(name, os.path.basename(url), where, url)
     return hub_id or os.path.basename(cfg.get("url", ""))
 
 
-def _timm_backbone(
-    name: str, source: str, model: nn.Module, prep: Preprocessing, weights: str
-) -> Backbone:
+def _timm_backbone(name: str, source: str, model: nn.Module, prep: Preprocessing, weights: str) -> Backbone:
     model.reset_classifier(0)  # forward now returns pooled features
     return Backbone(
         name=name,
@@ -220,9 +226,7 @@ def torchvision_weights_cached(name: str) -> bool:
     return (_torch_checkpoints() / os.path.basename(url)).is_file()
 
 
-def build_torchvision(
-    name: str, pretrained: bool = True, weights_path: str | None = None
-) -> Backbone:
+def build_torchvision(name: str, pretrained: bool = True, weights_path: str | None = None) -> Backbone:
     import torchvision
     from torchvision.models import get_model_weights
 

@@ -77,9 +77,7 @@ def load_rgb(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
         return _to_rgb(_exif_transpose(source))
     if isinstance(source, str | os.PathLike):
         return _open_rgb(Path(source))
-    raise TypeError(
-        f"load_rgb expects a path, PIL image or numpy array, not {type(source).__name__}"
-    )
+    raise TypeError(f"load_rgb expects a path, PIL image or numpy array, not {type(source).__name__}")
 
 
 def _open_rgb(path: Path) -> Image.Image:
@@ -437,8 +435,7 @@ def _split_off_val(
     except ValueError as err:
         # a class with < 2 images (or fewer val slots than classes) cannot be stratified
         warnings.warn(
-            f"{where}: cannot stratify the validation split ({_short(err)}); "
-            "using a plain random split",
+            f"{where}: cannot stratify the validation split ({_short(err)}); using a plain random split",
             UserWarning,
             stacklevel=3,
         )

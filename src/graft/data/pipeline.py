@@ -75,9 +75,7 @@ def _collate(items: list[tuple[torch.Tensor | None, int, str | None]]) -> Batch:
 
 def default_workers() -> int:
     """Leave one core to the model's own threads; none at all on a single core."""
-    cores = (
-        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return min(4, max(0, cores - 1))
 
 

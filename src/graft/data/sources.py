@@ -69,9 +69,7 @@ def split_arrays(
     if not 0 < val_fraction < 1:
         raise DataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
     idx = np.arange(len(labels))
-    train_idx, val_idx = train_test_split(
-        idx, test_size=val_fraction, random_state=seed, stratify=labels
-    )
+    train_idx, val_idx = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=labels)
     pick = lambda ii: Labelled([images[i] for i in sorted(ii)], labels[np.sort(ii)])  # noqa: E731
     return pick(train_idx), pick(val_idx)
 

@@ -1,0 +1,109 @@
+"""Per-epoch checkpoints in the run folder (`checkpoint.safetensors` + `checkpoint.json`), for --resume.
+
+Model and optimizer tensors go to safetensors, everything else to JSON: nothing is pickled. The
+JSON is written last and names the step its tensors belong to, so a crash between the two writes
+is detected instead of resuming from mismatched halves.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .bundle import atomic_write, write_json
+
+TENSORS = "checkpoint.safetensors"
+META = "checkpoint.json"
+
+
+@dataclass
+class LoopState:
+    """Where training stands: epochs completed, optimizer steps taken, history so far."""
+
+    epoch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, slots in sd["state"].items():
+        for key, value in slots.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim.{idx}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        if name.startswith("optim."):
+            _, idx, key = name.split(".", 2)
+            state.setdefault(int(idx), {})[key] = value
+    for idx, slots in meta["scalars"].items():
+        state.setdefault(int(idx), {}).update(slots)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+class Checkpointer:
+    def __init__(self, run_dir: Path, config: dict[str, Any], resume: bool) -> None:
+        self.run_dir, self.config, self.resume = Path(run_dir), config, resume
+
+    def exists(self) -> bool:
+        return (self.run_dir / META).is_file() and (self.run_dir / TENSORS).is_file()
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: LoopState) -> None:
+        from safetensors.torch import save_file
+
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        optim_tensors, optim_meta = _flatten_optimizer(optimizer)
+        tensors.update(optim_tensors)
+        atomic_write(
+            self.run_dir / TENSORS,
+            lambda tmp: save_file(tensors, str(tmp), metadata={"step": str(state.step)}),
+        )
+        write_json(
+            self.run_dir / META,
+            {
+                "epoch": state.epoch,
+                "step": state.step,
+                "history": state.history,
+                "optimizer": optim_meta,
+                "config": self.config,
+            },
+        )
+
+    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> LoopState:
+        """The saved state when resuming (and a checkpoint exists), else a fresh one."""
+        if not (self.resume and self.exists()):
+            return LoopState()
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        meta = json.loads((self.run_dir / META).read_text())
+        with safe_open(str(self.run_dir / TENSORS), framework="pt") as f:
+            saved_step = int((f.metadata() or {}).get("step", -1))
+        if saved_step != meta["step"]:
+            raise ValueError(
+                f"{self.run_dir}: checkpoint files disagree (interrupted while saving?); "
+                "delete checkpoint.* to start over"
+            )
+        if meta["config"] != self.config:
+            changed = sorted(k for k in self.config if meta["config"].get(k) != self.config.get(k))
+            raise ValueError(
+                f"--resume with different settings ({', '.join(changed)}) than the "
+                f"checkpoint in {self.run_dir}; rerun the same command"
+            )
+        tensors = load_file(str(self.run_dir / TENSORS))
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+        return LoopState(meta["epoch"], meta["step"], meta["history"])

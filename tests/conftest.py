@@ -1,0 +1,77 @@
+"""Shared test setup: offline, no real caches, single-threaded torch, tiny synthetic image folders."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+# The tests use tiny tensors (a 3-class head on a few dozen feature vectors): intra-op threads buy
+# nothing there, and on busy cores their spin-waiting makes every step ~10x slower.
+torch.set_num_threads(1)
+
+
+def isolate(mp: pytest.MonkeyPatch, root: Path) -> Path:
+    """Point every cache graft, torch and Hugging Face could touch into `root`, and force offline."""
+    root.mkdir(parents=True, exist_ok=True)
+    mp.setenv("GRAFT_OFFLINE", "1")
+    mp.setenv("GRAFT_CACHE_DIR", str(root / "graft-cache"))
+    mp.setenv("TORCH_HOME", str(root / "torch"))
+    mp.setenv("HF_HOME", str(root / "hf"))
+    # huggingface_hub reads HF_HOME once, at import: follow the new value if it is already loaded
+    constants = sys.modules.get("huggingface_hub.constants")
+    if constants is not None:
+        mp.setattr(constants, "HF_HOME", str(root / "hf"))
+        mp.setattr(constants, "HF_HUB_CACHE", str(root / "hf" / "hub"))
+    # graft's CLI replaces warnings.formatwarning: put it back after each test
+    mp.setattr(warnings, "formatwarning", warnings.formatwarning)
+    return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_env(tmp_path_factory: pytest.TempPathFactory):
+    """Session-wide isolation, so module-scoped fixtures (which start before per-test ones) are
+    offline and cache into a temporary folder too."""
+    with pytest.MonkeyPatch.context() as mp:
+        yield isolate(mp, tmp_path_factory.mktemp("session-env"))
+
+
+@pytest.fixture(autouse=True)
+def _test_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Per-test isolation: offline, and a fresh GRAFT_CACHE_DIR / TORCH_HOME / HF_HOME."""
+    return isolate(monkeypatch, tmp_path / "env")
+
+
+# --------------------------------------------------------------------------- synthetic images
+
+CLASSES = ("blue", "green", "red")  # sorted, as ImageFolder orders them
+_BASE = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200)}
+
+
+def synthetic_image(label: str, rng: np.random.Generator, size: int = 32) -> np.ndarray:
+    """An easy image of class `label`: a distinct colour and pattern plus noise."""
+    pixels = np.array(_BASE[label], dtype=np.float64)[None, None] + rng.normal(0, 20, (size, size, 3))
+    out = np.clip(pixels, 0, 255).astype(np.uint8)
+    if label == "red":
+        out[::4] = 255  # horizontal white stripes
+    elif label == "green":
+        out[:, ::4] = 0  # vertical black stripes
+    else:
+        out[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255  # a white square
+    return out
+
+
+def make_image_folder(root: Path, per_class: int, seed: int) -> Path:
+    """root/<class>/NN.png|jpg: `per_class` synthetic 32x32 images per class, PNG and JPEG alternating."""
+    rng = np.random.default_rng(seed)
+    for label in CLASSES:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            ext = "png" if i % 2 else "jpg"
+            Image.fromarray(synthetic_image(label, rng)).save(root / label / f"{i:02d}.{ext}")
+    return root
