@@ -5,7 +5,8 @@
 
 Runs `graft train` as a user would (process start included) with GRAFT_CACHE_DIR=.cache/graft,
 so a variant that shares a backbone/resolution with an earlier one shows the cache hit.
-Unpack the data first: mkdir -p .cache/data/cifar10 && tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C .cache/data/cifar10
+Unpack the data first:
+    mkdir -p .cache/data/cifar10 && tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C .cache/data/cifar10
 """
 
 from __future__ import annotations
@@ -34,9 +35,22 @@ VARIANTS: dict[str, list[str]] = {
 
 def run_variant(name: str, extra: list[str]) -> dict:
     graft = Path(sys.executable).with_name("graft")
-    cmd = [str(graft), "train", str(DATA / "train"), "--test", str(DATA / "test"), "--backbone",
-           "efficientnet_lite0", "--strategy", "linear", "--out", str(ROOT / ".cache" / "runs" / f"cifar-{name}"),
-           "--json", *extra]
+    out = ROOT / ".cache" / "runs" / f"cifar-{name}"
+    cmd = [
+        str(graft),
+        "train",
+        str(DATA / "train"),
+        "--test",
+        str(DATA / "test"),
+        "--backbone",
+        "efficientnet_lite0",
+        "--strategy",
+        "linear",
+        "--out",
+        str(out),
+        "--json",
+        *extra,
+    ]
     env = {**os.environ, "GRAFT_CACHE_DIR": str(ROOT / ".cache" / "graft")}
     started = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
@@ -46,11 +60,17 @@ def run_variant(name: str, extra: list[str]) -> dict:
     timing = report["timing"]
     n_images = report["data"]["train"] + report["data"]["val"] + report["data"]["test"]
     extract = timing["feature_extraction_seconds"]
-    return {"variant": name, "args": " ".join(extra), "test_accuracy": out["test_accuracy"],
-            "val_accuracy": out["accuracy"], "wall_seconds": round(wall, 1),
-            "extract_seconds": round(extract, 1), "cache_hit": timing["feature_cache_hit"],
-            "images_per_second": round(n_images / extract, 1) if extract else None,
-            "head_seconds": round(timing["head_training_seconds"], 2)}
+    return {
+        "variant": name,
+        "args": " ".join(extra),
+        "test_accuracy": out["test_accuracy"],
+        "val_accuracy": out["accuracy"],
+        "wall_seconds": round(wall, 1),
+        "extract_seconds": round(extract, 1),
+        "cache_hit": timing["feature_cache_hit"],
+        "images_per_second": round(n_images / extract, 1) if extract else None,
+        "head_seconds": round(timing["training_seconds"], 2),
+    }
 
 
 def main() -> None:
@@ -64,9 +84,11 @@ def main() -> None:
     for name in args.only:
         r = run_variant(name, VARIANTS[name])
         rows.append(r)
-        print(f"| {r['variant']} | `{r['args']}` | {r['test_accuracy']:.4f} | {r['wall_seconds']} | "
-              f"{r['extract_seconds']} | {r['images_per_second']} | {r['cache_hit']} | {r['head_seconds']} |",
-              flush=True)
+        print(
+            f"| {r['variant']} | `{r['args']}` | {r['test_accuracy']:.4f} | {r['wall_seconds']} | "
+            f"{r['extract_seconds']} | {r['images_per_second']} | {r['cache_hit']} | {r['head_seconds']} |",
+            flush=True,
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2))
 

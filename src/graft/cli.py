@@ -22,10 +22,24 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", help="local .pth/.safetensors weights for --backbone")
     p.add_argument(
         "--strategy",
-        default="linear",
-        choices=["linear"],
-        help="linear: frozen backbone, cached features, trained head",
+        default="auto",
+        choices=["auto", "linear", "finetune", "gradual"],
+        help="auto (default): finetune when there are >= 20 images per class and 5 epochs fit the "
+        "time budget (15 min if none), else linear; linear: frozen backbone, cached features, "
+        "trained head; finetune: head first, then everything with discriminative LRs; "
+        "gradual: ULMFiT gradual unfreezing",
     )
+    p.add_argument("--freeze-epochs", type=int, default=1, help="finetune: head-only epochs first")
+    p.add_argument("--lr-mult", type=float, default=10.0, help="head LR / earliest layer group's LR")
+    p.add_argument("--augment", default="light", choices=["none", "light", "strong"])
+    p.add_argument(
+        "--bn",
+        default="frozen",
+        choices=["frozen", "trainable"],
+        help="BatchNorm in frozen layer groups: keep its statistics (frozen) or update them",
+    )
+    p.add_argument("--time-budget", help="finish within this many seconds (also 30m, 1h)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--head", default="linear", help="linear or mlp:W1,W2 (e.g. mlp:4096,4096)")
     p.add_argument("--dropout", type=float, default=0.0)
     p.add_argument("--epochs", type=int)
@@ -76,10 +90,11 @@ def _log_for(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import TrainConfig
+    from .config import TrainConfig, parse_duration
     from .runner import run
 
     options = {k: v for k, v in vars(args).items() if k not in {"command", "json"}}
+    options["time_budget"] = parse_duration(options["time_budget"])
     result = run(TrainConfig(**options), log=_log_for(args))
     report = result.report
     out = {

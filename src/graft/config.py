@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ class TrainConfig:
     data_root: str | None = None  # where `cifar10` lives or is downloaded to
     backbone: str = "efficientnet_lite0"
     weights: str | None = None
-    strategy: str = "linear"
+    strategy: str = "auto"
     head: str = "linear"
     dropout: float = 0.0
     epochs: int | None = None  # None: the strategy's default
@@ -27,6 +28,13 @@ class TrainConfig:
     val_fraction: float = 0.1
     seed: int = 0
     out: str | None = None
+    # fine-tuning (strategies finetune and gradual)
+    freeze_epochs: int = 1  # finetune: epochs of head-only training before unfreezing
+    lr_mult: float = 10.0  # head LR / earliest group's LR, geometric in between
+    augment: str = "light"  # none | light (random-resized-crop + flip) | strong (+ TrivialAugment)
+    bn: str = "frozen"  # frozen: BatchNorm of frozen groups keeps its statistics | trainable
+    time_budget: float | None = None  # seconds for the whole run
+    resume: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -37,9 +45,28 @@ class TrainConfig:
 # of magnitude); large batches keep head training on cached features in the milliseconds.
 STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     "linear": {"epochs": 30, "lr": 1e-3, "batch_size": 256},
+    # fine-tuning: AdamW 1e-3 for the head, 1e-4 at the stem (lr_mult 10), batches of 64 fit a laptop
+    "finetune": {"epochs": 5, "lr": 1e-3, "batch_size": 64},
+    "gradual": {"epochs": 5, "lr": 1e-3, "batch_size": 64},
 }
 
 
+def parse_duration(text: str | float | None) -> float | None:
+    """'3300', '30m', '1h', '90s' -> seconds (positive and finite)."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    raw = str(text).strip().lower()
+    try:
+        seconds = float(raw[:-1]) * units[raw[-1]] if raw and raw[-1] in units else float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"bad --time-budget {text!r}: use positive seconds, or minutes/hours as 30m, 1h")
+    return seconds
+
+
 def resolved(config: TrainConfig, key: str) -> Any:
+    """The value of `key` in `config`, or the strategy's default when the user left it unset."""
     value = getattr(config, key)
     return STRATEGY_DEFAULTS[config.strategy][key] if value is None else value

@@ -10,7 +10,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,13 +22,14 @@ from torch import nn
 from . import strategies
 from .backbones import Backbone, Preprocessing, create_backbone
 from .bundle import save_bundle, write_json
-from .config import TrainConfig, resolved
-from .data.images import DataError, SkippedFile
+from .config import STRATEGY_DEFAULTS, TrainConfig, resolved
+from .data.images import SkippedFile
 from .data.sources import DataSplits, Labelled, load_image_data
 from .features import Features, cached_features, fingerprint_sources
+from .finetune import estimate_epoch_seconds, train_finetune
 from .heads import GraftModel, HeadSpec, build_head
 from .metrics import classification_metrics, plot_confusion, plot_curves
-from .train import LoopConfig, fit
+from .train import LoopConfig, epoch_line, fit, require_every_class
 
 Log = Callable[[str], None]
 MIN_HEAD_STEPS = 500
@@ -54,17 +55,41 @@ def run(config: TrainConfig, log: Log = print, splits: DataSplits | None = None)
         splits = load_image_data(
             config.data, config.val, config.test, config.val_fraction, config.seed, config.data_root
         )
+    if config.strategy not in (*strategies.STRATEGIES, "auto"):
+        raise ValueError(
+            f"unknown strategy {config.strategy!r}; choose one of {', '.join(strategies.STRATEGIES)}"
+        )
+    if config.resume and not config.out:
+        raise ValueError("--resume needs the --out folder of the interrupted run")
     backbone = create_backbone(config.backbone, weights=config.weights)
     prep = backbone.preprocessing.with_size(config.image_size)
-    if config.strategy != "linear":
-        raise NotImplementedError(f"strategy {config.strategy!r} is not available yet")
     head = build_head(HeadSpec.parse(config.head, config.dropout), backbone.num_features, len(splits.classes))
-    trained = _train_linear(config, backbone, prep, head, splits, log)
-    model = GraftModel(backbone.body, head).eval()
+    model = GraftModel(backbone.body, head)
+    choice = None
+    if config.strategy == "auto":
+        config, choice = _choose(config, model, splits, prep, log)
     run_dir = Path(config.out) if config.out else default_run_dir(config, splits.name)
+    if config.strategy == "linear":
+        trained = _train_linear(config, backbone, prep, head, splits, log)
+    else:
+        trained = train_finetune(config, backbone, prep, model, splits, run_dir, log, started)
+    model.eval()
     report = _report(config, backbone, prep, splits, trained, time.perf_counter() - started, run_dir)
+    report["strategy_choice"] = choice or {"chosen": config.strategy, "reason": "given with --strategy"}
     _save(run_dir, model, report, splits.classes, trained["history"])
     return RunResult(run_dir, report, model)
+
+
+def _choose(
+    config: TrainConfig, model: GraftModel, splits: DataSplits, prep: Preprocessing, log: Log
+) -> tuple[TrainConfig, dict[str, str]]:
+    per_class = len(splits.train) / len(splits.classes)
+    epoch_seconds = 0.0
+    if per_class >= strategies.MIN_PER_CLASS_TO_FINETUNE:  # only then is the timing worth measuring
+        epoch_seconds = estimate_epoch_seconds(model, splits.train, prep, STRATEGY_DEFAULTS["finetune"])
+    chosen, reason = strategies.choose_strategy(per_class, epoch_seconds, config.time_budget)
+    log(f"strategy auto -> {chosen}: {reason}")
+    return replace(config, strategy=chosen), {"chosen": chosen, "reason": reason}
 
 
 # --------------------------------------------------------------------------- linear strategy
@@ -142,7 +167,7 @@ def _train_linear(
     in_train = np.arange(len(both)) < n_train
     x_train, y_train = _usable(_rows(feats, in_train), splits.train, splits.skipped)
     x_val, y_val = _usable(_rows(feats, ~in_train), splits.val, splits.skipped)
-    _require_every_class(y_train, splits.classes)
+    require_every_class(y_train.tolist(), splits.classes)
     head[0].fit(x_train)
     batch_size, epochs = head_schedule(config, len(y_train))
     loop = LoopConfig(
@@ -164,11 +189,11 @@ def _train_linear(
             steps_per_epoch=-(-len(y_train) // batch_size),
             evaluate=_evaluator(x_val, y_val, splits.classes),
             cfg=loop,
-            log=lambda row: log(_epoch_line(row, loop.epochs)),
+            log=lambda row: log(epoch_line(row, loop.epochs)),
         )
     result: dict[str, Any] = {
         "history": history,
-        "head_seconds": time.perf_counter() - started,
+        "train_seconds": time.perf_counter() - started,
         "extract_seconds": feats.seconds,
         "cache_hit": feats.cached,
         "n_train": len(y_train),
@@ -211,23 +236,8 @@ def _rows(feats: Features, keep: np.ndarray) -> Features:
     return Features(feats.values[keep], feats.ok[keep], local, feats.seconds, feats.cached)
 
 
-def _require_every_class(y: torch.Tensor, classes: tuple[str, ...]) -> None:
-    missing = sorted(set(range(len(classes))) - set(y.tolist()))
-    if missing:
-        names = ", ".join(classes[i] for i in missing)
-        raise DataError(f"no readable training images for class(es) {names}: add images or remove the folder")
-
-
 def _final_metrics(head: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...]) -> dict:
     return classification_metrics(y.numpy(), predict_features(head, x).argmax(1).numpy(), classes)
-
-
-def _epoch_line(row: dict[str, Any], epochs: int) -> str:
-    return (
-        f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
-        f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
-        f"val_f1 {row['val_macro_f1']:.4f}  ({row['train_seconds']:.2f}s)"
-    )
 
 
 # --------------------------------------------------------------------------- report and bundle
@@ -266,7 +276,8 @@ def _report(
         },
         "timing": {
             "feature_extraction_seconds": trained["extract_seconds"],
-            "head_training_seconds": trained["head_seconds"],
+            "training_seconds": trained["train_seconds"],
+            "head_training_seconds": trained["train_seconds"],
             "feature_cache_hit": trained["cache_hit"],
         },
         "validation": trained["val"],

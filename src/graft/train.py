@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpointer, LoopState
+from .data.images import DataError
 from .strategies import Stage, StageFn
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -32,6 +33,7 @@ class LoopConfig:
     pct_start: float = 0.25  # share of steps spent warming up (one-cycle / slanted triangular)
     seed: int = 0
     bn_frozen: bool = True  # BatchNorm of frozen groups stays in eval mode
+    cycle: str = "run"  # "run": one one-cycle over all epochs; "epoch": one per epoch (ULMFiT stages)
 
 
 def one_cycle(progress: float, pct_start: float = 0.25) -> float:
@@ -116,13 +118,23 @@ def fit(
     state = checkpoint.restore(model, optimizer) if checkpoint else LoopState()
     loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
+    t0 = time.perf_counter()
+
+    def run_progress() -> float:
+        # under a deadline the one-cycle follows the clock, so the LR anneals exactly when time is up
+        # whatever the real step cost; otherwise it follows the step count (exactly resumable)
+        if deadline is not None:
+            return (time.perf_counter() - t0) / max(deadline - t0, 1e-9)
+        return state.step / total_steps
+
     for epoch in range(state.epoch, cfg.epochs):
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout, augmentation: a function of the epoch
         stage = strategy(epoch)
         apply_stage(model, groups, stage, cfg.bn_frozen)
         started, loss_sum, seen = time.perf_counter(), 0.0, 0
-        for x, y in batches(epoch):
-            factor = one_cycle(state.step / total_steps, cfg.pct_start)
+        for i, (x, y) in enumerate(batches(epoch)):
+            progress = i / steps_per_epoch if cfg.cycle == "epoch" else run_progress()
+            factor = one_cycle(progress, cfg.pct_start)
             for g in optimizer.param_groups:
                 g["lr"] = cfg.lr * factor * stage.lr_mults.get(g["name"], 0.0)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -140,7 +152,7 @@ def fit(
             "epoch": epoch + 1,
             "stage": sorted(stage.lr_mults),
             "train_loss": loss_sum / max(1, seen),
-            "lr": cfg.lr * one_cycle(state.step / total_steps, cfg.pct_start),
+            "lr": cfg.lr * one_cycle(run_progress(), cfg.pct_start),
             "train_seconds": time.perf_counter() - started,
             **evaluate(model),
         }
@@ -152,3 +164,19 @@ def fit(
         if deadline is not None and time.perf_counter() > deadline:
             break
     return state.history
+
+
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
+    return (
+        f"epoch {row['epoch']}/{epochs}  loss {row['train_loss']:.4f}  "
+        f"val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
+        f"val_f1 {row['val_macro_f1']:.4f}  ({row['train_seconds']:.2f}s)"
+    )
+
+
+def require_every_class(labels: Any, classes: Sequence[str]) -> None:
+    """Training needs at least one readable image of every class."""
+    missing = sorted(set(range(len(classes))) - {int(v) for v in labels})
+    if missing:
+        names = ", ".join(classes[i] for i in missing)
+        raise DataError(f"no readable training images for class(es) {names}: add images or remove the folder")

@@ -1,0 +1,229 @@
+"""Fine-tuning on images: the whole network (or a growing part of it) trains end to end.
+
+Training images are decoded once into uint8 tensors and augmented per sample; validation images
+are decoded and cropped once. The loop itself is `train.fit`; this module only feeds it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import strategies
+from .backbones import Backbone, Preprocessing
+from .checkpoint import Checkpointer
+from .config import TrainConfig, resolved
+from .data.images import SkippedFile
+from .data.memory import MemoryDataset, decode_all, train_transform
+from .data.pipeline import default_workers, iterate_batches, normalize
+from .data.sources import DataSplits, Labelled
+from .heads import GraftModel
+from .metrics import classification_metrics
+from .train import LoopConfig, autocast, epoch_line, fit, require_every_class
+
+Log = Callable[[str], None]
+
+
+def _decode(
+    data: Labelled, max_side: int, skipped: list[SkippedFile]
+) -> tuple[list[torch.Tensor], np.ndarray]:
+    images, failures = decode_all(data.sources, max_side)
+    for index, reason in failures.items():
+        skipped.append(SkippedFile(str(data.sources[index]), reason))
+    keep = [i for i in range(len(images)) if i not in failures]
+    return [images[i] for i in keep], data.labels[keep]
+
+
+def _eval_tensor(
+    data: Labelled, prep: Preprocessing, skipped: list[SkippedFile]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation images, resized and center-cropped once, as one uint8 tensor."""
+    parts, labels = [], []
+    for batch in iterate_batches(data.sources, prep, batch_size=128):
+        skipped.extend(SkippedFile(str(data.sources[i]), r) for i, r in batch.failures)
+        parts.append(batch.images)
+        labels.append(torch.from_numpy(data.labels[batch.indices.numpy()]))
+    return torch.cat(parts), torch.cat(labels)
+
+
+@torch.inference_mode()
+def predict_images(
+    model: nn.Module, images: torch.Tensor, prep: Preprocessing, batch: int = 128
+) -> torch.Tensor:
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(images), batch):
+        with autocast(device):
+            out.append(model(normalize(images[i : i + batch].to(device), prep)).float())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def _evaluator(images: torch.Tensor, labels: torch.Tensor, prep: Preprocessing, classes: tuple[str, ...]):
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        logits = predict_images(model, images, prep)
+        m = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), classes)
+        loss = float(nn.functional.cross_entropy(logits, labels))
+        return {"val_loss": loss, "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
+
+    return evaluate
+
+
+def _batches(
+    dataset: MemoryDataset, batch_size: int, seed: int, prep: Preprocessing
+) -> Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+    workers = default_workers()
+
+    def batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # order and augmentation are functions of (seed, epoch): a resumed run sees the same batches
+        loader = DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=True,
+            drop_last=len(dataset) > batch_size,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(seed * 1000 + epoch),
+        )
+        for x, y in loader:
+            yield normalize(x, prep), y
+
+    return batches
+
+
+@torch.no_grad()
+def _init_feature_norm(model: GraftModel, images: list[torch.Tensor], prep: Preprocessing) -> None:
+    sample = torch.stack([train_transform(prep, "none")(img) for img in images[:256]])
+    model.body.eval()
+    with autocast(next(model.parameters()).device):
+        feats = model.body(normalize(sample, prep)).flatten(1).float()
+    model.head[0].fit(feats)
+
+
+def train_finetune(
+    config: TrainConfig,
+    backbone: Backbone,
+    prep: Preprocessing,
+    model: GraftModel,
+    splits: DataSplits,
+    run_dir: Path,
+    log: Log,
+    started: float,
+) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    images, labels = _decode(splits.train, prep.resize_size, splits.skipped)
+    require_every_class(labels, splits.classes)
+    val_images, val_labels = _eval_tensor(splits.val, prep, splits.skipped)
+    log(
+        f"decoded {len(images)} training and {len(val_images)} validation images once "
+        f"({time.perf_counter() - t0:.1f}s)"
+    )
+    model = model.to(memory_format=torch.channels_last)
+    _init_feature_norm(model, images, prep)
+    dataset = MemoryDataset(images, labels, train_transform(prep, config.augment))
+    batch_size = resolved(config, "batch_size")
+    steps_per_epoch = max(1, len(dataset) // batch_size) if len(dataset) > batch_size else 1
+    groups = [*backbone.group_parameters(), (strategies.HEAD, list(model.head.parameters()))]
+    strategy = strategies.make_strategy(
+        config.strategy,
+        [n for n, _ in backbone.groups],
+        **({"freeze_epochs": config.freeze_epochs} if config.strategy == "finetune" else {}),
+        lr_mult=config.lr_mult,
+    )
+    epochs = resolved(config, "epochs")
+    deadline = None
+    if config.time_budget:
+        per_step = _time_steps(model, dataset, batch_size, prep)
+        n_eval = len(val_images) + (len(splits.test) if splits.test is not None else 0)
+        # keep back the final evaluation (a forward is ~1/3 of a training step) and a 3% margin
+        reserve = n_eval * per_step / (3 * batch_size) + 0.03 * config.time_budget
+        deadline = started + config.time_budget - reserve
+        epochs = max(1, math.ceil(2 * (deadline - time.perf_counter()) / (per_step * steps_per_epoch)))
+        log(
+            f"time budget {config.time_budget:.0f}s: {per_step:.3f}s per step, training until "
+            f"{deadline - started:.0f}s, the schedule follows the clock"
+        )
+    loop = LoopConfig(
+        epochs=epochs,
+        lr=resolved(config, "lr"),
+        weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing,
+        seed=config.seed,
+        bn_frozen=config.bn == "frozen",
+        cycle="epoch" if config.strategy == "gradual" else "run",
+    )
+    checkpointer = Checkpointer(run_dir, _resume_key(config), resume=config.resume)
+    t_train = time.perf_counter()
+    history = fit(
+        model,
+        groups,
+        strategy,
+        _batches(dataset, batch_size, config.seed, prep),
+        steps_per_epoch,
+        _evaluator(val_images, val_labels, prep, splits.classes),
+        loop,
+        log=lambda row: log(epoch_line(row, loop.epochs)),
+        checkpoint=checkpointer,
+        deadline=deadline,
+    )
+    val_logits = predict_images(model, val_images, prep)
+    result: dict[str, Any] = {
+        "history": history,
+        "train_seconds": time.perf_counter() - t_train,
+        "extract_seconds": 0.0,
+        "cache_hit": False,
+        "n_train": len(labels),
+        "epochs": epochs,
+        "val": classification_metrics(val_labels.numpy(), val_logits.argmax(1).numpy(), splits.classes),
+    }
+    if splits.test is not None:
+        test_images, test_labels = _eval_tensor(splits.test, prep, splits.skipped)
+        logits = predict_images(model, test_images, prep)
+        result["test"] = classification_metrics(test_labels.numpy(), logits.argmax(1).numpy(), splits.classes)
+    return result
+
+
+def _time_steps(
+    model: GraftModel, dataset: MemoryDataset, batch_size: int, prep: Preprocessing, steps: int = 3
+) -> float:
+    """Seconds per training step, measured on real batches (the weights are restored afterwards)."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    model.train()
+    x = normalize(torch.stack([dataset[i][0] for i in range(min(batch_size, len(dataset)))]), prep)
+    y = torch.stack([dataset[i][1] for i in range(min(batch_size, len(dataset)))])
+    timings = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        with autocast(x.device):
+            loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        timings.append(time.perf_counter() - t)
+    model.load_state_dict(state)
+    return float(np.median(timings[1:]))  # the first step pays one-off allocation costs
+
+
+def estimate_epoch_seconds(
+    model: GraftModel, train: Labelled, prep: Preprocessing, defaults: dict[str, Any]
+) -> float:
+    """Seconds per fine-tuning epoch, from a few timed steps on a batch of the real images."""
+    batch_size = int(defaults["batch_size"])
+    sample = Labelled(train.sources[:batch_size], train.labels[:batch_size])
+    images, labels = _decode(sample, prep.resize_size, [])
+    dataset = MemoryDataset(images, labels, train_transform(prep, "light"))
+    per_step = _time_steps(model, dataset, batch_size, prep)
+    return per_step * max(1, len(train) // batch_size) * 1.15  # + optimizer step and data loading
+
+
+def _resume_key(config: TrainConfig) -> dict[str, Any]:
+    """The settings a checkpoint must share with the command that resumes it."""
+    skip = {"resume", "out", "test", "time_budget"}
+    return {k: v for k, v in config.to_dict().items() if k not in skip}

@@ -1,0 +1,372 @@
+"""Fine-tuning (strategies finetune and gradual) end to end on tiny synthetic folders: exact --resume,
+frozen BatchNorm, discriminative learning rates, gradual unfreezing, --time-budget and the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import make_image_folder
+from safetensors.torch import load_file
+from torch import nn
+
+from graft import finetune
+from graft.backbones import create_backbone
+from graft.checkpoint import Checkpointer
+from graft.cli import main
+from graft.config import TrainConfig, parse_duration
+from graft.runner import RunResult, run
+from graft.strategies import HEAD, Stage
+from graft.train import apply_stage
+
+BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
+BUDGET = 20.0
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """8 images per class of 3 classes: 21 training and 3 validation images."""
+    return make_image_folder(tmp_path_factory.mktemp("ft") / "data", per_class=8, seed=0)
+
+
+def _config(data: Path, **kw: Any) -> TrainConfig:
+    base = {"data": str(data), "strategy": "finetune", "epochs": 2, "image_size": 32, "batch_size": 4}
+    return TrainConfig(**(base | kw))
+
+
+def _epoch_lines(lines: list[str]) -> list[str]:
+    return [line.split()[1] for line in lines if line.startswith("epoch ")]
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _interrupt(config: TrainConfig, after_epochs: int) -> None:
+    """Run `config` and press Ctrl-C right after the checkpoint of epoch `after_epochs` is written."""
+    real_save, calls = Checkpointer.save, []
+
+    def save_then_interrupt(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        calls.append(1)
+        if len(calls) == after_epochs:
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Checkpointer, "save", save_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run(config, log=lambda line: None)
+
+
+@pytest.fixture(scope="module")
+def interrupted(data, tmp_path_factory) -> tuple[TrainConfig, Path]:
+    """A 3-epoch finetune run (one DataLoader worker process) stopped right after its epoch-2 checkpoint."""
+    out = tmp_path_factory.mktemp("interrupted") / "run"
+    config = _config(data, epochs=3, out=str(out), augment="light")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(finetune, "default_workers", lambda: 1)
+        _interrupt(config, after_epochs=2)
+    return config, out
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_interrupted_run_leaves_an_epoch_2_checkpoint_and_no_bundle(interrupted):
+    """Ctrl-C after epoch 2 leaves checkpoint.{safetensors,json} at epoch 2 and no half bundle."""
+    _, out = interrupted
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["epoch"] == 2 and len(meta["history"]) == 2
+    assert (out / "checkpoint.safetensors").is_file()
+    assert not (out / "model.safetensors").exists() and not (out / "graft.json").exists()
+    assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl"))
+
+
+def test_resume_ends_with_the_weights_of_an_uninterrupted_run(interrupted, tmp_path, monkeypatch):
+    """An uninterrupted run and interrupt-after-epoch-2 + --resume give bit-identical model.safetensors."""
+    config, out = interrupted
+    resumed_dir = _copy(out, tmp_path / "resumed")
+    lines: list[str] = []
+    monkeypatch.setattr(finetune, "default_workers", lambda: 1)  # augmentation in a worker process
+    resumed = run(replace(config, out=str(resumed_dir), resume=True), log=lines.append)
+    straight = run(replace(config, out=str(tmp_path / "straight")), log=lambda line: None)
+
+    assert _epoch_lines(lines) == ["3/3"]  # it really resumed: only the last epoch was trained
+    a = load_file(str(straight.run_dir / "model.safetensors"))
+    b = load_file(str(resumed.run_dir / "model.safetensors"))
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} of {len(a)} tensors differ, e.g. {different[:3]}"
+    keys = ("epoch", "stage", "train_loss", "val_loss", "lr")
+    assert [{k: r[k] for k in keys} for r in resumed.report["history"]] == [
+        {k: r[k] for k in keys} for r in straight.report["history"]
+    ]
+    for run_dir in (straight.run_dir, resumed.run_dir):
+        assert not list(run_dir.rglob("*.pt")) and not list(run_dir.rglob("*.pkl"))
+
+
+def test_resume_across_the_unfreeze_boundary_without_workers(data, tmp_path, monkeypatch):
+    """Interrupted after the head-only epoch, in-process loading: --resume still matches exactly."""
+    monkeypatch.setattr(finetune, "default_workers", lambda: 0)  # augmentation on the main RNG
+    config = _config(data, epochs=2, out=str(tmp_path / "resumed"))
+    _interrupt(config, after_epochs=1)
+    lines: list[str] = []
+    resumed = run(replace(config, resume=True), log=lines.append)
+    straight = run(replace(config, out=str(tmp_path / "straight")), log=lambda line: None)
+    assert _epoch_lines(lines) == ["2/2"]
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert [k for k in a if not torch.equal(a[k], b[k])] == []
+
+
+@pytest.mark.parametrize(("setting", "value"), [("lr", 0.01), ("augment", "none"), ("lr_mult", 3.0)])
+def test_resume_with_a_changed_setting_names_it(interrupted, tmp_path, setting, value):
+    """--resume with another lr / augment / lr_mult than the checkpoint raises ValueError naming it."""
+    config, out = interrupted
+    copy = _copy(out, tmp_path / "run")
+    with pytest.raises(ValueError, match=rf"different settings \({setting}\)"):
+        run(replace(config, out=str(copy), resume=True, **{setting: value}), log=lambda line: None)
+
+
+def test_resume_without_out_is_refused(data):
+    """--resume without --out raises ValueError (there is no run folder to resume)."""
+    with pytest.raises(ValueError, match="--out"):
+        run(_config(data, resume=True), log=lambda line: None)
+
+
+# --------------------------------------------------------------------------- BatchNorm
+
+
+def _bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items() if k.endswith(BN_STATS)}
+
+
+@pytest.fixture(scope="module")
+def pretrained_body() -> dict[str, torch.Tensor]:
+    """The packaged EfficientNet-Lite0 body's state, as every run starts from it."""
+    return {k: v.clone() for k, v in create_backbone("efficientnet_lite0").body.state_dict().items()}
+
+
+def test_frozen_bn_keeps_pretrained_statistics_exactly(data, tmp_path, pretrained_body):
+    """With every epoch frozen and bn=frozen, the body's BN buffers and weights stay the pretrained ones."""
+    result = run(_config(data, freeze_epochs=10, out=str(tmp_path / "run")), log=lambda line: None)
+    body = result.model.body.state_dict()
+    stats = [k for k in body if k.endswith(BN_STATS)]
+    assert len(stats) > 30
+    changed = [k for k in body if not torch.equal(body[k], pretrained_body[k])]
+    assert not changed, f"changed: {changed[:5]}"
+    assert all(row["stage"] == [HEAD] for row in result.report["history"])
+
+
+def test_trainable_bn_updates_statistics_while_weights_stay_frozen(data, tmp_path, pretrained_body):
+    """bn=trainable: in the same all-frozen run, BN running statistics change but weights do not."""
+    config = _config(data, freeze_epochs=10, bn="trainable", out=str(tmp_path / "run"))
+    body = run(config, log=lambda line: None).model.body.state_dict()
+    changed = {k for k in body if not torch.equal(body[k], pretrained_body[k])}
+    assert changed and all(k.endswith(BN_STATS) for k in changed)
+    tracked = [k for k in body if k.endswith("num_batches_tracked")]
+    assert all(body[k] > pretrained_body[k] for k in tracked)
+
+
+def _toy() -> tuple[nn.Module, list[tuple[str, list[nn.Parameter]]]]:
+    body = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Conv2d(4, 4, 3), nn.BatchNorm2d(4))
+    head = nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(4, 2), nn.BatchNorm1d(2))
+    model = nn.Sequential(body, head)
+    groups = [
+        ("stem", list(body[:2].parameters())),
+        ("block", list(body[2:].parameters())),
+        (HEAD, list(head.parameters())),
+    ]
+    return model, groups
+
+
+def test_apply_stage_head_only_freezes_body_and_puts_its_bn_in_eval():
+    """Stage({head}): body params frozen, body BN in eval mode, head (incl. its BN, dropout) training."""
+    model, groups = _toy()
+    model.eval()
+    apply_stage(model, groups, Stage({HEAD: 1.0}), bn_frozen=True)
+    body, head = model
+    assert not any(p.requires_grad for p in body.parameters())
+    assert all(p.requires_grad for p in head.parameters())
+    assert not body[1].training and not body[3].training
+    assert all(m.training for m in head.modules())
+
+
+def test_apply_stage_unfreezes_named_groups_and_bn_trainable_keeps_train_mode():
+    """A stage with block+head unfreezes just those; bn_frozen=False leaves frozen groups' BN training."""
+    model, groups = _toy()
+    body, _ = model
+    apply_stage(model, groups, Stage({"block": 0.5, HEAD: 1.0}), bn_frozen=True)
+    assert [p.requires_grad for p in body.parameters()] == [False] * 4 + [True] * 4
+    assert (body[1].training, body[3].training) == (False, True)
+    apply_stage(model, groups, Stage({HEAD: 1.0}), bn_frozen=False)
+    assert not any(p.requires_grad for p in body.parameters())
+    assert body[1].training and body[3].training
+
+
+# --------------------------------------------------------------------------- learning rates
+
+
+@dataclass
+class Steps:
+    """Per AdamW step: each param group's (name, lr, all params trainable); epoch ends from the log."""
+
+    rows: list[list[tuple[str, float, bool]]] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+
+    def log(self, line: str) -> None:
+        if line.startswith("epoch "):
+            self.ends.append(len(self.rows))
+
+    def epoch(self, i: int) -> list[list[tuple[str, float, bool]]]:
+        return self.rows[(self.ends[i - 1] if i else 0) : self.ends[i]]
+
+
+@pytest.fixture
+def steps() -> Iterator[Steps]:
+    """Records every AdamW step's param groups for the duration of one test."""
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    record = Steps()
+
+    def hook(optimizer, args, kwargs):
+        if isinstance(optimizer, torch.optim.AdamW):
+            groups = optimizer.param_groups
+            record.rows.append(
+                [(g["name"], g["lr"], all(p.requires_grad for p in g["params"])) for g in groups]
+            )
+
+    handle = register_optimizer_step_pre_hook(hook)
+    yield record
+    handle.remove()
+
+
+def _by_name(step: list[tuple[str, float, bool]]) -> dict[str, tuple[float, bool]]:
+    out: dict[str, tuple[float, bool]] = {}
+    for name, lr, trainable in step:  # decay and no-decay halves of a group must agree
+        assert out.setdefault(name, (lr, trainable)) == (lr, trainable), name
+    return out
+
+
+def test_discriminative_rates_are_geometric_from_stem_to_head(data, tmp_path, steps):
+    """finetune: frozen epoch trains only the head (others lr 0); then head/stem LR = lr_mult, geometric."""
+    result = run(_config(data, lr_mult=25.0, out=str(tmp_path / "run")), log=steps.log)
+    names = [*result.report["backbone"]["groups"], HEAD]
+    assert len(steps.ends) == 2 and steps.ends[0] == 5  # 21 images at batch 4, last partial dropped
+
+    for step in steps.epoch(0):
+        lrs = _by_name(step)
+        assert list(lrs) == names
+        assert lrs[HEAD][0] > 0 and lrs[HEAD][1]
+        assert all(lrs[n] == (0.0, False) for n in names[:-1])
+
+    ratio = 25.0 ** (1 / (len(names) - 1))
+    for step in steps.epoch(1):
+        lrs = _by_name(step)
+        assert all(trainable for _, trainable in lrs.values())
+        assert lrs[HEAD][0] / lrs["stem"][0] == pytest.approx(25.0, rel=1e-9)
+        for lower, upper in zip(names, names[1:], strict=False):
+            assert lrs[upper][0] / lrs[lower][0] == pytest.approx(ratio, rel=1e-9), (lower, upper)
+
+
+def test_gradual_unfreezes_one_more_group_from_the_top_each_epoch(data, tmp_path, steps):
+    """gradual: in epoch k exactly the head and the top k-1 groups train, each LR cycle restarting."""
+    result = run(_config(data, strategy="gradual", epochs=3, out=str(tmp_path / "run")), log=steps.log)
+    groups = result.report["backbone"]["groups"]
+    assert len(steps.ends) == 3
+    for k, row in enumerate(result.report["history"]):
+        expected = {HEAD, *groups[len(groups) - k :]} if k else {HEAD}
+        assert set(row["stage"]) == expected and len(expected) == k + 1
+        for step in steps.epoch(k):
+            lrs = _by_name(step)
+            assert {n for n, (_, trainable) in lrs.items() if trainable} == expected
+            assert {n for n, (lr, _) in lrs.items() if lr > 0} == expected
+    first_head_lr = [_by_name(steps.epoch(k)[0])[HEAD][0] for k in range(3)]
+    assert first_head_lr[0] == first_head_lr[1] == first_head_lr[2]  # one slanted cycle per stage
+
+
+# --------------------------------------------------------------------------- time budget
+
+
+@dataclass
+class BudgetRun:
+    result: RunResult
+    seconds: float
+    lines: list[str]
+
+
+@pytest.fixture(scope="module")
+def budget_run(data, tmp_path_factory) -> BudgetRun:
+    """One finetune run with --time-budget 20s and no --epochs, timed from outside."""
+    out = tmp_path_factory.mktemp("budget") / "run"
+    lines: list[str] = []
+    started = time.perf_counter()
+    result = run(_config(data, epochs=None, time_budget=BUDGET, out=str(out)), log=lines.append)
+    return BudgetRun(result, time.perf_counter() - started, lines)
+
+
+def test_time_budget_is_kept_and_the_bundle_is_complete(budget_run):
+    """--time-budget 20s: the whole run returns within 22s and writes model, graft.json and report."""
+    seconds, out = budget_run.seconds, budget_run.result.run_dir
+    assert seconds <= BUDGET * 1.10, f"{seconds:.1f}s for a {BUDGET:.0f}s budget"
+    assert seconds >= 0.5 * BUDGET, f"only {seconds:.1f}s of the {BUDGET:.0f}s budget used"
+    for name in ("model.safetensors", "graft.json", "report.json"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "report.json").read_text())
+    assert report["history"] and report["validation"]["n"] == 3
+    assert report["config"]["time_budget"] == BUDGET
+
+
+def test_time_budget_schedule_anneals_by_the_deadline(budget_run):
+    """Under --time-budget the one-cycle follows the clock: the LR has annealed when training stops."""
+    history = budget_run.result.report["history"]
+    assert history[-1]["lr"] <= 0.05 * 1e-3, f"final LR {history[-1]['lr']:.2e} after {len(history)} epochs"
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30m", 1800), ("1h", 3600), ("90s", 90), ("3300", 3300), (" 1.5H ", 5400), (None, None)],
+)
+def test_parse_duration(text, seconds):
+    """parse_duration reads plain seconds and s/m/h suffixes."""
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "10x", "m", "1h30m"])
+def test_parse_duration_rejects_bad_input(text):
+    """Unparseable durations raise ValueError naming --time-budget."""
+    with pytest.raises(ValueError, match="--time-budget"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["", "inf", "nan", "-5m"])
+def test_parse_duration_rejects_empty_infinite_and_negative(text):
+    """Empty, infinite, NaN and negative durations raise ValueError naming --time-budget."""
+    with pytest.raises(ValueError, match="--time-budget"):
+        parse_duration(text)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_train_finetune_json(data, tmp_path, capsys):
+    """`graft train DIR --strategy finetune ... --json` exits 0 and prints accuracy; report is finetune."""
+    out = tmp_path / "run"
+    argv = ["train", str(data), "--strategy", "finetune", "--epochs", "2", "--image-size", "32"]
+    code = main([*argv, "--batch-size", "4", "--out", str(out), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    summary = json.loads(captured.out.strip().splitlines()[-1])
+    assert 0.0 <= summary["accuracy"] <= 1.0 and not math.isnan(summary["macro_f1"])
+    assert summary["run_dir"] == str(out)
+    report = json.loads((out / "report.json").read_text())
+    assert report["strategy"] == "finetune" and len(report["history"]) == 2
+    assert (out / "model.safetensors").is_file() and (out / "checkpoint.json").is_file()
