@@ -29,6 +29,7 @@ VARIANTS: dict[str, list[str]] = {
     "96-flip": ["--image-size", "96", "--flip-features"],
     "128": ["--image-size", "128"],
     "160": ["--image-size", "160"],
+    "160-lr3e-3": ["--image-size", "160", "--lr", "3e-3"],
     "224": [],  # the backbone's own resolution
 }
 

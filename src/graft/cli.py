@@ -7,6 +7,7 @@ import json
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Any
 
 EXIT_USER_ERROR = 2
@@ -47,6 +48,12 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument(
+        "--class-weights",
+        default="none",
+        choices=["none", "auto"],
+        help="auto: weigh the loss by inverse class frequency (imbalanced data)",
+    )
     p.add_argument("--image-size", type=int, help="input size in pixels (default: the backbone's)")
     p.add_argument(
         "--flip-features",
@@ -71,6 +78,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("inputs", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("lr-find", help="learning-rate range test: plot and suggested --lr")
+    p.add_argument("data")
+    p.add_argument("--backbone", default="efficientnet_lite0")
+    p.add_argument("--weights")
+    p.add_argument("--strategy", default="linear", choices=["linear", "finetune"])
+    p.add_argument("--head", default="linear")
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="lr-find", help="folder for lr_find.png and lr_find.json")
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("backbones", help="list the built-in backbones")
     p.add_argument("--json", action="store_true")
@@ -184,11 +203,29 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def cmd_lr_find(args: argparse.Namespace) -> dict[str, Any]:
+    from .config import TrainConfig
+    from .lr_find import find_lr
+
+    config = TrainConfig(
+        data=args.data,
+        backbone=args.backbone,
+        weights=args.weights,
+        strategy=args.strategy,
+        head=args.head,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    return find_lr(config, Path(args.out), steps=args.steps, log=_log_for(args))
+
+
 COMMANDS = {
     "train": cmd_train,
     "eval": cmd_eval,
     "predict": cmd_predict,
     "backbones": cmd_backbones,
+    "lr-find": cmd_lr_find,
     "demo": cmd_demo,
 }
 

@@ -23,6 +23,7 @@ class TrainConfig:
     lr: float | None = None
     weight_decay: float = 0.05
     label_smoothing: float = 0.0
+    class_weights: str = "none"  # none | auto (balanced: rare classes weigh more in the loss)
     image_size: int | None = None  # None: the backbone's own input size
     flip_features: bool = False  # average features of each image and its mirror image
     val_fraction: float = 0.1

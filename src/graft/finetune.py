@@ -27,7 +27,7 @@ from .data.pipeline import default_workers, iterate_batches, normalize
 from .data.sources import DataSplits, Labelled
 from .heads import GraftModel
 from .metrics import classification_metrics
-from .train import LoopConfig, autocast, epoch_line, fit, require_every_class
+from .train import LoopConfig, autocast, balanced_class_weights, epoch_line, fit, require_every_class
 
 Log = Callable[[str], None]
 
@@ -150,12 +150,11 @@ def train_finetune(
             f"time budget {config.time_budget:.0f}s: {per_step:.3f}s per step, training until "
             f"{deadline - started:.0f}s, the schedule follows the clock"
         )
-    loop = LoopConfig(
-        epochs=epochs,
-        lr=resolved(config, "lr"),
-        weight_decay=config.weight_decay,
-        label_smoothing=config.label_smoothing,
-        seed=config.seed,
+    loop = loop_config(
+        config,
+        epochs,
+        labels,
+        len(splits.classes),
         bn_frozen=config.bn == "frozen",
         cycle="epoch" if config.strategy == "gradual" else "run",
     )
@@ -209,6 +208,20 @@ def _time_steps(
         timings.append(time.perf_counter() - t)
     model.load_state_dict(state)
     return float(np.median(timings[1:]))  # the first step pays one-off allocation costs
+
+
+def loop_config(config: TrainConfig, epochs: int, labels: Any, num_classes: int, **extra: Any) -> LoopConfig:
+    """The loop settings of a run, shared by every strategy."""
+    weights = balanced_class_weights(labels, num_classes) if config.class_weights == "auto" else None
+    return LoopConfig(
+        epochs=epochs,
+        lr=resolved(config, "lr"),
+        weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing,
+        class_weights=weights,
+        seed=config.seed,
+        **extra,
+    )
 
 
 def estimate_epoch_seconds(

@@ -26,10 +26,10 @@ from .config import STRATEGY_DEFAULTS, TrainConfig, resolved
 from .data.images import SkippedFile
 from .data.sources import DataSplits, Labelled, load_image_data
 from .features import Features, cached_features, fingerprint_sources
-from .finetune import estimate_epoch_seconds, train_finetune
+from .finetune import estimate_epoch_seconds, loop_config, train_finetune
 from .heads import GraftModel, HeadSpec, build_head
 from .metrics import classification_metrics, plot_confusion, plot_curves
-from .train import LoopConfig, epoch_line, fit, require_every_class
+from .train import epoch_line, fit, require_every_class
 
 Log = Callable[[str], None]
 MIN_HEAD_STEPS = 500
@@ -51,17 +51,18 @@ def run(config: TrainConfig, log: Log = print, splits: DataSplits | None = None)
     """Train, evaluate and save a bundle. `splits` lets callers (the demo, tests) pass data in memory."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    if splits is None:
-        splits = load_image_data(
-            config.data, config.val, config.test, config.val_fraction, config.seed, config.data_root
-        )
     if config.strategy not in (*strategies.STRATEGIES, "auto"):
         raise ValueError(
             f"unknown strategy {config.strategy!r}; choose one of {', '.join(strategies.STRATEGIES)}"
         )
     if config.resume and not config.out:
         raise ValueError("--resume needs the --out folder of the interrupted run")
+    # the backbone first: a missing download fails in seconds, before a long scan of the data
     backbone = create_backbone(config.backbone, weights=config.weights)
+    if splits is None:
+        splits = load_image_data(
+            config.data, config.val, config.test, config.val_fraction, config.seed, config.data_root
+        )
     prep = backbone.preprocessing.with_size(config.image_size)
     head = build_head(HeadSpec.parse(config.head, config.dropout), backbone.num_features, len(splits.classes))
     model = GraftModel(backbone.body, head)
@@ -170,13 +171,7 @@ def _train_linear(
     require_every_class(y_train.tolist(), splits.classes)
     head[0].fit(x_train)
     batch_size, epochs = head_schedule(config, len(y_train))
-    loop = LoopConfig(
-        epochs=epochs,
-        lr=resolved(config, "lr"),
-        weight_decay=config.weight_decay,
-        label_smoothing=config.label_smoothing,
-        seed=config.seed,
-    )
+    loop = loop_config(config, epochs, y_train, len(splits.classes))
     started = time.perf_counter()
     # a small head is too little work to split: extra threads only spin-wait (10x slower on busy cores)
     small = sum(p.numel() for p in head.parameters()) < 1_000_000

@@ -30,6 +30,7 @@ class LoopConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     label_smoothing: float = 0.0
+    class_weights: tuple[float, ...] | None = None  # per-class loss weights (imbalanced data)
     pct_start: float = 0.25  # share of steps spent warming up (one-cycle / slanted triangular)
     seed: int = 0
     bn_frozen: bool = True  # BatchNorm of frozen groups stays in eval mode
@@ -116,7 +117,8 @@ def fit(
     device = next(model.parameters()).device
     optimizer = make_optimizer(groups, cfg)
     state = checkpoint.restore(model, optimizer) if checkpoint else LoopState()
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    weight = torch.tensor(cfg.class_weights, device=device) if cfg.class_weights else None
+    loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
     t0 = time.perf_counter()
 
@@ -180,3 +182,10 @@ def require_every_class(labels: Any, classes: Sequence[str]) -> None:
     if missing:
         names = ", ".join(classes[i] for i in missing)
         raise DataError(f"no readable training images for class(es) {names}: add images or remove the folder")
+
+
+def balanced_class_weights(labels: Any, num_classes: int) -> tuple[float, ...]:
+    """scikit-learn's 'balanced' weights, n / (classes * count): each class weighs the same in the loss."""
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num_classes).float()
+    weights = counts.sum() / (num_classes * counts.clamp_min(1))
+    return tuple(float(w) for w in weights)

@@ -1,0 +1,64 @@
+"""The learning-rate range test and balanced class weights."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_image_folder
+from torch import nn
+
+from graft.cli import main
+from graft.lr_find import lr_range_test, suggest_lr
+from graft.train import balanced_class_weights
+
+
+def test_suggestion_is_where_the_loss_falls_fastest():
+    """On a synthetic curve (flat, steep fall near 1e-3, divergence) the suggestion lands on the fall."""
+    lrs = np.logspace(-7, 1, 80)
+    losses = 2.0 - 1.5 / (1 + np.exp(-(np.log10(lrs) + 3) * 4)) + np.where(lrs > 1, (lrs - 1) * 5, 0)
+    assert 3e-4 < suggest_lr(lrs, losses) < 3e-3
+
+
+def test_range_test_grows_the_lr_and_restores_the_weights():
+    """LRs grow geometrically, the test stops once the loss diverges, and the model is left untouched."""
+    torch.manual_seed(0)
+    model = nn.Linear(8, 3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
+    lrs, losses = lr_range_test(model, iter([(x, y)] * 200), start=1e-5, end=1e3, steps=200)
+    ratios = lrs[1:] / lrs[:-1]
+    assert np.allclose(ratios, ratios[0]) and ratios[0] > 1
+    assert len(lrs) < 200  # diverged at huge LRs and stopped early
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_balanced_class_weights():
+    """'balanced' weights: n / (classes * count), so a class 3x rarer weighs 3x more."""
+    weights = balanced_class_weights([0, 0, 0, 1], 2)
+    assert weights == pytest.approx((4 / 6, 2.0))
+
+
+def test_cli_lr_find_writes_plot_and_suggestion(tmp_path, capsys):
+    """`graft lr-find DIR --json` prints a positive suggested_lr and writes lr_find.png/json."""
+    data = make_image_folder(tmp_path / "data", per_class=6, seed=0)
+    out = tmp_path / "lrf"
+    code = main(["lr-find", str(data), "--image-size", "32", "--steps", "30", "--out", str(out), "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["suggested_lr"] > 0
+    assert (out / "lr_find.png").is_file()
+    saved = json.loads((out / "lr_find.json").read_text())
+    assert len(saved["lrs"]) == len(saved["losses"]) > 5
+
+
+def test_cli_train_with_class_weights(tmp_path, capsys):
+    """--class-weights auto trains and the recipe records it."""
+    data = make_image_folder(tmp_path / "data", per_class=6, seed=0)
+    out = tmp_path / "run"
+    argv = ["train", str(data), "--strategy", "linear", "--class-weights", "auto", "--image-size", "32"]
+    assert main([*argv, "--out", str(out), "--json"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["config"]["class_weights"] == "auto"
