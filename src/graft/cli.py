@@ -40,6 +40,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         help="BatchNorm in frozen layer groups: keep its statistics (frozen) or update them",
     )
     p.add_argument("--time-budget", help="finish within this many seconds (also 30m, 1h)")
+    p.add_argument("--patience", type=int, help="stop after N epochs without a better validation accuracy")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--head", default="linear", help="linear or mlp:W1,W2 (e.g. mlp:4096,4096)")
     p.add_argument("--dropout", type=float, default=0.0)

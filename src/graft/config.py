@@ -34,6 +34,7 @@ class TrainConfig:
     lr_mult: float = 10.0  # head LR / earliest group's LR, geometric in between
     augment: str = "light"  # none | light (random-resized-crop + flip) | strong (+ TrivialAugment)
     bn: str = "frozen"  # frozen: BatchNorm of frozen groups keeps its statistics | trainable
+    patience: int | None = None  # early stopping after this many epochs without a better val accuracy
     time_budget: float | None = None  # seconds for the whole run
     resume: bool = False
 

@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -34,6 +35,7 @@ class LoopConfig:
     pct_start: float = 0.25  # share of steps spent warming up (one-cycle / slanted triangular)
     seed: int = 0
     bn_frozen: bool = True  # BatchNorm of frozen groups stays in eval mode
+    patience: int | None = None  # early stopping: epochs without a better validation accuracy
     cycle: str = "run"  # "run": one one-cycle over all epochs; "epoch": one per epoch (ULMFiT stages)
 
 
@@ -97,6 +99,45 @@ def apply_stage(model: nn.Module, groups: ParamGroups, stage: Stage, bn_frozen: 
                 module.eval()
 
 
+def _train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: nn.Module,
+    batches: Iterable[Batch],
+    stage: Stage,
+    lr_at: Callable[[int], float],
+    state: LoopState,
+    deadline: float | None,
+) -> float:
+    """One pass over the batches; returns the mean training loss."""
+    device = next(model.parameters()).device
+    loss_sum, seen = 0.0, 0
+    for i, (x, y) in enumerate(batches):
+        lr = lr_at(i)
+        for g in optimizer.param_groups:
+            g["lr"] = lr * stage.lr_mults.get(g["name"], 0.0)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device):
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += float(loss.detach()) * len(y)
+        seen += len(y)
+        state.step += 1
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    return loss_sum / max(1, seen)
+
+
+def _no_progress(history: list[dict[str, Any]], patience: int | None) -> bool:
+    """Early stopping: the validation accuracy has not improved for `patience` epochs."""
+    if not patience or "val_accuracy" not in history[-1]:
+        return False
+    scores = [row["val_accuracy"] for row in history]
+    return len(scores) - 1 - int(np.argmax(scores)) >= patience
+
+
 def fit(
     model: nn.Module,
     groups: ParamGroups,
@@ -133,27 +174,17 @@ def fit(
         torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout, augmentation: a function of the epoch
         stage = strategy(epoch)
         apply_stage(model, groups, stage, cfg.bn_frozen)
-        started, loss_sum, seen = time.perf_counter(), 0.0, 0
-        for i, (x, y) in enumerate(batches(epoch)):
+        started = time.perf_counter()
+
+        def lr_at(i: int) -> float:
             progress = i / steps_per_epoch if cfg.cycle == "epoch" else run_progress()
-            factor = one_cycle(progress, cfg.pct_start)
-            for g in optimizer.param_groups:
-                g["lr"] = cfg.lr * factor * stage.lr_mults.get(g["name"], 0.0)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast(device):
-                loss = loss_fn(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += float(loss.detach()) * len(y)
-            seen += len(y)
-            state.step += 1
-            if deadline is not None and time.perf_counter() > deadline:
-                break
+            return cfg.lr * one_cycle(progress, cfg.pct_start)
+
+        train_loss = _train_epoch(model, optimizer, loss_fn, batches(epoch), stage, lr_at, state, deadline)
         row = {
             "epoch": epoch + 1,
             "stage": sorted(stage.lr_mults),
-            "train_loss": loss_sum / max(1, seen),
+            "train_loss": train_loss,
             "lr": cfg.lr * one_cycle(run_progress(), cfg.pct_start),
             "train_seconds": time.perf_counter() - started,
             **evaluate(model),
@@ -163,7 +194,9 @@ def fit(
         log(row)
         if checkpoint:
             checkpoint.save(model, optimizer, state)
-        if deadline is not None and time.perf_counter() > deadline:
+        if (deadline is not None and time.perf_counter() > deadline) or _no_progress(
+            state.history, cfg.patience
+        ):
             break
     return state.history
 
