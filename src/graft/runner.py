@@ -272,7 +272,6 @@ def _report(
         "timing": {
             "feature_extraction_seconds": trained["extract_seconds"],
             "training_seconds": trained["train_seconds"],
-            "head_training_seconds": trained["train_seconds"],
             "feature_cache_hit": trained["cache_hit"],
         },
         "validation": trained["val"],
