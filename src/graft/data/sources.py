@@ -21,10 +21,6 @@ class Labelled:
     def __len__(self) -> int:
         return len(self.sources)
 
-    def subset(self, keep: np.ndarray) -> Labelled:
-        idx = np.flatnonzero(keep) if keep.dtype == bool else keep
-        return Labelled([self.sources[i] for i in idx], self.labels[idx])
-
 
 @dataclass(frozen=True)
 class DataSplits:
