@@ -26,7 +26,7 @@ from .data.memory import MemoryDataset, decode_all, train_transform
 from .data.pipeline import default_workers, iterate_batches, normalize
 from .data.sources import DataSplits, Labelled
 from .heads import GraftModel
-from .metrics import classification_metrics
+from .metrics import classification_metrics, validation_row
 from .train import LoopConfig, autocast, balanced_class_weights, epoch_line, fit, require_every_class
 
 Log = Callable[[str], None]
@@ -70,9 +70,7 @@ def predict_images(
 def _evaluator(images: torch.Tensor, labels: torch.Tensor, prep: Preprocessing, classes: tuple[str, ...]):
     def evaluate(model: nn.Module) -> dict[str, float]:
         logits = predict_images(model, images, prep)
-        m = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), classes)
-        loss = float(nn.functional.cross_entropy(logits, labels))
-        return {"val_loss": loss, "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
+        return validation_row(logits, labels, classes)
 
     return evaluate
 
@@ -220,6 +218,7 @@ def loop_config(config: TrainConfig, epochs: int, labels: Any, num_classes: int,
         label_smoothing=config.label_smoothing,
         class_weights=weights,
         seed=config.seed,
+        patience=config.patience,
         **extra,
     )
 

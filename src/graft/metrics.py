@@ -33,6 +33,15 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequ
     }
 
 
+def validation_row(logits: Any, labels: Any, classes: Sequence[str]) -> dict[str, float]:
+    """The per-epoch validation numbers of the history: loss, accuracy, macro-F1."""
+    import torch
+
+    m = classification_metrics(labels.numpy(), logits.argmax(1).numpy(), classes)
+    loss = float(torch.nn.functional.cross_entropy(logits, labels))
+    return {"val_loss": loss, "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
+
+
 def most_confused(cm: np.ndarray, classes: Sequence[str], top: int = 5) -> list[dict[str, Any]]:
     """fastai's interpretation aid: the (true, predicted) pairs the model mixes up most."""
     off = np.array(cm, dtype=np.int64)

@@ -28,7 +28,7 @@ from .data.sources import DataSplits, Labelled, load_image_data
 from .features import Features, cached_features, fingerprint_sources
 from .finetune import estimate_epoch_seconds, loop_config, train_finetune
 from .heads import GraftModel, HeadSpec, build_head
-from .metrics import classification_metrics, plot_confusion, plot_curves
+from .metrics import classification_metrics, plot_confusion, plot_curves, validation_row
 from .train import epoch_line, fit, require_every_class
 
 Log = Callable[[str], None]
@@ -143,9 +143,7 @@ def predict_features(head: nn.Module, x: torch.Tensor) -> torch.Tensor:
 def _evaluator(x: torch.Tensor, y: torch.Tensor, classes: tuple[str, ...]) -> Callable[[nn.Module], dict]:
     def evaluate(head: nn.Module) -> dict[str, float]:
         logits = predict_features(head, x)
-        m = classification_metrics(y.numpy(), logits.argmax(1).numpy(), classes)
-        loss = float(nn.functional.cross_entropy(logits, y))
-        return {"val_loss": loss, "val_accuracy": m["accuracy"], "val_macro_f1": m["macro_f1"]}
+        return validation_row(logits, y, classes)
 
     return evaluate
 
