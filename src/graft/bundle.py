@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 BUNDLE_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "graft.json"
+TOKENIZER_DIR = "tokenizer"  # text bundles: the tokenizer's own JSON/text files, no pickle
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -52,12 +54,30 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def save_bundle(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any]) -> None:
-    """Weights first, metadata last: a folder with graft.json always has matching weights."""
+def _save_tokenizer(run_dir: Path, tokenizer: Any) -> None:
+    """The tokenizer folder, written beside and swapped in whole (a rename, like atomic_write)."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}.", dir=run_dir))
+    try:
+        tokenizer.save_pretrained(str(staging))
+        target = run_dir / TOKENIZER_DIR
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}.old.", dir=run_dir))
+            os.replace(target, old / TOKENIZER_DIR)
+            shutil.rmtree(old)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_bundle(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any], tokenizer: Any = None) -> None:
+    """Weights (and tokenizer) first, metadata last: a folder with graft.json always has matching weights."""
     from safetensors.torch import save_file
 
+    run_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
+    if tokenizer is not None:
+        _save_tokenizer(run_dir, tokenizer)
     write_json(run_dir / META_FILE, {"format": BUNDLE_FORMAT, **meta, "versions": library_versions()})
 
 

@@ -14,23 +14,37 @@ EXIT_USER_ERROR = 2
 
 
 def _train_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a classifier on an image folder (or `cifar10`)")
-    p.add_argument("data", help="image folder (class subfolders, or train/ [val/] [test/]) or `cifar10`")
-    p.add_argument("--val", help="validation folder (default: val/ or valid/ inside DATA, else a split)")
-    p.add_argument("--test", help="test folder, evaluated once at the end")
+    p = sub.add_parser("train", help="train a classifier on images or texts")
+    p.add_argument(
+        "data",
+        help="images: a folder (class subfolders, or train/ [val/] [test/]) or `cifar10`; texts: a "
+        ".csv/.tsv/.jsonl file, a folder with train.csv [dev.csv] [test.csv], or <class>/*.txt",
+    )
+    p.add_argument(
+        "--val", help="validation folder or file (default: val/, dev.csv, ... beside DATA, else a split)"
+    )
+    p.add_argument("--test", help="test folder or file, evaluated once at the end")
     p.add_argument("--data-root", help="where cifar10 is read from or downloaded to")
-    p.add_argument("--backbone", default="efficientnet_lite0", help="see `graft backbones`")
+    p.add_argument(
+        "--backbone",
+        help="see `graft backbones` (default: efficientnet_lite0 for images, minilm for text)",
+    )
     p.add_argument("--weights", help="local .pth/.safetensors weights for --backbone")
     p.add_argument(
         "--strategy",
         default="auto",
         choices=["auto", "linear", "finetune", "gradual"],
-        help="auto (default): finetune when there are >= 20 images per class and 5 epochs fit the "
+        help="auto (default): finetune when there are >= 20 examples per class and its default epochs "
+        "(5 for images, 3 for text) fit the "
         "time budget (15 min if none), else linear; linear: frozen backbone, cached features, "
         "trained head; finetune: head first, then everything with discriminative LRs; "
         "gradual: ULMFiT gradual unfreezing",
     )
-    p.add_argument("--freeze-epochs", type=int, default=1, help="finetune: head-only epochs first")
+    p.add_argument(
+        "--freeze-epochs",
+        type=int,
+        help="finetune: head-only epochs first (default 1 for images, 0 for text)",
+    )
     p.add_argument("--lr-mult", type=float, default=10.0, help="head LR / earliest layer group's LR")
     p.add_argument("--augment", default="light", choices=["none", "light", "strong"])
     p.add_argument(
@@ -61,10 +75,28 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="average each image's features with its mirror image's (2x extraction time)",
     )
+    _text_options(p)
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run folder (default: runs/<data>-<backbone>-<strategy>-<time>)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def _text_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--text-column", default="text", help="text column(s) of a table: text, or title,body")
+    p.add_argument("--label-column", default="label")
+    p.add_argument("--pooling", default="mean", choices=["mean", "cls"], help="text: how token vectors pool")
+    p.add_argument(
+        "--max-length", type=int, help="text: tokens per text (default: 99th percentile of the data)"
+    )
+    p.add_argument(
+        "--adapt-lm",
+        type=int,
+        default=0,
+        metavar="N",
+        help="text: N epochs of masked-LM training on the task's texts before classification (ULMFiT)",
+    )
+    p.add_argument("--unlabelled", help="text: more texts for --adapt-lm (a .txt, one per line, or a table)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,9 +107,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("data")
     p.add_argument("--json", action="store_true")
-    p = sub.add_parser("predict", help="predict labels for images")
+    p = sub.add_parser("predict", help="predict labels for images or texts")
     p.add_argument("run_dir")
-    p.add_argument("inputs", nargs="+", metavar="IMAGE")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, or texts for a text model")
+    p.add_argument(
+        "--input", help="text model: a .csv/.tsv/.jsonl (its text column) or .txt, one text per line"
+    )
     p.add_argument("--top-k", type=int, default=1)
     p.add_argument("--json", action="store_true")
     p = sub.add_parser("lr-find", help="learning-rate range test: plot and suggested --lr")
@@ -151,7 +186,11 @@ def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     from .predict import load
 
     model = load(args.run_dir)
-    proba = model.predict_proba(args.inputs)
+    inputs = list(args.inputs) + (_texts_from(args.input, model.meta) if args.input else [])
+    if not inputs:
+        raise ValueError("nothing to predict: give images or texts, or --input FILE")
+    args.inputs = inputs
+    proba = model.predict_proba(inputs)
     k = max(1, min(args.top_k, len(model.classes_)))
     rows = []
     for source, p in zip(args.inputs, proba, strict=True):
@@ -167,6 +206,13 @@ def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
         if not args.json:
             print(source + "\t" + "\t".join(f"{model.classes_[i]} {p[i]:.4f}" for i in top))
     return rows
+
+
+def _texts_from(path: str, meta: dict[str, Any]) -> list[str]:
+    """Texts to predict from a table (the bundle's text column) or a plain file, one per line."""
+    from .data.text import read_text_column
+
+    return read_text_column(path, meta.get("recipe", {}).get("text_column", "text"))
 
 
 def cmd_backbones(args: argparse.Namespace) -> list[dict[str, Any]]:

@@ -13,7 +13,7 @@ class TrainConfig:
     val: str | None = None
     test: str | None = None
     data_root: str | None = None  # where `cifar10` lives or is downloaded to
-    backbone: str = "efficientnet_lite0"
+    backbone: str | None = None  # None: efficientnet_lite0 for images, minilm for text
     weights: str | None = None
     strategy: str = "auto"
     head: str = "linear"
@@ -30,13 +30,21 @@ class TrainConfig:
     seed: int = 0
     out: str | None = None
     # fine-tuning (strategies finetune and gradual)
-    freeze_epochs: int = 1  # finetune: epochs of head-only training before unfreezing
+    freeze_epochs: int | None = None  # finetune: head-only epochs first (None: 1 for images, 0 for text)
     lr_mult: float = 10.0  # head LR / earliest group's LR, geometric in between
     augment: str = "light"  # none | light (random-resized-crop + flip) | strong (+ TrivialAugment)
     bn: str = "frozen"  # frozen: BatchNorm of frozen groups keeps its statistics | trainable
     patience: int | None = None  # early stopping after this many epochs without a better val accuracy
     time_budget: float | None = None  # seconds for the whole run
     resume: bool = False
+    # text
+    text_column: str = "text"  # several columns: "title,body" (joined with a newline)
+    label_column: str = "label"
+    pooling: str = "mean"  # mean | cls
+    max_length: int | None = None  # None: the 99th percentile of the training texts' token counts
+    adapt_lm: int = 0  # epochs of masked-LM training on the task's texts before classification
+    unlabelled: str | None = None  # more texts for --adapt-lm (one per line, or a table)
+    modality: str = "image"  # set from the data by the runner: image | text
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,8 +56,19 @@ class TrainConfig:
 STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
     "linear": {"epochs": 30, "lr": 1e-3, "batch_size": 256},
     # fine-tuning: AdamW 1e-3 for the head, 1e-4 at the stem (lr_mult 10), batches of 64 fit a laptop
-    "finetune": {"epochs": 5, "lr": 1e-3, "batch_size": 64},
+    "finetune": {"epochs": 5, "lr": 1e-3, "batch_size": 64, "freeze_epochs": 1},
     "gradual": {"epochs": 5, "lr": 1e-3, "batch_size": 64},
+}
+
+# Text encoders: BERT-style fine-tuning (Devlin et al.: 2-4 epochs, batch 32, warm-up) with
+# ULMFiT's discriminative rates. The rate given is the head's; the top transformer layer gets about
+# half of it and the embeddings a tenth (--lr-mult 10), which puts a small encoder's layers in the
+# 1e-4..2e-5 range its authors fine-tune with. No head-only epoch: with warm-up, a fresh linear
+# head on pooled embeddings settles within the first steps, and an epoch of text costs minutes.
+TEXT_STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "linear": {"epochs": 30, "lr": 1e-3, "batch_size": 256},
+    "finetune": {"epochs": 3, "lr": 5e-4, "batch_size": 32, "freeze_epochs": 0},
+    "gradual": {"epochs": 4, "lr": 5e-4, "batch_size": 32},
 }
 
 
@@ -71,4 +90,5 @@ def parse_duration(text: str | float | None) -> float | None:
 def resolved(config: TrainConfig, key: str) -> Any:
     """The value of `key` in `config`, or the strategy's default when the user left it unset."""
     value = getattr(config, key)
-    return STRATEGY_DEFAULTS[config.strategy][key] if value is None else value
+    table = TEXT_STRATEGY_DEFAULTS if config.modality == "text" else STRATEGY_DEFAULTS
+    return table[config.strategy][key] if value is None else value

@@ -45,11 +45,14 @@ def cache_dir() -> Path:
     return Path(user_cache_dir("graft"))
 
 
-def fingerprint_sources(sources: Sequence[Source]) -> str:
-    """Identity of the inputs: path, size and mtime of files; the bytes of in-memory images."""
+def fingerprint_sources(sources: Sequence[Source], texts: bool = False) -> str:
+    """Identity of the inputs: path, size and mtime of files; the bytes of in-memory images; the
+    characters of texts (`texts=True`)."""
     h = hashlib.sha256()
     for src in sources:
-        if isinstance(src, str | Path):
+        if texts:
+            h.update(str(src).encode("utf-8", "surrogatepass") + b"\x00")
+        elif isinstance(src, str | Path):
             st = os.stat(src)
             h.update(f"{Path(src).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
         else:
@@ -67,7 +70,8 @@ def cache_key(backbone: Backbone, prep: Preprocessing, sources: Sequence[Source]
         "n": len(sources),
     }
     head = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{backbone.name.replace('/', '_')}-{head}-{fingerprint_sources(sources)[:24]}"
+    inputs = fingerprint_sources(sources, texts=backbone.modality == "text")[:24]
+    return f"{backbone.name.replace('/', '_').strip('_')}-{head}-{inputs}"
 
 
 @torch.inference_mode()
@@ -81,6 +85,8 @@ def extract_features(
     desc: str = "features",
 ) -> Features:
     """Backbone features for each source; `flip` averages them with the mirrored image's."""
+    if backbone.modality == "text":
+        return _extract_text(backbone, sources, prep, batch_size=batch_size, desc=desc)
     device = next(backbone.body.parameters()).device
     body = backbone.body.eval().to(memory_format=torch.channels_last)
     values = np.zeros((len(sources), backbone.num_features), dtype=np.float32)
@@ -100,6 +106,18 @@ def extract_features(
                 ok[batch.indices.numpy()] = True
             bar.update(len(batch.indices) + len(batch.failures))
     return Features(values, ok, failures, time.perf_counter() - started, cached=False)
+
+
+def _extract_text(
+    backbone: Backbone, texts: Sequence[Source], prep, *, batch_size: int, desc: str
+) -> Features:
+    from .text import predict_ids, tokenize
+
+    started = time.perf_counter()
+    ids = tokenize(backbone.tokenizer, [str(t) for t in texts], prep.max_length)
+    values = predict_ids(backbone.body, ids, prep.pad_id, batch=batch_size).numpy().astype(np.float32)
+    ok = np.ones(len(texts), dtype=bool)
+    return Features(values, ok, {}, time.perf_counter() - started, cached=False)
 
 
 def cached_features(

@@ -132,7 +132,7 @@ def train_finetune(
     strategy = strategies.make_strategy(
         config.strategy,
         [n for n, _ in backbone.groups],
-        **({"freeze_epochs": config.freeze_epochs} if config.strategy == "finetune" else {}),
+        **({"freeze_epochs": resolved(config, "freeze_epochs")} if config.strategy == "finetune" else {}),
         lr_mult=config.lr_mult,
     )
     epochs = resolved(config, "epochs")
@@ -156,7 +156,7 @@ def train_finetune(
         bn_frozen=config.bn == "frozen",
         cycle="epoch" if config.strategy == "gradual" else "run",
     )
-    checkpointer = Checkpointer(run_dir, _resume_key(config), resume=config.resume)
+    checkpointer = Checkpointer(run_dir, resume_key(config), resume=config.resume)
     t_train = time.perf_counter()
     history = fit(
         model,
@@ -235,7 +235,7 @@ def estimate_epoch_seconds(
     return per_step * max(1, len(train) // batch_size) * 1.15  # + optimizer step and data loading
 
 
-def _resume_key(config: TrainConfig) -> dict[str, Any]:
+def resume_key(config: TrainConfig) -> dict[str, Any]:
     """The settings a checkpoint must share with the command that resumes it."""
     skip = {"resume", "out", "test", "time_budget"}
     return {k: v for k, v in config.to_dict().items() if k not in skip}

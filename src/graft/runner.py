@@ -20,15 +20,17 @@ import torch
 from torch import nn
 
 from . import strategies
-from .backbones import Backbone, Preprocessing, create_backbone
+from .backbones import Backbone, Preprocessing, create_backbone, default_backbone
 from .bundle import save_bundle, write_json
-from .config import STRATEGY_DEFAULTS, TrainConfig, resolved
+from .config import TrainConfig, resolved
 from .data.images import SkippedFile
 from .data.sources import DataSplits, Labelled, load_image_data
+from .data.text import is_text_data, load_text_data, split_columns
 from .features import Features, cached_features, fingerprint_sources
 from .finetune import estimate_epoch_seconds, loop_config, train_finetune
 from .heads import GraftModel, HeadSpec, build_head
 from .metrics import classification_metrics, plot_confusion, plot_curves, validation_row
+from .text import estimate_text_epoch_seconds, length_from_data, train_text
 from .train import epoch_line, fit, require_every_class
 
 Log = Callable[[str], None]
@@ -57,38 +59,88 @@ def run(config: TrainConfig, log: Log = print, splits: DataSplits | None = None)
         )
     if config.resume and not config.out:
         raise ValueError("--resume needs the --out folder of the interrupted run")
+    modality = config.modality if splits is not None else data_modality(config.data)
+    config = replace(config, modality=modality, backbone=config.backbone or default_backbone(modality))
     # the backbone first: a missing download fails in seconds, before a long scan of the data
     backbone = create_backbone(config.backbone, weights=config.weights)
-    if splits is None:
-        splits = load_image_data(
-            config.data, config.val, config.test, config.val_fraction, config.seed, config.data_root
+    if backbone.modality != modality:
+        raise ValueError(
+            f"--backbone {config.backbone} is a {backbone.modality} model but {config.data} holds "
+            f"{modality}s; `graft backbones` lists both kinds"
         )
-    prep = backbone.preprocessing.with_size(config.image_size)
+    if config.adapt_lm and modality != "text":
+        raise ValueError("--adapt-lm is for text backbones (masked-LM adaptation of the encoder)")
+    if config.adapt_lm:
+        raise ValueError("--adapt-lm is not available yet")
+    if splits is None:
+        splits = _load_data(config)
+    prep = _preprocessing(config, backbone, splits)
     head = build_head(HeadSpec.parse(config.head, config.dropout), backbone.num_features, len(splits.classes))
     model = GraftModel(backbone.body, head)
     choice = None
     if config.strategy == "auto":
-        config, choice = _choose(config, model, splits, prep, log)
+        config, choice = _choose(config, backbone, model, splits, prep, log)
     run_dir = Path(config.out) if config.out else default_run_dir(config, splits.name)
     if config.strategy == "linear":
         trained = _train_linear(config, backbone, prep, head, splits, log)
+    elif modality == "text":
+        trained = train_text(config, backbone, prep, model, splits, run_dir, log, started)
     else:
         trained = train_finetune(config, backbone, prep, model, splits, run_dir, log, started)
     model.eval()
     report = _report(config, backbone, prep, splits, trained, time.perf_counter() - started, run_dir)
     report["strategy_choice"] = choice or {"chosen": config.strategy, "reason": "given with --strategy"}
-    _save(run_dir, model, report, splits.classes, trained["history"])
+    _save(run_dir, model, report, splits.classes, trained["history"], backbone)
     return RunResult(run_dir, report, model)
 
 
+def data_modality(data: str) -> str:
+    return "text" if is_text_data(data) else "image"
+
+
+def _load_data(config: TrainConfig) -> DataSplits:
+    if config.modality == "text":
+        return load_text_data(
+            config.data,
+            config.val,
+            config.test,
+            split_columns(config.text_column),
+            config.label_column,
+            config.val_fraction,
+            config.seed,
+        )
+    return load_image_data(
+        config.data, config.val, config.test, config.val_fraction, config.seed, config.data_root
+    )
+
+
+def _preprocessing(config: TrainConfig, backbone: Backbone, splits: DataSplits) -> Any:
+    if backbone.modality == "image":
+        return backbone.preprocessing.with_size(config.image_size)
+    prep = backbone.preprocessing.with_pooling(config.pooling)
+    backbone.body.pooling = prep.pooling
+    if config.max_length:
+        return prep.with_length(config.max_length)
+    return length_from_data(backbone.tokenizer, splits.train.sources, prep)
+
+
 def _choose(
-    config: TrainConfig, model: GraftModel, splits: DataSplits, prep: Preprocessing, log: Log
+    config: TrainConfig, backbone: Backbone, model: GraftModel, splits: DataSplits, prep: Any, log: Log
 ) -> tuple[TrainConfig, dict[str, str]]:
     per_class = len(splits.train) / len(splits.classes)
+    defaults = (
+        resolved(replace(config, strategy="finetune"), "epochs"),
+        resolved(replace(config, strategy="finetune", epochs=None), "batch_size"),
+    )
+    epochs, batch_size = defaults
     epoch_seconds = 0.0
     if per_class >= strategies.MIN_PER_CLASS_TO_FINETUNE:  # only then is the timing worth measuring
-        epoch_seconds = estimate_epoch_seconds(model, splits.train, prep, STRATEGY_DEFAULTS["finetune"])
-    chosen, reason = strategies.choose_strategy(per_class, epoch_seconds, config.time_budget)
+        if config.modality == "text":
+            texts = splits.train.sources
+            epoch_seconds = estimate_text_epoch_seconds(model, backbone.tokenizer, texts, prep, batch_size)
+        else:
+            epoch_seconds = estimate_epoch_seconds(model, splits.train, prep, {"batch_size": batch_size})
+    chosen, reason = strategies.choose_strategy(per_class, epoch_seconds, config.time_budget, epochs)
     log(f"strategy auto -> {chosen}: {reason}")
     return replace(config, strategy=chosen), {"chosen": chosen, "reason": reason}
 
@@ -248,6 +300,7 @@ def _report(
     return {
         "run_dir": str(run_dir),
         "seconds": seconds,
+        "modality": config.modality,
         "strategy": config.strategy,
         "backbone": {
             "name": backbone.name,
@@ -261,7 +314,9 @@ def _report(
         "classes": list(splits.classes),
         "data": {
             "name": splits.name,
-            "fingerprint": fingerprint_sources([*splits.train.sources, *splits.val.sources])[:16],
+            "fingerprint": fingerprint_sources(
+                [*splits.train.sources, *splits.val.sources], texts=config.modality == "text"
+            )[:16],
             "train": trained["n_train"],
             "val": len(splits.val),
             "test": len(splits.test) if splits.test is not None else None,
@@ -286,10 +341,15 @@ def _save(
     report: dict[str, Any],
     classes: tuple[str, ...],
     history: list[dict[str, Any]],
+    backbone: Backbone,
 ) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
+    arch = {"arch_weights": report["config"]["weights"]}
+    if backbone.modality == "text":  # the encoder's config: the bundle rebuilds it with no hub access
+        arch["config"] = backbone.model_config
     meta = {
-        "backbone": report["backbone"] | {"arch_weights": report["config"]["weights"]},
+        "modality": backbone.modality,
+        "backbone": report["backbone"] | arch,
         "head": {"spec": report["head"], "dropout": report["config"]["dropout"]},
         "classes": list(classes),
         "preprocessing": report["preprocessing"],
@@ -300,7 +360,7 @@ def _save(
         },
         "data": report["data"],
     }
-    save_bundle(run_dir, model, meta)
+    save_bundle(run_dir, model, meta, tokenizer=backbone.tokenizer)
     write_json(run_dir / "report.json", report)
     test = report["test"] or report["validation"]
     plot_confusion(

@@ -71,28 +71,32 @@ def make_strategy(name: str, groups: Sequence[str], **options: float) -> StageFn
 
 
 def choose_strategy(
-    images_per_class: float, finetune_epoch_seconds: float, budget_s: float | None
+    images_per_class: float,
+    finetune_epoch_seconds: float,
+    budget_s: float | None,
+    epochs: int = AUTO_FINETUNE_EPOCHS,
 ) -> tuple[str, str]:
     """`--strategy auto`: fine-tune when there is enough data for it to beat a linear probe and the
     time to do it; otherwise the linear probe, which is minutes even on a laptop CPU.
 
     - Under MIN_PER_CLASS_TO_FINETUNE labelled images per class, fine-tuning a whole network mostly
       overfits; linear probes on pretrained features are the stronger few-shot baseline.
-    - Fine-tuning must fit AUTO_FINETUNE_EPOCHS epochs in the budget (--time-budget, else 15 minutes).
+    - Fine-tuning must fit its default number of epochs (5 for images, 3 for text) in the budget
+      (--time-budget, else 15 minutes).
     """
     budget = budget_s or DEFAULT_AUTO_BUDGET_S
-    needed = AUTO_FINETUNE_EPOCHS * finetune_epoch_seconds
+    needed = epochs * finetune_epoch_seconds
     if images_per_class < MIN_PER_CLASS_TO_FINETUNE:
         return "linear", (
-            f"{images_per_class:.0f} images per class (< {MIN_PER_CLASS_TO_FINETUNE}): "
+            f"{images_per_class:.0f} examples per class (< {MIN_PER_CLASS_TO_FINETUNE}): "
             "a linear probe on frozen features generalises better than fine-tuning"
         )
     if needed > budget:
         return "linear", (
-            f"fine-tuning needs about {needed:.0f}s for {AUTO_FINETUNE_EPOCHS} epochs, "
+            f"fine-tuning needs about {needed:.0f}s for {epochs} epochs, "
             f"more than the {budget:.0f}s budget"
         )
     return "finetune", (
-        f"{images_per_class:.0f} images per class and about {needed:.0f}s for "
-        f"{AUTO_FINETUNE_EPOCHS} epochs fit the {budget:.0f}s budget"
+        f"{images_per_class:.0f} examples per class and about {needed:.0f}s for "
+        f"{epochs} epochs fit the {budget:.0f}s budget"
     )

