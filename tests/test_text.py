@@ -200,3 +200,39 @@ def test_missing_column_is_a_one_line_cli_error(data, capsys) -> None:
     assert main(["train", str(data["train"])]) == 2
     err = capsys.readouterr().err
     assert "no column 'text'" in err and "'review', 'sentiment'" in err and err.count("\n") == 1
+
+
+def test_mask_tokens_follows_bert(minilm) -> None:
+    from graft.adapt import mask_tokens
+
+    tok = minilm.tokenizer
+    ids = torch.tensor(tok(["word " * 200] * 20, truncation=True, max_length=200)["input_ids"])
+    inputs, labels = mask_tokens(ids, tok, torch.Generator().manual_seed(0))
+    chosen = labels != -100
+    assert 0.13 < chosen.float().mean() < 0.17
+    assert not chosen[:, 0].any() and not chosen[:, -1].any()  # [CLS] and [SEP] are never masked
+    assert torch.equal(labels[chosen], ids[chosen])
+    masked_share = (inputs[chosen] == tok.mask_token_id).float().mean()
+    assert 0.75 < masked_share < 0.85
+
+
+def test_adapt_lm_updates_the_encoder_before_classification(data) -> None:
+    config = TrainConfig(
+        data=str(data["train"]),
+        text_column="review",
+        label_column="sentiment",
+        strategy="linear",
+        adapt_lm=1,
+        out=str(data["root"] / "adapted"),
+    )
+    before = create_backbone("minilm").body.state_dict()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFT_CACHE_DIR", str(data["root"] / "cache"))
+        result = run(config, log=lambda line: None)
+    after = result.model.body.state_dict()
+    assert set(after) == set(before)  # the MLM head is not part of the bundle
+    key = "encoder.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(before[key], after[key])
+    adapted = result.report["adapt_lm"]
+    assert adapted["epochs"] == 1 and adapted["history"][0]["mlm_loss"] > 0
+    assert not result.report["timing"]["feature_cache_hit"]  # adapted features are not the pretrained ones

@@ -70,11 +70,10 @@ def run(config: TrainConfig, log: Log = print, splits: DataSplits | None = None)
         )
     if config.adapt_lm and modality != "text":
         raise ValueError("--adapt-lm is for text backbones (masked-LM adaptation of the encoder)")
-    if config.adapt_lm:
-        raise ValueError("--adapt-lm is not available yet")
     if splits is None:
         splits = _load_data(config)
     prep = _preprocessing(config, backbone, splits)
+    adapted = _adapt(config, backbone, prep, splits, log) if config.adapt_lm else None
     head = build_head(HeadSpec.parse(config.head, config.dropout), backbone.num_features, len(splits.classes))
     model = GraftModel(backbone.body, head)
     choice = None
@@ -90,6 +89,7 @@ def run(config: TrainConfig, log: Log = print, splits: DataSplits | None = None)
     model.eval()
     report = _report(config, backbone, prep, splits, trained, time.perf_counter() - started, run_dir)
     report["strategy_choice"] = choice or {"chosen": config.strategy, "reason": "given with --strategy"}
+    report["adapt_lm"] = adapted
     _save(run_dir, model, report, splits.classes, trained["history"], backbone)
     return RunResult(run_dir, report, model)
 
@@ -122,6 +122,18 @@ def _preprocessing(config: TrainConfig, backbone: Backbone, splits: DataSplits) 
     if config.max_length:
         return prep.with_length(config.max_length)
     return length_from_data(backbone.tokenizer, splits.train.sources, prep)
+
+
+def _adapt(config: TrainConfig, backbone: Backbone, prep: Any, splits: DataSplits, log: Log) -> dict:
+    """--adapt-lm: masked-LM epochs on the training texts (never validation or test) and --unlabelled."""
+    from .adapt import adapt_language_model
+    from .data.text import read_text_column
+
+    texts = list(splits.train.sources)
+    if config.unlabelled:
+        texts += read_text_column(config.unlabelled, config.text_column)
+    log(f"adapt-lm: {config.adapt_lm} masked-LM epoch(s) on {len(texts)} texts")
+    return adapt_language_model(backbone, texts, config.adapt_lm, prep.max_length, seed=config.seed, log=log)
 
 
 def _choose(
