@@ -69,8 +69,10 @@ def main() -> None:
     parser.add_argument("task", choices=["trec6", "sst2"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--variants", nargs="+", default=["default"])
-    parser.add_argument("extra", nargs="*", help="more graft train arguments (after --)")
-    args = parser.parse_args()
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:cut])
+    args.extra = argv[cut + 1 :]  # more graft train arguments, after --
     rows = []
     print("| variant | seed | strategy | epochs | val acc | test acc | test error | wall s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -287,9 +287,7 @@ def test_scan_with_given_classes(tmp_path: Path) -> None:
 
 
 def test_image_samples_subset() -> None:
-    samples = ImageSamples(
-        (Path("a.png"), Path("b.png"), Path("c.png")), np.array([0, 1, 1]), ("x", "y")
-    )
+    samples = ImageSamples((Path("a.png"), Path("b.png"), Path("c.png")), np.array([0, 1, 1]), ("x", "y"))
     sub = samples.subset([2, 0])
     assert sub.paths == (Path("c.png"), Path("a.png"))
     assert sub.labels.tolist() == [1, 0] and sub.classes == ("x", "y")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from graft import train
-from graft.strategies import HEAD, Stage, discriminative_mults, make_strategy
+from graft.strategies import HEAD, Stage, auto_epochs, choose_strategy, discriminative_mults, make_strategy
 from graft.train import LoopConfig, fit, one_cycle
 
 GROUPS = ("stem", "blocks.0", "blocks.1", "blocks.2")
@@ -170,3 +170,22 @@ def test_fit_sets_each_groups_lr_from_the_stage(monkeypatch):
     assert lr["stem"] == pytest.approx(0.25 * lr[HEAD])
     last_step = 3 / 4  # 4 steps: the LR of the last one
     assert lr[HEAD] == pytest.approx(1e-2 * one_cycle(last_step, LoopConfig().pct_start))
+
+
+def test_auto_needs_enough_examples_per_class() -> None:
+    chosen, reason = choose_strategy(10, 1.0, None)
+    assert chosen == "linear" and "10 examples per class" in reason
+
+
+def test_auto_fine_tunes_when_the_epochs_fit_the_budget() -> None:
+    assert choose_strategy(100, 100.0, None, epochs=5)[0] == "finetune"  # 500 s of 900
+    chosen, reason = choose_strategy(100, 200.0, None, epochs=5)  # 1000 s > the 15-minute default
+    assert chosen == "linear" and "900s budget" in reason
+    assert choose_strategy(100, 200.0, 1800, epochs=5)[0] == "finetune"
+
+
+def test_auto_epochs_one_pass_is_enough_on_large_data() -> None:
+    assert auto_epochs(500, 5) == 5  # small data: the default epochs
+    assert auto_epochs(5_000, 3) == 3
+    assert auto_epochs(8_000, 5) == 3  # 3 passes see >= 20k examples
+    assert auto_epochs(67_000, 3) == 1

@@ -175,6 +175,7 @@ def test_finetune_and_gradual_train_the_encoder(data, strategy) -> None:
         strategy=strategy,
         epochs=2,
         batch_size=16,
+        lr=1e-3,  # 10 steps in all: a high rate, so that a working loop visibly learns
         out=str(out),
     )
     before = {k: v.clone() for k, v in create_backbone("minilm").body.state_dict().items()}
@@ -183,8 +184,10 @@ def test_finetune_and_gradual_train_the_encoder(data, strategy) -> None:
     top = "encoder.encoder.layer.5.output.dense.weight"
     assert not torch.equal(before[top], after[top])  # the top layer trained in both
     # gradual: epoch 1 trains the head, epoch 2 the head and the top group only
-    low = "encoder.embeddings.word_embeddings.weight"
+    low = "encoder.embeddings.LayerNorm.weight"
     assert torch.equal(before[low], after[low]) == (strategy == "gradual")
+    vocab = "encoder.embeddings.word_embeddings.weight"  # frozen in classification fine-tuning
+    assert torch.equal(before[vocab], after[vocab])
     assert result.report["validation"]["accuracy"] >= 0.75
     assert (out / "checkpoint.safetensors").is_file()
 
@@ -236,3 +239,23 @@ def test_adapt_lm_updates_the_encoder_before_classification(data) -> None:
     adapted = result.report["adapt_lm"]
     assert adapted["epochs"] == 1 and adapted["history"][0]["mlm_loss"] > 0
     assert not result.report["timing"]["feature_cache_hit"]  # adapted features are not the pretrained ones
+
+
+def test_small_text_datasets_get_more_epochs() -> None:
+    from graft.text import default_text_epochs
+
+    config = TrainConfig(data="x.csv", strategy="finetune", modality="text")
+    assert default_text_epochs(config, 4906, 32) == 2  # 154 steps an epoch: the default 2 epochs
+    assert default_text_epochs(config, 500, 32) == 19  # at least 300 updates
+    assert default_text_epochs(config, 40, 32) == 20  # capped
+    assert (
+        default_text_epochs(TrainConfig(data="x.csv", strategy="finetune", modality="text", epochs=1), 40, 32)
+        == 1
+    )
+
+
+def test_eval_cli_on_a_text_table(linear_run, data) -> None:
+    code, out = _cli(["eval", str(linear_run.run_dir), str(data["test"]), "--json"])
+    assert code == 0
+    metrics = json.loads(out.strip().splitlines()[-1])
+    assert metrics["n"] == 30 and metrics["accuracy"] >= 0.9

@@ -1,4 +1,4 @@
-"""graft: transfer learning for images from one command."""
+"""graft: transfer learning for images and texts from one command."""
 
 from __future__ import annotations
 

@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graft", description="Transfer learning from one command.")
     sub = parser.add_subparsers(dest="command", required=True)
     _train_parser(sub)
-    p = sub.add_parser("eval", help="evaluate a run folder on a labelled image folder")
+    p = sub.add_parser("eval", help="evaluate a run folder on labelled images or a labelled text table")
     p.add_argument("run_dir")
     p.add_argument("data")
     p.add_argument("--json", action="store_true")

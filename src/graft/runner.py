@@ -30,7 +30,7 @@ from .features import Features, cached_features, fingerprint_sources
 from .finetune import estimate_epoch_seconds, loop_config, train_finetune
 from .heads import GraftModel, HeadSpec, build_head
 from .metrics import classification_metrics, plot_confusion, plot_curves, validation_row
-from .text import estimate_text_epoch_seconds, length_from_data, train_text
+from .text import default_text_epochs, estimate_text_epoch_seconds, length_from_data, train_text
 from .train import epoch_line, fit, require_every_class
 
 Log = Callable[[str], None]
@@ -140,11 +140,11 @@ def _choose(
     config: TrainConfig, backbone: Backbone, model: GraftModel, splits: DataSplits, prep: Any, log: Log
 ) -> tuple[TrainConfig, dict[str, str]]:
     per_class = len(splits.train) / len(splits.classes)
-    defaults = (
-        resolved(replace(config, strategy="finetune"), "epochs"),
-        resolved(replace(config, strategy="finetune", epochs=None), "batch_size"),
-    )
-    epochs, batch_size = defaults
+    finetune = replace(config, strategy="finetune")
+    default_epochs, batch_size = resolved(finetune, "epochs"), resolved(finetune, "batch_size")
+    if config.modality == "text":
+        default_epochs = default_text_epochs(finetune, len(splits.train), batch_size)
+    epochs = strategies.auto_epochs(len(splits.train), default_epochs)
     epoch_seconds = 0.0
     if per_class >= strategies.MIN_PER_CLASS_TO_FINETUNE:  # only then is the timing worth measuring
         if config.modality == "text":
@@ -154,7 +154,12 @@ def _choose(
             epoch_seconds = estimate_epoch_seconds(model, splits.train, prep, {"batch_size": batch_size})
     chosen, reason = strategies.choose_strategy(per_class, epoch_seconds, config.time_budget, epochs)
     log(f"strategy auto -> {chosen}: {reason}")
-    return replace(config, strategy=chosen), {"chosen": chosen, "reason": reason}
+    config = replace(config, strategy=chosen)
+    if chosen == "finetune" and config.time_budget is None and config.epochs is None:
+        # without --time-budget, as many of the default epochs as the 15-minute default allows
+        affordable = int(strategies.DEFAULT_AUTO_BUDGET_S // max(epoch_seconds, 1e-9))
+        config = replace(config, epochs=max(epochs, min(default_epochs, affordable)))
+    return config, {"chosen": chosen, "reason": reason}
 
 
 # --------------------------------------------------------------------------- linear strategy

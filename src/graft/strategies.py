@@ -6,6 +6,7 @@ come from the backbone (stem, blocks..., in order) plus the new head, always cal
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -16,6 +17,7 @@ STRATEGIES = ("linear", "finetune", "gradual")
 MIN_PER_CLASS_TO_FINETUNE = 20
 DEFAULT_AUTO_BUDGET_S = 15 * 60
 AUTO_FINETUNE_EPOCHS = 5
+MIN_EXAMPLES_SEEN = 20_000
 
 
 @dataclass(frozen=True)
@@ -70,8 +72,14 @@ def make_strategy(name: str, groups: Sequence[str], **options: float) -> StageFn
     return partial(table[name], groups=tuple(groups), **options)
 
 
+def auto_epochs(n_train: int, default_epochs: int) -> int:
+    """Epochs of fine-tuning that `auto` must be able to afford: the default, but on a large
+    dataset one pass that sees MIN_EXAMPLES_SEEN examples is already worth more than a probe."""
+    return max(1, min(default_epochs, math.ceil(MIN_EXAMPLES_SEEN / max(1, n_train))))
+
+
 def choose_strategy(
-    images_per_class: float,
+    examples_per_class: float,
     finetune_epoch_seconds: float,
     budget_s: float | None,
     epochs: int = AUTO_FINETUNE_EPOCHS,
@@ -79,24 +87,23 @@ def choose_strategy(
     """`--strategy auto`: fine-tune when there is enough data for it to beat a linear probe and the
     time to do it; otherwise the linear probe, which is minutes even on a laptop CPU.
 
-    - Under MIN_PER_CLASS_TO_FINETUNE labelled images per class, fine-tuning a whole network mostly
-      overfits; linear probes on pretrained features are the stronger few-shot baseline.
-    - Fine-tuning must fit its default number of epochs (5 for images, 3 for text) in the budget
-      (--time-budget, else 15 minutes).
+    - Under MIN_PER_CLASS_TO_FINETUNE labelled examples per class, fine-tuning a whole network
+      mostly overfits; linear probes on pretrained features are the stronger few-shot baseline.
+    - Fine-tuning must fit `epochs` epochs (`auto_epochs`) in the budget (--time-budget, else
+      15 minutes).
     """
     budget = budget_s or DEFAULT_AUTO_BUDGET_S
     needed = epochs * finetune_epoch_seconds
-    if images_per_class < MIN_PER_CLASS_TO_FINETUNE:
+    if examples_per_class < MIN_PER_CLASS_TO_FINETUNE:
         return "linear", (
-            f"{images_per_class:.0f} examples per class (< {MIN_PER_CLASS_TO_FINETUNE}): "
+            f"{examples_per_class:.0f} examples per class (< {MIN_PER_CLASS_TO_FINETUNE}): "
             "a linear probe on frozen features generalises better than fine-tuning"
         )
     if needed > budget:
         return "linear", (
-            f"fine-tuning needs about {needed:.0f}s for {epochs} epochs, "
-            f"more than the {budget:.0f}s budget"
+            f"fine-tuning needs about {needed:.0f}s for {epochs} epoch(s), more than the {budget:.0f}s budget"
         )
     return "finetune", (
-        f"{images_per_class:.0f} examples per class and about {needed:.0f}s for "
-        f"{epochs} epochs fit the {budget:.0f}s budget"
+        f"{examples_per_class:.0f} examples per class and about {needed:.0f}s for "
+        f"{epochs} epoch(s) fit the {budget:.0f}s budget"
     )

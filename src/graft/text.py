@@ -29,6 +29,20 @@ from .train import autocast, epoch_line, fit, require_every_class
 Log = Callable[[str], None]
 BUCKET_BATCHES = 50  # batches per sorted chunk: similar lengths inside a batch, random order outside
 LENGTH_PERCENTILE = 99  # --max-length from the data: the 99th percentile of token counts
+# Fine-tuning quality follows the number of updates, not epochs: small datasets get more epochs
+# (Mosbach et al. 2021, "On the stability of fine-tuning BERT": train small tasks longer).
+MIN_FINETUNE_STEPS = 300
+WARMUP_SHARE = 0.1  # of the steps: ULMFiT's slanted triangular cut_frac and BERT's warm-up
+MAX_DEFAULT_EPOCHS = 20
+
+
+def default_text_epochs(config: TrainConfig, n_train: int, batch_size: int) -> int:
+    """The strategy's epochs, raised on small data to at least MIN_FINETUNE_STEPS updates."""
+    epochs = resolved(config, "epochs")
+    if config.epochs is None and config.strategy != "linear":
+        steps_per_epoch = math.ceil(n_train / batch_size)
+        epochs = max(epochs, min(MAX_DEFAULT_EPOCHS, math.ceil(MIN_FINETUNE_STEPS / steps_per_epoch)))
+    return epochs
 
 
 def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[torch.Tensor]:
@@ -133,20 +147,25 @@ def train_text(
     _init_feature_norm(model, ids, prep.pad_id)
     batch_size = resolved(config, "batch_size")
     steps_per_epoch = math.ceil(len(ids) / batch_size)
-    groups = [*backbone.group_parameters(), (strategies.HEAD, list(model.head.parameters()))]
+    groups = [*_trainable_groups(backbone), (strategies.HEAD, list(model.head.parameters()))]
     strategy = strategies.make_strategy(
         config.strategy,
         [n for n, _ in backbone.groups],
         **({"freeze_epochs": resolved(config, "freeze_epochs")} if config.strategy == "finetune" else {}),
         lr_mult=config.lr_mult,
     )
-    epochs, deadline = resolved(config, "epochs"), None
+    epochs, deadline = default_text_epochs(config, len(ids), batch_size), None
     if config.time_budget:
         epochs, deadline = _plan(
             config, model, ids, labels, batch_size, prep, len(val_ids), splits, started, log
         )
     loop = loop_config(
-        config, epochs, labels, len(splits.classes), cycle="epoch" if config.strategy == "gradual" else "run"
+        config,
+        epochs,
+        labels,
+        len(splits.classes),
+        cycle="epoch" if config.strategy == "gradual" else "run",
+        pct_start=WARMUP_SHARE,
     )
     t_train = time.perf_counter()
     history = fit(
@@ -175,6 +194,15 @@ def train_text(
         test_labels = torch.from_numpy(splits.test.labels)
         result["test"] = _metrics(model, test_ids, test_labels, prep.pad_id, splits.classes)
     return result
+
+
+def _trainable_groups(backbone: Backbone) -> list[tuple[str, list[nn.Parameter]]]:
+    """The layer groups without the token-embedding matrix, which stays frozen in classification
+    fine-tuning: it is half of a small encoder's weights (and of each optimizer step), only the rows
+    of words in a batch get gradients, and weight decay would shrink all the others."""
+    vocab = backbone.body.encoder.get_input_embeddings().weight
+    vocab.requires_grad_(False)
+    return [(name, [p for p in params if p is not vocab]) for name, params in backbone.group_parameters()]
 
 
 def _metrics(model: nn.Module, ids, labels: torch.Tensor, pad_id: int, classes: tuple[str, ...]) -> dict:

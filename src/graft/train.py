@@ -78,6 +78,8 @@ def make_optimizer(groups: ParamGroups, cfg: LoopConfig) -> torch.optim.AdamW:
         for ps, wd in ((decay, cfg.weight_decay), (no_decay, 0.0)):
             if ps:
                 param_groups.append({"params": ps, "weight_decay": wd, "name": name, "lr": cfg.lr})
+    # not fused=True: 15-20% faster per step for a small text encoder on CPU, but with it a resumed
+    # run no longer ended with bit-identical weights (tests/test_finetune.py); cause not found yet
     return torch.optim.AdamW(param_groups, lr=cfg.lr)
 
 

@@ -1,0 +1,146 @@
+"""Feature-extraction images/s of the default backbone by resolution, beside this machine's matmul roofline.
+
+    python bench/throughput.py [--sizes 96 128 160 224] [--seconds 5] [--matmul-size 2048 --reps 5]
+
+In one process: the fp32 and bf16 "roofline" as the GFLOP/s of a large torch.matmul (n x n, 2n^3
+FLOPs, median of --reps timed runs after a warm-up), and for each input size the backbone's FLOPs per
+image counted by `torch.utils.flop_counter.FlopCounterMode` (a multiply-add is 2 FLOPs), then images/s
+for
+  (a) plain: fp32, NCHW, eval mode, autograd on (no inference_mode, no no_grad), as a loop that
+      recomputes the backbone every epoch runs it;
+  (b) graft: torch.inference_mode + channels_last, + bf16 autocast only where
+      `graft.train.bf16_supported(cpu)` says the CPU has native bf16 (as graft's extraction does).
+Achieved GFLOP/s = images/s x FLOPs/image; the table gives it as a fraction of each roofline. A matmul
+is the best case: depthwise convolutions (most of EfficientNet's layers) are memory-bound, so a small
+fraction is expected. On a CPU without native bf16 (no AVX512-BF16/AMX), oneDNN emulates bf16 and the
+bf16 "roofline" is an emulation number, typically far below fp32 (and a 2048 bf16 matmul takes
+seconds per rep there: lower --matmul-size for a quick look).
+
+The backbone is graft's create_backbone("efficientnet_lite0").body (timm tf_efficientnet_lite0,
+num_classes=0), batch --batch-size of random inputs; speed does not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from graft.backbones import create_backbone
+from graft.train import bf16_supported
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def matmul_gflops(n: int, dtype: torch.dtype, reps: int) -> float:
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    torch.matmul(a, b)  # warm-up
+    times = []
+    for _ in range(reps):
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        times.append(time.perf_counter() - started)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def flops_per_image(model: torch.nn.Module, size: int) -> int:
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(torch.randn(1, 3, size, size))
+    return counter.get_total_flops()
+
+
+def images_per_second(
+    model: torch.nn.Module, x: torch.Tensor, graft_path: bool, bf16: bool, seconds: float
+) -> float:
+    if graft_path:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        context = torch.inference_mode()
+    else:
+        model = model.to(memory_format=torch.contiguous_format)
+        x = x.contiguous()
+        context = nullcontext()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
+    with context, autocast:
+        model(x)  # warm-up: one-off allocations and kernel selection
+        n, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            model(x)
+            n += len(x)
+    return n / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[96, 128, 160, 224])
+    parser.add_argument("--seconds", type=float, default=5.0, help="timing window per size and path")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--reps", type=int, default=5, help="timed matmuls per dtype")
+    parser.add_argument("--out", default=str(ROOT / ".cache" / "bench" / "throughput.json"))
+    args = parser.parse_args()
+
+    native_bf16 = bf16_supported(torch.device("cpu"))
+    fp32_roof = matmul_gflops(args.matmul_size, torch.float32, args.reps)
+    bf16_roof = matmul_gflops(args.matmul_size, torch.bfloat16, args.reps)
+    print(
+        f"threads {torch.get_num_threads()}, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+        f"native bf16 {native_bf16}"
+    )
+    print(
+        f"roofline ({args.matmul_size}x{args.matmul_size} matmul): fp32 {fp32_roof:.1f} GFLOP/s, "
+        f"bf16 {bf16_roof:.1f} GFLOP/s{'' if native_bf16 else ' (emulated)'}\n"
+    )
+    model = create_backbone("efficientnet_lite0", pretrained=False).body.eval()
+    graft_label = "graft (inference_mode + channels_last" + (" + bf16)" if native_bf16 else ", fp32)")
+    print(
+        "| size | GFLOPs/image | plain fp32 NCHW images/s | of fp32 roof | of bf16 roof "
+        f"| {graft_label} images/s | of fp32 roof | of bf16 roof |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    rows: list[dict[str, Any]] = []
+    for size in args.sizes:
+        flops = flops_per_image(model, size)
+        x = torch.randn(args.batch_size, 3, size, size)
+        row: dict[str, Any] = {"size": size, "flops_per_image": flops}
+        cells = [str(size), f"{flops / 1e9:.3f}"]
+        for name, graft_path in (("plain", False), ("graft", True)):
+            rate = images_per_second(model, x, graft_path, graft_path and native_bf16, args.seconds)
+            achieved = rate * flops / 1e9
+            row[name] = {
+                "images_per_second": round(rate, 1),
+                "gflops": round(achieved, 2),
+                "fraction_fp32_roofline": round(achieved / fp32_roof, 4),
+                "fraction_bf16_roofline": round(achieved / bf16_roof, 4),
+            }
+            cells += [f"{rate:.0f}", f"{achieved / fp32_roof:.1%}", f"{achieved / bf16_roof:.1%}"]
+        rows.append(row)
+        print("| " + " | ".join(cells) + " |", flush=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(
+        json.dumps(
+            {
+                "threads": torch.get_num_threads(),
+                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "native_bf16": native_bf16,
+                "batch_size": args.batch_size,
+                "matmul_size": args.matmul_size,
+                "roofline_gflops": {"fp32": round(fp32_roof, 1), "bf16": round(bf16_roof, 1)},
+                "rows": rows,
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
