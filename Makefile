@@ -10,7 +10,7 @@ $(BIN)/graft: pyproject.toml
 	touch $@
 
 $(VENV)/.test-deps: $(BIN)/graft
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,text]'
 	touch $@
 
 .PHONY: demo test test-slow lint

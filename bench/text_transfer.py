@@ -94,7 +94,7 @@ def main() -> None:
             f"\n{variant}: mean test error {statistics.mean(errors):.2f}% over {len(mine)} seed(s), "
             f"mean val acc {statistics.mean(vals):.4f}, max wall {max(r['wall_seconds'] for r in mine):.0f}s"
         )
-    path = ROOT / ".cache" / "bench" / f"text-{args.task}.json"
+    path = ROOT / ".cache" / "bench" / f"text-{args.task}-{'-'.join(args.variants)}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"extra": args.extra, "rows": rows}, indent=2))
 

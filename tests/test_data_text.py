@@ -91,6 +91,7 @@ def test_splits_from_a_task_folder_and_unknown_labels(tmp_path: Path) -> None:
     rows = "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(20))
     _csv(tmp_path / "train.csv", f"text,label\n{rows}".encode())
     _csv(tmp_path / "dev.csv", b"text,label\nx,a\ny,c\n")
+    assert is_text_data(tmp_path)
     splits = load_text_data(str(tmp_path), None, None, ["text"], "label", 0.1, 0)
     assert splits.classes == ("a", "b")
     assert len(splits.train) == 20 and len(splits.val) == 1

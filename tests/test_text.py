@@ -259,3 +259,37 @@ def test_eval_cli_on_a_text_table(linear_run, data) -> None:
     assert code == 0
     metrics = json.loads(out.strip().splitlines()[-1])
     assert metrics["n"] == 30 and metrics["accuracy"] >= 0.9
+
+
+TREC6 = Path(__file__).resolve().parents[2] / "shared" / "data" / "text" / "trec6"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not TREC6.is_dir(), reason="the TREC-6 copy in ../shared/data/text is absent")
+def test_trec6_linear_probe_on_the_real_data(tmp_path) -> None:
+    """The packaged encoder's frozen features separate TREC-6's question types well (about a minute)."""
+    config = TrainConfig(
+        data=str(TREC6 / "train.csv"),
+        test=str(TREC6 / "test.csv"),
+        strategy="linear",
+        out=str(tmp_path / "run"),
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFT_CACHE_DIR", str(tmp_path / "cache"))
+        result = run(config, log=lambda line: None)
+    assert result.report["data"]["train"] == 4906 and result.report["data"]["test"] == 500
+    assert result.report["test"]["accuracy"] >= 0.8
+
+
+def test_a_local_model_folder_is_a_backbone(minilm, tmp_path) -> None:
+    folder = tmp_path / "my-encoder"
+    minilm.body.encoder.save_pretrained(str(folder))
+    minilm.tokenizer.save_pretrained(str(folder))
+    local = create_backbone(str(folder))
+    assert local.source == "local" and local.modality == "text"
+    assert [g for g, _ in local.groups] == [g for g, _ in minilm.groups]
+    ids = torch.tensor(minilm.tokenizer(["same weights, same features"])["input_ids"])
+    local.body.eval()
+    minilm.body.eval()
+    with torch.inference_mode():
+        assert torch.allclose(local.body(ids), minilm.body(ids), atol=1e-5)

@@ -91,6 +91,10 @@ def _cycle(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Iter
 
 
 def find_lr(config: TrainConfig, out: Path, steps: int = 100, log: Any = print) -> dict[str, Any]:
+    from .data.text import is_text_data
+
+    if is_text_data(config.data):
+        raise ValueError("lr-find works on image data for now; text fine-tuning defaults to --lr 2e-4")
     backbone = create_backbone(config.backbone, weights=config.weights)
     splits = load_image_data(
         config.data, config.val, None, config.val_fraction, config.seed, config.data_root

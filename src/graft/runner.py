@@ -53,23 +53,11 @@ def run(config: TrainConfig, log: Log = print, splits: DataSplits | None = None)
     """Train, evaluate and save a bundle. `splits` lets callers (the demo, tests) pass data in memory."""
     started = time.perf_counter()
     torch.manual_seed(config.seed)
-    if config.strategy not in (*strategies.STRATEGIES, "auto"):
-        raise ValueError(
-            f"unknown strategy {config.strategy!r}; choose one of {', '.join(strategies.STRATEGIES)}"
-        )
-    if config.resume and not config.out:
-        raise ValueError("--resume needs the --out folder of the interrupted run")
+    _check_options(config)
     modality = config.modality if splits is not None else data_modality(config.data)
     config = replace(config, modality=modality, backbone=config.backbone or default_backbone(modality))
     # the backbone first: a missing download fails in seconds, before a long scan of the data
-    backbone = create_backbone(config.backbone, weights=config.weights)
-    if backbone.modality != modality:
-        raise ValueError(
-            f"--backbone {config.backbone} is a {backbone.modality} model but {config.data} holds "
-            f"{modality}s; `graft backbones` lists both kinds"
-        )
-    if config.adapt_lm and modality != "text":
-        raise ValueError("--adapt-lm is for text backbones (masked-LM adaptation of the encoder)")
+    backbone = _backbone_for(config)
     if splits is None:
         splits = _load_data(config)
     prep = _preprocessing(config, backbone, splits)
@@ -92,6 +80,27 @@ def run(config: TrainConfig, log: Log = print, splits: DataSplits | None = None)
     report["adapt_lm"] = adapted
     _save(run_dir, model, report, splits.classes, trained["history"], backbone)
     return RunResult(run_dir, report, model)
+
+
+def _check_options(config: TrainConfig) -> None:
+    if config.strategy not in (*strategies.STRATEGIES, "auto"):
+        raise ValueError(
+            f"unknown strategy {config.strategy!r}; choose one of {', '.join(strategies.STRATEGIES)}"
+        )
+    if config.resume and not config.out:
+        raise ValueError("--resume needs the --out folder of the interrupted run")
+
+
+def _backbone_for(config: TrainConfig) -> Backbone:
+    backbone = create_backbone(config.backbone, weights=config.weights)
+    if backbone.modality != config.modality:
+        raise ValueError(
+            f"--backbone {config.backbone} is a {backbone.modality} model but {config.data} holds "
+            f"{config.modality}s; `graft backbones` lists both kinds"
+        )
+    if config.adapt_lm and config.modality != "text":
+        raise ValueError("--adapt-lm is for text backbones (masked-LM adaptation of the encoder)")
+    return backbone
 
 
 def data_modality(data: str) -> str:

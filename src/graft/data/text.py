@@ -35,6 +35,8 @@ def is_text_data(path: str | Path) -> bool:
         return path.suffix.lower() in TABLE_SUFFIXES
     if not path.is_dir():
         return False
+    if is_split_folder(path):
+        return True
     return any(p.suffix.lower() == TEXT_FILE_SUFFIX for p in path.glob("*/*"))
 
 
