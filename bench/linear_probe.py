@@ -93,6 +93,13 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--graft-batch-size",
+        type=int,
+        default=32,
+        help="graft's --batch-size: the seed loop's 32, so that 10 epochs are the same number of updates "
+        "(graft's own default, 256, with --epochs 10 gives a head only ~8 steps an epoch)",
+    )
     parser.add_argument("--out", default=str(BENCH / "linear_probe.json"))
     args = parser.parse_args()
     data, test = Path(args.data), Path(args.test)
@@ -111,6 +118,7 @@ def main() -> None:
         backbone=args.backbone,
         seed=args.seed,
         out=ROOT / ".cache" / "runs" / f"bench-linear-probe-{args.per_class}-{args.image_size}",
+        extra=["--batch-size", str(args.graft_batch_size)],
     )
     print(f"graft: test accuracy {graft['test_accuracy']:.4f}, wall {graft['wall_seconds']:.1f}s", flush=True)
     seed = run_seed_recipe(
