@@ -27,7 +27,15 @@ from .data.pipeline import default_workers, iterate_batches, normalize
 from .data.sources import DataSplits, Labelled
 from .heads import GraftModel
 from .metrics import classification_metrics, validation_row
-from .train import LoopConfig, autocast, balanced_class_weights, epoch_line, fit, require_every_class
+from .train import (
+    LoopConfig,
+    autocast,
+    balanced_class_weights,
+    epoch_line,
+    fit,
+    require_every_class,
+    seconds_per_step,
+)
 
 Log = Callable[[str], None]
 
@@ -191,21 +199,10 @@ def _time_steps(
     model: GraftModel, dataset: MemoryDataset, batch_size: int, prep: Preprocessing, steps: int = 3
 ) -> float:
     """Seconds per training step, measured on real batches (the weights are restored afterwards)."""
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    model.train()
-    x = normalize(torch.stack([dataset[i][0] for i in range(min(batch_size, len(dataset)))]), prep)
-    y = torch.stack([dataset[i][1] for i in range(min(batch_size, len(dataset)))])
-    timings = []
-    for _ in range(steps + 1):
-        t = time.perf_counter()
-        with autocast(x.device):
-            loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        timings.append(time.perf_counter() - t)
-    model.load_state_dict(state)
-    return float(np.median(timings[1:]))  # the first step pays one-off allocation costs
+    n = min(batch_size, len(dataset))
+    x = normalize(torch.stack([dataset[i][0] for i in range(n)]), prep)
+    y = torch.stack([dataset[i][1] for i in range(n)])
+    return seconds_per_step(model, x, y, steps)
 
 
 def loop_config(config: TrainConfig, epochs: int, labels: Any, num_classes: int, **extra: Any) -> LoopConfig:

@@ -24,7 +24,7 @@ from .config import TrainConfig, resolved
 from .data.sources import DataSplits
 from .heads import GraftModel
 from .metrics import classification_metrics, validation_row
-from .train import autocast, epoch_line, fit, require_every_class
+from .train import autocast, epoch_line, fit, require_every_class, seconds_per_step
 
 Log = Callable[[str], None]
 BUCKET_BATCHES = 50  # batches per sorted chunk: similar lengths inside a batch, random order outside
@@ -234,22 +234,10 @@ def time_text_steps(
     steps: int = 3,
 ) -> float:
     """Seconds per training step on batches of median-length texts (weights restored afterwards)."""
-    state = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
-    model.train()
     median = int(np.median([len(t) for t in ids]))
     typical = sorted(range(len(ids)), key=lambda i: abs(len(ids[i]) - median))[:batch_size]
     x, y = pad([ids[i] for i in typical], pad_id), labels[typical]
-    timings = []
-    for _ in range(steps + 1):
-        t = time.perf_counter()
-        with autocast(x.device):
-            loss = nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        timings.append(time.perf_counter() - t)
-    model.load_state_dict(state)
-    return float(np.median(timings[1:])) * 1.1  # + the AdamW step, not timed above
+    return seconds_per_step(model, x, y, steps) * 1.1  # + the AdamW step, not timed above
 
 
 def estimate_text_epoch_seconds(

@@ -101,6 +101,23 @@ def apply_stage(model: nn.Module, groups: ParamGroups, stage: Stage, bn_frozen: 
                 module.eval()
 
 
+def seconds_per_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int = 3) -> float:
+    """Median seconds of a forward + backward pass on one real batch; the weights are restored."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    model.train()
+    timings = []
+    for _ in range(steps + 1):
+        t = time.perf_counter()
+        with autocast(x.device):
+            loss = nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        timings.append(time.perf_counter() - t)
+    model.load_state_dict(state)
+    return float(np.median(timings[1:]))  # the first step pays one-off allocation costs
+
+
 def _train_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
