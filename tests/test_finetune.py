@@ -67,9 +67,10 @@ def _interrupt(config: TrainConfig, after_epochs: int) -> None:
 
 @pytest.fixture(scope="module")
 def interrupted(data, tmp_path_factory) -> tuple[TrainConfig, Path]:
-    """A 3-epoch finetune run (one DataLoader worker process) stopped right after its epoch-2 checkpoint."""
+    """A finetune run of a probe + 3 epochs (one DataLoader worker process) stopped right after its
+    epoch-2 checkpoint."""
     out = tmp_path_factory.mktemp("interrupted") / "run"
-    config = _config(data, epochs=3, out=str(out), augment="light")
+    config = _config(data, epochs=4, out=str(out), augment="light")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(finetune, "default_workers", lambda: 1)
         _interrupt(config, after_epochs=2)
@@ -115,9 +116,9 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(interrupted, tmp_p
 
 
 def test_resume_across_the_unfreeze_boundary_without_workers(data, tmp_path, monkeypatch):
-    """Interrupted after the head-only epoch, in-process loading: --resume still matches exactly."""
+    """gradual, interrupted after its head-only epoch, in-process loading: --resume matches exactly."""
     monkeypatch.setattr(finetune, "default_workers", lambda: 0)  # augmentation on the main RNG
-    config = _config(data, epochs=2, out=str(tmp_path / "resumed"))
+    config = _config(data, strategy="gradual", epochs=2, out=str(tmp_path / "resumed"))
     _interrupt(config, after_epochs=1)
     lines: list[str] = []
     resumed = run(replace(config, resume=True), log=lines.append)
@@ -201,12 +202,13 @@ def test_apply_stage_head_only_freezes_body_and_puts_its_bn_in_eval():
 
 
 def test_apply_stage_unfreezes_named_groups_and_bn_trainable_keeps_train_mode():
-    """A stage with block+head unfreezes just those; bn_frozen=False leaves frozen groups' BN training."""
+    """A stage with block+head unfreezes just those; bn_frozen keeps every pretrained BN in eval mode
+    (the trained block's too) and the head's new BN training; bn_frozen=False puts all BN in train mode."""
     model, groups = _toy()
-    body, _ = model
+    body, head = model
     apply_stage(model, groups, Stage({"block": 0.5, HEAD: 1.0}), bn_frozen=True)
     assert [p.requires_grad for p in body.parameters()] == [False] * 4 + [True] * 4
-    assert (body[1].training, body[3].training) == (False, True)
+    assert (body[1].training, body[3].training, head[3].training) == (False, False, True)
     apply_stage(model, groups, Stage({HEAD: 1.0}), bn_frozen=False)
     assert not any(p.requires_grad for p in body.parameters())
     assert body[1].training and body[3].training
@@ -257,24 +259,35 @@ def _by_name(step: list[tuple[str, float, bool]]) -> dict[str, tuple[float, bool
 
 
 def test_discriminative_rates_are_geometric_from_stem_to_head(data, tmp_path, steps):
-    """finetune: frozen epoch trains only the head (others lr 0); then head/stem LR = lr_mult, geometric."""
+    """finetune: the head-only phase steps only the head; then head/stem LR = lr_mult, geometric."""
     result = run(_config(data, lr_mult=25.0, out=str(tmp_path / "run")), log=steps.log)
     names = [*result.report["backbone"]["groups"], HEAD]
-    assert len(steps.ends) == 2 and steps.ends[0] == 5  # 21 images at batch 4, last partial dropped
-
-    for step in steps.epoch(0):
-        lrs = _by_name(step)
-        assert list(lrs) == names
-        assert lrs[HEAD][0] > 0 and lrs[HEAD][1]
-        assert all(lrs[n] == (0.0, False) for n in names[:-1])
+    probe = [step for step in steps.rows if {n for n, _, _ in step} == {HEAD}]
+    unfrozen = steps.rows[len(probe) :]
+    assert probe and all(_by_name(step)[HEAD][1] for step in probe)
+    assert len(unfrozen) == 5  # 1 epoch after the head-only one: 21 images at batch 4, last partial dropped
 
     ratio = 25.0 ** (1 / (len(names) - 1))
-    for step in steps.epoch(1):
+    for step in unfrozen:
         lrs = _by_name(step)
+        assert list(lrs) == names
         assert all(trainable for _, trainable in lrs.values())
         assert lrs[HEAD][0] / lrs["stem"][0] == pytest.approx(25.0, rel=1e-9)
         for lower, upper in zip(names, names[1:], strict=False):
             assert lrs[upper][0] / lrs[lower][0] == pytest.approx(ratio, rel=1e-9), (lower, upper)
+
+
+def test_head_only_phase_is_a_probe_on_cached_features(data, tmp_path, monkeypatch):
+    """finetune's head-only epoch is a linear probe on cached features: history row 0 is the head alone
+    with a validation score, the body is not run per training step, and a rerun hits the cache."""
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "cache"))
+    first = run(_config(data, out=str(tmp_path / "a")), log=lambda line: None)
+    again = run(_config(data, out=str(tmp_path / "b"), lr=3e-3), log=lambda line: None)
+    row0, row1 = first.report["history"]
+    assert (row0["epoch"], row0["stage"]) == (0, [HEAD]) and 0.0 <= row0["val_accuracy"] <= 1.0
+    assert len(row1["stage"]) > 1
+    assert not first.report["timing"]["feature_cache_hit"] and again.report["timing"]["feature_cache_hit"]
+    assert list((tmp_path / "cache" / "features").glob("*.safetensors"))
 
 
 def test_gradual_unfreezes_one_more_group_from_the_top_each_epoch(data, tmp_path, steps):

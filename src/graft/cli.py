@@ -51,7 +51,8 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "--bn",
         default="frozen",
         choices=["frozen", "trainable"],
-        help="BatchNorm in frozen layer groups: keep its statistics (frozen) or update them",
+        help="pretrained BatchNorm: keep its running statistics while scale and shift train (frozen), "
+        "or use and update batch statistics (trainable)",
     )
     p.add_argument("--time-budget", help="finish within this many seconds (also 30m, 1h)")
     p.add_argument("--patience", type=int, help="stop after N epochs without a better validation accuracy")

@@ -33,7 +33,10 @@ class TrainConfig:
     freeze_epochs: int | None = None  # finetune: head-only epochs first (None: 1 for images, 0 for text)
     lr_mult: float = 10.0  # head LR / earliest group's LR, geometric in between
     augment: str = "light"  # none | light (random-resized-crop + flip) | strong (+ TrivialAugment)
-    bn: str = "frozen"  # frozen: BatchNorm of frozen groups keeps its statistics | trainable
+    # frozen: pretrained BatchNorm normalises with its running statistics, also in trained groups
+    # (Keras' fine-tuning guide; torchvision's FrozenBatchNorm2d). Small data otherwise shifts
+    # the statistics the head was trained on, and momentum-0.01 TF-ported BN barely re-learns them.
+    bn: str = "frozen"  # frozen | trainable
     patience: int | None = None  # early stopping after this many epochs without a better val accuracy
     time_budget: float | None = None  # seconds for the whole run
     resume: bool = False

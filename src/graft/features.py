@@ -74,7 +74,6 @@ def cache_key(backbone: Backbone, prep: Preprocessing, sources: Sequence[Source]
     return f"{backbone.name.replace('/', '_').strip('_')}-{head}-{inputs}"
 
 
-@torch.inference_mode()
 def extract_features(
     backbone: Backbone,
     sources: Sequence[Source],
@@ -88,8 +87,24 @@ def extract_features(
     if backbone.modality == "text":
         return _extract_text(backbone, sources, prep, batch_size=batch_size, desc=desc)
     device = next(backbone.body.parameters()).device
+    # outside inference mode: weights converted inside it could never train again (fine-tuning
+    # after a probe trains this very module)
     body = backbone.body.eval().to(memory_format=torch.channels_last)
-    values = np.zeros((len(sources), backbone.num_features), dtype=np.float32)
+    with torch.inference_mode():
+        return _extract_images(body, sources, prep, device, backbone.num_features, flip, batch_size, desc)
+
+
+def _extract_images(
+    body: torch.nn.Module,
+    sources: Sequence[Source],
+    prep: Preprocessing,
+    device: torch.device,
+    num_features: int,
+    flip: bool,
+    batch_size: int,
+    desc: str,
+) -> Features:
+    values = np.zeros((len(sources), num_features), dtype=np.float32)
     ok = np.zeros(len(sources), dtype=bool)
     failures: dict[int, str] = {}
     started = time.perf_counter()

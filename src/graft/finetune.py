@@ -122,7 +122,10 @@ def train_finetune(
     run_dir: Path,
     log: Log,
     started: float,
+    probed: bool = False,
 ) -> dict[str, Any]:
+    """`probed`: the head was already trained on cached features (runner.probe_head), so the
+    head-only epochs are done and the first epoch trains the backbone too."""
     t0 = time.perf_counter()
     images, labels = _decode(splits.train, prep.resize_size, splits.skipped)
     require_every_class(labels, splits.classes)
@@ -132,18 +135,16 @@ def train_finetune(
         f"({time.perf_counter() - t0:.1f}s)"
     )
     model = model.to(memory_format=torch.channels_last)
-    _init_feature_norm(model, images, prep)
+    if not probed:
+        _init_feature_norm(model, images, prep)
     dataset = MemoryDataset(images, labels, train_transform(prep, config.augment))
     batch_size = resolved(config, "batch_size")
     steps_per_epoch = max(1, len(dataset) // batch_size) if len(dataset) > batch_size else 1
     groups = [*backbone.group_parameters(), (strategies.HEAD, list(model.head.parameters()))]
+    options, epochs = head_phase(config, resolved(config, "epochs"), probed)
     strategy = strategies.make_strategy(
-        config.strategy,
-        [n for n, _ in backbone.groups],
-        **({"freeze_epochs": resolved(config, "freeze_epochs")} if config.strategy == "finetune" else {}),
-        lr_mult=config.lr_mult,
+        config.strategy, [n for n, _ in backbone.groups], **options, lr_mult=config.lr_mult
     )
-    epochs = resolved(config, "epochs")
     deadline = None
     if config.time_budget:
         per_step = _time_steps(model, dataset, batch_size, prep)
@@ -203,6 +204,18 @@ def _time_steps(
     x = normalize(torch.stack([dataset[i][0] for i in range(n)]), prep)
     y = torch.stack([dataset[i][1] for i in range(n)])
     return seconds_per_step(model, x, y, steps)
+
+
+def head_phase(config: TrainConfig, epochs: int, probed: bool) -> tuple[dict[str, int], int]:
+    """The finetune strategy's options and the loop's epochs. After a probe on cached features the
+    head-only epochs are done already: they are taken off the count (none may be left), and
+    everything trains in the rest."""
+    if config.strategy != "finetune":
+        return {}, epochs
+    freeze = resolved(config, "freeze_epochs")
+    if probed:
+        return {"freeze_epochs": 0}, max(0, epochs - freeze)
+    return {"freeze_epochs": freeze}, epochs
 
 
 def loop_config(config: TrainConfig, epochs: int, labels: Any, num_classes: int, **extra: Any) -> LoopConfig:

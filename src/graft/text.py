@@ -131,8 +131,9 @@ def train_text(
     run_dir: Path,
     log: Log,
     started: float,
+    probed: bool = False,
 ) -> dict[str, Any]:
-    from .finetune import loop_config, resume_key
+    from .finetune import head_phase, loop_config, resume_key
 
     t0 = time.perf_counter()
     tok = backbone.tokenizer
@@ -144,17 +145,16 @@ def train_text(
     log(
         f"tokenised {len(ids)} training and {len(val_ids)} validation texts ({time.perf_counter() - t0:.1f}s)"
     )
-    _init_feature_norm(model, ids, prep.pad_id)
+    if not probed:
+        _init_feature_norm(model, ids, prep.pad_id)
     batch_size = resolved(config, "batch_size")
     steps_per_epoch = math.ceil(len(ids) / batch_size)
     groups = [*_trainable_groups(backbone), (strategies.HEAD, list(model.head.parameters()))]
+    options, epochs = head_phase(config, default_text_epochs(config, len(ids), batch_size), probed)
     strategy = strategies.make_strategy(
-        config.strategy,
-        [n for n, _ in backbone.groups],
-        **({"freeze_epochs": resolved(config, "freeze_epochs")} if config.strategy == "finetune" else {}),
-        lr_mult=config.lr_mult,
+        config.strategy, [n for n, _ in backbone.groups], **options, lr_mult=config.lr_mult
     )
-    epochs, deadline = default_text_epochs(config, len(ids), batch_size), None
+    deadline = None
     if config.time_budget:
         epochs, deadline = _plan(
             config, model, ids, labels, batch_size, prep, len(val_ids), splits, started, log

@@ -19,7 +19,7 @@ from torch import nn
 
 from .checkpoint import Checkpointer, LoopState
 from .data.images import DataError
-from .strategies import Stage, StageFn
+from .strategies import HEAD, Stage, StageFn
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 ParamGroups = Sequence[tuple[str, Sequence[nn.Parameter]]]
@@ -34,7 +34,7 @@ class LoopConfig:
     class_weights: tuple[float, ...] | None = None  # per-class loss weights (imbalanced data)
     pct_start: float = 0.25  # share of steps spent warming up (one-cycle / slanted triangular)
     seed: int = 0
-    bn_frozen: bool = True  # BatchNorm of frozen groups stays in eval mode
+    bn_frozen: bool = True  # pretrained BatchNorm keeps its running statistics (eval mode)
     patience: int | None = None  # early stopping: epochs without a better validation accuracy
     cycle: str = "run"  # "run": one one-cycle over all epochs; "epoch": one per epoch (ULMFiT stages)
 
@@ -84,19 +84,20 @@ def make_optimizer(groups: ParamGroups, cfg: LoopConfig) -> torch.optim.AdamW:
 
 
 def apply_stage(model: nn.Module, groups: ParamGroups, stage: Stage, bn_frozen: bool = True) -> None:
-    """Freeze the groups the stage leaves out; their BatchNorm layers stay in eval mode (running
-    statistics untouched) unless `bn_frozen` is False."""
-    frozen: set[int] = set()
+    """Freeze the groups the stage leaves out. With `bn_frozen`, every pretrained BatchNorm layer
+    (any group but the head) stays in eval mode, trained or not: it normalises with its pretrained
+    running statistics while its scale and shift train with their group."""
+    pretrained: set[int] = set()
     for name, params in groups:
         for p in params:
             p.requires_grad_(stage.trains(name))
-            if not stage.trains(name):
-                frozen.add(id(p))
+            if name != HEAD:
+                pretrained.add(id(p))
     model.train()
     if bn_frozen:
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm) and any(
-                id(p) in frozen for p in module.parameters(recurse=False)
+                id(p) in pretrained for p in module.parameters(recurse=False)
             ):
                 module.eval()
 
