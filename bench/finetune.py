@@ -1,6 +1,6 @@
 """Fine-tuning, accuracy against wall seconds: `graft train --strategy finetune` against the seed loop.
 
-    python bench/finetune.py                                     # 100 train / 50 test images per class
+    python bench/finetune.py                           # 100/50 images per class; graft --epochs 1, 5
     python bench/finetune.py --graft-epochs 1 2 3 --epochs 10    # several graft runs: accuracy vs time
 
 Both sides fine-tune the whole backbone (efficientnet_lite0) on the same images (the first N per class
@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=50, help="first N test images per class")
     parser.add_argument("--epochs", type=int, default=10, help="seed loop epochs")
     parser.add_argument(
-        "--graft-epochs", type=int, nargs="+", default=[2], help="graft --epochs; one run per value"
+        "--graft-epochs", type=int, nargs="+", default=[1, 5], help="graft --epochs; one run per value"
     )
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--backbone", default="efficientnet_lite0")
