@@ -295,7 +295,11 @@ def probe_head(
     the head converges in seconds instead of epochs of backbone passes, and fine-tuning then starts
     from a trained head, whose small gradients distort the pretrained features less."""
     probe = replace(config, strategy="linear", epochs=None, lr=None, batch_size=None, patience=None)
-    quiet = lambda line: None if line.startswith("epoch ") else log(line)  # noqa: E731 - epoch rows are the probe's
+
+    def quiet(line: str) -> None:  # the probe's own epoch rows would read as fine-tuning epochs
+        if not line.startswith("epoch "):
+            log(line)
+
     result = _train_linear(probe, backbone, prep, head, splits, quiet, with_test=False)
     last = result["history"][-1]
     log(
