@@ -106,6 +106,22 @@ def test_layer_groups_are_ordered_and_cover_every_parameter_once(name, expected_
     assert len(ids) == len(set(ids)) == len(list(backbone.body.parameters()))
 
 
+def test_freeze_below_keeps_the_top_groups_trainable():
+    """Groups below the top N and the `also` parameters stop taking gradients; the rest train."""
+    backbone = create_backbone("resnet18", pretrained=False)
+    one_of_the_top = backbone.group_parameters()[-1][1][0]
+    trained = backbone.freeze_below(3, also=[one_of_the_top])
+    assert trained == ["layer2", "layer3", "layer4"]
+    assert [name for name, _ in backbone.trainable_groups()] == trained
+    frozen = [p for name, params in backbone.group_parameters() if name not in trained for p in params]
+    assert frozen and not any(p.requires_grad for p in frozen)
+    assert all(p.requires_grad for _, params in backbone.trainable_groups() for p in params)
+    assert not one_of_the_top.requires_grad
+    assert all(p is not one_of_the_top for p in backbone.trainable_groups()[-1][1])
+    everything = create_backbone("resnet18", pretrained=False)
+    assert len(everything.freeze_below(None)) == len(everything.groups)
+
+
 @pytest.mark.parametrize(
     ("name", "width"),
     [("resnet18", 512), ("mobilenet_v3_small", 576), ("efficientnet_b0", 1280), ("timm/resnet18", 512)],

@@ -35,7 +35,7 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         default="auto",
         choices=["auto", "linear", "finetune", "gradual"],
         help="auto (default): finetune when there are >= 20 examples per class and its default epochs "
-        "(5 for images, 3 for text) fit the "
+        "(5 for images, 2 for text) fit the "
         "time budget (15 min if none), else linear; linear: frozen backbone, cached features, "
         "trained head; finetune: head first, then everything with discriminative LRs; "
         "gradual: ULMFiT gradual unfreezing",
@@ -46,6 +46,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         help="finetune: head-only epochs first (default 1 for images, 0 for text)",
     )
     p.add_argument("--lr-mult", type=float, default=10.0, help="head LR / earliest layer group's LR")
+    p.add_argument(
+        "--train-groups",
+        type=int,
+        metavar="N",
+        help="fine-tune only the top N layer groups of the backbone (default: all); the groups below "
+        "stay frozen and cost no backward pass",
+    )
     p.add_argument("--augment", default="light", choices=["none", "light", "strong"])
     p.add_argument(
         "--bn",

@@ -140,7 +140,7 @@ def train_finetune(
     dataset = MemoryDataset(images, labels, train_transform(prep, config.augment))
     batch_size = resolved(config, "batch_size")
     steps_per_epoch = max(1, len(dataset) // batch_size) if len(dataset) > batch_size else 1
-    groups = [*backbone.group_parameters(), (strategies.HEAD, list(model.head.parameters()))]
+    groups = [*backbone.trainable_groups(), (strategies.HEAD, list(model.head.parameters()))]
     options, epochs = head_phase(config, resolved(config, "epochs"), probed)
     strategy = strategies.make_strategy(
         config.strategy, [n for n, _ in backbone.groups], **options, lr_mult=config.lr_mult

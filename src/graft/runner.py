@@ -62,6 +62,7 @@ def run(config: TrainConfig, log: Log = print, splits: DataSplits | None = None)
         splits = _load_data(config)
     prep = _preprocessing(config, backbone, splits)
     adapted = _adapt(config, backbone, prep, splits, log) if config.adapt_lm else None
+    _freeze(config, backbone, log)
     head = build_head(HeadSpec.parse(config.head, config.dropout), backbone.num_features, len(splits.classes))
     model = GraftModel(backbone.body, head)
     choice = None
@@ -90,6 +91,8 @@ def _check_options(config: TrainConfig) -> None:
         raise ValueError(
             f"unknown strategy {config.strategy!r}; choose one of {', '.join(strategies.STRATEGIES)}"
         )
+    if config.train_groups is not None and config.train_groups < 1:
+        raise ValueError("--train-groups must be at least 1; for the head alone use --strategy linear")
     if config.resume and not config.out:
         raise ValueError("--resume needs the --out folder of the interrupted run")
 
@@ -146,6 +149,20 @@ def _adapt(config: TrainConfig, backbone: Backbone, prep: Any, splits: DataSplit
         texts += read_text_column(config.unlabelled, config.text_column)
     log(f"adapt-lm: {config.adapt_lm} masked-LM epoch(s) on {len(texts)} texts")
     return adapt_language_model(backbone, texts, config.adapt_lm, prep.max_length, seed=config.seed, log=log)
+
+
+def _freeze(config: TrainConfig, backbone: Backbone, log: Log) -> None:
+    """Freeze what fine-tuning leaves alone, before any step is timed or taken: the layer groups
+    below the top --train-groups, and a text encoder's token-embedding matrix. That matrix is
+    half of a small encoder's weights (and of each optimizer step), only the rows of words in a
+    batch get gradients, and weight decay would shrink all the others."""
+    vocab = [backbone.body.encoder.get_input_embeddings().weight] if backbone.modality == "text" else []
+    trained = backbone.freeze_below(config.train_groups, also=vocab)
+    if config.train_groups is not None and config.strategy != "linear" and trained:
+        log(
+            f"fine-tuning trains the top {len(trained)} of {len(backbone.groups)} layer groups "
+            f"({trained[0]} .. {trained[-1]}); the groups below stay frozen"
+        )
 
 
 def _choose(

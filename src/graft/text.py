@@ -149,7 +149,7 @@ def train_text(
         _init_feature_norm(model, ids, prep.pad_id)
     batch_size = resolved(config, "batch_size")
     steps_per_epoch = math.ceil(len(ids) / batch_size)
-    groups = [*_trainable_groups(backbone), (strategies.HEAD, list(model.head.parameters()))]
+    groups = [*backbone.trainable_groups(), (strategies.HEAD, list(model.head.parameters()))]
     options, epochs = head_phase(config, default_text_epochs(config, len(ids), batch_size), probed)
     strategy = strategies.make_strategy(
         config.strategy, [n for n, _ in backbone.groups], **options, lr_mult=config.lr_mult
@@ -194,15 +194,6 @@ def train_text(
         test_labels = torch.from_numpy(splits.test.labels)
         result["test"] = _metrics(model, test_ids, test_labels, prep.pad_id, splits.classes)
     return result
-
-
-def _trainable_groups(backbone: Backbone) -> list[tuple[str, list[nn.Parameter]]]:
-    """The layer groups without the token-embedding matrix, which stays frozen in classification
-    fine-tuning: it is half of a small encoder's weights (and of each optimizer step), only the rows
-    of words in a batch get gradients, and weight decay would shrink all the others."""
-    vocab = backbone.body.encoder.get_input_embeddings().weight
-    vocab.requires_grad_(False)
-    return [(name, [p for p in params if p is not vocab]) for name, params in backbone.group_parameters()]
 
 
 def _metrics(model: nn.Module, ids, labels: torch.Tensor, pad_id: int, classes: tuple[str, ...]) -> dict:

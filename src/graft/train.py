@@ -181,6 +181,7 @@ def fit(
     weight = torch.tensor(cfg.class_weights, device=device) if cfg.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing)
     total_steps = max(1, cfg.epochs * steps_per_epoch)
+    trained = {name for name, _ in groups}
     t0 = time.perf_counter()
 
     def run_progress() -> float:
@@ -203,7 +204,7 @@ def fit(
         train_loss = _train_epoch(model, optimizer, loss_fn, batches(epoch), stage, lr_at, state, deadline)
         row = {
             "epoch": epoch + 1,
-            "stage": sorted(stage.lr_mults),
+            "stage": sorted(g for g in stage.lr_mults if g in trained),  # not the frozen groups
             "train_loss": train_loss,
             "lr": cfg.lr * one_cycle(run_progress(), cfg.pct_start),
             "train_seconds": time.perf_counter() - started,

@@ -8,7 +8,7 @@ weights enums, it carries the preprocessing its weights expect.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -68,6 +68,23 @@ class Backbone:
     def group_parameters(self) -> list[tuple[str, list[nn.Parameter]]]:
         params = dict(self.body.named_parameters())
         return [(name, [params[p] for p in names]) for name, names in self.groups]
+
+    def freeze_below(self, train_top: int | None, also: Iterable[nn.Parameter] = ()) -> list[str]:
+        """Freeze every layer group below the top `train_top` ones (None: all train) and the
+        parameters in `also`; returns the names of the groups left to train, bottom to top."""
+        groups = self.group_parameters()
+        first = 0 if train_top is None else max(0, len(groups) - train_top)
+        for _, params in groups[:first]:
+            for p in params:
+                p.requires_grad_(False)
+        for p in also:
+            p.requires_grad_(False)
+        return [name for name, _ in self.trainable_groups()]
+
+    def trainable_groups(self) -> list[tuple[str, list[nn.Parameter]]]:
+        """The layer groups that train, without their frozen parameters (see `freeze_below`)."""
+        groups = [(name, [p for p in params if p.requires_grad]) for name, params in self.group_parameters()]
+        return [(name, params) for name, params in groups if params]
 
 
 @dataclass(frozen=True)
