@@ -1,4 +1,4 @@
-"""graft.checkpoint: per-epoch checkpoints (safetensors + JSON, nothing pickled) and their restore."""
+"""graft.training.checkpoint: per-epoch checkpoints (safetensors + JSON, no pickle) and their restore."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from graft.checkpoint import META, TENSORS, Checkpointer, LoopState
-from graft.train import LoopConfig, make_optimizer
+from graft.training.checkpoint import META, TENSORS, Checkpointer
+from graft.training.loop import LoopConfig, LoopState, make_optimizer
 
 CONFIG = {"strategy": "finetune", "lr": 0.001, "epochs": 3}
 

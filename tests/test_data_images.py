@@ -1,8 +1,12 @@
-"""Tests for graft.data.images: decoding, folder scanning, splits and bundled data sets."""
+"""Tests for graft.data.images and graft.data.splits: decoding, folder scanning, the one data model,
+stratified splits, image data sets (folders, CIFAR-10, digits) and the package's public names."""
 
 from __future__ import annotations
 
+import importlib
 import socket
+import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -11,20 +15,25 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import graft._net
 import graft.data as gdata
 from graft.data import (
     IMAGE_EXTENSIONS,
-    ArraySamples,
     DataError,
-    ImageSamples,
+    DataSplits,
+    Labelled,
+    SkippedFile,
     UnreadableImage,
     load_cifar10,
     load_digits_images,
-    load_image_splits,
+    load_image_data,
     load_rgb,
     scan_image_folder,
+    stratified_split,
     stratified_subset,
 )
+from graft.data import images as images_module
+from graft.errors import GraftError
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -214,14 +223,16 @@ def test_scan_sorted_recursive_and_ignores_hidden_and_other_files(tmp_path: Path
     _save(root / "cat" / ".hidden.png")
     _save(root / ".secret" / "x.png")  # hidden folder is not a class
     (root / "cat" / "notes.txt").write_text("not an image")
-    samples, skipped = scan_image_folder(root)
-    assert samples.classes == ("cat", "dog")
+    samples, classes, skipped = scan_image_folder(root)
+    assert isinstance(samples, Labelled)
+    assert classes == ("cat", "dog")
     assert len(samples) == 6 and skipped == []
     assert samples.labels.dtype == np.int64
     assert samples.labels.tolist() == [0, 0, 0, 0, 1, 1]
-    assert list(samples.paths) == sorted(samples.paths)
-    assert root / "cat" / "nested" / "deep.JPG" in samples.paths
-    assert all(not p.name.startswith(".") for p in samples.paths)
+    assert all(isinstance(p, Path) for p in samples.sources)
+    assert list(samples.sources) == sorted(samples.sources)
+    assert root / "cat" / "nested" / "deep.JPG" in samples.sources
+    assert all(not p.name.startswith(".") for p in samples.sources)
 
 
 def test_scan_skips_corrupt_files_with_warnings(tmp_path: Path) -> None:
@@ -230,14 +241,15 @@ def test_scan_skips_corrupt_files_with_warnings(tmp_path: Path) -> None:
     (root / "b" / "text.png").write_text("hello, I am not a PNG")
     (root / "b" / "trunc.jpg").write_bytes(_valid_jpeg_bytes()[:100])
     with pytest.warns(UserWarning, match="skipping unreadable image") as record:
-        samples, skipped = scan_image_folder(root)
+        samples, _, skipped = scan_image_folder(root)
     messages = " ".join(str(w.message) for w in record)
     for name in ("empty.jpg", "text.png", "trunc.jpg"):
         assert name in messages
+    assert all(isinstance(s, SkippedFile) for s in skipped)
     assert {Path(s.path).name for s in skipped} == {"empty.jpg", "text.png", "trunc.jpg"}
     assert all(s.reason for s in skipped)
     assert len(samples) == 4
-    assert not any(p.name in {"empty.jpg", "text.png", "trunc.jpg"} for p in samples.paths)
+    assert not any(p.name in {"empty.jpg", "text.png", "trunc.jpg"} for p in samples.sources)
 
 
 def test_scan_class_with_only_corrupt_files_names_folder(tmp_path: Path) -> None:
@@ -275,37 +287,31 @@ def test_scan_layout_errors(tmp_path: Path) -> None:
 
 def test_scan_with_given_classes(tmp_path: Path) -> None:
     root = _make_folder(tmp_path / "val", {"dog": 2})
-    samples, _ = scan_image_folder(root, classes=["cat", "dog", "emu"])
-    assert samples.classes == ("cat", "dog", "emu")
+    samples, classes, _ = scan_image_folder(root, classes=["cat", "dog", "emu"])
+    assert classes == ("cat", "dog", "emu")
     assert samples.labels.tolist() == [1, 1]
     _make_folder(root, {"yak": 1})
     with pytest.raises(DataError, match="yak"):
         scan_image_folder(root, classes=["cat", "dog"])
 
 
-# ----------------------------------------------------------------------------- samples
+# ----------------------------------------------------------------------------- Labelled
 
 
-def test_image_samples_subset() -> None:
-    samples = ImageSamples((Path("a.png"), Path("b.png"), Path("c.png")), np.array([0, 1, 1]), ("x", "y"))
+def test_labelled_subset_keeps_order_and_accepts_masks() -> None:
+    samples = Labelled([Path("a.png"), Path("b.png"), Path("c.png")], np.array([0, 1, 1]))
     sub = samples.subset([2, 0])
-    assert sub.paths == (Path("c.png"), Path("a.png"))
-    assert sub.labels.tolist() == [1, 0] and sub.classes == ("x", "y")
+    assert list(sub.sources) == [Path("c.png"), Path("a.png")]
+    assert sub.labels.tolist() == [1, 0]
     assert len(samples.subset(np.array([], dtype=np.int64))) == 0
-    assert len(samples.subset(np.array([True, False, True]))) == 2
-    with pytest.raises(ValueError):
-        ImageSamples((Path("a.png"),), np.array([0, 1]), ("x", "y"))
-
-
-def test_array_samples() -> None:
-    images = tuple(np.full((4, 4), i, dtype=np.uint8) for i in range(4))
-    samples = ArraySamples(images, np.array([0, 1, 0, 1]), ("a", "b"))
-    assert len(samples) == 4
-    sub = samples.subset(np.array([3, 1]))
-    assert len(sub) == 2 and int(sub.images[0][0, 0]) == 3
-    assert sub.labels.tolist() == [1, 1]
-    with pytest.raises(DataError):
-        ArraySamples((np.zeros((4, 4), dtype=np.float32),), np.array([0]), ("a",))
+    masked = samples.subset(np.array([True, False, True]))  # a mask, not the indices 1, 0, 1
+    assert list(masked.sources) == [Path("a.png"), Path("c.png")]
+    assert masked.labels.tolist() == [0, 1]
+    arrays = Labelled([np.full((2, 2), i, dtype=np.uint8) for i in range(3)], [0, 1, 0])
+    assert isinstance(arrays.labels, np.ndarray)
+    assert int(arrays.subset([1]).sources[0][0, 0]) == 1
+    with pytest.raises(ValueError, match="one label per source"):
+        Labelled([Path("a.png")], np.array([0, 1]))
 
 
 def test_stratified_subset() -> None:
@@ -323,74 +329,174 @@ def test_stratified_subset() -> None:
         stratified_subset(labels, per_class=7, seed=0, exclude=np.concatenate([idx, again]))
 
 
-# ----------------------------------------------------------------------------- splits
+# ----------------------------------------------------------------------------- stratified_split
 
 
-def test_splits_plain_folder_stratified_and_deterministic(tmp_path: Path) -> None:
+def test_stratified_split_keeps_class_proportions() -> None:
+    labels = np.repeat([0, 1, 2], [30, 60, 10])
+    np.random.default_rng(0).shuffle(labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # stratifiable data must not fall back
+        train_idx, val_idx = stratified_split(labels, 0.2, seed=7)
+    assert len(val_idx) == 20 and len(train_idx) == 80
+    assert np.bincount(labels[val_idx], minlength=3).tolist() == [6, 12, 2]
+    assert np.bincount(labels[train_idx], minlength=3).tolist() == [24, 48, 8]
+    assert np.all(np.diff(train_idx) > 0) and np.all(np.diff(val_idx) > 0)  # sorted, no repeats
+    assert sorted(np.concatenate([train_idx, val_idx]).tolist()) == list(range(100))
+
+
+def test_stratified_split_is_seeded() -> None:
+    labels = np.repeat([0, 1], 50)
+    first = stratified_split(labels, 0.3, seed=1)
+    again = stratified_split(labels, 0.3, seed=1)
+    other = stratified_split(labels, 0.3, seed=2)
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert not np.array_equal(first[1], other[1])
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
+def test_stratified_split_rejects_bad_fraction(fraction: float) -> None:
+    with pytest.raises(DataError, match=r"--val-fraction must be between 0 and 1") as info:
+        stratified_split(np.repeat([0, 1], 10), fraction, seed=0)
+    assert isinstance(info.value, GraftError) and "\n" not in str(info.value)
+
+
+def test_stratified_split_falls_back_with_a_warning_naming_the_data() -> None:
+    labels = np.array([0] + [1] * 9)
+    with pytest.warns(UserWarning, match=r"my-data: the smallest class has 1 example"):
+        train_idx, val_idx = stratified_split(labels, 0.3, seed=0, where="my-data")
+    assert len(val_idx) == 3 and len(train_idx) == 7
+    assert sorted(np.concatenate([train_idx, val_idx]).tolist()) == list(range(10))
+
+
+def test_stratified_split_too_few_examples() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(DataError, match=r"tiny: 1 examples are too few"):
+            stratified_split(np.array([0]), 0.5, seed=0, where="tiny")
+
+
+# ----------------------------------------------------------------------------- load_image_data
+
+
+def test_load_image_data_plain_folder_stratified_and_deterministic(tmp_path: Path) -> None:
     root = _make_folder(tmp_path / "d", {"a": 10, "b": 20})
-    splits = load_image_splits(root, val_fraction=0.2, seed=3)
+    splits = load_image_data(root, val_fraction=0.2, seed=3)
+    assert isinstance(splits, DataSplits)
+    assert splits.classes == ("a", "b") and splits.name == "d"
     assert splits.val_source == "split:0.2"
-    assert splits.test is None and splits.skipped == ()
+    assert splits.test is None and splits.skipped == []
     assert len(splits.val) == 6 and len(splits.train) == 24
     assert np.bincount(splits.val.labels).tolist() == [2, 4]  # stratified
-    train, val = set(splits.train.paths), set(splits.val.paths)
+    assert splits.train.labels.dtype == np.int64
+    train, val = set(splits.train.sources), set(splits.val.sources)
     assert not train & val
-    assert train | val == set(scan_image_folder(root)[0].paths)
+    assert train | val == set(scan_image_folder(root)[0].sources)
 
-    same = load_image_splits(root, val_fraction=0.2, seed=3)
-    assert same.val.paths == splits.val.paths
-    other = load_image_splits(root, val_fraction=0.2, seed=4)
-    assert other.val.paths != splits.val.paths
+    same = load_image_data(str(root), None, None, 0.2, 3)  # positional, str path
+    assert list(same.val.sources) == list(splits.val.sources)
+    other = load_image_data(root, val_fraction=0.2, seed=4)
+    assert list(other.val.sources) != list(splits.val.sources)
 
 
-def test_splits_tiny_class_falls_back_to_plain_split(tmp_path: Path) -> None:
+def test_load_image_data_tiny_class_falls_back_to_plain_split(tmp_path: Path) -> None:
     root = _make_folder(tmp_path / "d", {"a": 1, "b": 9})
-    with pytest.warns(UserWarning, match="cannot stratify"):
-        splits = load_image_splits(root, val_fraction=0.3)
+    with pytest.warns(UserWarning, match="smallest class has 1 example") as record:
+        splits = load_image_data(root, val_fraction=0.3)
+    assert any(str(root) in str(w.message) for w in record)
     assert len(splits.train) + len(splits.val) == 10 and len(splits.val) == 3
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
-def test_splits_reject_bad_fraction(tmp_path: Path, fraction: float) -> None:
+def test_load_image_data_rejects_bad_fraction(tmp_path: Path, fraction: float) -> None:
     root = _make_folder(tmp_path / "d", {"a": 2, "b": 2})
-    with pytest.raises(DataError, match="val_fraction"):
-        load_image_splits(root, val_fraction=fraction)
+    with pytest.raises(DataError, match="--val-fraction"):
+        load_image_data(root, val_fraction=fraction)
+    # checked up front, even when a validation folder makes the fraction unused
+    _make_folder(tmp_path / "v", {"a": 1, "b": 1})
+    with pytest.raises(DataError, match="--val-fraction"):
+        load_image_data(root, val=tmp_path / "v", val_fraction=fraction)
 
 
-def test_splits_train_valid_test_layout(tmp_path: Path) -> None:
-    _make_folder(tmp_path / "train", {"a": 3, "b": 3})
-    _make_folder(tmp_path / "valid", {"a": 1, "b": 2})
-    _make_folder(tmp_path / "test", {"b": 2})
-    (tmp_path / "valid" / "b" / "bad.jpg").write_bytes(b"")
+def test_load_image_data_train_valid_test_layout(tmp_path: Path) -> None:
+    data = tmp_path / "task"
+    _make_folder(data / "train", {"a": 3, "b": 3})
+    _make_folder(data / "valid", {"a": 1, "b": 2})
+    _make_folder(data / "test", {"b": 2})
+    (data / "valid" / "b" / "bad.jpg").write_bytes(b"")
     with pytest.warns(UserWarning, match="bad.jpg"):
-        splits = load_image_splits(tmp_path)
-    assert splits.val_source == "folder"
+        splits = load_image_data(data)
+    assert splits.val_source == "folder" and splits.name == "task"
     assert len(splits.train) == 6 and len(splits.val) == 3
-    assert splits.train.classes == splits.val.classes == ("a", "b")
+    assert splits.classes == ("a", "b")
+    assert splits.val.labels.tolist() == [0, 1, 1]
     assert splits.test is not None and splits.test.labels.tolist() == [1, 1]
+    assert all(data / "test" in p.parents for p in splits.test.sources)
     assert [Path(s.path).name for s in splits.skipped] == ["bad.jpg"]
 
 
-def test_splits_train_only_layout_and_explicit_val_wins(tmp_path: Path) -> None:
+def test_load_image_data_train_only_layout_and_explicit_val_wins(tmp_path: Path) -> None:
     data = tmp_path / "data"
     _make_folder(data / "train", {"a": 5, "b": 5})
     _make_folder(data / "val", {"a": 2, "b": 2})
     elsewhere = _make_folder(tmp_path / "other_val", {"a": 1, "b": 1})
-    splits = load_image_splits(data, val=elsewhere)
+    splits = load_image_data(data, val=elsewhere)
     assert splits.val_source == "folder" and len(splits.val) == 2
-    assert all(elsewhere in p.parents for p in splits.val.paths)
+    assert all(elsewhere in p.parents for p in splits.val.sources)
 
     (data / "val").rename(data / "unused")
-    splits = load_image_splits(data, val_fraction=0.2)
-    assert splits.val_source.startswith("split:") and len(splits.val) == 2
-    assert all(data / "train" in p.parents for p in splits.train.paths + splits.val.paths)
+    splits = load_image_data(data, val_fraction=0.2)
+    assert splits.val_source == "split:0.2" and len(splits.val) == 2
+    assert np.bincount(splits.val.labels).tolist() == [1, 1]
+    assert all(data / "train" in p.parents for p in [*splits.train.sources, *splits.val.sources])
 
 
-def test_splits_val_with_unknown_class(tmp_path: Path) -> None:
+def test_load_image_data_val_with_unknown_class(tmp_path: Path) -> None:
     _make_folder(tmp_path / "train", {"a": 2, "b": 2})
     _make_folder(tmp_path / "val", {"a": 1, "zebra": 1})
     with pytest.raises(DataError, match="zebra"):
-        load_image_splits(tmp_path)
+        load_image_data(tmp_path)
+
+
+def _fake_cifar(monkeypatch: pytest.MonkeyPatch, train_counts: list[int]) -> list[tuple[Path, bool]]:
+    """Replace load_cifar10 by an in-memory set; returns the (root, train) of each call."""
+    calls: list[tuple[Path, bool]] = []
+    classes = tuple(f"c{i}" for i in range(len(train_counts)))
+
+    def fake(root: str | Path, train: bool, download: bool = True):
+        calls.append((Path(root), train))
+        counts = train_counts if train else [2] * len(train_counts)
+        labels = np.repeat(np.arange(len(counts)), counts).astype(np.int64)
+        images = [np.full((32, 32, 3), i % 256, dtype=np.uint8) for i in range(len(labels))]
+        return images, labels, classes
+
+    monkeypatch.setattr(images_module, "load_cifar10", fake)
+    return calls
+
+
+def test_load_image_data_cifar10_is_split_stratified(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _fake_cifar(monkeypatch, [8, 12, 20])
+    splits = load_image_data("cifar10", val_fraction=0.25, seed=0, data_root=str(tmp_path / "c"))
+    assert sorted(calls) == [(tmp_path / "c", False), (tmp_path / "c", True)]
+    assert splits.name == "cifar10" and splits.val_source == "split:0.25"
+    assert splits.classes == ("c0", "c1", "c2")
+    assert np.bincount(splits.val.labels).tolist() == [2, 3, 5]  # stratified
+    assert len(splits.train) == 30 and len(splits.val) == 10
+    train_values = {int(img[0, 0, 0]) for img in splits.train.sources}
+    assert not train_values & {int(img[0, 0, 0]) for img in splits.val.sources}
+    assert splits.test is not None and splits.test.labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+    calls.clear()
+    again = load_image_data("cifar10", val_fraction=0.25, seed=0)
+    assert {root for root, _ in calls} == {Path(".cache/data/cifar10-python")}  # the default root
+    assert again.val.labels.tolist() == splits.val.labels.tolist()
+
+
+def test_load_image_data_cifar10_tiny_class_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    _fake_cifar(monkeypatch, [1, 9])
+    with pytest.warns(UserWarning, match="cifar10: the smallest class has 1 example"):
+        splits = load_image_data("cifar10", val_fraction=0.3, seed=0)
+    assert len(splits.train) + len(splits.val) == 10
 
 
 # ----------------------------------------------------------------------------- bundled sets
@@ -407,7 +513,8 @@ def test_load_digits_images() -> None:
     assert load_rgb(images[0]).size == (8, 8)
 
 
-def test_load_cifar10_offline_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _connection_spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple]:
+    """socket.create_connection replaced by a spy that records the address and fails."""
     calls: list[tuple] = []
 
     def no_network(address: tuple, *args: object, **kwargs: object) -> socket.socket:
@@ -415,22 +522,98 @@ def test_load_cifar10_offline_fails_fast(tmp_path: Path, monkeypatch: pytest.Mon
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(socket, "create_connection", no_network)
+    return calls
+
+
+def test_load_cifar10_offline_never_touches_the_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GRAFT_OFFLINE", "1")  # conftest sets it too; the test depends on it
+    calls = _connection_spy(monkeypatch)
     start = time.monotonic()
     with pytest.raises(DataError) as info:
         load_cifar10(tmp_path / "cifar", train=True)
     assert time.monotonic() - start < 10
     message = str(info.value)
     assert "\n" not in message
-    assert message.startswith(f"CIFAR-10 is not in {tmp_path / 'cifar'} and could not be")
-    assert "network is unreachable" in message and "cifar-10-python.tar.gz" in message
-    assert calls and calls[0][0] == "www.cs.toronto.edu"
+    assert message.startswith(f"CIFAR-10 is not in {tmp_path / 'cifar'} and could not be downloaded")
+    assert "(offline: GRAFT_OFFLINE is set)" in message and "cifar-10-python.tar.gz" in message
+    assert calls == []  # no connection attempted at all
 
-    calls.clear()
     with pytest.raises(DataError, match="could not be downloaded"):
         load_cifar10(tmp_path / "cifar", train=False, download=False)
     assert calls == []  # download=False never probes the network
 
 
+def test_load_cifar10_offline_names_the_variable_that_forced_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GRAFT_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    calls = _connection_spy(monkeypatch)
+    with pytest.raises(DataError, match=r"\(offline: HF_HUB_OFFLINE is set\)"):
+        load_cifar10(tmp_path / "cifar", train=True)
+    assert calls == []
+
+
+def test_load_cifar10_unreachable_host_fails_fast(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("GRAFT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    calls = _connection_spy(monkeypatch)
+    graft._net._probe.cache_clear()  # a cached answer from elsewhere would skip the probe
+    try:
+        with pytest.raises(DataError) as info:
+            load_cifar10(tmp_path / "cifar", train=True)
+    finally:
+        graft._net._probe.cache_clear()  # do not leave the faked "unreachable" for other tests
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"CIFAR-10 is not in {tmp_path / 'cifar'} and could not be downloaded")
+    assert "(cannot reach www.cs.toronto.edu)" in message
+    assert len(calls) == 1 and calls[0] == ("www.cs.toronto.edu", 443)
+
+
+# ----------------------------------------------------------------------------- the package
+
+
 def test_public_names_reexported() -> None:
-    for name in ("load_rgb", "ImageSplits", "SkippedFile", "load_cifar10", "ArraySamples"):
-        assert hasattr(gdata, name)
+    expected = {
+        "Labelled",
+        "DataSplits",
+        "SkippedFile",
+        "stratified_split",
+        "load_image_data",
+        "load_text_data",
+        "scan_image_folder",
+        "stratified_subset",
+        "load_digits_images",
+        "load_cifar10",
+        "load_rgb",
+        "IMAGE_EXTENSIONS",
+        "DataError",
+        "UnreadableImage",
+    }
+    assert expected <= set(gdata.__all__)
+    assert all(hasattr(gdata, name) for name in gdata.__all__)
+    for gone in ("ImageSamples", "ArraySamples", "ImageSplits", "load_image_splits", "split_arrays"):
+        assert not hasattr(gdata, gone) and not hasattr(images_module, gone)
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module("graft.data.sources")
+
+
+def test_one_definition_of_each_error_and_record() -> None:
+    import graft.data.splits as splits_module
+    import graft.data.text as text_module
+    import graft.errors as errors
+
+    assert gdata.DataError is images_module.DataError is text_module.DataError is errors.DataError
+    assert gdata.UnreadableImage is images_module.UnreadableImage is errors.UnreadableImage
+    assert gdata.SkippedFile is images_module.SkippedFile is splits_module.SkippedFile
+    assert issubclass(UnreadableImage, DataError) and issubclass(DataError, GraftError)
+
+
+def test_importing_graft_data_does_not_import_torch() -> None:
+    code = "import sys, graft.data; sys.exit(1 if 'torch' in sys.modules else 0)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from graft.data.images import DataError
+from graft.data import DataSplits, Labelled
 from graft.data.text import (
     is_text_data,
     load_text_data,
@@ -15,6 +17,7 @@ from graft.data.text import (
     read_text_data,
     split_columns,
 )
+from graft.errors import DataError
 
 
 def _csv(path: Path, body: bytes) -> Path:
@@ -102,15 +105,74 @@ def test_splits_from_a_task_folder_and_unknown_labels(tmp_path: Path) -> None:
 def test_val_fraction_split_is_stratified(tmp_path: Path) -> None:
     rows = "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(40))
     path = _csv(tmp_path / "t.csv", f"text,label\n{rows}".encode())
-    splits = load_text_data(str(path), None, None, ["text"], "label", 0.25, 0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # stratifiable, no case clashes: no warning at all
+        splits = load_text_data(str(path), None, None, ["text"], "label", 0.25, 0)
+    assert isinstance(splits, DataSplits) and isinstance(splits.train, Labelled)
+    assert splits.val_source == "split:0.25" and splits.name == f"{tmp_path.name}-t"
     assert len(splits.val) == 10 and sorted(splits.val.labels.tolist()) == [0] * 5 + [1] * 5
+    assert splits.train.labels.dtype == np.int64
     assert not set(splits.train.sources) & set(splits.val.sources)
+    assert len(set(splits.train.sources) | set(splits.val.sources)) == 40
+    again = load_text_data(str(path), None, None, ["text"], "label", 0.25, 0)
+    assert list(again.val.sources) == list(splits.val.sources)  # seeded
+    other = load_text_data(str(path), None, None, ["text"], "label", 0.25, 1)
+    assert list(other.val.sources) != list(splits.val.sources)
+
+
+def test_val_fraction_split_falls_back_for_a_singleton_label(tmp_path: Path) -> None:
+    rows = "only one,rare\n" + "".join(f"text {i},common\n" for i in range(9))
+    path = _csv(tmp_path / "t.csv", f"text,label\n{rows}".encode())
+    with pytest.warns(UserWarning, match="the smallest class has 1 example") as record:
+        splits = load_text_data(str(path), None, None, ["text"], "label", 0.3, 0)
+    assert any(str(path) in str(w.message) for w in record)  # names the file
+    assert len(splits.train) + len(splits.val) == 10 and len(splits.val) == 3
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5])
+def test_bad_val_fraction_is_an_error(tmp_path: Path, fraction: float) -> None:
+    rows = "".join(f"text {i},{'ab'[i % 2]}\n" for i in range(10))
+    _csv(tmp_path / "train.csv", f"text,label\n{rows}".encode())
+    with pytest.raises(DataError, match="--val-fraction"):
+        load_text_data(str(tmp_path / "train.csv"), None, None, ["text"], "label", fraction, 0)
+    _csv(tmp_path / "dev.csv", b"text,label\nx,a\ny,b\n")
+    with pytest.raises(DataError, match="--val-fraction"):  # checked even when dev.csv is used
+        load_text_data(str(tmp_path), None, None, ["text"], "label", fraction, 0)
+
+
+def test_labels_differing_only_in_case_stay_apart_with_one_warning(tmp_path: Path) -> None:
+    rows = "".join(f"text {i},{label}\n" for i, label in enumerate(["Pos", " pos ", "pos", "neg"] * 5))
+    path = _csv(tmp_path / "t.csv", f"text,label\n{rows}".encode())
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        splits = load_text_data(str(path), None, None, ["text"], "label", 0.25, 0)
+    clashes = [str(w.message) for w in record if "differ only in case" in str(w.message)]
+    assert len(clashes) == 1
+    assert "labels 'Pos' and 'pos' differ only in case; they are kept as different classes" in clashes[0]
+    assert str(path) in clashes[0] and "neg" not in clashes[0]
+    assert splits.classes == ("Pos", "neg", "pos")  # whitespace stripped, case kept
+    counts = np.bincount(np.concatenate([splits.train.labels, splits.val.labels])).tolist()
+    assert counts == [5, 5, 10]
+
+
+def test_several_case_clashes_are_named_in_one_warning(tmp_path: Path) -> None:
+    labels = ["Pos", "pos", "NEG", "neg", "Neg", "other"] * 3
+    rows = "".join(f"text {i},{label}\n" for i, label in enumerate(labels))
+    path = _csv(tmp_path / "t.csv", f"text,label\n{rows}".encode())
+    with pytest.warns(UserWarning, match="differ only in case") as record:
+        load_text_data(str(path), None, None, ["text"], "label", 0.5, 0)
+    clashes = [str(w.message) for w in record if "differ only in case" in str(w.message)]
+    assert len(clashes) == 1
+    assert "'NEG', 'Neg' and 'neg'; 'Pos' and 'pos'" in clashes[0]
 
 
 def test_one_label_is_an_error(tmp_path: Path) -> None:
     path = _csv(tmp_path / "t.csv", b"text,label\na,x\nb,x\n")
-    with pytest.raises(DataError, match="at least 2 labels"):
+    with pytest.raises(DataError, match=r"t\.csv: training needs at least 2 labels, found 1 \('x'\)"):
         load_text_data(str(path), None, None, ["text"], "label", 0.1, 0)
+    empty = _csv(tmp_path / "e.csv", b"text,label\n,x\n")
+    with pytest.raises(DataError, match=r"e\.csv: .*found 0 \(no usable rows, 1 skipped\)"):
+        load_text_data(str(empty), None, None, ["text"], "label", 0.1, 0)
 
 
 def test_read_text_column_for_prediction(tmp_path: Path) -> None:

@@ -18,14 +18,14 @@ from conftest import make_image_folder
 from safetensors.torch import load_file
 from torch import nn
 
-from graft import finetune
 from graft.backbones import create_backbone
-from graft.checkpoint import Checkpointer
 from graft.cli import main
 from graft.config import TrainConfig, parse_duration
+from graft.modalities import image as image_modality
 from graft.runner import RunResult, run
-from graft.strategies import HEAD, Stage
-from graft.train import apply_stage
+from graft.training.checkpoint import Checkpointer
+from graft.training.loop import apply_stage
+from graft.training.strategies import HEAD, Stage
 
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
 BUDGET = 20.0
@@ -72,7 +72,7 @@ def interrupted(data, tmp_path_factory) -> tuple[TrainConfig, Path]:
     out = tmp_path_factory.mktemp("interrupted") / "run"
     config = _config(data, epochs=4, out=str(out), augment="light")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(finetune, "default_workers", lambda: 1)
+        mp.setattr(image_modality, "default_workers", lambda: 1)
         _interrupt(config, after_epochs=2)
     return config, out
 
@@ -97,7 +97,7 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(interrupted, tmp_p
     config, out = interrupted
     resumed_dir = _copy(out, tmp_path / "resumed")
     lines: list[str] = []
-    monkeypatch.setattr(finetune, "default_workers", lambda: 1)  # augmentation in a worker process
+    monkeypatch.setattr(image_modality, "default_workers", lambda: 1)  # augmentation in a worker process
     resumed = run(replace(config, out=str(resumed_dir), resume=True), log=lines.append)
     straight = run(replace(config, out=str(tmp_path / "straight")), log=lambda line: None)
 
@@ -117,7 +117,7 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(interrupted, tmp_p
 
 def test_resume_across_the_unfreeze_boundary_without_workers(data, tmp_path, monkeypatch):
     """gradual, interrupted after its head-only epoch, in-process loading: --resume matches exactly."""
-    monkeypatch.setattr(finetune, "default_workers", lambda: 0)  # augmentation on the main RNG
+    monkeypatch.setattr(image_modality, "default_workers", lambda: 0)  # augmentation on the main RNG
     config = _config(data, strategy="gradual", epochs=2, out=str(tmp_path / "resumed"))
     _interrupt(config, after_epochs=1)
     lines: list[str] = []

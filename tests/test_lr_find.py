@@ -11,8 +11,8 @@ from conftest import make_image_folder
 from torch import nn
 
 from graft.cli import main
-from graft.lr_find import lr_range_test, suggest_lr
-from graft.train import balanced_class_weights
+from graft.training.lr_find import lr_range_test, suggest_lr
+from graft.training.recipes import balanced_class_weights
 
 
 def test_suggestion_is_where_the_loss_falls_fastest():

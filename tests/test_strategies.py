@@ -1,4 +1,4 @@
-"""Tests for graft.strategies (which groups train, at what LR) and the schedule in graft.train."""
+"""graft.training.strategies (which groups train, at what LR) and the schedule of graft.training.loop."""
 
 from __future__ import annotations
 
@@ -8,9 +8,16 @@ import pytest
 import torch
 from torch import nn
 
-from graft import train
-from graft.strategies import HEAD, Stage, auto_epochs, choose_strategy, discriminative_mults, make_strategy
-from graft.train import LoopConfig, fit, one_cycle
+from graft.training import loop as train
+from graft.training.loop import LoopConfig, fit, one_cycle
+from graft.training.strategies import (
+    HEAD,
+    Stage,
+    auto_epochs,
+    choose_strategy,
+    discriminative_mults,
+    make_strategy,
+)
 
 GROUPS = ("stem", "blocks.0", "blocks.1", "blocks.2")
 
@@ -123,7 +130,7 @@ def _changed(before, groups):
 
 
 def _fit(model, groups, batches, strategy, epochs):
-    return fit(model, groups, strategy, batches, 4, lambda m: {}, LoopConfig(epochs=epochs, lr=1e-2))
+    return fit(model, groups, strategy, batches, 4, LoopConfig(epochs=epochs, lr=1e-2))
 
 
 def test_fit_with_linear_leaves_the_body_untouched():

@@ -10,6 +10,7 @@ import json
 import random
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,8 @@ import graft  # noqa: E402
 from graft.backbones import BackboneError, create_backbone  # noqa: E402
 from graft.cli import main  # noqa: E402
 from graft.config import TrainConfig  # noqa: E402
+from graft.modalities.text import bucketed_order  # noqa: E402
 from graft.runner import run  # noqa: E402
-from graft.text import bucketed_order  # noqa: E402
 
 GOOD = ["great", "wonderful", "lovely", "excellent", "superb", "delightful"]
 BAD = ["awful", "terrible", "boring", "dreadful", "poor", "bad"]
@@ -222,7 +223,7 @@ def test_missing_column_is_a_one_line_cli_error(data, capsys) -> None:
 
 
 def test_mask_tokens_follows_bert(minilm) -> None:
-    from graft.adapt import mask_tokens
+    from graft.training.adapt_lm import mask_tokens
 
     tok = minilm.tokenizer
     ids = torch.tensor(tok(["word " * 200] * 20, truncation=True, max_length=200)["input_ids"])
@@ -258,16 +259,16 @@ def test_adapt_lm_updates_the_encoder_before_classification(data) -> None:
 
 
 def test_small_text_datasets_get_more_epochs() -> None:
-    from graft.text import default_text_epochs
+    from graft.modalities import get_modality
+    from graft.training.recipes import finetune_epochs
 
-    config = TrainConfig(data="x.csv", strategy="finetune", modality="text")
-    assert default_text_epochs(config, 4906, 32) == 2  # 154 steps an epoch: the default 2 epochs
-    assert default_text_epochs(config, 500, 32) == 19  # at least 300 updates
-    assert default_text_epochs(config, 40, 32) == 20  # capped
-    assert (
-        default_text_epochs(TrainConfig(data="x.csv", strategy="finetune", modality="text", epochs=1), 40, 32)
-        == 1
-    )
+    text, image = get_modality("text"), get_modality("image")
+    config = TrainConfig(data="x.csv", strategy="finetune")
+    assert finetune_epochs(config, text, "finetune", 4906, 32) == 2  # 154 steps an epoch: the default 2
+    assert finetune_epochs(config, text, "finetune", 500, 32) == 19  # at least 300 updates
+    assert finetune_epochs(config, text, "finetune", 40, 32) == 20  # capped
+    assert finetune_epochs(replace(config, epochs=1), text, "finetune", 40, 32) == 1  # --epochs wins
+    assert finetune_epochs(config, image, "finetune", 40, 32) == 5  # images: no minimum of updates
 
 
 def test_eval_cli_on_a_text_table(linear_run, data) -> None:

@@ -1,4 +1,4 @@
-"""The training loop's stopping rules: early stopping and the deadline."""
+"""The one training loop and its callbacks: early stopping, the deadline, step timing."""
 
 from __future__ import annotations
 
@@ -7,8 +7,19 @@ import time
 import torch
 from torch import nn
 
-from graft.strategies import HEAD, Stage
-from graft.train import LoopConfig, fit
+from graft.training.callbacks import Deadline, EarlyStopping, StepTimer
+from graft.training.loop import Callback, LoopConfig, clock_schedule, fit
+from graft.training.strategies import HEAD, Stage
+
+
+class FakeScores(Callback):
+    """Puts a given validation accuracy into each epoch's row (what Evaluate does with real data)."""
+
+    def __init__(self, scores):
+        self.scores = iter(scores)
+
+    def on_epoch_end(self, loop, row):
+        row["val_accuracy"] = next(self.scores)
 
 
 def _toy():
@@ -21,15 +32,15 @@ def _toy():
 def test_early_stopping_after_patience_epochs_without_improvement():
     """With patience 2 and a validation accuracy that peaks at epoch 1, training stops after epoch 3."""
     model, groups, batches = _toy()
-    scores = iter([0.9, 0.8, 0.85, 0.7, 0.95, 0.99])
+    scores = [0.9, 0.8, 0.85, 0.7, 0.95, 0.99]
     history = fit(
         model,
         groups,
         lambda e: Stage({HEAD: 1.0}),
         batches,
         1,
-        lambda m: {"val_accuracy": next(scores)},
-        LoopConfig(epochs=6, patience=2),
+        LoopConfig(epochs=6),
+        callbacks=[FakeScores(scores), EarlyStopping(2)],
     )
     assert [row["epoch"] for row in history] == [1, 2, 3]
 
@@ -43,8 +54,8 @@ def test_no_early_stopping_without_patience():
         lambda e: Stage({HEAD: 1.0}),
         batches,
         1,
-        lambda m: {"val_accuracy": 0.5},
         LoopConfig(epochs=4),
+        callbacks=[FakeScores([0.5] * 4), EarlyStopping(None)],
     )
     assert len(history) == 4
 
@@ -59,9 +70,42 @@ def test_deadline_stops_training_and_anneals_the_lr():
         lambda e: Stage({HEAD: 1.0}),
         batches,
         1,
-        lambda m: {},
         LoopConfig(epochs=10**9, lr=1e-2),
-        deadline=started + 0.5,
+        callbacks=[Deadline(started + 0.5)],
+        schedule=clock_schedule(started + 0.5),
     )
     assert time.perf_counter() - started < 1.5
     assert history[-1]["lr"] < 1e-2 * 0.05
+
+
+def test_step_timer_stops_after_its_steps_and_times_the_gaps():
+    """The timer ends the fit after steps + 1 steps and reports a positive median gap."""
+    model, groups, batches = _toy()
+    timer = StepTimer(steps=3)
+    history = fit(
+        model, groups, lambda e: Stage({HEAD: 1.0}), batches, 1, LoopConfig(epochs=50), callbacks=[timer]
+    )
+    assert len(history) == 4 and len(timer.ends) == 4
+    assert timer.seconds_per_step > 0
+
+
+def test_callbacks_see_every_step_and_epoch_in_order():
+    """on_fit_start, on_step_end per step, on_epoch_end per epoch, on_fit_end, in that order."""
+    events = []
+
+    class Recorder(Callback):
+        def on_fit_start(self, loop):
+            events.append("start")
+
+        def on_step_end(self, loop, loss):
+            events.append(f"step{loop.state.step}")
+
+        def on_epoch_end(self, loop, row):
+            events.append(f"epoch{row['epoch']}")
+
+        def on_fit_end(self, loop):
+            events.append("end")
+
+    model, groups, batches = _toy()
+    fit(model, groups, lambda e: Stage({HEAD: 1.0}), batches, 1, LoopConfig(epochs=2), callbacks=[Recorder()])
+    assert events == ["start", "step1", "epoch1", "step2", "epoch2", "end"]

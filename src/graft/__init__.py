@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from .api import Classifier
     from .predict import Predictor
 
 
@@ -17,4 +18,12 @@ def load(run_dir: Any, device: Any = None) -> Predictor:
     return _load(run_dir, device)
 
 
-__all__ = ["__version__", "load"]
+def __getattr__(name: str) -> Any:
+    if name == "Classifier":  # imported on first use: `import graft` stays light
+        from .api import Classifier
+
+        return Classifier
+    raise AttributeError(f"module 'graft' has no attribute {name!r}")
+
+
+__all__ = ["Classifier", "__version__", "load"]

@@ -13,10 +13,11 @@ from typing import Any
 
 import torch
 
+from .errors import BundleError
+
 BUNDLE_FORMAT = 1
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "graft.json"
-TOKENIZER_DIR = "tokenizer"  # text bundles: the tokenizer's own JSON/text files, no pickle
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -54,40 +55,46 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def _save_tokenizer(run_dir: Path, tokenizer: Any) -> None:
-    """The tokenizer folder, written beside and swapped in whole (a rename, like atomic_write)."""
-    staging = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}.", dir=run_dir))
+def _save_folder(run_dir: Path, name: str, write: Callable[[Path], None]) -> None:
+    """An asset folder (a tokenizer), written beside and swapped in whole (a rename, like atomic_write)."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=run_dir))
     try:
-        tokenizer.save_pretrained(str(staging))
-        target = run_dir / TOKENIZER_DIR
+        write(staging)
+        target = run_dir / name
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{TOKENIZER_DIR}.old.", dir=run_dir))
-            os.replace(target, old / TOKENIZER_DIR)
+            old = Path(tempfile.mkdtemp(prefix=f".{name}.old.", dir=run_dir))
+            os.replace(target, old / name)
             shutil.rmtree(old)
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def save_bundle(run_dir: Path, model: torch.nn.Module, meta: dict[str, Any], tokenizer: Any = None) -> None:
-    """Weights (and tokenizer) first, metadata last: a folder with graft.json always has matching weights."""
+def save_bundle(
+    run_dir: Path,
+    model: torch.nn.Module,
+    meta: dict[str, Any],
+    assets: dict[str, Callable[[Path], None]] | None = None,
+) -> None:
+    """Weights and asset folders (a text model's tokenizer/) first, metadata last: a folder with
+    graft.json always has matching weights."""
     from safetensors.torch import save_file
 
     run_dir.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
-    if tokenizer is not None:
-        _save_tokenizer(run_dir, tokenizer)
+    for name, write in (assets or {}).items():
+        _save_folder(run_dir, name, write)
     write_json(run_dir / META_FILE, {"format": BUNDLE_FORMAT, **meta, "versions": library_versions()})
 
 
 def read_meta(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / META_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a graft run folder: {META_FILE} is missing")
+        raise BundleError(f"{run_dir} is not a graft run folder: {META_FILE} is missing")
     meta = json.loads(path.read_text())
     if meta.get("format", 0) > BUNDLE_FORMAT:
-        raise ValueError(f"{path} was written by a newer graft (format {meta['format']}); upgrade graft")
+        raise BundleError(f"{path} was written by a newer graft (format {meta['format']}); upgrade graft")
     return meta
 
 

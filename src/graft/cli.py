@@ -1,4 +1,6 @@
-"""The `graft` command line: arguments -> a frozen config -> the library. Nothing here trains."""
+"""The `graft` command line. `train` and `lr-find` options are generated from the fields of
+`config.TrainConfig` (their help text and defaults live there, once); this module only parses,
+calls the Python API and prints. Nothing here trains."""
 
 from __future__ import annotations
 
@@ -7,142 +9,137 @@ import json
 import sys
 import time
 import warnings
+from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Any
 
 EXIT_USER_ERROR = 2
+EXIT_BUG = 1
+# lr-find: the options that change what the range test measures
+LR_FIND_OPTIONS = (
+    "data",
+    "val",
+    "data_root",
+    "backbone",
+    "weights",
+    "strategy",
+    "head",
+    "dropout",
+    "image_size",
+    "flip_features",
+    "batch_size",
+    "val_fraction",
+    "seed",
+    "device",
+    "text_column",
+    "label_column",
+    "pooling",
+    "max_length",
+    "augment",
+)
 
 
-def _train_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a classifier on images or texts")
-    p.add_argument(
-        "data",
-        help="images: a folder (class subfolders, or train/ [val/] [test/]) or `cifar10`; texts: a "
-        ".csv/.tsv/.jsonl file, a folder with train.csv [dev.csv] [test.csv], or <class>/*.txt",
-    )
-    p.add_argument(
-        "--val", help="validation folder or file (default: val/, dev.csv, ... beside DATA, else a split)"
-    )
-    p.add_argument("--test", help="test folder or file, evaluated once at the end")
-    p.add_argument("--data-root", help="where cifar10 is read from or downloaded to")
-    p.add_argument(
-        "--backbone",
-        help="see `graft backbones` (default: efficientnet_lite0 for images, minilm for text)",
-    )
-    p.add_argument("--weights", help="local .pth/.safetensors weights for --backbone")
-    p.add_argument(
-        "--strategy",
-        default="auto",
-        choices=["auto", "linear", "finetune", "gradual"],
-        help="auto (default): finetune when there are >= 20 examples per class and its default epochs "
-        "(5 for images, 2 for text) fit the "
-        "time budget (15 min if none), else linear; linear: frozen backbone, cached features, "
-        "trained head; finetune: head first, then everything with discriminative LRs; "
-        "gradual: ULMFiT gradual unfreezing",
-    )
-    p.add_argument(
-        "--freeze-epochs",
-        type=int,
-        help="finetune: head-only epochs first (default 1 for images, 0 for text)",
-    )
-    p.add_argument("--lr-mult", type=float, default=10.0, help="head LR / earliest layer group's LR")
-    p.add_argument(
-        "--train-groups",
-        type=int,
-        metavar="N",
-        help="fine-tune only the top N layer groups of the backbone (default: all); the groups below "
-        "stay frozen and cost no backward pass",
-    )
-    p.add_argument("--augment", default="light", choices=["none", "light", "strong"])
-    p.add_argument(
-        "--bn",
-        default="frozen",
-        choices=["frozen", "trainable"],
-        help="pretrained BatchNorm: keep its running statistics while scale and shift train (frozen), "
-        "or use and update batch statistics (trainable)",
-    )
-    p.add_argument("--time-budget", help="finish within this many seconds (also 30m, 1h)")
-    p.add_argument("--patience", type=int, help="stop after N epochs without a better validation accuracy")
-    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
-    p.add_argument("--head", default="linear", help="linear or mlp:W1,W2 (e.g. mlp:4096,4096)")
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument(
-        "--class-weights",
-        default="none",
-        choices=["none", "auto"],
-        help="auto: weigh the loss by inverse class frequency (imbalanced data)",
-    )
-    p.add_argument("--image-size", type=int, help="input size in pixels (default: the backbone's)")
-    p.add_argument(
-        "--flip-features",
-        action="store_true",
-        help="average each image's features with its mirror image's (2x extraction time)",
-    )
-    _text_options(p)
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="run folder (default: runs/<data>-<backbone>-<strategy>-<time>)")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+def _arg_type(f: Field) -> Any:
+    kind = str(f.type)
+    if "parse" in f.metadata:
+        parse = f.metadata["parse"]
+
+        def parsed(text: str) -> Any:
+            try:
+                return parse(text)
+            except ValueError as err:  # argparse prints this message as the usage error
+                raise argparse.ArgumentTypeError(str(err)) from None
+
+        return parsed
+    if kind.startswith("int"):
+        return int
+    if kind.startswith("float"):
+        return float
+    return str
 
 
-def _text_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--text-column", default="text", help="text column(s) of a table: text, or title,body")
-    p.add_argument("--label-column", default="label")
-    p.add_argument("--pooling", default="mean", choices=["mean", "cls"], help="text: how token vectors pool")
-    p.add_argument(
-        "--max-length", type=int, help="text: tokens per text (default: 99th percentile of the data)"
-    )
-    p.add_argument(
-        "--adapt-lm",
-        type=int,
-        default=0,
-        metavar="N",
-        help="text: N epochs of masked-LM training on the task's texts before classification (ULMFiT)",
-    )
-    p.add_argument("--unlabelled", help="text: more texts for --adapt-lm (a .txt, one per line, or a table)")
+def add_config_arguments(
+    parser: argparse.ArgumentParser,
+    only: tuple[str, ...] | None = None,
+    defaults: dict[str, Any] | None = None,
+) -> None:
+    """One argument per TrainConfig field: its help, its default (shown), its choices."""
+    from .config import TrainConfig
+
+    defaults = defaults or {}
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for f in fields(TrainConfig):
+        if only is not None and f.name not in only:
+            continue
+        meta = dict(f.metadata)
+        if meta.get("positional"):
+            parser.add_argument(f.name, help=meta["help"])
+            continue
+        default = defaults.get(f.name, f.default if f.default is not MISSING else None)
+        help_text = meta["help"]
+        if default not in (None, False):
+            help_text += f" (default: {default})"
+        group_name = meta.get("group")
+        target: Any = parser
+        if group_name:
+            if group_name not in groups:
+                groups[group_name] = parser.add_argument_group(f"{group_name} options")
+            target = groups[group_name]
+        flag = "--" + f.name.replace("_", "-")
+        choices = meta.get("choices")
+        if str(f.type) == "bool":
+            target.add_argument(flag, action="store_true", default=default, help=help_text)
+        else:
+            target.add_argument(
+                flag,
+                type=_arg_type(f),
+                default=default,
+                choices=choices,
+                metavar=meta.get("metavar"),
+                help=help_text,
+            )
+
+
+def _json_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="graft", description="Transfer learning from one command.")
+    parser.add_argument("--version", action="version", version=f"graft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    _train_parser(sub)
+    p = sub.add_parser("train", help="train a classifier on images or texts")
+    add_config_arguments(p)
+    _json_flag(p)
     p = sub.add_parser("eval", help="evaluate a run folder on labelled images or a labelled text table")
-    p.add_argument("run_dir")
-    p.add_argument("data")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("run_dir", help="a run folder (graft.json + model.safetensors)")
+    p.add_argument("data", help="labelled data of the same kind as the run's training data")
+    _json_flag(p)
     p = sub.add_parser("predict", help="predict labels for images or texts")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a run folder (graft.json + model.safetensors)")
     p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, or texts for a text model")
     p.add_argument(
         "--input", help="text model: a .csv/.tsv/.jsonl (its text column) or .txt, one text per line"
     )
-    p.add_argument("--top-k", type=int, default=1)
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--top-k", type=int, default=1, help="labels per input, most probable first (default: 1)")
+    _json_flag(p)
     p = sub.add_parser("lr-find", help="learning-rate range test: plot and suggested --lr")
-    p.add_argument("data")
-    p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--weights")
-    p.add_argument("--strategy", default="linear", choices=["linear", "finetune"])
-    p.add_argument("--head", default="linear")
-    p.add_argument("--image-size", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="lr-find", help="folder for lr_find.png and lr_find.json")
-    p.add_argument("--json", action="store_true")
+    add_config_arguments(p, only=LR_FIND_OPTIONS, defaults={"strategy": "linear"})
+    p.add_argument("--steps", type=int, default=100, help="steps of the range test (default: 100)")
+    p.add_argument(
+        "--out", default="lr-find", help="folder for lr_find.png and lr_find.json (default: lr-find)"
+    )
+    _json_flag(p)
     p = sub.add_parser("backbones", help="list the built-in backbones")
-    p.add_argument("--json", action="store_true")
+    _json_flag(p)
     p = sub.add_parser("demo", help="pretrained vs from scratch on scikit-learn's digits, offline")
-    p.add_argument("--labels-per-class", type=int, default=10)
-    p.add_argument("--image-size", type=int, default=96)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--labels-per-class", type=int, default=10, help="training images per class (default: 10)")
+    p.add_argument("--image-size", type=int, default=96, help="input size in pixels (default: 96)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset and training (default: 0)")
+    p.add_argument("--out", help="run folder (default: runs/demo)")
+    _json_flag(p)
     return parser
 
 
@@ -152,19 +149,26 @@ def _log_for(args: argparse.Namespace):
     return lambda line: print(line, file=stream, flush=True)
 
 
-def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
-    from .config import TrainConfig, parse_duration
-    from .runner import run
+def _config_options(args: argparse.Namespace) -> dict[str, Any]:
+    from .config import TrainConfig
 
-    options = {k: v for k, v in vars(args).items() if k not in {"command", "json"}}
-    options["time_budget"] = parse_duration(options["time_budget"])
-    result = run(TrainConfig(**options), log=_log_for(args))
-    report = result.report
+    names = {f.name for f in fields(TrainConfig)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    from .api import Classifier
+
+    options = _config_options(args)
+    data = options.pop("data")
+    clf = Classifier(**options).fit(data, log=_log_for(args))
+    report = clf.report_
     out = {
         "accuracy": report["validation"]["accuracy"],
         "macro_f1": report["validation"]["macro_f1"],
         "seconds": round(report["seconds"], 2),
-        "run_dir": str(result.run_dir),
+        "run_dir": str(clf.run_dir_),
+        "strategy": report["strategy"],
         "feature_cache_hit": report["timing"]["feature_cache_hit"],
         "skipped_files": len(report["skipped_files"]),
     }
@@ -177,7 +181,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         print(f"validation accuracy {out['accuracy']:.4f}  macro-F1 {out['macro_f1']:.4f}")
         if report["test"]:
             print(f"test accuracy {out['test_accuracy']:.4f}  macro-F1 {out['test_macro_f1']:.4f}")
-        print(f"run folder: {result.run_dir}  ({out['seconds']:.1f}s)")
+        print(f"run folder: {clf.run_dir_}  ({out['seconds']:.1f}s)")
     return out
 
 
@@ -191,17 +195,17 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from .errors import ConfigError
     from .predict import load
 
     model = load(args.run_dir)
     inputs = list(args.inputs) + (_texts_from(args.input, model.meta) if args.input else [])
     if not inputs:
-        raise ValueError("nothing to predict: give images or texts, or --input FILE")
-    args.inputs = inputs
+        raise ConfigError("nothing to predict: give image files or texts, or --input FILE")
     proba = model.predict_proba(inputs)
     k = max(1, min(args.top_k, len(model.classes_)))
     rows = []
-    for source, p in zip(args.inputs, proba, strict=True):
+    for source, p in zip(inputs, proba, strict=True):
         top = p.argsort()[::-1][:k]
         rows.append(
             {
@@ -260,18 +264,9 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_lr_find(args: argparse.Namespace) -> dict[str, Any]:
     from .config import TrainConfig
-    from .lr_find import find_lr
+    from .training.lr_find import find_lr
 
-    config = TrainConfig(
-        data=args.data,
-        backbone=args.backbone,
-        weights=args.weights,
-        strategy=args.strategy,
-        head=args.head,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        seed=args.seed,
-    )
+    config = TrainConfig(**_config_options(args))
     return find_lr(config, Path(args.out), steps=args.steps, log=_log_for(args))
 
 
@@ -298,6 +293,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("graft: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        print(
+            "graft: internal error (the traceback above): please report it with the command you ran",
+            file=sys.stderr,
+        )
+        return EXIT_BUG
     if getattr(args, "json", False):
         print(json.dumps(result, default=str))
     return 0

@@ -1,85 +1,23 @@
-"""The frozen run configuration: CLI arguments become this, and it is written into the run folder."""
+"""What the user asks for (`TrainConfig`, frozen, written to report.json as given) and what graft
+resolved it to (`Plan`: modality, strategy, epochs, batch size, LR, device, preprocessing).
+
+Every option is a dataclass field whose metadata carries its help text (and choices), as
+Hugging Face's `TrainingArguments` does: the command line is generated from these fields
+(`cli.py`), so a default lives in exactly one place.
+"""
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-
-@dataclass(frozen=True)
-class TrainConfig:
-    data: str
-    val: str | None = None
-    test: str | None = None
-    data_root: str | None = None  # where `cifar10` lives or is downloaded to
-    backbone: str | None = None  # None: efficientnet_lite0 for images, minilm for text
-    weights: str | None = None
-    strategy: str = "auto"
-    head: str = "linear"
-    dropout: float = 0.0
-    epochs: int | None = None  # None: the strategy's default
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float = 0.05
-    label_smoothing: float = 0.0
-    class_weights: str = "none"  # none | auto (balanced: rare classes weigh more in the loss)
-    image_size: int | None = None  # None: the backbone's own input size
-    flip_features: bool = False  # average features of each image and its mirror image
-    val_fraction: float = 0.1
-    seed: int = 0
-    out: str | None = None
-    # fine-tuning (strategies finetune and gradual)
-    freeze_epochs: int | None = None  # finetune: head-only epochs first (None: 1 for images, 0 for text)
-    lr_mult: float = 10.0  # head LR / earliest group's LR, geometric in between
-    # fine-tune only the top N layer groups (None: all). Frozen lower groups cost no backward pass:
-    # with the top half of MiniLM training, a step is ~1.5x faster; on TREC-6 and SST-2 that bought
-    # 1.5x the updates in the same time and no better accuracy (bench/README.md), so all train.
-    train_groups: int | None = None
-    augment: str = "light"  # none | light (random-resized-crop + flip) | strong (+ TrivialAugment)
-    # frozen: pretrained BatchNorm normalises with its running statistics, also in trained groups
-    # (Keras' fine-tuning guide; torchvision's FrozenBatchNorm2d). Small data otherwise shifts
-    # the statistics the head was trained on, and momentum-0.01 TF-ported BN barely re-learns them.
-    bn: str = "frozen"  # frozen | trainable
-    patience: int | None = None  # early stopping after this many epochs without a better val accuracy
-    time_budget: float | None = None  # seconds for the whole run
-    resume: bool = False
-    # text
-    text_column: str = "text"  # several columns: "title,body" (joined with a newline)
-    label_column: str = "label"
-    pooling: str = "mean"  # mean | cls
-    max_length: int | None = None  # None: the 99th percentile of the training texts' token counts
-    adapt_lm: int = 0  # epochs of masked-LM training on the task's texts before classification
-    unlabelled: str | None = None  # more texts for --adapt-lm (one per line, or a table)
-    modality: str = "image"  # set from the data by the runner: image | text
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+from .errors import ConfigError
 
 
-# Defaults per strategy. Linear probes on standardised features: AdamW at 1e-3 with a one-cycle
-# schedule over 30 cheap epochs is the usual recipe (MAE/DINO linear evaluation use the same order
-# of magnitude); large batches keep head training on cached features in the milliseconds.
-STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "linear": {"epochs": 30, "lr": 1e-3, "batch_size": 256},
-    # fine-tuning: AdamW 1e-3 for the head, 1e-4 at the stem (lr_mult 10), batches of 64 fit a laptop
-    "finetune": {"epochs": 5, "lr": 1e-3, "batch_size": 64, "freeze_epochs": 1},
-    "gradual": {"epochs": 5, "lr": 1e-3, "batch_size": 64},
-}
-
-# Text encoders: BERT-style fine-tuning (Devlin et al.: 2-4 epochs, batch 32, warm-up) with
-# ULMFiT's discriminative rates. The rate given is the head's; with --lr-mult 10 over a 6-layer
-# encoder the top layer gets 0.72x, the bottom layer 0.14x and the embeddings 0.1x of it, i.e.
-# 1.4e-4 .. 2e-5: the range small encoders (MiniLM, DistilBERT) are fine-tuned with. Chosen from
-# that range before measuring; on TREC-6 (one seed) 2e-4 and 5e-4 gave 3.4% and 3.8% test error.
-# Two epochs, the low end of BERT's range, because an epoch of text costs minutes on a laptop
-# CPU; small datasets get more (text.default_text_epochs: at least 300 updates). No head-only
-# epoch: with warm-up, a fresh linear head on pooled embeddings settles within the first steps.
-TEXT_STRATEGY_DEFAULTS: dict[str, dict[str, Any]] = {
-    "linear": {"epochs": 30, "lr": 1e-3, "batch_size": 256},
-    "finetune": {"epochs": 2, "lr": 2e-4, "batch_size": 32, "freeze_epochs": 0},
-    "gradual": {"epochs": 4, "lr": 2e-4, "batch_size": 32},
-}
+def option(default: Any, help: str, **meta: Any) -> Any:
+    """A config field with its help text; `choices`, `metavar`, `group` and `parse` go to the CLI."""
+    return field(default=default, metadata={"help": help, **meta})
 
 
 def parse_duration(text: str | float | None) -> float | None:
@@ -93,12 +31,157 @@ def parse_duration(text: str | float | None) -> float | None:
     except ValueError:
         seconds = math.nan
     if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError(f"bad --time-budget {text!r}: use positive seconds, or minutes/hours as 30m, 1h")
+        raise ConfigError(f"bad --time-budget {text!r}: use positive seconds, or minutes/hours as 30m, 1h")
     return seconds
 
 
-def resolved(config: TrainConfig, key: str) -> Any:
-    """The value of `key` in `config`, or the strategy's default when the user left it unset."""
-    value = getattr(config, key)
-    table = TEXT_STRATEGY_DEFAULTS if config.modality == "text" else STRATEGY_DEFAULTS
-    return table[config.strategy][key] if value is None else value
+STRATEGY_CHOICES = ("auto", "linear", "finetune", "gradual")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: str = field(
+        metadata={
+            "help": "images: a folder (class subfolders, or train/ [val/] [test/]) or `cifar10`; texts: "
+            "a .csv/.tsv/.jsonl file, a folder with train.csv [dev.csv] [test.csv], or <class>/*.txt",
+            "positional": True,
+        }
+    )
+    val: str | None = option(
+        None, "validation folder or file (default: val/, dev.csv, ... beside DATA, else a split)"
+    )
+    test: str | None = option(None, "test folder or file, evaluated once at the end")
+    data_root: str | None = option(None, "where `cifar10` is read from or downloaded to")
+    backbone: str | None = option(
+        None,
+        "see `graft backbones`; also any torchvision name, timm/<name>, hf/<hub id> or a local model "
+        "folder (default: efficientnet_lite0 for images, minilm for text)",
+    )
+    weights: str | None = option(None, "local .pth/.safetensors weights for --backbone")
+    strategy: str = option(
+        "auto",
+        "auto: finetune when there are >= 20 examples per class and its default epochs fit the time "
+        "budget (15 min if none), else linear; linear: frozen backbone, cached features, trained head; "
+        "finetune: the head first (a probe on cached features), then everything with discriminative "
+        "LRs; gradual: ULMFiT gradual unfreezing",
+        choices=STRATEGY_CHOICES,
+    )
+    head: str = option("linear", "linear, or mlp:W1[,W2...] (e.g. mlp:4096,4096)")
+    dropout: float = option(0.0, "dropout before each layer of the head")
+    epochs: int | None = option(None, "epochs (default: the modality's and strategy's, see the README)")
+    batch_size: int | None = option(None, "batch size (default: the modality's and strategy's)")
+    lr: float | None = option(None, "the head's learning rate (default: the modality's and strategy's)")
+    weight_decay: float = option(0.05, "AdamW weight decay (not on norms and biases)")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss")
+    class_weights: str = option(
+        "none", "auto: weigh the loss by inverse class frequency (imbalanced data)", choices=("none", "auto")
+    )
+    image_size: int | None = option(
+        None, "images: input size in pixels (default: the backbone's)", group="image"
+    )
+    flip_features: bool = option(
+        False,
+        "images: average each image's features with its mirror image's (2x extraction time)",
+        group="image",
+    )
+    val_fraction: float = option(0.1, "share of the training data held out for validation when none is given")
+    seed: int = option(0, "seed of the split, the initialisation and the batch order")
+    out: str | None = option(None, "run folder (default: runs/<data>-<backbone>-<strategy>-<time>)")
+    freeze_epochs: int | None = option(
+        None, "finetune: head-only epochs first (default 1 for images, 0 for text)", metavar="N"
+    )
+    lr_mult: float = option(10.0, "head LR / earliest layer group's LR, geometric in between")
+    # with the top half of MiniLM training, a step is ~1.5x faster; on TREC-6 and SST-2 that bought
+    # 1.5x the updates in the same time and no better accuracy (bench/README.md), so all train
+    train_groups: int | None = option(
+        None,
+        "fine-tune only the top N layer groups of the backbone (default: all); the groups below stay "
+        "frozen and cost no backward pass",
+        metavar="N",
+    )
+    augment: str = option(
+        "light",
+        "images, fine-tuning: none, light (random-resized-crop + flip), strong (+ TrivialAugment)",
+        choices=("none", "light", "strong"),
+        group="image",
+    )
+    # frozen: pretrained BatchNorm normalises with its running statistics, also in trained groups
+    # (Keras' fine-tuning guide; torchvision's FrozenBatchNorm2d). Small data otherwise shifts
+    # the statistics the head was trained on, and momentum-0.01 TF-ported BN barely re-learns them.
+    bn: str = option(
+        "frozen",
+        "pretrained BatchNorm: keep its running statistics while scale and shift train (frozen), or use "
+        "and update batch statistics (trainable)",
+        choices=("frozen", "trainable"),
+    )
+    patience: int | None = option(
+        None, "stop after N epochs without a better validation accuracy", metavar="N"
+    )
+    time_budget: float | None = option(
+        None, "finish within this many seconds (also 30m, 1h)", parse=parse_duration, metavar="DURATION"
+    )
+    resume: bool = option(False, "continue the interrupted run in --out (same command)")
+    device: str = option("auto", "auto (a CUDA GPU when present, else the CPU), cpu, cuda, cuda:N or mps")
+    text_column: str = option(
+        "text", "text: column(s) of a table holding the text: text, or title,body", group="text"
+    )
+    label_column: str = option("label", "column of a table holding the label", group="text")
+    pooling: str = option(
+        "mean", "text: how token vectors pool into one", choices=("mean", "cls"), group="text"
+    )
+    max_length: int | None = option(
+        None, "text: tokens per text (default: the 99th percentile of the training texts)", group="text"
+    )
+    adapt_lm: int = option(
+        0,
+        "text: N epochs of masked-LM training on the task's texts before classification (ULMFiT)",
+        metavar="N",
+        group="text",
+    )
+    unlabelled: str | None = option(
+        None, "text: more texts for --adapt-lm (a .txt, one per line, or a table)", group="text"
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def check(self) -> None:
+        """Option values that cannot work, caught before any data is read."""
+        if self.strategy not in STRATEGY_CHOICES:
+            raise ConfigError(
+                f"unknown --strategy {self.strategy!r}; choose one of {', '.join(STRATEGY_CHOICES)}"
+            )
+        if self.train_groups is not None and self.train_groups < 1:
+            raise ConfigError("--train-groups must be at least 1; for the head alone use --strategy linear")
+        if self.resume and not self.out:
+            raise ConfigError("--resume needs the --out folder of the interrupted run")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.lr is not None and not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+
+
+def config_fields() -> list[Any]:
+    return list(fields(TrainConfig))
+
+
+@dataclass
+class Plan:
+    """What a run resolved the user's config to; report.json keeps it beside the config."""
+
+    modality: str
+    backbone: str
+    strategy: str
+    strategy_reason: str
+    epochs: int
+    batch_size: int
+    lr: float
+    freeze_epochs: int
+    device: str
+    preprocessing: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # where a default was stretched, and why
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

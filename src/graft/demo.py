@@ -14,15 +14,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backbones import DEFAULT_IMAGE_BACKBONE, create_backbone
+from .backbones import create_backbone
 from .config import TrainConfig
 from .data.images import load_digits_images, stratified_subset
 from .data.pipeline import iterate_batches, normalize
-from .data.sources import DataSplits, Labelled
+from .data.splits import DataSplits, Labelled
 from .heads import GraftModel, HeadSpec, build_head
+from .modalities import get_modality
 from .runner import Log, run
-from .strategies import HEAD, Stage
-from .train import LoopConfig, fit
+from .training.callbacks import Deadline
+from .training.loop import LoopConfig, clock_schedule, fit
+from .training.strategies import HEAD, Stage
+
+BACKBONE = get_modality("image").default_backbone
 
 TEST_PER_CLASS = 50  # fixed held-out set: 500 images, the same for every --labels-per-class
 TEST_SEED = 12345
@@ -65,7 +69,7 @@ def train_from_scratch(splits: DataSplits, image_size: int, budget_s: float, see
     """The same architecture, randomly initialised, trained on the same images for `budget_s`."""
     torch.manual_seed(seed)
     started = time.perf_counter()
-    backbone = create_backbone(DEFAULT_IMAGE_BACKBONE, pretrained=False)
+    backbone = create_backbone(BACKBONE, pretrained=False)
     prep = backbone.preprocessing.with_size(image_size)
     x, y = _tensors(splits.train, prep)
     x_test, y_test = _tensors(splits.test, prep)
@@ -80,15 +84,16 @@ def train_from_scratch(splits: DataSplits, image_size: int, budget_s: float, see
             yield x[order[i : i + batch]], y[order[i : i + batch]]
 
     # the schedule follows the clock and training stops at the deadline: exactly the same budget
+    deadline = started + budget_s
     history = fit(
         model,
         groups,
         lambda e: Stage(everything),
         batches,
         -(-len(y) // batch),
-        lambda m: {},
         LoopConfig(epochs=1_000_000, lr=3e-3, seed=seed),
-        deadline=started + budget_s,
+        callbacks=[Deadline(deadline)],
+        schedule=clock_schedule(deadline),
     )
     recompute_batchnorm(model, x)
     with torch.inference_mode():
@@ -121,7 +126,7 @@ def run_demo(config: DemoConfig, log: Log = print) -> dict[str, Any]:
         f"{len(splits.test)} held-out test images, {config.image_size}px"
     )
     started = time.perf_counter()
-    result = run(train_config, log=log, splits=splits)
+    result = run(train_config, log=log, splits=splits, modality=get_modality("image"))
     transfer = {
         "accuracy": result.report["test"]["accuracy"],
         "seconds": time.perf_counter() - started,
@@ -133,6 +138,6 @@ def run_demo(config: DemoConfig, log: Log = print) -> dict[str, Any]:
         "scratch": scratch,
         "labels_per_class": config.labels_per_class,
         "run_dir": str(result.run_dir),
-        "backbone": DEFAULT_IMAGE_BACKBONE,
+        "backbone": BACKBONE,
         "test_images": len(splits.test),
     }

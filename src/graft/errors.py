@@ -1,13 +1,31 @@
-"""The errors that mean "the user's input is wrong": the CLI prints them as one line, no traceback."""
+"""graft's errors. A `GraftError` means "the user's input or setup is wrong": the CLI prints its
+one-line message and no traceback. Anything else is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
-from .backbones import BackboneError
-from .data.images import DataError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    DataError,
-    BackboneError,
-    FileNotFoundError,
-    ValueError,
-)
+class GraftError(Exception):
+    """Base of the errors a user can fix; the message is one line that says what to do."""
+
+
+class ConfigError(GraftError, ValueError):
+    """An option, or a combination of options, that cannot work."""
+
+
+class DataError(GraftError, ValueError):
+    """Bad user data; the message names the file/folder/row and what to do."""
+
+
+class UnreadableImage(DataError):
+    """An image file that cannot be opened or fully decoded."""
+
+
+class BackboneError(GraftError, RuntimeError):
+    """A backbone cannot be built (unknown name, missing weights, offline)."""
+
+
+class BundleError(GraftError, ValueError):
+    """A run folder that cannot be loaded (missing files, newer format, damaged checkpoint)."""
+
+
+USER_ERRORS: tuple[type[BaseException], ...] = (GraftError, FileNotFoundError)

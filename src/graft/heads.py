@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .errors import ConfigError
+
 
 @dataclass(frozen=True)
 class HeadSpec:
@@ -24,13 +26,13 @@ class HeadSpec:
             try:
                 hidden = tuple(int(w) for w in widths.split(",") if w.strip()) or (512,)
             except ValueError:
-                raise ValueError(
+                raise ConfigError(
                     f"bad --head {text!r}: widths must be integers, e.g. mlp:4096,4096"
                 ) from None
             if any(w <= 0 for w in hidden):
-                raise ValueError(f"bad --head {text!r}: widths must be positive, e.g. mlp:4096,4096")
+                raise ConfigError(f"bad --head {text!r}: widths must be positive, e.g. mlp:4096,4096")
             return cls("mlp", hidden, dropout)
-        raise ValueError(f"bad --head {text!r}: use 'linear' or 'mlp:WIDTH[,WIDTH...]'")
+        raise ConfigError(f"bad --head {text!r}: use 'linear' or 'mlp:WIDTH[,WIDTH...]'")
 
     def __str__(self) -> str:
         return "linear" if self.kind == "linear" else "mlp:" + ",".join(map(str, self.hidden))
@@ -72,7 +74,7 @@ def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> nn.Sequent
 
 
 class GraftModel(nn.Module):
-    """Backbone body + new head: normalised images in, logits out."""
+    """Backbone body + new head: the modality's model inputs (normalised images, token ids) in, logits out."""
 
     def __init__(self, body: nn.Module, head: nn.Sequential) -> None:
         super().__init__()

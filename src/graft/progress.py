@@ -13,6 +13,7 @@ class Progress:
     def __init__(self, total: int, desc: str, unit: str = "img", every: float = 30.0) -> None:
         self.total, self.desc, self.unit, self.every = total, desc, unit, every
         self.done = 0
+        self.extra = ""
         self.started = self.last = time.perf_counter()
         self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False) if sys.stderr.isatty() else None
 
@@ -25,15 +26,25 @@ class Progress:
         if now - self.last >= self.every and self.done < self.total:
             self.last = now
             rate = self.done / max(now - self.started, 1e-9)
+            extra = f", {self.extra}" if self.extra else ""
             print(
-                f"{self.desc}: {self.done}/{self.total} {self.unit} ({rate:.0f} {self.unit}/s)",
+                f"{self.desc}: {self.done}/{self.total} {self.unit} ({rate:.1f} {self.unit}/s{extra})",
                 file=sys.stderr,
                 flush=True,
             )
+
+    def note(self, text: str) -> None:
+        """A short status shown beside the bar (and in the periodic lines)."""
+        self.extra = text
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
     def __enter__(self) -> Progress:
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.close()

@@ -49,13 +49,6 @@ __all__ = [
     "register_backbone",
 ]
 
-DEFAULT_IMAGE_BACKBONE = "efficientnet_lite0"
-DEFAULT_TEXT_BACKBONE = "minilm"
-
-
-def default_backbone(modality: str) -> str:
-    return DEFAULT_TEXT_BACKBONE if modality == "text" else DEFAULT_IMAGE_BACKBONE
-
 
 def _describe_minilm() -> dict[str, Any]:
     # all-MiniLM-L6-v2: 6 layers, hidden 384; counted once from the packaged weights
@@ -124,9 +117,7 @@ def _register_defaults() -> None:
 _register_defaults()
 
 
-def create_backbone(
-    name: str = DEFAULT_IMAGE_BACKBONE, *, pretrained: bool = True, weights: str | None = None
-) -> Backbone:
+def create_backbone(name: str, *, pretrained: bool = True, weights: str | None = None) -> Backbone:
     """Build a backbone; `weights` is a local .pth/.safetensors file for the named architecture.
     `pretrained=False` gives the same architecture with random weights (for training from scratch,
     or before loading a saved bundle)."""

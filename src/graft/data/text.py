@@ -8,14 +8,29 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Iterator, Sequence
+import warnings
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .images import DataError, SkippedFile
-from .sources import DataSplits, Labelled
+from ..errors import DataError
+from .splits import DataSplits, Labelled, SkippedFile, check_val_fraction, stratified_split
+
+__all__ = [
+    "TABLE_SUFFIXES",
+    "TEXT_FILE_SUFFIX",
+    "TextTable",
+    "find_table",
+    "is_split_folder",
+    "is_text_data",
+    "load_text_data",
+    "read_text_column",
+    "read_text_data",
+    "split_columns",
+]
 
 TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")
 TEXT_FILE_SUFFIX = ".txt"
@@ -199,7 +214,13 @@ def load_text_data(
     val_fraction: float,
     seed: int,
 ) -> DataSplits:
-    """train / val / test texts; val is --val, a dev file beside train, or a stratified split."""
+    """train / val / test texts; val is --val, a dev file beside train, or a stratified split.
+
+    The classes are the sorted distinct training labels (surrounding whitespace stripped; labels
+    that differ only in case stay apart, with a warning); val/test rows with another label are
+    skipped and reported.
+    """
+    check_val_fraction(val_fraction)
     path = Path(data)
     if is_split_folder(path):
         val = val or _opt(find_table(path, VAL_NAMES))
@@ -209,14 +230,16 @@ def load_text_data(
     train_table = read(path)
     classes = tuple(sorted(set(train_table.labels)))
     if len(classes) < 2:
-        found = ", ".join(classes)
+        found = ", ".join(map(repr, classes)) or f"no usable rows, {len(train_table.skipped)} skipped"
         raise DataError(f"{path}: training needs at least 2 labels, found {len(classes)} ({found})")
+    _warn_case_collisions(path, classes)
     skipped: list[SkippedFile] = []
     train = _labelled(train_table, classes, skipped)
     if val:
         val_set, val_source = _labelled(read(val), classes, skipped), str(val)
     else:
-        train, val_set = _split(train, val_fraction, seed)
+        train_idx, val_idx = stratified_split(train.labels, val_fraction, seed, where=str(path))
+        train, val_set = train.subset(train_idx), train.subset(val_idx)
         val_source = f"split:{val_fraction}"
     test_set = _labelled(read(test), classes, skipped) if test else None
     return DataSplits(train, val_set, test_set, classes, _data_name(Path(data)), val_source, skipped)
@@ -230,6 +253,28 @@ def _data_name(path: Path) -> str:
     return path.resolve().name if path.is_dir() else f"{path.resolve().parent.name}-{path.stem}"
 
 
+def _warn_case_collisions(path: Path, labels: Iterable[str]) -> None:
+    """One warning naming every group of labels that differ only in case ('Pos', 'pos'): they
+    are kept as different classes, which is rarely what was meant."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for label in sorted(set(labels)):
+        groups[label.casefold()].append(label)
+    clashes = [names for names in groups.values() if len(names) > 1]
+    if not clashes:
+        return
+    named = "; ".join(_and_list([repr(n) for n in names]) for names in clashes)
+    warnings.warn(
+        f"{path}: labels {named} differ only in case; they are kept as different classes "
+        "(make them identical if they mean the same class)",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _and_list(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
+
+
 def _labelled(table: TextTable, classes: tuple[str, ...], skipped: list[SkippedFile]) -> Labelled:
     index = {c: i for i, c in enumerate(classes)}
     texts, labels = [], []
@@ -241,20 +286,6 @@ def _labelled(table: TextTable, classes: tuple[str, ...], skipped: list[SkippedF
         texts.append(text)
         labels.append(index[label])
     return Labelled(texts, np.asarray(labels, dtype=np.int64))
-
-
-def _split(data: Labelled, val_fraction: float, seed: int) -> tuple[Labelled, Labelled]:
-    from sklearn.model_selection import train_test_split
-
-    if not 0 < val_fraction < 1:
-        raise DataError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
-    counts = np.bincount(data.labels)
-    stratify = data.labels if counts.min() >= 2 else None  # a singleton class cannot be stratified
-    train_idx, val_idx = train_test_split(
-        np.arange(len(data)), test_size=val_fraction, random_state=seed, stratify=stratify
-    )
-    pick = lambda ii: Labelled([data.sources[i] for i in np.sort(ii)], data.labels[np.sort(ii)])  # noqa: E731
-    return pick(train_idx), pick(val_idx)
 
 
 def read_text_column(path: str | Path, text_column: str) -> list[str]:

@@ -8,26 +8,18 @@ is detected instead of resuming from mismatched halves.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from .bundle import atomic_write, write_json
+from ..bundle import atomic_write, write_json
+from ..errors import BundleError, ConfigError
+from .loop import LoopState
 
 TENSORS = "checkpoint.safetensors"
 META = "checkpoint.json"
-
-
-@dataclass
-class LoopState:
-    """Where training stands: epochs completed, optimizer steps taken, history so far."""
-
-    epoch: int = 0
-    step: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -93,13 +85,13 @@ class Checkpointer:
         with safe_open(str(self.run_dir / TENSORS), framework="pt") as f:
             saved_step = int((f.metadata() or {}).get("step", -1))
         if saved_step != meta["step"]:
-            raise ValueError(
+            raise BundleError(
                 f"{self.run_dir}: checkpoint files disagree (interrupted while saving?); "
                 "delete checkpoint.* to start over"
             )
         if meta["config"] != self.config:
             changed = sorted(k for k in self.config if meta["config"].get(k) != self.config.get(k))
-            raise ValueError(
+            raise ConfigError(
                 f"--resume with different settings ({', '.join(changed)}) than the "
                 f"checkpoint in {self.run_dir}; rerun the same command"
             )

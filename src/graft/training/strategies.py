@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
+from ..errors import ConfigError
+
 HEAD = "head"
 STRATEGIES = ("linear", "finetune", "gradual")
 
@@ -68,7 +70,7 @@ def make_strategy(name: str, groups: Sequence[str], **options: float) -> StageFn
         "gradual": gradual,
     }
     if name not in table:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+        raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     return partial(table[name], groups=tuple(groups), **options)
 
 

@@ -1,0 +1,102 @@
+"""graft's one data model: labelled sources (image paths/arrays, or texts) in train/val/test splits,
+and the one stratified splitter every reader uses."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """An input left out of training, and why (a file, or `file: line N` for a table row)."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """Sources with integer labels (indices into the split's classes)."""
+
+    sources: Sequence[Any]
+    labels: np.ndarray
+
+    def __post_init__(self) -> None:
+        labels = np.asarray(self.labels)
+        if labels.ndim != 1 or len(labels) != len(self.sources):
+            raise ValueError(f"need one label per source: {len(self.sources)} sources, labels {labels.shape}")
+        object.__setattr__(self, "labels", labels)  # frozen: normalise lists to an array
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def subset(self, indices: Sequence[int] | np.ndarray) -> Labelled:
+        """The given positions, in that order; a boolean mask selects where it is True."""
+        idx = np.asarray(indices)
+        idx = np.flatnonzero(idx) if idx.dtype == np.bool_ else idx.astype(np.int64).reshape(-1)
+        return Labelled([self.sources[i] for i in idx], self.labels[idx])
+
+
+@dataclass(frozen=True)
+class DataSplits:
+    train: Labelled
+    val: Labelled
+    test: Labelled | None
+    classes: tuple[str, ...]
+    name: str
+    val_source: str  # "folder", a file path, or "split:<fraction>"
+    skipped: list[SkippedFile] = field(default_factory=list)
+
+
+def check_val_fraction(val_fraction: float) -> None:
+    """DataError unless 0 < val_fraction < 1; readers call it before any (slow) reading."""
+    if not 0.0 < val_fraction < 1.0:
+        raise DataError(f"--val-fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+
+
+def stratified_split(
+    labels: np.ndarray, val_fraction: float, seed: int, where: str = "the training data"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, val) indices, stratified by label and seeded. A class too small to stratify
+    (fewer than 2 examples, or fewer validation slots than classes) falls back to a plain seeded
+    random split, with a warning that names the data."""
+    from sklearn.model_selection import train_test_split
+
+    check_val_fraction(val_fraction)
+    labels = np.asarray(labels)
+    idx = np.arange(len(labels))
+    try:
+        train_idx, val_idx = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=labels)
+    except ValueError:
+        warnings.warn(f"{where}: {_why_not_stratified(labels, val_fraction)}", UserWarning, stacklevel=2)
+        try:
+            train_idx, val_idx = train_test_split(idx, test_size=val_fraction, random_state=seed)
+        except ValueError as err:
+            raise DataError(
+                f"{where}: {len(labels)} examples are too few to split off --val-fraction "
+                f"{val_fraction}; add data or pass a validation set"
+            ) from err
+    return np.sort(train_idx), np.sort(val_idx)
+
+
+def _why_not_stratified(labels: np.ndarray, val_fraction: float) -> str:
+    counts = np.bincount(labels) if len(labels) else np.zeros(0, dtype=np.int64)
+    present = counts[counts > 0]
+    smallest = int(present.min()) if len(present) else 0
+    slots = math.ceil(len(labels) * val_fraction)
+    if smallest >= 2 and slots < len(present):
+        why = (
+            f"a {val_fraction:g} validation split of {len(labels)} examples has {slots} place(s) for "
+            f"{len(present)} classes"
+        )
+    else:
+        why = f"the smallest class has {smallest} example(s), too few to stratify the validation split"
+    return f"{why}; using a plain random split (pass a validation set or a larger --val-fraction to avoid it)"

@@ -1,0 +1,233 @@
+"""The `Modality` interface and its registry. A modality knows its data and its inputs: how to find
+and read labelled examples, how they become model inputs (decoded and augmented images, tokenised
+and length-bucketed texts), what to freeze beyond the backbone's layer groups, and how a saved
+bundle takes new inputs. Everything else in graft (recipes, the loop, the report, the bundle) is
+the same for every modality and never asks which one it has.
+
+Adding a modality (audio, tables) is one file here that registers itself, plus a backbone file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class StrategyDefaults:
+    epochs: int
+    lr: float
+    batch_size: int
+    freeze_epochs: int = 0
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """A modality's training defaults (README tables) and the rules that stretch them."""
+
+    strategies: dict[str, StrategyDefaults]
+    # fine-tuning quality follows the number of updates, not epochs: small datasets get more epochs
+    # up to max_default_epochs, until min_finetune_steps updates (0: epochs are taken as they are)
+    min_finetune_steps: int = 0
+    max_default_epochs: int = 20
+    warmup_share: float = 0.25  # of the fine-tuning steps: one-cycle warm-up
+
+
+@dataclass
+class Features:
+    values: np.ndarray  # float32 (N, D); rows of unreadable inputs are zero
+    ok: np.ndarray  # bool (N,): False where the input could not be read
+    failures: dict[int, str]  # index -> reason
+    seconds: float  # extraction time (0 on a cache hit)
+    cached: bool
+
+
+class TrainingSet(Protocol):
+    """Training examples prepared once (decoded, tokenised), served as batches on the device."""
+
+    labels: torch.Tensor
+
+    def __len__(self) -> int: ...
+
+    def steps_per_epoch(self, batch_size: int) -> int: ...
+
+    def batches(self, batch_size: int, seed: int, device: torch.device) -> Callable[[int], Iterator[Batch]]:
+        """epoch -> batches; order and augmentation are functions of (seed, epoch), so a resumed
+        run sees the same batches."""
+        ...
+
+    def plain_inputs(self, limit: int, device: torch.device) -> Iterator[torch.Tensor]:
+        """Up to `limit` un-augmented inputs (for the head's feature statistics)."""
+        ...
+
+    def timing_batches(self, batch_size: int, device: torch.device, count: int) -> list[Batch]:
+        """A few typical training batches, to time steps on."""
+        ...
+
+
+class EvalSet(Protocol):
+    """Evaluation examples prepared once; batches are (input positions, inputs on the device)."""
+
+    labels: torch.Tensor
+
+    def __len__(self) -> int: ...
+
+    def batches(
+        self, device: torch.device, batch_size: int = 128
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+
+class InputPipeline(Protocol):
+    """A bundle's input side: raw inputs (files, arrays, texts) -> batches the network takes."""
+
+    def batches(
+        self, inputs: Sequence[Any], batch_size: int, device: torch.device
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def preprocess(self, inputs: Any) -> Any: ...
+
+    def as_list(self, inputs: Any) -> list[Any]: ...
+
+
+class Modality(Protocol):
+    name: str  # "image", "text": written into bundles and reports
+    unit: str  # "images", "texts": for messages
+    default_backbone: str
+    defaults: Defaults
+
+    def inputs_in(self, path: Path) -> list[str]:
+        """The files (or rows' file) under `path` this modality would read: detection counts them."""
+        ...
+
+    def accepts(self, item: Any) -> bool:
+        """Whether one in-memory input (an array, a PIL image, a string) is this modality's."""
+        ...
+
+    def check(self, config: Any) -> None:
+        """Options that do not apply to this modality."""
+        ...
+
+    def load_splits(self, config: Any) -> Any: ...
+
+    def read_labelled(
+        self, path: str | Path, meta: dict[str, Any], classes: Sequence[str]
+    ) -> tuple[Any, list]: ...
+
+    def preprocessing(self, config: Any, backbone: Any, splits: Any) -> Any: ...
+
+    def adaptation_corpus(self, config: Any, splits: Any) -> list[Any]:
+        """Inputs for --adapt-lm (ULMFiT's middle stage); a modality without one raises ConfigError."""
+        ...
+
+    def extra_frozen(self, backbone: Any) -> list[nn.Parameter]: ...
+
+    def prepare_model(self, model: nn.Module, device: torch.device) -> nn.Module: ...
+
+    def training_set(
+        self, config: Any, backbone: Any, prep: Any, data: Any, skipped: list
+    ) -> TrainingSet: ...
+
+    def eval_set(self, backbone: Any, prep: Any, data: Any, skipped: list) -> EvalSet: ...
+
+    def encode(
+        self, backbone: Any, prep: Any, sources: Sequence[Any], *, flip: bool, batch_size: int, desc: str
+    ) -> Features: ...
+
+    def fingerprint(self, sources: Sequence[Any]) -> str: ...
+
+    def bundle_extras(self, backbone: Any) -> dict[str, Any]:
+        """What the bundle needs beyond weights to rebuild the body offline (a text encoder's config)."""
+        ...
+
+    def bundle_assets(self, backbone: Any) -> dict[str, Callable[[Path], None]]:
+        """Folders written beside the weights (a tokenizer), by name."""
+        ...
+
+    def rebuild_body(self, meta: dict[str, Any]) -> tuple[nn.Module, int]:
+        """The bundle's body with random weights, and its feature width: no download."""
+        ...
+
+    def input_pipeline(self, prep: Any, backbone: Any = None, run_dir: Path | None = None) -> InputPipeline:
+        """The input side for prediction, from a live backbone or a saved run folder."""
+        ...
+
+    def preprocessing_from_dict(self, d: dict[str, Any]) -> Any: ...
+
+
+_REGISTRY: dict[str, Modality] = {}
+
+
+def register_modality(modality: Modality) -> Modality:
+    if modality.name in _REGISTRY:
+        raise ValueError(f"modality {modality.name!r} is already registered")
+    _REGISTRY[modality.name] = modality
+    return modality
+
+
+def _load_builtins() -> None:
+    from . import image, text  # noqa: F401 - each registers itself
+
+
+def get_modality(name: str) -> Modality:
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown modality {name!r}; graft knows {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def modalities() -> dict[str, Modality]:
+    _load_builtins()
+    return dict(_REGISTRY)
+
+
+def modality_of_inputs(items: Sequence[Any]) -> Modality:
+    """The modality that accepts every one of these in-memory inputs."""
+    for modality in modalities().values():
+        if items and all(modality.accepts(item) for item in items):
+            return modality
+    kinds = sorted({type(item).__name__ for item in items}) or ["nothing"]
+    raise ConfigError(
+        f"cannot tell what these inputs are ({', '.join(kinds)}): give image files or arrays, or texts"
+    )
+
+
+@dataclass
+class Detection:
+    modality: Modality
+    found: dict[str, list[str]] = field(default_factory=dict)  # modality name -> its inputs under the path
+
+    @property
+    def ignored(self) -> list[str]:
+        return [f for name, files in self.found.items() if name != self.modality.name for f in files]
+
+
+def detect(data: str | Path, default: str = "image") -> Detection:
+    """The modality whose inputs make up most of `data`. A stray README.txt among images (or a
+    picture among texts) does not decide: the majority does, and the files it leaves out are
+    named in a warning."""
+    path = Path(data)
+    found = {name: m.inputs_in(path) for name, m in modalities().items()}
+    best = max(found, key=lambda name: (len(found[name]), name == default))
+    detection = Detection(get_modality(best), found)
+    ignored = detection.ignored
+    if ignored and found[best]:
+        shown = ", ".join(ignored[:3]) + (f" and {len(ignored) - 3} more" if len(ignored) > 3 else "")
+        warnings.warn(
+            f"{path} holds {len(found[best])} {detection.modality.unit}; ignoring {len(ignored)} other "
+            f"file(s): {shown}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return detection

@@ -1,0 +1,316 @@
+"""Texts: CSV/TSV/JSONL tables, folders with train.csv [dev.csv] [test.csv], or <class>/*.txt.
+
+Texts are tokenised once into unpadded id tensors. Each training batch holds texts of similar
+length (sorted inside shuffled chunks, as Hugging Face's `group_by_length` and fairseq do) and is
+padded only to its own longest text, so little compute is spent on padding.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backbones import TextPreprocessing
+from ..data.splits import DataSplits, Labelled, SkippedFile
+from ..data.text import (
+    TABLE_SUFFIXES,
+    TEXT_FILE_SUFFIX,
+    find_table,
+    is_split_folder,
+    load_text_data,
+    read_text_column,
+    read_text_data,
+    split_columns,
+)
+from ..errors import ConfigError, DataError
+from .base import Batch, Defaults, Features, StrategyDefaults, register_modality
+
+BUCKET_BATCHES = 50  # batches per sorted chunk: similar lengths inside a batch, random order outside
+LENGTH_PERCENTILE = 99  # --max-length from the data: the 99th percentile of token counts
+
+# Text encoders: BERT-style fine-tuning (Devlin et al.: 2-4 epochs, batch 32, warm-up) with
+# ULMFiT's discriminative rates. The rate given is the head's; with --lr-mult 10 over a 6-layer
+# encoder the top layer gets 0.72x, the bottom layer 0.14x and the embeddings 0.1x of it, i.e.
+# 1.4e-4 .. 2e-5: the range small encoders (MiniLM, DistilBERT) are fine-tuned with. Chosen from
+# that range before measuring; on TREC-6 (one seed) 2e-4 and 5e-4 gave 3.4% and 3.8% test error.
+# Two epochs, the low end of BERT's range, because an epoch of text costs minutes on a laptop
+# CPU; small datasets get more (at least 300 updates: Mosbach et al. 2021, "On the stability of
+# fine-tuning BERT": train small tasks longer). No head-only epoch: with warm-up (10% of the
+# steps, ULMFiT's cut_frac and BERT's warm-up), a fresh linear head on pooled embeddings settles
+# within the first steps.
+TEXT_DEFAULTS = Defaults(
+    strategies={
+        "linear": StrategyDefaults(epochs=30, lr=1e-3, batch_size=256),
+        "finetune": StrategyDefaults(epochs=2, lr=2e-4, batch_size=32, freeze_epochs=0),
+        "gradual": StrategyDefaults(epochs=4, lr=2e-4, batch_size=32),
+    },
+    min_finetune_steps=300,
+    max_default_epochs=20,
+    warmup_share=0.1,
+)
+
+
+def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[torch.Tensor]:
+    encoded = tokenizer([str(t) for t in texts], truncation=True, max_length=max_length)["input_ids"]
+    return [torch.tensor(ids, dtype=torch.long) for ids in encoded]
+
+
+def length_from_data(tokenizer: Any, texts: Sequence[str], prep: TextPreprocessing) -> TextPreprocessing:
+    """The maximum sequence length: a high percentile of the training texts' token counts (so a
+    few very long texts do not set the cost of every batch), rounded up to 8, capped by the model."""
+    sample = list(texts[:20000])
+    lengths = [
+        len(ids) for ids in tokenizer(sample, truncation=True, max_length=prep.model_max_length)["input_ids"]
+    ]
+    wanted = int(np.percentile(lengths, LENGTH_PERCENTILE)) if lengths else prep.max_length
+    return prep.with_length(max(8, math.ceil(wanted / 8) * 8))
+
+
+def pad(ids: Sequence[torch.Tensor], pad_id: int) -> torch.Tensor:
+    return nn.utils.rnn.pad_sequence(list(ids), batch_first=True, padding_value=pad_id)
+
+
+def bucketed_order(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
+    """Batches of indices: shuffle, sort chunks of BUCKET_BATCHES batches by length, shuffle batches."""
+    perm = torch.randperm(len(lengths), generator=generator).tolist()
+    batches: list[list[int]] = []
+    chunk_size = batch_size * BUCKET_BATCHES
+    for start in range(0, len(perm), chunk_size):
+        chunk = sorted(perm[start : start + chunk_size], key=lambda i: lengths[i])
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    order = torch.randperm(len(batches), generator=generator).tolist()
+    return [batches[i] for i in order]
+
+
+def sorted_batches(
+    ids: Sequence[torch.Tensor], pad_id: int, batch_size: int, device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(positions, padded ids) for inference: length-sorted batches, least padding."""
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        yield torch.tensor(index), pad([ids[i] for i in index], pad_id).to(device)
+
+
+class _TrainingTexts:
+    def __init__(self, ids: list[torch.Tensor], labels: np.ndarray, pad_id: int) -> None:
+        self.ids, self.labels, self.pad_id = ids, torch.as_tensor(labels), pad_id
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def steps_per_epoch(self, batch_size: int) -> int:
+        return math.ceil(len(self) / batch_size)
+
+    def batches(self, batch_size: int, seed: int, device: torch.device) -> Callable[[int], Iterator[Batch]]:
+        lengths = [len(t) for t in self.ids]
+
+        def batches(epoch: int) -> Iterator[Batch]:
+            generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+            for index in bucketed_order(lengths, batch_size, generator):
+                x = pad([self.ids[i] for i in index], self.pad_id)
+                yield x.to(device, non_blocking=True), self.labels[index].to(device, non_blocking=True)
+
+        return batches
+
+    def plain_inputs(self, limit: int, device: torch.device) -> Iterator[torch.Tensor]:
+        for start in range(0, min(len(self), limit), 64):
+            yield pad(self.ids[start : start + 64], self.pad_id).to(device)
+
+    def timing_batches(self, batch_size: int, device: torch.device, count: int) -> list[Batch]:
+        """Batches of median-length texts: what a bucketed epoch costs per step on average."""
+        median = int(np.median([len(t) for t in self.ids]))
+        typical = sorted(range(len(self)), key=lambda i: abs(len(self.ids[i]) - median))[:batch_size]
+        x = pad([self.ids[i] for i in typical], self.pad_id).to(device)
+        return [(x, self.labels[typical].to(device))] * count
+
+
+class _EvalTexts:
+    def __init__(self, ids: list[torch.Tensor], labels: np.ndarray, pad_id: int) -> None:
+        self.ids, self.labels, self.pad_id = ids, torch.as_tensor(labels), pad_id
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batches(
+        self, device: torch.device, batch_size: int = 128
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return sorted_batches(self.ids, self.pad_id, batch_size, device)
+
+
+class _TextInputs:
+    """A bundle's input side: texts -> token ids (truncated as in training) -> padded batches."""
+
+    def __init__(self, tokenizer: Any, prep: TextPreprocessing) -> None:
+        self.tokenizer, self.prep = tokenizer, prep
+
+    def as_list(self, inputs: Any) -> list[str]:
+        return [inputs] if isinstance(inputs, str) else [str(t) for t in inputs]
+
+    def preprocess(self, inputs: Any) -> list[torch.Tensor]:
+        """Token ids per text (unpadded), truncated to the length the model was trained with."""
+        return tokenize(self.tokenizer, self.as_list(inputs), self.prep.max_length)
+
+    def batches(
+        self, inputs: Sequence[Any], batch_size: int, device: torch.device
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return sorted_batches(self.preprocess(inputs), self.prep.pad_id, batch_size, device)
+
+
+class TextModality:
+    name = "text"
+    unit = "texts"
+    default_backbone = "minilm"
+    defaults = TEXT_DEFAULTS
+
+    def inputs_in(self, path: Path) -> list[str]:
+        if path.is_file():
+            return [str(path)] if path.suffix.lower() in TABLE_SUFFIXES else []
+        if not path.is_dir():
+            return []
+        if is_split_folder(path):
+            names = ("train", "dev", "val", "valid", "validation", "test")
+            return [str(t) for name in names if (t := find_table(path, [name])) is not None]
+        return [str(p) for p in sorted(path.glob(f"*/*{TEXT_FILE_SUFFIX}")) if not p.name.startswith(".")]
+
+    def accepts(self, item: Any) -> bool:
+        return isinstance(item, str)
+
+    def check(self, config: Any) -> None:
+        if config.image_size is not None or config.flip_features:
+            raise ConfigError("--image-size and --flip-features are for image data; texts take --max-length")
+
+    def load_splits(self, config: Any) -> DataSplits:
+        return load_text_data(
+            config.data,
+            config.val,
+            config.test,
+            split_columns(config.text_column),
+            config.label_column,
+            config.val_fraction,
+            config.seed,
+        )
+
+    def read_labelled(
+        self, path: str | Path, meta: dict[str, Any], classes: Sequence[str]
+    ) -> tuple[Labelled, list[SkippedFile]]:
+        if not self.inputs_in(Path(path)):
+            raise DataError(
+                f"{path} is not a text table or folder, and {meta['backbone']['name']} is a text model"
+            )
+        recipe = meta.get("recipe", {})
+        table = read_text_data(
+            path, split_columns(recipe.get("text_column", "text")), recipe.get("label_column", "label")
+        )
+        index = {c: i for i, c in enumerate(classes)}
+        skipped = list(table.skipped)
+        texts, labels = [], []
+        for text, label in zip(table.texts, table.labels, strict=True):
+            if label in index:
+                texts.append(text)
+                labels.append(index[label])
+            else:
+                skipped.append(SkippedFile(str(path), f"label {label!r} is not one of the model's classes"))
+        return Labelled(texts, np.asarray(labels, dtype=np.int64)), skipped
+
+    def adaptation_corpus(self, config: Any, splits: DataSplits) -> list[str]:
+        """--adapt-lm reads the training texts (never validation or test) and --unlabelled."""
+        texts = [str(t) for t in splits.train.sources]
+        if config.unlabelled:
+            texts += read_text_column(config.unlabelled, config.text_column)
+        return texts
+
+    def preprocessing(self, config: Any, backbone: Any, splits: DataSplits) -> TextPreprocessing:
+        prep = backbone.preprocessing.with_pooling(config.pooling)
+        backbone.body.pooling = prep.pooling
+        if config.max_length:
+            return prep.with_length(config.max_length)
+        return length_from_data(backbone.tokenizer, splits.train.sources, prep)
+
+    def preprocessing_from_dict(self, d: dict[str, Any]) -> TextPreprocessing:
+        return TextPreprocessing.from_dict(d)
+
+    def extra_frozen(self, backbone: Any) -> list[nn.Parameter]:
+        """The token-embedding matrix: half of a small encoder's weights (and of each optimizer
+        step), only the rows of words in a batch get gradients, and weight decay would shrink all
+        the others."""
+        return [backbone.body.encoder.get_input_embeddings().weight]
+
+    def prepare_model(self, model: nn.Module, device: torch.device) -> nn.Module:
+        return model.to(device)
+
+    def training_set(
+        self, config: Any, backbone: Any, prep: TextPreprocessing, data: Labelled, skipped: list[SkippedFile]
+    ) -> _TrainingTexts:
+        return _TrainingTexts(
+            tokenize(backbone.tokenizer, data.sources, prep.max_length), data.labels, prep.pad_id
+        )
+
+    def eval_set(
+        self, backbone: Any, prep: TextPreprocessing, data: Labelled, skipped: list[SkippedFile]
+    ) -> _EvalTexts:
+        return _EvalTexts(
+            tokenize(backbone.tokenizer, data.sources, prep.max_length), data.labels, prep.pad_id
+        )
+
+    def encode(
+        self,
+        backbone: Any,
+        prep: TextPreprocessing,
+        sources: Sequence[Any],
+        *,
+        flip: bool,
+        batch_size: int,
+        desc: str,
+    ) -> Features:
+        from ..compute import forward_all, module_device
+
+        started = time.perf_counter()
+        ids = tokenize(backbone.tokenizer, sources, prep.max_length)
+        batches = sorted_batches(ids, prep.pad_id, batch_size, module_device(backbone.body))
+        values = forward_all(backbone.body, batches, len(ids)).numpy().astype(np.float32)
+        return Features(
+            values, np.ones(len(ids), dtype=bool), {}, time.perf_counter() - started, cached=False
+        )
+
+    def fingerprint(self, sources: Sequence[Any]) -> str:
+        h = hashlib.sha256()
+        for text in sources:
+            h.update(str(text).encode("utf-8", "surrogatepass") + b"\x00")
+        return h.hexdigest()
+
+    def bundle_extras(self, backbone: Any) -> dict[str, Any]:
+        # the encoder's config: the bundle rebuilds it with no hub access
+        return {"config": backbone.model_config}
+
+    def bundle_assets(self, backbone: Any) -> dict[str, Callable[[Path], None]]:
+        """Folders written beside the weights: the tokenizer's own JSON and text files."""
+        return {"tokenizer": lambda folder: backbone.tokenizer.save_pretrained(str(folder))}
+
+    def rebuild_body(self, meta: dict[str, Any]) -> tuple[nn.Module, int]:
+        from ..backbones._text import rebuild_text
+
+        prep = TextPreprocessing.from_dict(meta["preprocessing"])
+        return rebuild_text(meta["backbone"]["config"], prep), int(meta["backbone"]["num_features"])
+
+    def input_pipeline(
+        self, prep: TextPreprocessing, backbone: Any = None, run_dir: Path | None = None
+    ) -> _TextInputs:
+        if backbone is not None:
+            return _TextInputs(backbone.tokenizer, prep)
+        from ..backbones._text import load_tokenizer
+
+        if run_dir is None or not (Path(run_dir) / "tokenizer").is_dir():
+            raise DataError(f"{run_dir}: the text bundle has no tokenizer/ folder; train it again")
+        return _TextInputs(load_tokenizer(Path(run_dir) / "tokenizer"), prep)
+
+
+register_modality(TextModality())

@@ -1,0 +1,93 @@
+"""A trained run -> `report.json` (metrics, history, the config as asked and the plan as resolved),
+the bundle (`model.safetensors` + `graft.json`) and the plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .bundle import save_bundle, write_json
+from .heads import HeadSpec
+from .metrics import plot_confusion, plot_curves
+from .training.recipes import Job, TrainResult
+
+
+def build_report(job: Job, trained: TrainResult, seconds: float, adapted: dict | None) -> dict[str, Any]:
+    config, plan, splits, backbone = job.config, job.plan, job.splits, job.backbone
+    return {
+        "run_dir": str(job.run_dir),
+        "seconds": seconds,
+        "modality": job.modality.name,
+        "strategy": plan.strategy,
+        "device": str(job.device),
+        "backbone": {
+            "name": backbone.name,
+            "source": backbone.source,
+            "weights": backbone.weights,
+            "num_features": backbone.num_features,
+            "groups": [g for g, _ in backbone.groups],
+        },
+        "head": str(HeadSpec.parse(config.head, config.dropout)),
+        "preprocessing": job.prep.to_dict(),
+        "classes": list(splits.classes),
+        "data": {
+            "name": splits.name,
+            "fingerprint": job.modality.fingerprint([*splits.train.sources, *splits.val.sources])[:16],
+            "train": trained.n_train,
+            "val": len(splits.val),
+            "test": len(splits.test) if splits.test is not None else None,
+            "val_source": splits.val_source,
+        },
+        "timing": {
+            "feature_extraction_seconds": trained.extract_seconds,
+            "training_seconds": trained.train_seconds,
+            "feature_cache_hit": trained.cache_hit,
+        },
+        "validation": trained.val,
+        "test": trained.test,
+        "history": trained.history,
+        "phases": trained.phases,
+        "skipped_files": [{"path": s.path, "reason": s.reason} for s in splits.skipped],
+        "strategy_choice": {"chosen": plan.strategy, "reason": plan.strategy_reason},
+        "adapt_lm": adapted,
+        "config": config.to_dict(),  # what was asked
+        "plan": plan.to_dict(),  # what it resolved to
+    }
+
+
+def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n": metrics["n"]}
+
+
+def bundle_meta(job: Job, report: dict[str, Any]) -> dict[str, Any]:
+    arch = {"arch_weights": job.config.weights, **job.modality.bundle_extras(job.backbone)}
+    return {
+        "modality": job.modality.name,
+        "backbone": report["backbone"] | arch,
+        "head": {"spec": report["head"], "dropout": job.config.dropout},
+        "classes": report["classes"],
+        "preprocessing": report["preprocessing"],
+        "recipe": report["config"],
+        "plan": report["plan"],
+        "metrics": {
+            "validation": _headline(report["validation"]),
+            "test": _headline(report["test"]) if report["test"] else None,
+        },
+        "data": report["data"],
+    }
+
+
+def save_run(job: Job, report: dict[str, Any], run_dir: Path | None = None) -> None:
+    """The bundle, report.json, confusion.png and curves.png into the run folder."""
+    run_dir = Path(run_dir or job.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_bundle(run_dir, job.model, bundle_meta(job, report), assets=job.modality.bundle_assets(job.backbone))
+    write_json(run_dir / "report.json", report)
+    shown = report["test"] or report["validation"]
+    plot_confusion(
+        shown["confusion_matrix"],
+        report["classes"],
+        run_dir / "confusion.png",
+        "test" if report["test"] else "validation",
+    )
+    plot_curves(report["history"], run_dir / "curves.png")

@@ -1,0 +1,153 @@
+"""Callbacks for the one loop (training/loop.py): evaluation, checkpoints, early stopping, the
+deadline, progress, step timing and the learning-rate range test."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..compute import forward_all
+from ..metrics import validation_row
+from ..progress import Progress
+from .checkpoint import Checkpointer
+from .loop import Callback, Loop
+
+
+class Evaluate(Callback):
+    """Validation loss, accuracy and macro-F1 into each epoch's history row."""
+
+    def __init__(self, eval_set: Any, classes: Sequence[str]) -> None:
+        self.eval_set, self.classes = eval_set, tuple(classes)
+
+    def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
+        logits = forward_all(loop.model, self.eval_set.batches(loop.device), len(self.eval_set))
+        row.update(validation_row(logits, self.eval_set.labels, self.classes))
+
+
+class Checkpoint(Callback):
+    """Restore a checkpoint when resuming; save model + optimizer + state after every epoch."""
+
+    def __init__(self, checkpointer: Checkpointer) -> None:
+        self.checkpointer = checkpointer
+
+    def on_fit_start(self, loop: Loop) -> None:
+        loop.state = self.checkpointer.restore(loop.model, loop.optimizer)
+
+    def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
+        self.checkpointer.save(loop.model, loop.optimizer, loop.state)
+
+
+class EarlyStopping(Callback):
+    """Stop after `patience` epochs without a better validation accuracy."""
+
+    def __init__(self, patience: int | None) -> None:
+        self.patience = patience
+
+    def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
+        scores = [r["val_accuracy"] for r in loop.state.history if "val_accuracy" in r]
+        if self.patience and scores and len(scores) - 1 - int(np.argmax(scores)) >= self.patience:
+            loop.stop = True
+
+
+class Deadline(Callback):
+    """Stop cleanly after the step that crosses `at` (a time.perf_counter() value)."""
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+
+    def on_step_end(self, loop: Loop, loss: float) -> None:
+        if time.perf_counter() > self.at:
+            loop.stop = True
+
+    def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
+        self.on_step_end(loop, 0.0)
+
+
+class EpochLog(Callback):
+    """One line per epoch, for phases whose epochs take minutes (fine-tuning); a linear probe's
+    hundreds of millisecond epochs get the progress bar and one summary line instead."""
+
+    def __init__(self, log: Callable[[str], None], epochs: int) -> None:
+        self.log, self.epochs = log, epochs
+
+    def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
+        line = f"epoch {row['epoch']}/{self.epochs}  loss {row['train_loss']:.4f}"
+        if "val_accuracy" in row:
+            line += (
+                f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
+                f"val_f1 {row['val_macro_f1']:.4f}"
+            )
+        self.log(f"{line}  ({row['train_seconds']:.1f}s)")
+
+
+class ProgressBar(Callback):
+    """A bar over the phase's steps on a terminal (a line every 30 s in logs); the last epoch's
+    validation accuracy shows beside it."""
+
+    def __init__(self, desc: str, total_steps: int) -> None:
+        self.desc, self.total = desc, total_steps
+        self.bar: Progress | None = None
+
+    def on_fit_start(self, loop: Loop) -> None:
+        self.bar = Progress(self.total, self.desc, unit="step")
+        self.bar.update(min(self.total, loop.state.step))
+
+    def on_step_end(self, loop: Loop, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
+        if self.bar is not None and "val_accuracy" in row:
+            self.bar.note(f"epoch {row['epoch']}, val_acc {row['val_accuracy']:.4f}")
+
+    def on_fit_end(self, loop: Loop) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class StepTimer(Callback):
+    """Seconds per training step (forward, backward and optimizer step on real batches): stops
+    after `steps` + 1 steps and keeps the gaps between step ends, so the first step's one-off
+    allocations and loader start-up are left out."""
+
+    def __init__(self, steps: int = 3) -> None:
+        self.steps = steps
+        self.ends: list[float] = []
+
+    def on_step_end(self, loop: Loop, loss: float) -> None:
+        self.ends.append(time.perf_counter())
+        if len(self.ends) > self.steps:
+            loop.stop = True
+
+    @property
+    def seconds_per_step(self) -> float:
+        gaps = np.diff(self.ends)
+        return float(np.median(gaps)) if len(gaps) else math.nan
+
+
+class LRFinder(Callback):
+    """The learning-rate range test (Smith 2017; fastai's lr_find) as a schedule and a recorder:
+    the LR grows exponentially from `start` to `end` over `steps` steps; the smoothed loss is
+    recorded, and the test stops once it diverges (4x its minimum)."""
+
+    def __init__(self, start: float = 1e-7, end: float = 10.0, steps: int = 100) -> None:
+        self.start, self.steps = start, steps
+        self.factor = (end / start) ** (1 / max(1, steps - 1))
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.smooth = 0.0
+
+    def schedule(self, loop: Loop, i: int) -> float:
+        return self.start * self.factor**loop.state.step
+
+    def on_step_end(self, loop: Loop, loss: float) -> None:
+        n = len(self.losses)
+        self.smooth = 0.9 * self.smooth + 0.1 * loss
+        self.lrs.append(self.start * self.factor**n)
+        self.losses.append(self.smooth / (1 - 0.9 ** (n + 1)))  # bias-corrected exponential average
+        if not np.isfinite(self.losses[-1]) or self.losses[-1] > 4 * min(self.losses) or n + 1 >= self.steps:
+            loop.stop = True

@@ -1,0 +1,497 @@
+"""The recipes: `linear_probe` (frozen backbone, cached features, trained head), `finetune` (LP-FT:
+a probe first, then the network end to end, whole or by stages) and `choose` (`--strategy auto`).
+
+One plan for every modality: the modality prepares inputs (training batches, evaluation batches,
+features) and the recipe does the rest the same way for images and texts. Each recipe returns a
+typed `TrainResult`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backbones import Backbone
+from ..compute import autocast, forward_all, module_device
+from ..config import Plan, TrainConfig
+from ..data.splits import DataSplits, Labelled, SkippedFile
+from ..errors import DataError
+from ..heads import GraftModel
+from ..metrics import classification_metrics
+from ..modalities.base import Features, Modality
+from . import strategies
+from .callbacks import Checkpoint, Deadline, EarlyStopping, EpochLog, Evaluate, ProgressBar, StepTimer
+from .checkpoint import Checkpointer
+from .features import cached_features
+from .loop import Batch, LoopConfig, clock_schedule, fit, step_schedule
+
+Log = Callable[[str], None]
+MIN_HEAD_STEPS = 500  # a head on cached features trains for at least this many steps (milliseconds each)
+
+
+@dataclass
+class Job:
+    """One training run's inputs, as the runner resolved them."""
+
+    config: TrainConfig
+    plan: Plan
+    modality: Modality
+    backbone: Backbone
+    prep: Any
+    model: GraftModel
+    splits: DataSplits
+    device: torch.device
+    run_dir: Path
+    started: float
+    log: Log
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]
+    val: dict[str, Any]  # final validation metrics
+    test: dict[str, Any] | None
+    n_train: int
+    train_seconds: float
+    extract_seconds: float = 0.0
+    cache_hit: bool = False
+    phases: list[str] = field(default_factory=list)  # one summary line per phase
+
+
+# --------------------------------------------------------------------------- shared helpers
+
+
+def require_every_class(labels: Any, classes: Sequence[str], unit: str) -> None:
+    """Training needs at least one readable example of every class."""
+    missing = sorted(set(range(len(classes))) - {int(v) for v in labels})
+    if missing:
+        names = ", ".join(classes[i] for i in missing)
+        raise DataError(f"no readable training {unit} for class(es) {names}: add some or remove the class")
+
+
+def balanced_class_weights(labels: Any, num_classes: int) -> tuple[float, ...]:
+    """scikit-learn's 'balanced' weights, n / (classes * count): each class weighs the same in the loss."""
+    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num_classes).float()
+    weights = counts.sum() / (num_classes * counts.clamp_min(1))
+    return tuple(float(w) for w in weights)
+
+
+def loop_config(
+    config: TrainConfig, plan: Plan, epochs: int, labels: Any, num_classes: int, **extra: Any
+) -> LoopConfig:
+    """The loop settings of a run, shared by every recipe."""
+    weights = balanced_class_weights(labels, num_classes) if config.class_weights == "auto" else None
+    return LoopConfig(
+        epochs=epochs,
+        lr=plan.lr,
+        weight_decay=config.weight_decay,
+        label_smoothing=config.label_smoothing,
+        class_weights=weights,
+        seed=config.seed,
+        bn_frozen=config.bn == "frozen",
+        **extra,
+    )
+
+
+def metrics_of(model: nn.Module, eval_set: Any, classes: Sequence[str]) -> dict[str, Any]:
+    logits = forward_all(model, eval_set.batches(module_device(model)), len(eval_set))
+    return classification_metrics(eval_set.labels.numpy(), logits.argmax(1).numpy(), classes)
+
+
+def time_steps(
+    model: nn.Module,
+    groups: Sequence[tuple[str, Sequence[nn.Parameter]]],
+    batches: list[Batch],
+    cfg: LoopConfig,
+) -> float:
+    """Seconds per training step of every trainable group, on real batches, through the loop itself
+    (forward, backward, optimizer step); the weights are restored afterwards."""
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    requires = [p.requires_grad for p in model.parameters()]
+    everything = strategies.Stage({name: 1.0 for name, _ in groups} | {strategies.HEAD: 1.0})
+    timer = StepTimer(steps=len(batches) - 1)
+    fit(
+        model,
+        groups,
+        lambda epoch: everything,
+        lambda epoch: iter(batches),
+        len(batches),
+        replace(cfg, epochs=1),
+        callbacks=[timer],
+    )
+    model.load_state_dict(state)
+    for p, flag in zip(model.parameters(), requires, strict=True):
+        p.requires_grad_(flag)
+    return timer.seconds_per_step
+
+
+@contextmanager
+def _threads(n: int) -> Iterator[None]:
+    previous = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def finetune_epochs(
+    config: TrainConfig, modality: Modality, strategy: str, n_train: int, batch_size: int
+) -> int:
+    """The strategy's epochs; unless --epochs is given, small data gets more, up to the modality's
+    max_default_epochs, until it sees min_finetune_steps updates."""
+    defaults = modality.defaults
+    epochs = config.epochs or defaults.strategies[strategy].epochs
+    if config.epochs is None and defaults.min_finetune_steps:
+        per_epoch = math.ceil(n_train / batch_size)
+        wanted = math.ceil(defaults.min_finetune_steps / per_epoch)
+        epochs = max(epochs, min(defaults.max_default_epochs, wanted))
+    return epochs
+
+
+# --------------------------------------------------------------------------- linear probe
+
+
+class _FeatureSet:
+    """Cached features as an evaluation set (the loop's Evaluate callback and final metrics)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.x, self.labels = x, y
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(
+        self, device: torch.device, batch_size: int = 4096
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(self), batch_size):
+            yield (
+                torch.arange(start, min(len(self), start + batch_size)),
+                self.x[start : start + batch_size].to(device),
+            )
+
+
+def _features(job: Job, data: Labelled, desc: str) -> Features:
+    feats = cached_features(
+        job.modality,
+        job.backbone,
+        data.sources,
+        job.prep,
+        flip=job.config.flip_features,
+        batch_size=64,
+        desc=desc,
+    )
+    unit = job.modality.unit
+    if feats.cached:
+        job.log(f"{desc}: {len(data)} feature vectors from the cache")
+    else:
+        rate = len(data) / max(feats.seconds, 1e-9)
+        job.log(
+            f"{desc}: extracted {len(data)} feature vectors in {feats.seconds:.1f}s ({rate:.0f} {unit}/s)"
+        )
+    return feats
+
+
+def _usable(
+    feats: Features, data: Labelled, skipped: list[SkippedFile], unit: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    for index, reason in sorted(feats.failures.items()):
+        warnings.warn(f"skipping unreadable input: {reason}", stacklevel=2)
+        skipped.append(SkippedFile(str(data.sources[index]), reason))
+    return torch.from_numpy(feats.values[feats.ok]), torch.from_numpy(np.asarray(data.labels)[feats.ok])
+
+
+def _rows(feats: Features, keep: np.ndarray) -> Features:
+    index = np.flatnonzero(keep)
+    local = {int(np.searchsorted(index, i)): r for i, r in feats.failures.items() if keep[i]}
+    return Features(feats.values[keep], feats.ok[keep], local, feats.seconds, feats.cached)
+
+
+def head_schedule(config: TrainConfig, plan: Plan, n_train: int) -> tuple[int, int, str | None]:
+    """Batch size and epochs for a head on cached features. Epochs alone under-train small data
+    (100 examples at batch 256 is one step an epoch), so unless --epochs is given the schedule has at
+    least MIN_HEAD_STEPS steps, with batches of at most a quarter of the data; both cost milliseconds.
+    The third value says, for people, when the epochs were stretched."""
+    batch_size = plan.batch_size
+    if config.batch_size is None:
+        batch_size = min(batch_size, max(8, n_train // 4))
+    epochs, note = plan.epochs, None
+    if config.epochs is None:
+        needed = math.ceil(MIN_HEAD_STEPS / math.ceil(n_train / batch_size))
+        if needed > epochs:
+            note = (
+                f"{needed} epochs instead of {epochs}: at least {MIN_HEAD_STEPS} steps on {n_train} examples"
+            )
+            epochs = needed
+    return batch_size, epochs, note
+
+
+def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe") -> TrainResult:
+    """Frozen backbone: features computed once (and cached), the head trained on them."""
+    config, plan, splits, head = job.config, job.plan, job.splits, job.model.head
+    unit = job.modality.unit
+    # one cache entry for train+val together, so another --seed or --val-fraction still hits it
+    both = Labelled(
+        [*splits.train.sources, *splits.val.sources], np.concatenate([splits.train.labels, splits.val.labels])
+    )
+    feats = _features(job, both, "train+val")
+    in_train = np.arange(len(both)) < len(splits.train)
+    x_train, y_train = _usable(_rows(feats, in_train), splits.train, splits.skipped, unit)
+    x_val, y_val = _usable(_rows(feats, ~in_train), splits.val, splits.skipped, unit)
+    require_every_class(y_train.tolist(), splits.classes, unit)
+    head[0].fit(x_train.to(job.device))
+    batch_size, epochs, note = head_schedule(config, plan, len(y_train))
+    if note:
+        plan.notes.append(f"{phase}: {note}")
+    loop = loop_config(config, plan, epochs, y_train, len(splits.classes))
+    x_dev, y_dev = x_train.to(job.device), y_train.to(job.device)
+    val_set = _FeatureSet(x_val, y_val)
+
+    def batches(epoch: int) -> Iterator[Batch]:
+        order = torch.randperm(
+            len(y_train), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        )
+        for start in range(0, len(y_train), batch_size):
+            idx = order[start : start + batch_size].to(job.device)
+            yield x_dev[idx], y_dev[idx]
+
+    steps_per_epoch = -(-len(y_train) // batch_size)
+    started = time.perf_counter()
+    # a small head is too little work to split: extra threads only spin-wait (10x slower on busy cores)
+    small = sum(p.numel() for p in head.parameters()) < 1_000_000 and job.device.type == "cpu"
+    callbacks = [Evaluate(val_set, splits.classes), ProgressBar(phase, epochs * steps_per_epoch)]
+    if phase == "linear probe":
+        callbacks.append(EarlyStopping(config.patience))
+    with _threads(1 if small else torch.get_num_threads()):
+        history = fit(
+            head,
+            [(strategies.HEAD, list(head.parameters()))],
+            strategies.make_strategy("linear", [n for n, _ in job.backbone.groups]),
+            batches,
+            steps_per_epoch,
+            loop,
+            callbacks=callbacks,
+        )
+    result = TrainResult(
+        history=history,
+        val=metrics_of(head, val_set, splits.classes),
+        test=None,
+        n_train=len(y_train),
+        train_seconds=time.perf_counter() - started,
+        extract_seconds=feats.seconds,
+        cache_hit=feats.cached,
+    )
+    last = history[-1]
+    result.phases.append(
+        f"{phase}: {len(history)} epochs of {steps_per_epoch} steps on {len(y_train)} feature vectors, "
+        f"val_acc {last['val_accuracy']:.4f} ({result.train_seconds:.1f}s)"
+    )
+    job.log(result.phases[-1])
+    if splits.test is not None and with_test:
+        test_feats = _features(job, splits.test, "test")
+        x_test, y_test = _usable(test_feats, splits.test, splits.skipped, unit)
+        result.test = metrics_of(head, _FeatureSet(x_test, y_test), splits.classes)
+        result.extract_seconds += test_feats.seconds
+    return result
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+def probes_first(config: TrainConfig, plan: Plan) -> bool:
+    """Head-only epochs can be a probe on cached features when they would see exactly those
+    features: the body frozen, BatchNorm statistics included (--bn trainable adapts them)."""
+    return plan.strategy == "finetune" and plan.freeze_epochs > 0 and config.bn == "frozen"
+
+
+def probe_head(job: Job) -> TrainResult:
+    """finetune's head-only phase as a linear probe on cached features (LP-FT, Kumar et al. 2022):
+    the head converges in seconds instead of epochs of backbone passes, and fine-tuning then starts
+    from a trained head, whose small gradients distort the pretrained features less."""
+    linear = job.modality.defaults.strategies["linear"]
+    probe_config = replace(job.config, epochs=None, lr=None, batch_size=None, patience=None)
+    probe_plan = replace(
+        job.plan,
+        strategy="linear",
+        epochs=linear.epochs,
+        lr=linear.lr,
+        batch_size=linear.batch_size,
+        notes=job.plan.notes,
+    )
+    return linear_probe(
+        replace(job, config=probe_config, plan=probe_plan),
+        with_test=False,
+        phase="head-only phase, a linear probe on cached features",
+    )
+
+
+@torch.no_grad()
+def init_feature_norm(model: GraftModel, inputs: Iterator[torch.Tensor]) -> None:
+    """The head's feature standardisation from (un-augmented) training inputs."""
+    model.body.eval()
+    with autocast(module_device(model)):
+        feats = torch.cat([model.body(x).flatten(1).float() for x in inputs])
+    model.head[0].fit(feats)
+
+
+def head_phase(plan: Plan, epochs: int, probed: bool) -> tuple[dict[str, int], int]:
+    """The finetune strategy's options and the loop's epochs. After a probe on cached features the
+    head-only epochs are done already: they are taken off the count (none may be left), and
+    everything trains in the rest."""
+    if plan.strategy != "finetune":
+        return {}, epochs
+    if probed:
+        return {"freeze_epochs": 0}, max(0, epochs - plan.freeze_epochs)
+    return {"freeze_epochs": plan.freeze_epochs}, epochs
+
+
+def resume_key(config: TrainConfig, plan: Plan) -> dict[str, Any]:
+    """The settings a checkpoint must share with the command that resumes it."""
+    skip = {"resume", "out", "test", "time_budget", "device"}
+    return {k: v for k, v in config.to_dict().items() if k not in skip} | {"strategy": plan.strategy}
+
+
+def finetune(job: Job) -> TrainResult:
+    """`finetune` (LP-FT: a probe, then everything with discriminative LRs) and `gradual` (ULMFiT's
+    gradual unfreezing), for every modality."""
+    config, plan, splits, modality, device = job.config, job.plan, job.splits, job.modality, job.device
+    probe = probe_head(job) if probes_first(config, plan) else None
+    t0 = time.perf_counter()
+    train_set = modality.training_set(config, job.backbone, job.prep, splits.train, splits.skipped)
+    require_every_class(train_set.labels, splits.classes, modality.unit)
+    val_set = modality.eval_set(job.backbone, job.prep, splits.val, splits.skipped)
+    job.log(
+        f"prepared {len(train_set)} training and {len(val_set)} validation {modality.unit} once "
+        f"({time.perf_counter() - t0:.1f}s)"
+    )
+    model = modality.prepare_model(job.model, device)
+    if probe is None:
+        init_feature_norm(model, train_set.plain_inputs(256, device))
+    batch_size = plan.batch_size
+    steps_per_epoch = train_set.steps_per_epoch(batch_size)
+    groups = [*job.backbone.trainable_groups(), (strategies.HEAD, list(model.head.parameters()))]
+    options, epochs = head_phase(plan, plan.epochs, probe is not None)
+    strategy = strategies.make_strategy(
+        plan.strategy, [n for n, _ in job.backbone.groups], **options, lr_mult=config.lr_mult
+    )
+    loop = loop_config(
+        config,
+        plan,
+        epochs,
+        train_set.labels,
+        len(splits.classes),
+        cycle="epoch" if plan.strategy == "gradual" else "run",
+        pct_start=modality.defaults.warmup_share,
+    )
+    schedule, limits = step_schedule, []
+    if config.time_budget:
+        per_step = time_steps(model, groups, train_set.timing_batches(batch_size, device, 4), loop)
+        n_eval = len(val_set) + (len(splits.test) if splits.test is not None else 0)
+        # keep back the final evaluation (a forward is ~1/3 of a training step) and a 3% margin
+        reserve = n_eval * per_step / (3 * batch_size) + 0.03 * config.time_budget
+        deadline = job.started + config.time_budget - reserve
+        # twice the epochs that seem to fit: the deadline, not the count, ends training
+        epochs = max(1, math.ceil(2 * (deadline - time.perf_counter()) / (per_step * steps_per_epoch)))
+        loop = replace(loop, epochs=epochs)
+        schedule, limits = clock_schedule(deadline), [Deadline(deadline)]
+        job.log(
+            f"time budget {config.time_budget:.0f}s: {per_step:.3f}s per step, training until "
+            f"{deadline - job.started:.0f}s, the schedule follows the clock"
+        )
+    checkpointer = Checkpointer(job.run_dir, resume_key(config, plan), resume=config.resume)
+    t_train = time.perf_counter()
+    history = fit(
+        model,
+        groups,
+        strategy,
+        train_set.batches(batch_size, config.seed, device),
+        steps_per_epoch,
+        loop,
+        callbacks=[
+            Evaluate(val_set, splits.classes),
+            ProgressBar("fine-tuning", loop.epochs * steps_per_epoch),
+            EpochLog(job.log, loop.epochs),
+            Checkpoint(checkpointer),
+            EarlyStopping(config.patience),
+            *limits,
+        ],
+        schedule=schedule,
+    )
+    result = TrainResult(
+        history=history,
+        val=metrics_of(model, val_set, splits.classes),
+        test=None,
+        n_train=len(train_set),
+        train_seconds=time.perf_counter() - t_train,
+    )
+    if history:
+        best = max(history, key=lambda row: row.get("val_accuracy", -1.0))
+        curve = " -> ".join(format(row["val_accuracy"], ".4f") for row in history)
+        result.phases.append(
+            f"fine-tuning: {len(history)} epoch(s) of {steps_per_epoch} steps, val_acc {curve} "
+            f"(best {best['val_accuracy']:.4f} at epoch {best['epoch']}; the last is kept) "
+            f"({result.train_seconds:.1f}s)"
+        )
+        job.log(result.phases[-1])
+    if splits.test is not None:
+        test_set = modality.eval_set(job.backbone, job.prep, splits.test, splits.skipped)
+        result.test = metrics_of(model, test_set, splits.classes)
+    if probe is not None:
+        _merge_probe(result, probe)
+    return result
+
+
+def _merge_probe(trained: TrainResult, probe: TrainResult) -> None:
+    """The probe becomes epoch 0 of the history and its time counts in the report."""
+    last = probe.history[-1]
+    row = {**last, "epoch": 0, "stage": [strategies.HEAD], "lr": 0.0}
+    row["train_seconds"] = probe.train_seconds + probe.extract_seconds
+    trained.history = [row, *trained.history]
+    trained.extract_seconds += probe.extract_seconds
+    trained.train_seconds += probe.train_seconds
+    trained.cache_hit = probe.cache_hit
+    trained.phases = [*probe.phases, *trained.phases]
+
+
+# --------------------------------------------------------------------------- auto
+
+
+def estimate_epoch_seconds(job: Job, batch_size: int) -> float:
+    """Seconds per fine-tuning epoch, from a few timed steps on typical training examples."""
+    train = job.splits.train
+    sample = train.subset(np.arange(min(len(train), 2 * batch_size)))
+    train_set = job.modality.training_set(job.config, job.backbone, job.prep, sample, [])
+    model = job.model
+    groups = [*job.backbone.trainable_groups(), (strategies.HEAD, list(model.head.parameters()))]
+    loop = LoopConfig(epochs=1, lr=0.0, seed=job.config.seed, bn_frozen=job.config.bn == "frozen")
+    per_step = time_steps(model, groups, train_set.timing_batches(batch_size, job.device, 4), loop)
+    return per_step * math.ceil(len(train) / batch_size)
+
+
+def choose(job: Job) -> tuple[str, str, int | None]:
+    """`--strategy auto`: the strategy, the reason, and (finetune without --time-budget or --epochs)
+    as many of the default epochs as the 15-minute default budget allows."""
+    config, splits = job.config, job.splits
+    per_class = len(splits.train) / len(splits.classes)
+    batch_size = config.batch_size or job.modality.defaults.strategies["finetune"].batch_size
+    default_epochs = finetune_epochs(config, job.modality, "finetune", len(splits.train), batch_size)
+    epochs = strategies.auto_epochs(len(splits.train), default_epochs)
+    epoch_seconds = 0.0
+    if per_class >= strategies.MIN_PER_CLASS_TO_FINETUNE:  # only then is the timing worth measuring
+        epoch_seconds = estimate_epoch_seconds(job, batch_size)
+    chosen, reason = strategies.choose_strategy(per_class, epoch_seconds, config.time_budget, epochs)
+    planned = None
+    if chosen == "finetune" and config.time_budget is None and config.epochs is None:
+        affordable = int(strategies.DEFAULT_AUTO_BUDGET_S // max(epoch_seconds, 1e-9))
+        planned = max(epochs, min(default_epochs, affordable))
+    return chosen, reason, planned
