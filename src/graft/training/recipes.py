@@ -251,6 +251,7 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
     require_every_class(y_train.tolist(), splits.classes, unit)
     head[0].fit(x_train.to(job.device))
     batch_size, epochs, note = head_schedule(config, plan, len(y_train))
+    plan.epochs, plan.batch_size = epochs, batch_size  # the probe inside finetune has its own plan copy
     if note:
         plan.notes.append(f"{phase}: {note}")
     loop = loop_config(config, plan, epochs, y_train, len(splits.classes))

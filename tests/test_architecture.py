@@ -1,0 +1,259 @@
+"""The shape of graft: no modality branches outside modalities/, one optimisation loop, imports that
+run one way, detection by majority, an explicit device, errors that keep bugs' tracebacks, a CLI
+generated from the config, report.json with the config as asked and the plan as resolved, the
+scikit-learn style API, and bundles of the previous format still loading."""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASSES, make_image_folder
+from PIL import Image
+
+import graft
+from graft.cli import main
+from graft.compute import resolve_device
+from graft.errors import ConfigError
+from graft.modalities import detect, get_modality
+
+SRC = Path(graft.__file__).resolve().parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def _modules() -> dict[str, Path]:
+    return {str(p.relative_to(SRC)): p for p in SRC.rglob("*.py")}
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules a file imports (also inside functions), relative imports resolved to graft.* names."""
+    package = ["graft", *path.relative_to(SRC).parent.parts]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            name = ".".join([*base, node.module] if node.module else base)
+            found.add(name)
+            found |= {f"{name}.{alias.name}" for alias in node.names}
+    return found
+
+
+# --------------------------------------------------------------------------- the shape
+
+
+def test_no_modality_branches_outside_modalities():
+    pattern = re.compile(r"modality ==|== \"text\"|== \"image\"|== 'text'|== 'image'")
+    offenders = [
+        f"{name}:{i}"
+        for name, path in _modules().items()
+        if not name.startswith("modalities/")
+        for i, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert offenders == []
+
+
+def test_exactly_one_optimisation_loop():
+    """Only training/loop.py calls backward() or steps an optimizer."""
+    pattern = re.compile(r"\.backward\(|\.step\(\)|scaler\.step\(")
+    places = sorted(name for name, path in _modules().items() if pattern.search(path.read_text()))
+    assert places == ["training/loop.py"]
+
+
+def test_imports_run_one_way():
+    mods = _modules()
+    # prediction needs no training code, even transitively
+    code = "import sys, graft.predict; print(sorted(m for m in sys.modules if 'graft.training' in m))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+    assert not any("recipes" in m for m in _imports(mods["training/features.py"]))  # the cache uses no recipe
+    assert not any(m.startswith("graft.data") for m in _imports(mods["training/loop.py"]))
+    strategies = {m.split(".")[0] for m in _imports(mods["training/strategies.py"])} - {"graft"}
+    assert strategies <= {"__future__", "math", "collections", "dataclasses", "functools"}  # pure
+    for name in ("modalities/base.py", "modalities/image.py", "modalities/text.py"):
+        assert not any(m.startswith("graft.training") for m in _imports(mods[name])), name
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def test_a_stray_text_file_does_not_make_an_image_folder_text(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=4, seed=0)
+    (data / "red" / "README.txt").write_text("notes about the red images")
+    with pytest.warns(UserWarning, match=r"holds 12 images; ignoring 1 other file\(s\): .*README\.txt"):
+        found = detect(data)
+    assert found.modality.name == "image"
+
+
+def test_a_stray_image_does_not_make_a_text_folder_images(tmp_path):
+    for label in ("neg", "pos"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            (tmp_path / label / f"{i}.txt").write_text(f"{label} text {i}")
+    Image.new("RGB", (8, 8)).save(tmp_path / "pos" / "cover.png")
+    with pytest.warns(UserWarning, match="cover.png"):
+        assert detect(tmp_path).modality.name == "text"
+
+
+def test_tables_are_text_and_cifar10_is_images(tmp_path):
+    table = tmp_path / "t.csv"
+    table.write_text("text,label\na,x\n")
+    assert detect(table).modality.name == "text"
+    assert detect("cifar10").modality.name == "image"
+
+
+# --------------------------------------------------------------------------- device, errors, CLI
+
+
+def test_resolve_device(monkeypatch):
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    with pytest.raises(ConfigError, match="unknown --device 'gpu0'"):
+        resolve_device("gpu0")
+
+
+def test_cli_device_error_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    data = make_image_folder(tmp_path / "data", per_class=4, seed=0)
+    assert main(["train", str(data), "--device", "cuda:1", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "graft: error: --device cuda:1: no CUDA GPU is visible to PyTorch; use --device cpu"
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch, capsys):
+    """A plain ValueError inside graft is a bug: traceback, a line asking to report it, exit 1."""
+    import graft.cli as cli
+
+    def broken(args):
+        raise ValueError("boom")
+
+    monkeypatch.setitem(cli.COMMANDS, "backbones", broken)
+    assert main(["backbones"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "ValueError: boom" in err and "please report it" in err
+
+
+def test_help_shows_every_option_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for expected in ("--weight-decay WEIGHT_DECAY AdamW weight decay", "(default: 0.05)", "--device DEVICE",
+                     "(default: auto)", "--time-budget DURATION", "text options:", "--adapt-lm N"):
+        assert expected in text
+    from graft.cli import _parser
+
+    train = next(a for a in _parser()._actions if a.dest == "command").choices["train"]
+    assert all(action.help for action in train._actions)
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"graft {graft.__version__}"
+
+
+# --------------------------------------------------------------------------- report, console, API
+
+
+@pytest.fixture(scope="module")
+def auto_run(tmp_path_factory):
+    from graft.config import TrainConfig
+    from graft.runner import run
+
+    root = tmp_path_factory.mktemp("auto")
+    data = make_image_folder(root / "data", per_class=8, seed=1)
+    lines: list[str] = []
+    result = run(TrainConfig(data=str(data), image_size=32, out=str(root / "run")), log=lines.append)
+    return result, lines
+
+
+def test_report_keeps_the_config_as_asked_and_the_plan_as_resolved(auto_run):
+    result, _ = auto_run
+    report = json.loads((result.run_dir / "report.json").read_text())
+    assert report["config"]["strategy"] == "auto" and report["config"]["epochs"] is None
+    plan = report["plan"]
+    assert plan["strategy"] == "linear" and "examples per class" in plan["strategy_reason"]
+    assert plan["epochs"] == len(report["history"]) and plan["epochs"] > 30  # stretched to 500 steps
+    assert any("at least 500 steps" in note for note in plan["notes"])
+    assert plan["device"] == "cpu" and plan["preprocessing"]["input_size"] == 32
+
+
+def test_linear_probe_prints_one_summary_line_not_one_per_epoch(auto_run):
+    _, lines = auto_run
+    assert not [line for line in lines if line.startswith("epoch ")]
+    summary = [line for line in lines if line.startswith("linear probe: ")]
+    assert len(summary) == 1 and "val_acc" in summary[0]
+
+
+def test_classifier_fit_predict_score_save_load(tmp_path):
+    data = make_image_folder(tmp_path / "data", per_class=8, seed=2)
+    clf = graft.Classifier(strategy="linear", image_size=32, epochs=5, out=str(tmp_path / "run"))
+    assert clf.get_params()["epochs"] == 5
+    assert clf.fit(data, log=lambda line: None) is clf
+    assert clf.classes_ == CLASSES
+    files = sorted((data / "red").iterdir())[:2] + sorted((data / "blue").iterdir())[:2]
+    proba = clf.predict_proba(files)
+    assert proba.shape == (4, 3) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert clf.score(files, ["red", "red", "blue", "blue"]) == 1.0
+    saved = clf.save(tmp_path / "saved")
+    np.testing.assert_allclose(graft.load(saved).predict_proba(files), proba, atol=1e-5)
+
+
+def test_classifier_fits_in_memory_arrays(tmp_path):
+    from conftest import synthetic_image
+
+    rng = np.random.default_rng(3)
+    images = [synthetic_image(label, rng) for label in CLASSES for _ in range(8)]
+    labels = [label for label in CLASSES for _ in range(8)]
+    clf = graft.Classifier(strategy="linear", image_size=32, epochs=5, out=str(tmp_path / "run"))
+    clf.fit(images, labels, log=lambda line: None)
+    assert clf.score(images[:3] + images[-3:], labels[:3] + labels[-3:]) == 1.0
+
+
+def test_classifier_rejects_an_unknown_option():
+    with pytest.raises(ConfigError, match="unknown option"):
+        graft.Classifier(epoch=3)
+
+
+# --------------------------------------------------------------------------- bundles of format 1
+
+
+def _old_bundle(tmp_path: Path, name: str) -> tuple[Path, dict]:
+    from safetensors.torch import save_file
+
+    from graft.predict import build_model
+
+    fixture = json.loads((FIXTURES / f"bundle-0.1-{name}.json").read_text())
+    meta = fixture["graft.json"]
+    state = build_model(meta).state_dict()
+    assert {k: list(v.shape) for k, v in state.items()} == fixture["weights"]  # same names and shapes
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    (tmp_path / "graft.json").write_text(json.dumps(meta))
+    return tmp_path, meta
+
+
+def test_an_image_bundle_written_before_the_change_loads_and_predicts(tmp_path):
+    run_dir, meta = _old_bundle(tmp_path / "old", "image")
+    model = graft.load(run_dir)
+    assert model.classes_ == tuple(meta["classes"]) and model.modality.name == "image"
+    assert model.preprocess([np.zeros((8, 8), np.uint8)]).shape == (1, 3, 96, 96)
+    assert model.predict([np.zeros((8, 8), np.uint8)])[0] in meta["classes"]
+
+
+def test_a_text_bundle_written_before_the_change_rebuilds_its_encoder(tmp_path):
+    pytest.importorskip("transformers")
+    _, meta = _old_bundle(tmp_path / "old", "text")
+    assert meta["modality"] == "text" and get_modality(meta["modality"]).name == "text"
