@@ -15,20 +15,23 @@ from sklearn.linear_model import LogisticRegression
 
 from graft.backbones import create_backbone
 from graft.demo import digits_splits
-from graft.features import extract_features
+from graft.modalities import get_modality
+
+IMAGE = get_modality("image")
 
 
 def main() -> None:
     splits = digits_splits(10, 0)
-    backbone = create_backbone()
+    backbone = create_backbone(IMAGE.default_backbone)
     print("| size | crop_pct | test accuracy | extraction s |")
     print("| --- | --- | --- | --- |")
     for size in (64, 96, 128, 160, 224):
         for crop in (0.875, 1.0):
             prep = dataclasses.replace(backbone.preprocessing, input_size=size, crop_pct=crop)
             started = time.perf_counter()
-            train = extract_features(backbone, splits.train.sources, prep).values
-            test = extract_features(backbone, splits.test.sources, prep).values
+            train = IMAGE.encode(backbone, prep, splits.train.sources, flip=False, batch_size=64, desc="tr")
+            test = IMAGE.encode(backbone, prep, splits.test.sources, flip=False, batch_size=64, desc="test")
+            train, test = train.values, test.values
             seconds = time.perf_counter() - started
             mean, std = train.mean(0), train.std(0) + 1e-6
             clf = LogisticRegression(max_iter=2000, C=0.1).fit((train - mean) / std, splits.train.labels)

@@ -9,7 +9,7 @@ for
   (a) plain: fp32, NCHW, eval mode, autograd on (no inference_mode, no no_grad), as a loop that
       recomputes the backbone every epoch runs it;
   (b) graft: torch.inference_mode + channels_last, + bf16 autocast only where
-      `graft.train.bf16_supported(cpu)` says the CPU has native bf16 (as graft's extraction does).
+      `graft.compute.bf16_supported(cpu)` says the CPU has native bf16 (as graft's extraction does).
 Achieved GFLOP/s = images/s x FLOPs/image; the table gives it as a fraction of each roofline. A matmul
 is the best case: depthwise convolutions (most of EfficientNet's layers) are memory-bound, so a small
 fraction is expected. On a CPU without native bf16 (no AVX512-BF16/AMX), oneDNN emulates bf16 and the
@@ -34,7 +34,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from graft.backbones import create_backbone
-from graft.train import bf16_supported
+from graft.compute import bf16_supported
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -77,7 +77,7 @@ def add_config_arguments(
             continue
         default = defaults.get(f.name, f.default if f.default is not MISSING else None)
         help_text = meta["help"]
-        if default not in (None, False):
+        if default is not None and default is not False:
             help_text += f" (default: {default})"
         group_name = meta.get("group")
         target: Any = parser
