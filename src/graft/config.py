@@ -91,6 +91,15 @@ class TrainConfig:
         None, "finetune: head-only epochs first (default 1 for images, 0 for text)", metavar="N"
     )
     lr_mult: float = option(10.0, "head LR / earliest layer group's LR, geometric in between")
+    # LP-FT (Kumar et al. 2022): after the probe the head has converged, and full-size steps on it
+    # pull the pretrained features off before they recover (the first unfrozen epoch fell below
+    # the probe). fastai's fine_tune likewise halves its rate once unfrozen and gives the body
+    # 1/100 of it; with 0.1 and --lr-mult 10 the body gets lr/10 (top) .. lr/100 (stem).
+    lr_after_probe: float = option(
+        0.1,
+        "finetune after the head-only probe: the head's peak LR as a fraction of --lr (the backbone's "
+        "groups scale down from there by --lr-mult)",
+    )
     # with the top half of MiniLM training, a step is ~1.5x faster; on TREC-6 and SST-2 that bought
     # 1.5x the updates in the same time and no better accuracy (bench/README.md), so all train
     train_groups: int | None = option(

@@ -49,6 +49,7 @@ def build_report(job: Job, trained: TrainResult, seconds: float, adapted: dict |
         "phases": trained.phases,
         "skipped_files": [{"path": s.path, "reason": s.reason} for s in splits.skipped],
         "strategy_choice": {"chosen": plan.strategy, "reason": plan.strategy_reason},
+        "kept": trained.kept,
         "adapt_lm": adapted,
         "config": config.to_dict(),  # what was asked
         "plan": plan.to_dict(),  # what it resolved to

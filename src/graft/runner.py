@@ -71,17 +71,21 @@ def run(
     job = Job(
         config, plan, modality, backbone, prep, model, splits, device, Path(config.out or "."), started, log
     )
+    probe = None
     if config.strategy == "auto":
-        chosen, reason, epochs = recipes.choose(job)
-        log(f"strategy auto -> {chosen}: {reason}")
-        _resolve_strategy(job, chosen, reason, epochs)
+        choice = recipes.choose(job)
+        log(f"strategy auto -> {choice.strategy}: {choice.reason}")
+        _resolve_strategy(job, choice)
+        probe = choice.probe
     job.run_dir = (
         Path(config.out) if config.out else default_run_dir(backbone.name, plan.strategy, splits.name)
     )
-    trained: TrainResult = recipes.linear_probe(job) if plan.strategy == "linear" else recipes.finetune(job)
+    trained: TrainResult = recipes.train(job, probe)
     model.eval()
     report = build_report(job, trained, time.perf_counter() - started, adapted)
     save_run(job, report)
+    for path in trained.scratch_files:  # the bundle holds the kept weights now
+        path.unlink(missing_ok=True)
     return RunResult(job.run_dir, report, model, job)
 
 
@@ -168,9 +172,13 @@ def _fill_defaults(plan: Plan, config: TrainConfig, modality: Modality, n_train:
             )
 
 
-def _resolve_strategy(job: Job, chosen: str, reason: str, epochs: int | None) -> None:
+def _resolve_strategy(job: Job, choice: recipes.Choice) -> None:
     plan = job.plan
-    plan.strategy, plan.strategy_reason, plan.notes = chosen, reason, []
+    notes = plan.notes if choice.probe is not None else []  # the probe's own notes stay
+    plan.strategy, plan.strategy_reason, plan.notes = choice.strategy, choice.reason, []
     _fill_defaults(plan, job.config, job.modality, len(job.splits.train))
-    if epochs is not None:
-        plan.epochs = epochs
+    plan.notes = [*notes, *plan.notes]
+    if choice.epochs is not None:
+        plan.epochs = choice.epochs
+    if choice.probe is not None and choice.strategy == "linear":
+        plan.epochs = len(choice.probe.history)

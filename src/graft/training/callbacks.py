@@ -6,10 +6,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
+from ..bundle import atomic_write
 from ..compute import forward_all
 from ..metrics import validation_row
 from ..progress import Progress
@@ -39,6 +43,60 @@ class Checkpoint(Callback):
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
         self.checkpointer.save(loop.model, loop.optimizer, loop.state)
+
+
+class KeepBest(Callback):
+    """Keeps the weights of the epoch with the best validation accuracy; the weights the fit starts
+    from count too, as epoch 0 with `start_score` (fine-tuning after a probe: the probe's head on the
+    pretrained body). Ties go to the earlier, cheaper model. With `path`, the best weights also go to
+    disk (safetensors), so a resumed run restores the same model as an uninterrupted one."""
+
+    def __init__(self, start_score: float | None, path: Path | None = None, resume: bool = False) -> None:
+        self.start_score, self.path, self.resume = start_score, path, resume
+        self.score: float | None = None
+        self.epoch = -1
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_fit_start(self, loop: Loop) -> None:
+        if self.resume and self.path is not None and self.path.is_file():
+            from safetensors import safe_open
+
+            with safe_open(str(self.path), framework="pt") as f:
+                meta = f.metadata() or {}
+                self.state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+            self.score, self.epoch = float(meta["val_accuracy"]), int(meta["epoch"])
+        elif self.start_score is not None:
+            self._keep(loop, self.start_score, 0)
+
+    def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
+        score = row.get("val_accuracy")
+        if score is not None and (self.score is None or score > self.score):
+            self._keep(loop, score, row["epoch"])
+
+    def _keep(self, loop: Loop, score: float, epoch: int) -> None:
+        self.score, self.epoch = float(score), epoch
+        weights = loop.model.state_dict().items()
+        self.state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights}
+        if self.path is not None:
+            from safetensors.torch import save_file
+
+            meta = {"epoch": str(epoch), "val_accuracy": repr(self.score)}
+            atomic_write(self.path, lambda tmp: save_file(self.state, str(tmp), metadata=meta))
+
+    def restore(self, model: nn.Module, last_epoch: int) -> dict[str, Any]:
+        """Load the best weights into `model` unless they are the last epoch's; says what was kept."""
+        if self.state is None:
+            reason = "no validation examples to choose by: the last epoch is kept"
+            return {"epoch": last_epoch, "reason": reason}
+        kept = {"epoch": self.epoch, "val_accuracy": self.score}
+        if self.epoch == last_epoch:
+            return kept | {"reason": "the last epoch has the best validation accuracy"}
+        model.load_state_dict(self.state)
+        what = "the probe's head on the pretrained backbone" if self.epoch == 0 else f"epoch {self.epoch}"
+        return kept | {
+            "reason": f"{what} has the best validation accuracy (ties go to the earlier epoch); "
+            f"its weights replace the last epoch's ({last_epoch})"
+        }
 
 
 class EarlyStopping(Callback):

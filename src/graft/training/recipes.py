@@ -30,7 +30,16 @@ from ..heads import GraftModel
 from ..metrics import classification_metrics
 from ..modalities.base import Features, Modality
 from . import strategies
-from .callbacks import Checkpoint, Deadline, EarlyStopping, EpochLog, Evaluate, ProgressBar, StepTimer
+from .callbacks import (
+    Checkpoint,
+    Deadline,
+    EarlyStopping,
+    EpochLog,
+    Evaluate,
+    KeepBest,
+    ProgressBar,
+    StepTimer,
+)
 from .checkpoint import Checkpointer
 from .features import cached_features
 from .loop import Batch, LoopConfig, clock_schedule, fit, step_schedule
@@ -66,6 +75,8 @@ class TrainResult:
     extract_seconds: float = 0.0
     cache_hit: bool = False
     phases: list[str] = field(default_factory=list)  # one summary line per phase
+    kept: dict[str, Any] | None = None  # which epoch's weights the model holds, and why
+    scratch_files: list[Path] = field(default_factory=list)  # to remove once the bundle is written
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -87,13 +98,19 @@ def balanced_class_weights(labels: Any, num_classes: int) -> tuple[float, ...]:
 
 
 def loop_config(
-    config: TrainConfig, plan: Plan, epochs: int, labels: Any, num_classes: int, **extra: Any
+    config: TrainConfig,
+    plan: Plan,
+    epochs: int,
+    labels: Any,
+    num_classes: int,
+    lr_scale: float = 1.0,
+    **extra: Any,
 ) -> LoopConfig:
     """The loop settings of a run, shared by every recipe."""
     weights = balanced_class_weights(labels, num_classes) if config.class_weights == "auto" else None
     return LoopConfig(
         epochs=epochs,
-        lr=plan.lr,
+        lr=plan.lr * lr_scale,
         weight_decay=config.weight_decay,
         label_smoothing=config.label_smoothing,
         class_weights=weights,
@@ -293,17 +310,29 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
         cache_hit=feats.cached,
     )
     last = history[-1]
+    result.kept = {
+        "epoch": last["epoch"],
+        "reason": "the last epoch: the probe's one-cycle schedule anneals to its end",
+    }
     result.phases.append(
         f"{phase}: {len(history)} epochs of {steps_per_epoch} steps on {len(y_train)} feature vectors, "
         f"val_acc {last['val_accuracy']:.4f} ({result.train_seconds:.1f}s)"
     )
     job.log(result.phases[-1])
-    if splits.test is not None and with_test:
-        test_feats = _features(job, splits.test, "test")
-        x_test, y_test = _usable(test_feats, splits.test, splits.skipped, unit)
-        result.test = metrics_of(head, _FeatureSet(x_test, y_test), splits.classes)
-        result.extract_seconds += test_feats.seconds
+    if with_test:
+        test_on_features(job, result)
     return result
+
+
+def test_on_features(job: Job, result: TrainResult) -> None:
+    """The probe's head on the test set's (cached) features, into `result.test`."""
+    splits = job.splits
+    if splits.test is None:
+        return
+    test_feats = _features(job, splits.test, "test")
+    x_test, y_test = _usable(test_feats, splits.test, splits.skipped, job.modality.unit)
+    result.test = metrics_of(job.model.head, _FeatureSet(x_test, y_test), splits.classes)
+    result.extract_seconds += test_feats.seconds
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -362,11 +391,14 @@ def resume_key(config: TrainConfig, plan: Plan) -> dict[str, Any]:
     return {k: v for k, v in config.to_dict().items() if k not in skip} | {"strategy": plan.strategy}
 
 
-def finetune(job: Job) -> TrainResult:
-    """`finetune` (LP-FT: a probe, then everything with discriminative LRs) and `gradual` (ULMFiT's
-    gradual unfreezing), for every modality."""
+def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
+    """`finetune` (LP-FT: a probe, then everything with discriminative LRs, gently) and `gradual`
+    (ULMFiT's gradual unfreezing), for every modality. `probe`: the head-only probe already ran
+    (`choose` runs it first). The model ends with the weights of the best validation accuracy,
+    the probe's included."""
     config, plan, splits, modality, device = job.config, job.plan, job.splits, job.modality, job.device
-    probe = probe_head(job) if probes_first(config, plan) else None
+    if probe is None and probes_first(config, plan):
+        probe = probe_head(job)
     t0 = time.perf_counter()
     train_set = modality.training_set(config, job.backbone, job.prep, splits.train, splits.skipped)
     require_every_class(train_set.labels, splits.classes, modality.unit)
@@ -391,6 +423,7 @@ def finetune(job: Job) -> TrainResult:
         epochs,
         train_set.labels,
         len(splits.classes),
+        lr_scale=config.lr_after_probe if probe is not None else 1.0,
         cycle="epoch" if plan.strategy == "gradual" else "run",
         pct_start=modality.defaults.warmup_share,
     )
@@ -410,6 +443,8 @@ def finetune(job: Job) -> TrainResult:
             f"{deadline - job.started:.0f}s, the schedule follows the clock"
         )
     checkpointer = Checkpointer(job.run_dir, resume_key(config, plan), resume=config.resume)
+    best_path = job.run_dir / "best.safetensors"
+    keep = KeepBest(probe.val["accuracy"] if probe is not None else None, best_path, resume=config.resume)
     t_train = time.perf_counter()
     history = fit(
         model,
@@ -420,6 +455,7 @@ def finetune(job: Job) -> TrainResult:
         loop,
         callbacks=[
             Evaluate(val_set, splits.classes),
+            keep,
             ProgressBar("fine-tuning", loop.epochs * steps_per_epoch),
             EpochLog(job.log, loop.epochs),
             Checkpoint(checkpointer),
@@ -428,20 +464,23 @@ def finetune(job: Job) -> TrainResult:
         ],
         schedule=schedule,
     )
+    train_seconds = time.perf_counter() - t_train
+    kept = keep.restore(model, history[-1]["epoch"] if history else 0)
     result = TrainResult(
         history=history,
         val=metrics_of(model, val_set, splits.classes),
         test=None,
         n_train=len(train_set),
-        train_seconds=time.perf_counter() - t_train,
+        train_seconds=train_seconds,
+        kept=kept,
+        scratch_files=[best_path],
     )
     if history:
-        best = max(history, key=lambda row: row.get("val_accuracy", -1.0))
         curve = " -> ".join(format(row["val_accuracy"], ".4f") for row in history)
+        start = f"probe {probe.val['accuracy']:.4f} -> " if probe is not None else ""
         result.phases.append(
-            f"fine-tuning: {len(history)} epoch(s) of {steps_per_epoch} steps, val_acc {curve} "
-            f"(best {best['val_accuracy']:.4f} at epoch {best['epoch']}; the last is kept) "
-            f"({result.train_seconds:.1f}s)"
+            f"fine-tuning: {len(history)} epoch(s) of {steps_per_epoch} steps, val_acc {start}{curve}; "
+            f"kept: {_kept_line(kept)} ({train_seconds:.1f}s)"
         )
         job.log(result.phases[-1])
     if splits.test is not None:
@@ -450,6 +489,12 @@ def finetune(job: Job) -> TrainResult:
     if probe is not None:
         _merge_probe(result, probe)
     return result
+
+
+def _kept_line(kept: dict[str, Any]) -> str:
+    if kept["epoch"] == 0:
+        return "the probe"
+    return f"epoch {kept['epoch']}" + (" (the last)" if "last epoch has" in kept["reason"] else "")
 
 
 def _merge_probe(trained: TrainResult, probe: TrainResult) -> None:
@@ -479,20 +524,50 @@ def estimate_epoch_seconds(job: Job, batch_size: int) -> float:
     return per_step * math.ceil(len(train) / batch_size)
 
 
-def choose(job: Job) -> tuple[str, str, int | None]:
-    """`--strategy auto`: the strategy, the reason, and (finetune without --time-budget or --epochs)
-    as many of the default epochs as the 15-minute default budget allows."""
+@dataclass
+class Choice:
+    strategy: str
+    reason: str
+    epochs: int | None  # finetune without --time-budget or --epochs: what the default budget allows
+    probe: TrainResult | None  # the probe, when it ran first
+
+
+def choose(job: Job) -> Choice:
+    """`--strategy auto`. When the modality's fine-tuning starts with a probe (LP-FT), the probe runs
+    first (seconds to minutes: it is needed either way) and its validation accuracy joins the
+    rule (`strategies.choose_strategy`); fine-tuning then continues from it."""
     config, splits = job.config, job.splits
     per_class = len(splits.train) / len(splits.classes)
     batch_size = config.batch_size or job.modality.defaults.strategies["finetune"].batch_size
     default_epochs = finetune_epochs(config, job.modality, "finetune", len(splits.train), batch_size)
     epochs = strategies.auto_epochs(len(splits.train), default_epochs)
-    epoch_seconds = 0.0
-    if per_class >= strategies.MIN_PER_CLASS_TO_FINETUNE:  # only then is the timing worth measuring
+    epoch_seconds, probe = 0.0, None
+    if per_class >= strategies.MIN_PER_CLASS_TO_FINETUNE:  # only then are the probe and timing worth it
+        finetune_plan = replace(job.plan, strategy="finetune")
+        if probes_first(config, finetune_plan):
+            probe = probe_head(job)
         epoch_seconds = estimate_epoch_seconds(job, batch_size)
-    chosen, reason = strategies.choose_strategy(per_class, epoch_seconds, config.time_budget, epochs)
+    chosen, reason = strategies.choose_strategy(
+        per_class,
+        epoch_seconds,
+        config.time_budget,
+        epochs,
+        probe_accuracy=probe.val["accuracy"] if probe is not None else None,
+        n_val=len(splits.val),
+    )
     planned = None
     if chosen == "finetune" and config.time_budget is None and config.epochs is None:
         affordable = int(strategies.DEFAULT_AUTO_BUDGET_S // max(epoch_seconds, 1e-9))
         planned = max(epochs, min(default_epochs, affordable))
-    return chosen, reason, planned
+    return Choice(chosen, reason, planned, probe)
+
+
+def train(job: Job, probe: TrainResult | None = None) -> TrainResult:
+    """The plan's recipe. A probe that already ran is the linear result (tested here) or the
+    first phase of fine-tuning."""
+    if job.plan.strategy != "linear":
+        return finetune(job, probe)
+    if probe is None:
+        return linear_probe(job)
+    test_on_features(job, probe)
+    return probe

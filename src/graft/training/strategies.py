@@ -20,6 +20,7 @@ MIN_PER_CLASS_TO_FINETUNE = 20
 DEFAULT_AUTO_BUDGET_S = 15 * 60
 AUTO_FINETUNE_EPOCHS = 5
 MIN_EXAMPLES_SEEN = 20_000
+MIN_HEADROOM = 0.01  # a probe at 99% validation accuracy or better is kept
 
 
 @dataclass(frozen=True)
@@ -80,17 +81,34 @@ def auto_epochs(n_train: int, default_epochs: int) -> int:
     return max(1, min(default_epochs, math.ceil(MIN_EXAMPLES_SEEN / max(1, n_train))))
 
 
+def probe_headroom(probe_accuracy: float, n_val: int) -> tuple[bool, float, float]:
+    """Whether the probe leaves room for a gain that this validation set can show: its error must
+    exceed both MIN_HEADROOM and two standard errors of the accuracy estimate (binomial,
+    sqrt(p(1-p)/n)). Returns (room, error, the error it had to exceed)."""
+    error = 1.0 - probe_accuracy
+    standard_error = math.sqrt(max(probe_accuracy * error, 0.0) / max(1, n_val))
+    needed = max(MIN_HEADROOM, 2 * standard_error)
+    return error > needed, error, needed
+
+
 def choose_strategy(
     examples_per_class: float,
     finetune_epoch_seconds: float,
     budget_s: float | None,
     epochs: int = AUTO_FINETUNE_EPOCHS,
+    probe_accuracy: float | None = None,
+    n_val: int = 0,
 ) -> tuple[str, str]:
-    """`--strategy auto`: fine-tune when there is enough data for it to beat a linear probe and the
-    time to do it; otherwise the linear probe, which is minutes even on a laptop CPU.
+    """`--strategy auto`: fine-tune when a gain over the linear probe is likely and there is the
+    time to do it; otherwise the linear probe, which is seconds to minutes even on a laptop CPU.
 
     - Under MIN_PER_CLASS_TO_FINETUNE labelled examples per class, fine-tuning a whole network
-      mostly overfits; linear probes on pretrained features are the stronger few-shot baseline.
+      mostly overfits; linear probes on pretrained features are the stronger few-shot baseline
+      (Kornblith et al. 2019; the few-shot literature's linear-probe baselines).
+    - When the probe already ran (the modality's fine-tuning starts with one, LP-FT), its
+      validation accuracy must leave headroom (`probe_headroom`): fine-tuning gains most where
+      frozen features fit the task worst (Kornblith et al. 2019, "Do Better ImageNet Models
+      Transfer Better?"), and a gain smaller than the validation set's noise cannot be seen.
     - Fine-tuning must fit `epochs` epochs (`auto_epochs`) in the budget (--time-budget, else
       15 minutes).
     """
@@ -101,11 +119,22 @@ def choose_strategy(
             f"{examples_per_class:.0f} examples per class (< {MIN_PER_CLASS_TO_FINETUNE}): "
             "a linear probe on frozen features generalises better than fine-tuning"
         )
+    probe = ""
+    if probe_accuracy is not None:
+        room, error, threshold = probe_headroom(probe_accuracy, n_val)
+        probe = f"the probe's validation error {error:.1%} on {n_val} examples"
+        if not room:
+            return "linear", (
+                f"{probe} is within {threshold:.1%} (the larger of {MIN_HEADROOM:.0%} and two standard "
+                "errors): fine-tuning could not show a gain, so the probe is kept"
+            )
+        probe += f" leaves room (> {threshold:.1%}); "
     if needed > budget:
         return "linear", (
-            f"fine-tuning needs about {needed:.0f}s for {epochs} epoch(s), more than the {budget:.0f}s budget"
+            f"{probe}fine-tuning needs about {needed:.0f}s for {epochs} epoch(s), "
+            f"more than the {budget:.0f}s budget"
         )
     return "finetune", (
-        f"{examples_per_class:.0f} examples per class and about {needed:.0f}s for "
+        f"{probe}{examples_per_class:.0f} examples per class and about {needed:.0f}s for "
         f"{epochs} epoch(s) fit the {budget:.0f}s budget"
     )
