@@ -10,7 +10,7 @@ $(BIN)/graft: pyproject.toml
 	touch $@
 
 $(VENV)/.test-deps: $(BIN)/graft
-	$(BIN)/pip install --quiet -e '.[test,text]'
+	$(BIN)/pip install --quiet -e '.[test,text,onnx,keras,serve]'
 	touch $@
 
 .PHONY: demo test test-slow lint
@@ -18,7 +18,7 @@ demo: $(BIN)/graft
 	$(BIN)/graft demo
 
 test: $(VENV)/.test-deps
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench examples
 	$(BIN)/python -m pytest -q
 
 test-slow: $(VENV)/.test-deps

@@ -58,41 +58,50 @@ def fastai_run(train: Path, test: Path, size: int, epochs: int, python: Path) ->
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def keras_run(train: Path, test: Path, size: int, epochs: int) -> dict[str, Any]:
+def keras_run(per_class: int, test_per_class: int, size: int, epochs: int) -> dict[str, Any]:
+    """The Keras guide's recipe (examples/keras_cifar10.py): 1 frozen epoch, then the rest unfrozen
+    at a low LR, on the same first-N-per-class images."""
     script = ROOT / "examples" / "keras_cifar10.py"
-    if not script.is_file():
-        return {"error": "graft.keras and examples/keras_cifar10.py are not there yet"}
     started = time.perf_counter()
-    cmd = [sys.executable, str(script), "--train", str(train), "--test", str(test), "--image-size", str(size),
-           "--frozen-epochs", "1", "--unfrozen-epochs", str(max(1, epochs - 1)), "--json"]  # fmt: skip
+    cmd = [sys.executable, str(script), "--data", str(DATA), "--train-per-class", str(per_class),
+           "--test-per-class", str(test_per_class), "--image-size", str(size), "--epochs", "1",
+           "--finetune-epochs", str(max(1, epochs - 1)), "--json"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-3:]}
     out = json.loads(done.stdout.strip().splitlines()[-1])
-    return {"test_accuracy": out["test_accuracy"], "wall_seconds": time.perf_counter() - started}
+    return {"test_accuracy": out["finetuned_test_accuracy"], "wall_seconds": time.perf_counter() - started}
 
 
 def images(args: argparse.Namespace) -> None:
+    wanted = set(args.only or ("graft", "probe", "fastai", "keras", "seed"))
     test = subset_folder(DATA / "test", args.test_per_class, f"cifar10-test-{args.test_per_class}")
     for per_class in args.per_class:
         train = subset_folder(DATA / "train", per_class, f"cifar10-train-{per_class}")
         size = str(args.image_size)
         rows: dict[str, dict[str, Any]] = {}
         base = ["train", str(train), "--test", str(test), "--image-size", size]
-        rows["graft defaults (auto)"] = graft_run(base)
-        rows["graft probe (--strategy linear)"] = graft_run([*base, "--strategy", "linear"])
-        rows["fastai fine_tune"] = fastai_run(
-            train, test, args.image_size, args.epochs, Path(args.fastai_python)
-        )
-        rows["Keras guide (graft.keras)"] = keras_run(train, test, args.image_size, args.epochs)
-        started = time.perf_counter()
-        seed = run_seed_recipe(train, test, epochs=args.epochs, image_size=args.image_size)
-        rows["seed loop"] = {
-            "test_accuracy": seed["test_accuracy"],
-            "wall_seconds": time.perf_counter() - started,
-        }
-        report(f"CIFAR-10, {per_class} per class, {args.test_per_class * 10} test images, {size} px", rows)
-        save(f"anchors-cifar10-{per_class}-{size}.json", rows)
+        if "graft" in wanted:
+            rows["graft defaults (auto)"] = graft_run(base)
+        if "probe" in wanted:
+            rows["graft probe (--strategy linear)"] = graft_run([*base, "--strategy", "linear"])
+        if "fastai" in wanted:
+            python = Path(args.fastai_python)
+            rows["fastai fine_tune"] = fastai_run(train, test, args.image_size, args.epochs, python)
+        if "keras" in wanted:
+            rows["Keras guide (graft.keras)"] = keras_run(
+                per_class, args.test_per_class, args.image_size, args.epochs
+            )
+        if "seed" in wanted:
+            started = time.perf_counter()
+            seed = run_seed_recipe(train, test, epochs=args.epochs, image_size=args.image_size)
+            rows["seed loop"] = {
+                "test_accuracy": seed["test_accuracy"],
+                "wall_seconds": time.perf_counter() - started,
+            }
+        title = f"CIFAR-10, {per_class} per class, {args.test_per_class * 10} test images, {size} px"
+        report(title, rows)
+        save(f"anchors-cifar10-{per_class}-{size}-{'-'.join(sorted(wanted))}.json", rows)
 
 
 def trec6(args: argparse.Namespace) -> None:
@@ -175,6 +184,7 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--epochs", type=int, default=5, help="every recipe's epochs in all (graft's default: 5)")
     p.add_argument("--fastai-python", default=str(FASTAI_PYTHON))
+    p.add_argument("--only", nargs="+", help="run only these recipes: graft, probe, fastai, keras, seed")
     p = sub.add_parser("trec6")
     p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()

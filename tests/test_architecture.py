@@ -257,3 +257,19 @@ def test_a_text_bundle_written_before_the_change_rebuilds_its_encoder(tmp_path):
     pytest.importorskip("transformers")
     _, meta = _old_bundle(tmp_path / "old", "text")
     assert meta["modality"] == "text" and get_modality(meta["modality"]).name == "text"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+        (["--epochs", "-1"], "--epochs must be at least 1, got -1"),
+        (["--image-size", "0"], "--image-size must be at least 1, got 0"),
+        (["--label-smoothing", "2"], "--label-smoothing must be in [0, 1), got 2.0"),
+        (["--lr", "0"], "--lr must be positive, got 0.0"),
+        (["--dropout", "1"], "--dropout must be in [0, 1), got 1.0"),
+    ],
+)
+def test_impossible_options_are_one_line_errors_before_any_work(tmp_path, capsys, args, message):
+    assert main(["train", str(tmp_path / "not-read"), *args]) == 2
+    assert capsys.readouterr().err.strip() == f"graft: error: {message}"

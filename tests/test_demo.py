@@ -1,10 +1,15 @@
-"""Tests for graft.demo: the digits splits (fast) and the full pretrained-vs-scratch demo (slow)."""
+"""Tests for graft.demo: the digits splits, a small `graft demo --json` (fast), and the full
+pretrained-vs-scratch demo (slow)."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 
+import graft
+from graft.cli import main
 from graft.data import load_digits_images
 from graft.demo import DemoConfig, digits_splits, run_demo
 
@@ -58,6 +63,28 @@ def test_digits_splits_reproducible(digit_index):
     assert np.array_equal(_indices(a.val, digit_index), _indices(b.val, digit_index))
 
 
+def test_cli_demo_json_small(tmp_path, capsys):
+    """`graft demo --json` (the README's first command) at small sizes, in the default suite: exit 0,
+    the last stdout line is one JSON object; the linear head on pretrained features beats chance on
+    the fixed 500 test digits by far, the scratch baseline trained, and the run folder is a bundle
+    that predicts the digits."""
+    out = tmp_path / "demo"
+    code = main(["demo", "--json", "--labels-per-class", "2", "--image-size", "32", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    assert (result["test_images"], result["labels_per_class"]) == (500, 2)
+    assert result["backbone"] == "efficientnet_lite0" and result["run_dir"] == str(out)
+    assert result["transfer"]["accuracy"] > 0.3, result  # chance is 0.1; 0.65 when written
+    assert result["scratch"]["epochs"] >= 1 and result["transfer"]["seconds"] > 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["test"]["accuracy"] == result["transfer"]["accuracy"] and report["test"]["n"] == 500
+    test = digits_splits(2, 0).test
+    predicted = graft.load(out, device="cpu").predict(list(test.sources[:100]))
+    truth = [str(label) for label in test.labels[:100]]
+    assert np.mean([a == b for a, b in zip(predicted, truth, strict=True)]) > 0.3
+
+
 @pytest.mark.slow
 def test_full_demo_pretraining_beats_scratch(tmp_path):
     """The whole demo, offline: ImageNet features + a linear head beat the same net from scratch."""
@@ -68,6 +95,6 @@ def test_full_demo_pretraining_beats_scratch(tmp_path):
     transfer, scratch = result["transfer"], result["scratch"]
     assert transfer["accuracy"] > 0.8
     assert transfer["accuracy"] > scratch["accuracy"] + 0.1
-    assert 0.0 <= scratch["accuracy"] <= 1.0 and scratch["epochs"] >= 2
+    assert scratch["epochs"] >= 2
     assert (tmp_path / "demo" / "graft.json").is_file()
     assert (tmp_path / "demo" / "model.safetensors").is_file()

@@ -3,11 +3,13 @@ frozen BatchNorm, discriminative learning rates, gradual unfreezing, --time-budg
 
 from __future__ import annotations
 
+import io
 import json
-import math
 import shutil
 import time
+import warnings
 from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -23,12 +25,13 @@ from graft.cli import main
 from graft.config import TrainConfig, parse_duration
 from graft.modalities import image as image_modality
 from graft.runner import RunResult, run
+from graft.training import recipes
 from graft.training.checkpoint import Checkpointer
 from graft.training.loop import apply_stage
 from graft.training.strategies import HEAD, Stage
 
 BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
-BUDGET = 20.0
+BUDGET = 8.0
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +70,13 @@ def _interrupt(config: TrainConfig, after_epochs: int) -> None:
 
 @pytest.fixture(scope="module")
 def interrupted(data, tmp_path_factory) -> tuple[TrainConfig, Path]:
-    """A finetune run of a probe + 3 epochs (one DataLoader worker process) stopped right after its
-    epoch-2 checkpoint."""
+    """A finetune run of a probe + 2 epochs (one DataLoader worker process) stopped right after its
+    epoch-1 checkpoint."""
     out = tmp_path_factory.mktemp("interrupted") / "run"
-    config = _config(data, epochs=4, out=str(out), augment="light")
+    config = _config(data, epochs=3, out=str(out), augment="light")
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(image_modality, "default_workers", lambda: 1)
-        _interrupt(config, after_epochs=2)
+        _interrupt(config, after_epochs=1)
     return config, out
 
 
@@ -82,18 +85,18 @@ def _copy(src: Path, dst: Path) -> Path:
     return dst
 
 
-def test_interrupted_run_leaves_an_epoch_2_checkpoint_and_no_bundle(interrupted):
-    """Ctrl-C after epoch 2 leaves checkpoint.{safetensors,json} at epoch 2 and no half bundle."""
+def test_interrupted_run_leaves_an_epoch_1_checkpoint_and_no_bundle(interrupted):
+    """Ctrl-C after epoch 1 leaves checkpoint.{safetensors,json} at epoch 1 and no half bundle."""
     _, out = interrupted
     meta = json.loads((out / "checkpoint.json").read_text())
-    assert meta["epoch"] == 2 and len(meta["history"]) == 2
+    assert meta["epoch"] == 1 and len(meta["history"]) == 1
     assert (out / "checkpoint.safetensors").is_file()
     assert not (out / "model.safetensors").exists() and not (out / "graft.json").exists()
     assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl"))
 
 
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(interrupted, tmp_path, monkeypatch):
-    """An uninterrupted run and interrupt-after-epoch-2 + --resume give bit-identical model.safetensors."""
+    """An uninterrupted run and interrupt-after-epoch-1 + --resume give bit-identical model.safetensors."""
     config, out = interrupted
     resumed_dir = _copy(out, tmp_path / "resumed")
     lines: list[str] = []
@@ -101,7 +104,7 @@ def test_resume_ends_with_the_weights_of_an_uninterrupted_run(interrupted, tmp_p
     resumed = run(replace(config, out=str(resumed_dir), resume=True), log=lines.append)
     straight = run(replace(config, out=str(tmp_path / "straight")), log=lambda line: None)
 
-    assert _epoch_lines(lines) == ["3/3"]  # it really resumed: only the last epoch was trained
+    assert _epoch_lines(lines) == ["2/2"]  # it really resumed: only the last epoch was trained
     a = load_file(str(straight.run_dir / "model.safetensors"))
     b = load_file(str(resumed.run_dir / "model.safetensors"))
     assert a.keys() == b.keys()
@@ -128,13 +131,33 @@ def test_resume_across_the_unfreeze_boundary_without_workers(data, tmp_path, mon
     assert [k for k in a if not torch.equal(a[k], b[k])] == []
 
 
-@pytest.mark.parametrize(("setting", "value"), [("lr", 0.01), ("augment", "none"), ("lr_mult", 3.0)])
-def test_resume_with_a_changed_setting_names_it(interrupted, tmp_path, setting, value):
-    """--resume with another lr / augment / lr_mult than the checkpoint raises ValueError naming it."""
+def test_resume_with_a_changed_setting_names_it(interrupted, tmp_path):
+    """--resume with another --lr than the checkpoint: run() raises ValueError naming it."""
     config, out = interrupted
     copy = _copy(out, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"different settings \(lr\)"):
+        run(replace(config, out=str(copy), resume=True, lr=0.01), log=lambda line: None)
+
+
+@pytest.mark.parametrize(("setting", "value"), [("augment", "none"), ("lr_mult", 3.0), ("seed", 1)])
+def test_resume_key_names_any_changed_setting(interrupted, setting, value):
+    """The key the runner checks a checkpoint against (recipes.resume_key): the checkpoint of the
+    interrupted run refuses another augment / lr_mult / seed by name and accepts the same command
+    (the end-to-end refusal is the --lr test above; this one costs no training)."""
+    config, out = interrupted
+    plan = replace(_plan_stub(), strategy=config.strategy)
+    model = torch.nn.Linear(1, 1)  # never loaded: the settings are compared first
+    changed = Checkpointer(out, recipes.resume_key(replace(config, **{setting: value}), plan), resume=True)
     with pytest.raises(ValueError, match=rf"different settings \({setting}\)"):
-        run(replace(config, out=str(copy), resume=True, **{setting: value}), log=lambda line: None)
+        changed.restore(model, torch.optim.AdamW(model.parameters()))
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["config"] == recipes.resume_key(config, plan)  # the same command matches exactly
+
+
+def _plan_stub():
+    from graft.config import Plan
+
+    return Plan("image", "efficientnet_lite0", "finetune", "given", 4, 4, 1e-3, 1, "cpu")
 
 
 def test_resume_without_out_is_refused(data):
@@ -151,9 +174,15 @@ def _bn_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def pretrained_body() -> dict[str, torch.Tensor]:
+def lite0():
+    """The packaged EfficientNet-Lite0 backbone as every run starts from it (never trained here)."""
+    return create_backbone("efficientnet_lite0")
+
+
+@pytest.fixture(scope="module")
+def pretrained_body(lite0) -> dict[str, torch.Tensor]:
     """The packaged EfficientNet-Lite0 body's state, as every run starts from it."""
-    return {k: v.clone() for k, v in create_backbone("efficientnet_lite0").body.state_dict().items()}
+    return {k: v.clone() for k, v in lite0.body.state_dict().items()}
 
 
 def test_frozen_bn_keeps_pretrained_statistics_exactly(data, tmp_path, pretrained_body):
@@ -277,17 +306,45 @@ def test_discriminative_rates_are_geometric_from_stem_to_head(data, tmp_path, st
             assert lrs[upper][0] / lrs[lower][0] == pytest.approx(ratio, rel=1e-9), (lower, upper)
 
 
-def test_head_only_phase_is_a_probe_on_cached_features(data, tmp_path, monkeypatch):
+@dataclass
+class CliRun:
+    out: Path
+    stdout: str
+    stderr: str
+    code: int
+    cache: Path
+
+
+@pytest.fixture(scope="module")
+def cli_finetune(data, tmp_path_factory) -> CliRun:
+    """`graft train DATA --strategy finetune --epochs 2 --image-size 32 --batch-size 4 --json`: a
+    probe, then one epoch of everything, with its own feature cache."""
+    root = tmp_path_factory.mktemp("cli-finetune")
+    argv = ["train", str(data), "--strategy", "finetune", "--epochs", "2", "--image-size", "32"]
+    argv += ["--batch-size", "4", "--out", str(root / "run"), "--json"]
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, redirect_stdout(stdout), redirect_stderr(stderr):
+        mp.setenv("GRAFT_CACHE_DIR", str(root / "cache"))
+        mp.setattr(warnings, "formatwarning", warnings.formatwarning)
+        code = main(argv)
+    return CliRun(root / "run", stdout.getvalue(), stderr.getvalue(), code, root / "cache")
+
+
+def test_head_only_phase_is_a_probe_on_cached_features(cli_finetune, data, tmp_path, monkeypatch):
     """finetune's head-only epoch is a linear probe on cached features: history row 0 is the head alone
-    with a validation score, the body is not run per training step, and a rerun hits the cache."""
-    monkeypatch.setenv("GRAFT_CACHE_DIR", str(tmp_path / "cache"))
-    first = run(_config(data, out=str(tmp_path / "a")), log=lambda line: None)
-    again = run(_config(data, out=str(tmp_path / "b"), lr=3e-3), log=lambda line: None)
-    row0, row1 = first.report["history"]
-    assert (row0["epoch"], row0["stage"]) == (0, [HEAD]) and 0.0 <= row0["val_accuracy"] <= 1.0
-    assert len(row1["stage"]) > 1
-    assert not first.report["timing"]["feature_cache_hit"] and again.report["timing"]["feature_cache_hit"]
-    assert list((tmp_path / "cache" / "features").glob("*.safetensors"))
+    and scores exactly what `--strategy linear` with the same settings scores (the same validation
+    loss), and that linear run takes its features from the cache the probe filled."""
+    assert cli_finetune.code == 0, cli_finetune.stderr
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(cli_finetune.cache))
+    linear = TrainConfig(data=str(data), strategy="linear", image_size=32, out=str(tmp_path / "linear"))
+    probe = run(linear, log=lambda line: None)
+    first = json.loads((cli_finetune.out / "report.json").read_text())
+    row0, row1 = first["history"]
+    assert (row0["epoch"], row0["stage"]) == (0, [HEAD]) and len(row1["stage"]) > 1
+    last = probe.report["history"][-1]
+    assert row0["val_loss"] == pytest.approx(last["val_loss"], rel=1e-6, abs=1e-9)
+    assert row0["val_accuracy"] == last["val_accuracy"]
+    assert not first["timing"]["feature_cache_hit"] and probe.report["timing"]["feature_cache_hit"]
 
 
 def test_gradual_unfreezes_one_more_group_from_the_top_each_epoch(data, tmp_path, steps):
@@ -312,35 +369,89 @@ def test_gradual_unfreezes_one_more_group_from_the_top_each_epoch(data, tmp_path
 @dataclass
 class BudgetRun:
     result: RunResult
-    seconds: float
+    seconds: float  # the whole run, from outside
+    loop_seconds: float  # from the start of the run to the end of the training loop
     lines: list[str]
 
 
 @pytest.fixture(scope="module")
 def budget_run(data, tmp_path_factory) -> BudgetRun:
-    """One finetune run with --time-budget 20s and no --epochs, timed from outside."""
+    """One finetune run with --time-budget 8s, no --epochs and no head-only probe (--freeze-epochs 0:
+    the clock alone sizes the schedule), timed from outside; a spy on the loop records when it ends.
+    One-off process costs are paid first (the plotting import, the first training step's kernel
+    set-up): they are no part of a schedule and would dominate so short a budget."""
+    import matplotlib.pyplot  # noqa: F401
+
+    warm = create_backbone("efficientnet_lite0").body.to(memory_format=torch.channels_last)
+    warm(torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)).sum().backward()
     out = tmp_path_factory.mktemp("budget") / "run"
     lines: list[str] = []
-    started = time.perf_counter()
-    result = run(_config(data, epochs=None, time_budget=BUDGET, out=str(out)), log=lines.append)
-    return BudgetRun(result, time.perf_counter() - started, lines)
+    loop_ends: list[float] = []
+    real_fit = recipes.fit
+
+    def timed_fit(*args, **kwargs):
+        history = real_fit(*args, **kwargs)
+        loop_ends.append(time.perf_counter())
+        return history
+
+    config = _config(data, epochs=None, freeze_epochs=0, time_budget=BUDGET, out=str(out))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(recipes, "fit", timed_fit)
+        started = time.perf_counter()
+        result = run(config, log=lines.append)
+        seconds = time.perf_counter() - started
+    return BudgetRun(result, seconds, loop_ends[-1] - started, lines)
+
+
+def _ended_at_the_epoch_cap(lines: list[str]) -> bool:
+    """Whether the last "epoch k/N" line has k == N: training ran out of planned epochs instead of
+    being stopped by the deadline."""
+    done, planned = [line.split()[1] for line in lines if line.startswith("epoch ")][-1].split("/")
+    return done == planned
+
+
+EPOCH_CAP_BUG = (
+    "training ended at the epoch cap before the deadline: the step timing was pessimistic (a busy "
+    "moment); the bug test_time_budget_anneals_even_when_the_step_timing_was_pessimistic pins"
+)
 
 
 def test_time_budget_is_kept_and_the_bundle_is_complete(budget_run):
-    """--time-budget 20s: the whole run returns within 22s and writes model, graft.json and report."""
-    seconds, out = budget_run.seconds, budget_run.result.run_dir
-    assert seconds <= BUDGET * 1.10, f"{seconds:.1f}s for a {BUDGET:.0f}s budget"
-    assert seconds >= 0.5 * BUDGET, f"only {seconds:.1f}s of the {BUDGET:.0f}s budget used"
+    """--time-budget: as ratios of the budget (robust to a slow or busy machine), training stops by
+    the deadline (10% for the last step and its checkpoint), the whole run (final evaluation,
+    bundle, report, plots) overruns it by at most 25%, and at least 60% of it trains; the bundle is
+    complete."""
+    loop_ratio = budget_run.loop_seconds / BUDGET
+    run_ratio = budget_run.seconds / BUDGET
+    assert loop_ratio <= 1.10, f"training ran {loop_ratio:.2f}x the budget"
+    assert run_ratio <= 1.25, f"the run took {run_ratio:.2f}x the budget"
+    out = budget_run.result.run_dir
     for name in ("model.safetensors", "graft.json", "report.json"):
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
-    assert report["history"] and report["validation"]["n"] == 3
+    assert len(report["history"]) >= 2 and report["validation"]["n"] == 3
     assert report["config"]["time_budget"] == BUDGET
+    assert any(line.startswith(f"time budget {BUDGET:.0f}s") for line in budget_run.lines)
+    if loop_ratio < 0.6 and _ended_at_the_epoch_cap(budget_run.lines):
+        pytest.xfail(EPOCH_CAP_BUG)
+    assert loop_ratio >= 0.6, f"training used only {loop_ratio:.2f} of the budget"
 
 
 def test_time_budget_schedule_anneals_by_the_deadline(budget_run):
     """Under --time-budget the one-cycle follows the clock: the LR has annealed when training stops."""
     history = budget_run.result.report["history"]
+    if history[-1]["lr"] > 0.05 * 1e-3 and _ended_at_the_epoch_cap(budget_run.lines):
+        pytest.xfail(EPOCH_CAP_BUG)
+    assert history[-1]["lr"] <= 0.05 * 1e-3, f"final LR {history[-1]['lr']:.2e} after {len(history)} epochs"
+
+
+def test_time_budget_anneals_even_when_the_step_timing_was_pessimistic(data, tmp_path, monkeypatch):
+    """Fault injection: the timed steps read 8x slower than training then runs (a busy moment while
+    timing). Training may end before the deadline, but the LR must have annealed when it does."""
+    real = recipes.time_steps
+    monkeypatch.setattr(recipes, "time_steps", lambda *args, **kwargs: 8 * real(*args, **kwargs))
+    config = _config(data, epochs=None, freeze_epochs=0, time_budget=4.0, out=str(tmp_path / "run"))
+    history = run(config, log=lambda line: None).report["history"]
     assert history[-1]["lr"] <= 0.05 * 1e-3, f"final LR {history[-1]['lr']:.2e} after {len(history)} epochs"
 
 
@@ -370,16 +481,36 @@ def test_parse_duration_rejects_empty_infinite_and_negative(text):
 # --------------------------------------------------------------------------- CLI
 
 
-def test_cli_train_finetune_json(data, tmp_path, capsys):
-    """`graft train DIR --strategy finetune ... --json` exits 0 and prints accuracy; report is finetune."""
-    out = tmp_path / "run"
-    argv = ["train", str(data), "--strategy", "finetune", "--epochs", "2", "--image-size", "32"]
-    code = main([*argv, "--batch-size", "4", "--out", str(out), "--json"])
-    captured = capsys.readouterr()
-    assert code == 0, captured.err
-    summary = json.loads(captured.out.strip().splitlines()[-1])
-    assert 0.0 <= summary["accuracy"] <= 1.0 and not math.isnan(summary["macro_f1"])
-    assert summary["run_dir"] == str(out)
+def test_cli_train_finetune_json(cli_finetune, lite0):
+    """`graft train DIR --strategy finetune ... --json`: the summary is the kept model's validation
+    score, at least the probe's; fine-tuning changed every layer group of the body (the last epoch's
+    checkpoint) and no pretrained BatchNorm statistic; the bundle holds the weights report.json
+    says were kept (the probe's head on the pretrained body, or the last epoch)."""
+    out = cli_finetune.out
+    assert cli_finetune.code == 0, cli_finetune.stderr
+    summary = json.loads(cli_finetune.stdout.strip().splitlines()[-1])
+    assert summary["run_dir"] == str(out) and summary["strategy"] == "finetune"
     report = json.loads((out / "report.json").read_text())
-    assert report["strategy"] == "finetune" and len(report["history"]) == 2
-    assert (out / "model.safetensors").is_file() and (out / "checkpoint.json").is_file()
+    probe, tuned = report["history"]
+    assert probe["stage"] == [HEAD] and len(tuned["stage"]) == len(lite0.groups) + 1
+    assert (summary["accuracy"], summary["macro_f1"]) == (
+        report["validation"]["accuracy"],
+        report["validation"]["macro_f1"],
+    )
+    assert summary["accuracy"] >= probe["val_accuracy"] >= 2 / 3  # easy classes: 3 validation images
+
+    pretrained = lite0.body.state_dict()
+    saved = load_file(str(out / "checkpoint.safetensors"))
+    last = {k.removeprefix("model.body."): v for k, v in saved.items() if k.startswith("model.body.")}
+    assert last.keys() == pretrained.keys()
+    unchanged = [g for g, names in lite0.groups if all(torch.equal(last[n], pretrained[n]) for n in names)]
+    assert unchanged == [], f"fine-tuning left these groups untouched: {unchanged}"
+    stats = [k for k in pretrained if k.endswith(BN_STATS)]
+    assert stats and all(torch.equal(last[k], pretrained[k]) for k in stats)
+
+    bundle = load_file(str(out / "model.safetensors"))
+    kept = report["kept"]["epoch"]
+    assert kept in (0, tuned["epoch"])
+    expected = pretrained if kept == 0 else last
+    differ = [k for k, v in expected.items() if not torch.equal(bundle[f"body.{k}"], v)]
+    assert differ == [], f"the bundle's body is not epoch {kept}'s: {differ[:3]}"

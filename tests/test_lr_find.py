@@ -54,11 +54,48 @@ def test_cli_lr_find_writes_plot_and_suggestion(tmp_path, capsys):
     assert len(saved["lrs"]) == len(saved["losses"]) > 5
 
 
-def test_cli_train_with_class_weights(tmp_path, capsys):
-    """--class-weights auto trains and the recipe records it."""
-    data = make_image_folder(tmp_path / "data", per_class=6, seed=0)
+def _loss_spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[float] | None, float]]:
+    """nn.CrossEntropyLoss.forward wrapped (it still computes the loss): records the class weights
+    and the label smoothing of every training loss computed (validation uses F.cross_entropy)."""
+    seen: list[tuple[list[float] | None, float]] = []
+    real = nn.CrossEntropyLoss.forward
+
+    def forward(self, logits, target):
+        seen.append((None if self.weight is None else self.weight.tolist(), self.label_smoothing))
+        return real(self, logits, target)
+
+    monkeypatch.setattr(nn.CrossEntropyLoss, "forward", forward)
+    return seen
+
+
+def test_cli_class_weights_and_label_smoothing_reach_the_loss(tmp_path, capsys, monkeypatch):
+    """Imbalanced data (12 / 6 / 3 images): with --class-weights auto --label-smoothing 0.1 every
+    training loss weighs class k by n / (classes * n_k) of the training split (computed here from the
+    folder counts minus the validation counts in report.json) and smooths by 0.1; without the
+    options, no weights and no smoothing."""
+    data = make_image_folder(tmp_path / "data", per_class=12, seed=0)
+    folder_counts = {"blue": 12, "green": 6, "red": 3}
+    for label, keep in folder_counts.items():
+        for extra in sorted((data / label).iterdir())[keep:]:
+            extra.unlink()
+    argv = ["train", str(data), "--strategy", "linear", "--image-size", "32", "--epochs", "3"]
+    argv += ["--val-fraction", "0.25"]
+    seen = _loss_spy(monkeypatch)
     out = tmp_path / "run"
-    argv = ["train", str(data), "--strategy", "linear", "--class-weights", "auto", "--image-size", "32"]
-    assert main([*argv, "--out", str(out), "--json"]) == 0
+    assert main([*argv, "--class-weights", "auto", "--label-smoothing", "0.1", "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["config"]["class_weights"] == "auto"
+    assert report["classes"] == list(folder_counts)
+    val_counts = np.sum(report["validation"]["confusion_matrix"], axis=1)
+    train_counts = np.array(list(folder_counts.values())) - val_counts
+    assert train_counts.sum() == report["data"]["train"]
+    expected = train_counts.sum() / (3 * train_counts)
+    assert expected.max() / expected.min() >= 2  # really imbalanced: the weights differ
+    assert seen, "no training loss was computed"
+    for weights, smoothing in seen:
+        assert weights == pytest.approx(expected.tolist(), rel=1e-6)
+        assert smoothing == pytest.approx(0.1)
+
+    seen.clear()
+    assert main([*argv, "--out", str(tmp_path / "plain")]) == 0
+    assert seen and all(entry == (None, 0.0) for entry in seen)
+    capsys.readouterr()

@@ -78,11 +78,14 @@ def folders(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def trained(folders) -> RunResult:
-    """runner.run on data + a test folder, 64 px, with a cache folder shared with `cli_trained`."""
+    """runner.run on data + a test folder, 64 px, with a cache folder shared with `cli_trained`;
+    30 epochs given (the default would stretch the head's schedule to 500 steps: seconds of
+    per-epoch evaluation that these tests do not need)."""
     config = TrainConfig(
         data=str(folders["data"]),
         test=str(folders["test"]),
         image_size=64,
+        epochs=30,
         out=str(folders["runs"] / "api"),
     )
     with pytest.MonkeyPatch.context() as mp:
@@ -95,7 +98,7 @@ def cli_trained(folders, trained) -> CliRun:
     """The same data through the CLI with another --lr: its features come from `trained`'s cache."""
     run_dir = folders["runs"] / "cli"
     argv = ["train", str(folders["data"]), "--test", str(folders["test"]), "--image-size", "64"]
-    argv += ["--out", str(run_dir), "--lr", "0.003", "--json"]
+    argv += ["--out", str(run_dir), "--lr", "0.003", "--epochs", "30", "--json"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRAFT_CACHE_DIR", str(folders["cache"]))
         mp.setattr(warnings, "formatwarning", warnings.formatwarning)
@@ -113,7 +116,8 @@ def corrupt_run(tmp_path_factory) -> CliRun:
     run_dir = root / "run"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(warnings, "formatwarning", warnings.formatwarning)
-        return _cli(["train", str(data), "--image-size", "64", "--out", str(run_dir), "--json"], run_dir)
+        argv = ["train", str(data), "--image-size", "64", "--epochs", "30", "--out", str(run_dir), "--json"]
+        return _cli(argv, run_dir)
 
 
 # --------------------------------------------------------------------------- train

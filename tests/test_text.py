@@ -25,7 +25,9 @@ from graft.backbones import BackboneError, create_backbone  # noqa: E402
 from graft.cli import main  # noqa: E402
 from graft.config import TrainConfig  # noqa: E402
 from graft.modalities.text import bucketed_order  # noqa: E402
-from graft.runner import run  # noqa: E402
+from graft.runner import RunResult, run  # noqa: E402
+from graft.training import recipes  # noqa: E402
+from graft.training.checkpoint import Checkpointer  # noqa: E402
 
 GOOD = ["great", "wonderful", "lovely", "excellent", "superb", "delightful"]
 BAD = ["awful", "terrible", "boring", "dreadful", "poor", "bad"]
@@ -74,11 +76,47 @@ def linear_run(data):
         text_column="review",
         label_column="sentiment",
         strategy="linear",
+        epochs=30,  # not stretched to 500 head steps: the cost is per-epoch evaluation
         out=str(data["root"] / "linear"),
     )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRAFT_CACHE_DIR", str(data["root"] / "cache"))
         return run(config, log=lambda line: None)
+
+
+def _tuned_config(data: dict[str, Path], strategy: str, train_groups: int | None, out: Path) -> TrainConfig:
+    return TrainConfig(
+        data=str(data["train"]),
+        text_column="review",
+        label_column="sentiment",
+        strategy=strategy,
+        epochs=2,
+        batch_size=16,
+        lr=1e-3,  # 10 steps in all: a high rate, so that a working loop visibly learns
+        train_groups=train_groups,
+        out=str(out),
+    )
+
+
+@pytest.fixture(scope="module")
+def tuned(data):
+    """(strategy, train_groups) -> its fine-tuning run on the training table, each run once."""
+    runs: dict[tuple[str, int | None], RunResult] = {}
+
+    def get(strategy: str, train_groups: int | None = None) -> RunResult:
+        if (strategy, train_groups) not in runs:
+            out = data["root"] / f"{strategy}-{train_groups}"
+            config = _tuned_config(data, strategy, train_groups, out)
+            runs[strategy, train_groups] = run(config, log=lambda line: None)
+        return runs[strategy, train_groups]
+
+    return get
+
+
+def _last_epoch_body(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The encoder's weights after the last epoch (checkpoint.safetensors), whichever epoch was kept."""
+    saved = load_file(str(run_dir / "checkpoint.safetensors"))
+    return {k.removeprefix("model.body."): v for k, v in saved.items() if k.startswith("model.body.")}
 
 
 # --------------------------------------------------------------------------- backbone
@@ -129,17 +167,35 @@ def test_linear_run_learns_and_reports(linear_run) -> None:
     assert report["preprocessing"]["max_length"] <= 24  # from the data, not the model's 512
 
 
-def test_text_bundle_round_trip(linear_run) -> None:
-    run_dir = linear_run.run_dir
+def test_text_bundle_round_trip(tuned, minilm, monkeypatch) -> None:
+    """A fine-tuned run's bundle, loaded with the packaged encoder hidden (so everything comes from
+    the run folder: weights, encoder config, tokenizer), gives the in-memory model's probabilities
+    to 1e-5 and its labels."""
+    result = tuned("finetune")
+    run_dir = result.run_dir
     assert (run_dir / "tokenizer" / "tokenizer.json").is_file()
     assert not list(run_dir.rglob("*.pkl")) and not list(run_dir.rglob("*.bin"))
-    model = graft.load(run_dir)
-    texts = ["what a superb film", "the plot was dreadful"]
-    assert model.predict(texts) == ["pos", "neg"]
-    proba = model.predict_proba(texts)
-    np.testing.assert_allclose(proba.sum(1), 1.0, rtol=1e-5)
+    texts = ["what a superb film", "the plot was dreadful", "the acting was lovely and so was the story"]
+    max_length = result.report["preprocessing"]["max_length"]
+    model = result.model.eval()
+    ids = [
+        torch.tensor(minilm.tokenizer([t], truncation=True, max_length=max_length)["input_ids"])
+        for t in texts
+    ]
+    with torch.inference_mode():  # one text at a time: no padding involved on this side
+        expected = torch.cat([model(x).softmax(1) for x in ids]).numpy()
+    from graft.backbones import _text
+
+    monkeypatch.setattr(_text, "packaged_minilm_folder", lambda: None)
+    with pytest.raises(BackboneError, match="packaged model"):
+        create_backbone("minilm")  # the packaged encoder really is out of reach now
+    loaded = graft.load(run_dir, device="cpu")
+    proba = loaded.predict_proba(texts)
+    np.testing.assert_allclose(proba, expected, atol=1e-5, rtol=0)
+    assert loaded.predict(texts) == [loaded.classes_[i] for i in expected.argmax(1)]
+    assert loaded.predict(texts[:2]) == ["pos", "neg"]
     saved = load_file(str(run_dir / "model.safetensors"))
-    assert set(saved) == set(model.model.state_dict())
+    assert set(saved) == set(loaded.model.state_dict())
 
 
 def test_predict_cli_texts_and_input_file(linear_run, data) -> None:
@@ -159,6 +215,7 @@ def test_second_linear_run_hits_the_feature_cache(linear_run, data) -> None:
         label_column="sentiment",
         strategy="linear",
         lr=3e-3,
+        epochs=2,  # the cache is tested, not the head: no need for 500 steps
         out=str(data["root"] / "linear2"),
     )
     with pytest.MonkeyPatch.context() as mp:
@@ -185,35 +242,108 @@ def _changed_groups(before: dict, after: dict) -> set[str]:
         ("gradual", None, {"layer.5"}),  # epoch 1 the head, epoch 2 the head and the top group
     ],
 )
-def test_finetune_and_gradual_train_the_encoder(data, strategy, train_groups, trained) -> None:
-    out = data["root"] / f"{strategy}-{train_groups}"
-    config = TrainConfig(
-        data=str(data["train"]),
-        text_column="review",
-        label_column="sentiment",
-        strategy=strategy,
-        epochs=2,
-        batch_size=16,
-        lr=1e-3,  # 10 steps in all: a high rate, so that a working loop visibly learns
-        train_groups=train_groups,
-        out=str(out),
-    )
-    before = {k: v.clone() for k, v in create_backbone("minilm").body.state_dict().items()}
-    result = run(config, log=lambda line: None)
-    after = result.model.body.state_dict()
+def test_finetune_and_gradual_train_the_encoder(tuned, minilm, strategy, train_groups, trained) -> None:
+    """After the last epoch (its checkpoint) exactly the groups meant to train have changed, never
+    the token embeddings; the kept model learnt the easy reviews."""
+    result = tuned(strategy, train_groups)
+    before = minilm.body.state_dict()
+    after = _last_epoch_body(result.run_dir)
     assert _changed_groups(before, after) == trained
     vocab = "encoder.embeddings.word_embeddings.weight"  # frozen in classification fine-tuning
     assert torch.equal(before[vocab], after[vocab])
     assert set(result.report["history"][-1]["stage"]) == {"head", *trained}  # no frozen group listed
     assert result.report["validation"]["accuracy"] >= 0.75
-    assert (out / "checkpoint.safetensors").is_file()
 
 
-def test_image_backbone_on_text_is_a_clear_error(data) -> None:
-    code, _ = _cli(
-        ["train", str(data["train"]), "--backbone", "efficientnet_lite0", "--text-column", "review"]
+def _epoch_lines(lines: list[str]) -> list[str]:
+    return [line.split()[1] for line in lines if line.startswith("epoch ")]
+
+
+def test_text_resume_ends_with_the_weights_of_an_uninterrupted_run(tuned, tmp_path) -> None:
+    """Text fine-tuning interrupted after epoch 1 of 2, then --resume: the last epoch's weights, the
+    kept model and the history equal the uninterrupted run's exactly."""
+    straight = tuned("finetune")
+    config = replace(straight.job.config, out=str(tmp_path / "resumed"))
+    real_save = Checkpointer.save
+
+    def save_then_interrupt(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Checkpointer, "save", save_then_interrupt)
+        with pytest.raises(KeyboardInterrupt):
+            run(config, log=lambda line: None)
+    assert json.loads((tmp_path / "resumed" / "checkpoint.json").read_text())["epoch"] == 1
+    lines: list[str] = []
+    resumed = run(replace(config, resume=True), log=lines.append)
+    assert _epoch_lines(lines) == ["2/2"]  # only the last epoch was trained again
+    for name in ("checkpoint.safetensors", "model.safetensors"):
+        a = load_file(str(straight.run_dir / name))
+        b = load_file(str(resumed.run_dir / name))
+        assert a.keys() == b.keys()
+        assert [k for k in a if not torch.equal(a[k], b[k])] == [], name
+    keys = ("epoch", "stage", "train_loss", "val_loss", "lr")
+    assert [{k: r[k] for k in keys} for r in resumed.report["history"]] == [
+        {k: r[k] for k in keys} for r in straight.report["history"]
+    ]
+
+
+def test_text_time_budget_is_kept(data, minilm, tmp_path, monkeypatch) -> None:
+    """--time-budget on text, as ratios of the budget (robust to a busy machine): training stops by
+    the deadline (15% for the last step and its checkpoint), the whole run overruns it by at most
+    50% (writing a 90 MB bundle and checkpoint is a fixed ~1 s, large against so short a budget)
+    and at least 60% of it trains (the LR's annealing is tested on images, tests/test_finetune.py).
+    One-off process costs are paid first (imports, the first step's kernel set-up)."""
+    import matplotlib.pyplot  # noqa: F401
+
+    ids = torch.tensor(minilm.tokenizer(["warm up"] * 4)["input_ids"])
+    minilm.body.train()
+    minilm.body(ids).sum().backward()
+    minilm.body.zero_grad(set_to_none=True)
+    minilm.body.eval()
+    loop_ends: list[float] = []
+    real_fit = recipes.fit
+
+    def timed_fit(*args, **kwargs):
+        history = real_fit(*args, **kwargs)
+        loop_ends.append(time.perf_counter())
+        return history
+
+    monkeypatch.setattr(recipes, "fit", timed_fit)
+    budget = 5.0
+    config = replace(
+        _tuned_config(data, "finetune", None, tmp_path / "run"), epochs=None, lr=None, time_budget=budget
     )
+    lines: list[str] = []
+    started = time.perf_counter()
+    result = run(config, log=lines.append)
+    run_ratio = (time.perf_counter() - started) / budget
+    loop_ratio = (loop_ends[-1] - started) / budget
+    assert loop_ratio <= 1.15, f"training ran {loop_ratio:.2f}x the budget"
+    assert run_ratio <= 1.5, f"the run took {run_ratio:.2f}x the budget"
+    assert any(line.startswith("time budget 5s") for line in lines)
+    done, planned = [line.split()[1] for line in lines if line.startswith("epoch ")][-1].split("/")
+    if loop_ratio < 0.6 and done == planned:
+        pytest.xfail(
+            "training ended at the epoch cap before the deadline (the bug pinned in test_finetune.py)"
+        )
+    assert loop_ratio >= 0.6, f"training used only {loop_ratio:.2f} of the budget"
+    assert result.report["history"] and result.report["config"]["time_budget"] == budget
+
+
+def test_image_backbone_on_text_is_a_clear_error(data, capsys) -> None:
+    """An image backbone on a text table: exit 2 and one line saying so (not another error's exit 2:
+    the table's columns are right)."""
+    argv = ["train", str(data["train"]), "--backbone", "efficientnet_lite0"]
+    code = main([*argv, "--text-column", "review", "--label-column", "sentiment"])
+    err = capsys.readouterr().err
     assert code == 2
+    assert re.fullmatch(
+        r"graft: error: --backbone efficientnet_lite0 is an? image model but \S*train\.csv holds texts;"
+        r" `graft backbones` lists both kinds\n",
+        err,
+    ), err
 
 
 def test_missing_column_is_a_one_line_cli_error(data, capsys) -> None:
@@ -243,6 +373,7 @@ def test_adapt_lm_updates_the_encoder_before_classification(data) -> None:
         label_column="sentiment",
         strategy="linear",
         adapt_lm=1,
+        epochs=2,  # the adaptation is tested, not the head: no need for 500 steps
         out=str(data["root"] / "adapted"),
     )
     before = create_backbone("minilm").body.state_dict()

@@ -8,14 +8,16 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .api import Classifier
+    from .export.onnx import OnnxPredictor
     from .predict import Predictor
 
 
-def load(run_dir: Any, device: Any = None) -> Predictor:
-    """Load a run folder (`model.safetensors` + `graft.json`) for prediction."""
+def load(run_dir: Any, device: Any = None, runtime: str = "torch") -> Predictor | OnnxPredictor:
+    """Load a run folder (`model.safetensors` + `graft.json`) for prediction; an exported `.onnx`
+    file or `runtime="onnx"` predicts through onnxruntime with the same API."""
     from .predict import load as _load  # torch is imported on first use, not on `import graft`
 
-    return _load(run_dir, device)
+    return _load(run_dir, device, runtime)
 
 
 def __getattr__(name: str) -> Any:

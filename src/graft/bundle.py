@@ -1,7 +1,14 @@
-"""The run bundle: `model.safetensors` + `graft.json`. Writes are atomic; loading never unpickles."""
+"""The run bundle: `model.safetensors` + `graft.json` (+ asset folders such as `tokenizer/`).
+
+Writes are atomic (temp file + fsync + rename, with the user's umask) and loading never unpickles.
+Format 2 records the SHA-256 of every weight and asset file and a digest of the model-defining
+fields of graft.json (kept in the weights' own metadata too), and `verify_bundle` refuses any
+disagreement with one line naming the file. Format 1 bundles (no digests) still load.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -15,13 +22,39 @@ import torch
 
 from .errors import BundleError
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "graft.json"
+# the fields of graft.json that define what the weights compute and what their outputs mean
+MODEL_FIELDS = ("modality", "classes", "head", "backbone", "preprocessing")
+DIGEST_KEY = "graft.model_digest"  # in model.safetensors' metadata
+KNOWN_ASSETS = ("tokenizer",)  # asset folders a bundle may hold; a stale one is removed on save
+_CHUNK = 1 << 20
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # some platforms cannot open a folder
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via a temporary file in the same folder, then rename: readers never see half a file."""
+    """Write via a temporary file in the same folder, fsync it, then rename: readers (and a crash)
+    never see half a file. The file gets the user's umask (mkstemp alone would leave it 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -29,7 +62,11 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -59,6 +96,7 @@ def _save_folder(run_dir: Path, name: str, write: Callable[[Path], None]) -> Non
     """An asset folder (a tokenizer), written beside and swapped in whole (a rename, like atomic_write)."""
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=run_dir))
     try:
+        os.chmod(staging, 0o777 & ~_umask())
         write(staging)
         target = run_dir / name
         if target.exists():
@@ -70,6 +108,34 @@ def _save_folder(run_dir: Path, name: str, write: Callable[[Path], None]) -> Non
         shutil.rmtree(staging, ignore_errors=True)
 
 
+# --------------------------------------------------------------------------- digests
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 of the model-defining fields, as they read back from graft.json (canonical JSON)."""
+    fields = {k: meta.get(k) for k in MODEL_FIELDS}
+    canonical = json.dumps(json.loads(json.dumps(fields, default=str)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def bundle_files(run_dir: Path, assets: list[str]) -> dict[str, str]:
+    """relative path -> SHA-256 of the weights and of every file in the asset folders."""
+    files = {WEIGHTS_FILE: file_sha256(run_dir / WEIGHTS_FILE)}
+    for name in assets:
+        for p in sorted((run_dir / name).rglob("*")):
+            if p.is_file():
+                files[p.relative_to(run_dir).as_posix()] = file_sha256(p)
+    return files
+
+
 def save_bundle(
     run_dir: Path,
     model: torch.nn.Module,
@@ -77,28 +143,120 @@ def save_bundle(
     assets: dict[str, Callable[[Path], None]] | None = None,
 ) -> None:
     """Weights and asset folders (a text model's tokenizer/) first, metadata last: a folder with
-    graft.json always has matching weights."""
+    graft.json always has matching weights. graft.json records every file's SHA-256 and the
+    model-defining fields' digest, which the weights carry as well."""
     from safetensors.torch import save_file
 
+    run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    assets = assets or {}
+    digest = model_digest(meta)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata={"format": "pt"}))
-    for name, write in (assets or {}).items():
+    st_meta = {"format": "pt", DIGEST_KEY: digest}
+    atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata=st_meta))
+    for name, write in assets.items():
         _save_folder(run_dir, name, write)
-    write_json(run_dir / META_FILE, {"format": BUNDLE_FORMAT, **meta, "versions": library_versions()})
+    for stale in KNOWN_ASSETS:  # a replaced run must not leave another model's tokenizer behind
+        if stale not in assets and (run_dir / stale).is_dir():
+            shutil.rmtree(run_dir / stale)
+    integrity = {"model_digest": digest, "files": bundle_files(run_dir, sorted(assets))}
+    write_json(
+        run_dir / META_FILE,
+        {"format": BUNDLE_FORMAT, **meta, "integrity": integrity, "versions": library_versions()},
+    )
+
+
+# --------------------------------------------------------------------------- reading
 
 
 def read_meta(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / META_FILE
     if not path.is_file():
         raise BundleError(f"{run_dir} is not a graft run folder: {META_FILE} is missing")
-    meta = json.loads(path.read_text())
-    if meta.get("format", 0) > BUNDLE_FORMAT:
-        raise BundleError(f"{path} was written by a newer graft (format {meta['format']}); upgrade graft")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise BundleError(f"{path} is not valid JSON ({err}); restore it or train again") from None
+    if not isinstance(meta, dict):
+        raise BundleError(f"{path} is not a graft bundle description (a JSON object was expected)")
+    fmt = meta.get("format", 1)
+    if not isinstance(fmt, int) or fmt not in READABLE_FORMATS:
+        if isinstance(fmt, int) and fmt > BUNDLE_FORMAT:
+            versions = meta.get("versions")
+            wrote = (
+                versions.get("graft", "a newer version") if isinstance(versions, dict) else "a newer version"
+            )
+            raise BundleError(
+                f"{path} was written by graft {wrote} (bundle format {fmt}); this graft reads formats "
+                f"up to {BUNDLE_FORMAT}: upgrade graft to {wrote} or newer"
+            )
+        raise BundleError(f"{path} has an unknown bundle format {fmt!r}")
+    missing = [k for k in ("classes", "head", "preprocessing", "backbone") if k not in meta]
+    if missing:
+        raise BundleError(f"{path} lacks {', '.join(missing)}: restore it or train again")
     return meta
+
+
+def _weights_digest(path: Path) -> str | None:
+    from safetensors import safe_open
+
+    damaged = _damaged_errors()
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get(DIGEST_KEY)
+    except damaged as err:
+        raise BundleError(f"{path} is damaged ({_first_line(err)}); copy the bundle again") from None
+
+
+def _damaged_errors() -> tuple[type[BaseException], ...]:
+    from safetensors import SafetensorError
+
+    return (SafetensorError, OSError, RuntimeError, ValueError)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def verify_bundle(run_dir: Path, meta: dict[str, Any]) -> None:
+    """Refuse a bundle whose files or model-defining fields disagree with what was recorded.
+    Only what is recorded is checked: a format-1 bundle has no digests."""
+    run_dir = Path(run_dir)
+    weights = run_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise BundleError(f"{weights} is missing: copy the whole run folder")
+    integrity = meta.get("integrity")
+    if integrity is None:
+        return
+    if not isinstance(integrity, dict):
+        raise BundleError(f"{run_dir / META_FILE}: its integrity record is damaged")
+    for rel, expected in (integrity.get("files") or {}).items():
+        path = run_dir / rel
+        if not path.is_file():
+            raise BundleError(f"{path} is missing: copy the whole run folder")
+        if file_sha256(path) != expected:
+            raise BundleError(
+                f"{path} does not match the SHA-256 recorded in {META_FILE}: it was changed or damaged"
+            )
+    recorded = integrity.get("model_digest")
+    if recorded is None:
+        return
+    if model_digest(meta) != recorded or _weights_digest(weights) not in (None, recorded):
+        raise BundleError(
+            f"{run_dir / META_FILE}: its {', '.join(MODEL_FIELDS)} disagree with {WEIGHTS_FILE} "
+            "(edited after training); restore the original graft.json"
+        )
 
 
 def read_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    return load_file(str(Path(run_dir) / WEIGHTS_FILE))
+    path = Path(run_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise BundleError(f"{path} is missing: copy the whole run folder")
+    damaged = _damaged_errors()
+    try:
+        return load_file(str(path))
+    except damaged as err:  # a truncated or foreign file
+        raise BundleError(f"{path} is damaged ({_first_line(err)}); copy the bundle again") from None

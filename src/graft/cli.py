@@ -15,6 +15,11 @@ from typing import Any
 
 EXIT_USER_ERROR = 2
 EXIT_BUG = 1
+# compare: the training options that apply to every run it makes
+COMPARE_OPTIONS = (
+    "data", "test", "val", "data_root", "image_size", "val_fraction", "device", "text_column",
+    "label_column", "max_length", "time_budget", "batch_size",
+)
 # lr-find: the options that change what the range test measures
 LR_FIND_OPTIONS = (
     "data",
@@ -104,6 +109,12 @@ def _json_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
 
 
+def _column_flags(p: argparse.ArgumentParser) -> None:
+    """eval/predict on a table whose columns are named unlike the training table's."""
+    p.add_argument("--text-column", help="text model: the table's text column (default: the training one)")
+    p.add_argument("--label-column", help="text model: the table's label column (default: the training one)")
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -116,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a run folder on labelled images or a labelled text table")
     p.add_argument("run_dir", help="a run folder (graft.json + model.safetensors)")
     p.add_argument("data", help="labelled data of the same kind as the run's training data")
+    _column_flags(p)
     _json_flag(p)
     p = sub.add_parser("predict", help="predict labels for images or texts")
     p.add_argument("run_dir", help="a run folder (graft.json + model.safetensors)")
@@ -124,6 +136,7 @@ def _parser() -> argparse.ArgumentParser:
         "--input", help="text model: a .csv/.tsv/.jsonl (its text column) or .txt, one text per line"
     )
     p.add_argument("--top-k", type=int, default=1, help="labels per input, most probable first (default: 1)")
+    _column_flags(p)
     _json_flag(p)
     p = sub.add_parser("lr-find", help="learning-rate range test: plot and suggested --lr")
     add_config_arguments(p, only=LR_FIND_OPTIONS, defaults={"strategy": "linear"})
@@ -132,6 +145,31 @@ def _parser() -> argparse.ArgumentParser:
         "--out", default="lr-find", help="folder for lr_find.png and lr_find.json (default: lr-find)"
     )
     _json_flag(p)
+    p = sub.add_parser("export", help="export a run folder for another runtime (ONNX), checked for parity")
+    p.add_argument("run_dir", help="a run folder (graft.json + model.safetensors)")
+    p.add_argument("--format", default="onnx", help="export format (default: onnx)")
+    p.add_argument("--out", help="output file (default: RUN_DIR/model.onnx)")
+    p.add_argument(
+        "--samples", type=int, default=32, help="inputs the parity check compares on (default: 32)"
+    )
+    _json_flag(p)
+    p = sub.add_parser("report", help="write a run folder's report.html again (from its report.json)")
+    p.add_argument("run_dir", help="a run folder")
+    _json_flag(p)
+    p = sub.add_parser("compare", help="linear probe vs fine-tuning vs from scratch, at several data sizes")
+    add_config_arguments(p, only=COMPARE_OPTIONS)
+    p.add_argument(
+        "--labels-per-class", default="10,50,250,all", help="data sizes (default: 10,50,250,all)"
+    )
+    p.add_argument("--methods", default="linear,finetune,scratch", help="(default: linear,finetune,scratch)")
+    p.add_argument("--backbones", help="comma-separated backbones (default: the modality's)")
+    p.add_argument("--seeds", type=int, default=1, help="subsets drawn per size (default: 1)")
+    p.add_argument("--out", default="runs/compare", help="output folder (default: runs/compare)")
+    _json_flag(p)
+    p = sub.add_parser("serve", help="an HTTP prediction service and page for a run folder (extra serve)")
+    p.add_argument("run_dir", help="a run folder")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1: this machine)")
+    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
     p = sub.add_parser("backbones", help="list the built-in backbones")
     _json_flag(p)
     p = sub.add_parser("demo", help="pretrained vs from scratch on scikit-learn's digits, offline")
@@ -188,36 +226,105 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     from .evaluate import evaluate_folder
 
-    metrics = evaluate_folder(args.run_dir, args.data)
+    metrics = evaluate_folder(args.run_dir, args.data, args.text_column, args.label_column)
     if not args.json:
         print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  (n={metrics['n']})")
+        print(_per_class_table(metrics))
+        for pair in metrics["most_confused"]:
+            print(f"  {pair['true']} taken for {pair['predicted']}: {pair['count']}")
+        unknown = metrics["unknown_labels"]
+        if unknown:
+            listed = ", ".join(f"{label!r} ({n})" for label, n in unknown.items())
+            print(f"left out {sum(unknown.values())} row(s) with labels the model never saw: {listed}")
+        for s in metrics["skipped_files"]:
+            print(f"skipped {s['path']}: {s['reason']}", file=sys.stderr)
+        if metrics["skipped_files"]:
+            print(f"skipped {len(metrics['skipped_files'])} input(s); --json lists them")
     return metrics
+
+
+def _per_class_table(metrics: dict[str, Any]) -> str:
+    width = max([5, *(len(name) for name in metrics["per_class"])])
+    lines = [f"{'class':{width}}  precision  recall     F1  support"]
+    for name, m in metrics["per_class"].items():
+        lines.append(
+            f"{name:{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}"
+        )
+    return "\n".join(lines)
+
+
+EXIT_SOME_FAILED = 3  # predict: some inputs could not be read (the others were predicted)
 
 
 def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     from .errors import ConfigError
+    from .evaluate import with_columns
     from .predict import load
 
     model = load(args.run_dir)
-    inputs = list(args.inputs) + (_texts_from(args.input, model.meta) if args.input else [])
-    if not inputs:
-        raise ConfigError("nothing to predict: give image files or texts, or --input FILE")
-    proba = model.predict_proba(inputs)
-    k = max(1, min(args.top_k, len(model.classes_)))
-    rows = []
-    for source, p in zip(inputs, proba, strict=True):
-        top = p.argsort()[::-1][:k]
-        rows.append(
-            {
-                "input": source,
-                "predictions": [
-                    {"label": model.classes_[i], "probability": round(float(p[i]), 6)} for i in top
-                ],
-            }
+    meta = with_columns(model.meta, args.text_column, args.label_column)
+    one_file = len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
+    if _takes_strings(model) and not args.input and one_file:
+        warnings.warn(
+            f"{args.inputs[0]} is an existing file, classified here as a text: "
+            "use --input FILE to predict the texts in it",
+            stacklevel=1,
         )
-        if not args.json:
-            print(source + "\t" + "\t".join(f"{model.classes_[i]} {p[i]:.4f}" for i in top))
+    inputs, failed = _gather(args.inputs, model)
+    inputs += _texts_from(args.input, meta) if args.input else []
+    if not inputs and not failed:
+        raise ConfigError("nothing to predict: give image files or texts, or --input FILE")
+    proba, failures = model.predict_proba_or_skip(inputs) if inputs else (None, {})
+    k = max(1, min(args.top_k, len(model.classes_)))
+    rows = [{"input": given, "error": reason} for given, reason in failed]
+    for i, source in enumerate(inputs):
+        if i in failures:
+            rows.append({"input": str(source), "error": failures[i]})
+            continue
+        top = proba[i].argsort()[::-1][:k]
+        preds = [{"label": model.classes_[j], "probability": round(float(proba[i][j]), 6)} for j in top]
+        rows.append({"input": source, "predictions": preds})
+    _print_predictions(rows, args.json)
+    if any("error" in row for row in rows):
+        args.exit_status = EXIT_SOME_FAILED
     return rows
+
+
+def _print_predictions(rows: list[dict[str, Any]], as_json: bool) -> None:
+    """One line per input (stdout); each failure also on stderr, then how many failed."""
+    errors = [row for row in rows if "error" in row]
+    for row in rows:
+        if "error" in row:
+            print(f"error: {row['error']}", file=sys.stderr)
+        elif not as_json:
+            top = "\t".join(f"{p['label']} {p['probability']:.4f}" for p in row["predictions"])
+            print(f"{row['input']}\t{top}")
+    if errors:
+        print(f"graft: {len(errors)} of {len(rows)} input(s) could not be predicted", file=sys.stderr)
+
+
+def _takes_strings(model: Any) -> bool:
+    """Whether the model's inputs are strings themselves (texts), not paths to files."""
+    return bool(model.modality.accepts("\0 not a path"))
+
+
+def _gather(given: list[str], model: Any) -> tuple[list[Any], list[tuple[str, str]]]:
+    """Inputs to predict, and (argument, reason) for the arguments that give none: a missing
+    image file, a folder with no inputs in it."""
+    inputs: list[Any] = []
+    failed: list[tuple[str, str]] = []
+    for item in given:
+        path = Path(item)
+        if not path.exists() and not _takes_strings(model):
+            failed.append((item, f"{item}: no such file"))
+        elif path.is_dir():
+            found = model.modality.inputs_of_folder(path)
+            inputs += found
+            if not found:
+                failed.append((item, f"{item}: a folder with no {model.modality.unit} in it"))
+        else:
+            inputs.append(item)
+    return inputs, failed
 
 
 def _texts_from(path: str, meta: dict[str, Any]) -> list[str]:
@@ -225,6 +332,16 @@ def _texts_from(path: str, meta: dict[str, Any]) -> list[str]:
     from .data.text import read_text_column
 
     return read_text_column(path, meta.get("recipe", {}).get("text_column", "text"))
+
+
+def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
+    from .export import export
+
+    result = export(args.run_dir, args.format, args.out, samples=args.samples, log=_log_for(args))
+    if not args.json:
+        assets = f" + {result['assets']}/" if result["assets"] else ""
+        print(f"wrote {result['out']}{assets} ({result['bytes'] / 1e6:.1f} MB) in {result['seconds']:.1f}s")
+    return result
 
 
 def cmd_backbones(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -257,7 +374,10 @@ def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
         )
         print(f"  pretrained (ImageNet) + linear head : accuracy {t['accuracy']:.3f} in {t['seconds']:.0f}s")
         print(f"  same network from scratch           : accuracy {s['accuracy']:.3f} in {s['seconds']:.0f}s")
-        print("Same images, same architecture, same time budget: the gap is what pretraining gives.")
+        print(
+            f"Same images, same architecture; from scratch trained until validation accuracy stopped "
+            f"improving ({s['epochs']} epochs). The gap is what pretraining gives."
+        )
         print(f"Run folder: {result['run_dir']}  (total {time.perf_counter() - started:.0f}s)")
     return result
 
@@ -270,14 +390,64 @@ def cmd_lr_find(args: argparse.Namespace) -> dict[str, Any]:
     return find_lr(config, Path(args.out), steps=args.steps, log=_log_for(args))
 
 
+def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
+    from .report_html import write_report_html
+
+    path = write_report_html(args.run_dir)
+    if not args.json:
+        print(f"wrote {path}")
+    return {"report": str(path)}
+
+
+def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
+    from .compare import METHODS, CompareConfig, headline, parse_sizes, run_compare
+    from .errors import ConfigError
+
+    options = _config_options(args)
+    data, test = options.pop("data"), options.pop("test")
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = sorted(set(methods) - set(METHODS))
+    if unknown or not methods:
+        raise ConfigError(f"bad --methods {args.methods!r}: choose from {', '.join(METHODS)}")
+    backbones = tuple(b.strip() for b in args.backbones.split(",")) if args.backbones else (None,)
+    config = CompareConfig(
+        data, test, parse_sizes(args.labels_per_class), methods, backbones, args.seeds, args.out, options
+    )
+    summary = run_compare(config, log=_log_for(args))
+    if not args.json:
+        print(f"compare.json, learning_curve.png, accuracy_vs_time.png and report.html in {args.out}")
+    return headline(summary)
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from .serve import serve
+
+    print(f"serving {args.run_dir} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
+    serve(args.run_dir, host=args.host, port=args.port)
+
+
 COMMANDS = {
     "train": cmd_train,
+    "report": cmd_report,
+    "compare": cmd_compare,
+    "serve": cmd_serve,
     "eval": cmd_eval,
     "predict": cmd_predict,
+    "export": cmd_export,
     "backbones": cmd_backbones,
     "lr-find": cmd_lr_find,
     "demo": cmd_demo,
 }
+
+
+def _resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
+    """The exact command that continues an interrupted training run (its --out holds the checkpoint)."""
+    import shlex
+
+    if args.command != "train" or not getattr(args, "out", None):
+        return ""
+    command = ["graft", *(a for a in argv if a not in ("--resume", "--overwrite")), "--resume"]
+    return f"; the last checkpoint is kept in {args.out}, continue with: {shlex.join(command)}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +461,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"graft: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        print("graft: interrupted", file=sys.stderr)
+        hint = _resume_hint(args, sys.argv[1:] if argv is None else argv)
+        print(f"graft: interrupted{hint}", file=sys.stderr)
         return 130
     except Exception:
         import traceback
@@ -304,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_BUG
     if getattr(args, "json", False):
         print(json.dumps(result, default=str))
-    return 0
+    return getattr(args, "exit_status", 0)
 
 
 if __name__ == "__main__":

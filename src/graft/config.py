@@ -57,7 +57,9 @@ class TrainConfig:
         "see `graft backbones`; also any torchvision name, timm/<name>, hf/<hub id> or a local model "
         "folder (default: efficientnet_lite0 for images, minilm for text)",
     )
-    weights: str | None = option(None, "local .pth/.safetensors weights for --backbone")
+    weights: str | None = option(
+        None, "local .pth/.safetensors weights for --backbone, or `random` to train it from scratch"
+    )
     strategy: str = option(
         "auto",
         "auto: finetune when there are >= 20 examples per class and its default epochs fit the time "
@@ -130,6 +132,7 @@ class TrainConfig:
         None, "finish within this many seconds (also 30m, 1h)", parse=parse_duration, metavar="DURATION"
     )
     resume: bool = option(False, "continue the interrupted run in --out (same command)")
+    overwrite: bool = option(False, "replace the run already in --out (else it is refused)")
     device: str = option("auto", "auto (a CUDA GPU when present, else the CPU), cpu, cuda, cuda:N or mps")
     text_column: str = option(
         "text", "text: column(s) of a table holding the text: text, or title,body", group="text"
@@ -164,12 +167,24 @@ class TrainConfig:
             raise ConfigError("--train-groups must be at least 1; for the head alone use --strategy linear")
         if self.resume and not self.out:
             raise ConfigError("--resume needs the --out folder of the interrupted run")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "image_size", "max_length", "patience"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        if self.lr is not None and not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        for name in ("freeze_epochs", "adapt_lm"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+        for name in ("lr", "lr_mult", "lr_after_probe"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
 
 
 def config_fields() -> list[Any]:

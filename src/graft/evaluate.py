@@ -1,17 +1,60 @@
-"""`graft eval RUN_DIR DATA`: a saved model on labelled data of its modality, with the same metrics."""
+"""`graft eval RUN_DIR DATA`: a saved model on labelled data of its modality, with the same metrics.
+
+An input that cannot be read (a truncated JPEG) or a label the model never saw is counted and
+reported, and the evaluation goes on with the rest."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from .data.splits import SkippedFile
+from .errors import DataError
 from .metrics import classification_metrics
 from .predict import load
 
+_UNKNOWN = re.compile(r"label (.+) \((\d+) row\(s\)\) is not one of the model's classes")
 
-def evaluate_folder(run_dir: str | Path, data: str | Path) -> dict[str, Any]:
+
+def with_columns(meta: dict[str, Any], text_column: str | None, label_column: str | None) -> dict[str, Any]:
+    """The bundle's metadata with the table columns given on the command line (text models)."""
+    recipe = dict(meta.get("recipe") or {})
+    if text_column:
+        recipe["text_column"] = text_column
+    if label_column:
+        recipe["label_column"] = label_column
+    return meta | {"recipe": recipe}
+
+
+def evaluate_folder(
+    run_dir: str | Path,
+    data: str | Path,
+    text_column: str | None = None,
+    label_column: str | None = None,
+) -> dict[str, Any]:
     model = load(run_dir)
-    labelled, skipped = model.modality.read_labelled(data, model.meta, model.classes_)
-    proba = model.predict_proba(list(labelled.sources))
-    metrics = classification_metrics(labelled.labels, proba.argmax(1), model.classes_)
-    return metrics | {"skipped_files": [{"path": s.path, "reason": s.reason} for s in skipped]}
+    meta = with_columns(model.meta, text_column, label_column)
+    labelled, skipped = model.modality.read_labelled(data, meta, model.classes_)
+    sources = list(labelled.sources)
+    proba, failures = model.predict_proba_or_skip(sources)
+    skipped = list(skipped) + [SkippedFile(str(sources[i]), reason) for i, reason in sorted(failures.items())]
+    keep = np.array([i for i in range(len(sources)) if i not in failures], dtype=np.int64)
+    if not len(keep):
+        raise DataError(f"{data}: nothing to evaluate ({len(skipped)} input(s) skipped, none readable)")
+    metrics = classification_metrics(labelled.labels[keep], proba[keep].argmax(1), model.classes_)
+    return metrics | {
+        "skipped_files": [{"path": s.path, "reason": s.reason} for s in skipped],
+        "unknown_labels": _unknown_labels(skipped),
+    }
+
+
+def _unknown_labels(skipped: list[SkippedFile]) -> dict[str, int]:
+    """label -> rows, for the labels of the data that are none of the model's classes."""
+    found = {}
+    for s in skipped:
+        if m := _UNKNOWN.fullmatch(s.reason):
+            found[m.group(1).strip("'\"")] = int(m.group(2))
+    return found

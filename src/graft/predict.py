@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from .bundle import read_meta, read_weights
+from .bundle import read_meta, read_weights, verify_bundle
 from .compute import forward_all, resolve_device
-from .errors import BundleError
+from .errors import BundleError, ConfigError
 from .heads import GraftModel, HeadSpec, build_head
 from .modalities import get_modality
 from .modalities.base import InputPipeline, Modality
+
+if TYPE_CHECKING:
+    from .export.onnx import OnnxPredictor
 
 
 class Predictor:
@@ -53,6 +56,23 @@ class Predictor:
         logits = forward_all(self.model, self.pipeline.batches(items, batch_size, self.device), len(items))
         return logits.softmax(1).numpy()
 
+    def predict_proba_or_skip(
+        self, inputs: Any, batch_size: int = 64
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        """Like `predict_proba`, but an unreadable input does not stop the others: its row is NaN
+        and `failures` maps its position to a one-line reason."""
+        items = self.pipeline.as_list(inputs)
+        failures: dict[int, str] = {}
+        proba = np.full((len(items), len(self.classes_)), np.nan, np.float32)
+        if not items:
+            return proba, failures
+        batches = self.pipeline.batches(items, batch_size, self.device, on_failure=failures.__setitem__)
+        logits = forward_all(self.model, batches, len(items))
+        if logits.numel():
+            done = np.setdiff1d(np.arange(len(items)), np.fromiter(failures, int, len(failures)))
+            proba[done] = logits[torch.as_tensor(done)].softmax(1).numpy()
+        return proba, failures
+
     def predict(self, inputs: Any, batch_size: int = 64) -> list[str]:
         return [self.classes_[i] for i in self.predict_proba(inputs, batch_size).argmax(1)]
 
@@ -65,10 +85,24 @@ def build_model(meta: dict[str, Any]) -> GraftModel:
     return GraftModel(body, build_head(spec, width, len(meta["classes"])))
 
 
-def load(run_dir: str | Path, device: str | torch.device | None = None) -> Predictor:
-    """Rebuild a trained model from `model.safetensors` + `graft.json`; nothing is unpickled."""
+RUNTIMES = ("torch", "onnx")
+
+
+def load(
+    run_dir: str | Path, device: str | torch.device | None = None, runtime: str = "torch"
+) -> Predictor | OnnxPredictor:
+    """Rebuild a trained model from `model.safetensors` + `graft.json`; nothing is unpickled.
+    An exported `.onnx` file, or `runtime="onnx"`, predicts through onnxruntime instead (the same
+    `predict` / `predict_proba` / `preprocess` API; `graft.export.onnx`)."""
     run_dir = Path(run_dir)
+    if runtime not in RUNTIMES:
+        raise ConfigError(f"unknown runtime {runtime!r}: use {' or '.join(RUNTIMES)}")
+    if runtime == "onnx" or run_dir.suffix == ".onnx":
+        from .export.onnx import load_onnx
+
+        return load_onnx(run_dir, device)
     meta = read_meta(run_dir)
+    verify_bundle(run_dir, meta)
     modality = get_modality(meta.get("modality", "image"))
     model = build_model(meta)
     try:

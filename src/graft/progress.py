@@ -26,9 +26,10 @@ class Progress:
         if now - self.last >= self.every and self.done < self.total:
             self.last = now
             rate = self.done / max(now - self.started, 1e-9)
+            speed = f"{rate:.1f} {self.unit}/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.1f} s/{self.unit}"
             extra = f", {self.extra}" if self.extra else ""
             print(
-                f"{self.desc}: {self.done}/{self.total} {self.unit} ({rate:.1f} {self.unit}/s{extra})",
+                f"{self.desc}: {self.done}/{self.total} {self.unit} ({speed}{extra})",
                 file=sys.stderr,
                 flush=True,
             )

@@ -1,5 +1,5 @@
 """A trained run -> `report.json` (metrics, history, the config as asked and the plan as resolved),
-the bundle (`model.safetensors` + `graft.json`) and the plots."""
+the bundle (`model.safetensors` + `graft.json`), the plots and `report.html`."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 from .bundle import save_bundle, write_json
 from .heads import HeadSpec
 from .metrics import plot_confusion, plot_curves
+from .report_html import write_report_html
 from .training.recipes import Job, TrainResult
 
 
@@ -50,6 +51,7 @@ def build_report(job: Job, trained: TrainResult, seconds: float, adapted: dict |
         "skipped_files": [{"path": s.path, "reason": s.reason} for s in splits.skipped],
         "strategy_choice": {"chosen": plan.strategy, "reason": plan.strategy_reason},
         "kept": trained.kept,
+        "top_losses": trained.top_losses,
         "adapt_lm": adapted,
         "config": config.to_dict(),  # what was asked
         "plan": plan.to_dict(),  # what it resolved to
@@ -92,3 +94,4 @@ def save_run(job: Job, report: dict[str, Any], run_dir: Path | None = None) -> N
         "test" if report["test"] else "validation",
     )
     plot_curves(report["history"], run_dir / "curves.png")
+    write_report_html(run_dir)

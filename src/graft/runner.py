@@ -6,7 +6,10 @@ from the data, or given with in-memory splits) supplies everything input-specifi
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -42,6 +45,47 @@ def default_run_dir(backbone: str, strategy: str, data_name: str) -> Path:
     return Path("runs") / f"{data_name}-{backbone.replace('/', '_')}-{strategy}-{stamp}"
 
 
+RUN_MARKERS = ("graft.json", "checkpoint.json")  # a folder holding either is a run's folder
+MIN_FREE_BYTES = 64 << 20  # a bundle of a small backbone, its report and a checkpoint
+
+
+def preflight(config: TrainConfig) -> None:
+    """Before any compute: refuse an --out that holds another run (unless --overwrite or
+    --resume) or that cannot be written; one line each, naming the fix."""
+    if config.overwrite and config.resume:
+        raise ConfigError("--overwrite replaces the run in --out and --resume continues it: pass one")
+    if not config.out:
+        return  # a new, time-stamped folder under runs/
+    out = Path(config.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder: choose another --out")
+    held = [name for name in RUN_MARKERS if (out / name).is_file()]
+    if held and not (config.overwrite or config.resume):
+        raise ConfigError(
+            f"--out {out} already holds a run ({held[0]}): pass --overwrite to replace it, "
+            "--resume to continue it, or another --out"
+        )
+    if config.resume and not (out / "checkpoint.json").is_file():
+        warnings.warn(f"--resume: {out} holds no checkpoint, so training starts from the start", stacklevel=2)
+    _check_writable(out)
+
+
+def _check_writable(out: Path) -> None:
+    existing = next(p for p in (out, *out.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--out {out}: {existing} is a file, not a folder: choose another --out")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        raise ConfigError(f"--out {out} cannot be written ({err.strerror}): choose another --out") from None
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise ConfigError(
+            f"--out {out}: only {free / 1e6:.0f} MB free on its disk; free some space or choose another --out"
+        )
+
+
 def run(
     config: TrainConfig, log: Log = print, splits: DataSplits | None = None, modality: Modality | None = None
 ) -> RunResult:
@@ -50,6 +94,7 @@ def run(
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     config.check()
+    preflight(config)
     if modality is None:
         if splits is not None:
             raise ConfigError("in-memory splits need their modality (graft.modalities.get_modality)")
@@ -91,7 +136,10 @@ def run(
 
 def _backbone_for(config: TrainConfig, modality: Modality) -> Backbone:
     name = config.backbone or modality.default_backbone
-    backbone = create_backbone(name, weights=config.weights)
+    if config.weights == "random":  # from scratch: the architecture alone (graft compare's baseline)
+        backbone = create_backbone(name, pretrained=False)
+    else:
+        backbone = create_backbone(name, weights=config.weights)
     if backbone.modality != modality.name:
         raise ConfigError(
             f"--backbone {name} is a {backbone.modality} model but {config.data} holds "

@@ -52,7 +52,9 @@ def train_transform(prep: Preprocessing, augment: str) -> Callable[[torch.Tensor
         v2.RandomHorizontalFlip(),
     ]
     if augment == "strong":
-        steps.append(v2.TrivialAugmentWide(interpolation=mode))
+        # torchvision's tensor ops take NEAREST or BILINEAR only (a backbone's bicubic is refused)
+        trivial = mode if mode in (v2.InterpolationMode.NEAREST, v2.InterpolationMode.BILINEAR) else None
+        steps.append(v2.TrivialAugmentWide(interpolation=trivial or v2.InterpolationMode.BILINEAR))
     return v2.Compose(steps)
 
 

@@ -81,6 +81,7 @@ class EvalSet(Protocol):
     """Evaluation examples prepared once; batches are (input positions, inputs on the device)."""
 
     labels: torch.Tensor
+    sources: Sequence[Any]  # the examples behind the rows (unreadable ones left out)
 
     def __len__(self) -> int: ...
 
@@ -93,8 +94,15 @@ class InputPipeline(Protocol):
     """A bundle's input side: raw inputs (files, arrays, texts) -> batches the network takes."""
 
     def batches(
-        self, inputs: Sequence[Any], batch_size: int, device: torch.device
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+        self,
+        inputs: Sequence[Any],
+        batch_size: int,
+        device: torch.device,
+        on_failure: Callable[[int, str], None] | None = None,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(positions, model inputs); an input that cannot be read goes to `on_failure(position,
+        reason)` when given, else raises."""
+        ...
 
     def preprocess(self, inputs: Any) -> Any: ...
 
@@ -109,6 +117,10 @@ class Modality(Protocol):
 
     def inputs_in(self, path: Path) -> list[str]:
         """The files (or rows' file) under `path` this modality would read: detection counts them."""
+        ...
+
+    def inputs_of_folder(self, folder: Path) -> list[Any]:
+        """What `graft predict FOLDER` predicts: the inputs in the folder."""
         ...
 
     def accepts(self, item: Any) -> bool:
@@ -146,6 +158,10 @@ class Modality(Protocol):
     ) -> Features: ...
 
     def fingerprint(self, sources: Sequence[Any]) -> str: ...
+
+    def show(self, source: Any) -> dict[str, str]:
+        """One example as people see it in a report: {"image": data URI} or {"text": ...}."""
+        ...
 
     def bundle_extras(self, backbone: Any) -> dict[str, Any]:
         """What the bundle needs beyond weights to rebuild the body offline (a text encoder's config)."""

@@ -90,8 +90,8 @@ class _TrainingImages:
 
 
 class _EvalImages:
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, prep: Preprocessing):
-        self.images, self.labels, self.prep = images, labels, prep
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, prep: Preprocessing, sources: list[Any]):
+        self.images, self.labels, self.prep, self.sources = images, labels, prep, sources
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -121,14 +121,23 @@ class _ImageInputs:
         return list(inputs)
 
     def batches(
-        self, inputs: Sequence[Any], batch_size: int, device: torch.device
+        self,
+        inputs: Sequence[Any],
+        batch_size: int,
+        device: torch.device,
+        on_failure: Callable[[int, str], None] | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(positions, normalised images) per batch. An unreadable input raises `UnreadableImage`,
+        or, given `on_failure`, is reported to it (position, one-line reason) and left out."""
         inputs = self.as_list(inputs)
         workers = 0 if len(inputs) <= 4 * batch_size else None  # worker start-up costs more than small jobs
         for batch in iterate_batches(inputs, self.prep, batch_size, workers=workers):
-            if batch.failures:
+            if batch.failures and on_failure is None:
                 raise UnreadableImage(batch.failures[0][1])
-            yield batch.indices, normalize(batch.images.to(device), self.prep)
+            for index, reason in batch.failures:
+                on_failure(index, reason)  # type: ignore[misc]
+            if len(batch.indices):
+                yield batch.indices, normalize(batch.images.to(device), self.prep)
 
     def preprocess(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
         """The float32 NCHW array the network takes (resized, cropped, normalised)."""
@@ -159,6 +168,14 @@ class ImageModality:
                 os.path.join(dirpath, f) for f in filenames if Path(f).suffix.lower() in IMAGE_EXTENSIONS
             ]
         return found
+
+    def inputs_of_folder(self, folder: Path) -> list[str]:
+        """Every image file below `folder` (hidden ones left out), for `graft predict FOLDER`."""
+        return [
+            str(p)
+            for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        ]
 
     def accepts(self, item: Any) -> bool:
         if isinstance(item, Image.Image | np.ndarray):
@@ -211,17 +228,19 @@ class ImageModality:
     def eval_set(
         self, backbone: Any, prep: Preprocessing, data: Labelled, skipped: list[SkippedFile]
     ) -> _EvalImages:
-        parts, labels = [], []
+        parts, labels, sources = [], [], []
         for batch in iterate_batches(data.sources, prep, batch_size=128):
             skipped.extend(SkippedFile(str(data.sources[i]), r) for i, r in batch.failures)
             parts.append(batch.images)
             labels.append(torch.from_numpy(np.asarray(data.labels)[batch.indices.numpy()]))
+            sources += [data.sources[i] for i in batch.indices.tolist()]
         images = (
             torch.cat(parts)
             if parts
             else torch.zeros(0, 3, prep.input_size, prep.input_size, dtype=torch.uint8)
         )
-        return _EvalImages(images, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long), prep)
+        labels_tensor = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
+        return _EvalImages(images, labels_tensor, prep, sources)
 
     def encode(
         self,
@@ -270,6 +289,26 @@ class ImageModality:
             else:
                 h.update(np.ascontiguousarray(np.asarray(src)).tobytes())
         return h.hexdigest()
+
+    def show(self, source: Any, size: int = 96) -> dict[str, str]:
+        """An example for people (the report's highest-loss grid): a small JPEG as a data URI."""
+        import base64
+        import io
+
+        from ..data.images import load_rgb
+
+        try:
+            image = load_rgb(source)
+        except Exception:  # noqa: BLE001 - a file that vanished since training: show its name only
+            return {"name": str(source)}
+        image.thumbnail((size, size))
+        buffer = io.BytesIO()
+        image.save(buffer, format="JPEG", quality=85)
+        name = str(source) if isinstance(source, str | Path) else ""
+        return {
+            "image": "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode(),
+            "name": name,
+        }
 
     def bundle_extras(self, backbone: Any) -> dict[str, Any]:
         return {}

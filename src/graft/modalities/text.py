@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -133,9 +134,16 @@ class _TrainingTexts:
         return [(x, self.labels[typical].to(device))] * count
 
 
+def _listed(names: Any, limit: int = 8) -> str:
+    names = [str(n) for n in names]
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
 class _EvalTexts:
-    def __init__(self, ids: list[torch.Tensor], labels: np.ndarray, pad_id: int) -> None:
-        self.ids, self.labels, self.pad_id = ids, torch.as_tensor(labels), pad_id
+    def __init__(
+        self, ids: list[torch.Tensor], labels: np.ndarray, pad_id: int, sources: Sequence[Any]
+    ) -> None:
+        self.ids, self.labels, self.pad_id, self.sources = ids, torch.as_tensor(labels), pad_id, sources
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -160,9 +168,15 @@ class _TextInputs:
         return tokenize(self.tokenizer, self.as_list(inputs), self.prep.max_length)
 
     def batches(
-        self, inputs: Sequence[Any], batch_size: int, device: torch.device
+        self,
+        inputs: Sequence[Any],
+        batch_size: int,
+        device: torch.device,
+        on_failure: Callable[[int, str], None] | None = None,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return sorted_batches(self.preprocess(inputs), self.prep.pad_id, batch_size, device)
+        """Every text can be tokenised: `on_failure` (as for images) is never called."""
+        ids = self.preprocess(inputs)
+        return sorted_batches(ids, self.prep.pad_id, batch_size, device) if ids else iter(())
 
 
 class TextModality:
@@ -180,6 +194,11 @@ class TextModality:
             names = ("train", "dev", "val", "valid", "validation", "test")
             return [str(t) for name in names if (t := find_table(path, [name])) is not None]
         return [str(p) for p in sorted(path.glob(f"*/*{TEXT_FILE_SUFFIX}")) if not p.name.startswith(".")]
+
+    def inputs_of_folder(self, folder: Path) -> list[str]:
+        """The text of every .txt file below `folder`, for `graft predict FOLDER`."""
+        files = sorted(p for p in folder.rglob(f"*{TEXT_FILE_SUFFIX}") if not p.name.startswith("."))
+        return [p.read_text(encoding="utf-8-sig", errors="replace").strip() for p in files]
 
     def accepts(self, item: Any) -> bool:
         return isinstance(item, str)
@@ -211,14 +230,22 @@ class TextModality:
             path, split_columns(recipe.get("text_column", "text")), recipe.get("label_column", "label")
         )
         index = {c: i for i, c in enumerate(classes)}
-        skipped = list(table.skipped)
-        texts, labels = [], []
+        texts, labels, unknown = [], [], Counter()
         for text, label in zip(table.texts, table.labels, strict=True):
             if label in index:
                 texts.append(text)
                 labels.append(index[label])
             else:
-                skipped.append(SkippedFile(str(path), f"label {label!r} is not one of the model's classes"))
+                unknown[label] += 1
+        if unknown and not texts:
+            raise DataError(
+                f"{path}: none of its labels ({_listed(unknown)}) is one of the model's classes "
+                f"({_listed(classes)}); relabel the file, or check --label-column"
+            )
+        skipped = list(table.skipped) + [
+            SkippedFile(str(path), f"label {label!r} ({n} row(s)) is not one of the model's classes")
+            for label, n in sorted(unknown.items())
+        ]
         return Labelled(texts, np.asarray(labels, dtype=np.int64)), skipped
 
     def adaptation_corpus(self, config: Any, splits: DataSplits) -> list[str]:
@@ -257,9 +284,8 @@ class TextModality:
     def eval_set(
         self, backbone: Any, prep: TextPreprocessing, data: Labelled, skipped: list[SkippedFile]
     ) -> _EvalTexts:
-        return _EvalTexts(
-            tokenize(backbone.tokenizer, data.sources, prep.max_length), data.labels, prep.pad_id
-        )
+        ids = tokenize(backbone.tokenizer, data.sources, prep.max_length)
+        return _EvalTexts(ids, data.labels, prep.pad_id, data.sources)
 
     def encode(
         self,
@@ -286,6 +312,11 @@ class TextModality:
         for text in sources:
             h.update(str(text).encode("utf-8", "surrogatepass") + b"\x00")
         return h.hexdigest()
+
+    def show(self, source: Any, limit: int = 400) -> dict[str, str]:
+        """An example for people (the report's highest-loss table): the text, cut at `limit` characters."""
+        text = str(source)
+        return {"text": text if len(text) <= limit else text[: limit - 1] + "…"}
 
     def bundle_extras(self, backbone: Any) -> dict[str, Any]:
         # the encoder's config: the bundle rebuilds it with no hub access

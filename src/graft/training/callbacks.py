@@ -32,6 +32,29 @@ class Evaluate(Callback):
         row.update(validation_row(logits, self.eval_set.labels, self.classes))
 
 
+class PreciseBN(Callback):
+    """BatchNorm statistics recomputed exactly on un-augmented training inputs after each epoch,
+    before evaluation ("precise BN", Wu & Johnson 2021, "Rethinking Batch in BatchNorm"): a network
+    trained from scratch for a few hundred steps has running averages still far from the
+    statistics of its current weights, and evaluates near chance with them."""
+
+    def __init__(self, inputs: Callable[[], Any]) -> None:
+        self.inputs = inputs  # () -> iterator of input batches on the model's device
+
+    @torch.no_grad()
+    def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
+        norms = [m for m in loop.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the pass
+        loop.model.train()
+        for x in self.inputs():
+            loop.model(x)
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+
+
 class Checkpoint(Callback):
     """Restore a checkpoint when resuming; save model + optimizer + state after every epoch."""
 

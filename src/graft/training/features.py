@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -64,7 +66,10 @@ def cached_features(
     from safetensors.numpy import load_file, save_file
 
     key = cache_key(modality, backbone, prep, sources, flip)
-    path = (directory or cache_dir()) / "features" / f"{key}.safetensors"
+    folder = (directory or cache_dir()) / "features"
+    path = folder / f"{key}.safetensors"
+    if not _usable(folder):
+        return modality.encode(backbone, prep, sources, flip=flip, batch_size=batch_size, desc=desc)
     if path.is_file():
         try:
             data = load_file(str(path))
@@ -80,12 +85,42 @@ def cached_features(
             path.unlink(missing_ok=True)
     feats = modality.encode(backbone, prep, sources, flip=flip, batch_size=batch_size, desc=desc)
     blob = np.frombuffer(json.dumps(feats.failures).encode(), dtype=np.uint8).copy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(
-        path,
-        lambda tmp: save_file(
-            {"values": feats.values, "ok": feats.ok.astype(np.uint8), "failures_json": blob},
-            str(tmp),
-        ),
-    )
+    try:
+        atomic_write(
+            path,
+            lambda tmp: save_file(
+                {"values": feats.values, "ok": feats.ok.astype(np.uint8), "failures_json": blob},
+                str(tmp),
+            ),
+        )
+    except OSError as err:  # full, or made read-only meanwhile: the features are still good
+        _warn_unusable(folder, err)
     return feats
+
+
+_warned: set[Path] = set()
+
+
+def _usable(folder: Path) -> bool:
+    """Whether the cache folder exists or can be made, and takes a file. If not, one warning
+    (naming GRAFT_CACHE_DIR) and training goes on without the cache."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        _warn_unusable(folder, err)
+        return False
+    return True
+
+
+def _warn_unusable(folder: Path, err: OSError) -> None:
+    if folder in _warned:
+        return
+    _warned.add(folder)
+    reason = err.strerror or type(err).__name__
+    warnings.warn(
+        f"the feature cache {folder} cannot be written ({reason}): training without it; "
+        "set GRAFT_CACHE_DIR to a writable folder to cache features",
+        stacklevel=3,
+    )

@@ -105,8 +105,11 @@ def clock_schedule(deadline: float) -> Schedule:
     def schedule(loop: Loop, i: int) -> float:
         if loop.cfg.cycle == "epoch":
             return step_schedule(loop, i)
-        progress = (time.perf_counter() - loop.started) / max(deadline - loop.started, 1e-9)
-        return loop.cfg.lr * one_cycle(progress, loop.cfg.pct_start)
+        clock = (time.perf_counter() - loop.started) / max(deadline - loop.started, 1e-9)
+        # whichever comes first, the deadline or the planned steps (an epoch cap set from a slow
+        # timing ends training before the deadline): the LR has annealed when training stops
+        steps = loop.state.step / max(1, loop.cfg.epochs * loop.steps_per_epoch)
+        return loop.cfg.lr * one_cycle(max(clock, steps), loop.cfg.pct_start)
 
     return schedule
 

@@ -37,6 +37,7 @@ from .callbacks import (
     EpochLog,
     Evaluate,
     KeepBest,
+    PreciseBN,
     ProgressBar,
     StepTimer,
 )
@@ -46,6 +47,7 @@ from .loop import Batch, LoopConfig, clock_schedule, fit, step_schedule
 
 Log = Callable[[str], None]
 MIN_HEAD_STEPS = 500  # a head on cached features trains for at least this many steps (milliseconds each)
+PRECISE_BN_EXAMPLES = 1024  # training inputs that BatchNorm statistics are recomputed from
 
 
 @dataclass
@@ -76,6 +78,7 @@ class TrainResult:
     cache_hit: bool = False
     phases: list[str] = field(default_factory=list)  # one summary line per phase
     kept: dict[str, Any] | None = None  # which epoch's weights the model holds, and why
+    top_losses: list[dict[str, Any]] = field(default_factory=list)  # validation examples most wrong
     scratch_files: list[Path] = field(default_factory=list)  # to remove once the bundle is written
 
 
@@ -123,6 +126,30 @@ def loop_config(
 def metrics_of(model: nn.Module, eval_set: Any, classes: Sequence[str]) -> dict[str, Any]:
     logits = forward_all(model, eval_set.batches(module_device(model)), len(eval_set))
     return classification_metrics(eval_set.labels.numpy(), logits.argmax(1).numpy(), classes)
+
+
+def highest_losses(
+    model: nn.Module, eval_set: Any, classes: Sequence[str], modality: Modality, count: int = 12
+) -> list[dict[str, Any]]:
+    """fastai's top losses: the validation examples the model gets most wrong, for the report."""
+    if not len(eval_set):
+        return []
+    logits = forward_all(model, eval_set.batches(module_device(model)), len(eval_set))
+    losses = nn.functional.cross_entropy(logits, eval_set.labels, reduction="none")
+    proba = logits.softmax(1)
+    rows = []
+    for i in losses.argsort(descending=True)[:count].tolist():
+        predicted = int(proba[i].argmax())
+        rows.append(
+            {
+                "example": modality.show(eval_set.sources[i]),
+                "true": classes[int(eval_set.labels[i])],
+                "predicted": classes[predicted],
+                "probability": round(float(proba[i, predicted]), 4),
+                "loss": round(float(losses[i]), 4),
+            }
+        )
+    return rows
 
 
 def time_steps(
@@ -182,8 +209,8 @@ def finetune_epochs(
 class _FeatureSet:
     """Cached features as an evaluation set (the loop's Evaluate callback and final metrics)."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self.x, self.labels = x, y
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, sources: Sequence[Any] = ()) -> None:
+        self.x, self.labels, self.sources = x, y, sources
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -264,7 +291,9 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
     feats = _features(job, both, "train+val")
     in_train = np.arange(len(both)) < len(splits.train)
     x_train, y_train = _usable(_rows(feats, in_train), splits.train, splits.skipped, unit)
-    x_val, y_val = _usable(_rows(feats, ~in_train), splits.val, splits.skipped, unit)
+    val_rows = _rows(feats, ~in_train)
+    x_val, y_val = _usable(val_rows, splits.val, splits.skipped, unit)
+    val_sources = [splits.val.sources[i] for i in np.flatnonzero(val_rows.ok)]
     require_every_class(y_train.tolist(), splits.classes, unit)
     head[0].fit(x_train.to(job.device))
     batch_size, epochs, note = head_schedule(config, plan, len(y_train))
@@ -273,7 +302,7 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
         plan.notes.append(f"{phase}: {note}")
     loop = loop_config(config, plan, epochs, y_train, len(splits.classes))
     x_dev, y_dev = x_train.to(job.device), y_train.to(job.device)
-    val_set = _FeatureSet(x_val, y_val)
+    val_set = _FeatureSet(x_val, y_val, val_sources)
 
     def batches(epoch: int) -> Iterator[Batch]:
         order = torch.randperm(
@@ -309,6 +338,7 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
         extract_seconds=feats.seconds,
         cache_hit=feats.cached,
     )
+    result.top_losses = highest_losses(head, val_set, splits.classes, job.modality)
     last = history[-1]
     result.kept = {
         "epoch": last["epoch"],
@@ -387,7 +417,7 @@ def head_phase(plan: Plan, epochs: int, probed: bool) -> tuple[dict[str, int], i
 
 def resume_key(config: TrainConfig, plan: Plan) -> dict[str, Any]:
     """The settings a checkpoint must share with the command that resumes it."""
-    skip = {"resume", "out", "test", "time_budget", "device"}
+    skip = {"resume", "overwrite", "out", "test", "time_budget", "device"}
     return {k: v for k, v in config.to_dict().items() if k not in skip} | {"strategy": plan.strategy}
 
 
@@ -443,6 +473,9 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
             f"{deadline - job.started:.0f}s, the schedule follows the clock"
         )
     checkpointer = Checkpointer(job.run_dir, resume_key(config, plan), resume=config.resume)
+    precise_bn = []
+    if config.weights == "random" and config.bn == "trainable":  # from scratch: see PreciseBN
+        precise_bn = [PreciseBN(lambda: train_set.plain_inputs(PRECISE_BN_EXAMPLES, device))]
     best_path = job.run_dir / "best.safetensors"
     keep = KeepBest(probe.val["accuracy"] if probe is not None else None, best_path, resume=config.resume)
     t_train = time.perf_counter()
@@ -454,6 +487,7 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
         steps_per_epoch,
         loop,
         callbacks=[
+            *precise_bn,
             Evaluate(val_set, splits.classes),
             keep,
             ProgressBar("fine-tuning", loop.epochs * steps_per_epoch),
@@ -474,6 +508,7 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
         train_seconds=train_seconds,
         kept=kept,
         scratch_files=[best_path],
+        top_losses=highest_losses(model, val_set, splits.classes, modality),
     )
     if history:
         curve = " -> ".join(format(row["val_accuracy"], ".4f") for row in history)

@@ -1,0 +1,265 @@
+"""`graft compare DATA`: does transfer pay off on *your* data? Each method at each data size, on the
+same stratified, seeded subsets, tested on one fixed test set; a learning curve, accuracy against
+time and a self-contained report.html.
+
+Methods: `linear` (frozen pretrained features + a trained head), `finetune` (graft's LP-FT recipe),
+`scratch` (the same architecture from random weights: the honest baseline, trained until validation
+accuracy stops improving but never for fewer epochs than fine-tuning, with the same augmentation,
+BatchNorm statistics of its own and one learning rate for every layer).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import TrainConfig
+from .data.images import stratified_subset
+from .data.splits import DataSplits, Labelled, stratified_split
+from .errors import ConfigError
+from .modalities import Modality, detect
+
+METHODS = ("linear", "finetune", "scratch")
+SCRATCH_MAX_EPOCHS = 30  # one-cycle over 30 epochs: warm-up for 7, then annealing
+SCRATCH_PATIENCE = 5
+TEST_FRACTION = 0.2  # without --test, this stratified share of DATA (seed 0) is the fixed test set
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    data: str
+    test: str | None = None
+    labels_per_class: tuple[int | None, ...] = (10, 50, 250, None)  # None: all
+    methods: tuple[str, ...] = METHODS
+    backbones: tuple[str | None, ...] = (None,)  # None: the modality's default
+    seeds: int = 1
+    out: str = "runs/compare"
+    options: dict[str, Any] | None = None  # any other `graft train` option (image_size, time_budget, ...)
+
+
+def parse_sizes(text: str) -> tuple[int | None, ...]:
+    sizes: list[int | None] = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part == "all":
+            sizes.append(None)
+        elif part.isdigit() and int(part) > 0:
+            sizes.append(int(part))
+        else:
+            raise ConfigError(
+                f"bad --labels-per-class {text!r}: use positive integers and 'all', e.g. 10,50,all"
+            )
+    return tuple(sizes)
+
+
+def method_config(base: TrainConfig, method: str, finetune_epochs: int) -> TrainConfig:
+    if method == "linear":
+        return replace(base, strategy="linear")
+    if method == "finetune":
+        return replace(base, strategy="finetune")
+    if method == "scratch":
+        # no probe (random features), no discriminative rates, BatchNorm learns its own statistics;
+        # patience >= fine-tuning's epochs: never fewer steps than fine-tuning
+        return replace(
+            base,
+            strategy="finetune",
+            weights="random",
+            freeze_epochs=0,
+            lr_mult=1.0,
+            bn="trainable",
+            epochs=max(SCRATCH_MAX_EPOCHS, finetune_epochs + 1),
+            patience=max(SCRATCH_PATIENCE, finetune_epochs),
+        )
+    raise ConfigError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+
+
+def _fixed_splits(config: CompareConfig, modality: Modality) -> DataSplits:
+    """Training pool, validation and a fixed test: --test, the data's own test split, or a held-out share."""
+    options = dict(config.options or {})
+    splits = modality.load_splits(TrainConfig(data=config.data, test=config.test, **options))
+    if splits.test is not None:
+        return splits
+    train_idx, test_idx = stratified_split(splits.train.labels, TEST_FRACTION, 0, str(config.data))
+    return replace(splits, train=splits.train.subset(train_idx), test=splits.train.subset(test_idx))
+
+
+def subset(pool: Labelled, per_class: int | None, seed: int) -> Labelled:
+    if per_class is None:
+        return pool
+    smallest = int(np.bincount(pool.labels).min())
+    return pool.subset(stratified_subset(pool.labels, min(per_class, smallest), seed))
+
+
+def run_compare(config: CompareConfig, log: Log = print) -> dict[str, Any]:
+    from .runner import run
+    from .training.recipes import finetune_epochs
+
+    modality = detect(config.data).modality
+    splits = _fixed_splits(config, modality)
+    out = Path(config.out)
+    rows: list[dict[str, Any]] = []
+    for backbone in config.backbones:
+        base = TrainConfig(data=config.data, backbone=backbone, **dict(config.options or {}))
+        for per_class in config.labels_per_class:
+            for seed in range(config.seeds):
+                train = subset(splits.train, per_class, seed)
+                data = replace(splits, train=train, skipped=[])
+                batch = modality.defaults.strategies["finetune"].batch_size
+                ft_epochs = finetune_epochs(base, modality, "finetune", len(train), base.batch_size or batch)
+                for method in config.methods:
+                    name = f"{method}-{per_class or 'all'}-seed{seed}" + (
+                        f"-{backbone.replace('/', '_')}" if backbone else ""
+                    )
+                    run_config = replace(
+                        method_config(base, method, ft_epochs), seed=seed, out=str(out / name), overwrite=True
+                    )
+                    started = time.perf_counter()
+                    result = run(run_config, log=lambda line: None, splits=data, modality=modality)
+                    report = result.report
+                    row = {
+                        "method": method,
+                        "backbone": report["backbone"]["name"],
+                        "labels_per_class": per_class or int(np.bincount(train.labels).min()),
+                        "all": per_class is None,
+                        "seed": seed,
+                        "train_examples": len(train),
+                        "test_accuracy": report["test"]["accuracy"],
+                        "validation_accuracy": report["validation"]["accuracy"],
+                        "epochs": len(report["history"]),
+                        "seconds": time.perf_counter() - started,
+                        "run_dir": str(result.run_dir),
+                    }
+                    rows.append(row)
+                    log(
+                        f"{method:9} {row['labels_per_class']:>6} per class, seed {seed}: test accuracy "
+                        f"{row['test_accuracy']:.4f} in {row['seconds']:.0f}s ({row['epochs']} epochs)"
+                    )
+    summary = {
+        "data": str(config.data),
+        "modality": modality.name,
+        "test_examples": len(splits.test),
+        "validation_examples": len(splits.val),
+        "rows": rows,
+    }
+    write_outputs(summary, out)
+    return summary
+
+
+def _mean_by(rows: Sequence[dict[str, Any]], key: tuple[str, ...]) -> dict[tuple, list[float]]:
+    groups: dict[tuple, list[float]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in key), []).append(row["test_accuracy"])
+    return groups
+
+
+def write_outputs(summary: dict[str, Any], out: Path) -> None:
+    from .bundle import write_json
+    from .metrics import _pyplot
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "compare.json", summary)
+    rows = summary["rows"]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for (method, backbone), _ in _mean_by(rows, ("method", "backbone")).items():
+        mine = [r for r in rows if r["method"] == method and r["backbone"] == backbone]
+        sizes = sorted({r["labels_per_class"] for r in mine})
+        accs = [[r["test_accuracy"] for r in mine if r["labels_per_class"] == n] for n in sizes]
+        label = method if len({r["backbone"] for r in rows}) == 1 else f"{method} ({backbone})"
+        ax.errorbar(
+            sizes,
+            [np.mean(a) for a in accs],
+            yerr=[np.std(a) for a in accs],
+            marker="o",
+            capsize=3,
+            label=label,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled examples per class")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("learning curve")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "learning_curve.png", dpi=120)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for method in sorted({r["method"] for r in rows}):
+        mine = [r for r in rows if r["method"] == method]
+        ax.scatter([r["seconds"] for r in mine], [r["test_accuracy"] for r in mine], label=method)
+        for r in mine:
+            ax.annotate(str(r["labels_per_class"]), (r["seconds"], r["test_accuracy"]), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("wall seconds (labels per class beside each point)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("accuracy against time")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "accuracy_vs_time.png", dpi=120)
+    plt.close(fig)
+    write_compare_html(summary, out)
+
+
+def write_compare_html(summary: dict[str, Any], out: Path) -> None:
+    from .bundle import atomic_write
+    from .report_html import STYLE, _e, _table, embed_png
+
+    rows = summary["rows"]
+    table = _table(
+        [
+            "method",
+            "backbone",
+            "labels/class",
+            "seed",
+            "test accuracy",
+            "validation accuracy",
+            "epochs",
+            "seconds",
+        ],
+        [
+            [
+                r["method"],
+                r["backbone"],
+                r["labels_per_class"],
+                r["seed"],
+                f"{r['test_accuracy']:.4f}",
+                f"{r['validation_accuracy']:.4f}",
+                r["epochs"],
+                f"{r['seconds']:.0f}",
+            ]  # fmt: skip
+            for r in rows
+        ],
+        2,
+    )
+    page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>graft compare</title>
+<style>{STYLE}</style></head><body><h1>graft compare: {_e(summary["data"])}</h1>
+<p class="muted">{_e(summary["modality"])} · {summary["test_examples"]} test examples (fixed) ·
+{summary["validation_examples"]} validation examples</p>
+<h2>Learning curve</h2>{embed_png(out / "learning_curve.png", "learning curve")}
+<h2>Accuracy against time</h2>{embed_png(out / "accuracy_vs_time.png", "accuracy against time")}
+<h2>Every run</h2>{table}</body></html>
+"""
+    atomic_write(out / "report.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
+
+
+def headline(summary: dict[str, Any]) -> dict[str, Any]:
+    """Mean test accuracy per method and data size, for `--json`."""
+    means = _mean_by(summary["rows"], ("method", "labels_per_class"))
+    return {
+        "test_examples": summary["test_examples"],
+        "results": [
+            {"method": m, "labels_per_class": n, "test_accuracy": float(np.mean(a)), "seeds": len(a)}
+            for (m, n), a in means.items()
+        ],
+    }
+
+
+def load_summary(out: Path) -> dict[str, Any]:
+    return json.loads((out / "compare.json").read_text())

@@ -1,0 +1,80 @@
+"""Exporters by format name: `export(run_dir, "onnx", out)` turns a run folder into a model another
+runtime can serve. One file per format registers itself here (`onnx.py`); the format's own packages
+are imported only when it runs, so `graft export --help` and a missing extra stay cheap.
+
+Adding a format is one file that calls `register_exporter` plus its name in `_BUILTIN`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, GraftError
+
+Log = Callable[[str], None]
+
+_BUILTIN = ("onnx",)  # modules of this package that register a format
+
+
+class ExportError(GraftError, RuntimeError):
+    """An export that ran but cannot be trusted (a failed parity check); nothing was written."""
+
+
+@dataclass(frozen=True)
+class Exporter:
+    name: str  # the --format value
+    suffix: str  # the output file's suffix, e.g. ".onnx"
+    export: Callable[..., dict[str, Any]]  # (run_dir, out, *, samples, log) -> summary
+    description: str
+
+
+_REGISTRY: dict[str, Exporter] = {}
+
+
+def register_exporter(exporter: Exporter) -> Exporter:
+    if exporter.name in _REGISTRY:
+        raise ValueError(f"export format {exporter.name!r} is already registered")
+    _REGISTRY[exporter.name] = exporter
+    return exporter
+
+
+def _load_builtins() -> None:
+    for name in _BUILTIN:
+        importlib.import_module(f"{__name__}.{name}")  # each registers itself on import
+
+
+def formats() -> list[str]:
+    _load_builtins()
+    return sorted(_REGISTRY)
+
+
+def get_exporter(name: str) -> Exporter:
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown export format {name!r}; graft exports to: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def export(
+    run_dir: str | Path,
+    format: str = "onnx",
+    out: str | Path | None = None,
+    *,
+    samples: int = 32,
+    log: Log | None = None,
+) -> dict[str, Any]:
+    """Export a run folder; `out` defaults to `RUN_DIR/model<suffix>`. Returns a summary (the
+    output path, the parity figure and where its samples came from, sizes, seconds)."""
+    exporter = get_exporter(format)
+    run_dir = Path(run_dir)
+    target = Path(out) if out else run_dir / f"model{exporter.suffix}"
+    if target.suffix != exporter.suffix:
+        raise ConfigError(f"--out {target} must end in {exporter.suffix} for --format {format}")
+    return exporter.export(run_dir, target, samples=samples, log=log or (lambda line: None))
+
+
+__all__ = ["ExportError", "Exporter", "export", "formats", "get_exporter", "register_exporter"]

@@ -1,0 +1,115 @@
+"""`graft serve RUN_DIR`: a small prediction service on FastAPI + uvicorn (extra `serve`).
+
+- `POST /predict`: an image as the multipart field `file`, or JSON `{"texts": [...]}`; answers the
+  classes and probabilities as JSON. Oversized uploads (413), non-images (415) and inputs of the
+  wrong modality (400) get a 4xx with a message; the server keeps serving.
+- `GET /`: a page where a person drops an image (or types a text) and sees the top classes as bars.
+- `GET /health`: the model's classes and modality.
+Binds to 127.0.0.1 unless told otherwise: a model is not published to the network by accident.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at
+# runtime, and `Request` is imported inside create_app (the extra is optional).
+import html
+import io
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_TEXTS = 256
+TOP_K = 5
+
+
+def _require_serve() -> Any:
+    try:
+        import fastapi
+        import python_multipart  # noqa: F401 - FastAPI needs it for form uploads
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ConfigError("graft serve needs the `serve` extra: pip install 'graft-learn[serve]'") from None
+    return fastapi
+
+
+def _ranked(model: Any, proba: Any) -> list[dict[str, Any]]:
+    order = proba.argsort()[::-1][: min(TOP_K, len(model.classes_))]
+    return [{"label": model.classes_[i], "probability": round(float(proba[i]), 6)} for i in order]
+
+
+def create_app(run_dir: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> Any:
+    """The FastAPI app for one run folder (the model is loaded once, here)."""
+    fastapi = _require_serve()
+    from fastapi import Request
+    from fastapi.responses import HTMLResponse, JSONResponse
+    from PIL import Image, UnidentifiedImageError
+
+    from .predict import load
+
+    model = load(run_dir)
+    modality = model.modality.name
+    app = fastapi.FastAPI(title="graft", docs_url=None, redoc_url=None)
+
+    def error(status: int, message: str) -> JSONResponse:
+        return JSONResponse({"error": message}, status_code=status)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"modality": modality, "classes": list(model.classes_)}
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        page = resources.files("graft").joinpath("serve_page.html").read_text(encoding="utf-8")
+        return page.replace("__MODALITY__", modality).replace("__TITLE__", html.escape(Path(run_dir).name))
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Any:
+        size = int(request.headers.get("content-length") or 0)
+        if size > max_upload_bytes:
+            return error(413, f"upload of {size} bytes is over the {max_upload_bytes}-byte limit")
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("application/json"):
+            try:
+                body = json.loads(await request.body())
+            except json.JSONDecodeError as err:
+                return error(400, f"the JSON body does not parse ({err.msg})")
+            texts = body.get("texts") if isinstance(body, dict) else None
+            if modality != "text":
+                return error(400, 'this is an image model: send an image as the multipart field "file"')
+            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+                return error(400, 'send {"texts": ["a text", ...]}: a non-empty list of strings')
+            if len(texts) > MAX_TEXTS:
+                return error(413, f"{len(texts)} texts in one request; at most {MAX_TEXTS}")
+            proba = model.predict_proba(texts)
+            rows = [{"input": t, "top": _ranked(model, p)} for t, p in zip(texts, proba, strict=True)]
+            return {"predictions": rows}
+        if not kind.startswith("multipart/form-data"):
+            return error(415, 'send an image as the multipart field "file", or JSON {"texts": [...]}')
+        if modality != "image":
+            return error(400, 'this is a text model: send JSON {"texts": ["a text", ...]}')
+        form = await request.form()
+        upload = form.get("file")
+        if upload is None or not hasattr(upload, "read"):
+            return error(400, 'no multipart field "file" with an image')
+        data = await upload.read(max_upload_bytes + 1)
+        if len(data) > max_upload_bytes:
+            return error(413, f"the image is over the {max_upload_bytes}-byte limit")
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                picture = image.copy()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            return error(415, f"{upload.filename or 'the upload'} is not an image Pillow can read ({err})")
+        proba = model.predict_proba([picture])[0]
+        return {"predictions": [{"input": upload.filename, "top": _ranked(model, proba)}]}
+
+    return app
+
+
+def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
+    app = create_app(run_dir)
+    import uvicorn
+
+    uvicorn.run(app, host=host, port=port, log_level="warning")
