@@ -27,7 +27,7 @@ BACKBONE = get_modality("image").default_backbone
 TEST_PER_CLASS = 50  # fixed held-out set: 500 images, the same for every --labels-per-class
 TEST_SEED = 12345
 SCRATCH_BATCH = 32  # 100 images: three steps an epoch for the network trained from scratch
-SCRATCH_EPOCHS = 20  # at most; it stops earlier when validation accuracy stops improving
+SCRATCH_EPOCHS = 15  # at most; it stops earlier when validation accuracy stops improving
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,7 @@ def clock_schedule(deadline: float) -> Schedule:
         clock = (time.perf_counter() - loop.started) / max(deadline - loop.started, 1e-9)
         # whichever comes first, the deadline or the planned steps (an epoch cap set from a slow
         # timing ends training before the deadline): the LR has annealed when training stops
-        steps = loop.state.step / max(1, loop.cfg.epochs * loop.steps_per_epoch)
+        steps = (loop.state.step + 1) / max(1, loop.cfg.epochs * loop.steps_per_epoch)  # this step's end
         return loop.cfg.lr * one_cycle(max(clock, steps), loop.cfg.pct_start)
 
     return schedule
