@@ -21,6 +21,7 @@ from .errors import ConfigError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_TEXTS = 256
+HOW_TO_SEND = {"file": 'an image as the multipart field "file"', "texts": 'JSON {"texts": ["a text", ...]}'}
 TOP_K = 5
 
 
@@ -50,6 +51,8 @@ def create_app(run_dir: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
 
     model = load(run_dir)
     modality = model.modality.name
+    takes = model.modality.request_field  # "file" (an uploaded image) or "texts" (a JSON list)
+    how = HOW_TO_SEND[takes]
     app = fastapi.FastAPI(title="graft", docs_url=None, redoc_url=None)
 
     def error(status: int, message: str) -> JSONResponse:
@@ -62,7 +65,7 @@ def create_app(run_dir: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         page = resources.files("graft").joinpath("serve_page.html").read_text(encoding="utf-8")
-        return page.replace("__MODALITY__", modality).replace("__TITLE__", html.escape(Path(run_dir).name))
+        return page.replace("__TAKES__", takes).replace("__TITLE__", html.escape(Path(run_dir).name))
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
@@ -76,8 +79,8 @@ def create_app(run_dir: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
             except json.JSONDecodeError as err:
                 return error(400, f"the JSON body does not parse ({err.msg})")
             texts = body.get("texts") if isinstance(body, dict) else None
-            if modality != "text":
-                return error(400, 'this is an image model: send an image as the multipart field "file"')
+            if takes != "texts":
+                return error(400, f"this is an {modality} model: send {how}")
             if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
                 return error(400, 'send {"texts": ["a text", ...]}: a non-empty list of strings')
             if len(texts) > MAX_TEXTS:
@@ -87,8 +90,8 @@ def create_app(run_dir: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
             return {"predictions": rows}
         if not kind.startswith("multipart/form-data"):
             return error(415, 'send an image as the multipart field "file", or JSON {"texts": [...]}')
-        if modality != "image":
-            return error(400, 'this is a text model: send JSON {"texts": ["a text", ...]}')
+        if takes != "file":
+            return error(400, f"this is a {modality} model: send {how}")
         form = await request.form()
         upload = form.get("file")
         if upload is None or not hasattr(upload, "read"):

@@ -114,6 +114,7 @@ class Modality(Protocol):
     unit: str  # "images", "texts": for messages
     default_backbone: str
     defaults: Defaults
+    request_field: str  # what `graft serve` takes: "file" (an uploaded image) or "texts" (JSON)
 
     def inputs_in(self, path: Path) -> list[str]:
         """The files (or rows' file) under `path` this modality would read: detection counts them."""

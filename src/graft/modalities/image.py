@@ -151,6 +151,7 @@ class ImageModality:
     unit = "images"
     default_backbone = "efficientnet_lite0"
     defaults = IMAGE_DEFAULTS
+    request_field = "file"  # what `graft serve` takes: an uploaded image
 
     def inputs_in(self, path: Path) -> list[str]:
         if str(path) == "cifar10" and not path.exists():

@@ -184,6 +184,7 @@ class TextModality:
     unit = "texts"
     default_backbone = "minilm"
     defaults = TEXT_DEFAULTS
+    request_field = "texts"  # what `graft serve` takes: a JSON list of texts
 
     def inputs_in(self, path: Path) -> list[str]:
         if path.is_file():
