@@ -11,7 +11,8 @@ Images (same packaged EfficientNet-Lite0, same images, same resolution, same epo
 - the Keras transfer-learning guide's recipe through `graft.keras`, when that module exists;
 - the seed article's loop (bench/seed_recipe.py).
 Text: graft's defaults and `--strategy linear` against `transformers.Trainer` fine-tuning the same
-MiniLM encoder (3 epochs, lr 2e-5, batch 16) on the same 90% of train.csv, tested on test.csv.
+MiniLM encoder (3 epochs, lr 2e-5, batch 16) on the same 90% of train.csv, tested on test.csv
+(`pip install accelerate`: the Trainer needs it).
 Every row is wall time of the whole recipe including its start-up. Results: .cache/bench/anchors-*.json.
 """
 
@@ -110,7 +111,10 @@ def trec6(args: argparse.Namespace) -> None:
     base = ["train", str(folder / "train.csv"), "--test", str(folder / "test.csv")]
     rows["graft defaults (auto)"] = graft_run(base)
     rows["graft probe (--strategy linear)"] = graft_run([*base, "--strategy", "linear"])
-    rows["transformers.Trainer, 3 epochs, 2e-5, batch 16"] = hf_trainer(folder, args.seed)
+    try:  # needs transformers' torch extra (accelerate): a missing one is a row, not a lost run
+        rows["transformers.Trainer, 3 epochs, 2e-5, batch 16"] = hf_trainer(folder, args.seed)
+    except ImportError as err:
+        rows["transformers.Trainer, 3 epochs, 2e-5, batch 16"] = {"error": [str(err)]}
     report("TREC-6 (train.csv, 10% held out; test.csv)", rows)
     save("anchors-trec6.json", rows)
 
