@@ -92,7 +92,7 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def _save_folder(run_dir: Path, name: str, write: Callable[[Path], None]) -> None:
+def save_folder(run_dir: Path, name: str, write: Callable[[Path], None]) -> None:
     """An asset folder (a tokenizer), written beside and swapped in whole (a rename, like atomic_write)."""
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=run_dir))
     try:
@@ -155,7 +155,7 @@ def save_bundle(
     st_meta = {"format": "pt", DIGEST_KEY: digest}
     atomic_write(run_dir / WEIGHTS_FILE, lambda tmp: save_file(state, str(tmp), metadata=st_meta))
     for name, write in assets.items():
-        _save_folder(run_dir, name, write)
+        save_folder(run_dir, name, write)
     for stale in KNOWN_ASSETS:  # a replaced run must not leave another model's tokenizer behind
         if stale not in assets and (run_dir / stale).is_dir():
             shutil.rmtree(run_dir / stale)

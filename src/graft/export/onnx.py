@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..bundle import META_FILE, _save_folder, atomic_write
+from ..bundle import META_FILE, atomic_write, save_folder
 from ..errors import BundleError, ConfigError, GraftError
 from ..modalities import get_modality
 from ..modalities.base import InputPipeline, Modality
@@ -458,7 +458,7 @@ def export_onnx(
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     if folders:  # assets first, the model last: a .onnx file always has its tokenizer beside it
-        _save_folder(out.parent, assets, _copy_assets(folders))
+        save_folder(out.parent, assets, _copy_assets(folders))
     atomic_write(out, _write_model(blob))
     return {
         "format": "onnx",

@@ -123,18 +123,23 @@ def loop_config(
     )
 
 
-def metrics_of(model: nn.Module, eval_set: Any, classes: Sequence[str]) -> dict[str, Any]:
-    logits = forward_all(model, eval_set.batches(module_device(model)), len(eval_set))
+def logits_of(model: nn.Module, eval_set: Any) -> torch.Tensor:
+    return forward_all(model, eval_set.batches(module_device(model)), len(eval_set))
+
+
+def metrics_of(
+    model: nn.Module, eval_set: Any, classes: Sequence[str], logits: torch.Tensor | None = None
+) -> dict:
+    logits = logits_of(model, eval_set) if logits is None else logits
     return classification_metrics(eval_set.labels.numpy(), logits.argmax(1).numpy(), classes)
 
 
 def highest_losses(
-    model: nn.Module, eval_set: Any, classes: Sequence[str], modality: Modality, count: int = 12
+    logits: torch.Tensor, eval_set: Any, classes: Sequence[str], modality: Modality, count: int = 12
 ) -> list[dict[str, Any]]:
     """fastai's top losses: the validation examples the model gets most wrong, for the report."""
     if not len(eval_set):
         return []
-    logits = forward_all(model, eval_set.batches(module_device(model)), len(eval_set))
     losses = nn.functional.cross_entropy(logits, eval_set.labels, reduction="none")
     proba = logits.softmax(1)
     rows = []
@@ -329,16 +334,17 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
             loop,
             callbacks=callbacks,
         )
+    val_logits = logits_of(head, val_set)  # one pass for the metrics and the highest losses
     result = TrainResult(
         history=history,
-        val=metrics_of(head, val_set, splits.classes),
+        val=metrics_of(head, val_set, splits.classes, val_logits),
         test=None,
         n_train=len(y_train),
         train_seconds=time.perf_counter() - started,
         extract_seconds=feats.seconds,
         cache_hit=feats.cached,
     )
-    result.top_losses = highest_losses(head, val_set, splits.classes, job.modality)
+    result.top_losses = highest_losses(val_logits, val_set, splits.classes, job.modality)
     last = history[-1]
     result.kept = {
         "epoch": last["epoch"],
@@ -500,15 +506,16 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     )
     train_seconds = time.perf_counter() - t_train
     kept = keep.restore(model, history[-1]["epoch"] if history else 0)
+    val_logits = logits_of(model, val_set)  # one pass for the metrics and the highest losses
     result = TrainResult(
         history=history,
-        val=metrics_of(model, val_set, splits.classes),
+        val=metrics_of(model, val_set, splits.classes, val_logits),
         test=None,
         n_train=len(train_set),
         train_seconds=train_seconds,
         kept=kept,
         scratch_files=[best_path],
-        top_losses=highest_losses(model, val_set, splits.classes, modality),
+        top_losses=highest_losses(val_logits, val_set, splits.classes, modality),
     )
     if history:
         curve = " -> ".join(format(row["val_accuracy"], ".4f") for row in history)
