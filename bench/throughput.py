@@ -1,31 +1,34 @@
 """Feature-extraction images/s of the default backbone by resolution, beside this machine's matmul roofline.
 
-    python bench/throughput.py [--sizes 96 128 160 224] [--seconds 5] [--images 640]
+    python bench/throughput.py [--sizes 96 128 160 224] [--seconds 5] [--images 640] [--photos 256]
                                [--matmul-size 2048 --reps 5] [--threads N]
 
 In one process: the fp32 and bf16 "roofline" as the GFLOP/s of a large torch.matmul (n x n, 2n^3
 FLOPs, median of --reps timed runs after a warm-up), and for each input size the backbone's FLOPs per
 image counted by `torch.utils.flop_counter.FlopCounterMode` (a multiply-add is 2 FLOPs), then images/s
-for three paths:
-  (a) plain forward: fp32, NCHW, eval mode, under torch.no_grad (a fair inference baseline; an
-      earlier version of this script left autograd on here, which recorded a graph on every call
-      and made graft's path look ~2x better than it is);
-  (b) graft forward only: torch.inference_mode + channels_last, + bf16 autocast only where
-      `graft.compute.bf16_supported(cpu)` says the CPU has native bf16, on one reused random batch
+for four paths:
+  (a) plain forward: fp32, NCHW, eval mode, under torch.no_grad: the seed loop's forward;
+  (b) torch forward only: torch.inference_mode + channels_last (+ bf16 autocast only where
+      `graft.compute.bf16_supported(cpu)` says the CPU has native bf16), on one reused random batch
       (no decoding, no resizing: the network alone);
-  (c) graft end to end: `ImageModality.encode`, graft's extraction as `graft train` runs it (decode
-      the JPEG, resize, crop, normalise, forward, with graft's default DataLoader workers), on the
+  (b') ONNX Runtime forward only: the same network exported as graft.engine exports it;
+  (c) graft end to end: `ImageModality.encode` with its default engine (auto: see graft.engine; the
+      timed call includes the ONNX export, the cache being fresh), as `graft train` runs it: decode
+      the JPEG, resize, crop, normalise, forward, with graft's default DataLoader workers, on the
       first --images JPEGs of the CIFAR-10 copy (every class), after a one-batch warm-up.
-Achieved GFLOP/s = images/s x FLOPs/image; the table gives it as a fraction of the fp32 roofline
-(the JSON also has the bf16 one). Only (c) is "graft's extraction"; (b) is its network part. A
-matmul is the best case: depthwise convolutions (most of EfficientNet's layers) are memory-bound,
-so a small fraction is expected. On a CPU without native bf16 (no AVX512-BF16/AMX), oneDNN emulates
-bf16 and the bf16 "roofline" is an emulation number, typically far below fp32 (and a 2048 bf16
-matmul takes seconds per rep there: lower --matmul-size for a quick look).
+Then the large-photo table (issue 16's target): --photos CIFAR-10 JPEGs upscaled to 500 x 375 and
+saved at quality 90, at 224 px: the network alone (torch eager channels_last: the baseline; ONNX
+Runtime), decoding alone (full and draft-mode), and graft end to end with each engine and with 0 or
+graft's default decode workers, each as a multiple of the baseline, measured in this one run.
+Achieved GFLOP/s = images/s x FLOPs/image; the tables give it as a fraction of the fp32 roofline
+(the JSON also has the bf16 one). A matmul is the best case: depthwise convolutions (most of
+EfficientNet's layers) are memory-bound, so a small fraction is expected. On a CPU without native
+bf16 (no AVX512-BF16/AMX), oneDNN emulates bf16 and the bf16 "roofline" is an emulation number,
+typically far below fp32 (and a 2048 bf16 matmul takes seconds per rep there: lower --matmul-size
+for a quick look).
 
 The backbone is graft's create_backbone("efficientnet_lite0").body (timm tf_efficientnet_lite0,
-num_classes=0), batch --batch-size; speed does not depend on the weights (random for (a), (b);
-(c) uses the same random body through graft's extraction code).
+num_classes=0), batch --batch-size; speed does not depend on the weights (random here).
 Unpack the data first:
     mkdir -p .cache/data/cifar10 && tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C .cache/data/cifar10
 """
@@ -92,17 +95,118 @@ def forward_per_second(
     return n / (time.perf_counter() - started)
 
 
-def end_to_end_per_second(backbone, size: int, sources: list[str], batch_size: int) -> float:
-    """(c) graft's extraction (`ImageModality.encode`) on JPEG files, after a one-batch warm-up."""
+def end_to_end_per_second(
+    backbone, size: int, sources: list[str], batch_size: int, engine: str = "auto", workers: int | None = None
+) -> float:
+    """graft's extraction (`ImageModality.encode`) on JPEG files, after a one-batch warm-up. With
+    engine auto the timed call includes the ONNX export (a fresh GRAFT_CACHE_DIR: nothing cached)."""
+    import tempfile
+    from unittest import mock
+
+    from graft.data import pipeline
+
     modality = get_modality("image")
     prep = backbone.preprocessing.with_size(size)
-    modality.encode(backbone, prep, sources[:batch_size], flip=False, batch_size=batch_size, desc="warm-up")
-    started = time.perf_counter()
-    feats = modality.encode(backbone, prep, sources, flip=False, batch_size=batch_size, desc=f"{size}px")
-    seconds = time.perf_counter() - started
+    patches = [mock.patch.dict("os.environ", {"GRAFT_CACHE_DIR": tempfile.mkdtemp(prefix="graft-bench-")})]
+    if workers is not None:
+        patches.append(mock.patch.object(pipeline, "default_workers", lambda: workers))
+    with patches[0], patches[1] if len(patches) > 1 else nullcontext():
+        common = dict(flip=False, batch_size=batch_size, engine=engine)
+        modality.encode(backbone, prep, sources[:batch_size], desc="warm-up", **common)
+        started = time.perf_counter()
+        feats = modality.encode(backbone, prep, sources, desc=f"{size}px", **common)
+        seconds = time.perf_counter() - started
     if not feats.ok.all():
         raise SystemExit(f"{int((~feats.ok).sum())} JPEGs could not be read")
     return len(sources) / seconds
+
+
+def onnx_forward_per_second(model: torch.nn.Module, x: torch.Tensor, seconds: float) -> float:
+    """The network alone on ONNX Runtime (graft.engine's export and session), one reused batch."""
+    from graft.engine import _export, _ort_forward, _session
+
+    forward = _ort_forward(_session(_export(model, x)))
+    forward(x)  # warm-up
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        forward(x)
+        n += len(x)
+    return n / (time.perf_counter() - started)
+
+
+def decode_per_second(backbone, size: int, sources: list[str], batch_size: int, draft: bool) -> float:
+    """Decode, resize and crop only (graft's DataLoader and workers), no network."""
+    from graft.data.pipeline import iterate_batches
+
+    prep = backbone.preprocessing.with_size(size)
+    started = time.perf_counter()
+    for _ in iterate_batches(sources, prep, batch_size, decode_size=prep.resize_size if draft else None):
+        pass
+    return len(sources) / (time.perf_counter() - started)
+
+
+def make_photos(sources: list[str], folder: Path, size: tuple[int, int] = (500, 375)) -> list[str]:
+    """CIFAR-10 JPEGs upscaled (bicubic) to `size` and saved as quality-90 JPEGs: photo-sized files."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, src in enumerate(sources):
+        path = folder / f"{i:05d}.jpg"
+        if not path.is_file():
+            Image.open(src).convert("RGB").resize(size, Image.BICUBIC).save(path, quality=90)
+        out.append(str(path))
+    return out
+
+
+def photos_table(backbone, sources: list[str], args: argparse.Namespace, fp32_roof: float) -> dict[str, Any]:
+    """Issue 16's end-to-end target: extraction of 500 x 375 JPEGs at 224 px against the network
+    alone in torch eager channels_last, in this one run; plus decode alone and the engine and
+    worker settings graft chooses between."""
+    from graft.data import pipeline
+
+    size = 224
+    model = backbone.body.eval()
+    flops = flops_per_image(model, size)
+    x = torch.randn(args.batch_size, 3, size, size)
+    threads = torch.get_num_threads()
+    network_torch = forward_per_second(model, x, True, False, args.seconds)
+    rows: dict[str, float] = {
+        "network alone, torch eager channels_last (the baseline)": network_torch,
+        "network alone, ONNX Runtime": onnx_forward_per_second(model, x, args.seconds),
+        "decode + resize alone, full decode": decode_per_second(
+            backbone, size, sources, args.batch_size, False
+        ),
+        "decode + resize alone, draft decode": decode_per_second(
+            backbone, size, sources, args.batch_size, True
+        ),
+    }
+    default_workers = pipeline.default_workers()
+    for engine in ("torch", "auto"):
+        for workers in sorted({0, default_workers}):
+            rate = end_to_end_per_second(
+                backbone, size, sources, args.batch_size, engine=engine, workers=workers
+            )
+            rows[f"graft end to end, engine {engine}, {workers} decode worker(s), {threads} threads"] = rate
+    if threads > 1 and default_workers:  # the network on one thread fewer, beside the decode worker
+        torch.set_num_threads(threads - 1)
+        try:
+            rate = end_to_end_per_second(
+                backbone, size, sources, args.batch_size, engine="auto", workers=default_workers
+            )
+        finally:
+            torch.set_num_threads(threads)
+        name = f"graft end to end, engine auto, {default_workers} decode worker(s), {threads - 1} threads"
+        rows[name] = rate
+    print(f"\n{len(sources)} JPEGs of 500 x 375 px (quality 90) at {size} px, batch {args.batch_size}:\n")
+    print("| path | images/s | x network alone (torch eager channels_last) | of fp32 roof |")
+    print("| --- | --- | --- | --- |")
+    for name, rate in rows.items():
+        roof = (
+            f"{rate * flops / 1e9 / fp32_roof:.1%}" if "decode" not in name or "end to end" in name else "-"
+        )
+        print(f"| {name} | {rate:.1f} | {rate / network_torch:.2f}x | {roof} |", flush=True)
+    return {"size": size, "images": len(sources), "flops_per_image": flops, "images_per_second": rows}
 
 
 def main() -> None:
@@ -116,6 +220,9 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=5, help="timed matmuls per dtype")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--out", default=str(ROOT / ".cache" / "bench" / "throughput.json"))
+    parser.add_argument(
+        "--photos", type=int, default=256, help="500 x 375 JPEGs for the large-photo table (0: skip it)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -140,10 +247,12 @@ def main() -> None:
     graft_label = "inference_mode + channels_last" + (" + bf16" if native_bf16 else ", fp32")
     print(
         "| size | GFLOPs/image | (a) plain forward, no_grad, NCHW fp32: images/s | of fp32 roof "
-        f"| (b) graft forward only ({graft_label}): images/s | of fp32 roof "
-        f"| (c) graft end to end ({len(sources)} JPEGs: decode, resize, forward): images/s | of fp32 roof |"
+        f"| (b) torch forward only ({graft_label}): images/s | of fp32 roof "
+        "| (b') ONNX Runtime forward only: images/s | of fp32 roof "
+        f"| (c) graft end to end ({len(sources)} JPEGs: decode, resize, forward; engine auto): images/s "
+        "| of fp32 roof |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rows: list[dict[str, Any]] = []
     for size in args.sizes:
         flops = flops_per_image(model, size)
@@ -153,6 +262,7 @@ def main() -> None:
         rates = {
             "plain_forward": forward_per_second(model, x, False, False, args.seconds),
             "graft_forward_only": forward_per_second(model, x, True, native_bf16, args.seconds),
+            "onnxruntime_forward_only": onnx_forward_per_second(model, x, args.seconds),
             "graft_end_to_end": end_to_end_per_second(backbone, size, sources, args.batch_size),
         }
         for name, rate in rates.items():
@@ -166,6 +276,10 @@ def main() -> None:
             cells += [f"{rate:.0f}", f"{achieved / fp32_roof:.1%}"]
         rows.append(row)
         print("| " + " | ".join(cells) + " |", flush=True)
+    photos = None
+    if args.photos:
+        made = make_photos(files[: args.photos], ROOT / ".cache" / "bench" / "photos500x375")
+        photos = photos_table(backbone, made, args, fp32_roof)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(
         json.dumps(
@@ -178,6 +292,7 @@ def main() -> None:
                 "end_to_end_images": len(sources),
                 "roofline_gflops": {"fp32": round(fp32_roof, 1), "bf16": round(bf16_roof, 1)},
                 "rows": rows,
+                "photos": photos,
             },
             indent=2,
         )

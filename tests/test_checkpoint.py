@@ -104,9 +104,23 @@ def test_only_safetensors_and_json_are_written(saved):
         assert any(k.startswith("model.") for k in f.keys())  # noqa: SIM118 (safe_open is no dict)
 
 
-def test_step_disagreeing_with_tensor_metadata_is_refused(saved):
-    """A checkpoint.json whose step is not the tensors' step (a torn save) raises ValueError."""
+def test_a_torn_save_resumes_from_the_tensors_own_state(saved):
+    """Killed between the two writes, checkpoint.json lags behind the tensors: the tensors carry
+    their own state (safetensors metadata), so the restore is consistent at the tensors' step."""
+    run_dir, _, _, state = saved
+    meta = json.loads((run_dir / META).read_text())
+    (run_dir / META).write_text(json.dumps(meta | {"epoch": 1, "step": 1, "history": state.history[:1]}))
+    fresh = _model(1)
+    assert Checkpointer(run_dir, CONFIG, resume=True).restore(fresh, _optimizer(fresh)) == state
+    assert json.loads((run_dir / META).read_text()) == meta  # the readable copy caught up
+
+
+def test_step_disagreeing_with_tensor_metadata_is_refused_in_an_older_checkpoint(saved):
+    """A checkpoint written before the tensors carried their state: a torn save raises ValueError."""
+    from safetensors.torch import load_file, save_file
+
     run_dir, *_ = saved
+    save_file(load_file(str(run_dir / TENSORS)), str(run_dir / TENSORS), metadata={"step": "3"})
     meta = json.loads((run_dir / META).read_text())
     meta["step"] = 4
     (run_dir / META).write_text(json.dumps(meta))

@@ -431,14 +431,9 @@ def test_flip_features_run_trains_and_tests_on_flip_averaged_features(flip_run):
     assert not torch.allclose(plain, mirrored, atol=1e-3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a --flip-features bundle predicts on plain features, not the flip-averaged ones its "
-    "head was trained and tested on (graft eval/predict disagree with report.json)",
-)
 def test_flip_features_bundle_predicts_what_the_run_tested(flip_run):
     """graft.load(run).predict_proba on the test images equals the probabilities behind report.json's
-    test accuracy (the head on flip-averaged features)."""
+    test accuracy (the head on flip-averaged features): the bundle records `flip_average`."""
     result, holdout = flip_run
     paths = sorted(holdout.glob("*/*"))
     expected = _flip_averaged_proba(result, paths)

@@ -4,6 +4,7 @@ stratified splits, image data sets (folders, CIFAR-10, digits) and the package's
 from __future__ import annotations
 
 import importlib
+import re
 import socket
 import subprocess
 import sys
@@ -361,11 +362,19 @@ def test_stratified_split_rejects_bad_fraction(fraction: float) -> None:
     assert isinstance(info.value, GraftError) and "\n" not in str(info.value)
 
 
-def test_stratified_split_falls_back_with_a_warning_naming_the_data() -> None:
+def test_stratified_split_refuses_a_single_example_class_naming_it() -> None:
     labels = np.array([0] + [1] * 9)
-    with pytest.warns(UserWarning, match=r"my-data: the smallest class has 1 example"):
-        train_idx, val_idx = stratified_split(labels, 0.3, seed=0, where="my-data")
-    assert len(val_idx) == 3 and len(train_idx) == 7
+    with pytest.raises(DataError, match=r"my-data: class 'cat' has a single example.*--val") as info:
+        stratified_split(labels, 0.3, seed=0, where="my-data", classes=("cat", "dog"))
+    assert "\n" not in str(info.value)
+
+
+def test_stratified_split_falls_back_with_a_warning_naming_the_data() -> None:
+    """Fewer validation places than classes: a plain random split, with a warning."""
+    labels = np.repeat(np.arange(5), 2)
+    with pytest.warns(UserWarning, match=r"my-data: a 0.2 validation split of 10 examples has 2 place"):
+        train_idx, val_idx = stratified_split(labels, 0.2, seed=0, where="my-data")
+    assert len(val_idx) == 2 and len(train_idx) == 8
     assert sorted(np.concatenate([train_idx, val_idx]).tolist()) == list(range(10))
 
 
@@ -399,12 +408,13 @@ def test_load_image_data_plain_folder_stratified_and_deterministic(tmp_path: Pat
     assert list(other.val.sources) != list(splits.val.sources)
 
 
-def test_load_image_data_tiny_class_falls_back_to_plain_split(tmp_path: Path) -> None:
+def test_load_image_data_single_example_class_is_one_line_naming_it(tmp_path: Path) -> None:
     root = _make_folder(tmp_path / "d", {"a": 1, "b": 9})
-    with pytest.warns(UserWarning, match="smallest class has 1 example") as record:
-        splits = load_image_data(root, val_fraction=0.3)
-    assert any(str(root) in str(w.message) for w in record)
-    assert len(splits.train) + len(splits.val) == 10 and len(splits.val) == 3
+    with pytest.raises(DataError, match=f"{re.escape(str(root))}: class 'a' has a single example"):
+        load_image_data(root, val_fraction=0.3)
+    _make_folder(tmp_path / "v", {"a": 1, "b": 1})  # a validation folder: nothing to split off
+    splits = load_image_data(root, val=tmp_path / "v", val_fraction=0.3)
+    assert len(splits.train) == 10 and len(splits.val) == 2
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1, 1.5])
@@ -492,11 +502,10 @@ def test_load_image_data_cifar10_is_split_stratified(tmp_path: Path, monkeypatch
     assert again.val.labels.tolist() == splits.val.labels.tolist()
 
 
-def test_load_image_data_cifar10_tiny_class_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_image_data_cifar10_tiny_class_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     _fake_cifar(monkeypatch, [1, 9])
-    with pytest.warns(UserWarning, match="cifar10: the smallest class has 1 example"):
-        splits = load_image_data("cifar10", val_fraction=0.3, seed=0)
-    assert len(splits.train) + len(splits.val) == 10
+    with pytest.raises(DataError, match="cifar10: class 'c0' has a single example"):
+        load_image_data("cifar10", val_fraction=0.3, seed=0)
 
 
 # ----------------------------------------------------------------------------- bundled sets

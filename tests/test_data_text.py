@@ -120,13 +120,11 @@ def test_val_fraction_split_is_stratified(tmp_path: Path) -> None:
     assert list(other.val.sources) != list(splits.val.sources)
 
 
-def test_val_fraction_split_falls_back_for_a_singleton_label(tmp_path: Path) -> None:
+def test_val_fraction_split_refuses_a_singleton_label_naming_it(tmp_path: Path) -> None:
     rows = "only one,rare\n" + "".join(f"text {i},common\n" for i in range(9))
     path = _csv(tmp_path / "t.csv", f"text,label\n{rows}".encode())
-    with pytest.warns(UserWarning, match="the smallest class has 1 example") as record:
-        splits = load_text_data(str(path), None, None, ["text"], "label", 0.3, 0)
-    assert any(str(path) in str(w.message) for w in record)  # names the file
-    assert len(splits.train) + len(splits.val) == 10 and len(splits.val) == 3
+    with pytest.raises(DataError, match=r"t\.csv: class 'rare' has a single example.*--val"):
+        load_text_data(str(path), None, None, ["text"], "label", 0.3, 0)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5])

@@ -321,7 +321,7 @@ def cli_finetune(data, tmp_path_factory) -> CliRun:
     probe, then one epoch of everything, with its own feature cache."""
     root = tmp_path_factory.mktemp("cli-finetune")
     argv = ["train", str(data), "--strategy", "finetune", "--epochs", "2", "--image-size", "32"]
-    argv += ["--batch-size", "4", "--out", str(root / "run"), "--json"]
+    argv += ["--batch-size", "4", "--out", str(root / "run"), "--json", "--keep-checkpoint"]
     stdout, stderr = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp, redirect_stdout(stdout), redirect_stderr(stderr):
         mp.setenv("GRAFT_CACHE_DIR", str(root / "cache"))

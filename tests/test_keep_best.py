@@ -113,3 +113,25 @@ def test_finetune_report_says_what_was_kept_and_removes_its_scratch_file(tmp_pat
     assert report["validation"]["accuracy"] == pytest.approx(kept["val_accuracy"], abs=one_example)
     assert not (result.run_dir / "best.safetensors").exists()
     assert any(line.startswith("fine-tuning: ") and "kept: " in line for line in lines)
+
+
+def test_a_candidate_state_is_what_is_kept_when_no_epoch_beats_it():
+    """Text: auto's probe is a candidate while fine-tuning starts again from the initial head; if
+    no epoch beats it, the candidate's weights (not the model's at the start) come back."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    candidate = {k: torch.full_like(v, 0.5) for k, v in model.state_dict().items()}
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    keep = KeepBest(0.95, start_state=candidate)
+    history = fit(
+        model,
+        [(HEAD, list(model.parameters()))],
+        lambda e: Stage({HEAD: 1.0}),
+        lambda e: [(x, y)],
+        1,
+        LoopConfig(epochs=2, lr=0.1),
+        callbacks=[Scores([0.6, 0.9]), keep],
+    )
+    kept = keep.restore(model, history[-1]["epoch"])
+    assert kept["epoch"] == 0
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in candidate.items())

@@ -95,6 +95,7 @@ def _tuned_config(data: dict[str, Path], strategy: str, train_groups: int | None
         lr=1e-3,  # 10 steps in all: a high rate, so that a working loop visibly learns
         train_groups=train_groups,
         out=str(out),
+        keep_checkpoint=True,  # _last_epoch_body reads it
     )
 
 
@@ -443,3 +444,41 @@ def test_a_local_model_folder_is_a_backbone(minilm, tmp_path) -> None:
     minilm.body.eval()
     with torch.inference_mode():
         assert torch.allclose(local.body(ids), minilm.body(ids), atol=1e-5)
+
+
+def test_auto_on_text_runs_the_probe_first_and_keeps_it_when_fine_tuning_is_worse(
+    data, tmp_path, monkeypatch
+):
+    """Text fine-tuning has no head-only phase, so auto's probe is a candidate: fine-tuning starts
+    from the initial head (not the probe's) and the probe comes back if no epoch beats it. Here
+    fine-tuning is made to fail (--lr 3: the weights blow up) and is told to run regardless."""
+    from graft.training import strategies
+
+    monkeypatch.setattr(strategies, "choose_strategy", lambda *a, **k: ("finetune", "forced by the test"))
+    starts: list[torch.Tensor] = []
+    real_fit = recipes.fit
+
+    def spy(model, *args, **kwargs):
+        if hasattr(model, "body"):  # fine-tuning (the probe fits the head alone)
+            starts.append(model.head[-1].weight.detach().clone())
+        return real_fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(recipes, "fit", spy)
+    config = replace(
+        _tuned_config(data, "auto", None, tmp_path / "run"), epochs=1, lr=3.0, keep_checkpoint=False
+    )
+    result = run(config, log=lambda line: None)
+    report = json.loads((result.run_dir / "report.json").read_text())
+    probe_row = report["history"][0]
+    assert probe_row["epoch"] == 0 and report["kept"]["epoch"] == 0
+    assert report["validation"]["accuracy"] == pytest.approx(probe_row["val_accuracy"])
+    assert probe_row["val_accuracy"] > max(row["val_accuracy"] for row in report["history"][1:])
+    # fine-tuning (the last fit on the whole model; auto's step timing comes first) started from a
+    # fresh head, not from the probe's trained one
+    assert not torch.allclose(starts[-1], result.model.head[-1].weight.detach())
+    # the bundle predicts what was kept: the probe
+    bundle = graft.load(result.run_dir)
+    with open(data["train"], newline="") as f:
+        texts = [row["review"] for row in csv.DictReader(f)][:20]
+    proba = bundle.predict_proba(texts)
+    assert proba.shape == (20, 2) and np.isfinite(proba).all()

@@ -433,5 +433,107 @@ def test_ctrl_c_prints_the_exact_command_to_resume(tmp_path, capsys, monkeypatch
     out = tmp_path / "my run"
     assert main(["train", "data dir", "--out", str(out), "--overwrite"]) == 130
     err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no checkpoint was written" in err and "run the same command again" in err
+    out.mkdir()
+    (out / "checkpoint.json").write_text("{}")
+    assert main(["train", "data dir", "--out", str(out), "--overwrite"]) == 130
+    err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.rstrip().endswith(f"continue with: graft train 'data dir' --out '{out}' --resume")
+
+
+# --------------------------------------------------------------------------- preflight: the data
+
+
+def _image(path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), 90, np.uint8)).save(path)
+
+
+def _no_classes(root: Path) -> Path:
+    root.mkdir()
+    return root
+
+
+def _loose_images(root: Path) -> Path:
+    for i in range(3):
+        _image(root / f"{i}.png")
+    return root
+
+
+def _one_class(root: Path) -> Path:
+    for i in range(4):
+        _image(root / "red" / f"{i}.png")
+    return root
+
+
+def _single_example_class(root: Path) -> Path:
+    for i in range(4):
+        _image(root / "red" / f"{i}.png")
+    _image(root / "blue" / "only.png")
+    return root
+
+
+DATA_PREFLIGHT = {
+    "no class folders": (_no_classes, r"found 0 class folder\(s\) \(none\); need at least two, laid out as"),
+    "images but no class folders": (_loose_images, r"found 0 class folder\(s\).*one subfolder per class"),
+    "one class": (_one_class, r"found 1 class folder\(s\) \(red\); need at least two"),
+    "a class of one image": (
+        _single_example_class,
+        r"class 'blue' has a single example, too few to split off validation data: add examples, "
+        r"remove the class, or pass a validation set \(--val\)",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(DATA_PREFLIGHT))
+def test_unusable_image_data_is_one_line_naming_the_fix_before_any_training(
+    tmp_path, capsys, monkeypatch, case
+):
+    build, message = DATA_PREFLIGHT[case]
+    data = build(tmp_path / "data")
+    monkeypatch.setattr("graft.training.recipes.train", lambda *a: pytest.fail("trained before refusing"))
+    assert _train(data, tmp_path / "run") == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"graft: error: {data}")
+    assert re.search(message, err), err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_class_of_one_image_trains_when_a_validation_folder_is_given(tmp_path):
+    data = _single_example_class(tmp_path / "data")
+    val = make_image_folder(tmp_path / "val", per_class=1, seed=1)
+    shutil.rmtree(val / "green")
+    tiny = {"backbone": "timm/test_efficientnet", "weights": "random"}
+    assert _train(data, tmp_path / "run", val=val, **tiny) == 0
+    assert graft.load(tmp_path / "run").classes_ == ("blue", "red")
+
+
+TEXT_PREFLIGHT = {
+    "one label": (
+        [("great film", "pos")] * 6,
+        r"training needs at least 2 labels, found 1 \('pos'\); add rows with other labels, or point "
+        r"--label-column at the column that holds them",
+    ),
+    "no usable row": ([("", "pos"), ("a film", "")], r"found 0 \(no usable rows, 2 skipped\)"),
+    "a label of one row": (
+        [("great film", "pos")] * 6 + [("meh", "neutral")] + [("awful film", "neg")] * 6,
+        r"class 'neutral' has a single example, too few to split off validation data",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(TEXT_PREFLIGHT))
+def test_unusable_text_data_is_one_line_naming_the_fix_before_any_training(
+    tmp_path, capsys, monkeypatch, case
+):
+    pytest.importorskip("transformers")
+    rows, message = TEXT_PREFLIGHT[case]
+    table = _table(tmp_path / "train.csv", ("text", "label"), rows)
+    monkeypatch.setattr("graft.training.recipes.train", lambda *a: pytest.fail("trained before refusing"))
+    assert main(["train", str(table), "--strategy", "linear", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"graft: error: {table}")
+    assert re.search(message, err), err

@@ -12,12 +12,15 @@ if TYPE_CHECKING:
     from .predict import Predictor
 
 
-def load(run_dir: Any, device: Any = None, runtime: str = "torch") -> Predictor | OnnxPredictor:
+def load(
+    run_dir: Any, device: Any = None, runtime: str = "torch", engine: str = "auto"
+) -> Predictor | OnnxPredictor:
     """Load a run folder (`model.safetensors` + `graft.json`) for prediction; an exported `.onnx`
-    file or `runtime="onnx"` predicts through onnxruntime with the same API."""
+    file or `runtime="onnx"` predicts through onnxruntime with the same API. `engine` (auto, torch,
+    onnxruntime): who runs the torch runtime's big CPU jobs (graft.engine)."""
     from .predict import load as _load  # torch is imported on first use, not on `import graft`
 
-    return _load(run_dir, device, runtime)
+    return _load(run_dir, device, runtime, engine)
 
 
 def __getattr__(name: str) -> Any:

@@ -11,6 +11,7 @@ takes), or in-memory inputs and labels: `fit(images_or_texts, labels)`.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -22,6 +23,7 @@ from .config import TrainConfig
 from .errors import ConfigError, DataError
 
 _OPTIONS = [f.name for f in fields(TrainConfig) if f.name != "data"]
+SCRATCH = ("checkpoint.*", "best.safetensors")  # a run folder's files that are not the bundle's
 
 
 class Classifier:
@@ -56,13 +58,15 @@ class Classifier:
     def fit(
         self, X: Any, y: Sequence[Any] | None = None, *, log: Callable[[str], None] = print
     ) -> Classifier:
-        from .runner import run
+        from .runner import launches_processes, run
 
-        if y is None:
-            result = run(self._config(str(X)), log=log)
-        else:
-            splits, modality = _in_memory_splits(list(X), list(y), self._config("in-memory"))
-            result = run(self._config("in-memory"), log=log, splits=splits, modality=modality)
+        config, splits, modality = self._config(str(X)), None, None
+        if y is not None:
+            config = self._config("in-memory")
+            splits, modality = _in_memory_splits(list(X), list(y), config)
+        if launches_processes(config):  # --devices N: the processes write the run folder
+            return self._fit_processes(config, log, splits, modality)
+        result = run(config, log=log, splits=splits, modality=modality)
         job = result.job
         from .predict import Predictor
         from .report import bundle_meta
@@ -76,6 +80,20 @@ class Classifier:
         self.report_ = result.report
         self.run_dir_ = result.run_dir
         self._job = job
+        return self
+
+    def _fit_processes(
+        self, config: TrainConfig, log: Callable[[str], None], splits: Any, modality: Any
+    ) -> Classifier:
+        from .predict import load
+        from .runner import run_processes
+
+        run_dir, report = run_processes(config, log, splits, modality)
+        self.predictor_ = load(run_dir)
+        self.classes_ = self.predictor_.classes_
+        self.report_ = report
+        self.run_dir_ = run_dir
+        self._job = None
         return self
 
     def _fitted(self) -> Any:
@@ -99,7 +117,11 @@ class Classifier:
         from .report import save_run
 
         self._fitted()
-        save_run(self._job, self.report_, Path(run_dir))
+        if self._job is None:  # trained by several processes: the run folder is the bundle
+            ignore = shutil.ignore_patterns(*SCRATCH)
+            shutil.copytree(self.run_dir_, run_dir, dirs_exist_ok=True, ignore=ignore)
+        else:
+            save_run(self._job, self.report_, Path(run_dir))
         return Path(run_dir)
 
 

@@ -12,15 +12,17 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from .errors import BundleError
+
+if TYPE_CHECKING:  # torch is imported where weights are read or written: predicting from ONNX needs none
+    import torch
 
 BUNDLE_FORMAT = 2
 READABLE_FORMATS = (1, 2)
@@ -71,6 +73,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         tmp.unlink(missing_ok=True)
 
 
+_TEMP_NAME = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")  # what atomic_write's mkstemp names look like
+
+
+def stale_temp_files(folder: Path) -> list[Path]:
+    """Temporary files of writes that never finished (the process was killed mid-write): hidden,
+    so no reader takes them; a finished run removes them."""
+    return sorted(p for p in Path(folder).glob(".*.tmp") if _TEMP_NAME.fullmatch(p.name) and p.is_file())
+
+
 def write_json(path: Path, data: Any) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2, default=str) + "\n"))
 
@@ -78,6 +89,7 @@ def write_json(path: Path, data: Any) -> None:
 def library_versions() -> dict[str, str]:
     import numpy
     import timm
+    import torch
     import torchvision
 
     from . import __version__
@@ -197,12 +209,22 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     return meta
 
 
+def with_columns(meta: dict[str, Any], text_column: str | None, label_column: str | None) -> dict[str, Any]:
+    """The bundle's metadata with the table columns given on the command line (text models)."""
+    recipe = dict(meta.get("recipe") or {})
+    if text_column:
+        recipe["text_column"] = text_column
+    if label_column:
+        recipe["label_column"] = label_column
+    return meta | {"recipe": recipe}
+
+
 def _weights_digest(path: Path) -> str | None:
     from safetensors import safe_open
 
     damaged = _damaged_errors()
     try:
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="np") as f:  # metadata only: no torch needed
             return (f.metadata() or {}).get(DIGEST_KEY)
     except damaged as err:
         raise BundleError(f"{path} is damaged ({_first_line(err)}); copy the bundle again") from None

@@ -9,6 +9,8 @@ import json
 import sys
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import MISSING, Field, fields
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,13 @@ def _parser() -> argparse.ArgumentParser:
         "--input", help="text model: a .csv/.tsv/.jsonl (its text column) or .txt, one text per line"
     )
     p.add_argument("--top-k", type=int, default=1, help="labels per input, most probable first (default: 1)")
+    p.add_argument(
+        "--engine",
+        default="auto",
+        choices=("auto", "torch", "onnxruntime"),
+        help="who runs the network on the CPU: auto (ONNX Runtime for big jobs when measured faster), "
+        "torch or onnxruntime (default: auto)",
+    )
     _column_flags(p)
     _json_flag(p)
     p = sub.add_parser("lr-find", help="learning-rate range test: plot and suggested --lr")
@@ -215,7 +224,7 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
             "test_accuracy": report["test"]["accuracy"],
             "test_macro_f1": report["test"]["macro_f1"],
         }
-    if not args.json:
+    if not args.json and _is_main():  # under accelerate launch every process runs this: rank 0 prints
         print(f"validation accuracy {out['accuracy']:.4f}  macro-F1 {out['macro_f1']:.4f}")
         if report["test"]:
             print(f"test accuracy {out['test_accuracy']:.4f}  macro-F1 {out['test_macro_f1']:.4f}")
@@ -257,11 +266,16 @@ EXIT_SOME_FAILED = 3  # predict: some inputs could not be read (the others were 
 
 
 def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from .bundle import with_columns
     from .errors import ConfigError
-    from .evaluate import with_columns
-    from .predict import load
+    from .predict_onnx import load_exported
 
-    model = load(args.run_dir)
+    # an image run exported with `graft export` predicts without importing PyTorch (starts in ~1 s)
+    model = load_exported(args.run_dir) if args.engine != "torch" else None
+    if model is None:
+        from .predict import load
+
+        model = load(args.run_dir, engine=args.engine)
     meta = with_columns(model.meta, args.text_column, args.label_column)
     one_file = len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
     if _takes_strings(model) and not args.input and one_file:
@@ -446,8 +460,41 @@ def _resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
 
     if args.command != "train" or not getattr(args, "out", None):
         return ""
+    if not (Path(args.out) / "checkpoint.json").is_file():  # stopped before its first checkpoint
+        return f"; no checkpoint was written to {args.out} yet: run the same command again to start over"
     command = ["graft", *(a for a in argv if a not in ("--resume", "--overwrite")), "--resume"]
     return f"; the last checkpoint is kept in {args.out}, continue with: {shlex.join(command)}"
+
+
+def _is_main() -> bool:
+    """False in the processes other than rank 0 of a multi-process run (accelerate launch)."""
+    from .distributed import is_main
+
+    return is_main()
+
+
+@contextmanager
+def _interrupts_not_lost() -> Iterator[None]:
+    """CPython drops an exception raised inside an at-fork hook or a __del__, printing only
+    "Exception ignored in ...": a Ctrl-C landing while a DataLoader forks its worker (every epoch)
+    was lost and training went on. Such a KeyboardInterrupt is raised again in the main thread."""
+    import _thread
+    import threading
+
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # from another thread, a moment later: the main thread gets it back outside the hook
+            threading.Timer(0.05, _thread.interrupt_main).start()
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -456,7 +503,8 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.formatwarning = lambda msg, category, *a, **k: f"warning: {msg}\n"
     try:
-        result = COMMANDS[args.command](args)
+        with _interrupts_not_lost():
+            result = COMMANDS[args.command](args)
     except USER_ERRORS as err:
         print(f"graft: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -473,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return EXIT_BUG
-    if getattr(args, "json", False):
+    if getattr(args, "json", False) and _is_main():
         print(json.dumps(result, default=str))
     return getattr(args, "exit_status", 0)
 

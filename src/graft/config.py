@@ -133,7 +133,23 @@ class TrainConfig:
     )
     resume: bool = option(False, "continue the interrupted run in --out (same command)")
     overwrite: bool = option(False, "replace the run already in --out (else it is refused)")
+    # the checkpoint is as large as the model and only --resume reads it: gone once the bundle is
+    keep_checkpoint: bool = option(
+        False, "keep checkpoint.safetensors/.json in --out after a finished run (they are removed by default)"
+    )
     device: str = option("auto", "auto (a CUDA GPU when present, else the CPU), cpu, cuda, cuda:N or mps")
+    devices: int = option(
+        1,
+        "processes training data-parallel on this machine: one per GPU, or CPU processes (gloo); "
+        "--batch-size stays the global batch (extra distributed; several machines: accelerate launch)",
+        metavar="N",
+    )
+    engine: str = option(
+        "auto",
+        "who runs frozen-feature extraction on the CPU: auto (ONNX Runtime when installed, measured "
+        "faster and matching PyTorch), torch or onnxruntime",
+        choices=("auto", "torch", "onnxruntime"),
+    )
     text_column: str = option(
         "text", "text: column(s) of a table holding the text: text, or title,body", group="text"
     )
@@ -167,7 +183,7 @@ class TrainConfig:
             raise ConfigError("--train-groups must be at least 1; for the head alone use --strategy linear")
         if self.resume and not self.out:
             raise ConfigError("--resume needs the --out folder of the interrupted run")
-        for name in ("epochs", "batch_size", "image_size", "max_length", "patience"):
+        for name in ("epochs", "batch_size", "image_size", "max_length", "patience", "devices"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {value}")

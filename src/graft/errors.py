@@ -28,4 +28,8 @@ class BundleError(GraftError, ValueError):
     """A run folder that cannot be loaded (missing files, newer format, damaged checkpoint)."""
 
 
+class DistributedError(GraftError, RuntimeError):
+    """One of several training processes failed, died or timed out; the others were stopped."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (GraftError, FileNotFoundError)

@@ -11,22 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from .bundle import with_columns
 from .data.splits import SkippedFile
 from .errors import DataError
 from .metrics import classification_metrics
 from .predict import load
 
 _UNKNOWN = re.compile(r"label (.+) \((\d+) row\(s\)\) is not one of the model's classes")
-
-
-def with_columns(meta: dict[str, Any], text_column: str | None, label_column: str | None) -> dict[str, Any]:
-    """The bundle's metadata with the table columns given on the command line (text models)."""
-    recipe = dict(meta.get("recipe") or {})
-    if text_column:
-        recipe["text_column"] = text_column
-    if label_column:
-        recipe["label_column"] = label_column
-    return meta | {"recipe": recipe}
 
 
 def evaluate_folder(

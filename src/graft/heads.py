@@ -76,10 +76,16 @@ def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> nn.Sequent
 class GraftModel(nn.Module):
     """Backbone body + new head: the modality's model inputs (normalised images, token ids) in, logits out."""
 
-    def __init__(self, body: nn.Module, head: nn.Sequential) -> None:
+    def __init__(self, body: nn.Module, head: nn.Sequential, flip_average: bool = False) -> None:
         super().__init__()
         self.body = body
         self.head = head
+        # images: the head takes the mean of the image's and its mirror image's features, as it was
+        # trained and tested on with --flip-features (a linear probe, or the probe kept by LP-FT)
+        self.flip_average = flip_average
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.body(x).flatten(1))
+        features = self.body(x).flatten(1)
+        if self.flip_average:
+            features = (features + self.body(x.flip(3)).flatten(1)) / 2
+        return self.head(features)

@@ -36,14 +36,23 @@ class Predictor:
         classes: Sequence[str],
         meta: dict[str, Any],
         device: torch.device,
+        engine: str = "auto",
     ) -> None:
-        self.model = model.to(device).eval()
+        self.model = modality.prepare_model(model, device).eval()
         self.modality = modality
         self.pipeline = pipeline
         self.preprocessing = getattr(pipeline, "prep", None)
         self.classes_ = tuple(classes)
         self.meta = meta
         self.device = device
+        self.engine = engine  # auto, torch or onnxruntime: see graft.engine
+        self.engine_choice: dict[str, Any] | None = None  # what the last prediction ran on
+
+    def _forward_all(self, batches: Any, n: int) -> torch.Tensor:
+        def record(choice: Any) -> None:
+            self.engine_choice = choice.to_dict()
+
+        return forward_all(self.model, batches, n, engine=self.engine, on_engine=record)
 
     def preprocess(self, inputs: Any) -> Any:
         """What the network takes: a float32 NCHW array for images, token ids per text."""
@@ -53,7 +62,7 @@ class Predictor:
         items = self.pipeline.as_list(inputs)
         if not items:
             return np.zeros((0, len(self.classes_)), np.float32)
-        logits = forward_all(self.model, self.pipeline.batches(items, batch_size, self.device), len(items))
+        logits = self._forward_all(self.pipeline.batches(items, batch_size, self.device), len(items))
         return logits.softmax(1).numpy()
 
     def predict_proba_or_skip(
@@ -67,7 +76,7 @@ class Predictor:
         if not items:
             return proba, failures
         batches = self.pipeline.batches(items, batch_size, self.device, on_failure=failures.__setitem__)
-        logits = forward_all(self.model, batches, len(items))
+        logits = self._forward_all(batches, len(items))
         if logits.numel():
             done = np.setdiff1d(np.arange(len(items)), np.fromiter(failures, int, len(failures)))
             proba[done] = logits[torch.as_tensor(done)].softmax(1).numpy()
@@ -82,18 +91,23 @@ def build_model(meta: dict[str, Any]) -> GraftModel:
     modality = get_modality(meta.get("modality", "image"))  # bundles before 0.1 text support: images
     spec = HeadSpec.parse(meta["head"]["spec"], meta["head"].get("dropout", 0.0))
     body, width = modality.rebuild_body(meta)
-    return GraftModel(body, build_head(spec, width, len(meta["classes"])))
+    flip = bool(meta["head"].get("flip_average", False))
+    return GraftModel(body, build_head(spec, width, len(meta["classes"])), flip_average=flip)
 
 
 RUNTIMES = ("torch", "onnx")
 
 
 def load(
-    run_dir: str | Path, device: str | torch.device | None = None, runtime: str = "torch"
+    run_dir: str | Path,
+    device: str | torch.device | None = None,
+    runtime: str = "torch",
+    engine: str = "auto",
 ) -> Predictor | OnnxPredictor:
     """Rebuild a trained model from `model.safetensors` + `graft.json`; nothing is unpickled.
     An exported `.onnx` file, or `runtime="onnx"`, predicts through onnxruntime instead (the same
-    `predict` / `predict_proba` / `preprocess` API; `graft.export.onnx`)."""
+    `predict` / `predict_proba` / `preprocess` API; `graft.export.onnx`). With the torch runtime,
+    `engine` (auto, torch, onnxruntime) says who runs big CPU jobs (`graft.engine`)."""
     run_dir = Path(run_dir)
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}: use {' or '.join(RUNTIMES)}")
@@ -112,4 +126,4 @@ def load(
         raise BundleError(f"{run_dir}: the weights do not match graft.json ({first})") from None
     prep = modality.preprocessing_from_dict(meta["preprocessing"])
     pipeline = modality.input_pipeline(prep, run_dir=run_dir)
-    return Predictor(model, modality, pipeline, meta["classes"], meta, resolve_device(device))
+    return Predictor(model, modality, pipeline, meta["classes"], meta, resolve_device(device), engine)

@@ -8,6 +8,8 @@ from types import TracebackType
 
 from tqdm.auto import tqdm
 
+from . import distributed
+
 
 class Progress:
     def __init__(self, total: int, desc: str, unit: str = "img", every: float = 30.0) -> None:
@@ -15,7 +17,9 @@ class Progress:
         self.done = 0
         self.extra = ""
         self.started = self.last = time.perf_counter()
-        self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False) if sys.stderr.isatty() else None
+        self.quiet = not distributed.is_main()  # in a multi-process run, rank 0 shows progress
+        shown = sys.stderr.isatty() and not self.quiet
+        self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False) if shown else None
 
     def update(self, n: int) -> None:
         self.done += n
@@ -23,7 +27,7 @@ class Progress:
             self.bar.update(n)
             return
         now = time.perf_counter()
-        if now - self.last >= self.every and self.done < self.total:
+        if now - self.last >= self.every and self.done < self.total and not self.quiet:
             self.last = now
             rate = self.done / max(now - self.started, 1e-9)
             speed = f"{rate:.1f} {self.unit}/s" if rate >= 1 else f"{1 / max(rate, 1e-9):.1f} s/{self.unit}"

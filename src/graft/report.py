@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from . import distributed
 from .bundle import save_bundle, write_json
 from .heads import HeadSpec
 from .metrics import plot_confusion, plot_curves
@@ -21,6 +22,7 @@ def build_report(job: Job, trained: TrainResult, seconds: float, adapted: dict |
         "modality": job.modality.name,
         "strategy": plan.strategy,
         "device": str(job.device),
+        "distributed": distributed.describe(job.device),  # world_size, backend, every process's device
         "backbone": {
             "name": backbone.name,
             "source": backbone.source,
@@ -43,6 +45,7 @@ def build_report(job: Job, trained: TrainResult, seconds: float, adapted: dict |
             "feature_extraction_seconds": trained.extract_seconds,
             "training_seconds": trained.train_seconds,
             "feature_cache_hit": trained.cache_hit,
+            "features_engine": trained.features_engine,
         },
         "validation": trained.val,
         "test": trained.test,
@@ -67,7 +70,8 @@ def bundle_meta(job: Job, report: dict[str, Any]) -> dict[str, Any]:
     return {
         "modality": job.modality.name,
         "backbone": report["backbone"] | arch,
-        "head": {"spec": report["head"], "dropout": job.config.dropout},
+        "head": {"spec": report["head"], "dropout": job.config.dropout}
+        | ({"flip_average": True} if getattr(job.model, "flip_average", False) else {}),
         "classes": report["classes"],
         "preprocessing": report["preprocessing"],
         "recipe": report["config"],

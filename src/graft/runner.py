@@ -18,13 +18,14 @@ from typing import Any
 
 import torch
 
+from . import distributed
 from .backbones import Backbone, create_backbone
 from .compute import resolve_device
 from .config import Plan, TrainConfig
 from .data.splits import DataSplits
 from .errors import ConfigError
 from .heads import GraftModel, HeadSpec, build_head
-from .modalities import Modality, detect
+from .modalities import Modality, detect, get_modality
 from .report import build_report, save_run
 from .training import recipes
 from .training.recipes import Job, TrainResult
@@ -94,13 +95,22 @@ def run(
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     config.check()
+    if launches_processes(config):
+        raise ConfigError(
+            f"--devices {config.devices} starts processes: use graft train, graft.Classifier(...).fit "
+            "or graft.runner.run_processes"
+        )
+    distributed.check_devices(config.devices)
+    if not distributed.is_main():  # one of several processes: rank 0 tells
+        log = _silent
+        warnings.simplefilter("ignore")
     preflight(config)
     if modality is None:
         if splits is not None:
             raise ConfigError("in-memory splits need their modality (graft.modalities.get_modality)")
         modality = detect(config.data).modality
     modality.check(config)
-    device = resolve_device(config.device)
+    device = distributed.setup(resolve_device(config.device))  # under a launcher: join the others
     # the backbone first: a missing download fails in seconds, before a long scan of the data
     backbone = _backbone_for(config, modality)
     if splits is None:
@@ -122,16 +132,45 @@ def run(
         log(f"strategy auto -> {choice.strategy}: {choice.reason}")
         _resolve_strategy(job, choice)
         probe = choice.probe
-    job.run_dir = (
+    job.run_dir = distributed.from_main(  # one time stamp for every process
         Path(config.out) if config.out else default_run_dir(backbone.name, plan.strategy, splits.name)
     )
     trained: TrainResult = recipes.train(job, probe)
     model.eval()
     report = build_report(job, trained, time.perf_counter() - started, adapted)
-    save_run(job, report)
-    for path in trained.scratch_files:  # the bundle holds the kept weights now
-        path.unlink(missing_ok=True)
+    if distributed.is_main():  # several processes: rank 0 writes the run folder
+        save_run(job, report)
+        for path in trained.scratch_files:  # the bundle holds the kept weights now
+            path.unlink(missing_ok=True)
     return RunResult(job.run_dir, report, model, job)
+
+
+def launches_processes(config: TrainConfig) -> bool:
+    """Whether the run is `--devices N` processes that this process has to start."""
+    return config.devices > 1 and not distributed.launched()
+
+
+def run_processes(
+    config: TrainConfig, log: Log = print, splits: DataSplits | None = None, modality: Modality | None = None
+) -> tuple[Path, dict[str, Any]]:
+    """`--devices N`: `run` in N data-parallel processes on this machine (graft.distributed.launch);
+    rank 0 writes the run folder and its lines reach `log`. Returns the folder and its report."""
+    config.check()
+    preflight(config)  # once, here, before any process starts
+    name = modality.name if modality is not None else None
+    device = resolve_device(config.device)
+    run_dir, report = distributed.launch(_run_process, (config, splits, name), config.devices, device, log)
+    return Path(run_dir), report
+
+
+def _run_process(log: Log, config: TrainConfig, splits: DataSplits | None, modality: str | None) -> Any:
+    """One of run_processes' processes."""
+    result = run(config, log, splits, get_modality(modality) if modality else None)
+    return (str(result.run_dir), result.report) if distributed.is_main() else None
+
+
+def _silent(line: str) -> None:
+    pass
 
 
 def _backbone_for(config: TrainConfig, modality: Modality) -> Backbone:

@@ -7,6 +7,7 @@ the file or folder and says what to do, so the CLI can print it without a traceb
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from collections.abc import Sequence
@@ -58,28 +59,67 @@ _ALPHA_MODES = frozenset({"LA", "PA", "RGBA", "RGBa", "La"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
-def load_rgb(source: str | Path | Image.Image | np.ndarray) -> Image.Image:
+def load_rgb(source: str | Path | Image.Image | np.ndarray, min_side: int | None = None) -> Image.Image:
     """Any image -> 8-bit RGB PIL image (EXIF orientation applied, alpha composited on white).
 
     Paths are opened and fully decoded here, so corrupt or truncated files raise
     :class:`UnreadableImage`; numpy arrays must be uint8, uint16 or float in [0, 1].
+    `min_side`: the short side the caller resizes to next. A JPEG much larger than that is decoded
+    at a reduced DCT scale (1/2, 1/4 or 1/8; Pillow's `draft`) whose short side is still at least
+    `min_side`: a 4000 x 3000 photo for a 256-px resize decodes at 500 x 375, about 30x less work.
     """
     if isinstance(source, np.ndarray):
         return _array_to_rgb(source)
     if isinstance(source, Image.Image):
         return _to_rgb(_exif_transpose(source))
     if isinstance(source, str | os.PathLike):
-        return _open_rgb(Path(source))
+        return _open_rgb(Path(source), min_side)
     raise TypeError(f"load_rgb expects a path, PIL image or numpy array, not {type(source).__name__}")
 
 
-def _open_rgb(path: Path) -> Image.Image:
+def _open_rgb(path: Path, min_side: int | None = None) -> Image.Image:
     try:
         with Image.open(path) as img:
+            if min_side and img.format == "JPEG":
+                _draft(img, min_side)
             img.load()  # decode everything now: truncation only shows up here
             return _to_rgb(_exif_transpose(img))
     except Exception as err:  # PIL plugins raise many types (OSError, SyntaxError, ...)
         raise UnreadableImage(f"{path}: cannot read image ({_short(err)})") from err
+
+
+def _draft(img: Image.Image, min_side: int) -> None:
+    """Ask the JPEG decoder for the smallest DCT scale whose short side is still >= min_side."""
+    scale = min_side / max(1, min(img.size))
+    if scale < 0.5:  # draft only ever halves: nothing to gain above half size
+        img.draft(img.mode, (math.ceil(img.width * scale), math.ceil(img.height * scale)))
+
+
+_PIL_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+def resize_center_crop(img: Image.Image, resize_size: int, crop_size: int, interpolation: str) -> np.ndarray:
+    """timm/torchvision evaluation geometry in Pillow alone: the short side resized to
+    `resize_size` (antialiased when shrinking), then a centred `crop_size` square, as uint8 HWC.
+    Sizes and crop offsets are computed as torchvision's Resize(int) and CenterCrop do. Training's
+    evaluation, feature extraction and every predictor share this one function (and need no torch)."""
+    width, height = img.size
+    if width <= height:
+        size = (resize_size, int(resize_size * height / width))
+    else:
+        size = (int(resize_size * width / height), resize_size)
+    if size != img.size:
+        img = img.resize(size, _PIL_FILTERS.get(interpolation, Image.Resampling.BICUBIC))
+    top = int(round((size[1] - crop_size) / 2.0))
+    left = int(round((size[0] - crop_size) / 2.0))
+    return np.asarray(img.crop((left, top, left + crop_size, top + crop_size)))
 
 
 def _exif_transpose(img: Image.Image) -> Image.Image:
@@ -172,6 +212,15 @@ def _short(err: BaseException, limit: int = 160) -> str:
 
 
 # --------------------------------------------------------------------------- folder scanning
+
+
+def image_files_below(folder: Path) -> list[str]:
+    """Every image file below `folder` (hidden ones left out), sorted: `graft predict FOLDER`."""
+    return [
+        str(p)
+        for p in sorted(Path(folder).rglob("*"))
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    ]
 
 
 def scan_image_folder(
@@ -326,7 +375,7 @@ def load_image_data(
         skipped += val_skipped
         val_source = "folder"
     else:
-        train_idx, val_idx = stratified_split(train.labels, val_fraction, seed, where=str(train_dir))
+        train_idx, val_idx = stratified_split(train.labels, val_fraction, seed, str(train_dir), classes)
         train, val_set = train.subset(train_idx), train.subset(val_idx)
         val_source = f"split:{val_fraction}"
     test_set = None
@@ -340,7 +389,7 @@ def _cifar10_splits(root: Path, val_fraction: float, seed: int) -> DataSplits:
     images, labels, classes = load_cifar10(root, train=True)
     test_images, test_labels, _ = load_cifar10(root, train=False)
     train = Labelled(images, np.asarray(labels, dtype=np.int64))
-    train_idx, val_idx = stratified_split(train.labels, val_fraction, seed, where="cifar10")
+    train_idx, val_idx = stratified_split(train.labels, val_fraction, seed, "cifar10", classes)
     test = Labelled(test_images, np.asarray(test_labels, dtype=np.int64))
     return DataSplits(
         train.subset(train_idx),

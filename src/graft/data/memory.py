@@ -26,7 +26,7 @@ def decode_all(sources: Sequence[Source], max_side: int) -> tuple[list[torch.Ten
     failures: dict[int, str] = {}
     for i, src in enumerate(sources):
         try:
-            img = load_rgb(src)
+            img = load_rgb(src, max_side)  # a large JPEG decodes near max_side (draft)
         except UnreadableImage as err:
             failures[i] = str(err)
             images.append(torch.zeros(3, 1, 1, dtype=torch.uint8))

@@ -7,7 +7,9 @@ A file that fails to decode becomes a reported failure, never a crash mid-epoch.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,24 +18,22 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
 from ..backbones import Preprocessing
-from .images import UnreadableImage, load_rgb
+from .images import UnreadableImage, load_rgb, resize_center_crop
 
 Source = str | Path | Image.Image | np.ndarray
 
 
 def eval_transform(prep: Preprocessing) -> Callable[[Image.Image], torch.Tensor]:
-    """Resize the short side to input/crop_pct, center-crop to input size: timm/torchvision eval."""
-    mode = v2.InterpolationMode(prep.interpolation)
-    return v2.Compose(
-        [
-            v2.PILToTensor(),
-            v2.Resize(prep.resize_size, interpolation=mode, antialias=True),
-            v2.CenterCrop(prep.input_size),
-        ]
-    )
+    """Resize the short side to input/crop_pct, center-crop to input size (timm/torchvision eval),
+    in Pillow (`resize_center_crop`), as a uint8 CHW tensor."""
+
+    def transform(img: Image.Image) -> torch.Tensor:
+        array = resize_center_crop(img, prep.resize_size, prep.input_size, prep.interpolation)
+        return torch.from_numpy(np.array(array)).permute(2, 0, 1)
+
+    return transform
 
 
 def normalize(batch: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
@@ -45,16 +45,22 @@ def normalize(batch: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
 
 
 class SourceDataset(Dataset):
-    def __init__(self, sources: Sequence[Source], transform: Callable[[Image.Image], torch.Tensor]):
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        transform: Callable[[Image.Image], torch.Tensor],
+        decode_size: int | None = None,
+    ):
         self.sources = sources
         self.transform = transform
+        self.decode_size = decode_size  # the short side a JPEG may be decoded down to (draft mode)
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, int, str | None]:
         try:
-            return self.transform(load_rgb(self.sources[index])), index, None
+            return self.transform(load_rgb(self.sources[index], self.decode_size)), index, None
         except UnreadableImage as err:
             return None, index, str(err)
 
@@ -73,6 +79,48 @@ def _collate(items: list[tuple[torch.Tensor | None, int, str | None]]) -> Batch:
     return Batch(images, torch.tensor([i for _, i in ok], dtype=torch.long), failures)
 
 
+def ignore_interrupts(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C to the main process, which then stops them cleanly: a worker
+    that took the terminal's SIGINT itself died mid-transfer and printed a traceback after graft's
+    one-line message."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def interruptible(batches: Iterable[Any]) -> Iterator[Any]:
+    """`batches` (a DataLoader) with Ctrl-C held back while the next batch is fetched, and raised
+    right after. Landing there, it was lost in an at-fork hook as the workers started (training
+    went on) or cut a worker's tensor transfer (a traceback after graft's message). A second
+    Ctrl-C while held stops at once. The consumer's own work between batches is interrupted as usual."""
+    if threading.current_thread() is not threading.main_thread() or (
+        signal.getsignal(signal.SIGINT) is not signal.default_int_handler  # someone else's handler
+    ):
+        yield from batches
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if held:
+            raise KeyboardInterrupt
+        held.append(signum)
+
+    iterator: Iterator[Any] | None = None
+    while True:
+        previous = signal.signal(signal.SIGINT, hold)
+        try:
+            iterator = iter(batches) if iterator is None else iterator
+            item = next(iterator, _END)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if held:
+            raise KeyboardInterrupt
+        if item is _END:
+            return
+        yield item
+
+
+_END = object()
+
+
 def default_workers() -> int:
     """Leave one core to the model's own threads; none at all on a single core."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -84,16 +132,19 @@ def iterate_batches(
     prep: Preprocessing,
     batch_size: int = 64,
     workers: int | None = None,
+    decode_size: int | None = None,
 ) -> Iterator[Batch]:
+    """Batches of decoded, resized, center-cropped uint8 images. `decode_size` (the resize's short
+    side) lets large JPEGs decode at a reduced scale first (`load_rgb`'s `min_side`)."""
     workers = default_workers() if workers is None else workers
     kwargs: dict[str, Any] = {"num_workers": workers}
     if workers:
-        kwargs.update(prefetch_factor=4, persistent_workers=False)
+        kwargs.update(prefetch_factor=4, persistent_workers=False, worker_init_fn=ignore_interrupts)
     loader = DataLoader(
-        SourceDataset(sources, eval_transform(prep)),
+        SourceDataset(sources, eval_transform(prep), decode_size),
         batch_size=batch_size,
         shuffle=False,
         collate_fn=_collate,
         **kwargs,
     )
-    yield from loader
+    yield from interruptible(loader)

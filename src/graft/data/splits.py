@@ -63,15 +63,21 @@ def check_val_fraction(val_fraction: float) -> None:
 
 
 def stratified_split(
-    labels: np.ndarray, val_fraction: float, seed: int, where: str = "the training data"
+    labels: np.ndarray,
+    val_fraction: float,
+    seed: int,
+    where: str = "the training data",
+    classes: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted (train, val) indices, stratified by label and seeded. A class too small to stratify
-    (fewer than 2 examples, or fewer validation slots than classes) falls back to a plain seeded
-    random split, with a warning that names the data."""
+    """Sorted (train, val) indices, stratified by label and seeded. A class with fewer than 2
+    examples is a DataError naming it (`classes`: the names of the label indices): it cannot be in
+    both halves, and a random one of them would lack it. Fewer validation slots than classes falls
+    back to a plain seeded random split, with a warning that names the data."""
     from sklearn.model_selection import train_test_split
 
     check_val_fraction(val_fraction)
     labels = np.asarray(labels)
+    _require_two_per_class(labels, where, classes)
     idx = np.arange(len(labels))
     try:
         train_idx, val_idx = train_test_split(idx, test_size=val_fraction, random_state=seed, stratify=labels)
@@ -85,6 +91,20 @@ def stratified_split(
                 f"{val_fraction}; add data or pass a validation set"
             ) from err
     return np.sort(train_idx), np.sort(val_idx)
+
+
+def _require_two_per_class(labels: np.ndarray, where: str, classes: Sequence[str] | None) -> None:
+    values, counts = np.unique(labels, return_counts=True)
+    lonely = [values[i] for i in np.flatnonzero(counts < 2)]
+    if not lonely or len(values) < 2:  # one class or none: the readers say so, naming their files
+        return
+    names = [repr(classes[int(v)]) if classes is not None else str(v) for v in lonely]
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    which = f"class {shown} has" if len(names) == 1 else f"classes {shown} have"
+    raise DataError(
+        f"{where}: {which} a single example, too few to split off validation data: "
+        "add examples, remove the class, or pass a validation set (--val)"
+    )
 
 
 def _why_not_stratified(labels: np.ndarray, val_fraction: float) -> str:

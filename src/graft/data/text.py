@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,6 +42,7 @@ class TextTable:
     texts: list[str]
     labels: list[str]
     skipped: list[SkippedFile] = field(default_factory=list)
+    raw_labels: set[str] = field(default_factory=set)  # as written, before surrounding whitespace is stripped
 
 
 def is_text_data(path: str | Path) -> bool:
@@ -86,36 +88,53 @@ def _decoded_lines(path: Path) -> Iterator[tuple[int, str | None]]:
                 yield number, None
 
 
+def _delimited_lines(path: Path, bad: set[int]) -> Iterator[str]:
+    """Lines for the csv reader, split at \\n, \\r\\n or a lone \\r (old Mac / Excel exports). A line
+    that is not UTF-8 is decoded with replacement characters, so its quotes still count, and its
+    number goes to `bad`: the whole record holding it is skipped, even one spanning several lines."""
+    number = 0
+    with open(path, "rb") as f:
+        for chunk in f:
+            for raw in chunk.splitlines(keepends=True):
+                number += 1
+                try:
+                    yield raw.decode("utf-8-sig" if number == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    bad.add(number)
+                    yield raw.decode("utf-8", errors="replace")
+
+
+def _next_record(path: Path, reader: Any) -> list[str] | None:
+    try:
+        return next(reader)
+    except StopIteration:
+        return None
+    except csv.Error as err:  # a field over csv's size limit: usually a quote left open
+        raise DataError(
+            f"{path}: line {reader.line_num}: {err}: a quote left open (it swallows the lines after it) "
+            "or a text that long; fix or shorten that row"
+        ) from None
+
+
 def _delimited_rows(path: Path, suffix: str) -> Iterator[Row]:
     delimiter = "\t" if suffix == ".tsv" else ","
-    lines = _decoded_lines(path)
-    try:
-        header_line = next(lines)
-    except StopIteration:
-        raise DataError(f"{path} is empty: it needs a header row and one row per text") from None
-    if header_line[1] is None:
+    bad: set[int] = set()
+    reader = csv.reader(_delimited_lines(path, bad), delimiter=delimiter)
+    header = _next_record(path, reader)
+    if header is None:
+        raise DataError(f"{path} is empty: it needs a header row and one row per text")
+    if bad:
         raise DataError(f"{path}: the header row is not valid UTF-8; save the file as UTF-8")
-    header = next(csv.reader([header_line[1]], delimiter=delimiter))
-    bad: dict[int, str] = {}
-
-    def good_lines() -> Iterator[str]:
-        for number, text in lines:
-            if text is None:
-                bad[number] = "not valid UTF-8"
-                yield "\n"  # keeps the reader's line count; an empty record is skipped below
-            else:
-                yield text
-
-    reader = csv.reader(good_lines(), delimiter=delimiter)
-    for fields in reader:
-        number = reader.line_num + 1  # +1: the header was read separately
-        if number in bad:
-            yield number, None, bad.pop(number)
-        elif fields:
+    start = reader.line_num + 1  # the line the next record starts on
+    while (fields := _next_record(path, reader)) is not None:
+        lines, start = range(start, reader.line_num + 1), reader.line_num + 1
+        if bad.intersection(lines):  # reported at the record's first line
+            yield lines[0], None, "not valid UTF-8"
+        elif fields:  # a blank line is no row
             if len(fields) != len(header):
-                yield number, None, f"{len(fields)} fields where the header has {len(header)}"
+                yield lines[0], None, f"{len(fields)} fields where the header has {len(header)}"
             else:
-                yield number, dict(zip(header, fields, strict=True)), None
+                yield lines[0], dict(zip(header, fields, strict=True)), None
 
 
 def _jsonl_rows(path: Path) -> Iterator[Row]:
@@ -125,8 +144,8 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
         elif text.strip():
             try:
                 row = json.loads(text)
-            except json.JSONDecodeError as err:
-                yield number, None, f"not valid JSON ({err.msg})"
+            except (json.JSONDecodeError, RecursionError) as err:  # RecursionError: nested too deep
+                yield number, None, f"not valid JSON ({getattr(err, 'msg', 'nested too deeply')})"
                 continue
             yield (number, row, None) if isinstance(row, dict) else (number, None, "not a JSON object")
 
@@ -145,6 +164,7 @@ def _collect(path: Path, rows: Iterator[Row], text_columns: list[str], label_col
             continue
         assert row is not None
         table.texts.append("\n".join(str(row[c]).strip() for c in text_columns if str(row[c] or "").strip()))
+        table.raw_labels.add(str(row[label_column]))
         table.labels.append(str(row[label_column]).strip())
     return table
 
@@ -216,8 +236,9 @@ def load_text_data(
 ) -> DataSplits:
     """train / val / test texts; val is --val, a dev file beside train, or a stratified split.
 
-    The classes are the sorted distinct training labels (surrounding whitespace stripped; labels
-    that differ only in case stay apart, with a warning); val/test rows with another label are
+    The classes are the sorted distinct training labels (surrounding whitespace stripped, so 'pos'
+    and 'pos ' are one class, with a warning; labels that differ only in case stay apart, with a
+    warning); val/test rows with another label are
     skipped and reported.
     """
     check_val_fraction(val_fraction)
@@ -231,14 +252,18 @@ def load_text_data(
     classes = tuple(sorted(set(train_table.labels)))
     if len(classes) < 2:
         found = ", ".join(map(repr, classes)) or f"no usable rows, {len(train_table.skipped)} skipped"
-        raise DataError(f"{path}: training needs at least 2 labels, found {len(classes)} ({found})")
+        raise DataError(
+            f"{path}: training needs at least 2 labels, found {len(classes)} ({found}); add rows with "
+            "other labels, or point --label-column at the column that holds them"
+        )
     _warn_case_collisions(path, classes)
+    _warn_whitespace_merges(path, train_table.raw_labels)
     skipped: list[SkippedFile] = []
     train = _labelled(train_table, classes, skipped)
     if val:
         val_set, val_source = _labelled(read(val), classes, skipped), str(val)
     else:
-        train_idx, val_idx = stratified_split(train.labels, val_fraction, seed, where=str(path))
+        train_idx, val_idx = stratified_split(train.labels, val_fraction, seed, str(path), classes)
         train, val_set = train.subset(train_idx), train.subset(val_idx)
         val_source = f"split:{val_fraction}"
     test_set = _labelled(read(test), classes, skipped) if test else None
@@ -266,6 +291,23 @@ def _warn_case_collisions(path: Path, labels: Iterable[str]) -> None:
     warnings.warn(
         f"{path}: labels {named} differ only in case; they are kept as different classes "
         "(make them identical if they mean the same class)",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+def _warn_whitespace_merges(path: Path, raw_labels: Iterable[str]) -> None:
+    """One warning naming every group of labels that differ only in surrounding whitespace ('pos',
+    'pos '): they are merged into one class, the stripped label, which is what is nearly always meant."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for label in sorted(set(raw_labels)):
+        groups[label.strip()].append(label)
+    merged = [(name, spellings) for name, spellings in groups.items() if len(spellings) > 1]
+    if not merged:
+        return
+    named = "; ".join(f"{_and_list([repr(s) for s in spellings])} -> {name!r}" for name, spellings in merged)
+    warnings.warn(
+        f"{path}: labels that differ only in surrounding whitespace are merged into one class: {named}",
         UserWarning,
         stacklevel=3,
     )

@@ -52,6 +52,7 @@ class Features:
     failures: dict[int, str]  # index -> reason
     seconds: float  # extraction time (0 on a cache hit)
     cached: bool
+    engine: dict[str, Any] | None = None  # graft.engine.EngineChoice of the extraction, when run
 
 
 class TrainingSet(Protocol):
@@ -155,8 +156,19 @@ class Modality(Protocol):
     def eval_set(self, backbone: Any, prep: Any, data: Any, skipped: list) -> EvalSet: ...
 
     def encode(
-        self, backbone: Any, prep: Any, sources: Sequence[Any], *, flip: bool, batch_size: int, desc: str
-    ) -> Features: ...
+        self,
+        backbone: Any,
+        prep: Any,
+        sources: Sequence[Any],
+        *,
+        flip: bool,
+        batch_size: int,
+        desc: str,
+        engine: str = "auto",
+    ) -> Features:
+        """Frozen features of `sources`; `engine` (auto, torch, onnxruntime) runs the forward pass
+        where the modality supports more than PyTorch (see graft.engine)."""
+        ...
 
     def fingerprint(self, sources: Sequence[Any]) -> str: ...
 

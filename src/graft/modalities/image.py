@@ -19,10 +19,11 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
+from .. import distributed
 from ..backbones import Preprocessing, create_backbone
-from ..data.images import IMAGE_EXTENSIONS, load_image_data, scan_image_folder
+from ..data.images import IMAGE_EXTENSIONS, image_files_below, load_image_data, scan_image_folder
 from ..data.memory import MemoryDataset, decode_all, train_transform
-from ..data.pipeline import default_workers, iterate_batches, normalize
+from ..data.pipeline import default_workers, ignore_interrupts, interruptible, iterate_batches, normalize
 from ..data.splits import DataSplits, Labelled, SkippedFile
 from ..errors import ConfigError, UnreadableImage
 from ..progress import Progress
@@ -70,8 +71,9 @@ class _TrainingImages:
                 num_workers=workers,
                 pin_memory=device.type == "cuda",
                 generator=torch.Generator().manual_seed(seed * 1000 + epoch),
+                worker_init_fn=ignore_interrupts,
             )
-            for x, y in loader:
+            for x, y in interruptible(distributed.shard_loader(loader)):  # this process's part of each batch
                 yield normalize(x.to(device, non_blocking=True), prep), y.to(device, non_blocking=True)
 
         return batches
@@ -131,7 +133,9 @@ class _ImageInputs:
         or, given `on_failure`, is reported to it (position, one-line reason) and left out."""
         inputs = self.as_list(inputs)
         workers = 0 if len(inputs) <= 4 * batch_size else None  # worker start-up costs more than small jobs
-        for batch in iterate_batches(inputs, self.prep, batch_size, workers=workers):
+        for batch in iterate_batches(
+            inputs, self.prep, batch_size, workers=workers, decode_size=self.prep.resize_size
+        ):
             if batch.failures and on_failure is None:
                 raise UnreadableImage(batch.failures[0][1])
             for index, reason in batch.failures:
@@ -172,11 +176,7 @@ class ImageModality:
 
     def inputs_of_folder(self, folder: Path) -> list[str]:
         """Every image file below `folder` (hidden ones left out), for `graft predict FOLDER`."""
-        return [
-            str(p)
-            for p in sorted(folder.rglob("*"))
-            if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-        ]
+        return image_files_below(folder)
 
     def accepts(self, item: Any) -> bool:
         if isinstance(item, Image.Image | np.ndarray):
@@ -230,7 +230,7 @@ class ImageModality:
         self, backbone: Any, prep: Preprocessing, data: Labelled, skipped: list[SkippedFile]
     ) -> _EvalImages:
         parts, labels, sources = [], [], []
-        for batch in iterate_batches(data.sources, prep, batch_size=128):
+        for batch in iterate_batches(data.sources, prep, batch_size=128, decode_size=prep.resize_size):
             skipped.extend(SkippedFile(str(data.sources[i]), r) for i, r in batch.failures)
             parts.append(batch.images)
             labels.append(torch.from_numpy(np.asarray(data.labels)[batch.indices.numpy()]))
@@ -252,9 +252,12 @@ class ImageModality:
         flip: bool,
         batch_size: int,
         desc: str,
+        engine: str = "auto",
     ) -> Features:
-        """Backbone features per source; `flip` averages them with the mirrored image's."""
-        from ..compute import autocast, module_device
+        """Backbone features per source; `flip` averages them with the mirrored image's. The
+        forward pass runs on the engine `graft.engine.choose_engine` picks for this job."""
+        from ..compute import module_device
+        from ..engine import choose_engine
 
         device = module_device(backbone.body)
         # outside inference mode: weights converted inside it could never train again (fine-tuning
@@ -263,20 +266,23 @@ class ImageModality:
         values = np.zeros((len(sources), backbone.num_features), dtype=np.float32)
         ok = np.zeros(len(sources), dtype=bool)
         failures: dict[int, str] = {}
+        forward, choice = None, None
         started = time.perf_counter()
-        with torch.inference_mode(), Progress(len(sources), desc, unit="img") as bar:
-            for batch in iterate_batches(sources, prep, batch_size):
+        with Progress(len(sources), desc, unit="img") as bar:
+            for batch in iterate_batches(sources, prep, batch_size, decode_size=prep.resize_size):
                 failures.update(batch.failures)
                 if len(batch.indices):
                     x = normalize(batch.images.to(device), prep)
-                    with autocast(device):
-                        out = body(x).flatten(1).float()
-                        if flip:
-                            out = (out + body(x.flip(3)).flatten(1).float()) / 2
+                    if forward is None:
+                        forward, choice = choose_engine(body, x, len(sources), engine)
+                    out = forward(x)
+                    if flip:
+                        out = (out + forward(x.flip(3))) / 2
                     values[batch.indices.numpy()] = out.cpu().numpy()
                     ok[batch.indices.numpy()] = True
                 bar.update(len(batch.indices) + len(batch.failures))
-        return Features(values, ok, failures, time.perf_counter() - started, cached=False)
+        seconds = time.perf_counter() - started
+        return Features(values, ok, failures, seconds, cached=False, engine=choice and choice.to_dict())
 
     def fingerprint(self, sources: Sequence[Any]) -> str:
         """Path, size and mtime of files; the bytes of in-memory images."""
@@ -299,7 +305,7 @@ class ImageModality:
         from ..data.images import load_rgb
 
         try:
-            image = load_rgb(source)
+            image = load_rgb(source, size)
         except Exception:  # noqa: BLE001 - a file that vanished since training: show its name only
             return {"name": str(source)}
         image.thumbnail((size, size))

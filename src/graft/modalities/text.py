@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed
 from ..backbones import TextPreprocessing
 from ..data.splits import DataSplits, Labelled, SkippedFile
 from ..data.text import (
@@ -116,7 +117,8 @@ class _TrainingTexts:
 
         def batches(epoch: int) -> Iterator[Batch]:
             generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-            for index in bucketed_order(lengths, batch_size, generator):
+            for batch in bucketed_order(lengths, batch_size, generator):
+                index = distributed.shard(batch)  # this process's part of the batch
                 x = pad([self.ids[i] for i in index], self.pad_id)
                 yield x.to(device, non_blocking=True), self.labels[index].to(device, non_blocking=True)
 
@@ -297,7 +299,10 @@ class TextModality:
         flip: bool,
         batch_size: int,
         desc: str,
+        engine: str = "auto",
     ) -> Features:
+        # PyTorch only: the encoder's variable-length batches are not exported (graft.engine is
+        # for fixed-shape image batches)
         from ..compute import forward_all, module_device
 
         started = time.perf_counter()

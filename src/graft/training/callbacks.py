@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed
 from ..bundle import atomic_write
 from ..compute import forward_all
 from ..metrics import validation_row
@@ -28,7 +29,8 @@ class Evaluate(Callback):
         self.eval_set, self.classes = eval_set, tuple(classes)
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
-        logits = forward_all(loop.model, self.eval_set.batches(loop.device), len(self.eval_set))
+        batches = self.eval_set.batches(loop.device)
+        logits = forward_all(loop.model, batches, len(self.eval_set), across_ranks=True)
         row.update(validation_row(logits, self.eval_set.labels, self.classes))
 
 
@@ -56,7 +58,8 @@ class PreciseBN(Callback):
 
 
 class Checkpoint(Callback):
-    """Restore a checkpoint when resuming; save model + optimizer + state after every epoch."""
+    """Restore a checkpoint when resuming; save model + optimizer + state after every epoch (rank 0
+    of a multi-process run; every process restores)."""
 
     def __init__(self, checkpointer: Checkpointer) -> None:
         self.checkpointer = checkpointer
@@ -65,7 +68,8 @@ class Checkpoint(Callback):
         loop.state = self.checkpointer.restore(loop.model, loop.optimizer)
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
-        self.checkpointer.save(loop.model, loop.optimizer, loop.state)
+        if distributed.is_main():
+            self.checkpointer.save(loop.model, loop.optimizer, loop.state)
 
 
 class KeepBest(Callback):
@@ -74,8 +78,17 @@ class KeepBest(Callback):
     pretrained body). Ties go to the earlier, cheaper model. With `path`, the best weights also go to
     disk (safetensors), so a resumed run restores the same model as an uninterrupted one."""
 
-    def __init__(self, start_score: float | None, path: Path | None = None, resume: bool = False) -> None:
+    def __init__(
+        self,
+        start_score: float | None,
+        path: Path | None = None,
+        resume: bool = False,
+        start_state: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        """`start_score`: the validation accuracy of the model before the first epoch (a probe's),
+        whose weights are the model's at the start, or `start_state` when given."""
         self.start_score, self.path, self.resume = start_score, path, resume
+        self.start_state = start_state
         self.score: float | None = None
         self.epoch = -1
         self.state: dict[str, torch.Tensor] | None = None
@@ -89,18 +102,20 @@ class KeepBest(Callback):
                 self.state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
             self.score, self.epoch = float(meta["val_accuracy"]), int(meta["epoch"])
         elif self.start_score is not None:
-            self._keep(loop, self.start_score, 0)
+            self._keep(loop, self.start_score, 0, self.start_state)
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
         score = row.get("val_accuracy")
         if score is not None and (self.score is None or score > self.score):
             self._keep(loop, score, row["epoch"])
 
-    def _keep(self, loop: Loop, score: float, epoch: int) -> None:
+    def _keep(
+        self, loop: Loop, score: float, epoch: int, state: dict[str, torch.Tensor] | None = None
+    ) -> None:
         self.score, self.epoch = float(score), epoch
-        weights = loop.model.state_dict().items()
+        weights = (state if state is not None else loop.model.state_dict()).items()
         self.state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights}
-        if self.path is not None:
+        if self.path is not None and distributed.is_main():
             from safetensors.torch import save_file
 
             meta = {"epoch": str(epoch), "val_accuracy": repr(self.score)}

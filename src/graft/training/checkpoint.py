@@ -1,8 +1,9 @@
 """Per-epoch checkpoints in the run folder (`checkpoint.safetensors` + `checkpoint.json`), for --resume.
 
 Model and optimizer tensors go to safetensors, everything else to JSON: nothing is pickled. The
-JSON is written last and names the step its tensors belong to, so a crash between the two writes
-is detected instead of resuming from mismatched halves.
+safetensors file also carries that JSON in its metadata, so it alone (one atomic rename) is a
+consistent checkpoint: a kill between the two writes resumes from the newer tensors and their own
+state instead of from mismatched halves. checkpoint.json is the readable copy and the run marker.
 """
 
 from __future__ import annotations
@@ -59,20 +60,20 @@ class Checkpointer:
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
         optim_tensors, optim_meta = _flatten_optimizer(optimizer)
         tensors.update(optim_tensors)
-        atomic_write(
-            self.run_dir / TENSORS,
-            lambda tmp: save_file(tensors, str(tmp), metadata={"step": str(state.step)}),
-        )
-        write_json(
-            self.run_dir / META,
-            {
-                "epoch": state.epoch,
-                "step": state.step,
-                "history": state.history,
-                "optimizer": optim_meta,
-                "config": self.config,
-            },
-        )
+        meta = {
+            "epoch": state.epoch,
+            "step": state.step,
+            "history": state.history,
+            "optimizer": optim_meta,
+            "config": self.config,
+        }
+        embedded = {"step": str(state.step), "state": json.dumps(meta, default=str)}
+        atomic_write(self.run_dir / TENSORS, lambda tmp: save_file(tensors, str(tmp), metadata=embedded))
+        write_json(self.run_dir / META, meta)
+
+    def files(self) -> list[Path]:
+        """checkpoint.json first: removed in this order, a folder never holds half a checkpoint."""
+        return [self.run_dir / META, self.run_dir / TENSORS]
 
     def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> LoopState:
         """The saved state when resuming (and a checkpoint exists), else a fresh one."""
@@ -83,8 +84,13 @@ class Checkpointer:
 
         meta = json.loads((self.run_dir / META).read_text())
         with safe_open(str(self.run_dir / TENSORS), framework="pt") as f:
-            saved_step = int((f.metadata() or {}).get("step", -1))
-        if saved_step != meta["step"]:
+            embedded = f.metadata() or {}
+        saved_step = int(embedded.get("step", -1))
+        if "state" in embedded:  # the tensors' own state wins: checkpoint.json may lag by one save
+            lagging, meta = meta["step"] != saved_step, json.loads(embedded["state"])
+            if lagging:  # killed between the two writes: bring the readable copy up to date
+                write_json(self.run_dir / META, meta)
+        elif saved_step != meta["step"]:  # an older checkpoint without it: a torn save is fatal
             raise BundleError(
                 f"{self.run_dir}: checkpoint files disagree (interrupted while saving?); "
                 "delete checkpoint.* to start over"

@@ -19,11 +19,12 @@ from typing import Any
 
 import numpy as np
 
+from .. import distributed
 from ..backbones import Backbone
 from ..bundle import atomic_write
 from ..modalities.base import Features, Modality
 
-FEATURES_VERSION = 1  # bump when extraction changes numerically
+FEATURES_VERSION = 2  # bump when extraction changes numerically (2: large JPEGs decode in draft mode)
 
 __all__ = ["FEATURES_VERSION", "Features", "cache_dir", "cache_key", "cached_features"]
 
@@ -61,29 +62,26 @@ def cached_features(
     batch_size: int = 64,
     desc: str = "features",
     directory: Path | None = None,
+    engine: str = "auto",
 ) -> Features:
-    """modality.encode, memoised on disk as safetensors (no pickle) under GRAFT_CACHE_DIR."""
-    from safetensors.numpy import load_file, save_file
+    """modality.encode, memoised on disk as safetensors (no pickle) under GRAFT_CACHE_DIR. In a
+    multi-process run each process encodes its part of `sources` and every process gets them all;
+    rank 0 writes the same cache entry a single process would (the key does not depend on the
+    number of processes), so either kind of run reuses the other's features."""
+    from safetensors.numpy import save_file
 
     key = cache_key(modality, backbone, prep, sources, flip)
     folder = (directory or cache_dir()) / "features"
     path = folder / f"{key}.safetensors"
-    if not _usable(folder):
-        return modality.encode(backbone, prep, sources, flip=flip, batch_size=batch_size, desc=desc)
-    if path.is_file():
-        try:
-            data = load_file(str(path))
-            failures = json.loads(data["failures_json"].tobytes())
-            return Features(
-                data["values"],
-                data["ok"].astype(bool),
-                {int(k): v for k, v in failures.items()},
-                0.0,
-                cached=True,
-            )
-        except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
-            path.unlink(missing_ok=True)
-    feats = modality.encode(backbone, prep, sources, flip=flip, batch_size=batch_size, desc=desc)
+    usable = usable_folder(folder)
+    feats = _read(path) if usable and path.is_file() else None
+    if not distributed.any_process(feats is None):  # every process has them from the cache
+        return feats  # type: ignore[return-value]
+    feats = _encode(
+        modality, backbone, prep, sources, flip=flip, batch_size=batch_size, desc=desc, engine=engine
+    )
+    if not (usable and distributed.is_main()):
+        return feats
     blob = np.frombuffer(json.dumps(feats.failures).encode(), dtype=np.uint8).copy()
     try:
         atomic_write(
@@ -98,18 +96,51 @@ def cached_features(
     return feats
 
 
+def _read(path: Path) -> Features | None:
+    from safetensors.numpy import load_file
+
+    try:
+        data = load_file(str(path))
+        failures = json.loads(data["failures_json"].tobytes())
+        failures = {int(k): v for k, v in failures.items()}
+        return Features(data["values"], data["ok"].astype(bool), failures, 0.0, cached=True)
+    except Exception:  # noqa: BLE001 - a damaged cache entry is recomputed, never trusted
+        path.unlink(missing_ok=True)
+        return None
+
+
+def _encode(
+    modality: Modality, backbone: Backbone, prep: Any, sources: Sequence[Any], **options: Any
+) -> Features:
+    """modality.encode; with several processes, each encodes a contiguous part and all get the merge."""
+    if distributed.world_size() == 1:
+        return modality.encode(backbone, prep, sources, **options)
+    start, stop = distributed.split_range(len(sources))
+    part = modality.encode(backbone, prep, sources[start:stop], **options)
+    parts = [(first, p) for first, p in distributed.gather_objects((start, part)) if len(p.ok)]
+    return Features(
+        np.concatenate([p.values for _, p in parts]).astype(np.float32, copy=False),
+        np.concatenate([p.ok for _, p in parts]),
+        {first + i: reason for first, p in parts for i, reason in p.failures.items()},
+        max(p.seconds for _, p in parts),
+        cached=False,
+        engine=part.engine,
+    )
+
+
 _warned: set[Path] = set()
 
 
-def _usable(folder: Path) -> bool:
+def usable_folder(folder: Path, quiet: bool = False) -> bool:
     """Whether the cache folder exists or can be made, and takes a file. If not, one warning
-    (naming GRAFT_CACHE_DIR) and training goes on without the cache."""
+    (naming GRAFT_CACHE_DIR; none when `quiet`) and training goes on without the cache."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        _warn_unusable(folder, err)
+        if not quiet:
+            _warn_unusable(folder, err)
         return False
     return True
 

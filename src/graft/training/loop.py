@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import distributed
 from ..compute import autocast, autocast_dtype, module_device
 from .strategies import HEAD, Stage, StageFn
 
@@ -164,12 +165,18 @@ def fit(
     callbacks: Sequence[Callback] = (),
     loss_fn: LossFn | None = None,
     schedule: Schedule = step_schedule,
+    data_parallel: bool = False,
 ) -> list[dict[str, Any]]:
     """Train for cfg.epochs on the model's device; returns one history row per epoch.
 
     Each epoch reseeds from (seed, epoch), so with a checkpoint callback a run resumes at the last
-    finished epoch and ends with the same weights as an uninterrupted run."""
+    finished epoch and ends with the same weights as an uninterrupted run.
+
+    `data_parallel`, in a multi-process run: `batches` yields this process's part of each global
+    batch, gradients are all-reduced (distributed.DataParallel) and the processes agree on the LR,
+    on stopping and on the epoch's loss. Without it every process does the same work alone."""
     device = module_device(model)
+    parallel = distributed.DataParallel(model, enabled=data_parallel)
     loop = Loop(model, make_optimizer(groups, cfg), cfg, device, max(1, steps_per_epoch))
     loss_fn = loss_fn or classification_loss(cfg, device)
     # fp16 needs loss scaling against underflow; bf16 and fp32 do not
@@ -178,18 +185,20 @@ def fit(
     for cb in callbacks:
         cb.on_fit_start(loop)
     for epoch in range(loop.state.epoch, cfg.epochs):
-        torch.manual_seed(cfg.seed * 1000 + epoch)  # dropout, augmentation: a function of the epoch
+        # dropout, augmentation: a function of the epoch (and of the process)
+        torch.manual_seed(parallel.seed(cfg.seed * 1000 + epoch))
         stage = strategy(epoch)
         apply_stage(model, groups, stage, cfg.bn_frozen)
+        trainer = parallel.wrap()  # the model, or DistributedDataParallel over what trains now
         started = time.perf_counter()
         loss_sum, seen, lr = 0.0, 0, cfg.lr
         for i, (x, y) in enumerate(batches(epoch)):
-            lr = schedule(loop, i)
+            lr = parallel.lr(schedule(loop, i))
             for g in loop.optimizer.param_groups:
                 g["lr"] = lr * stage.lr_mults.get(g["name"], 0.0)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device):
-                loss = loss_fn(model, x, y)
+                loss = loss_fn(trainer, x, y)
             loop.optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(loop.optimizer)
@@ -199,8 +208,10 @@ def fit(
             loop.state.step += 1
             for cb in callbacks:
                 cb.on_step_end(loop, value)
+            loop.stop = parallel.stop(loop.stop)
             if loop.stop:
                 break
+        loss_sum, seen = parallel.totals(loss_sum, seen)
         row = {
             "epoch": epoch + 1,
             "stage": sorted(g for g in stage.lr_mults if g in trained),  # not the frozen groups
@@ -212,8 +223,10 @@ def fit(
         loop.state.epoch = epoch + 1
         for cb in callbacks:
             cb.on_epoch_end(loop, row)
+        loop.stop = parallel.stop(loop.stop)
         if loop.stop:
             break
+    parallel.close()
     for cb in callbacks:
         cb.on_fit_end(loop)
     return loop.state.history

@@ -21,7 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import distributed
 from ..backbones import Backbone
+from ..bundle import stale_temp_files
 from ..compute import autocast, forward_all, module_device
 from ..config import Plan, TrainConfig
 from ..data.splits import DataSplits, Labelled, SkippedFile
@@ -76,10 +78,12 @@ class TrainResult:
     train_seconds: float
     extract_seconds: float = 0.0
     cache_hit: bool = False
+    features_engine: dict[str, Any] | None = None  # graft.engine.EngineChoice of the extraction
     phases: list[str] = field(default_factory=list)  # one summary line per phase
     kept: dict[str, Any] | None = None  # which epoch's weights the model holds, and why
     top_losses: list[dict[str, Any]] = field(default_factory=list)  # validation examples most wrong
     scratch_files: list[Path] = field(default_factory=list)  # to remove once the bundle is written
+    initial_head: dict[str, torch.Tensor] | None = None  # a probe's: the head's weights before it trained
 
 
 # --------------------------------------------------------------------------- shared helpers
@@ -124,7 +128,7 @@ def loop_config(
 
 
 def logits_of(model: nn.Module, eval_set: Any) -> torch.Tensor:
-    return forward_all(model, eval_set.batches(module_device(model)), len(eval_set))
+    return forward_all(model, eval_set.batches(module_device(model)), len(eval_set), across_ranks=True)
 
 
 def metrics_of(
@@ -177,6 +181,7 @@ def time_steps(
         len(batches),
         replace(cfg, epochs=1),
         callbacks=[timer],
+        data_parallel=True,  # a fine-tuning step as the run takes it
     )
     model.load_state_dict(state)
     for p, flag in zip(model.parameters(), requires, strict=True):
@@ -239,14 +244,17 @@ def _features(job: Job, data: Labelled, desc: str) -> Features:
         flip=job.config.flip_features,
         batch_size=64,
         desc=desc,
+        engine=job.config.engine,
     )
     unit = job.modality.unit
     if feats.cached:
         job.log(f"{desc}: {len(data)} feature vectors from the cache")
     else:
         rate = len(data) / max(feats.seconds, 1e-9)
+        engine = f" on {feats.engine['name']}" if feats.engine else ""
         job.log(
-            f"{desc}: extracted {len(data)} feature vectors in {feats.seconds:.1f}s ({rate:.0f} {unit}/s)"
+            f"{desc}: extracted {len(data)} feature vectors in {feats.seconds:.1f}s "
+            f"({rate:.0f} {unit}/s{engine})"
         )
     return feats
 
@@ -334,6 +342,7 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
             loop,
             callbacks=callbacks,
         )
+    job.model.flip_average = config.flip_features  # the head now expects what it was trained on
     val_logits = logits_of(head, val_set)  # one pass for the metrics and the highest losses
     result = TrainResult(
         history=history,
@@ -343,6 +352,7 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
         train_seconds=time.perf_counter() - started,
         extract_seconds=feats.seconds,
         cache_hit=feats.cached,
+        features_engine=feats.engine,
     )
     result.top_losses = highest_losses(val_logits, val_set, splits.classes, job.modality)
     last = history[-1]
@@ -394,11 +404,16 @@ def probe_head(job: Job) -> TrainResult:
         batch_size=linear.batch_size,
         notes=job.plan.notes,
     )
-    return linear_probe(
+    initial = {k: v.detach().clone() for k, v in job.model.head.state_dict().items()}
+    result = linear_probe(
         replace(job, config=probe_config, plan=probe_plan),
         with_test=False,
-        phase="head-only phase, a linear probe on cached features",
+        phase="head-only phase, a linear probe on cached features"
+        if probes_first(job.config, replace(job.plan, strategy="finetune"))
+        else "linear probe (a candidate: fine-tuning starts afresh and must beat it)",
     )
+    result.initial_head = initial
+    return result
 
 
 @torch.no_grad()
@@ -423,7 +438,8 @@ def head_phase(plan: Plan, epochs: int, probed: bool) -> tuple[dict[str, int], i
 
 def resume_key(config: TrainConfig, plan: Plan) -> dict[str, Any]:
     """The settings a checkpoint must share with the command that resumes it."""
-    skip = {"resume", "overwrite", "out", "test", "time_budget", "device"}
+    skip = {"resume", "overwrite", "out", "test", "time_budget", "device", "engine", "keep_checkpoint"}
+    skip.add("devices")  # a run may continue on another number of processes (not bit for bit)
     return {k: v for k, v in config.to_dict().items() if k not in skip} | {"strategy": plan.strategy}
 
 
@@ -444,12 +460,23 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
         f"({time.perf_counter() - t0:.1f}s)"
     )
     model = modality.prepare_model(job.model, device)
-    if probe is None:
+    probe_flips = model.flip_average  # the probe's head on flip-averaged features (--flip-features)
+    model.flip_average = False  # fine-tuning trains and evaluates on each image as it is
+    # LP-FT continues from the probe where the modality's fine-tuning has a head-only phase
+    # (images); elsewhere (text) the probe, when `auto` ran one, is only a candidate to beat: the
+    # head starts again from its initial weights, so fine-tuning is what it is without a probe
+    continues = probe is not None and probes_first(config, plan)
+    candidate = None
+    if probe is not None and not continues:
+        candidate = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if probe.initial_head is not None:
+            model.head.load_state_dict(probe.initial_head)
+    if not continues:
         init_feature_norm(model, train_set.plain_inputs(256, device))
     batch_size = plan.batch_size
     steps_per_epoch = train_set.steps_per_epoch(batch_size)
     groups = [*job.backbone.trainable_groups(), (strategies.HEAD, list(model.head.parameters()))]
-    options, epochs = head_phase(plan, plan.epochs, probe is not None)
+    options, epochs = head_phase(plan, plan.epochs, continues)
     strategy = strategies.make_strategy(
         plan.strategy, [n for n, _ in job.backbone.groups], **options, lr_mult=config.lr_mult
     )
@@ -459,19 +486,21 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
         epochs,
         train_set.labels,
         len(splits.classes),
-        lr_scale=config.lr_after_probe if probe is not None else 1.0,
+        lr_scale=config.lr_after_probe if continues else 1.0,
         cycle="epoch" if plan.strategy == "gradual" else "run",
         pct_start=modality.defaults.warmup_share,
     )
     schedule, limits = step_schedule, []
     if config.time_budget:
-        per_step = time_steps(model, groups, train_set.timing_batches(batch_size, device, 4), loop)
+        local = distributed.local_batch_size(batch_size)  # what one process takes of a global batch
+        per_step = time_steps(model, groups, train_set.timing_batches(local, device, 4), loop)
         n_eval = len(val_set) + (len(splits.test) if splits.test is not None else 0)
         # keep back the final evaluation (a forward is ~1/3 of a training step) and a 3% margin
         reserve = n_eval * per_step / (3 * batch_size) + 0.03 * config.time_budget
         deadline = job.started + config.time_budget - reserve
         # twice the epochs that seem to fit: the deadline, not the count, ends training
         epochs = max(1, math.ceil(2 * (deadline - time.perf_counter()) / (per_step * steps_per_epoch)))
+        epochs = distributed.from_main(epochs)  # several processes run the same epochs (rank 0's timing)
         loop = replace(loop, epochs=epochs)
         schedule, limits = clock_schedule(deadline), [Deadline(deadline)]
         job.log(
@@ -483,7 +512,8 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     if config.weights == "random" and config.bn == "trainable":  # from scratch: see PreciseBN
         precise_bn = [PreciseBN(lambda: train_set.plain_inputs(PRECISE_BN_EXAMPLES, device))]
     best_path = job.run_dir / "best.safetensors"
-    keep = KeepBest(probe.val["accuracy"] if probe is not None else None, best_path, resume=config.resume)
+    start_score = probe.val["accuracy"] if probe is not None else None
+    keep = KeepBest(start_score, best_path, resume=config.resume, start_state=candidate)
     t_train = time.perf_counter()
     history = fit(
         model,
@@ -503,9 +533,11 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
             *limits,
         ],
         schedule=schedule,
+        data_parallel=True,
     )
     train_seconds = time.perf_counter() - t_train
     kept = keep.restore(model, history[-1]["epoch"] if history else 0)
+    model.flip_average = probe_flips and kept["epoch"] == 0  # the probe kept: as it was evaluated
     val_logits = logits_of(model, val_set)  # one pass for the metrics and the highest losses
     result = TrainResult(
         history=history,
@@ -514,7 +546,9 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
         n_train=len(train_set),
         train_seconds=train_seconds,
         kept=kept,
-        scratch_files=[best_path],
+        # checkpoint.json first: a run killed while these go is finished, never half-resumable
+        scratch_files=[*([] if config.keep_checkpoint else checkpointer.files()), best_path]
+        + stale_temp_files(job.run_dir),
         top_losses=highest_losses(val_logits, val_set, splits.classes, modality),
     )
     if history:
@@ -548,6 +582,7 @@ def _merge_probe(trained: TrainResult, probe: TrainResult) -> None:
     trained.extract_seconds += probe.extract_seconds
     trained.train_seconds += probe.train_seconds
     trained.cache_hit = probe.cache_hit
+    trained.features_engine = probe.features_engine
     trained.phases = [*probe.phases, *trained.phases]
 
 
@@ -562,7 +597,8 @@ def estimate_epoch_seconds(job: Job, batch_size: int) -> float:
     model = job.model
     groups = [*job.backbone.trainable_groups(), (strategies.HEAD, list(model.head.parameters()))]
     loop = LoopConfig(epochs=1, lr=0.0, seed=job.config.seed, bn_frozen=job.config.bn == "frozen")
-    per_step = time_steps(model, groups, train_set.timing_batches(batch_size, job.device, 4), loop)
+    local = distributed.local_batch_size(batch_size)  # what one process takes of a global batch
+    per_step = time_steps(model, groups, train_set.timing_batches(local, job.device, 4), loop)
     return per_step * math.ceil(len(train) / batch_size)
 
 
@@ -585,10 +621,10 @@ def choose(job: Job) -> Choice:
     epochs = strategies.auto_epochs(len(splits.train), default_epochs)
     epoch_seconds, probe = 0.0, None
     if per_class >= strategies.MIN_PER_CLASS_TO_FINETUNE:  # only then are the probe and timing worth it
-        finetune_plan = replace(job.plan, strategy="finetune")
-        if probes_first(config, finetune_plan):
-            probe = probe_head(job)
-        epoch_seconds = estimate_epoch_seconds(job, batch_size)
+        # the probe runs first for every modality: LP-FT continues from it (images), and where
+        # fine-tuning starts afresh (text) it is the model to beat; either way `auto` can stop at it
+        probe = probe_head(job)
+        epoch_seconds = distributed.from_main(estimate_epoch_seconds(job, batch_size))  # one choice for all
     chosen, reason = strategies.choose_strategy(
         per_class,
         epoch_seconds,

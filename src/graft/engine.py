@@ -1,0 +1,214 @@
+"""Which engine runs a frozen network's forward pass on the CPU: PyTorch eager or ONNX Runtime.
+
+Frozen-feature extraction and `graft predict` run a network that does not train, many times. On a
+CPU, ONNX Runtime runs the same graph about 2-3x faster than PyTorch eager (EfficientNet-Lite0 at
+224 px on 2 AVX2 cores: 60 vs 29 images/s, `bench/throughput.py`). So, per job:
+
+- a GPU (or MPS) keeps PyTorch, with its autocast;
+- on the CPU, when onnxruntime is installed (extra `onnx`) and the job is big enough to repay an
+  export (about a second for a small CNN), the network is exported once (torch's TorchScript
+  exporter, opset 17, dynamic batch) and cached under GRAFT_CACHE_DIR/engines by a digest of its
+  weights and input shape, so later jobs skip the export;
+- the choice is measured, never assumed: both engines run the same first images, ONNX Runtime is
+  kept only when its outputs match PyTorch's within PARITY_TOLERANCE (relative to the largest
+  output) and it is at least 10% faster. Otherwise PyTorch runs, and `EngineChoice.reason` says why.
+
+`EngineChoice` is what report.json records (`features_engine`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import io
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+# A float32 graph run by another engine differs by reassociation only: ~1e-5 of the output scale
+# (measured 1e-5 on Lite0 features). 1e-3 leaves room for other architectures while still refusing
+# a wrong graph, whose outputs differ by the scale itself.
+PARITY_TOLERANCE = 1e-3
+# Below this many inputs an export (about 1 s for a small CNN, more for big ones) is not repaid
+# unless an exported graph is already cached: at 2x, 128 images at 224 px save about 2 s.
+MIN_INPUTS_TO_EXPORT = 128
+PROBE_IMAGES = 4  # images each engine runs (3 times) to compare outputs and speed
+MIN_SPEEDUP = 1.1
+OPSET = 17
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EngineChoice:
+    name: str  # "torch" or "onnxruntime"
+    reason: str
+    max_abs_diff: float | None = None  # ONNX Runtime vs PyTorch on the probe images
+    speedup: float | None = None  # PyTorch time / ONNX Runtime time on the probe images
+    export_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def torch_forward(module: nn.Module) -> Forward:
+    from .compute import autocast, module_device
+
+    device = module_device(module)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), autocast(device):
+            return module(x.to(device)).flatten(1).float()
+
+    return forward
+
+
+def choose_engine(
+    module: nn.Module, example: torch.Tensor, n_inputs: int, engine: str = "auto"
+) -> tuple[Forward, EngineChoice]:
+    """The forward pass for `module` (in eval mode) on inputs shaped like `example` (a real batch,
+    already normalised), and why that engine. `engine`: auto, torch or onnxruntime."""
+    from .compute import module_device
+
+    eager = torch_forward(module)
+    if engine == "torch":
+        return eager, EngineChoice("torch", "--engine torch")
+    if module_device(module).type != "cpu":
+        return eager, EngineChoice("torch", f"runs on {module_device(module).type}")
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return eager, EngineChoice("torch", "onnxruntime is not installed (pip install 'graft[onnx]')")
+    path = _cache_path(module, example)
+    if engine == "auto" and n_inputs < MIN_INPUTS_TO_EXPORT and not (path and path.is_file()):
+        return eager, EngineChoice("torch", f"{n_inputs} inputs do not repay an ONNX export")
+    try:
+        graph, export_seconds = _exported(module, example, path)
+        session = _session(graph)
+    except Exception as err:  # noqa: BLE001 - any exporter/runtime failure leaves PyTorch in charge
+        reason = f"ONNX export failed ({type(err).__name__}: {(str(err) or '?').splitlines()[0][:120]})"
+        return eager, EngineChoice("torch", reason)
+    if len(session.get_inputs()) != 1:  # the trace lost the input: a graph of constants
+        return eager, EngineChoice("torch", "the exported graph does not take the input")
+    fast = _ort_forward(session)
+    probe = example[:PROBE_IMAGES]
+    try:
+        (torch_s, want), (ort_s, got) = _race(eager, fast, probe)
+    except Exception as err:  # noqa: BLE001 - a graph the runtime cannot run leaves PyTorch in charge
+        return eager, EngineChoice("torch", f"ONNX Runtime failed ({type(err).__name__})")
+    diff = float((got - want).abs().max()) if got.shape == want.shape else float("inf")
+    scale = max(1.0, float(want.abs().max()))
+    speedup = torch_s / max(ort_s, 1e-9)
+    choice = EngineChoice("onnxruntime", "", diff, round(speedup, 2), round(export_seconds, 2))
+    if diff > PARITY_TOLERANCE * scale:
+        choice.name, choice.reason = "torch", f"ONNX Runtime differs from PyTorch by {diff:.2g}"
+        return eager, choice
+    if engine == "auto" and speedup < MIN_SPEEDUP:
+        choice.name, choice.reason = "torch", f"ONNX Runtime is not faster here ({speedup:.2f}x)"
+        return eager, choice
+    choice.reason = f"{speedup:.1f}x PyTorch's speed, outputs within {diff:.1g}"
+    return fast, choice
+
+
+def _race(
+    first: Forward, second: Forward, x: torch.Tensor, rounds: int = 2
+) -> list[tuple[float, torch.Tensor]]:
+    """(best seconds, output) of each forward on `x`: a warm-up each (one-off set-up in both
+    engines), then `rounds` alternating timed calls, so a burst of load on a shared machine
+    does not decide for one engine."""
+    outputs = [first(x), second(x)]
+    best = [float("inf"), float("inf")]
+    for _ in range(rounds):
+        for i, forward in enumerate((first, second)):
+            started = time.perf_counter()
+            outputs[i] = forward(x)
+            best[i] = min(best[i], time.perf_counter() - started)
+    return list(zip(best, outputs, strict=True))
+
+
+def _ort_forward(session: Any) -> Forward:
+    name = session.get_inputs()[0].name
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
+        return torch.from_numpy(session.run(None, {name: array})[0]).flatten(1)
+
+    return forward
+
+
+def _session(graph: bytes | Path) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # the threads PyTorch would have used
+    options.log_severity_level = 3
+    # idle threads sleep instead of spinning: the decode workers share these cores
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = str(graph) if isinstance(graph, Path) else graph
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _weights_digest(module: nn.Module, example: torch.Tensor) -> str:
+    h = hashlib.sha256(f"{type(module).__qualname__}|{tuple(example.shape[1:])}|{torch.__version__}".encode())
+    for name, tensor in list(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:32]
+
+
+def _cache_path(module: nn.Module, example: torch.Tensor) -> Path | None:
+    from .training.features import cache_dir, usable_folder
+
+    folder = cache_dir() / "engines"
+    if not usable_folder(folder, quiet=True):  # the feature cache has warned about it already
+        return None
+    return folder / f"{_weights_digest(module, example)}-opset{OPSET}.onnx"
+
+
+def _exported(module: nn.Module, example: torch.Tensor, path: Path | None) -> tuple[bytes | Path, float]:
+    """The ONNX graph of `module`: read from the cache, or exported (and cached when possible)."""
+    if path is not None and path.is_file():
+        return path, 0.0
+    started = time.perf_counter()
+    blob = _export(module, example)
+    seconds = time.perf_counter() - started
+    if path is None:
+        return blob, seconds
+    from .bundle import atomic_write
+
+    try:
+        atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))
+    except OSError:
+        return blob, seconds  # a full cache costs the next job an export, nothing more
+    return path, seconds
+
+
+def _export(module: nn.Module, example: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    x = example[:1].detach().cpu().contiguous()
+    training = module.training
+    module.eval()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
+            torch.onnx.export(
+                module,
+                (x,),
+                buffer,
+                input_names=["x"],
+                output_names=["y"],
+                dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
+                opset_version=OPSET,
+                **legacy,
+            )
+    finally:
+        module.train(training)
+    return buffer.getvalue()
