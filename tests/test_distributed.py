@@ -219,6 +219,7 @@ def _dies_on_rank_1(log: Any, how: str) -> str:
     return "unreachable"
 
 
+@pytest.mark.slow  # ~10 s of process start-up; the launcher's error mapping is tested just above
 def test_a_dying_process_stops_the_others_with_one_line():
     started = time.perf_counter()
     with pytest.raises(DistributedError, match=r"^process 1 of 2 exited with code 3; the other processes"):

@@ -177,6 +177,18 @@ def test_compare_on_a_tiny_dataset(tmp_path):
     for name in ("learning_curve.png", "accuracy_vs_time.png", "report.html"):
         assert (out / name).stat().st_size > 1000
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 2
+    # run again into the same folder with one more size: the finished run is reused, not redone
+    lines: list[str] = []
+    from graft.compare import CompareConfig, run_compare
+
+    again = run_compare(
+        CompareConfig(data=str(data), out=str(out), labels_per_class=(3, 4), methods=("linear",),
+                      options={"image_size": 32}),
+        log=lines.append,
+    )  # fmt: skip
+    assert [("done before" in line) for line in lines] == [True, False]
+    reused = {r["labels_per_class"]: r for r in again["rows"]}
+    assert reused[3] == rows["linear"] and reused[4]["train_examples"] == 12
 
 
 def test_scratch_is_the_same_recipe_from_random_weights():

@@ -6,6 +6,10 @@ Methods: `linear` (frozen pretrained features + a trained head), `finetune` (gra
 `scratch` (the same architecture from random weights: the honest baseline, trained until validation
 accuracy stops improving but never for fewer epochs than fine-tuning, with the same augmentation,
 BatchNorm statistics of its own and one learning rate for every layer).
+
+Each finished run records its row (`compare_row.json`, with the exact config that made it) and the
+outputs are rewritten before every new run: a compare stopped halfway keeps a report of what
+finished, and the same command, or one with more sizes or methods, continues without redoing them.
 """
 
 from __future__ import annotations
@@ -29,6 +33,11 @@ METHODS = ("linear", "finetune", "scratch")
 SCRATCH_MAX_EPOCHS = 30  # one-cycle over 30 epochs: warm-up for 7, then annealing
 SCRATCH_PATIENCE = 5
 TEST_FRACTION = 0.2  # without --test, this stratified share of DATA (seed 0) is the fixed test set
+# The validation set (early stopping, the kept epoch) is the same for every method and size, and at
+# most this many per class: a user with 10 labels per class has no 5,000-image validation set, and
+# scratch evaluates it every epoch for up to 30 epochs (on CIFAR-10's 10% split that was most of
+# the compare's time).
+VAL_PER_CLASS = 50
 
 Log = Callable[[str], None]
 
@@ -85,10 +94,19 @@ def _fixed_splits(config: CompareConfig, modality: Modality) -> DataSplits:
     """Training pool, validation and a fixed test: --test, the data's own test split, or a held-out share."""
     options = dict(config.options or {})
     splits = modality.load_splits(TrainConfig(data=config.data, test=config.test, **options))
+    splits = replace(splits, val=_at_most(splits.val, VAL_PER_CLASS))
     if splits.test is not None:
         return splits
     train_idx, test_idx = stratified_split(splits.train.labels, TEST_FRACTION, 0, str(config.data))
     return replace(splits, train=splits.train.subset(train_idx), test=splits.train.subset(test_idx))
+
+
+def _at_most(pool: Labelled, per_class: int, seed: int = 0) -> Labelled:
+    """Up to `per_class` examples of each class of `pool` (all of a smaller class), seeded."""
+    labels = np.asarray(pool.labels)
+    rng = np.random.default_rng(seed)
+    keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
+    return pool.subset(np.sort(np.concatenate(keep))) if keep else pool
 
 
 def subset(pool: Labelled, per_class: int | None, seed: int) -> Labelled:
@@ -121,6 +139,13 @@ def run_compare(config: CompareConfig, log: Log = print) -> dict[str, Any]:
                     run_config = replace(
                         method_config(base, method, ft_epochs), seed=seed, out=str(out / name), overwrite=True
                     )
+                    row = _finished_row(run_config)
+                    if row is not None:
+                        rows.append(row)
+                        log(f"{method:9} {row['labels_per_class']:>6} per class, seed {seed}: done before")
+                        continue
+                    if rows:  # what has finished so far stays readable if this run is stopped
+                        write_outputs(_summary(config, modality, splits, rows), out)
                     started = time.perf_counter()
                     result = run(run_config, log=lambda line: None, splits=data, modality=modality)
                     report = result.report
@@ -138,19 +163,51 @@ def run_compare(config: CompareConfig, log: Log = print) -> dict[str, Any]:
                         "run_dir": str(result.run_dir),
                     }
                     rows.append(row)
+                    _record_row(run_config, row)
                     log(
                         f"{method:9} {row['labels_per_class']:>6} per class, seed {seed}: test accuracy "
                         f"{row['test_accuracy']:.4f} in {row['seconds']:.0f}s ({row['epochs']} epochs)"
                     )
-    summary = {
+    summary = _summary(config, modality, splits, rows)
+    write_outputs(summary, out)
+    return summary
+
+
+def _summary(
+    config: CompareConfig, modality: Modality, splits: DataSplits, rows: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
         "data": str(config.data),
         "modality": modality.name,
         "test_examples": len(splits.test),
         "validation_examples": len(splits.val),
-        "rows": rows,
+        "rows": list(rows),
     }
-    write_outputs(summary, out)
-    return summary
+
+
+ROW_FILE = "compare_row.json"  # in each run folder: its row, and the exact config that made it
+
+
+def _finished_row(run_config: TrainConfig) -> dict[str, Any] | None:
+    """The row of a run that an earlier (interrupted or shorter) compare into the same --out
+    finished with exactly this config: reused, so a compare continues where it stopped."""
+    path = Path(str(run_config.out)) / ROW_FILE
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if (
+        saved.get("config") != json.loads(json.dumps(run_config.to_dict()))
+        or not (path.parent / "graft.json").is_file()
+    ):
+        return None
+    return saved.get("row")
+
+
+def _record_row(run_config: TrainConfig, row: dict[str, Any]) -> None:
+    from .bundle import write_json
+
+    write_json(Path(str(run_config.out)) / ROW_FILE, {"config": run_config.to_dict(), "row": row})
 
 
 def _mean_by(rows: Sequence[dict[str, Any]], key: tuple[str, ...]) -> dict[tuple, list[float]]:
@@ -158,6 +215,10 @@ def _mean_by(rows: Sequence[dict[str, Any]], key: tuple[str, ...]) -> dict[tuple
     for row in rows:
         groups.setdefault(tuple(row[k] for k in key), []).append(row["test_accuracy"])
     return groups
+
+
+def _order(method: str) -> int:
+    return METHODS.index(method) if method in METHODS else len(METHODS)
 
 
 def write_outputs(summary: dict[str, Any], out: Path) -> None:
@@ -168,8 +229,11 @@ def write_outputs(summary: dict[str, Any], out: Path) -> None:
     write_json(out / "compare.json", summary)
     rows = summary["rows"]
     plt = _pyplot()
+    # one colour per method (and backbone) in both plots, in METHODS order
+    series = sorted(_mean_by(rows, ("method", "backbone")), key=lambda k: (_order(k[0]), str(k[1])))
+    colour = {key: f"C{i}" for i, key in enumerate(series)}
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for (method, backbone), _ in _mean_by(rows, ("method", "backbone")).items():
+    for method, backbone in series:
         mine = [r for r in rows if r["method"] == method and r["backbone"] == backbone]
         sizes = sorted({r["labels_per_class"] for r in mine})
         accs = [[r["test_accuracy"] for r in mine if r["labels_per_class"] == n] for n in sizes]
@@ -181,6 +245,7 @@ def write_outputs(summary: dict[str, Any], out: Path) -> None:
             marker="o",
             capsize=3,
             label=label,
+            color=colour[(method, backbone)],
         )
     ax.set_xscale("log")
     ax.set_xlabel("labelled examples per class")
@@ -191,9 +256,15 @@ def write_outputs(summary: dict[str, Any], out: Path) -> None:
     fig.savefig(out / "learning_curve.png", dpi=120)
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for method in sorted({r["method"] for r in rows}):
-        mine = [r for r in rows if r["method"] == method]
-        ax.scatter([r["seconds"] for r in mine], [r["test_accuracy"] for r in mine], label=method)
+    for method, backbone in series:
+        mine = [r for r in rows if r["method"] == method and r["backbone"] == backbone]
+        label = method if len({r["backbone"] for r in rows}) == 1 else f"{method} ({backbone})"
+        ax.scatter(
+            [r["seconds"] for r in mine],
+            [r["test_accuracy"] for r in mine],
+            label=label,
+            color=colour[(method, backbone)],
+        )
         for r in mine:
             ax.annotate(str(r["labels_per_class"]), (r["seconds"], r["test_accuracy"]), fontsize=7)
     ax.set_xscale("log")
