@@ -95,6 +95,7 @@ def test_interrupted_run_leaves_an_epoch_1_checkpoint_and_no_bundle(interrupted)
     assert not list(out.rglob("*.pt")) and not list(out.rglob("*.pkl"))
 
 
+@pytest.mark.slow  # the default suite's tests/test_interrupt.py resumes bit-identically from 5 kill points
 def test_resume_ends_with_the_weights_of_an_uninterrupted_run(interrupted, tmp_path, monkeypatch):
     """An uninterrupted run and interrupt-after-epoch-1 + --resume give bit-identical model.safetensors."""
     config, out = interrupted

@@ -446,6 +446,7 @@ def test_a_local_model_folder_is_a_backbone(minilm, tmp_path) -> None:
         assert torch.allclose(local.body(ids), minilm.body(ids), atol=1e-5)
 
 
+@pytest.mark.slow  # ~10 s; tests/test_keep_best.py checks the candidate's restore in the default suite
 def test_auto_on_text_runs_the_probe_first_and_keeps_it_when_fine_tuning_is_worse(
     data, tmp_path, monkeypatch
 ):

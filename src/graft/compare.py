@@ -248,6 +248,10 @@ def write_outputs(summary: dict[str, Any], out: Path) -> None:
             color=colour[(method, backbone)],
         )
     ax.set_xscale("log")
+    # the sizes themselves as ticks (a log axis over 10-50 otherwise reads "2 x 10^1, 3 x 10^1")
+    sizes = sorted({r["labels_per_class"] for r in rows})
+    ax.set_xticks(sizes, [str(n) for n in sizes])
+    ax.xaxis.set_minor_formatter(plt.NullFormatter())
     ax.set_xlabel("labelled examples per class")
     ax.set_ylabel("test accuracy")
     ax.set_title("learning curve")
