@@ -191,24 +191,36 @@ def _exported(module: nn.Module, example: torch.Tensor, path: Path | None) -> tu
 
 
 def _export(module: nn.Module, example: torch.Tensor) -> bytes:
-    buffer = io.BytesIO()
-    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     x = example[:1].detach().cpu().contiguous()
     training = module.training
     module.eval()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
-            torch.onnx.export(
-                module,
-                (x,),
-                buffer,
-                input_names=["x"],
-                output_names=["y"],
-                dynamic_axes={"x": {0: "n"}, "y": {0: "n"}},
-                opset_version=OPSET,
-                **legacy,
-            )
+        return onnx_bytes(module, (x,), ["x"], ["y"], {"x": {0: "n"}, "y": {0: "n"}})
     finally:
         module.train(training)
+
+
+def onnx_bytes(
+    module: nn.Module,
+    inputs: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    dynamic_axes: dict[str, dict[int, str]],
+) -> bytes:
+    """`module` traced to ONNX (opset 17) by torch's TorchScript exporter: exact for graft's
+    branch-free networks and needing no onnxscript. Shared by the engine and `graft export`."""
+    buffer = io.BytesIO()
+    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
+        torch.onnx.export(
+            module,
+            inputs,
+            buffer,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_axes=dynamic_axes,
+            opset_version=OPSET,
+            **legacy,
+        )
     return buffer.getvalue()

@@ -16,8 +16,6 @@ synthetic inputs), or nothing is written.
 
 from __future__ import annotations
 
-import inspect
-import io
 import json
 import os
 import shutil
@@ -294,25 +292,18 @@ def _torch_predictor(run_dir: Path) -> Any:
 
 
 def _trace(predictor: Any, signature: Signature) -> bytes:
+    from ..engine import onnx_bytes
+
     wrapper = signature.wrap(predictor.model, predictor.preprocessing).eval()
-    buffer = io.BytesIO()
-    names = list(signature.inputs)
-    # the TorchScript exporter: exact for these traced, branch-free networks, and needs no onnxscript
-    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # its deprecation and tracer notes
-        torch.onnx.export(
-            wrapper,
-            signature.example(predictor.preprocessing),
-            buffer,
-            **legacy,
-            opset_version=OPSET,
-            input_names=names,
-            output_names=[OUTPUT],
-            dynamic_axes={**signature.dynamic_axes, OUTPUT: {0: "batch"}},
-        )
+    blob = onnx_bytes(
+        wrapper,
+        signature.example(predictor.preprocessing),
+        list(signature.inputs),
+        [OUTPUT],
+        {**signature.dynamic_axes, OUTPUT: {0: "batch"}},
+    )
     predictor.model.eval()  # the exporter restores the wrapper's mode; keep the model's explicit
-    return buffer.getvalue()
+    return blob
 
 
 def metadata(predictor: Any, signature: Signature, assets: str) -> dict[str, str]:
