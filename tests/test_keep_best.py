@@ -89,19 +89,21 @@ def test_probe_headroom_is_the_larger_of_one_percent_and_two_standard_errors():
 def test_auto_keeps_a_probe_without_headroom_and_fine_tunes_one_with_it():
     chosen, reason = choose_strategy(100, 10.0, None, 5, probe_accuracy=0.995, n_val=1000)
     assert chosen == "linear" and "fine-tuning could not show a gain" in reason
-    chosen, reason = choose_strategy(100, 10.0, None, 5, probe_accuracy=0.80, n_val=1000)
-    assert chosen == "finetune" and "leaves room" in reason
+    chosen, reason = choose_strategy(100, 10.0, None, 5, probe_accuracy=0.80, n_val=1000, probe_seconds=5.0)
+    assert chosen == "finetune" and "leaves room" in reason and "(10x the probe's 5s)" in reason
     chosen, _ = choose_strategy(100, 1000.0, None, 5, probe_accuracy=0.80, n_val=1000)
     assert chosen == "linear"  # room, but 5000 s do not fit the 900 s default budget
 
 
 def test_finetune_report_says_what_was_kept_and_removes_its_scratch_file(tmp_path):
+    """Also --tta flip end to end (one run for both, for the suite's time)."""
+    import graft
     from graft.config import TrainConfig
     from graft.runner import run
 
     data = make_image_folder(tmp_path / "data", per_class=8, seed=4)
     config = TrainConfig(data=str(data), strategy="finetune", epochs=3, image_size=32, batch_size=8,
-                         out=str(tmp_path / "run"))  # fmt: skip
+                         tta="flip", out=str(tmp_path / "run"))  # fmt: skip
     lines = []
     result = run(config, log=lines.append)
     report = json.loads((result.run_dir / "report.json").read_text())
@@ -110,7 +112,19 @@ def test_finetune_report_says_what_was_kept_and_removes_its_scratch_file(tmp_pat
     assert scores[kept["epoch"]] == max(scores.values())  # the probe is epoch 0
     assert min(e for e, s in scores.items() if s == max(scores.values())) == kept["epoch"]  # ties: earlier
     one_example = 1 / report["validation"]["n"]  # the probe scored on cached features, the rest on images
-    assert report["validation"]["accuracy"] == pytest.approx(kept["val_accuracy"], abs=one_example)
+    tta = report["tta"]  # the kept weights, then flip averaging on top of them
+    assert tta["val_accuracy"]["plain"] == pytest.approx(kept["val_accuracy"], abs=one_example)
+    assert tta["flip"] and report["validation"]["accuracy"] == tta["val_accuracy"]["flip"]
+    # the bundle says so, and its predictor averages each image's features with its mirror image's
+    assert json.loads((result.run_dir / "graft.json").read_text())["head"]["flip_average"]
+    predictor = graft.load(result.run_dir, engine="torch")
+    x = torch.from_numpy(predictor.preprocess(sorted(data.glob("*/*"))[:4]))
+    model = predictor.model
+    with torch.no_grad():
+        averaged = model.head((model.body(x).flatten(1) + model.body(x.flip(3)).flatten(1)) / 2)
+        assert model.flip_average and torch.allclose(model(x), averaged)
+        model.flip_average = False
+        assert not torch.allclose(model(x), averaged)
     assert not (result.run_dir / "best.safetensors").exists()
     assert any(line.startswith("fine-tuning: ") and "kept: " in line for line in lines)
 

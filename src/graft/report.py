@@ -54,6 +54,7 @@ def build_report(job: Job, trained: TrainResult, seconds: float, adapted: dict |
         "skipped_files": [{"path": s.path, "reason": s.reason} for s in splits.skipped],
         "strategy_choice": {"chosen": plan.strategy, "reason": plan.strategy_reason},
         "kept": trained.kept,
+        "tta": trained.tta,
         "top_losses": trained.top_losses,
         "adapt_lm": adapted,
         "config": config.to_dict(),  # what was asked

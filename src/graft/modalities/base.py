@@ -116,6 +116,7 @@ class Modality(Protocol):
     default_backbone: str
     defaults: Defaults
     request_field: str  # what `graft serve` takes: "file" (an uploaded image) or "texts" (JSON)
+    mirrors: bool  # inputs have a mirror image (x.flip(3)) to average predictions with (--tta)
 
     def inputs_in(self, path: Path) -> list[str]:
         """The files (or rows' file) under `path` this modality would read: detection counts them."""

@@ -156,6 +156,7 @@ class ImageModality:
     default_backbone = "efficientnet_lite0"
     defaults = IMAGE_DEFAULTS
     request_field = "file"  # what `graft serve` takes: an uploaded image
+    mirrors = True
 
     def inputs_in(self, path: Path) -> list[str]:
         if str(path) == "cifar10" and not path.exists():

@@ -187,6 +187,7 @@ class TextModality:
     default_backbone = "minilm"
     defaults = TEXT_DEFAULTS
     request_field = "texts"  # what `graft serve` takes: a JSON list of texts
+    mirrors = False
 
     def inputs_in(self, path: Path) -> list[str]:
         if path.is_file():
@@ -207,8 +208,10 @@ class TextModality:
         return isinstance(item, str)
 
     def check(self, config: Any) -> None:
-        if config.image_size is not None or config.flip_features:
-            raise ConfigError("--image-size and --flip-features are for image data; texts take --max-length")
+        if config.image_size is not None or config.flip_features or config.tta == "flip":
+            raise ConfigError(
+                "--image-size, --flip-features and --tta flip are for image data; texts take --max-length"
+            )
 
     def load_splits(self, config: Any) -> DataSplits:
         return load_text_data(

@@ -83,6 +83,7 @@ class TrainResult:
     kept: dict[str, Any] | None = None  # which epoch's weights the model holds, and why
     top_losses: list[dict[str, Any]] = field(default_factory=list)  # validation examples most wrong
     scratch_files: list[Path] = field(default_factory=list)  # to remove once the bundle is written
+    tta: dict[str, Any] | None = None  # test-time flip averaging: chosen or not, and the evidence
     initial_head: dict[str, torch.Tensor] | None = None  # a probe's: the head's weights before it trained
 
 
@@ -438,7 +439,7 @@ def head_phase(plan: Plan, epochs: int, probed: bool) -> tuple[dict[str, int], i
 
 def resume_key(config: TrainConfig, plan: Plan) -> dict[str, Any]:
     """The settings a checkpoint must share with the command that resumes it."""
-    skip = {"resume", "overwrite", "out", "test", "time_budget", "device", "engine", "keep_checkpoint"}
+    skip = {"resume", "overwrite", "out", "test", "time_budget", "device", "engine", "keep_checkpoint", "tta"}
     skip.add("devices")  # a run may continue on another number of processes (not bit for bit)
     return {k: v for k, v in config.to_dict().items() if k not in skip} | {"strategy": plan.strategy}
 
@@ -494,7 +495,10 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     if config.time_budget:
         local = distributed.local_batch_size(batch_size)  # what one process takes of a global batch
         per_step = time_steps(model, groups, train_set.timing_batches(local, device, 4), loop)
-        n_eval = len(val_set) + (len(splits.test) if splits.test is not None else 0)
+        n_test = len(splits.test) if splits.test is not None else 0
+        # flip averaging (--tta) passes validation twice more, and may double the test's pass
+        flips = 2 if modality.mirrors and config.tta != "none" else 0
+        n_eval = len(val_set) * (1 + flips) + n_test * (1 + flips // 2)
         # keep back the final evaluation (a forward is ~1/3 of a training step) and a 3% margin
         reserve = n_eval * per_step / (3 * batch_size) + 0.03 * config.time_budget
         deadline = job.started + config.time_budget - reserve
@@ -539,6 +543,10 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     kept = keep.restore(model, history[-1]["epoch"] if history else 0)
     model.flip_average = probe_flips and kept["epoch"] == 0  # the probe kept: as it was evaluated
     val_logits = logits_of(model, val_set)  # one pass for the metrics and the highest losses
+    tta = None
+    if modality.mirrors and not model.flip_average:  # (the probe kept with --flip-features has it)
+        val_logits, tta = choose_flip_tta(config.tta, model, val_set, val_logits)
+        job.log(f"test-time flip averaging: {tta['reason']}")
     result = TrainResult(
         history=history,
         val=metrics_of(model, val_set, splits.classes, val_logits),
@@ -550,6 +558,7 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
         scratch_files=[*([] if config.keep_checkpoint else checkpointer.files()), best_path]
         + stale_temp_files(job.run_dir),
         top_losses=highest_losses(val_logits, val_set, splits.classes, modality),
+        tta=tta,
     )
     if history:
         curve = " -> ".join(format(row["val_accuracy"], ".4f") for row in history)
@@ -565,6 +574,34 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     if probe is not None:
         _merge_probe(result, probe)
     return result
+
+
+def choose_flip_tta(
+    mode: str, model: GraftModel, val_set: Any, plain: torch.Tensor
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Test-time flip averaging (fastai's `tta`, timm's `--tta`): each input's features averaged with
+    its mirror image's, at twice the prediction cost. Fine-tuning augments with flips, so it
+    usually gains (bench/levers.py); `auto` keeps it only when the validation accuracy is higher
+    with it (a tie keeps the cheaper plain model), because a mirror image means something else in
+    some data. Returns the validation logits of the choice and what report.json records."""
+    if mode == "none":
+        return plain, {"flip": False, "reason": "off (--tta none)"}
+    if mode == "auto" and not len(val_set):
+        return plain, {"flip": False, "reason": "off: no validation examples to show a gain"}
+    model.flip_average = True
+    flipped = logits_of(model, val_set)
+    labels = val_set.labels.numpy()
+    accuracy = {
+        "plain": float((plain.argmax(1).numpy() == labels).mean()) if len(val_set) else None,
+        "flip": float((flipped.argmax(1).numpy() == labels).mean()) if len(val_set) else None,
+    }
+    if mode == "flip":
+        return flipped, {"flip": True, "reason": "on (--tta flip)", "val_accuracy": accuracy}
+    better = accuracy["flip"] > accuracy["plain"]
+    model.flip_average = better
+    verdict = "on: higher" if better else "off: not higher"
+    reason = f"{verdict} validation accuracy ({accuracy['flip']:.4f} with, {accuracy['plain']:.4f} without)"
+    return (flipped if better else plain), {"flip": better, "reason": reason, "val_accuracy": accuracy}
 
 
 def _kept_line(kept: dict[str, Any]) -> str:
@@ -632,6 +669,7 @@ def choose(job: Job) -> Choice:
         epochs,
         probe_accuracy=probe.val["accuracy"] if probe is not None else None,
         n_val=len(splits.val),
+        probe_seconds=probe.extract_seconds + probe.train_seconds if probe is not None else None,
     )
     planned = None
     if chosen == "finetune" and config.time_budget is None and config.epochs is None:
