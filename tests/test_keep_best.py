@@ -96,14 +96,14 @@ def test_auto_keeps_a_probe_without_headroom_and_fine_tunes_one_with_it():
 
 
 def test_finetune_report_says_what_was_kept_and_removes_its_scratch_file(tmp_path):
-    """Also --tta flip end to end (one run for both, for the suite's time)."""
+    """Also --tta flip and --resize progressive end to end (one run for all, for the suite's time)."""
     import graft
     from graft.config import TrainConfig
     from graft.runner import run
 
     data = make_image_folder(tmp_path / "data", per_class=8, seed=4)
     config = TrainConfig(data=str(data), strategy="finetune", epochs=3, image_size=32, batch_size=8,
-                         tta="flip", out=str(tmp_path / "run"))  # fmt: skip
+                         tta="flip", resize="progressive", out=str(tmp_path / "run"))  # fmt: skip
     lines = []
     result = run(config, log=lines.append)
     report = json.loads((result.run_dir / "report.json").read_text())
@@ -127,6 +127,7 @@ def test_finetune_report_says_what_was_kept_and_removes_its_scratch_file(tmp_pat
         assert not torch.allclose(model(x), averaged)
     assert not (result.run_dir / "best.safetensors").exists()
     assert any(line.startswith("fine-tuning: ") and "kept: " in line for line in lines)
+    assert "progressive resizing: training crops 24 -> 32 px" in lines  # 2 unfrozen epochs at 32 px
 
 
 def test_a_candidate_state_is_what_is_kept_when_no_epoch_beats_it():

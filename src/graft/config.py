@@ -121,6 +121,15 @@ class TrainConfig:
         choices=("auto", "flip", "none"),
         group="image",
     )
+    # progressive resizing did not win consistently side by side (bench/README.md: +2.6 points on
+    # one CIFAR-10 subset, -1.4 on another, 15% less fine-tuning time), so it is not the default
+    resize: str = option(
+        "fixed",
+        "images, fine-tuning: fixed (the full size every epoch) or progressive (training crops grow "
+        "from 2/3 of --image-size to all of it over the unfrozen epochs; not under --time-budget)",
+        choices=("progressive", "fixed"),
+        group="image",
+    )
     augment: str = option(
         "light",
         "images, fine-tuning: none, light (random-resized-crop + flip), strong (+ TrivialAugment)",

@@ -43,13 +43,43 @@ IMAGE_DEFAULTS = Defaults(
     warmup_share=0.25,
 )
 
+# Progressive resizing (fastai, Howard 2018; EfficientNetV2's progressive learning, Tan & Le 2021):
+# the first unfrozen epoch trains on crops 2/3 of the input size (under half the pixels), growing
+# to the full size by the last epoch, so the model ends trained at the size it is evaluated at.
+# 2/3 is the middle of the usual range (fastai's 128 -> 224, EfficientNetV2's ~0.5 -> 1), not
+# tuned here; bench/progressive_resize.py is the side-by-side.
+PROGRESSIVE_START = 2 / 3
+
+
+def progressive_sizes(full: int, epochs: int) -> list[int]:
+    """Training crop sizes per epoch for progressive resizing: from PROGRESSIVE_START of the input
+    size up to all of it at the last epoch, in equal steps, each a multiple of 8 (the strides of
+    CNNs divide it)."""
+    if epochs <= 1:
+        return [full] * max(epochs, 0)
+    first = PROGRESSIVE_START * full
+    sizes = [max(8, round((first + (full - first) * e / (epochs - 1)) / 8) * 8) for e in range(epochs)]
+    sizes[-1] = full
+    return sizes
+
 
 class _TrainingImages:
     def __init__(self, images: list[torch.Tensor], labels: np.ndarray, prep: Preprocessing, augment: str):
-        self.prep = prep
+        self.prep, self.augment, self.images = prep, augment, images
         self.dataset = MemoryDataset(images, labels, train_transform(prep, augment))
         self.plain = MemoryDataset(images, labels, train_transform(prep, "none"))
         self.labels = self.dataset.labels
+        self.sizes: list[int] = []  # training crop size per epoch (grow_inputs); empty: the full size
+
+    def grow_inputs(self, epochs: int) -> str | None:
+        self.sizes = progressive_sizes(self.prep.input_size, epochs)
+        return f"training crops {' -> '.join(map(str, self.sizes))} px" if len(set(self.sizes)) > 1 else None
+
+    def _dataset_for(self, epoch: int) -> MemoryDataset:
+        if not self.sizes or self.sizes[min(epoch, len(self.sizes) - 1)] == self.prep.input_size:
+            return self.dataset
+        prep = self.prep.with_size(self.sizes[min(epoch, len(self.sizes) - 1)])
+        return MemoryDataset(self.images, self.labels, train_transform(prep, self.augment))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -60,9 +90,10 @@ class _TrainingImages:
 
     def batches(self, batch_size: int, seed: int, device: torch.device) -> Callable[[int], Iterator[Batch]]:
         workers = default_workers()
-        prep, dataset = self.prep, self.dataset
+        prep = self.prep
 
         def batches(epoch: int) -> Iterator[Batch]:
+            dataset = self._dataset_for(epoch)
             loader = DataLoader(
                 dataset,
                 batch_size=batch_size,

@@ -109,6 +109,9 @@ class _TrainingTexts:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def grow_inputs(self, epochs: int) -> str | None:
+        return None  # token sequences have no size to grow
+
     def steps_per_epoch(self, batch_size: int) -> int:
         return math.ceil(len(self) / batch_size)
 

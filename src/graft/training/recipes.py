@@ -511,6 +511,10 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
             f"time budget {config.time_budget:.0f}s: {per_step:.3f}s per step, training until "
             f"{deadline - job.started:.0f}s, the schedule follows the clock"
         )
+    if config.resize == "progressive" and not config.time_budget:  # (the clock, not a count, ends those)
+        grown = train_set.grow_inputs(loop.epochs)
+        if grown:
+            job.log(f"progressive resizing: {grown}")
     checkpointer = Checkpointer(job.run_dir, resume_key(config, plan), resume=config.resume)
     precise_bn = []
     if config.weights == "random" and config.bn == "trainable":  # from scratch: see PreciseBN

@@ -1,5 +1,6 @@
-"""Test-time flip averaging (--tta): chosen on validation accuracy, recorded in report.json and the
-bundle (end to end: tests/test_keep_best.py)."""
+"""Accuracy-per-second levers of fine-tuning: test-time flip averaging (--tta), chosen on validation
+accuracy and recorded in report.json and the bundle (end to end: tests/test_keep_best.py), and
+progressive resizing (--resize)."""
 
 from __future__ import annotations
 
@@ -72,3 +73,27 @@ def test_text_refuses_tta_flip():
 
     with pytest.raises(ConfigError, match="--tta flip"):
         get_modality("text").check(TrainConfig(data="x.csv", tta="flip"))
+
+
+def test_progressive_sizes_grow_to_the_full_size_in_multiples_of_8():
+    from graft.modalities.image import progressive_sizes
+
+    assert progressive_sizes(96, 4) == [64, 72, 88, 96]
+    assert progressive_sizes(224, 4) == [152, 176, 200, 224]
+    assert progressive_sizes(224, 1) == [224] and progressive_sizes(100, 2) == [64, 100]
+
+
+def test_training_batches_follow_the_size_schedule_and_evaluation_keeps_the_full_size():
+    import numpy as np
+
+    from graft.backbones._registry import Preprocessing
+    from graft.modalities.image import _TrainingImages
+
+    images = [torch.randint(0, 255, (3, 40, 40), dtype=torch.uint8) for _ in range(8)]
+    train = _TrainingImages(images, np.arange(8) % 2, Preprocessing(input_size=32), "light")
+    assert train.grow_inputs(3) == "training crops 24 -> 24 -> 32 px"
+    batches = train.batches(4, seed=0, device=torch.device("cpu"))
+    shapes = [next(iter(batches(epoch)))[0].shape[-1] for epoch in range(3)]
+    assert shapes == [24, 24, 32]
+    assert next(train.plain_inputs(8, torch.device("cpu"))).shape[-1] == 32  # statistics: full size
+    assert train.grow_inputs(1) is None and next(iter(batches(0)))[0].shape[-1] == 32
