@@ -417,6 +417,7 @@ EPOCH_CAP_BUG = (
 )
 
 
+@pytest.mark.timing
 def test_time_budget_is_kept_and_the_bundle_is_complete(budget_run):
     """--time-budget: as ratios of the budget (robust to a slow or busy machine), training stops by
     the deadline (10% for the last step and its checkpoint), the whole run (final evaluation,
@@ -438,6 +439,7 @@ def test_time_budget_is_kept_and_the_bundle_is_complete(budget_run):
     assert loop_ratio >= 0.6, f"training used only {loop_ratio:.2f} of the budget"
 
 
+@pytest.mark.timing
 def test_time_budget_schedule_anneals_by_the_deadline(budget_run):
     """Under --time-budget the one-cycle follows the clock: the LR has annealed when training stops."""
     history = budget_run.result.report["history"]
@@ -446,6 +448,7 @@ def test_time_budget_schedule_anneals_by_the_deadline(budget_run):
     assert history[-1]["lr"] <= 0.05 * 1e-3, f"final LR {history[-1]['lr']:.2e} after {len(history)} epochs"
 
 
+@pytest.mark.timing
 def test_time_budget_anneals_even_when_the_step_timing_was_pessimistic(data, tmp_path, monkeypatch):
     """Fault injection: the timed steps read 8x slower than training then runs (a busy moment while
     timing). Training may end before the deadline, but the LR must have annealed when it does."""

@@ -196,6 +196,7 @@ def test_kill_9_anywhere_then_resume_gives_the_uninterrupted_weights(data, strai
     assert len(history) == EPOCHS
 
 
+@pytest.mark.timing
 def test_ctrl_c_stops_within_seconds_keeps_the_checkpoint_and_prints_the_resume_command(data, tmp_path):
     """`python -m graft.cli train` in a process group of its own, SIGINT to the group (a terminal's
     Ctrl-C) after its first checkpoint: exit 130 within seconds, a whole checkpoint, and the exact

@@ -290,6 +290,7 @@ def test_text_resume_ends_with_the_weights_of_an_uninterrupted_run(tuned, tmp_pa
     ]
 
 
+@pytest.mark.timing
 def test_text_time_budget_is_kept(data, minilm, tmp_path, monkeypatch) -> None:
     """--time-budget on text, as ratios of the budget (robust to a busy machine): training stops by
     the deadline (15% for the last step and its checkpoint), the whole run overruns it by at most
