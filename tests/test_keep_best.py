@@ -117,6 +117,7 @@ def test_finetune_report_says_what_was_kept_and_removes_its_scratch_file(tmp_pat
     assert tta["flip"] and report["validation"]["accuracy"] == tta["val_accuracy"]["flip"]
     # the bundle says so, and its predictor averages each image's features with its mirror image's
     assert json.loads((result.run_dir / "graft.json").read_text())["head"]["flip_average"]
+    assert "Test-time flip averaging: on (--tta flip)" in (result.run_dir / "report.html").read_text()
     predictor = graft.load(result.run_dir, engine="torch")
     x = torch.from_numpy(predictor.preprocess(sorted(data.glob("*/*"))[:4]))
     model = predictor.model

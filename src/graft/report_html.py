@@ -102,6 +102,8 @@ def render(report: dict[str, Any], run_dir: Path) -> str:
         )
     choice = report.get("strategy_choice", {})
     kept = report.get("kept") or {}
+    tta = report.get("tta")
+    tta_line = f"\n<p>Test-time flip averaging: {_e(tta['reason'])}</p>" if tta else ""
     phases = "".join(f"<li>{_e(line)}</li>" for line in report.get("phases", []))
     notes = "".join(f"<li>{_e(line)}</li>" for line in (report.get("plan") or {}).get("notes", []))
     skipped = report.get("skipped_files", [])
@@ -124,7 +126,7 @@ def render(report: dict[str, Any], run_dir: Path) -> str:
 <p>{headline}</p>
 <h2>How it was trained</h2>
 <p>Strategy: {_e(choice.get("reason", ""))}</p>
-<p>Kept: {_e(kept.get("reason", ""))}</p>
+<p>Kept: {_e(kept.get("reason", ""))}</p>{tta_line}
 <ul>{phases}{notes}</ul>
 <h2>Learning curves</h2>{embed_png(run_dir / "curves.png", "learning curves")}
 <h2>Confusion matrix ({shown_name})</h2>{embed_png(run_dir / "confusion.png", "confusion matrix")}
