@@ -17,11 +17,12 @@ $(VENV)/.test-deps: $(BIN)/graft
 demo: $(BIN)/graft
 	$(BIN)/graft demo
 
-# one pytest process per core (each test runs torch single-threaded), then the tests that assert
+# one pytest process per core (each test runs torch single-threaded; a file's tests stay in one
+# process, so its module fixtures are built once), then the tests that assert
 # wall-clock times on their own, so that no other test competes with them for the cores
 test: $(VENV)/.test-deps
 	$(BIN)/ruff check src tests bench examples
-	$(BIN)/python -m pytest -q -n auto -m 'not slow and not timing'
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m 'not slow and not timing'
 	$(BIN)/python -m pytest -q -m 'timing and not slow'
 
 test-slow: $(VENV)/.test-deps

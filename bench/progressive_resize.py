@@ -1,12 +1,12 @@
 """Progressive resizing (fastai's lesson-1 trick, Howard 2018; also in FixRes and EfficientNetV2)
 for graft's fine-tuning, side by side with the default in one run: the unfrozen epochs train on
-random-resized crops that grow from `--start` of the backbone's input size to all of it, and every
-evaluation is at the full size. Everything else is graft's default `finetune` (LP-FT, one probe).
+random-resized crops that grow from 2/3 of the input size to all of it (`--resize progressive`),
+and every evaluation is at the full size. Everything else is graft's default `finetune` (LP-FT).
 
     python bench/progressive_resize.py --per-class 100 --image-size 96
 
-The schedule is patched into the image modality's training batches here, in the benchmark: graft
-keeps the lever only if it wins (bench/README.md has the verdict). Results:
+Both runs use `--tta none`, so the comparison is of training alone (bench/README.md has the
+verdict). Results:
 .cache/bench/progressive_resize-<per-class>-<size>.json.
 """
 
@@ -24,43 +24,14 @@ from typing import Any
 from seed_recipe import BENCH, DATA, subset_folder
 
 from graft.config import TrainConfig
-from graft.data.memory import MemoryDataset, train_transform
-from graft.modalities import image as image_modality
+from graft.modalities.image import progressive_sizes
 from graft.runner import run
 
 
-def sizes(full: int, start: float, epochs: int) -> list[int]:
-    """From start*full to full in equal steps, each a multiple of 8 (what CNN strides divide)."""
-    if epochs == 1:
-        return [full]
-    first = start * full
-    return [int(round((first + (full - first) * e / (epochs - 1)) / 8) * 8) for e in range(epochs)]
-
-
-def patch_progressive(schedule: list[int]) -> None:
-    original = image_modality._TrainingImages.batches
-
-    def batches(self, batch_size: int, seed: int, device: Any):
-        full = self.dataset
-
-        def by_epoch(epoch: int):
-            prep = self.prep.with_size(schedule[min(epoch, len(schedule) - 1)])
-            self.dataset = MemoryDataset(full.images, full.labels, train_transform(prep, "light"))
-            try:
-                epoch_batches = original(self, batch_size, seed, device)  # takes self.dataset now
-            finally:
-                self.dataset = full
-            yield from epoch_batches(epoch)
-
-        return by_epoch
-
-    image_modality._TrainingImages.batches = batches
-
-
-def one_run(name: str, train: Path, test: Path, size: int, out: Path) -> dict[str, Any]:
+def one_run(name: str, train: Path, test: Path, size: int, out: Path, resize: str) -> dict[str, Any]:
     os.environ["GRAFT_CACHE_DIR"] = tempfile.mkdtemp(prefix="graft-cache-")  # no run reuses another's
     config = TrainConfig(data=str(train), test=str(test), strategy="finetune", image_size=size,
-                         tta="none", out=str(out / name), overwrite=True)  # fmt: skip
+                         tta="none", resize=resize, out=str(out / name), overwrite=True)  # fmt: skip
     started = time.perf_counter()
     result = run(config, log=lambda line: None)
     wall = time.perf_counter() - started
@@ -80,17 +51,15 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--test-per-class", type=int, default=100)
     parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--start", type=float, default=2 / 3, help="first epoch's share of the size")
-    parser.add_argument("--epochs", type=int, default=4, help="graft's unfrozen epochs (default 5 - 1)")
+    parser.add_argument("--epochs", type=int, default=4, help="graft's unfrozen epochs (for the row's name)")
     args = parser.parse_args()
     train = subset_folder(DATA / "train", args.per_class, f"cifar10-train-{args.per_class}")
     test = subset_folder(DATA / "test", args.test_per_class, f"cifar10-test-{args.test_per_class}")
     out = BENCH / "runs" / "progressive"
-    rows = {"default (full size every epoch)": one_run("full", train, test, args.image_size, out)}
-    schedule = sizes(args.image_size, args.start, args.epochs)
-    patch_progressive(schedule)
+    rows = {"default (full size every epoch)": one_run("full", train, test, args.image_size, out, "fixed")}
+    schedule = progressive_sizes(args.image_size, args.epochs)
     rows[f"progressive {' -> '.join(map(str, schedule))}"] = one_run(
-        "progressive", train, test, args.image_size, out
+        "progressive", train, test, args.image_size, out, "progressive"
     )
     print(f"\nCIFAR-10, {args.per_class} per class, {args.image_size} px, fine-tuning\n")
     print("| training sizes | test accuracy | val accuracy by epoch | fine-tuning s | wall s |")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 from torch import nn
 
@@ -60,6 +61,7 @@ def test_no_early_stopping_without_patience():
     assert len(history) == 4
 
 
+@pytest.mark.timing
 def test_deadline_stops_training_and_anneals_the_lr():
     """A deadline ends training on time, and the clock-following schedule has annealed the LR."""
     model, groups, batches = _toy()

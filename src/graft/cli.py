@@ -20,7 +20,7 @@ EXIT_BUG = 1
 # compare: the training options that apply to every run it makes
 COMPARE_OPTIONS = (
     "data", "test", "val", "data_root", "image_size", "val_fraction", "device", "text_column",
-    "label_column", "max_length", "time_budget", "batch_size",
+    "label_column", "max_length", "time_budget", "batch_size", "tta",
 )
 # lr-find: the options that change what the range test measures
 LR_FIND_OPTIONS = (

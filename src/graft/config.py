@@ -116,8 +116,8 @@ class TrainConfig:
     # some data (text in images, left and right).
     tta: str = option(
         "auto",
-        "images, fine-tuning: test-time flip averaging: auto (kept when validation accuracy is higher "
-        "with it), flip, none",
+        "images, fine-tuning: test-time flip averaging: auto (kept when validation shows a gain beyond "
+        "noise), flip, none",
         choices=("auto", "flip", "none"),
         group="image",
     )

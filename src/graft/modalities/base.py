@@ -73,9 +73,10 @@ class TrainingSet(Protocol):
         """Up to `limit` un-augmented inputs (for the head's feature statistics)."""
         ...
 
-    def grow_inputs(self, epochs: int) -> str | None:
-        """Progressive resizing where the modality has it: over `epochs` epochs the training inputs
-        grow to the full size. Returns the schedule for the log, or None (inputs keep their size)."""
+    def grow_inputs(self, epochs: int, model: nn.Module) -> str | None:
+        """Progressive resizing where the modality has it and `model` takes smaller inputs: over
+        `epochs` epochs the training inputs grow to the full size. Returns what the log says, or
+        None (inputs keep their size)."""
         ...
 
     def timing_batches(self, batch_size: int, device: torch.device, count: int) -> list[Batch]:

@@ -45,7 +45,7 @@ IMAGE_DEFAULTS = Defaults(
 
 # Progressive resizing (fastai, Howard 2018; EfficientNetV2's progressive learning, Tan & Le 2021):
 # the first unfrozen epoch trains on crops 2/3 of the input size (under half the pixels), growing
-# to the full size by the last epoch, so the model ends trained at the size it is evaluated at.
+# to the full size by the last epoch, so the last epochs train at the size it is evaluated at.
 # 2/3 is the middle of the usual range (fastai's 128 -> 224, EfficientNetV2's ~0.5 -> 1), not
 # tuned here; bench/progressive_resize.py is the side-by-side.
 PROGRESSIVE_START = 2 / 3
@@ -58,9 +58,25 @@ def progressive_sizes(full: int, epochs: int) -> list[int]:
     if epochs <= 1:
         return [full] * max(epochs, 0)
     first = PROGRESSIVE_START * full
-    sizes = [max(8, round((first + (full - first) * e / (epochs - 1)) / 8) * 8) for e in range(epochs)]
+    steps = [first + (full - first) * e / (epochs - 1) for e in range(epochs)]
+    sizes = [min(full, max(8, round(size / 8) * 8)) for size in steps]  # never above the full size
     sizes[-1] = full
     return sizes
+
+
+@torch.no_grad()
+def _takes_size(model: nn.Module, size: int) -> bool:
+    """Whether the network runs on size x size inputs (some, ViTs without dynamic image sizes,
+    take only the size they were built for)."""
+    was_training, device = model.training, next(model.parameters()).device
+    model.eval()
+    try:
+        model(torch.zeros(2, 3, size, size, device=device))
+        return True
+    except (RuntimeError, AssertionError, ValueError):
+        return False
+    finally:
+        model.train(was_training)
 
 
 class _TrainingImages:
@@ -71,9 +87,15 @@ class _TrainingImages:
         self.labels = self.dataset.labels
         self.sizes: list[int] = []  # training crop size per epoch (grow_inputs); empty: the full size
 
-    def grow_inputs(self, epochs: int) -> str | None:
-        self.sizes = progressive_sizes(self.prep.input_size, epochs)
-        return f"training crops {' -> '.join(map(str, self.sizes))} px" if len(set(self.sizes)) > 1 else None
+    def grow_inputs(self, epochs: int, model: nn.Module) -> str | None:
+        sizes = progressive_sizes(self.prep.input_size, epochs)
+        self.sizes = []
+        if len(set(sizes)) <= 1:
+            return None
+        if not _takes_size(model, min(sizes)):
+            return f"off: the network takes only {self.prep.input_size} px inputs"
+        self.sizes = sizes
+        return f"training crops {' -> '.join(map(str, sizes))} px"
 
     def _dataset_for(self, epoch: int) -> MemoryDataset:
         if not self.sizes or self.sizes[min(epoch, len(self.sizes) - 1)] == self.prep.input_size:

@@ -109,7 +109,7 @@ class _TrainingTexts:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def grow_inputs(self, epochs: int) -> str | None:
+    def grow_inputs(self, epochs: int, model: nn.Module) -> str | None:
         return None  # token sequences have no size to grow
 
     def steps_per_epoch(self, batch_size: int) -> int:
@@ -215,6 +215,8 @@ class TextModality:
             raise ConfigError(
                 "--image-size, --flip-features and --tta flip are for image data; texts take --max-length"
             )
+        if config.resize == "progressive":
+            raise ConfigError("--resize progressive is for image data: texts have no size to grow")
 
     def load_splits(self, config: Any) -> DataSplits:
         return load_text_data(
