@@ -1,6 +1,7 @@
 """graft's defaults against its own probe and the anchors, one table per dataset, one run each.
 
     python bench/anchors.py images --per-class 10 100 500     # CIFAR-10 subsets, 1,000 test images
+    python bench/anchors.py images --per-class 500 --only fastai --graft-budget 1800
     python bench/anchors.py trec6                              # TREC-6: graft vs a Hugging Face Trainer
 
 Images (same packaged EfficientNet-Lite0, same images, same resolution, same epochs in all):
@@ -76,6 +77,8 @@ def keras_run(per_class: int, test_per_class: int, size: int, epochs: int) -> di
 
 def images(args: argparse.Namespace) -> None:
     wanted = set(args.only or ("graft", "probe", "fastai", "keras", "seed"))
+    if args.graft_budget:
+        wanted.add("budget")
     test = subset_folder(DATA / "test", args.test_per_class, f"cifar10-test-{args.test_per_class}")
     for per_class in args.per_class:
         train = subset_folder(DATA / "train", per_class, f"cifar10-train-{per_class}")
@@ -84,6 +87,10 @@ def images(args: argparse.Namespace) -> None:
         base = ["train", str(train), "--test", str(test), "--image-size", size]
         if "graft" in wanted:
             rows["graft defaults (auto)"] = graft_run(base)
+        if "budget" in wanted:  # graft given the wall time the anchors take: `auto` under --time-budget
+            rows[f"graft defaults, --time-budget {args.graft_budget:.0f}s"] = graft_run(
+                [*base, "--time-budget", str(args.graft_budget)]
+            )
         if "probe" in wanted:
             rows["graft probe (--strategy linear)"] = graft_run([*base, "--strategy", "linear"])
         if "fastai" in wanted:
@@ -189,6 +196,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5, help="every recipe's epochs in all (graft's default: 5)")
     p.add_argument("--fastai-python", default=str(FASTAI_PYTHON))
     p.add_argument("--only", nargs="+", help="run only these recipes: graft, probe, fastai, keras, seed")
+    p.add_argument("--graft-budget", type=float, help="also graft's defaults with --time-budget "
+                   "SECONDS (auto keeps the probe when fine-tuning needs more than 15 minutes)")  # fmt: skip
     p = sub.add_parser("trec6")
     p.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
