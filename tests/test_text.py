@@ -313,7 +313,7 @@ def test_text_time_budget_is_kept(data, minilm, tmp_path, monkeypatch) -> None:
         return history
 
     monkeypatch.setattr(recipes, "fit", timed_fit)
-    budget = 5.0
+    budget = 8.0  # the fixed costs (bundle, checkpoint) weigh less against a longer budget
     config = replace(
         _tuned_config(data, "finetune", None, tmp_path / "run"), epochs=None, lr=None, time_budget=budget
     )
@@ -323,10 +323,10 @@ def test_text_time_budget_is_kept(data, minilm, tmp_path, monkeypatch) -> None:
     run_ratio = (time.perf_counter() - started) / budget
     loop_ratio = (loop_ends[-1] - started) / budget
     # the step that crosses the deadline, its epoch's evaluation and checkpoint write still run:
-    # on a 5 s budget and busy cores that is up to a quarter of it
+    # on an 8 s budget and busy cores that is up to a sixth of it
     assert loop_ratio <= 1.3, f"training ran {loop_ratio:.2f}x the budget"
     assert run_ratio <= 1.6, f"the run took {run_ratio:.2f}x the budget"
-    assert any(line.startswith("time budget 5s") for line in lines)
+    assert any(line.startswith("time budget 8s") for line in lines)
     done, planned = [line.split()[1] for line in lines if line.startswith("epoch ")][-1].split("/")
     if loop_ratio < 0.6 and done == planned:
         pytest.xfail(
