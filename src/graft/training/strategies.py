@@ -114,9 +114,10 @@ def choose_strategy(
       15 minutes).
 
     The time is not weighed against the probe's: fine-tuning an epoch costs a forward and a
-    backward pass per example where the probe's extraction costs one forward pass in all, so the
-    ratio (about 10x for 4 epochs; more when the probe's features came from the cache) is a
-    property of the recipe, not of the dataset, and cannot tell where the extra time pays. What
+    backward pass per example where the probe's extraction costs one forward pass in all (often
+    on a faster engine), so the ratio (36x to 40x on the CIFAR-10 subsets in bench/README.md;
+    more when the probe's features came from the cache) is a property of the recipe and the
+    machine, not of the dataset, and cannot tell where the extra time pays. What
     pays is in the data: its size and the probe's error. The reason states the ratio, and
     fine-tuning keeps the probe's model unless an epoch beats it on validation
     (`callbacks.KeepBest`), so the extra time does not lower validation accuracy.
