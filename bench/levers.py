@@ -25,16 +25,13 @@ import numpy as np
 from seed_recipe import BENCH
 
 import graft
-from graft.data.images import image_files_below
+from graft.data.images import scan_image_folder
 
 
 def labelled_files(folder: Path) -> tuple[list[Path], list[str]]:
-    files, labels = [], []
-    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
-        found = image_files_below(class_dir)
-        files += found
-        labels += [class_dir.name] * len(found)
-    return files, labels
+    """The test folder's images and class names, read as graft reads image folders."""
+    images, classes, _ = scan_image_folder(folder)
+    return list(images.sources), [classes[i] for i in images.labels]
 
 
 def evaluate(predictor: Any, base: Any, files: list[Path], labels: list[str], scale: float,

@@ -602,15 +602,15 @@ def choose_flip_tta(
     model.flip_average = True
     flipped = logits_of(model, val_set)
     labels = val_set.labels.numpy()
+    plain_right, flip_right = plain.argmax(1).numpy() == labels, flipped.argmax(1).numpy() == labels
     accuracy = {
-        "plain": float((plain.argmax(1).numpy() == labels).mean()) if len(val_set) else None,
-        "flip": float((flipped.argmax(1).numpy() == labels).mean()) if len(val_set) else None,
+        "plain": float(plain_right.mean()) if len(val_set) else None,
+        "flip": float(flip_right.mean()) if len(val_set) else None,
     }
     if mode == "flip":
         return flipped, {"flip": True, "reason": "on (--tta flip)", "val_accuracy": accuracy}
     # the examples the two get differently right decide (McNemar): flip averaging must fix more
     # than it breaks by over one standard error of that difference, sqrt(fixed + broken)
-    plain_right, flip_right = plain.argmax(1).numpy() == labels, flipped.argmax(1).numpy() == labels
     fixed, broken = int((flip_right & ~plain_right).sum()), int((plain_right & ~flip_right).sum())
     better = fixed - broken > math.sqrt(fixed + broken)
     model.flip_average = better
