@@ -19,11 +19,15 @@ demo: $(BIN)/graft
 
 # one pytest process per core (each test runs torch single-threaded; a file's tests stay in one
 # process, so its module fixtures are built once), then the tests that assert
-# wall-clock times on their own, so that no other test competes with them for the cores
+# wall-clock times on their own, so that no other test competes with them for the cores, then the
+# tests whose numbers a machine's precision decides, as on a CPU with native bf16 and as on one
+# without (GRAFT_CPU_BF16), whichever this machine is
 test: $(VENV)/.test-deps
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/python -m pytest -q -n auto --dist loadfile -m 'not slow and not timing'
 	$(BIN)/python -m pytest -q -m 'timing and not slow'
+	GRAFT_CPU_BF16=1 $(BIN)/python -m pytest -q -n auto --dist loadfile -m 'precision and not slow'
+	GRAFT_CPU_BF16=0 $(BIN)/python -m pytest -q -n auto --dist loadfile -m 'precision and not slow'
 
 test-slow: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q -m slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -14,6 +15,18 @@ from PIL import Image
 # The tests use tiny tensors (a 3-class head on a few dozen feature vectors): intra-op threads buy
 # nothing there, and on busy cores their spin-waiting makes every step ~10x slower.
 torch.set_num_threads(1)
+
+
+# `.ci/run` sets GRAFT_CI=1 after installing everything the suite uses (Chromium included): there a
+# test that cannot run is a failure, not a skip that hides one.
+IN_CI = os.environ.get("GRAFT_CI") == "1"
+
+
+def unavailable(reason: str) -> None:
+    """Skip a test whose tool is missing here, with the reason; under CI fail it instead."""
+    if IN_CI:
+        pytest.fail(f"{reason}; CI installs it, so it must be here (GRAFT_CI=1)")
+    pytest.skip(reason)
 
 
 def isolate(mp: pytest.MonkeyPatch, root: Path) -> Path:

@@ -306,6 +306,7 @@ def mlp_run(tmp_path_factory):
         return run(config, log=_quiet), holdout
 
 
+@pytest.mark.precision
 def test_head_mlp_end_to_end(mlp_run):
     """--head mlp:16 --dropout 0.5: the bundle holds a 1280 -> 16 -> 3 head, reloads with the same
     probabilities as the in-memory model (dropout off), and the head learnt the easy classes."""
@@ -315,7 +316,7 @@ def test_head_mlp_end_to_end(mlp_run):
     shapes = [tuple(v.shape) for k, v in saved.items() if k.startswith("head.") and k.endswith("weight")]
     assert shapes == [(16, 1280), (3, 16)]
     paths = sorted(holdout.glob("*/*"))
-    loaded = graft.load(result.run_dir, device="cpu")
+    loaded = graft.load(result.run_dir, device="cpu", precision="fp32")
     with torch.inference_mode():
         expected = result.model.eval()(torch.from_numpy(loaded.preprocess(paths))).softmax(1).numpy()
     np.testing.assert_allclose(loaded.predict_proba(paths), expected, atol=1e-5, rtol=0)
@@ -413,6 +414,7 @@ def _flip_averaged_proba(result, paths: list[Path]) -> np.ndarray:
         return model.head(feats).softmax(1).numpy()
 
 
+@pytest.mark.precision
 def test_flip_features_run_trains_and_tests_on_flip_averaged_features(flip_run):
     """--flip-features end to end: the report's test accuracy is the head's on flip-averaged
     features, and those differ from the plain ones (the option does something)."""
@@ -431,11 +433,12 @@ def test_flip_features_run_trains_and_tests_on_flip_averaged_features(flip_run):
     assert not torch.allclose(plain, mirrored, atol=1e-3)
 
 
+@pytest.mark.precision
 def test_flip_features_bundle_predicts_what_the_run_tested(flip_run):
     """graft.load(run).predict_proba on the test images equals the probabilities behind report.json's
     test accuracy (the head on flip-averaged features): the bundle records `flip_average`."""
     result, holdout = flip_run
     paths = sorted(holdout.glob("*/*"))
     expected = _flip_averaged_proba(result, paths)
-    got = graft.load(result.run_dir, device="cpu").predict_proba(paths)
+    got = graft.load(result.run_dir, device="cpu", precision="fp32").predict_proba(paths)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)

@@ -72,7 +72,7 @@ def test_wrong_outputs_fall_back_to_torch(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setattr(engine_mod, "_ort_forward", off_by_one)
     forward, choice = choose_engine(small_cnn(), batch(), n_inputs=1000, engine="onnxruntime")
     assert choice.name == "torch"
-    assert "differs from PyTorch" in choice.reason
+    assert "differs from fp32 PyTorch" in choice.reason
 
 
 def test_an_unexportable_module_falls_back_to_torch():
@@ -216,6 +216,7 @@ def image_run(tmp_path_factory) -> Path:
         return run(config, log=lambda line: None).run_dir
 
 
+@pytest.mark.precision
 def test_report_records_the_extraction_engine(image_run: Path):
     import json
 
@@ -224,13 +225,14 @@ def test_report_records_the_extraction_engine(image_run: Path):
     assert engine["max_abs_diff"] <= PARITY_TOLERANCE
 
 
+@pytest.mark.precision
 def test_predictor_on_onnxruntime_predicts_what_torch_does(image_run: Path):
     import graft
 
     images = sorted((image_run.parent / "data").rglob("*.png"))[:10]
     assert images
-    on_torch = graft.load(image_run, engine="torch")
-    on_ort = graft.load(image_run, engine="onnxruntime")
+    on_torch = graft.load(image_run, engine="torch", precision="fp32")  # like with like: ONNX is fp32
+    on_ort = graft.load(image_run, engine="onnxruntime", precision="fp32")
     np.testing.assert_allclose(on_ort.predict_proba(images), on_torch.predict_proba(images), atol=1e-4)
     assert on_ort.engine_choice["name"] == "onnxruntime"
     assert on_torch.engine_choice is None  # torch was asked for: nothing to choose
@@ -252,6 +254,7 @@ def exported_run(image_run: Path, tmp_path_factory) -> Path:
     return run
 
 
+@pytest.mark.precision
 def test_an_exported_run_predicts_without_torch_what_torch_predicts(exported_run: Path, image_run: Path):
     import graft
     from graft.predict_onnx import load_exported
@@ -260,7 +263,7 @@ def test_an_exported_run_predicts_without_torch_what_torch_predicts(exported_run
     assert fast is not None
     images = [str(p) for p in sorted((image_run.parent / "data").rglob("*.png"))][:12]
     assert images
-    want = graft.load(exported_run, engine="torch").predict_proba(images)
+    want = graft.load(exported_run, engine="torch", precision="fp32").predict_proba(images)
     proba, failures = fast.predict_proba_or_skip([*images, "missing.png"])
     assert set(failures) == {len(images)} and "missing.png" in failures[len(images)]
     np.testing.assert_allclose(proba[: len(images)], want, atol=1e-4)

@@ -21,6 +21,7 @@ import json
 import struct
 import warnings
 import zlib
+from collections import Counter
 from functools import cache
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from graft.backbones import Preprocessing
 from graft.data.images import _verify_image, load_rgb
 from graft.data.pipeline import iterate_batches
 from graft.data.text import load_text_data, read_text_data
-from graft.errors import DataError, GraftError, UnreadableImage
+from graft.errors import DataError, UnreadableImage
 
 FUZZ = settings(
     derandomize=True,  # the same examples every run: a failure reproduces
@@ -353,18 +354,27 @@ def test_tables_read_back_every_row_or_name_why_not(work, fmt, rows, bom, label_
 @given(rows=st.lists(ROW, max_size=16), fmt=st.sampled_from(["csv", "jsonl"]))
 def test_loading_a_table_gives_stripped_classes_and_warns_of_merges_and_case(work, rows, fmt):
     """load_text_data: the classes are the distinct stripped labels; spellings merged by stripping
-    and labels apart only by case are each one warning; too little data is one DataError."""
+    and labels apart only by case are each one warning. Each table is known beforehand to load or
+    to be refused, and why: fewer than 2 labels, or a label with a single row (it cannot be in both
+    the training and the validation split), is one DataError saying so; anything else loads."""
     content, starts = _table_bytes(fmt, rows, False, "label")
     path = work / f"load.{fmt}"
     path.write_bytes(content)
     kept, _ = _expected(rows, starts)
+    counts = Counter(label for _, label in kept)
+    refusal = None
+    if len(counts) < 2:
+        refusal = "training needs at least 2 labels"
+    elif min(counts.values()) < 2:
+        refusal = "a single example, too few to split off validation data"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            splits = load_text_data(str(path), None, None, ["text"], "label", 0.25, 0)
-        except GraftError as err:
-            _one_line(str(err), path)
+        if refusal is not None:
+            with pytest.raises(DataError, match=refusal) as err:
+                load_text_data(str(path), None, None, ["text"], "label", 0.25, 0)
+            _one_line(str(err.value), path)
             return
+        splits = load_text_data(str(path), None, None, ["text"], "label", 0.25, 0)
     classes = sorted({label for _, label in kept})
     assert list(splits.classes) == classes
     assert len(splits.train) + len(splits.val) == len(kept)

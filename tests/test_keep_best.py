@@ -91,6 +91,9 @@ def test_auto_keeps_a_probe_without_headroom_and_fine_tunes_one_with_it():
     assert chosen == "linear" and "fine-tuning could not show a gain" in reason
     chosen, reason = choose_strategy(100, 10.0, None, 5, probe_accuracy=0.80, n_val=1000, probe_seconds=5.0)
     assert chosen == "finetune" and "leaves room" in reason and "(10x the probe's 5s)" in reason
+    # a GPU fine-tunes an epoch faster than the probe extracted: the ratio says so, never "0x"
+    _, reason = choose_strategy(100, 16.0, None, 1, probe_accuracy=0.80, n_val=1000, probe_seconds=35.0)
+    assert "(0.46x the probe's 35s)" in reason
     chosen, _ = choose_strategy(100, 1000.0, None, 5, probe_accuracy=0.80, n_val=1000)
     assert chosen == "linear"  # room, but 5000 s do not fit the 900 s default budget
 

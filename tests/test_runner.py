@@ -233,10 +233,11 @@ def _holdout_images(folders, ext: str = "png") -> list[Path]:
     return sorted(folders["test"].glob(f"*/*.{ext}"))
 
 
+@pytest.mark.precision
 def test_bundle_round_trip_matches_the_in_memory_model(trained, folders):
     """graft.load(run) gives the in-memory model's probabilities (to 1e-5) and the same labels."""
     paths = _holdout_images(folders, "png") + _holdout_images(folders, "jpg")
-    predictor = graft.load(trained.run_dir, device="cpu")
+    predictor = graft.load(trained.run_dir, device="cpu", precision="fp32")
     x = predictor.preprocess(paths)
     assert x.dtype == np.float32
     assert x.shape == (len(paths), 3, 64, 64)
@@ -275,6 +276,7 @@ def test_predict_accepts_a_single_pil_image(trained, folders):
     np.testing.assert_allclose(predictor.predict_proba(image), predictor.predict_proba([path]), atol=1e-6)
 
 
+@pytest.mark.precision
 def test_bundle_loads_without_the_packaged_weights(trained, folders, monkeypatch):
     """Loading a bundle builds the architecture only: it works even if the pretrained file is gone."""
     from graft.backbones import BackboneError, _vision, create_backbone
@@ -282,7 +284,7 @@ def test_bundle_loads_without_the_packaged_weights(trained, folders, monkeypatch
     monkeypatch.setattr(_vision, "packaged_lite0_file", lambda: None)
     with pytest.raises(BackboneError):
         create_backbone("efficientnet_lite0")  # the pretrained weights really are unavailable now
-    predictor = graft.load(trained.run_dir, device="cpu")
+    predictor = graft.load(trained.run_dir, device="cpu", precision="fp32")
     paths = _holdout_images(folders)[:3]
     with torch.inference_mode():
         expected = trained.model(torch.from_numpy(predictor.preprocess(paths))).softmax(1).numpy()

@@ -10,7 +10,7 @@ import threading
 import time
 
 import pytest
-from conftest import CLASSES, make_image_folder
+from conftest import CLASSES, make_image_folder, unavailable
 
 import graft
 
@@ -37,9 +37,12 @@ def image_run(tmp_path_factory):
 
 @pytest.fixture
 def browser():
-    playwright = pytest.importorskip("playwright.sync_api")
+    try:
+        import playwright.sync_api as playwright
+    except ImportError:
+        unavailable("playwright is not installed (extra test)")
     if CHROMIUM is None:
-        pytest.skip("headless Chromium is not installed (Debian package chromium)")
+        unavailable("headless Chromium is not installed (Debian package chromium)")
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
         yield browser
@@ -111,6 +114,7 @@ def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(client, image_run):
     _, data = image_run
     not_image = client.post("/predict", files={"file": ("notes.png", b"not an image", "image/png")})
     assert not_image.status_code == 415 and "not an image" in not_image.json()["error"]
+    assert "BytesIO" not in not_image.json()["error"]  # a message for people, no Python object
     big = client.post("/predict", files={"file": ("big.png", b"x" * 300_000, "image/png")})
     assert big.status_code == 413
     texts = client.post("/predict", json={"texts": ["hello"]})
@@ -120,7 +124,11 @@ def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(client, image_run):
     path = sorted((data / "blue").glob("*.jpg"))[0]
     again = client.post("/predict", files={"file": (path.name, path.read_bytes(), "image/jpeg")})
     assert again.status_code == 200 and again.json()["predictions"][0]["top"][0]["label"] == "blue"
-    assert client.get("/health").json() == {"modality": "image", "classes": list(CLASSES)}
+    health = client.get("/health").json()
+    assert health["modality"] == "image" and health["classes"] == list(CLASSES)
+    assert health["precision"] == graft.load(image_run[0]).precision.name
+    page = client.get("/").text
+    assert f"{len(CLASSES)} classes: {', '.join(CLASSES)}" in page
 
 
 def _free_port() -> int:
@@ -147,6 +155,7 @@ def test_the_page_classifies_an_uploaded_image_in_chromium(image_run, browser, t
             time.sleep(0.05)
         page = browser.new_page()
         page.goto(f"http://127.0.0.1:{port}/")
+        assert page.text_content("#classes") == f"3 classes: {', '.join(CLASSES)}"
         page.set_input_files("#file", str(sorted((data / "green").glob("*.png"))[0]))
         page.wait_for_selector(".prediction", timeout=20_000)
         labels = page.eval_on_selector_all(".prediction", "els => els.map(e => e.textContent)")

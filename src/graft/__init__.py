@@ -13,14 +13,16 @@ if TYPE_CHECKING:
 
 
 def load(
-    run_dir: Any, device: Any = None, runtime: str = "torch", engine: str = "auto"
+    run_dir: Any, device: Any = None, runtime: str = "torch", engine: str = "auto", precision: str = "auto"
 ) -> Predictor | OnnxPredictor:
     """Load a run folder (`model.safetensors` + `graft.json`) for prediction; an exported `.onnx`
     file or `runtime="onnx"` predicts through onnxruntime with the same API. `engine` (auto, torch,
-    onnxruntime): who runs the torch runtime's big CPU jobs (graft.engine)."""
+    onnxruntime): who runs the torch runtime's big CPU jobs (graft.engine). `precision` (auto,
+    fp32, bf16, fp16): `auto` is bf16 on GPUs and CPUs with native bf16, else fp32; pass "fp32"
+    for the probabilities an export's parity check compares against. `.precision` says which."""
     from .predict import load as _load  # torch is imported on first use, not on `import graft`
 
-    return _load(run_dir, device, runtime, engine)
+    return _load(run_dir, device, runtime, engine, precision)
 
 
 def __getattr__(name: str) -> Any:

@@ -68,13 +68,15 @@ class Classifier:
             return self._fit_processes(config, log, splits, modality)
         result = run(config, log=log, splits=splits, modality=modality)
         job = result.job
+        from .compute import Precision
         from .predict import Predictor
         from .report import bundle_meta
 
         pipeline = job.modality.input_pipeline(job.prep, backbone=job.backbone)
         meta = bundle_meta(job, result.report)
+        precision = Precision(job.plan.precision, job.plan.precision_reason)  # the run's, as decided
         self.predictor_ = Predictor(
-            result.model, job.modality, pipeline, job.splits.classes, meta, job.device
+            result.model, job.modality, pipeline, job.splits.classes, meta, job.device, precision=precision
         )
         self.classes_ = job.splits.classes
         self.report_ = result.report
@@ -89,7 +91,7 @@ class Classifier:
         from .runner import run_processes
 
         run_dir, report = run_processes(config, log, splits, modality)
-        self.predictor_ = load(run_dir)
+        self.predictor_ = load(run_dir, precision=config.precision)
         self.classes_ = self.predictor_.classes_
         self.report_ = report
         self.run_dir_ = run_dir

@@ -117,6 +117,16 @@ def _column_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--label-column", help="text model: the table's label column (default: the training one)")
 
 
+def _precision_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16", "fp16"),
+        help="arithmetic: auto (bf16 on GPUs and CPUs with native bf16, else fp32), fp32 (what an "
+        "export's parity check compares against), bf16 or fp16 (default: auto)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -130,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run folder (graft.json + model.safetensors)")
     p.add_argument("data", help="labelled data of the same kind as the run's training data")
     _column_flags(p)
+    _precision_flag(p)
     _json_flag(p)
     p = sub.add_parser("predict", help="predict labels for images or texts")
     p.add_argument("run_dir", help="a run folder (graft.json + model.safetensors)")
@@ -146,6 +157,7 @@ def _parser() -> argparse.ArgumentParser:
         "torch or onnxruntime (default: auto)",
     )
     _column_flags(p)
+    _precision_flag(p)
     _json_flag(p)
     p = sub.add_parser("lr-find", help="learning-rate range test: plot and suggested --lr")
     add_config_arguments(p, only=LR_FIND_OPTIONS, defaults={"strategy": "linear"})
@@ -179,6 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", help="a run folder")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1: this machine)")
     p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
+    _precision_flag(p)
     p = sub.add_parser("backbones", help="list the built-in backbones")
     _json_flag(p)
     p = sub.add_parser("demo", help="pretrained vs from scratch on scikit-learn's digits, offline")
@@ -235,9 +248,12 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     from .evaluate import evaluate_folder
 
-    metrics = evaluate_folder(args.run_dir, args.data, args.text_column, args.label_column)
+    metrics = evaluate_folder(args.run_dir, args.data, args.text_column, args.label_column, args.precision)
     if not args.json:
-        print(f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  (n={metrics['n']})")
+        print(
+            f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  (n={metrics['n']}, "
+            f"{metrics['precision']['name']})"
+        )
         print(_per_class_table(metrics))
         for pair in metrics["most_confused"]:
             print(f"  {pair['true']} taken for {pair['predicted']}: {pair['count']}")
@@ -270,12 +286,16 @@ def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     from .errors import ConfigError
     from .predict_onnx import load_exported
 
-    # an image run exported with `graft export` predicts without importing PyTorch (starts in ~1 s)
-    model = load_exported(args.run_dir) if args.engine != "torch" else None
+    # an image run exported with `graft export` predicts without importing PyTorch (starts in ~1 s);
+    # it computes in fp32, so it stands in for `auto` and `fp32` only
+    torch_free = args.engine != "torch" and args.precision in ("auto", "fp32")
+    model = load_exported(args.run_dir) if torch_free else None
     if model is None:
         from .predict import load
 
-        model = load(args.run_dir, engine=args.engine)
+        model = load(args.run_dir, engine=args.engine, precision=args.precision)
+    if not args.json:
+        print(f"precision {model.precision.name} ({model.precision.reason})", file=sys.stderr)
     meta = with_columns(model.meta, args.text_column, args.label_column)
     one_file = len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
     if _takes_strings(model) and not args.input and one_file:
@@ -436,8 +456,13 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_serve(args: argparse.Namespace) -> None:
     from .serve import serve
 
-    print(f"serving {args.run_dir} on http://{args.host}:{args.port}/ (Ctrl-C stops)", flush=True)
-    serve(args.run_dir, host=args.host, port=args.port)
+    serve(
+        args.run_dir,
+        host=args.host,
+        port=args.port,
+        precision=args.precision,
+        log=lambda line: print(line, flush=True),
+    )
 
 
 COMMANDS = {

@@ -158,6 +158,12 @@ class TrainConfig:
         False, "keep checkpoint.safetensors/.json in --out after a finished run (they are removed by default)"
     )
     device: str = option("auto", "auto (a CUDA GPU when present, else the CPU), cpu, cuda, cuda:N or mps")
+    precision: str = option(
+        "auto",
+        "arithmetic: auto (bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs, else fp32), fp32, "
+        "bf16 or fp16 (autocast; weights stay fp32)",
+        choices=("auto", "fp32", "bf16", "fp16"),
+    )
     devices: int = option(
         1,
         "processes training data-parallel on this machine: one per GPU, or CPU processes (gloo); "
@@ -240,6 +246,8 @@ class Plan:
     lr: float
     freeze_epochs: int
     device: str
+    precision: str = "fp32"  # what --precision resolved to on `device` (compute.resolve_precision)
+    precision_reason: str = ""
     preprocessing: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # where a default was stretched, and why
 

@@ -10,8 +10,11 @@ CPU, ONNX Runtime runs the same graph about 2-3x faster than PyTorch eager (Effi
   exporter, opset 17, dynamic batch) and cached under GRAFT_CACHE_DIR/engines by a digest of its
   weights and input shape, so later jobs skip the export;
 - the choice is measured, never assumed: both engines run the same first images, ONNX Runtime is
-  kept only when its outputs match PyTorch's within PARITY_TOLERANCE (relative to the largest
-  output) and it is at least 10% faster. Otherwise PyTorch runs, and `EngineChoice.reason` says why.
+  kept only when its outputs match fp32 PyTorch's within PARITY_TOLERANCE (relative to the largest
+  output: like with like, whatever precision the job runs at) and it is at least 10% faster than the
+  PyTorch configuration that would otherwise run (bf16 autocast on a CPU with native bf16, fp32
+  elsewhere: `graft.compute.current_precision`). Otherwise PyTorch runs, and
+  `EngineChoice.reason` says why.
 
 `EngineChoice` is what report.json records (`features_engine`).
 """
@@ -50,21 +53,25 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 class EngineChoice:
     name: str  # "torch" or "onnxruntime"
     reason: str
-    max_abs_diff: float | None = None  # ONNX Runtime vs PyTorch on the probe images
-    speedup: float | None = None  # PyTorch time / ONNX Runtime time on the probe images
+    max_abs_diff: float | None = None  # ONNX Runtime vs fp32 PyTorch on the probe images
+    speedup: float | None = None  # PyTorch time (at `torch_precision`) / ONNX Runtime time, probe images
     export_seconds: float = 0.0
+    parity_precision: str = "fp32"  # what ONNX Runtime's outputs were compared against
+    torch_precision: str = "fp32"  # the PyTorch configuration it raced (and that runs if it loses)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def torch_forward(module: nn.Module) -> Forward:
-    from .compute import autocast, module_device
+def torch_forward(module: nn.Module, precision: Any = None) -> Forward:
+    """PyTorch eager at `precision` (a `graft.compute.Precision`; default: the current one)."""
+    from .compute import autocast, current_precision, module_device, use_precision
 
     device = module_device(module)
+    precision = precision or current_precision()
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode(), autocast(device):
+        with use_precision(precision), torch.inference_mode(), autocast(device):
             return module(x.to(device)).flatten(1).float()
 
     return forward
@@ -75,45 +82,59 @@ def choose_engine(
 ) -> tuple[Forward, EngineChoice]:
     """The forward pass for `module` (in eval mode) on inputs shaped like `example` (a real batch,
     already normalised), and why that engine. `engine`: auto, torch or onnxruntime."""
-    from .compute import module_device
+    from .compute import FP32, current_precision, module_device
 
-    eager = torch_forward(module)
+    precision = current_precision()
+    eager = torch_forward(module, precision)
+
+    def keep_torch(reason: str) -> tuple[Forward, EngineChoice]:
+        return eager, EngineChoice("torch", reason, torch_precision=precision.name)
+
     if engine == "torch":
-        return eager, EngineChoice("torch", "--engine torch")
+        return keep_torch("--engine torch")
     if module_device(module).type != "cpu":
-        return eager, EngineChoice("torch", f"runs on {module_device(module).type}")
+        return keep_torch(f"runs on {module_device(module).type}")
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        return eager, EngineChoice("torch", "onnxruntime is not installed (pip install 'graft[onnx]')")
+        return keep_torch("onnxruntime is not installed (pip install 'graft[onnx]')")
     path = _cache_path(module, example)
     if engine == "auto" and n_inputs < MIN_INPUTS_TO_EXPORT and not (path and path.is_file()):
-        return eager, EngineChoice("torch", f"{n_inputs} inputs do not repay an ONNX export")
+        return keep_torch(f"{n_inputs} inputs do not repay an ONNX export")
     try:
         graph, export_seconds = _exported(module, example, path)
         session = _session(graph)
     except Exception as err:  # noqa: BLE001 - any exporter/runtime failure leaves PyTorch in charge
         reason = f"ONNX export failed ({type(err).__name__}: {(str(err) or '?').splitlines()[0][:120]})"
-        return eager, EngineChoice("torch", reason)
+        return keep_torch(reason)
     if len(session.get_inputs()) != 1:  # the trace lost the input: a graph of constants
-        return eager, EngineChoice("torch", "the exported graph does not take the input")
+        return keep_torch("the exported graph does not take the input")
     fast = _ort_forward(session)
     probe = example[:PROBE_IMAGES]
     try:
         (torch_s, want), (ort_s, got) = _race(eager, fast, probe)
+        if precision.name != FP32.name:  # parity like with like: ONNX Runtime computes in fp32
+            want = torch_forward(module, FP32)(probe)
     except Exception as err:  # noqa: BLE001 - a graph the runtime cannot run leaves PyTorch in charge
-        return eager, EngineChoice("torch", f"ONNX Runtime failed ({type(err).__name__})")
+        return keep_torch(f"ONNX Runtime failed ({type(err).__name__})")
     diff = float((got - want).abs().max()) if got.shape == want.shape else float("inf")
     scale = max(1.0, float(want.abs().max()))
     speedup = torch_s / max(ort_s, 1e-9)
-    choice = EngineChoice("onnxruntime", "", diff, round(speedup, 2), round(export_seconds, 2))
+    choice = EngineChoice(
+        "onnxruntime", "", diff, round(speedup, 2), round(export_seconds, 2), torch_precision=precision.name
+    )
     if diff > PARITY_TOLERANCE * scale:
-        choice.name, choice.reason = "torch", f"ONNX Runtime differs from PyTorch by {diff:.2g}"
+        choice.name, choice.reason = "torch", f"ONNX Runtime differs from fp32 PyTorch by {diff:.2g}"
         return eager, choice
     if engine == "auto" and speedup < MIN_SPEEDUP:
-        choice.name, choice.reason = "torch", f"ONNX Runtime is not faster here ({speedup:.2f}x)"
+        choice.name, choice.reason = (
+            "torch",
+            f"ONNX Runtime is not faster here than PyTorch {precision.name} ({speedup:.2f}x)",
+        )
         return eager, choice
-    choice.reason = f"{speedup:.1f}x PyTorch's speed, outputs within {diff:.1g}"
+    choice.reason = (
+        f"{speedup:.1f}x PyTorch {precision.name}'s speed, outputs within {diff:.1g} of fp32 PyTorch"
+    )
     return fast, choice
 
 

@@ -25,8 +25,9 @@ def evaluate_folder(
     data: str | Path,
     text_column: str | None = None,
     label_column: str | None = None,
+    precision: str = "auto",
 ) -> dict[str, Any]:
-    model = load(run_dir)
+    model = load(run_dir, precision=precision)
     meta = with_columns(model.meta, text_column, label_column)
     labelled, skipped = model.modality.read_labelled(data, meta, model.classes_)
     sources = list(labelled.sources)
@@ -39,6 +40,7 @@ def evaluate_folder(
     return metrics | {
         "skipped_files": [{"path": s.path, "reason": s.reason} for s in skipped],
         "unknown_labels": _unknown_labels(skipped),
+        "precision": model.precision.to_dict(),
     }
 
 

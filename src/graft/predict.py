@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .bundle import read_meta, read_weights, verify_bundle
-from .compute import forward_all, resolve_device
+from .compute import Precision, forward_all, resolve_device, resolve_precision, use_precision
 from .errors import BundleError, ConfigError
 from .heads import GraftModel, HeadSpec, build_head
 from .modalities import get_modality
@@ -37,6 +37,7 @@ class Predictor:
         meta: dict[str, Any],
         device: torch.device,
         engine: str = "auto",
+        precision: Precision | None = None,
     ) -> None:
         self.model = modality.prepare_model(model, device).eval()
         self.modality = modality
@@ -45,6 +46,9 @@ class Predictor:
         self.classes_ = tuple(classes)
         self.meta = meta
         self.device = device
+        # bf16 on a CPU with native bf16 or a GPU (`auto`); graft.load(..., precision="fp32") for
+        # the probabilities an fp32 export or another machine gives
+        self.precision = precision or resolve_precision("auto", device)
         self.engine = engine  # auto, torch or onnxruntime: see graft.engine
         self.engine_choice: dict[str, Any] | None = None  # what the last prediction ran on
 
@@ -52,7 +56,8 @@ class Predictor:
         def record(choice: Any) -> None:
             self.engine_choice = choice.to_dict()
 
-        return forward_all(self.model, batches, n, engine=self.engine, on_engine=record)
+        with use_precision(self.precision):
+            return forward_all(self.model, batches, n, engine=self.engine, on_engine=record)
 
     def preprocess(self, inputs: Any) -> Any:
         """What the network takes: a float32 NCHW array for images, token ids per text."""
@@ -103,17 +108,22 @@ def load(
     device: str | torch.device | None = None,
     runtime: str = "torch",
     engine: str = "auto",
+    precision: str = "auto",
 ) -> Predictor | OnnxPredictor:
     """Rebuild a trained model from `model.safetensors` + `graft.json`; nothing is unpickled.
     An exported `.onnx` file, or `runtime="onnx"`, predicts through onnxruntime instead (the same
-    `predict` / `predict_proba` / `preprocess` API; `graft.export.onnx`). With the torch runtime,
-    `engine` (auto, torch, onnxruntime) says who runs big CPU jobs (`graft.engine`)."""
+    `predict` / `predict_proba` / `preprocess` API; `graft.export.onnx`; always fp32). With the
+    torch runtime, `engine` (auto, torch, onnxruntime) says who runs big CPU jobs (`graft.engine`)
+    and `precision` (auto, fp32, bf16, fp16) its arithmetic: `auto` is bf16 on GPUs and CPUs with
+    native bf16, else fp32, whatever the run trained with; `Predictor.precision` says which."""
     run_dir = Path(run_dir)
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}: use {' or '.join(RUNTIMES)}")
     if runtime == "onnx" or run_dir.suffix == ".onnx":
         from .export.onnx import load_onnx
 
+        if precision not in ("auto", "fp32"):
+            raise ConfigError(f"precision {precision!r}: an ONNX model runs in fp32 (use auto or fp32)")
         return load_onnx(run_dir, device)
     meta = read_meta(run_dir)
     verify_bundle(run_dir, meta)
@@ -126,4 +136,7 @@ def load(
         raise BundleError(f"{run_dir}: the weights do not match graft.json ({first})") from None
     prep = modality.preprocessing_from_dict(meta["preprocessing"])
     pipeline = modality.input_pipeline(prep, run_dir=run_dir)
-    return Predictor(model, modality, pipeline, meta["classes"], meta, resolve_device(device), engine)
+    device = resolve_device(device)
+    return Predictor(
+        model, modality, pipeline, meta["classes"], meta, device, engine, resolve_precision(precision, device)
+    )

@@ -40,11 +40,22 @@ class _ImageFiles:
         return image_files_below(folder)
 
 
+class _Float32:
+    """What `Predictor.precision` says, for a model that runs in float32 (no torch imported)."""
+
+    name = "fp32"
+    reason = "the run's exported model.onnx computes in fp32"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.name, "reason": self.reason}
+
+
 class ExportedImagePredictor:
     """`predict_proba_or_skip` / `predict_proba` / `predict` from an exported image model."""
 
     runtime = "onnx"
     engine_choice = {"name": "onnxruntime", "reason": "the run's exported model.onnx, without PyTorch"}
+    precision = _Float32()
 
     def __init__(self, session: Any, meta: dict[str, Any]) -> None:
         self.session = session

@@ -20,7 +20,7 @@ import torch
 
 from . import distributed
 from .backbones import Backbone, create_backbone
-from .compute import resolve_device
+from .compute import current_precision, resolve_device, resolve_precision, use_precision
 from .config import Plan, TrainConfig
 from .data.splits import DataSplits
 from .errors import ConfigError
@@ -111,6 +111,20 @@ def run(
         modality = detect(config.data).modality
     modality.check(config)
     device = distributed.setup(resolve_device(config.device))  # under a launcher: join the others
+    precision = resolve_precision(config.precision, device)
+    with use_precision(precision):
+        return _run_on(config, log, splits, modality, device, started)
+
+
+def _run_on(
+    config: TrainConfig,
+    log: Log,
+    splits: DataSplits | None,
+    modality: Modality,
+    device: torch.device,
+    started: float,
+) -> RunResult:
+    """`run` once the device and precision are decided."""
     # the backbone first: a missing download fails in seconds, before a long scan of the data
     backbone = _backbone_for(config, modality)
     if splits is None:
@@ -236,6 +250,8 @@ def _plan(
         lr=0.0,
         freeze_epochs=0,
         device=str(device),
+        precision=current_precision().name,
+        precision_reason=current_precision().reason,
         preprocessing=prep.to_dict(),
     )
     _fill_defaults(plan, config, modality, len(splits.train))

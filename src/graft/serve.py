@@ -40,8 +40,10 @@ def _ranked(model: Any, proba: Any) -> list[dict[str, Any]]:
     return [{"label": model.classes_[i], "probability": round(float(proba[i]), 6)} for i in order]
 
 
-def create_app(run_dir: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> Any:
-    """The FastAPI app for one run folder (the model is loaded once, here)."""
+def create_app(
+    run_dir: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES, precision: str = "auto"
+) -> Any:
+    """The FastAPI app for one run folder (the model is loaded once, here, at `precision`)."""
     fastapi = _require_serve()
     from fastapi import Request
     from fastapi.responses import HTMLResponse, JSONResponse
@@ -49,23 +51,30 @@ def create_app(run_dir: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
 
     from .predict import load
 
-    model = load(run_dir)
+    model = load(run_dir, precision=precision)
     modality = model.modality.name
     takes = model.modality.request_field  # "file" (an uploaded image) or "texts" (a JSON list)
     how = HOW_TO_SEND[takes]
     app = fastapi.FastAPI(title="graft", docs_url=None, redoc_url=None)
+    app.state.model = model
 
     def error(status: int, message: str) -> JSONResponse:
         return JSONResponse({"error": message}, status_code=status)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"modality": modality, "classes": list(model.classes_)}
+        return {"modality": modality, "classes": list(model.classes_), "precision": model.precision.name}
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
         page = resources.files("graft").joinpath("serve_page.html").read_text(encoding="utf-8")
-        return page.replace("__TAKES__", takes).replace("__TITLE__", html.escape(Path(run_dir).name))
+        classes = ", ".join(html.escape(name) for name in model.classes_)
+        return (
+            page.replace("__TAKES__", takes)
+            .replace("__TITLE__", html.escape(Path(run_dir).name))
+            .replace("__NCLASSES__", str(len(model.classes_)))
+            .replace("__CLASSES__", classes)
+        )
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
@@ -103,16 +112,25 @@ def create_app(run_dir: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES) ->
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 picture = image.copy()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-            return error(415, f"{upload.filename or 'the upload'} is not an image Pillow can read ({err})")
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            name = upload.filename or "the upload"
+            return error(415, f"{name} is not an image graft can read: send a JPEG, PNG, WebP, BMP or GIF")
         proba = model.predict_proba([picture])[0]
         return {"predictions": [{"input": upload.filename, "top": _ranked(model, proba)}]}
 
     return app
 
 
-def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    app = create_app(run_dir)
+def serve(
+    run_dir: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    precision: str = "auto",
+    log: Any = print,
+) -> None:
+    app = create_app(run_dir, precision=precision)
+    used = app.state.model.precision
+    log(f"serving {run_dir} on http://{host}:{port}/ at {used.name} ({used.reason}); Ctrl-C stops")
     import uvicorn
 
     uvicorn.run(app, host=host, port=port, log_level="warning")

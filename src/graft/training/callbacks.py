@@ -167,8 +167,8 @@ class EpochLog(Callback):
     """One line per epoch, for phases whose epochs take minutes (fine-tuning); a linear probe's
     hundreds of millisecond epochs get the progress bar and one summary line instead."""
 
-    def __init__(self, log: Callable[[str], None], epochs: int) -> None:
-        self.log, self.epochs = log, epochs
+    def __init__(self, log: Callable[[str], None], epochs: int | str) -> None:
+        self.log, self.epochs = log, epochs  # "~N" under a time budget: about N fit
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
         line = f"epoch {row['epoch']}/{self.epochs}  loss {row['train_loss']:.4f}"

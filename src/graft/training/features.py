@@ -1,7 +1,7 @@
 """Frozen-backbone features, computed once through the modality and cached on disk.
 
 The cache key covers everything that changes the numbers: backbone and weights, preprocessing,
-flip averaging and the exact inputs (the modality's fingerprint: path, size and mtime of each
+flip averaging, the precision and the exact inputs (the modality's fingerprint: path, size and mtime of each
 file, the bytes of arrays, the characters of texts). A second run with other head settings
 therefore skips extraction entirely.
 """
@@ -22,6 +22,7 @@ import numpy as np
 from .. import distributed
 from ..backbones import Backbone
 from ..bundle import atomic_write
+from ..compute import current_precision
 from ..modalities.base import Features, Modality
 
 FEATURES_VERSION = 2  # bump when extraction changes numerically (2: large JPEGs decode in draft mode)
@@ -46,6 +47,7 @@ def cache_key(modality: Modality, backbone: Backbone, prep: Any, sources: Sequen
         "prep": prep.to_dict(),
         "flip": flip,
         "n": len(sources),
+        "precision": current_precision().name,  # bf16 features differ from fp32 ones
     }
     head = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     inputs = modality.fingerprint(sources)[:24]

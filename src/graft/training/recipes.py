@@ -50,6 +50,7 @@ from .loop import Batch, LoopConfig, clock_schedule, fit, step_schedule
 Log = Callable[[str], None]
 MIN_HEAD_STEPS = 500  # a head on cached features trains for at least this many steps (milliseconds each)
 PRECISE_BN_EXAMPLES = 1024  # training inputs that BatchNorm statistics are recomputed from
+BUDGET_EPOCH_CAP = 100_000  # under --time-budget without --epochs the deadline ends training
 
 
 @dataclass
@@ -494,6 +495,7 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
         pct_start=modality.defaults.warmup_share,
     )
     schedule, limits = step_schedule, []
+    shown_epochs = str(epochs)
     if config.time_budget:
         local = distributed.local_batch_size(batch_size)  # what one process takes of a global batch
         per_step = time_steps(model, groups, train_set.timing_batches(local, device, 4), loop)
@@ -504,14 +506,17 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
         # keep back the final evaluation (a forward is ~1/3 of a training step) and a 3% margin
         reserve = n_eval * per_step / (3 * batch_size) + 0.03 * config.time_budget
         deadline = job.started + config.time_budget - reserve
-        # twice the epochs that seem to fit: the deadline, not the count, ends training
-        epochs = max(1, math.ceil(2 * (deadline - time.perf_counter()) / (per_step * steps_per_epoch)))
-        epochs = distributed.from_main(epochs)  # several processes run the same epochs (rank 0's timing)
+        fitting = max(1, round((deadline - time.perf_counter()) / (per_step * steps_per_epoch)))
+        fitting = distributed.from_main(fitting)  # several processes show the same (rank 0's timing)
+        # the deadline, not a count from a timing (a busy moment can make it pessimistic), ends
+        # training and anneals the LR: only --epochs caps the epochs
+        epochs = distributed.from_main(epochs if config.epochs else BUDGET_EPOCH_CAP)
         loop = replace(loop, epochs=epochs)
         schedule, limits = clock_schedule(deadline), [Deadline(deadline)]
+        shown_epochs = f"~{fitting}" if not config.epochs else str(min(epochs, fitting))
         job.log(
             f"time budget {config.time_budget:.0f}s: {per_step:.3f}s per step, training until "
-            f"{deadline - job.started:.0f}s, the schedule follows the clock"
+            f"{deadline - job.started:.0f}s (about {fitting} epoch(s)), the schedule follows the clock"
         )
     if config.resize == "progressive":
         # a schedule over epochs needs their count: under --time-budget the clock ends training
@@ -537,8 +542,8 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
             *precise_bn,
             Evaluate(val_set, splits.classes),
             keep,
-            ProgressBar("fine-tuning", loop.epochs * steps_per_epoch),
-            EpochLog(job.log, loop.epochs),
+            ProgressBar("fine-tuning", _int_of(shown_epochs) * steps_per_epoch),
+            EpochLog(job.log, shown_epochs),
             Checkpoint(checkpointer),
             EarlyStopping(config.patience),
             *limits,
@@ -584,6 +589,10 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     if probe is not None:
         _merge_probe(result, probe)
     return result
+
+
+def _int_of(shown_epochs: str) -> int:
+    return int(shown_epochs.lstrip("~"))
 
 
 def choose_flip_tta(

@@ -146,8 +146,15 @@ def choose_strategy(
         )
     ratio = ""  # (a probe on cached features takes no time to speak of: no ratio then)
     if probe_seconds is not None and probe_seconds >= 1:
-        ratio = f" ({needed / probe_seconds:.0f}x the probe's {probe_seconds:.0f}s)"
+        ratio = f" ({_times(needed / probe_seconds)} the probe's {probe_seconds:.0f}s)"
     return "finetune", (
         f"{probe}{examples_per_class:.0f} examples per class and about {needed:.0f}s for "
         f"{epochs} epoch(s){ratio} fit the {budget:.0f}s budget"
     )
+
+
+def _times(ratio: float) -> str:
+    """A ratio for people: 0.46x, 2.5x, 23x (never "0x")."""
+    if ratio >= 10:
+        return f"{ratio:.0f}x"
+    return f"{ratio:.2g}x"
