@@ -125,6 +125,23 @@ def test_onnx_predictor_matches_the_torch_predictor(image_export, image_run) -> 
         np.testing.assert_allclose(p, torch_model.predict_proba(files[:n]), atol=TOL)
 
 
+def test_graft_predict_on_an_exported_onnx_file(image_export, image_run) -> None:
+    """`graft predict model.onnx IMAGES` (the README's promise): the ONNX model's labels and
+    probabilities, an unreadable input reported beside the others (exit 3), not a traceback."""
+    out, _, _ = image_export
+    files = sorted(str(p) for p in (image_run.parent / "data").rglob("*.*"))[:4]
+    code, stdout, stderr = _cli(["predict", str(out), *files, "--top-k", "2", "--json"])
+    assert code == 0, stderr
+    rows = json.loads(stdout.strip().splitlines()[-1])
+    want = graft.load(out).predict_proba(files)
+    for row, p in zip(rows, want, strict=True):
+        assert row["predictions"][0]["label"] == CLASSES[int(p.argmax())]
+        assert row["predictions"][0]["probability"] == pytest.approx(float(p.max()), abs=1e-5)
+    code, stdout, stderr = _cli(["predict", str(out), files[0], str(image_run / "missing.png")])
+    assert code == 3 and "missing.png" in stderr and "Traceback" not in stderr
+    assert stdout.startswith(files[0]) and "precision fp32" in stderr
+
+
 @pytest.mark.precision
 def test_runtime_onnx_on_a_run_folder(image_run) -> None:
     files = sorted(str(p) for p in (image_run.parent / "data" / "red").iterdir())[:3]

@@ -242,7 +242,7 @@ def test_ctrl_c_stops_within_seconds_keeps_the_checkpoint_and_prints_the_resume_
     assert not (out / "graft.json").exists() and stale_temp_files(out) == []
 
 
-def test_ctrl_c_swallowed_by_an_at_fork_hook_still_stops_the_command(monkeypatch, capsys):
+def test_ctrl_c_swallowed_by_an_at_fork_hook_still_stops_the_command(monkeypatch, capsys, tmp_path):
     """The defect behind the test above, made deterministic: a KeyboardInterrupt raised inside an
     at-fork hook (as Ctrl-C does when it lands while a DataLoader forks its worker) is only printed
     by CPython ("Exception ignored in ..."); `graft` raises it again, so the command still stops."""
@@ -269,6 +269,8 @@ def test_ctrl_c_swallowed_by_an_at_fork_hook_still_stops_the_command(monkeypatch
         return {}
 
     monkeypatch.setitem(cli.COMMANDS, "train", trains_on)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data" / "a").mkdir(parents=True)  # the paths are checked before the command runs
     # Python's own Ctrl-C handler, whatever an earlier test left installed (torch's elastic launcher)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

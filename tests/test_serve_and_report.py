@@ -73,6 +73,8 @@ def test_graft_report_regenerates_the_page(image_run, capsys):
     assert main(["report", str(run_dir)]) == 0
     assert (run_dir / "report.html").is_file()
     assert main(["report", str(run_dir / "nowhere")]) == 2
+    assert "nowhere: run folder does not exist" in capsys.readouterr().err
+    assert main(["report", str(run_dir / "confusion.png")]) == 2  # not a folder
     assert "has no report.json" in capsys.readouterr().err
 
 

@@ -1,4 +1,4 @@
-"""The Python API, in scikit-learn's manner: `__init__` stores options, `fit` returns self, learned
+"""The Python API, a scikit-learn estimator: `__init__` stores options, `fit` returns self, learned
 state ends in `_`.
 
     clf = graft.Classifier(strategy="linear", epochs=10).fit("my_images/")
@@ -11,61 +11,85 @@ takes), or in-memory inputs and labels: `fit(images_or_texts, labels)`.
 
 from __future__ import annotations
 
+import inspect
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
 
 from .config import TrainConfig
 from .errors import ConfigError, DataError
 
-_OPTIONS = [f.name for f in fields(TrainConfig) if f.name != "data"]
+# every TrainConfig field but the data is a parameter, with TrainConfig's default (one place)
+_FIELDS = [f for f in fields(TrainConfig) if f.name != "data"]
+_OPTIONS = [f.name for f in _FIELDS]
+_FIRST = ("backbone", "strategy")  # may be given by position, as before
 SCRATCH = ("checkpoint.*", "best.safetensors")  # a run folder's files that are not the bundle's
 
 
-class Classifier:
-    """A pretrained backbone with a new head for your labels, trained the right way."""
+class NotFitted(ConfigError, NotFittedError):
+    """predict before fit: a graft error (one line on the command line) and scikit-learn's
+    NotFittedError (what its tools expect)."""
 
-    def __init__(self, backbone: str | None = None, strategy: str = "auto", **options: Any) -> None:
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise ConfigError(
-                f"unknown option(s) {', '.join(unknown)}; graft.Classifier takes {', '.join(_OPTIONS)}"
-            )
-        self.backbone = backbone
-        self.strategy = strategy
-        self.options = options
 
-    def get_params(self, deep: bool = True) -> dict[str, Any]:
-        return {"backbone": self.backbone, "strategy": self.strategy, **self.options}
+def _signature() -> inspect.Signature:
+    """`Classifier.__init__`'s parameters, generated from TrainConfig's fields, so that
+    scikit-learn's get_params / set_params / clone see every option and its default."""
+    params = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
+    by_name = {f.name: f for f in _FIELDS}
+    for f in [by_name[name] for name in _FIRST] + [f for f in _FIELDS if f.name not in _FIRST]:
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD if f.name in _FIRST else inspect.Parameter.KEYWORD_ONLY
+        default = None if f.default is MISSING else f.default
+        params.append(inspect.Parameter(f.name, kind, default=default))
+    return inspect.Signature(params)
 
-    def set_params(self, **params: Any) -> Classifier:
-        for key, value in params.items():
-            if key in ("backbone", "strategy"):
-                setattr(self, key, value)
-            elif key in _OPTIONS:
-                self.options[key] = value
-            else:
-                raise ConfigError(f"unknown option {key!r}")
-        return self
+
+class Classifier(ClassifierMixin, BaseEstimator):
+    """A pretrained backbone with a new head for your labels, trained the right way.
+
+    A scikit-learn estimator: every `graft train` option is a parameter (`get_params`,
+    `set_params`, `clone`, `GridSearchCV`, `cross_val_score` and `Pipeline` work), `classes_` holds
+    the labels `fit` was given, of their type, and `predict` returns them. Each `fit` writes a run
+    folder (report and bundle) as `graft train` does: `out`, else a new folder under ./runs/."""
+
+    def __init__(self, *args: Any, **params: Any) -> None:
+        bound = _SIGNATURE.bind(self, *args, **_known(params))
+        bound.apply_defaults()
+        for name in _OPTIONS:  # scikit-learn's contract: store the parameters, nothing else
+            setattr(self, name, bound.arguments[name])
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        # inputs are image files, images or texts: a list of them, not a 2-D numeric table
+        tags.input_tags.two_d_array = False
+        tags.input_tags.one_d_array = True
+        tags.input_tags.string = True
+        tags.non_deterministic = True  # threads and bf16 on some machines: not bit-for-bit
+        return tags
 
     def _config(self, data: str) -> TrainConfig:
-        return TrainConfig(data=data, backbone=self.backbone, strategy=self.strategy, **self.options)
+        return TrainConfig(data=data, **self.get_params(deep=False))
 
     def fit(
         self, X: Any, y: Sequence[Any] | None = None, *, log: Callable[[str], None] = print
     ) -> Classifier:
+        """Train on a data path (a folder of class folders, a table of texts: anything `graft
+        train` takes), or on in-memory inputs (image files, arrays, PIL images or texts) and
+        their labels y (any hashable type: classes_ and predict give them back)."""
         from .runner import launches_processes, run
 
-        config, splits, modality = self._config(str(X)), None, None
+        config, splits, modality, labels = self._config(str(X)), None, None, None
         if y is not None:
             config = self._config("in-memory")
-            splits, modality = _in_memory_splits(list(X), list(y), config)
+            labels = _label_values(y)
+            splits, modality = _in_memory_splits(list(X), list(y), labels, config)
         if launches_processes(config):  # --devices N: the processes write the run folder
-            return self._fit_processes(config, log, splits, modality)
+            return self._fit_processes(config, log, splits, modality, labels)
         result = run(config, log=log, splits=splits, modality=modality)
         job = result.job
         from .compute import Precision
@@ -78,21 +102,26 @@ class Classifier:
         self.predictor_ = Predictor(
             result.model, job.modality, pipeline, job.splits.classes, meta, job.device, precision=precision
         )
-        self.classes_ = job.splits.classes
+        self.classes_ = labels if labels is not None else np.asarray(job.splits.classes)
         self.report_ = result.report
         self.run_dir_ = result.run_dir
         self._job = job
         return self
 
     def _fit_processes(
-        self, config: TrainConfig, log: Callable[[str], None], splits: Any, modality: Any
+        self,
+        config: TrainConfig,
+        log: Callable[[str], None],
+        splits: Any,
+        modality: Any,
+        labels: np.ndarray | None,
     ) -> Classifier:
         from .predict import load
         from .runner import run_processes
 
         run_dir, report = run_processes(config, log, splits, modality)
         self.predictor_ = load(run_dir, precision=config.precision)
-        self.classes_ = self.predictor_.classes_
+        self.classes_ = labels if labels is not None else np.asarray(self.predictor_.classes_)
         self.report_ = report
         self.run_dir_ = run_dir
         self._job = None
@@ -100,19 +129,17 @@ class Classifier:
 
     def _fitted(self) -> Any:
         if not hasattr(self, "predictor_"):
-            raise ConfigError("this Classifier is not fitted yet: call fit(data) first")
+            raise NotFitted("this Classifier is not fitted yet: call fit(data) first")
         return self.predictor_
 
     def predict_proba(self, X: Any, batch_size: int = 64) -> np.ndarray:
+        """Probabilities, one column per entry of classes_."""
         return self._fitted().predict_proba(X, batch_size)
 
-    def predict(self, X: Any, batch_size: int = 64) -> list[str]:
-        return self._fitted().predict(X, batch_size)
-
-    def score(self, X: Any, y: Sequence[Any]) -> float:
-        """Accuracy of predict(X) against the labels y (class names)."""
-        predicted = self.predict(X)
-        return float(np.mean([str(p) == str(t) for p, t in zip(predicted, y, strict=True)]))
+    def predict(self, X: Any, batch_size: int = 64) -> np.ndarray:
+        """The most probable label of each input, of the type fit was given."""
+        proba = self.predict_proba(X, batch_size)  # not fitted: NotFitted, before classes_ is read
+        return self.classes_[proba.argmax(1)]
 
     def save(self, run_dir: str | Path) -> Path:
         """Write the bundle (and report) to `run_dir`; `graft.load(run_dir)` reads it back."""
@@ -127,15 +154,40 @@ class Classifier:
         return Path(run_dir)
 
 
-def _in_memory_splits(X: list[Any], y: list[Any], config: TrainConfig) -> tuple[Any, Any]:
+_SIGNATURE = _signature()
+Classifier.__init__.__signature__ = _SIGNATURE  # type: ignore[attr-defined]
+
+
+def _known(params: dict[str, Any]) -> dict[str, Any]:
+    unknown = sorted(set(params) - set(_OPTIONS))
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)}; graft.Classifier takes {', '.join(_OPTIONS)}"
+        )
+    return params
+
+
+def _label_values(y: Sequence[Any]) -> np.ndarray:
+    """The distinct labels, sorted, as scikit-learn orders classes_ (np.unique)."""
+    try:
+        values = np.unique(np.asarray(list(y)))
+    except TypeError:
+        raise DataError("fit(X, y): the labels mix types that cannot be sorted together") from None
+    names = [str(v) for v in values]
+    if len(set(names)) != len(names):
+        raise DataError("fit(X, y): two different labels read the same as text; make them distinct")
+    return values
+
+
+def _in_memory_splits(X: list[Any], y: list[Any], values: np.ndarray, config: TrainConfig) -> tuple[Any, Any]:
     from .data.splits import DataSplits, Labelled, stratified_split
     from .modalities import modality_of_inputs
 
     if len(X) != len(y):
         raise DataError(f"fit(X, y): {len(X)} inputs but {len(y)} labels")
     modality = modality_of_inputs(X)
-    classes = tuple(sorted({str(label) for label in y}))
-    labels = np.asarray([classes.index(str(label)) for label in y], dtype=np.int64)
+    classes = tuple(str(v) for v in values)  # graft's class names; classes_ keeps the values
+    labels = np.searchsorted(values, np.asarray(y)).astype(np.int64)
     train_idx, val_idx = stratified_split(labels, config.val_fraction, config.seed, "fit(X, y)")
     data = Labelled(X, labels)
     splits = DataSplits(

@@ -131,11 +131,42 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _json_digest(value: Any) -> str:
+    """SHA-256 of `value` as it reads back from graft.json (canonical JSON)."""
+    canonical = json.dumps(json.loads(json.dumps(value, default=str)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
 def model_digest(meta: dict[str, Any]) -> str:
     """SHA-256 of the model-defining fields, as they read back from graft.json (canonical JSON)."""
-    fields = {k: meta.get(k) for k in MODEL_FIELDS}
-    canonical = json.dumps(json.loads(json.dumps(fields, default=str)), sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return _json_digest({k: meta.get(k) for k in MODEL_FIELDS})
+
+
+def field_digests(meta: dict[str, Any]) -> dict[str, str]:
+    """Each model-defining field's own digest: a refusal can name the field that was edited."""
+    return {k: _json_digest(meta.get(k)) for k in MODEL_FIELDS}
+
+
+DISPLAY_NAMES = "display_names"  # graft.json: {"class": "name to show"}, not verified (edit freely)
+
+
+def shown_classes(meta: dict[str, Any], where: Path | str = META_FILE) -> tuple[str, ...]:
+    """The class names predictions show: `classes`, each replaced by its entry in `display_names`
+    where it has one. The trained `classes` stay what data labels are matched against."""
+    classes = tuple(meta["classes"])
+    names = meta.get(DISPLAY_NAMES) or {}
+    if not isinstance(names, dict) or not all(isinstance(v, str) and v for v in names.values()):
+        raise BundleError(f'{where}: "{DISPLAY_NAMES}" must map class names to non-empty names to show')
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise BundleError(
+            f'{where}: "{DISPLAY_NAMES}" names {", ".join(map(repr, unknown))}, not among the classes '
+            f"{', '.join(map(repr, classes))}; its keys are the trained class names"
+        )
+    shown = tuple(names.get(c, c) for c in classes)
+    if len(set(shown)) != len(shown):
+        raise BundleError(f'{where}: "{DISPLAY_NAMES}" gives two classes the same name; make them distinct')
+    return shown
 
 
 def bundle_files(run_dir: Path, assets: list[str]) -> dict[str, str]:
@@ -171,7 +202,11 @@ def save_bundle(
     for stale in KNOWN_ASSETS:  # a replaced run must not leave another model's tokenizer behind
         if stale not in assets and (run_dir / stale).is_dir():
             shutil.rmtree(run_dir / stale)
-    integrity = {"model_digest": digest, "files": bundle_files(run_dir, sorted(assets))}
+    integrity = {
+        "model_digest": digest,
+        "fields": field_digests(meta),
+        "files": bundle_files(run_dir, sorted(assets)),
+    }
     write_json(
         run_dir / META_FILE,
         {"format": BUNDLE_FORMAT, **meta, "integrity": integrity, "versions": library_versions()},
@@ -265,9 +300,17 @@ def verify_bundle(run_dir: Path, meta: dict[str, Any]) -> None:
     if recorded is None:
         return
     if model_digest(meta) != recorded or _weights_digest(weights) not in (None, recorded):
+        fields = integrity.get("fields") or {}
+        edited = [k for k, d in field_digests(meta).items() if fields.get(k) not in (None, d)]
+        which = (
+            f"its {'field' if len(edited) == 1 else 'fields'} {', '.join(map(repr, edited))}"
+            if edited
+            else f"its {', '.join(MODEL_FIELDS)}"
+        )
         raise BundleError(
-            f"{run_dir / META_FILE}: its {', '.join(MODEL_FIELDS)} disagree with {WEIGHTS_FILE} "
-            "(edited after training); restore the original graft.json"
+            f"{run_dir / META_FILE}: {which} changed after training and no longer match {WEIGHTS_FILE}; "
+            f'restore the original graft.json (to show other class names, set "{DISPLAY_NAMES}": '
+            '{"class": "name"}, which may be edited)'
         )
 
 

@@ -250,6 +250,8 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
 
     metrics = evaluate_folder(args.run_dir, args.data, args.text_column, args.label_column, args.precision)
     if not args.json:
+        if metrics["split"]:
+            print(f"evaluating {metrics['data']}: the {metrics['split']} split of {args.data}")
         print(
             f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  (n={metrics['n']}, "
             f"{metrics['precision']['name']})"
@@ -522,12 +524,55 @@ def _interrupts_not_lost() -> Iterator[None]:
         sys.unraisablehook = previous
 
 
+NAMED_DATA = ("cifar10",)  # data names that are not paths (downloaded or read from --data-root)
+# (argument, what it is) checked before any heavy import: a typo is reported in well under a second
+PATH_ARGUMENTS = {
+    "train": (("data", "data"), ("val", "--val"), ("test", "--test")),
+    "lr-find": (("data", "data"), ("val", "--val")),
+    "compare": (("data", "data"), ("test", "--test"), ("val", "--val")),
+    "eval": (("run_dir", "run folder"), ("data", "data")),
+    "predict": (("run_dir", "run folder"), ("input", "--input")),
+    "export": (("run_dir", "run folder"),),
+    "report": (("run_dir", "run folder"),),
+    "serve": (("run_dir", "run folder"),),
+}
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """The training options, then the command's paths: they exist, data folders are not empty, a
+    run folder holds graft.json. One-line errors before torch is imported (seconds)."""
+    from .config import TrainConfig
+    from .errors import ConfigError, DataError
+
+    if args.command in ("train", "lr-find"):
+        TrainConfig(**_config_options(args)).check()
+    for name, what in PATH_ARGUMENTS.get(args.command, ()):
+        value = getattr(args, name, None)
+        if value is None or (name == "data" and value in NAMED_DATA):
+            continue
+        path = Path(value)
+        if not path.exists():
+            raise DataError(f"{value}: {what} does not exist; check the path")
+        if name != "run_dir" and path.is_dir() and next(path.iterdir(), None) is None:
+            raise DataError(
+                f"{value}: {what} is an empty folder; graft learns from images in one subfolder per "
+                f"class ({value}/<class>/*.jpg) or a table of texts (.csv, .tsv, .jsonl)"
+            )
+        bundle_needed = name == "run_dir" and args.command != "report"  # report reads report.json
+        if bundle_needed and path.is_dir() and not (path / "graft.json").is_file():
+            raise ConfigError(f"{value} is not a graft run folder: graft.json is missing")
+    weights = getattr(args, "weights", None)
+    if weights and weights != "random" and not Path(weights).is_file():
+        raise ConfigError(f"--weights {weights}: no such file (a .pth/.safetensors file, or `random`)")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from .errors import USER_ERRORS
 
     warnings.formatwarning = lambda msg, category, *a, **k: f"warning: {msg}\n"
     try:
+        check_arguments(args)
         with _interrupts_not_lost():
             result = COMMANDS[args.command](args)
     except USER_ERRORS as err:

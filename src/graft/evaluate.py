@@ -29,7 +29,11 @@ def evaluate_folder(
 ) -> dict[str, Any]:
     model = load(run_dir, precision=precision)
     meta = with_columns(model.meta, text_column, label_column)
-    labelled, skipped = model.modality.read_labelled(data, meta, model.classes_)
+    trained = tuple(model.meta["classes"])  # data labels match these; display_names are shown
+    split = model.modality.evaluation_split(Path(data), trained)
+    if split is not None:  # a train/ val/ test/ root, as graft train takes: its held-out split
+        data = split[0]
+    labelled, skipped = model.modality.read_labelled(data, meta, trained)
     sources = list(labelled.sources)
     proba, failures = model.predict_proba_or_skip(sources)
     skipped = list(skipped) + [SkippedFile(str(sources[i]), reason) for i, reason in sorted(failures.items())]
@@ -41,6 +45,8 @@ def evaluate_folder(
         "skipped_files": [{"path": s.path, "reason": s.reason} for s in skipped],
         "unknown_labels": _unknown_labels(skipped),
         "precision": model.precision.to_dict(),
+        "data": str(data),
+        "split": split[1] if split is not None else None,
     }
 
 

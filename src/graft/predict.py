@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .bundle import read_meta, read_weights, verify_bundle
+from .bundle import META_FILE, read_meta, read_weights, shown_classes, verify_bundle
 from .compute import Precision, forward_all, resolve_device, resolve_precision, use_precision
 from .errors import BundleError, ConfigError
 from .heads import GraftModel, HeadSpec, build_head
@@ -137,6 +137,6 @@ def load(
     prep = modality.preprocessing_from_dict(meta["preprocessing"])
     pipeline = modality.input_pipeline(prep, run_dir=run_dir)
     device = resolve_device(device)
-    return Predictor(
-        model, modality, pipeline, meta["classes"], meta, device, engine, resolve_precision(precision, device)
-    )
+    classes = shown_classes(meta, run_dir / META_FILE)  # display_names, where graft.json has them
+    chosen = resolve_precision(precision, device)
+    return Predictor(model, modality, pipeline, classes, meta, device, engine, chosen)

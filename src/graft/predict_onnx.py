@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import META_FILE, WEIGHTS_FILE, read_meta, verify_bundle
+from .bundle import META_FILE, WEIGHTS_FILE, read_meta, shown_classes, verify_bundle
 from .data.images import IMAGE_EXTENSIONS, image_files_below, load_rgb, resize_center_crop
 from .errors import UnreadableImage
 
@@ -61,7 +61,7 @@ class ExportedImagePredictor:
         self.session = session
         self.meta = meta
         self.modality = _ImageFiles()
-        self.classes_ = tuple(meta["classes"])
+        self.classes_ = shown_classes(meta)
         prep = meta["preprocessing"]
         self.input_size = int(prep["input_size"])
         self.resize_size = int(np.floor(self.input_size / float(prep["crop_pct"])))

@@ -42,8 +42,15 @@ class RunResult:
 
 
 def default_run_dir(backbone: str, strategy: str, data_name: str) -> Path:
+    """runs/<data>-<backbone>-<strategy>-<time>, never an existing folder (several fits a second:
+    scikit-learn's cross-validation)."""
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / f"{data_name}-{backbone.replace('/', '_')}-{strategy}-{stamp}"
+    base = Path("runs") / f"{data_name}-{backbone.replace('/', '_')}-{strategy}-{stamp}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
 
 
 RUN_MARKERS = ("graft.json", "checkpoint.json")  # a folder holding either is a run's folder
@@ -66,9 +73,23 @@ def preflight(config: TrainConfig) -> None:
             f"--out {out} already holds a run ({held[0]}): pass --overwrite to replace it, "
             "--resume to continue it, or another --out"
         )
+    if config.resume and _finished(out):
+        raise ConfigError(
+            f"--resume: {out} holds a finished run (graft.json is newer than any checkpoint): nothing "
+            "to continue, and nothing was changed; pass --overwrite to train it again, or another --out"
+        )
     if config.resume and not (out / "checkpoint.json").is_file():
         warnings.warn(f"--resume: {out} holds no checkpoint, so training starts from the start", stacklevel=2)
     _check_writable(out)
+
+
+def _finished(out: Path) -> bool:
+    """A run folder whose bundle was written after its last checkpoint (a checkpoint is removed
+    once the bundle is written, unless --keep-checkpoint)."""
+    bundle, checkpoint = out / "graft.json", out / "checkpoint.json"
+    if not bundle.is_file():
+        return False
+    return not checkpoint.is_file() or bundle.stat().st_mtime_ns >= checkpoint.stat().st_mtime_ns
 
 
 def _check_writable(out: Path) -> None:

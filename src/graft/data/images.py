@@ -22,12 +22,15 @@ from .splits import DataSplits, Labelled, SkippedFile, check_val_fraction, strat
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "TEST_NAMES",
+    "VAL_NAMES",
     "DataError",
     "SkippedFile",
     "UnreadableImage",
     "load_cifar10",
     "load_digits_images",
     "load_image_data",
+    "find_subdir",
     "load_rgb",
     "scan_image_folder",
     "stratified_subset",
@@ -39,8 +42,8 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 
 # Folder names recognised next to train/ (matched case-insensitively, first found wins).
 _TRAIN_NAMES = ("train",)
-_VAL_NAMES = ("val", "valid", "validation")
-_TEST_NAMES = ("test",)
+VAL_NAMES = ("val", "valid", "validation")
+TEST_NAMES = ("test",)
 
 # CIFAR-10 file layout, as torchvision.datasets.CIFAR10 expects it; kept here so the "is it
 # there?" check needs no torch import.
@@ -361,11 +364,11 @@ def load_image_data(
         return _cifar10_splits(Path(data_root or _CIFAR_DEFAULT_ROOT), val_fraction, seed)
     data = Path(data)
     _require_dir(data, "data folder")
-    train_dir = _find_subdir(data, _TRAIN_NAMES)
+    train_dir = find_subdir(data, _TRAIN_NAMES)
     if train_dir is None:  # plain ImageFolder: data itself holds the class folders
         train_dir, found_val, found_test = data, None, None
     else:
-        found_val, found_test = _find_subdir(data, _VAL_NAMES), _find_subdir(data, _TEST_NAMES)
+        found_val, found_test = find_subdir(data, VAL_NAMES), find_subdir(data, TEST_NAMES)
     val_dir = Path(val) if val is not None else found_val
     test_dir = Path(test) if test is not None else found_test
 
@@ -401,7 +404,7 @@ def _cifar10_splits(root: Path, val_fraction: float, seed: int) -> DataSplits:
     )
 
 
-def _find_subdir(root: Path, names: Sequence[str]) -> Path | None:
+def find_subdir(root: Path, names: Sequence[str]) -> Path | None:
     by_name = {d.name.lower(): d for d in _visible_subdirs(root)}
     return next((by_name[n] for n in names if n in by_name), None)
 

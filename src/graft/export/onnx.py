@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..bundle import META_FILE, atomic_write, save_folder
+from ..bundle import META_FILE, atomic_write, save_folder, shown_classes
 from ..compute import FP32
 from ..errors import BundleError, ConfigError, GraftError
 from ..modalities import get_modality
@@ -208,7 +208,7 @@ class OnnxPredictor:
         self.modality = modality
         self.pipeline = pipeline
         self.preprocessing = getattr(pipeline, "prep", None)
-        self.classes_ = tuple(meta["classes"])
+        self.classes_ = shown_classes(meta)
         self.signature = signature_for(modality)
         self.device = torch.device("cpu")  # where inputs are prepared; the session has its own
         self.precision = FP32  # the exported graph computes in float32

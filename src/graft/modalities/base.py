@@ -146,6 +146,11 @@ class Modality(Protocol):
         self, path: str | Path, meta: dict[str, Any], classes: Sequence[str]
     ) -> tuple[Any, list]: ...
 
+    def evaluation_split(self, path: Path, classes: Sequence[str]) -> tuple[Path, str] | None:
+        """A root laid out as training data is (train/ val/ test/, train.csv dev.csv test.csv):
+        its test split, else its validation split, and that split's name; None otherwise."""
+        ...
+
     def preprocessing(self, config: Any, backbone: Any, splits: Any) -> Any: ...
 
     def adaptation_corpus(self, config: Any, splits: Any) -> list[Any]:

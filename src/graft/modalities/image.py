@@ -21,7 +21,15 @@ from torch.utils.data import DataLoader
 
 from .. import distributed
 from ..backbones import Preprocessing, create_backbone
-from ..data.images import IMAGE_EXTENSIONS, image_files_below, load_image_data, scan_image_folder
+from ..data.images import (
+    IMAGE_EXTENSIONS,
+    TEST_NAMES,
+    VAL_NAMES,
+    find_subdir,
+    image_files_below,
+    load_image_data,
+    scan_image_folder,
+)
 from ..data.memory import MemoryDataset, decode_all, train_transform
 from ..data.pipeline import default_workers, ignore_interrupts, interruptible, iterate_batches, normalize
 from ..data.splits import DataSplits, Labelled, SkippedFile
@@ -259,6 +267,15 @@ class ImageModality:
     ) -> tuple[Labelled, list[SkippedFile]]:
         data, _, skipped = scan_image_folder(path, classes=classes)
         return data, skipped
+
+    def evaluation_split(self, path: Path, classes: Sequence[str]) -> tuple[Path, str] | None:
+        if not path.is_dir() or find_subdir(path, ("train",)) is None:
+            return None
+        for names, split in ((TEST_NAMES, "test"), (VAL_NAMES, "validation")):
+            found = find_subdir(path, names)
+            if found is not None and found.name not in classes:
+                return found, split
+        return None
 
     def preprocessing(self, config: Any, backbone: Any, splits: DataSplits) -> Preprocessing:
         return backbone.preprocessing.with_size(config.image_size)

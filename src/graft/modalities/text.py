@@ -25,6 +25,7 @@ from ..data.splits import DataSplits, Labelled, SkippedFile
 from ..data.text import (
     TABLE_SUFFIXES,
     TEXT_FILE_SUFFIX,
+    VAL_NAMES,
     find_table,
     is_split_folder,
     load_text_data,
@@ -228,6 +229,15 @@ class TextModality:
             config.val_fraction,
             config.seed,
         )
+
+    def evaluation_split(self, path: Path, classes: Sequence[str]) -> tuple[Path, str] | None:
+        if not is_split_folder(path):
+            return None
+        for stems, split in ((["test"], "test"), (VAL_NAMES, "validation")):
+            found = find_table(path, stems)
+            if found is not None:
+                return found, split
+        return None
 
     def read_labelled(
         self, path: str | Path, meta: dict[str, Any], classes: Sequence[str]

@@ -1,0 +1,118 @@
+"""What a new user hits first: errors before any heavy import, --resume on a finished run, `graft
+eval` on the train/ val/ test/ root that `graft train` takes, class names shown differently."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import CLASSES, make_image_folder
+
+import graft
+from graft.cli import main
+from graft.config import TrainConfig
+from graft.errors import BundleError
+from graft.runner import run
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "no/such/folder"], "no/such/folder: data does not exist"),
+        (["train", "{empty}"], "is an empty folder"),
+        (["eval", "no/such/run", "."], "no/such/run: run folder does not exist"),
+        (["predict", "{empty}", "a.jpg"], "is not a graft run folder: graft.json is missing"),
+        (["train", "{empty}", "--weights", "w.pth"], "--weights w.pth: no such file"),
+    ],
+)
+def test_path_errors_come_before_any_heavy_import_in_under_a_second(tmp_path, argv, message):
+    """The command as a user runs it, in a fresh interpreter: one line, exit 2, and torch is never
+    imported (which alone takes seconds)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = [a.replace("{empty}", str(empty)) for a in argv]
+    if "--weights" in argv:
+        (empty / "x.jpg").write_bytes(b"")  # not empty: the weights are what is missing
+    code = (
+        "import sys; from graft.cli import main; code = main(sys.argv[1:]); "
+        "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(code)"
+    )
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, cwd=tmp_path)
+    seconds = time.perf_counter() - started
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and message in done.stderr
+    assert seconds < 1.0, f"{seconds:.2f}s"
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("first-use")
+    for split, seed, n in (("train", 0, 8), ("val", 1, 2), ("test", 2, 3)):
+        make_image_folder(root / "data" / split, per_class=n, seed=seed)
+    config = TrainConfig(
+        data=str(root / "data"), strategy="linear", image_size=32, epochs=3, out=str(root / "run")
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFT_CACHE_DIR", str(root / "cache"))
+        return run(config, log=lambda line: None).run_dir, root / "data"
+
+
+def test_resume_on_a_finished_run_says_so_and_changes_nothing(finished, capsys):
+    run_dir, data = finished
+    before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()}
+    argv = ["train", str(data), "--strategy", "linear", "--image-size", "32", "--epochs", "3"]
+    assert main([*argv, "--out", str(run_dir), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run" in err and "nothing was changed" in err and "--overwrite" in err
+    assert {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir()} == before
+
+
+def test_eval_on_a_train_val_test_root_evaluates_its_test_split(finished, capsys):
+    run_dir, data = finished
+    assert main(["eval", str(run_dir), str(data), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["split"] == "test" and metrics["data"] == str(data / "test")
+    assert metrics["n"] == 3 * len(CLASSES)
+    assert metrics["accuracy"] == json.loads((run_dir / "report.json").read_text())["test"]["accuracy"]
+    assert main(["eval", str(run_dir), str(data)]) == 0
+    assert capsys.readouterr().out.startswith(f"evaluating {data / 'test'}: the test split of {data}")
+
+
+def test_eval_on_a_root_without_test_evaluates_its_validation_split(finished, tmp_path, capsys):
+    run_dir, data = finished
+    root = tmp_path / "root"
+    shutil.copytree(data / "train", root / "train")
+    shutil.copytree(data / "val", root / "val")
+    assert main(["eval", str(run_dir), str(root), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert metrics["split"] == "validation" and metrics["n"] == 2 * len(CLASSES)
+
+
+def test_display_names_rename_classes_without_breaking_verification(finished, tmp_path, capsys):
+    run_dir, data = finished
+    copy = tmp_path / "renamed"
+    shutil.copytree(run_dir, copy)
+    meta = json.loads((copy / "graft.json").read_text())
+    meta["display_names"] = {"red": "Rot", "blue": "Blau"}
+    (copy / "graft.json").write_text(json.dumps(meta))
+    images = sorted((data / "test").glob("*/*"))
+    renamed, original = graft.load(copy, precision="fp32"), graft.load(run_dir, precision="fp32")
+    assert renamed.classes_ == ("Blau", "green", "Rot")
+    np.testing.assert_array_equal(renamed.predict_proba(images), original.predict_proba(images))
+    shown = {"red": "Rot", "blue": "Blau"}
+    assert renamed.predict(images) == [shown.get(c, c) for c in original.predict(images)]
+    # graft eval still matches the data's folder names (the trained classes) and shows the new names
+    assert main(["eval", str(copy), str(data / "test"), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(metrics["per_class"]) == {"Blau", "green", "Rot"} and metrics["n"] == 9
+    meta["display_names"] = {"purple": "Lila"}
+    (copy / "graft.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="'purple', not among the classes"):
+        graft.load(copy)
