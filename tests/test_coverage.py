@@ -72,7 +72,7 @@ def _auto(noise: Path, out: Path, epoch_seconds: float, monkeypatch, **kw) -> tu
     monkeypatch.setattr(recipes, "estimate_epoch_seconds", estimate)
     monkeypatch.setattr(image_modality, "default_workers", lambda: 0)  # augmentation in this process
     config = TrainConfig(
-        data=str(noise), image_size=32, val_fraction=0.3, epochs=2, out=str(out), **kw
+        data=str(noise), image_size=32, val_fraction=0.3, epochs=1, out=str(out), **kw
     )  # fmt: skip
     return run(config, log=_quiet).report, asked
 
@@ -108,7 +108,7 @@ def test_auto_keeps_the_probe_when_fine_tuning_would_not_fit_the_budget(
     report, asked = _auto(noise, tmp_path / "run", 10_000.0, monkeypatch, time_budget=3600)
     choice = report["strategy_choice"]
     assert report["strategy"] == choice["chosen"] == "linear"
-    assert "more than the 3600s budget" in choice["reason"] and "leaves room" in choice["reason"]
+    assert "left of the time budget" in choice["reason"] and "leaves room" in choice["reason"]
     assert asked == [64]
     assert all(row["stage"] == ["head"] for row in report["history"])
     assert report["timing"]["feature_cache_hit"]  # the probe's features: auto_finetune cached them

@@ -33,7 +33,7 @@ def _config(data: Path, out: Path, **kw: Any) -> TrainConfig:
         "data": str(data / "train"),
         "val": str(data / "val"),
         "strategy": "finetune",
-        "epochs": 3,  # the probe (head-only epoch), then 2 fine-tuning epochs
+        "epochs": 2,  # after the probe (the head-only epoch), 2 fine-tuning epochs
         "image_size": 32,
         "batch_size": 8,
         "augment": "none",

@@ -41,7 +41,8 @@ def data(tmp_path_factory) -> Path:
 
 
 def _config(data: Path, **kw: Any) -> TrainConfig:
-    base = {"data": str(data), "strategy": "finetune", "epochs": 2, "image_size": 32, "batch_size": 4}
+    # one head-only epoch (the probe), then one that trains the backbone
+    base = {"data": str(data), "strategy": "finetune", "epochs": 1, "image_size": 32, "batch_size": 4}
     return TrainConfig(**(base | kw))
 
 
@@ -186,25 +187,38 @@ def pretrained_body(lite0) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in lite0.body.state_dict().items()}
 
 
+def _last_epoch_body(out: Path) -> dict[str, torch.Tensor]:
+    """The body's weights after the last epoch (the checkpoint; the bundle may hold the probe's)."""
+    saved = load_file(str(out / "checkpoint.safetensors"))
+    return {k.removeprefix("model.body."): v for k, v in saved.items() if k.startswith("model.body.")}
+
+
 def test_frozen_bn_keeps_pretrained_statistics_exactly(data, tmp_path, pretrained_body):
-    """With every epoch frozen and bn=frozen, the body's BN buffers and weights stay the pretrained ones."""
-    result = run(_config(data, freeze_epochs=10, out=str(tmp_path / "run")), log=lambda line: None)
-    body = result.model.body.state_dict()
+    """bn=frozen: the probe, then an epoch that trains every group; the body's BN running
+    statistics stay exactly the pretrained ones while its weights (BN scale and shift included) train."""
+    out = tmp_path / "run"
+    result = run(_config(data, keep_checkpoint=True, out=str(out)), log=lambda line: None)
+    body = _last_epoch_body(out)
     stats = [k for k in body if k.endswith(BN_STATS)]
     assert len(stats) > 30
-    changed = [k for k in body if not torch.equal(body[k], pretrained_body[k])]
-    assert not changed, f"changed: {changed[:5]}"
-    assert all(row["stage"] == [HEAD] for row in result.report["history"])
+    assert all(torch.equal(body[k], pretrained_body[k]) for k in stats)
+    assert not torch.equal(body["conv_stem.weight"], pretrained_body["conv_stem.weight"])
+    assert not torch.equal(body["bn1.weight"], pretrained_body["bn1.weight"])
+    assert [row["stage"] == [HEAD] for row in result.report["history"]] == [True, False]
 
 
-def test_trainable_bn_updates_statistics_while_weights_stay_frozen(data, tmp_path, pretrained_body):
-    """bn=trainable: in the same all-frozen run, BN running statistics change but weights do not."""
-    config = _config(data, freeze_epochs=10, bn="trainable", out=str(tmp_path / "run"))
-    body = run(config, log=lambda line: None).model.body.state_dict()
-    changed = {k for k in body if not torch.equal(body[k], pretrained_body[k])}
-    assert changed and all(k.endswith(BN_STATS) for k in changed)
-    tracked = [k for k in body if k.endswith("num_batches_tracked")]
-    assert all(body[k] > pretrained_body[k] for k in tracked)
+def test_trainable_bn_updates_statistics_also_in_groups_that_stay_frozen(data, tmp_path, pretrained_body):
+    """bn=trainable with only the top group training (--train-groups 1): BN running statistics
+    change everywhere, the stem's included, but the stem's weights do not."""
+    out = tmp_path / "run"
+    config = _config(data, bn="trainable", train_groups=1, keep_checkpoint=True, out=str(out))
+    run(config, log=lambda line: None)
+    body = _last_epoch_body(out)
+    assert not torch.equal(body["bn1.running_mean"], pretrained_body["bn1.running_mean"])
+    assert body["bn1.num_batches_tracked"] > pretrained_body["bn1.num_batches_tracked"]
+    for key in ("conv_stem.weight", "bn1.weight", "bn1.bias"):
+        assert torch.equal(body[key], pretrained_body[key]), key
+    assert not torch.equal(body["conv_head.weight"], pretrained_body["conv_head.weight"])
 
 
 def _toy() -> tuple[nn.Module, list[tuple[str, list[nn.Parameter]]]]:
@@ -321,7 +335,7 @@ def cli_finetune(data, tmp_path_factory) -> CliRun:
     """`graft train DATA --strategy finetune --epochs 2 --image-size 32 --batch-size 4 --json`: a
     probe, then one epoch of everything, with its own feature cache."""
     root = tmp_path_factory.mktemp("cli-finetune")
-    argv = ["train", str(data), "--strategy", "finetune", "--epochs", "2", "--image-size", "32"]
+    argv = ["train", str(data), "--strategy", "finetune", "--epochs", "1", "--image-size", "32"]
     argv += ["--batch-size", "4", "--out", str(root / "run"), "--json", "--keep-checkpoint"]
     stdout, stderr = io.StringIO(), io.StringIO()
     with pytest.MonkeyPatch.context() as mp, redirect_stdout(stdout), redirect_stderr(stderr):

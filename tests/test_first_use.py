@@ -116,3 +116,42 @@ def test_display_names_rename_classes_without_breaking_verification(finished, tm
     (copy / "graft.json").write_text(json.dumps(meta))
     with pytest.raises(BundleError, match="'purple', not among the classes"):
         graft.load(copy)
+
+
+@pytest.mark.timing
+@pytest.mark.parametrize("strategy", ["linear", "auto"])
+def test_a_time_budget_holds_when_extraction_alone_would_not_fit(tmp_path, monkeypatch, strategy):
+    """Extraction slowed to 50 ms an image: reading all 198 images would take ~10 s of an 8 s
+    budget. The run says so at once, trains on a stratified subset that fits (recorded in
+    report.json) and ends within 25% of the budget, bundle written."""
+    from graft.modalities import image as image_modality
+
+    real = image_modality.ImageModality.encode
+
+    def slow(self, backbone, prep, sources, **kw):
+        time.sleep(0.05 * len(sources))
+        return real(self, backbone, prep, sources, **kw)
+
+    monkeypatch.setattr(image_modality.ImageModality, "encode", slow)
+    data = make_image_folder(tmp_path / "data", per_class=66, seed=0)
+    budget = 8.0
+    config = TrainConfig(
+        data=str(data), strategy=strategy, image_size=32, time_budget=budget, out=str(tmp_path / "run")
+    )
+    lines: list[str] = []
+    started = time.perf_counter()
+    result = run(config, log=lines.append)
+    seconds = time.perf_counter() - started
+    assert seconds <= 1.25 * budget, f"{seconds:.1f}s for an {budget:.0f}s budget"
+    said = [line for line in lines if "stratified subset" in line]
+    assert len(said) == 1 and "would take about" in said[0] and "--time-budget" in said[0]
+    subset = result.report["data"]["budget_subset"]
+    assert subset["of"] == 178 and 6 <= subset["train"] < 178  # 198 images, 20 of them validation
+    assert result.report["data"]["train"] == subset["train"]
+    counts = np.bincount(run_labels(result))
+    assert counts.min() >= 2 and counts.max() - counts.min() <= 1  # every class, in proportion
+    assert (result.run_dir / "graft.json").is_file()
+
+
+def run_labels(result) -> np.ndarray:
+    return np.asarray(result.job.splits.train.labels)

@@ -105,7 +105,7 @@ def test_finetune_report_says_what_was_kept_and_removes_its_scratch_file(tmp_pat
     from graft.runner import run
 
     data = make_image_folder(tmp_path / "data", per_class=8, seed=4)
-    config = TrainConfig(data=str(data), strategy="finetune", epochs=3, image_size=32, batch_size=8,
+    config = TrainConfig(data=str(data), strategy="finetune", epochs=2, image_size=32, batch_size=8,
                          tta="flip", resize="progressive", out=str(tmp_path / "run"))  # fmt: skip
     lines = []
     result = run(config, log=lines.append)

@@ -8,6 +8,7 @@ import shutil
 import socket
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from conftest import CLASSES, make_image_folder, unavailable
@@ -211,3 +212,22 @@ def test_scratch_is_the_same_recipe_from_random_weights():
     assert (scratch.lr_mult, scratch.bn) == (1.0, "trainable")
     assert scratch.patience == 19 and scratch.epochs == 30  # at least fine-tuning's epochs, then a plateau
     assert scratch.augment == "light" and scratch.image_size == 32  # the same augmentation and inputs
+
+
+def test_compare_gives_scratch_the_time_fine_tuning_took(tmp_path, monkeypatch):
+    """Without --time-budget, scratch on a subset runs under a budget of the seconds fine-tuning
+    took on it (at least SCRATCH_MIN_BUDGET_S), recorded in its row and in its run's config."""
+    from graft import compare
+
+    monkeypatch.setattr(compare, "SCRATCH_MIN_BUDGET_S", 2.0)
+    data = make_image_folder(tmp_path / "data", per_class=10, seed=6)
+    summary = compare.run_compare(
+        compare.CompareConfig(data=str(data), out=str(tmp_path / "c"), labels_per_class=(3,),
+                              methods=("scratch", "finetune"), options={"image_size": 32}),
+        log=lambda line: None,
+    )  # fmt: skip
+    rows = {r["method"]: r for r in summary["rows"]}
+    budget = round(max(2.0, rows["finetune"]["seconds"]), 1)
+    assert rows["scratch"]["time_budget"] == budget and rows["finetune"]["time_budget"] is None
+    report = json.loads((Path(rows["scratch"]["run_dir"]) / "report.json").read_text())
+    assert report["config"]["time_budget"] == budget

@@ -399,7 +399,7 @@ def test_small_text_datasets_get_more_epochs() -> None:
     assert finetune_epochs(config, text, "finetune", 500, 32) == 19  # at least 300 updates
     assert finetune_epochs(config, text, "finetune", 40, 32) == 20  # capped
     assert finetune_epochs(replace(config, epochs=1), text, "finetune", 40, 32) == 1  # --epochs wins
-    assert finetune_epochs(config, image, "finetune", 40, 32) == 5  # images: no minimum of updates
+    assert finetune_epochs(config, image, "finetune", 40, 32) == 4  # images: no minimum of updates
 
 
 def test_eval_cli_on_a_text_table(linear_run, data) -> None:

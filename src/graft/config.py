@@ -70,7 +70,11 @@ class TrainConfig:
     )
     head: str = option("linear", "linear, or mlp:W1[,W2...] (e.g. mlp:4096,4096)")
     dropout: float = option(0.0, "dropout before each layer of the head")
-    epochs: int | None = option(None, "epochs (default: the modality's and strategy's, see the README)")
+    epochs: int | None = option(
+        None,
+        "epochs (default: the modality's and strategy's, see the README); finetune: the epochs that train "
+        "the backbone, after the head-only --freeze-epochs",
+    )
     batch_size: int | None = option(None, "batch size (default: the modality's and strategy's)")
     lr: float | None = option(None, "the head's learning rate (default: the modality's and strategy's)")
     weight_decay: float = option(0.05, "AdamW weight decay (not on norms and biases)")

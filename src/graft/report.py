@@ -40,6 +40,7 @@ def build_report(job: Job, trained: TrainResult, seconds: float, adapted: dict |
             "val": len(splits.val),
             "test": len(splits.test) if splits.test is not None else None,
             "val_source": splits.val_source,
+            "budget_subset": job.budget_subset,  # trained on a subset that --time-budget allowed
         },
         "timing": {
             "feature_extraction_seconds": trained.extract_seconds,

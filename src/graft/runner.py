@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .heads import GraftModel, HeadSpec, build_head
 from .modalities import Modality, detect, get_modality
 from .report import build_report, save_run
-from .training import recipes
+from .training import budget, recipes
 from .training.recipes import Job, TrainResult
 
 Log = Callable[[str], None]
@@ -161,6 +161,7 @@ def _run_on(
     job = Job(
         config, plan, modality, backbone, prep, model, splits, device, Path(config.out or "."), started, log
     )
+    budget.fit_data_to_budget(job, config.strategy)  # under --time-budget: data that can be read in it
     probe = None
     if config.strategy == "auto":
         choice = recipes.choose(job)

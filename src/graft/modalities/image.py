@@ -44,7 +44,8 @@ from .base import Batch, Defaults, Features, StrategyDefaults, register_modality
 IMAGE_DEFAULTS = Defaults(
     strategies={
         "linear": StrategyDefaults(epochs=30, lr=1e-3, batch_size=256),
-        "finetune": StrategyDefaults(epochs=5, lr=1e-3, batch_size=64, freeze_epochs=1),
+        # --epochs counts the epochs that train the backbone: 1 head-only (a probe) + 4, as before
+        "finetune": StrategyDefaults(epochs=4, lr=1e-3, batch_size=64, freeze_epochs=1),
         "gradual": StrategyDefaults(epochs=5, lr=1e-3, batch_size=64),
     },
     min_finetune_steps=0,

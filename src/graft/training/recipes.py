@@ -31,7 +31,7 @@ from ..errors import DataError
 from ..heads import GraftModel
 from ..metrics import classification_metrics
 from ..modalities.base import Features, Modality
-from . import strategies
+from . import budget, strategies
 from .callbacks import (
     Checkpoint,
     Deadline,
@@ -68,6 +68,7 @@ class Job:
     run_dir: Path
     started: float
     log: Log
+    budget_subset: dict[str, Any] | None = None  # the training subset --time-budget allowed, if any
 
 
 @dataclass
@@ -427,15 +428,30 @@ def init_feature_norm(model: GraftModel, inputs: Iterator[torch.Tensor]) -> None
     model.head[0].fit(feats)
 
 
+def _epochs_line(plan: Plan, probed: bool, by_the_clock: bool) -> str:
+    """What the plan's epochs mean, in the words the epoch lines then count in."""
+    body = "until the time budget's deadline" if by_the_clock else f"{plan.epochs} epoch(s)"
+    if plan.strategy == "gradual":
+        return f"gradual unfreezing: {body}, the first trains the head alone, then one more group each"
+    if plan.strategy != "finetune" or not plan.freeze_epochs:
+        return f"fine-tuning: {body} that train the backbone"
+    head = (
+        "the head-only phase was a probe on cached features"
+        if probed
+        else f"{plan.freeze_epochs} head-only epoch(s) first"
+    )
+    return f"fine-tuning: {head}, then {body} that train the backbone"
+
+
 def head_phase(plan: Plan, epochs: int, probed: bool) -> tuple[dict[str, int], int]:
-    """The finetune strategy's options and the loop's epochs. After a probe on cached features the
-    head-only epochs are done already: they are taken off the count (none may be left), and
-    everything trains in the rest."""
+    """The finetune strategy's options and the loop's epochs. `epochs` (--epochs) are the epochs
+    that train the backbone; the head-only epochs (--freeze-epochs) come first, on top: done
+    already as a probe on cached features, or the loop's first epochs."""
     if plan.strategy != "finetune":
         return {}, epochs
     if probed:
-        return {"freeze_epochs": 0}, max(0, epochs - plan.freeze_epochs)
-    return {"freeze_epochs": plan.freeze_epochs}, epochs
+        return {"freeze_epochs": 0}, epochs
+    return {"freeze_epochs": plan.freeze_epochs}, plan.freeze_epochs + epochs
 
 
 def resume_key(config: TrainConfig, plan: Plan) -> dict[str, Any]:
@@ -481,6 +497,7 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     steps_per_epoch = train_set.steps_per_epoch(batch_size)
     groups = [*job.backbone.trainable_groups(), (strategies.HEAD, list(model.head.parameters()))]
     options, epochs = head_phase(plan, plan.epochs, continues)
+    job.log(_epochs_line(plan, continues, config.time_budget is not None and not config.epochs))
     strategy = strategies.make_strategy(
         plan.strategy, [n for n, _ in job.backbone.groups], **options, lr_mult=config.lr_mult
     )
@@ -689,14 +706,16 @@ def choose(job: Job) -> Choice:
         # fine-tuning starts afresh (text) it is the model to beat; either way `auto` can stop at it
         probe = probe_head(job)
         epoch_seconds = distributed.from_main(estimate_epoch_seconds(job, batch_size))  # one choice for all
+    remaining = budget.left(job)  # --time-budget counts the probe and what came before it
     chosen, reason = strategies.choose_strategy(
         per_class,
         epoch_seconds,
-        config.time_budget,
+        None if remaining is None else max(remaining, 1e-9),
         epochs,
         probe_accuracy=probe.val["accuracy"] if probe is not None else None,
         n_val=len(splits.val),
         probe_seconds=probe.extract_seconds + probe.train_seconds if probe is not None else None,
+        budget_label="budget" if remaining is None else "left of the time budget",
     )
     planned = None
     if chosen == "finetune" and config.time_budget is None and config.epochs is None:

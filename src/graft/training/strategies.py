@@ -99,6 +99,7 @@ def choose_strategy(
     probe_accuracy: float | None = None,
     n_val: int = 0,
     probe_seconds: float | None = None,
+    budget_label: str = "budget",
 ) -> tuple[str, str]:
     """`--strategy auto`: fine-tune when a gain over the linear probe is likely and there is the
     time to do it; otherwise the linear probe, which is seconds to minutes even on a laptop CPU.
@@ -110,8 +111,8 @@ def choose_strategy(
       validation accuracy must leave headroom (`probe_headroom`): fine-tuning gains most where
       frozen features fit the task worst (Kornblith et al. 2019, "Do Better ImageNet Models
       Transfer Better?"), and a gain smaller than the validation set's noise cannot be seen.
-    - Fine-tuning must fit `epochs` epochs (`auto_epochs`) in the budget (--time-budget, else
-      15 minutes).
+    - Fine-tuning must fit `epochs` epochs (`auto_epochs`) in the budget (what is left of
+      --time-budget after the probe, else 15 minutes).
 
     The time is not weighed against the probe's: fine-tuning an epoch costs a forward and a
     backward pass per example where the probe's extraction costs one forward pass in all (often
@@ -142,14 +143,14 @@ def choose_strategy(
     if needed > budget:
         return "linear", (
             f"{probe}fine-tuning needs about {needed:.0f}s for {epochs} epoch(s), "
-            f"more than the {budget:.0f}s budget"
+            f"more than the {budget:.0f}s {budget_label}"
         )
     ratio = ""  # (a probe on cached features takes no time to speak of: no ratio then)
     if probe_seconds is not None and probe_seconds >= 1:
         ratio = f" ({_times(needed / probe_seconds)} the probe's {probe_seconds:.0f}s)"
     return "finetune", (
         f"{probe}{examples_per_class:.0f} examples per class and about {needed:.0f}s for "
-        f"{epochs} epoch(s){ratio} fit the {budget:.0f}s budget"
+        f"{epochs} epoch(s){ratio} fit the {budget:.0f}s {budget_label}"
     )
 
 
