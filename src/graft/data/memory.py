@@ -1,7 +1,5 @@
-"""Decode once: every training image held as a uint8 tensor, so JPEG decoding does not repeat each epoch.
-
-Images are stored at most at the resolution training needs (short side capped at `max_side`) and
-augmented per sample from that copy: random-resized-crop + flip (light), plus TrivialAugment (strong).
+"""Training samples from decoded images (`graft.data.decoded`: decoded once, to disk), augmented per
+sample: random-resized-crop + flip (light), plus TrivialAugment (strong).
 """
 
 from __future__ import annotations
@@ -14,29 +12,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms import v2
 
 from ..backbones import Preprocessing
-from .images import UnreadableImage, load_rgb
-from .pipeline import Source
 
 AUGMENTATIONS = ("none", "light", "strong")
-
-
-def decode_all(sources: Sequence[Source], max_side: int) -> tuple[list[torch.Tensor], dict[int, str]]:
-    """uint8 CHW tensors, short side at most `max_side`; unreadable sources are reported, not fatal."""
-    images: list[torch.Tensor] = []
-    failures: dict[int, str] = {}
-    for i, src in enumerate(sources):
-        try:
-            img = load_rgb(src, max_side)  # a large JPEG decodes near max_side (draft)
-        except UnreadableImage as err:
-            failures[i] = str(err)
-            images.append(torch.zeros(3, 1, 1, dtype=torch.uint8))
-            continue
-        short = min(img.size)
-        if short > max_side:
-            scale = max_side / short
-            img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), 3)
-        images.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).contiguous())
-    return images, failures
 
 
 def train_transform(prep: Preprocessing, augment: str) -> Callable[[torch.Tensor], torch.Tensor]:

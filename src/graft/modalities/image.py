@@ -21,6 +21,8 @@ from torch.utils.data import DataLoader
 
 from .. import distributed
 from ..backbones import Preprocessing, create_backbone
+from ..cache import cache_dir
+from ..data.decoded import decode_to_store
 from ..data.images import (
     IMAGE_EXTENSIONS,
     TEST_NAMES,
@@ -30,7 +32,7 @@ from ..data.images import (
     load_image_data,
     scan_image_folder,
 )
-from ..data.memory import MemoryDataset, decode_all, train_transform
+from ..data.memory import MemoryDataset, train_transform
 from ..data.pipeline import default_workers, ignore_interrupts, interruptible, iterate_batches, normalize
 from ..data.splits import DataSplits, Labelled, SkippedFile
 from ..errors import ConfigError, UnreadableImage
@@ -89,7 +91,7 @@ def _takes_size(model: nn.Module, size: int) -> bool:
 
 
 class _TrainingImages:
-    def __init__(self, images: list[torch.Tensor], labels: np.ndarray, prep: Preprocessing, augment: str):
+    def __init__(self, images: Sequence[torch.Tensor], labels: np.ndarray, prep: Preprocessing, augment: str):
         self.prep, self.augment, self.images = prep, augment, images
         self.dataset = MemoryDataset(images, labels, train_transform(prep, augment))
         self.plain = MemoryDataset(images, labels, train_transform(prep, "none"))
@@ -293,10 +295,14 @@ class ImageModality:
     def training_set(
         self, config: Any, backbone: Any, prep: Preprocessing, data: Labelled, skipped: list[SkippedFile]
     ) -> _TrainingImages:
-        images, failures = decode_all(data.sources, prep.resize_size)
+        # decoded once, in parallel, into a file read back per image: memory stays flat in the
+        # dataset's size, and a second run reads the decoded images instead of decoding again
+        images, failures = decode_to_store(
+            data.sources, prep.resize_size, self.fingerprint(data.sources), cache_dir() / "decoded"
+        )
         skipped.extend(SkippedFile(str(data.sources[i]), reason) for i, reason in failures.items())
         keep = [i for i in range(len(images)) if i not in failures]
-        return _TrainingImages([images[i] for i in keep], np.asarray(data.labels)[keep], prep, config.augment)
+        return _TrainingImages(images.subset(keep), np.asarray(data.labels)[keep], prep, config.augment)
 
     def eval_set(
         self, backbone: Any, prep: Preprocessing, data: Labelled, skipped: list[SkippedFile]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -22,21 +21,13 @@ import numpy as np
 from .. import distributed
 from ..backbones import Backbone
 from ..bundle import atomic_write
+from ..cache import cache_dir
 from ..compute import current_precision
 from ..modalities.base import Features, Modality
 
 FEATURES_VERSION = 2  # bump when extraction changes numerically (2: large JPEGs decode in draft mode)
 
 __all__ = ["FEATURES_VERSION", "Features", "cache_dir", "cache_key", "cached_features"]
-
-
-def cache_dir() -> Path:
-    env = os.environ.get("GRAFT_CACHE_DIR")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("graft"))
 
 
 def cache_key(modality: Modality, backbone: Backbone, prep: Any, sources: Sequence[Any], flip: bool) -> str:
