@@ -13,7 +13,9 @@ Four measurements, each one `graft` process as a user runs it (wall time include
   --graft-epochs 1 5`; the seed loop there is not graft code and does not change);
 - the linear probe at 96 px on the first 500 images per class (test: the 10,000 test images'
   first 100 per class), cold feature cache.
-`--src` goes first on PYTHONPATH, so the same venv runs either tree. Results: .cache/bench/arch-<label>.json.
+`--src` goes first on PYTHONPATH, so the same venv runs either tree. Since d71090d `--epochs` counts
+only the epochs after the probe: compare a tree before it at `--epochs N` with one after at N - 1.
+Results: .cache/bench/arch-<label>.json.
 """
 
 from __future__ import annotations

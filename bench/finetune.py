@@ -1,13 +1,15 @@
 """Fine-tuning, accuracy against wall seconds: `graft train --strategy finetune` against the seed loop.
 
-    python bench/finetune.py                           # 100/50 images per class; graft --epochs 1, 5
+    python bench/finetune.py                           # 100/50 images per class; graft --epochs 1, 4
     python bench/finetune.py --graft-epochs 1 2 3 --epochs 10    # several graft runs: accuracy vs time
 
 Both sides fine-tune the whole backbone (efficientnet_lite0) on the same images (the first N per class
 of the CIFAR-10 JPEG copy, as a folder of symlinks under .cache/bench/subsets/) at the same resolution.
 The seed loop (bench/seed_recipe.py without --frozen: SGD 0.001/0.9, batch 32, fp32 NCHW) evaluates the
 test set after each epoch; that evaluation is *excluded* from its elapsed clock, so each row's elapsed
-seconds are training time only. graft runs once per --graft-epochs value, as a user would: subprocess,
+seconds are training time only. graft runs once per --graft-epochs value (graft's --epochs: the epochs
+that train the backbone, after the head-only probe; before d71090d it counted the probe too, so the
+old `--epochs 5` is today's `--epochs 4`), as a user would: subprocess,
 wall time including process start, a fresh GRAFT_CACHE_DIR; its own per-epoch validation accuracy (on
 the 10% it holds out of the training images) is printed for information, its test accuracy is final.
 
@@ -35,7 +37,7 @@ def main() -> None:
     parser.add_argument("--test-per-class", type=int, default=50, help="first N test images per class")
     parser.add_argument("--epochs", type=int, default=10, help="seed loop epochs")
     parser.add_argument(
-        "--graft-epochs", type=int, nargs="+", default=[1, 5], help="graft --epochs; one run per value"
+        "--graft-epochs", type=int, nargs="+", default=[1, 4], help="graft --epochs; one run per value"
     )
     parser.add_argument("--image-size", type=int, default=96)
     parser.add_argument("--backbone", default="efficientnet_lite0")

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,32 +31,31 @@ WORK = ROOT / ".cache" / "bench" / "time_budget"
 PER_CLASS = 500
 
 
-def cifar_subset(per_class: int = PER_CLASS) -> Path:
-    """The first `per_class` JPEGs of every class, linked into a folder of their own."""
-    folder = WORK / f"cifar-{per_class}"
+def _materialise(name: str, per_class: int, write: Callable[[Path, Path], None]) -> Path:
+    """The first `per_class` JPEGs of every CIFAR-10 class, each written once by `write(src, dst)`."""
+    folder = WORK / f"{name}-{per_class}"
     for cls in sorted(p.name for p in CIFAR.iterdir()):
         target = folder / cls
         target.mkdir(parents=True, exist_ok=True)
         for src in sorted((CIFAR / cls).iterdir())[:per_class]:
-            link = target / src.name
-            if not link.exists():
-                link.symlink_to(src)
+            if not (target / src.name).exists():
+                write(src, target / src.name)
     return folder
+
+
+def cifar_subset(per_class: int = PER_CLASS) -> Path:
+    """The images as they are, linked."""
+    return _materialise("cifar", per_class, lambda src, dst: dst.symlink_to(src))
 
 
 def photos(per_class: int = PER_CLASS, size: tuple[int, int] = (500, 375)) -> Path:
-    """The same images upscaled (bicubic) to 500 x 375 quality-90 JPEGs."""
+    """The images upscaled (bicubic) to 500 x 375 quality-90 JPEGs: photo-sized files."""
     from PIL import Image
 
-    folder = WORK / f"photos-{per_class}"
-    for cls in sorted(p.name for p in CIFAR.iterdir()):
-        target = folder / cls
-        target.mkdir(parents=True, exist_ok=True)
-        for src in sorted((CIFAR / cls).iterdir())[:per_class]:
-            out = target / src.name
-            if not out.exists():
-                Image.open(src).convert("RGB").resize(size, Image.BICUBIC).save(out, quality=90)
-    return folder
+    def upscale(src: Path, dst: Path) -> None:
+        Image.open(src).convert("RGB").resize(size, Image.BICUBIC).save(dst, quality=90)
+
+    return _materialise("photos", per_class, upscale)
 
 
 def timed_run(name: str, data: Path, budget: float) -> dict:

@@ -29,6 +29,25 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def spy_on_training_loops(mp: pytest.MonkeyPatch) -> list[float]:
+    """The time.perf_counter() at which each of the recipes' training loops ended, appended as the
+    run goes (the time-budget tests measure training from outside with it)."""
+    import time
+
+    from graft.training import recipes
+
+    ends: list[float] = []
+    real_fit = recipes.fit
+
+    def timed_fit(*args, **kwargs):
+        history = real_fit(*args, **kwargs)
+        ends.append(time.perf_counter())
+        return history
+
+    mp.setattr(recipes, "fit", timed_fit)
+    return ends
+
+
 def isolate(mp: pytest.MonkeyPatch, root: Path) -> Path:
     """Point every cache graft, torch and Hugging Face could touch into `root`, and force offline."""
     root.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import make_image_folder, spy_on_training_loops
 from safetensors.torch import load_file
 from torch import nn
 
@@ -401,17 +401,9 @@ def budget_run(data, tmp_path_factory) -> BudgetRun:
     warm(torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)).sum().backward()
     out = tmp_path_factory.mktemp("budget") / "run"
     lines: list[str] = []
-    loop_ends: list[float] = []
-    real_fit = recipes.fit
-
-    def timed_fit(*args, **kwargs):
-        history = real_fit(*args, **kwargs)
-        loop_ends.append(time.perf_counter())
-        return history
-
     config = _config(data, epochs=None, freeze_epochs=0, time_budget=BUDGET, out=str(out))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(recipes, "fit", timed_fit)
+        loop_ends = spy_on_training_loops(mp)
         started = time.perf_counter()
         result = run(config, log=lines.append)
         seconds = time.perf_counter() - started
@@ -452,15 +444,7 @@ def test_time_budget_anneals_even_when_the_step_timing_was_pessimistic(data, tmp
     and the LR has annealed when it stops."""
     real = recipes.time_steps
     monkeypatch.setattr(recipes, "time_steps", lambda *args, **kwargs: 8 * real(*args, **kwargs))
-    loop_ends: list[float] = []
-    real_fit = recipes.fit
-
-    def timed_fit(*args, **kwargs):
-        history = real_fit(*args, **kwargs)
-        loop_ends.append(time.perf_counter())
-        return history
-
-    monkeypatch.setattr(recipes, "fit", timed_fit)
+    loop_ends = spy_on_training_loops(monkeypatch)
     config = _config(data, epochs=None, freeze_epochs=0, time_budget=4.0, out=str(tmp_path / "run"))
     started = time.perf_counter()
     history = run(config, log=lambda line: None).report["history"]

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import spy_on_training_loops
 from safetensors.torch import load_file
 
 pytest.importorskip("transformers", reason="text needs the `text` extra")
@@ -305,15 +306,7 @@ def test_text_time_budget_is_kept(data, minilm, tmp_path, monkeypatch) -> None:
     minilm.body(ids).sum().backward()
     minilm.body.zero_grad(set_to_none=True)
     minilm.body.eval()
-    loop_ends: list[float] = []
-    real_fit = recipes.fit
-
-    def timed_fit(*args, **kwargs):
-        history = real_fit(*args, **kwargs)
-        loop_ends.append(time.perf_counter())
-        return history
-
-    monkeypatch.setattr(recipes, "fit", timed_fit)
+    loop_ends = spy_on_training_loops(monkeypatch)
     budget = 8.0  # the fixed costs (bundle, checkpoint) weigh less against a longer budget
     config = replace(
         _tuned_config(data, "finetune", None, tmp_path / "run"), epochs=None, lr=None, time_budget=budget

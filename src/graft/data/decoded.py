@@ -163,3 +163,30 @@ def _writable(folder: Path) -> bool:
             return True
     except OSError:
         return False
+
+
+class FixedImages:
+    """uint8 CHW images of one shape in an unnamed temporary file (gone when the process is),
+    read back a range at a time: an evaluation set, as large as it is, costs one batch of memory."""
+
+    def __init__(self, shape: tuple[int, int, int], folder: Path | None = None) -> None:
+        where = folder if folder is not None and _writable(folder) else None
+        self.file = tempfile.TemporaryFile(dir=where)  # noqa: SIM115 - lives as long as the set
+        self.shape, self.count = shape, 0
+        self.item_bytes = int(np.prod(shape))
+
+    def append(self, batch: torch.Tensor) -> None:
+        if tuple(batch.shape[1:]) != self.shape:
+            raise ValueError(f"images of shape {tuple(batch.shape[1:])}, not {self.shape}")
+        self.file.seek(self.count * self.item_bytes)
+        self.file.write(batch.contiguous().numpy().tobytes())
+        self.count += len(batch)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def range(self, start: int, stop: int) -> torch.Tensor:
+        stop = min(stop, self.count)
+        self.file.flush()
+        data = os.pread(self.file.fileno(), (stop - start) * self.item_bytes, start * self.item_bytes)
+        return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(stop - start, *self.shape)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from .. import distributed
 from ..backbones import Preprocessing, create_backbone
 from ..cache import cache_dir
-from ..data.decoded import decode_to_store
+from ..data.decoded import FixedImages, decode_to_store
 from ..data.images import (
     IMAGE_EXTENSIONS,
     TEST_NAMES,
@@ -156,7 +156,7 @@ class _TrainingImages:
 
 
 class _EvalImages:
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, prep: Preprocessing, sources: list[Any]):
+    def __init__(self, images: FixedImages, labels: torch.Tensor, prep: Preprocessing, sources: list[Any]):
         self.images, self.labels, self.prep, self.sources = images, labels, prep, sources
 
     def __len__(self) -> int:
@@ -167,7 +167,7 @@ class _EvalImages:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self), batch_size):
             index = torch.arange(start, min(len(self), start + batch_size))
-            yield index, normalize(self.images[start : start + batch_size].to(device), self.prep)
+            yield index, normalize(self.images.range(start, start + batch_size).to(device), self.prep)
 
 
 class _ImageInputs:
@@ -307,17 +307,15 @@ class ImageModality:
     def eval_set(
         self, backbone: Any, prep: Preprocessing, data: Labelled, skipped: list[SkippedFile]
     ) -> _EvalImages:
-        parts, labels, sources = [], [], []
+        # decoded once, resized and cropped, to a temporary file read a batch at a time: memory
+        # stays flat however large the validation or test set
+        images = FixedImages((3, prep.input_size, prep.input_size), cache_dir() / "decoded")
+        labels, sources = [], []
         for batch in iterate_batches(data.sources, prep, batch_size=128, decode_size=prep.resize_size):
             skipped.extend(SkippedFile(str(data.sources[i]), r) for i, r in batch.failures)
-            parts.append(batch.images)
+            images.append(batch.images)
             labels.append(torch.from_numpy(np.asarray(data.labels)[batch.indices.numpy()]))
             sources += [data.sources[i] for i in batch.indices.tolist()]
-        images = (
-            torch.cat(parts)
-            if parts
-            else torch.zeros(0, 3, prep.input_size, prep.input_size, dtype=torch.uint8)
-        )
         labels_tensor = torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
         return _EvalImages(images, labels_tensor, prep, sources)
 

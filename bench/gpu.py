@@ -1,0 +1,334 @@
+"""One table from one run: how close graft's data path and training come to the network's own speed
+on this device, and the anchors beside it.
+
+    python bench/gpu.py                 # a GPU: full CIFAR-10 at 224 px, TREC-6; about 6 minutes
+    python bench/gpu.py --small         # any machine (a CPU): small subsets at 96 px, a few minutes
+
+Rows (images or texts per second; accuracy on the test split):
+- network alone, forward: EfficientNet-Lite0 (packaged weights) on batches already on the device,
+  `--precision auto`'s autocast, channels_last, inference mode: the limit of extraction;
+- network alone, train step: forward + backward + AdamW (fused on CUDA), same batches: the limit
+  of fine-tuning;
+- graft extraction and graft fine-tuning: one `graft train DATA --test TEST --time-budget T` process
+  (defaults otherwise), from its report.json: training + validation images / extraction seconds, and
+  per fine-tuning epoch images / training seconds (the best epoch's rate); its test accuracy;
+- hand-written loop: torchvision ImageFolder + DataLoader (a worker per core but one, pinned,
+  persistent), RandomResizedCrop + flip, the same network and precision, AdamW, `--loop-epochs`
+  epochs; its last epoch's images/s and test accuracy (the anchor a user would write);
+- TREC-6: graft's defaults, and a Hugging Face `Trainer` (3 epochs, 2e-5, batch 16) on the packaged
+  MiniLM, wall seconds and test accuracy (`--small`: 600 training questions, one Trainer epoch).
+GPU utilisation is sampled from `nvidia-smi` every 0.5 s while graft trains; peak GPU memory is the
+in-process rows' `torch.cuda.max_memory_allocated`. Needs no internet: graft, the packaged-weight
+wheels, the CIFAR-10 JPEGs (`.cache/data/cifar10`, or `--data`) and TREC-6 (`../shared/data/text`,
+or `--trec`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+class Settings:
+    def __init__(self, args: argparse.Namespace) -> None:
+        small = args.small
+        self.small = small
+        self.size = args.image_size or (96 if small else 224)
+        self.batch = args.batch_size or (32 if small else 256)
+        self.per_class = 100 if small else None  # None: all 5,000
+        self.test_per_class = 50 if small else None
+        self.budget = args.time_budget or (60 if small else 150)
+        self.loop_epochs = args.loop_epochs or (1 if small else 2)
+        self.timed_steps = 5 if small else 30
+        self.trec_rows = 600 if small else None
+        self.trainer_epochs = 1 if small else 3
+
+
+def network_rows(s: Settings, device: Any) -> list[dict[str, Any]]:
+    import torch
+
+    from graft.backbones import create_backbone
+    from graft.compute import autocast, resolve_precision, use_precision
+
+    precision = resolve_precision("auto", device)
+    backbone = create_backbone("efficientnet_lite0")
+    model = torch.nn.Sequential(backbone.body, torch.nn.Flatten(), torch.nn.Linear(backbone.num_features, 10))
+    model = model.to(device=device, memory_format=torch.channels_last)
+    x = torch.randn(s.batch, 3, s.size, s.size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (s.batch,), device=device)
+
+    def timed(step: Any) -> float:
+        for _ in range(3):
+            step()
+        _sync(device)
+        started = time.perf_counter()
+        for _ in range(s.timed_steps):
+            step()
+        _sync(device)
+        return s.batch * s.timed_steps / (time.perf_counter() - started)
+
+    model.eval()
+    with use_precision(precision):
+
+        def forward() -> None:
+            with torch.inference_mode(), autocast(device):
+                model(x)
+
+        forward_rate = timed(forward)
+        model.train()
+        fused = {"fused": True} if device.type == "cuda" else {}
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
+
+        def train_step() -> None:
+            with autocast(device):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        step_rate = timed(train_step)
+    peak = _peak_gb(device)
+    what = f"batch {s.batch}, {s.size} px, {precision.name}, channels_last"
+    return [
+        {"row": "network alone: forward", "rate": forward_rate, "setting": what, "peak_gb": peak},
+        {"row": "network alone: train step", "rate": step_rate, "setting": what, "peak_gb": peak},
+    ]
+
+
+def graft_rows(s: Settings, train: Path, test: Path, device: str) -> list[dict[str, Any]]:
+    out = Path(tempfile.mkdtemp(prefix="gpu-bench-")) / "run"
+    argv = [sys.executable, "-m", "graft", "train", str(train), "--test", str(test), "--device", device]
+    argv += ["--image-size", str(s.size), "--time-budget", str(s.budget), "--out", str(out), "--json"]
+    with tempfile.TemporaryDirectory() as cache, _UtilSampler() as util:
+        started = time.perf_counter()
+        done = _graft(argv, cache)
+        wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"graft train failed:\n{done.stderr[-3000:]}")
+    report = json.loads((out / "report.json").read_text())
+    timing, data = report["timing"], report["data"]
+    extract_rate = (data["train"] + data["val"]) / max(timing["feature_extraction_seconds"], 1e-9)
+    batch = report["plan"]["batch_size"]
+    epochs = [r for r in report["history"] if r.get("epoch", 0) > 0 and r.get("train_seconds")]
+    steps = max(1, data["train"] // batch)
+    tune_rate = max((steps * batch / r["train_seconds"] for r in epochs), default=float("nan"))
+    accuracy = report["test"]["accuracy"] if report["test"] else None
+    what = f"--time-budget {s.budget:.0f}, {report['strategy']}, {report['plan']['precision']}"
+    what += f", {wall:.0f} s wall"
+    shutil.rmtree(out.parent, ignore_errors=True)
+    return [
+        {"row": "graft extraction (the probe)", "rate": extract_rate, "setting": what, "util": util.mean},
+        {
+            "row": "graft fine-tuning",
+            "rate": tune_rate,
+            "setting": f"batch {batch}, {len(epochs)} epoch(s)",
+            "accuracy": accuracy,
+            "util": util.mean,
+        },
+    ]
+
+
+def loop_row(s: Settings, train: Path, test: Path, device: Any) -> dict[str, Any]:
+    """The hand-written PyTorch loop a user would write for the same job."""
+    import torch
+    from torch.utils.data import DataLoader
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    from graft.backbones import create_backbone
+    from graft.compute import autocast, resolve_precision, use_precision
+    from graft.data.pipeline import default_workers
+
+    backbone = create_backbone("efficientnet_lite0")
+    prep = backbone.preprocessing.with_size(s.size)
+    normalize = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(prep.mean, prep.std)]
+    train_tf = v2.Compose([v2.PILToTensor(), v2.RandomResizedCrop(s.size, antialias=True),
+                           v2.RandomHorizontalFlip(), *normalize])  # fmt: skip
+    test_tf = v2.Compose([v2.PILToTensor(), v2.Resize(prep.resize_size, antialias=True),
+                          v2.CenterCrop(s.size), *normalize])  # fmt: skip
+    workers = default_workers()
+    loader_options = {
+        "num_workers": workers, "pin_memory": device.type == "cuda", "persistent_workers": workers > 0
+    }  # fmt: skip
+    train_loader = DataLoader(datasets.ImageFolder(str(train), train_tf), batch_size=s.batch, shuffle=True,
+                              drop_last=True, **loader_options)  # fmt: skip
+    test_loader = DataLoader(datasets.ImageFolder(str(test), test_tf), batch_size=s.batch, **loader_options)
+    model = torch.nn.Sequential(backbone.body, torch.nn.Flatten(), torch.nn.Linear(backbone.num_features, 10))
+    model = model.to(device=device, memory_format=torch.channels_last)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, **fused)
+    precision = resolve_precision("auto", device)
+    rate = float("nan")
+    with use_precision(precision):
+        for _ in range(s.loop_epochs):
+            model.train()
+            seen, started = 0, time.perf_counter()
+            for x, y in train_loader:
+                x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+                y = y.to(device, non_blocking=True)
+                with autocast(device):
+                    loss = torch.nn.functional.cross_entropy(model(x), y)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                seen += len(y)
+            _sync(device)
+            rate = seen / (time.perf_counter() - started)
+        model.eval()
+        right = total = 0
+        with torch.inference_mode(), autocast(device):
+            for x, y in test_loader:
+                predicted = model(x.to(device).contiguous(memory_format=torch.channels_last)).argmax(1).cpu()
+                right, total = right + int((predicted == y).sum()), total + len(y)
+    return {
+        "row": "hand-written loop (anchor)",
+        "rate": rate,
+        "setting": f"{workers} workers, batch {s.batch}, {precision.name}, epoch {s.loop_epochs}",
+        "accuracy": right / max(total, 1),
+        "peak_gb": _peak_gb(device),
+    }
+
+
+def text_rows(s: Settings, trec: Path, device: str) -> list[dict[str, Any]]:
+    from anchors import hf_trainer
+
+    folder = trec
+    if s.trec_rows:  # a small copy: the first rows of train.csv, all of test.csv
+        folder = Path(tempfile.mkdtemp(prefix="trec-small-"))
+        lines = (trec / "train.csv").read_text().splitlines(keepends=True)
+        (folder / "train.csv").write_text("".join(lines[: s.trec_rows + 1]))
+        shutil.copy(trec / "test.csv", folder / "test.csv")
+    out = Path(tempfile.mkdtemp(prefix="gpu-bench-text-")) / "run"
+    argv = [sys.executable, "-m", "graft", "train", str(folder / "train.csv")]
+    argv += ["--test", str(folder / "test.csv"), "--device", device, "--out", str(out), "--json"]
+    with tempfile.TemporaryDirectory() as cache:
+        started = time.perf_counter()
+        done = _graft(argv, cache)
+        wall = time.perf_counter() - started
+    if done.returncode:
+        raise SystemExit(f"graft train (TREC-6) failed:\n{done.stderr[-3000:]}")
+    graft_accuracy = json.loads(done.stdout.strip().splitlines()[-1])["test_accuracy"]
+    trainer = hf_trainer(folder, 0, epochs=s.trainer_epochs, use_cpu=device == "cpu")
+    return [
+        {"row": "TREC-6: graft defaults", "setting": f"{wall:.0f} s wall", "accuracy": graft_accuracy},
+        {
+            "row": "TREC-6: transformers.Trainer",
+            "setting": f"{trainer['wall_seconds']:.0f} s wall, {s.trainer_epochs} epoch(s)",
+            "accuracy": trainer["test_accuracy"],
+        },
+    ]
+
+
+class _UtilSampler:
+    """Mean GPU utilisation from nvidia-smi while the block runs (None without nvidia-smi)."""
+
+    def __enter__(self) -> _UtilSampler:
+        self.samples: list[float] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        if shutil.which("nvidia-smi"):
+            self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+        while not self.stop.wait(0.5):
+            done = subprocess.run(query, capture_output=True, text=True)
+            if done.returncode == 0 and done.stdout.strip():
+                self.samples.append(float(done.stdout.split()[0]))
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+
+    @property
+    def mean(self) -> float | None:
+        return sum(self.samples) / len(self.samples) if self.samples else None
+
+
+def _graft(argv: list[str], cache: str) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, env=os.environ | {"GRAFT_CACHE_DIR": cache}, capture_output=True, text=True)
+
+
+def _sync(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_gb(device: Any) -> float | None:
+    import torch
+
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _cell(value: Any, spec: str) -> str:
+    return "-" if value is None or value != value else format(value, spec)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="small subsets at 96 px: any machine, minutes")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--data", type=Path, default=ROOT / ".cache" / "data" / "cifar10")
+    parser.add_argument("--trec", type=Path, default=ROOT.parent / "shared" / "data" / "text" / "trec6")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--time-budget", type=float)
+    parser.add_argument("--loop-epochs", type=int)
+    parser.add_argument("--skip", nargs="*", default=[], choices=["network", "graft", "loop", "text"])
+    args = parser.parse_args()
+    import torch
+    from seed_recipe import subset_folder
+
+    from graft.compute import resolve_device
+
+    s = Settings(args)
+    device = resolve_device(args.device)
+    if not (args.data / "train").is_dir():
+        raise SystemExit(f"{args.data}/train is missing: unpack ../shared/data/cifar10-jpeg.tar.gz there")
+    train = subset_folder(args.data / "train", s.per_class, f"gpu-train-{s.per_class}")
+    test = subset_folder(args.data / "test", s.test_per_class, f"gpu-test-{s.test_per_class}")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest kernels are worth finding
+    started = time.perf_counter()
+    rows: list[dict[str, Any]] = []
+    if "network" not in args.skip:
+        rows += network_rows(s, device)
+    if "graft" not in args.skip:
+        rows += graft_rows(s, train, test, str(device))
+    if "loop" not in args.skip:
+        rows.append(loop_row(s, train, test, device))
+    if "text" not in args.skip and (args.trec / "train.csv").is_file():
+        rows += text_rows(s, args.trec, str(device))
+    limit = {r["row"]: r["rate"] for r in rows if r["row"].startswith("network alone")}
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    seconds = time.perf_counter() - started
+    print(f"\n{name}; CIFAR-10 {'subset' if s.small else 'full'} at {s.size} px; {seconds:.0f} s in all")
+    print("| row | setting | images/s | of the network's | test accuracy | GPU util % | peak GPU GB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        kind = "forward" if "extraction" in r["row"] else "train step"
+        roof = limit.get(f"network alone: {kind}")
+        share = r["rate"] / roof if r.get("rate") and roof and not r["row"].startswith("network") else None
+        cells = [r["row"], r.get("setting", ""), _cell(r.get("rate"), ",.0f"), _cell(share, ".0%")]
+        cells += [_cell(r.get("accuracy"), ".4f"), _cell(r.get("util"), ".0f")]
+        cells.append(_cell(r.get("peak_gb"), ".1f"))
+        print("| " + " | ".join(cells) + " |")
+    print(json.dumps(rows, default=str))
+
+
+if __name__ == "__main__":
+    main()
