@@ -11,7 +11,7 @@ Rows (images or texts per second; accuracy on the test split):
   of fine-tuning;
 - graft extraction and graft fine-tuning: one `graft train DATA --test TEST --time-budget T` process
   (defaults otherwise), from its report.json: training + validation images / extraction seconds, and
-  per fine-tuning epoch images / training seconds (the best epoch's rate); its test accuracy;
+  per fine-tuning epoch images / training seconds (the median over whole epochs); its test accuracy;
 - hand-written loop: torchvision ImageFolder + DataLoader (a worker per core but one, pinned,
   persistent), RandomResizedCrop + flip, the same network and precision, AdamW, `--loop-epochs`
   epochs; its last epoch's images/s and test accuracy (the anchor a user would write);
@@ -123,7 +123,9 @@ def graft_rows(s: Settings, train: Path, test: Path, device: str) -> list[dict[s
     batch = report["plan"]["batch_size"]
     epochs = [r for r in report["history"] if r.get("epoch", 0) > 0 and r.get("train_seconds")]
     steps = max(1, data["train"] // batch)
-    tune_rate = max((steps * batch / r["train_seconds"] for r in epochs), default=float("nan"))
+    whole = epochs[:-1] or epochs  # the deadline cuts the last epoch short: its seconds are partial
+    rates = sorted(steps * batch / r["train_seconds"] for r in whole)
+    tune_rate = rates[len(rates) // 2] if rates else float("nan")
     accuracy = report["test"]["accuracy"] if report["test"] else None
     what = f"--time-budget {s.budget:.0f}, {report['strategy']}, {report['plan']['precision']}"
     what += f", {wall:.0f} s wall"
