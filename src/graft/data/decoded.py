@@ -51,7 +51,7 @@ class _Decode(Dataset):
         if short > self.max_side:
             scale = self.max_side / short
             img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), 3)
-        return i, np.ascontiguousarray(np.asarray(img, dtype=np.uint8)), None
+        return i, np.array(img, dtype=np.uint8), None  # a writable copy: torch takes it as it is
 
 
 def _decoded_in_order(sources: Sequence[Source], max_side: int) -> Iterator[tuple[int, Any, Any]]:
