@@ -92,3 +92,21 @@ def test_cross_val_score_grid_search_and_pipeline(images, tmp_path, monkeypatch)
     pipeline = make_pipeline(FunctionTransformer(lambda X: X), graft.Classifier(**FAST))
     pipeline.fit(paths, labels, classifier__log=lambda line: None)
     assert accuracy_score(labels, pipeline.predict(paths)) >= 0.9
+
+
+def test_labels_keep_their_type_and_a_mix_of_types_is_one_line():
+    from graft.api import _label_values
+    from graft.errors import DataError
+
+    assert list(_label_values([2, 0, 1, 0])) == [0, 1, 2]
+    assert list(_label_values([("a", 1), ("b", 0), ("a", 1)])) == [("a", 1), ("b", 0)]
+    with pytest.raises(DataError, match="the labels mix types"):
+        _label_values(["cat", 1, "dog"])
+
+
+def test_fits_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    from graft.runner import default_run_dir
+
+    monkeypatch.chdir(tmp_path)
+    first, second = (default_run_dir("lite0", "linear", "data") for _ in range(2))
+    assert first != second and first.is_dir() and second.is_dir()

@@ -167,10 +167,24 @@ def _known(params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def _labels_array(y: Sequence[Any]) -> np.ndarray:
+    """y as a 1-D array: numbers and strings as numpy types them, anything else (tuples, a mix of
+    types) one object per label."""
+    labels = list(y)
+    kinds = {type(v) for v in labels}
+    if len(kinds) > 1 and not all(issubclass(k, int | float | np.number) for k in kinds):
+        raise DataError("fit(X, y): the labels mix types (numbers and text?); give them one type")
+    array = np.asarray(labels)
+    if array.ndim != 1:
+        array = np.empty(len(labels), dtype=object)
+        array[:] = labels
+    return array
+
+
 def _label_values(y: Sequence[Any]) -> np.ndarray:
     """The distinct labels, sorted, as scikit-learn orders classes_ (np.unique)."""
     try:
-        values = np.unique(np.asarray(list(y)))
+        values = np.unique(_labels_array(y))
     except TypeError:
         raise DataError("fit(X, y): the labels mix types that cannot be sorted together") from None
     names = [str(v) for v in values]
@@ -187,7 +201,7 @@ def _in_memory_splits(X: list[Any], y: list[Any], values: np.ndarray, config: Tr
         raise DataError(f"fit(X, y): {len(X)} inputs but {len(y)} labels")
     modality = modality_of_inputs(X)
     classes = tuple(str(v) for v in values)  # graft's class names; classes_ keeps the values
-    labels = np.searchsorted(values, np.asarray(y)).astype(np.int64)
+    labels = np.searchsorted(values, _labels_array(y)).astype(np.int64)
     train_idx, val_idx = stratified_split(labels, config.val_fraction, config.seed, "fit(X, y)")
     data = Labelled(X, labels)
     splits = DataSplits(

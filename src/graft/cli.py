@@ -43,6 +43,7 @@ LR_FIND_OPTIONS = (
     "pooling",
     "max_length",
     "augment",
+    "precision",
 )
 
 
@@ -562,7 +563,7 @@ def check_arguments(args: argparse.Namespace) -> None:
         if bundle_needed and path.is_dir() and not (path / "graft.json").is_file():
             raise ConfigError(f"{value} is not a graft run folder: graft.json is missing")
     weights = getattr(args, "weights", None)
-    if weights and weights != "random" and not Path(weights).is_file():
+    if weights and weights != "random" and not Path(weights).expanduser().is_file():
         raise ConfigError(f"--weights {weights}: no such file (a .pth/.safetensors file, or `random`)")
 
 

@@ -69,11 +69,17 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Ampere (compute capability 8) and later; `torch.cuda.is_bf16_supported()` also says True
+    where bf16 is only emulated (V100, T4), which is slower than fp16."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
+
+
 def bf16_supported(device: torch.device) -> bool:
     """Whether `device` runs bf16 in hardware (Ampere+ GPUs, CPUs with AVX512-BF16/AMX); emulated
     bf16 is several times slower than fp32 on older CPUs."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+        return cuda_has_native_bf16(device)
     return device.type == "cpu" and cpu_has_native_bf16()
 
 
@@ -106,7 +112,7 @@ def resolve_precision(spec: str | None, device: torch.device) -> Precision:
         return _auto_precision(device)
     if spec == "fp16" and device.type != "cuda":
         raise ConfigError(f"--precision fp16 needs a CUDA GPU, not {device.type}: use bf16 or fp32")
-    if spec == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if spec == "bf16" and device.type == "cuda" and not cuda_has_native_bf16(device):
         raise ConfigError("--precision bf16: this GPU has no bf16 (before Ampere): use fp16 or fp32")
     if spec == "bf16" and device.type not in ("cpu", "cuda"):
         raise ConfigError(f"--precision bf16 is not supported on {device.type}: use fp32")
@@ -118,7 +124,7 @@ def resolve_precision(spec: str | None, device: torch.device) -> Precision:
 
 def _auto_precision(device: torch.device) -> Precision:
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
+        if cuda_has_native_bf16(device):
             return Precision("bf16", "auto: this GPU has bf16")
         return Precision("fp16", "auto: this GPU has no bf16 (fp16 with loss scaling)")
     if device.type == "cpu":

@@ -47,10 +47,13 @@ def default_run_dir(backbone: str, strategy: str, data_name: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{data_name}-{backbone.replace('/', '_')}-{strategy}-{stamp}"
     path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
+    while True:
+        try:
+            path.mkdir(parents=True)  # claimed: a parallel fit in the same second takes the next name
+            return path
+        except FileExistsError:
+            n += 1
+            path = base.with_name(f"{base.name}-{n}")
 
 
 RUN_MARKERS = ("graft.json", "checkpoint.json")  # a folder holding either is a run's folder
@@ -168,9 +171,10 @@ def _run_on(
         log(f"strategy auto -> {choice.strategy}: {choice.reason}")
         _resolve_strategy(job, choice)
         probe = choice.probe
-    job.run_dir = distributed.from_main(  # one time stamp for every process
-        Path(config.out) if config.out else default_run_dir(backbone.name, plan.strategy, splits.name)
-    )
+    named = Path(config.out) if config.out else None
+    if named is None and distributed.is_main():  # rank 0 claims the folder; the others take its name
+        named = default_run_dir(backbone.name, plan.strategy, splits.name)
+    job.run_dir = distributed.from_main(named)
     trained: TrainResult = recipes.train(job, probe)
     model.eval()
     report = build_report(job, trained, time.perf_counter() - started, adapted)
@@ -299,7 +303,8 @@ def _fill_defaults(plan: Plan, config: TrainConfig, modality: Modality, n_train:
 
 def _resolve_strategy(job: Job, choice: recipes.Choice) -> None:
     plan = job.plan
-    notes = plan.notes if choice.probe is not None else []  # the probe's own notes stay
+    # the probe's own notes stay, and always what --time-budget did to the data
+    notes = plan.notes if choice.probe is not None else [n for n in plan.notes if n.startswith("time budget")]
     plan.strategy, plan.strategy_reason, plan.notes = choice.strategy, choice.reason, []
     _fill_defaults(plan, job.config, job.modality, len(job.splits.train))
     plan.notes = [*notes, *plan.notes]

@@ -15,10 +15,13 @@ temporary file of the run.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import weakref
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -81,6 +84,7 @@ class DecodedImages:
     def __getitem__(self, i: int) -> torch.Tensor:
         if self._fd is None or self._pid != os.getpid():  # a forked worker opens its own
             self._fd, self._pid = os.open(self.blob, os.O_RDONLY), os.getpid()
+            weakref.finalize(self, _close, self._fd, self._pid)  # closed with this object
         h, w = (int(v) for v in self.shapes[i])
         data = os.pread(self._fd, h * w * 3, int(self.offsets[i]))
         return torch.frombuffer(bytearray(data), dtype=torch.uint8).view(h, w, 3).permute(2, 0, 1)
@@ -114,7 +118,7 @@ def decode_to_store(
 
     from ..bundle import atomic_write
 
-    where = folder if folder is not None and _writable(folder) else Path(tempfile.mkdtemp(prefix="graft-"))
+    where = folder if folder is not None and _writable(folder) else _scratch_folder()
     key = _key(fingerprint, max_side, len(sources))
     blob, index = where / f"{key}.u8", where / f"{key}.safetensors"
     if blob.is_file() and index.is_file():
@@ -154,6 +158,18 @@ def decode_to_store(
     if len(sources):
         atomic_write(index, lambda path: save_file(record, str(path)))
     return DecodedImages(blob, offsets, shapes), failures
+
+
+def _close(fd: int, pid: int) -> None:
+    if os.getpid() == pid:
+        os.close(fd)
+
+
+def _scratch_folder() -> Path:
+    """A folder of this process's, removed when it exits (the cache folder cannot be written)."""
+    folder = Path(tempfile.mkdtemp(prefix="graft-decoded-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    return folder
 
 
 def _writable(folder: Path) -> bool:

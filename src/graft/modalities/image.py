@@ -297,9 +297,12 @@ class ImageModality:
     ) -> _TrainingImages:
         # decoded once, in parallel, into a file read back per image: memory stays flat in the
         # dataset's size, and a second run reads the decoded images instead of decoding again
-        images, failures = decode_to_store(
-            data.sources, prep.resize_size, self.fingerprint(data.sources), cache_dir() / "decoded"
-        )
+        store = (data.sources, prep.resize_size, self.fingerprint(data.sources), cache_dir() / "decoded")
+        if distributed.world_size() > 1:  # rank 0 decodes; the others read what it wrote
+            if distributed.is_main():
+                decode_to_store(*store)
+            distributed.from_main(None)  # every process waits for it here
+        images, failures = decode_to_store(*store)
         skipped.extend(SkippedFile(str(data.sources[i]), reason) for i, reason in failures.items())
         keep = [i for i in range(len(images)) if i not in failures]
         return _TrainingImages(images.subset(keep), np.asarray(data.labels)[keep], prep, config.augment)

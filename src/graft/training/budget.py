@@ -40,7 +40,7 @@ def left(job: Job) -> float | None:
 def fit_data_to_budget(job: Job, strategy: str) -> None:
     """Under --time-budget, before extraction: time a sample, and when reading the data would not
     fit its share of the budget, train on a stratified subset that does (said at once, recorded)."""
-    remaining = left(job)
+    remaining = distributed.from_main(left(job))  # one plan for every process: rank 0's clock
     if remaining is None or not _extracts(job, strategy) or not _extraction_ahead(job):
         return
     splits = job.splits

@@ -19,7 +19,7 @@ from torch import nn
 
 from ..backbones import create_backbone
 from ..bundle import write_json
-from ..compute import resolve_device
+from ..compute import resolve_device, resolve_precision, use_precision
 from ..config import TrainConfig
 from ..heads import GraftModel, HeadSpec, build_head
 from ..modalities import detect
@@ -87,6 +87,13 @@ def _cycle(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Iter
 
 
 def find_lr(config: TrainConfig, out: Path, steps: int = 100, log: Any = print) -> dict[str, Any]:
+    """The range test at the precision `graft train` would use (--precision)."""
+    precision = resolve_precision(config.precision, resolve_device(config.device))
+    with use_precision(precision):
+        return _find_lr(config, out, steps, log)
+
+
+def _find_lr(config: TrainConfig, out: Path, steps: int, log: Any) -> dict[str, Any]:
     modality = detect(config.data).modality
     modality.check(config)
     backbone = create_backbone(config.backbone or modality.default_backbone, weights=config.weights)

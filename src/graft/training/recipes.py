@@ -706,7 +706,7 @@ def choose(job: Job) -> Choice:
         # fine-tuning starts afresh (text) it is the model to beat; either way `auto` can stop at it
         probe = probe_head(job)
         epoch_seconds = distributed.from_main(estimate_epoch_seconds(job, batch_size))  # one choice for all
-    remaining = budget.left(job)  # --time-budget counts the probe and what came before it
+    remaining = distributed.from_main(budget.left(job))  # counts the probe and all before it; rank 0's
     chosen, reason = strategies.choose_strategy(
         per_class,
         epoch_seconds,
