@@ -119,10 +119,12 @@ def _column_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _precision_flag(p: argparse.ArgumentParser) -> None:
+    from .config import PRECISION_CHOICES
+
     p.add_argument(
         "--precision",
         default="auto",
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=PRECISION_CHOICES,
         help="arithmetic: auto (bf16 on GPUs and CPUs with native bf16, else fp32), fp32 (what an "
         "export's parity check compares against), bf16 or fp16 (default: auto)",
     )

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from .config import PRECISION_CHOICES
 from .errors import ConfigError
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
@@ -51,7 +52,6 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     return device
 
 
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
 _DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Overrides what `auto` believes about this CPU's bf16 (1: native, 0: none): lets an AVX2 machine
 # (CI) run what a CPU with AVX512-BF16/AMX runs, and the other way round.

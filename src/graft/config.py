@@ -36,6 +36,7 @@ def parse_duration(text: str | float | None) -> float | None:
 
 
 STRATEGY_CHOICES = ("auto", "linear", "finetune", "gradual")
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # resolved by graft.compute.resolve_precision
 
 
 @dataclass(frozen=True)
@@ -166,7 +167,7 @@ class TrainConfig:
         "auto",
         "arithmetic: auto (bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs, else fp32), fp32, "
         "bf16 or fp16 (autocast; weights stay fp32)",
-        choices=("auto", "fp32", "bf16", "fp16"),
+        choices=PRECISION_CHOICES,
     )
     devices: int = option(
         1,

@@ -304,7 +304,8 @@ def _fill_defaults(plan: Plan, config: TrainConfig, modality: Modality, n_train:
 def _resolve_strategy(job: Job, choice: recipes.Choice) -> None:
     plan = job.plan
     # the probe's own notes stay, and always what --time-budget did to the data
-    notes = plan.notes if choice.probe is not None else [n for n in plan.notes if n.startswith("time budget")]
+    budget_note = [job.budget_subset["note"]] if job.budget_subset else []
+    notes = plan.notes if choice.probe is not None else budget_note
     plan.strategy, plan.strategy_reason, plan.notes = choice.strategy, choice.reason, []
     _fill_defaults(plan, job.config, job.modality, len(job.splits.train))
     plan.notes = [*notes, *plan.notes]

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .. import distributed
-from .features import cache_dir, cache_key
+from .features import cached_path
 
 if TYPE_CHECKING:
     from .recipes import Job
@@ -67,6 +67,7 @@ def fit_data_to_budget(job: Job, strategy: str) -> None:
     job.log(note)
     job.plan.notes.append(note)
     job.budget_subset = {
+        "note": note,
         "train": len(chosen),
         "of": len(splits.train),
         "seconds_per_input": round(seconds_per_input, 5),
@@ -84,10 +85,8 @@ def _extracts(job: Job, strategy: str) -> bool:
 
 def _extraction_ahead(job: Job) -> bool:
     """Whether the training features still have to be computed (not in the feature cache)."""
-    splits = job.splits
-    both = [*splits.train.sources, *splits.val.sources]
-    key = cache_key(job.modality, job.backbone, job.prep, both, job.config.flip_features)
-    return not (cache_dir() / "features" / f"{key}.safetensors").is_file()
+    both = [*job.splits.train.sources, *job.splits.val.sources]
+    return not cached_path(job.modality, job.backbone, job.prep, both, job.config.flip_features).is_file()
 
 
 def _time_extraction(job: Job) -> float:

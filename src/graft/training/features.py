@@ -27,7 +27,7 @@ from ..modalities.base import Features, Modality
 
 FEATURES_VERSION = 2  # bump when extraction changes numerically (2: large JPEGs decode in draft mode)
 
-__all__ = ["FEATURES_VERSION", "Features", "cache_dir", "cache_key", "cached_features"]
+__all__ = ["FEATURES_VERSION", "Features", "cache_dir", "cache_key", "cached_features", "cached_path"]
 
 
 def cache_key(modality: Modality, backbone: Backbone, prep: Any, sources: Sequence[Any], flip: bool) -> str:
@@ -43,6 +43,19 @@ def cache_key(modality: Modality, backbone: Backbone, prep: Any, sources: Sequen
     head = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
     inputs = modality.fingerprint(sources)[:24]
     return f"{backbone.name.replace('/', '_').strip('_')}-{head}-{inputs}"
+
+
+def cached_path(
+    modality: Modality,
+    backbone: Backbone,
+    prep: Any,
+    sources: Sequence[Any],
+    flip: bool,
+    directory: Path | None = None,
+) -> Path:
+    """Where `cached_features` keeps (or will keep) these features."""
+    key = cache_key(modality, backbone, prep, sources, flip)
+    return (directory or cache_dir()) / "features" / f"{key}.safetensors"
 
 
 def cached_features(
@@ -63,9 +76,8 @@ def cached_features(
     number of processes), so either kind of run reuses the other's features."""
     from safetensors.numpy import save_file
 
-    key = cache_key(modality, backbone, prep, sources, flip)
-    folder = (directory or cache_dir()) / "features"
-    path = folder / f"{key}.safetensors"
+    path = cached_path(modality, backbone, prep, sources, flip, directory)
+    folder = path.parent
     usable = usable_folder(folder)
     feats = _read(path) if usable and path.is_file() else None
     if not distributed.any_process(feats is None):  # every process has them from the cache
