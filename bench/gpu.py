@@ -9,6 +9,9 @@ Rows (images or texts per second; accuracy on the test split):
   `--precision auto`'s autocast, channels_last, inference mode: the limit of extraction;
 - network alone, train step: forward + backward + AdamW (fused on CUDA), same batches: the limit
   of fine-tuning;
+- levers (graft's GPU defaults, each beside its alternative): the network-only train step at batch
+  64 / 128 / 256 (does a larger batch pay?), AdamW unfused against fused, and on CUDA
+  torch.compile with its compile time (`--skip compile` leaves it out);
 - graft extraction and graft fine-tuning: one `graft train DATA --test TEST --time-budget T` process
   (defaults otherwise), from its report.json: training + validation images / extraction seconds, and
   per fine-tuning epoch images / training seconds (the median over whole epochs); its test accuracy;
@@ -105,6 +108,61 @@ def network_rows(s: Settings, device: Any) -> list[dict[str, Any]]:
         {"row": "network alone: forward", "rate": forward_rate, "setting": what, "peak_gb": peak},
         {"row": "network alone: train step", "rate": step_rate, "setting": what, "peak_gb": peak},
     ]
+
+
+def lever_rows(s: Settings, device: Any, compile_too: bool) -> list[dict[str, Any]]:
+    """The levers graft's GPU defaults rest on, each beside its alternative in this one run: the
+    network-only train step at batch 64 / 128 / 256 (does the larger batch pay?), AdamW unfused
+    against fused, and torch.compile with its compile time counted (first step included)."""
+    import torch
+
+    from graft.backbones import create_backbone
+    from graft.compute import autocast, resolve_precision, use_precision
+
+    precision = resolve_precision("auto", device)
+    backbone = create_backbone("efficientnet_lite0")
+    net = torch.nn.Sequential(backbone.body, torch.nn.Flatten(), torch.nn.Linear(backbone.num_features, 10))
+    net = net.to(device=device, memory_format=torch.channels_last).train()
+    rows: list[dict[str, Any]] = []
+
+    def rate(model: Any, batch: int, fused: bool, warm: int = 3) -> tuple[float, float]:
+        x = torch.randn(batch, 3, s.size, s.size, device=device).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (batch,), device=device)
+        optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5, fused=fused)
+
+        def step() -> None:
+            with autocast(device):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        started = time.perf_counter()
+        for _ in range(warm):
+            step()
+        _sync(device)
+        first = time.perf_counter() - started
+        started = time.perf_counter()
+        for _ in range(s.timed_steps):
+            step()
+        _sync(device)
+        return batch * s.timed_steps / (time.perf_counter() - started), first
+
+    fused = device.type == "cuda"
+    with use_precision(precision):
+        for batch in (64, 128, 256):
+            value, _ = rate(net, batch, fused)
+            optimizer = "fused AdamW" if fused else "AdamW"
+            rows.append({"row": f"lever: train step, batch {batch}", "rate": value, "setting": optimizer})
+        if fused:
+            value, _ = rate(net, s.batch, fused=False)
+            name = f"lever: train step, batch {s.batch}"
+            rows.append({"row": name, "rate": value, "setting": "AdamW unfused"})
+        if compile_too:
+            value, first = rate(torch.compile(net), s.batch, fused)
+            what = f"torch.compile, {first:.0f} s to compile and warm up"
+            rows.append({"row": f"lever: train step, batch {s.batch}", "rate": value, "setting": what})
+    return rows
 
 
 def graft_rows(s: Settings, train: Path, test: Path, device: str) -> list[dict[str, Any]]:
@@ -222,9 +280,15 @@ def text_rows(s: Settings, trec: Path, device: str) -> list[dict[str, Any]]:
     if done.returncode:
         raise SystemExit(f"graft train (TREC-6) failed:\n{done.stderr[-3000:]}")
     graft_accuracy = json.loads(done.stdout.strip().splitlines()[-1])["test_accuracy"]
+    history = json.loads((out / "report.json").read_text())["history"]
+    epochs = ", ".join(f"{r['train_seconds']:.1f}" for r in history if r.get("epoch", 0) > 0)
     trainer = hf_trainer(folder, 0, epochs=s.trainer_epochs, use_cpu=device == "cpu")
     return [
-        {"row": "TREC-6: graft defaults", "setting": f"{wall:.0f} s wall", "accuracy": graft_accuracy},
+        {
+            "row": "TREC-6: graft defaults",
+            "setting": f"{wall:.0f} s wall; fine-tuning epochs {epochs} s",
+            "accuracy": graft_accuracy,
+        },
         {
             "row": "TREC-6: transformers.Trainer",
             "setting": f"{trainer['wall_seconds']:.0f} s wall, {s.trainer_epochs} epoch(s)",
@@ -290,7 +354,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--time-budget", type=float)
     parser.add_argument("--loop-epochs", type=int)
-    parser.add_argument("--skip", nargs="*", default=[], choices=["network", "graft", "loop", "text"])
+    parts = ["network", "levers", "compile", "graft", "loop", "text"]
+    parser.add_argument("--skip", nargs="*", default=[], choices=parts)
     args = parser.parse_args()
     import torch
     from seed_recipe import subset_folder
@@ -309,6 +374,8 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     if "network" not in args.skip:
         rows += network_rows(s, device)
+    if "levers" not in args.skip:
+        rows += lever_rows(s, device, compile_too=device.type == "cuda" and "compile" not in args.skip)
     if "graft" not in args.skip:
         rows += graft_rows(s, train, test, str(device))
     if "loop" not in args.skip:

@@ -26,6 +26,9 @@ def test_gpu_bench_small_prints_one_table_on_a_cpu():
     assert rows == [
         "network alone: forward",
         "network alone: train step",
+        "lever: train step, batch 64",
+        "lever: train step, batch 128",
+        "lever: train step, batch 256",
         "graft extraction (the probe)",
         "graft fine-tuning",
         "hand-written loop (anchor)",

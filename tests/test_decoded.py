@@ -63,3 +63,48 @@ def test_dataloader_workers_read_the_store(sources, tmp_path):
     loader = DataLoader(subset, batch_size=4, num_workers=1)
     got = torch.cat(list(loader))
     assert torch.equal(got, torch.stack([images[i] for i in keep]))
+
+
+def _training_images(workers: int):
+    from graft.backbones._registry import Preprocessing
+    from graft.modalities.image import _TrainingImages
+
+    torch.manual_seed(0)
+    images = [torch.randint(0, 255, (3, 40, 40), dtype=torch.uint8) for _ in range(12)]
+    return _TrainingImages(images, np.arange(12) % 2, Preprocessing(input_size=32), "light", workers=workers)
+
+
+def _epoch(train, epoch: int) -> torch.Tensor:
+    batches = train.batches(4, seed=5, device=torch.device("cpu"))
+    return torch.cat([x for x, _ in batches(epoch)])
+
+
+def test_augmentation_depends_on_seed_epoch_and_index_not_on_workers():
+    """A persistent worker, a fresh one and the main process augment an epoch's samples alike, and
+    the main process's random stream (dropout's) is left as it was: a resumed run trains on the same
+    batches as an uninterrupted one."""
+    in_workers, in_main = _training_images(workers=2), _training_images(workers=0)
+    first, second = _epoch(in_workers, 0), _epoch(in_workers, 1)  # the same workers serve both
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    assert torch.equal(_epoch(in_main, 1), second)
+    assert torch.equal(torch.rand(1), expected_next)
+    assert torch.equal(_epoch(in_main, 0), first)
+    assert not torch.equal(first, second)  # another epoch: another shuffle and other crops
+    resumed = _training_images(workers=2)
+    assert torch.equal(_epoch(resumed, 1), second)  # epoch 1 first, as after a resume
+
+
+def test_the_training_loader_and_its_workers_persist_across_epochs():
+    train = _training_images(workers=1)
+    batches = train.batches(4, seed=0, device=torch.device("cpu"))
+    list(batches(0))
+    loader = train._loader[1]
+    pids = {w.pid for w in loader._iterator._workers}
+    list(batches(1))
+    assert train._loader[1] is loader and {w.pid for w in loader._iterator._workers} == pids
+    next(iter(batches(2)))  # an epoch left early (the deadline) does not disturb the next one
+    assert len(list(batches(3))) == 3
+    train.close()
+    assert train._loader is None

@@ -53,9 +53,9 @@ def _recording_run(log: Any, config: TrainConfig, seen_dir: str) -> Any:
     getitem = MemoryDataset.__getitem__
     image.default_workers = lambda: 0  # the loader reads in this process, where it is recorded
 
-    def recorded(self: Any, i: int) -> Any:
-        seen.append(int(i))
-        return getitem(self, i)
+    def recorded(self: Any, key: Any) -> Any:
+        seen.append(int(key[1] if isinstance(key, tuple) else key))  # (epoch, index) or index
+        return getitem(self, key)
 
     MemoryDataset.__getitem__ = recorded  # type: ignore[method-assign]
     result = _run_process(log, config, None, None)
@@ -76,9 +76,7 @@ def test_two_cpu_processes_share_the_batches_and_match_one_process(data, tmp_pat
     out2, out1 = tmp_path / "two", tmp_path / "one"
     lines: list[str] = []
     two = _config(data, out2, devices=2)
-    run_dir, report2 = distributed.launch(
-        _recording_run, (two, str(tmp_path)), 2, CPU, lines.append
-    )
+    run_dir, report2 = distributed.launch(_recording_run, (two, str(tmp_path)), 2, CPU, lines.append)
     launched = time.perf_counter() - started
 
     # one process alone, same data and settings, same feature cache (its entry written by rank 0)
@@ -88,9 +86,9 @@ def test_two_cpu_processes_share_the_batches_and_match_one_process(data, tmp_pat
     seen1: list[int] = []
     getitem = MemoryDataset.__getitem__
 
-    def recorded(self: Any, i: int) -> Any:
-        seen1.append(int(i))
-        return getitem(self, i)
+    def recorded(self: Any, key: Any) -> Any:
+        seen1.append(int(key[1] if isinstance(key, tuple) else key))  # (epoch, index) or index
+        return getitem(self, key)
 
     monkeypatch.setattr(image, "default_workers", lambda: 0)
     monkeypatch.setattr(MemoryDataset, "__getitem__", recorded)
@@ -118,7 +116,9 @@ def test_two_cpu_processes_share_the_batches_and_match_one_process(data, tmp_pat
     assert report2["validation"]["accuracy"] == report1["validation"]["accuracy"]
     for a, b in zip(report2["history"], report1["history"], strict=True):
         assert a["val_accuracy"] == b["val_accuracy"]
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3, abs=1e-5)
+        # the same steps, summed in another order (per-process half-batch means, then an all-reduce):
+        # losses of ~0.01 drift apart by up to a few 1e-5 over the epochs
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-2, abs=1e-4)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3, abs=1e-5)
     w1, w2 = load_file(str(out1 / "model.safetensors")), load_file(str(out2 / "model.safetensors"))
     assert max(float((w1[k].float() - w2[k].float()).abs().max()) for k in w1) < 1e-4

@@ -141,6 +141,19 @@ def test_mean_pooling_ignores_padding(minilm) -> None:
         assert torch.allclose(minilm.body(ids), minilm.body(padded), atol=1e-5)
 
 
+def test_gpu_batches_pad_to_multiples_of_8_within_the_truncation_length_and_cpu_ones_do_not() -> None:
+    """Padding (ignored by the encoder, above) rounded up for a GPU's tensor cores and fewer shapes."""
+    from graft.modalities.text import Padding
+
+    ids = [torch.arange(1, 6), torch.arange(1, 4)]
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device object: no GPU needed
+    assert Padding(0, 128)(ids, cpu).shape == (2, 5)
+    batch = Padding(0, 128)(ids, cuda)
+    assert batch.shape == (2, 8) and batch[:, 5:].eq(0).all() and batch[0, :5].tolist() == [1, 2, 3, 4, 5]
+    assert Padding(0, 6)(ids, cuda).shape == (2, 5)  # 8 would pass the truncation length
+    assert Padding(0, 128)([torch.arange(1, 17)], cuda).shape == (1, 16)
+
+
 def test_hub_model_offline_fails_fast_in_one_line(monkeypatch) -> None:
     monkeypatch.setenv("GRAFT_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

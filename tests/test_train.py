@@ -111,3 +111,24 @@ def test_callbacks_see_every_step_and_epoch_in_order():
     model, groups, batches = _toy()
     fit(model, groups, lambda e: Stage({HEAD: 1.0}), batches, 1, LoopConfig(epochs=2), callbacks=[Recorder()])
     assert events == ["start", "step1", "epoch1", "step2", "epoch2", "end"]
+
+
+def test_steps_hand_callbacks_the_loss_on_the_device_and_the_epoch_row_its_weighted_mean():
+    """No host synchronisation per step: callbacks get the loss as a 0-d tensor (read only by those
+    that need it), and the epoch's train_loss is the example-weighted mean of its steps' losses."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    data = [(torch.randn(n, 4), torch.randint(0, 2, (n,))) for n in (8, 8, 3)]
+    seen = []
+
+    class Recorder(Callback):
+        def on_step_end(self, loop, loss):
+            assert isinstance(loss, torch.Tensor) and loss.ndim == 0
+            seen.append(float(loss))
+
+    groups = [(HEAD, list(model.parameters()))]
+    stage = Stage({HEAD: 1.0})
+    cfg = LoopConfig(epochs=1)
+    history = fit(model, groups, lambda e: stage, lambda e: data, 3, cfg, callbacks=[Recorder()])
+    expected = sum(v * len(y) for v, (_, y) in zip(seen, data, strict=True)) / 19
+    assert history[0]["train_loss"] == pytest.approx(expected, rel=1e-6)

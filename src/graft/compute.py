@@ -165,6 +165,32 @@ def autocast(device: torch.device) -> AbstractContextManager[Any]:
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
+@contextmanager
+def cuda_tuning(device: torch.device) -> Iterator[None]:
+    """Training on a CUDA GPU as timm's and Lightning's training scripts do: cuDNN benchmarks its
+    convolution algorithms once per input shape (graft's training shapes are fixed, or a few with
+    progressive resizing), and fp32 matrix products may use TF32 (what cuDNN's convolutions already
+    do by default; under bf16/fp16 autocast it touches only the few ops kept in fp32). The settings
+    are PyTorch's global switches, so they are restored when the block ends: prediction and export
+    parity keep PyTorch's defaults. Nothing changes on other devices."""
+    if device.type != "cuda":
+        yield
+        return
+    previous = torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = True, True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = previous
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs ahead of the host); a no-op elsewhere. Only
+    what reads the clock to time steps calls it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def module_device(module: nn.Module) -> torch.device:
     return next(module.parameters()).device
 

@@ -19,7 +19,6 @@ processes (`shard`, `shard_loader`), validation batches are split and their outp
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import os
@@ -193,29 +192,35 @@ class _ShardedBatches:
         return len(self.batches)
 
 
-def _reseed_worker(process: int, worker: int) -> None:
-    import torch
-
-    torch.manual_seed(torch.initial_seed() + process * RANK_SEED_STRIDE)
-
-
 def shard_loader(loader: Any) -> Any:
     """`loader` itself alone; with several processes, a loader of this process's part of each of its
     global batches. The batch order comes from the same generator (and seed) in every process, so
-    the parts are disjoint; loader workers get per-process seeds for their augmentation."""
+    the parts are disjoint. The sharded loader is made once per loader and kept (its workers
+    persist across epochs as the loader's would)."""
     if world_size() == 1:
         return loader
-    from torch.utils.data import DataLoader
+    sharded = getattr(loader, "_graft_sharded", None)
+    if sharded is None:
+        from torch.utils.data import DataLoader
 
-    return DataLoader(
-        loader.dataset,
-        batch_sampler=_ShardedBatches(loader.batch_sampler),
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        generator=loader.generator,
-        worker_init_fn=functools.partial(_reseed_worker, rank()),
-    )
+        options: dict[str, Any] = {}
+        if loader.num_workers:
+            options = dict(
+                persistent_workers=loader.persistent_workers,
+                prefetch_factor=loader.prefetch_factor,
+                worker_init_fn=loader.worker_init_fn,
+            )
+        sharded = DataLoader(
+            loader.dataset,
+            batch_sampler=_ShardedBatches(loader.batch_sampler),
+            num_workers=loader.num_workers,
+            collate_fn=loader.collate_fn,
+            pin_memory=loader.pin_memory,
+            generator=loader.generator,
+            **options,
+        )
+        loader._graft_sharded = sharded
+    return sharded
 
 
 def split_range(n: int) -> tuple[int, int]:

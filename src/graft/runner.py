@@ -27,7 +27,7 @@ from .errors import ConfigError
 from .heads import GraftModel, HeadSpec, build_head
 from .modalities import Modality, detect, get_modality
 from .report import build_report, save_run
-from .training import budget, recipes
+from .training import budget, recipes, sizing
 from .training.recipes import Job, TrainResult
 
 Log = Callable[[str], None]
@@ -280,15 +280,23 @@ def _plan(
         precision_reason=current_precision().reason,
         preprocessing=prep.to_dict(),
     )
-    _fill_defaults(plan, config, modality, len(splits.train))
+    _fill_defaults(plan, config, modality, len(splits.train), device)
     return plan
 
 
-def _fill_defaults(plan: Plan, config: TrainConfig, modality: Modality, n_train: int) -> None:
-    """The strategy's defaults for what the user left unset."""
+def _fill_defaults(
+    plan: Plan, config: TrainConfig, modality: Modality, n_train: int, device: torch.device
+) -> None:
+    """The strategy's defaults for what the user left unset; a fine-tuning batch sized for the
+    device (`sizing.device_batch`)."""
     defaults = modality.defaults.strategies[plan.strategy]
-    plan.batch_size = config.batch_size or defaults.batch_size
-    plan.lr = config.lr or defaults.lr
+    batch = sizing.BatchChoice(config.batch_size or defaults.batch_size, 1.0)
+    if config.batch_size is None and plan.strategy != "linear":
+        batch = sizing.device_batch(defaults.batch_size, n_train, device)
+    plan.batch_size = batch.batch_size
+    plan.lr = config.lr or defaults.lr * batch.lr_factor
+    if batch.note:
+        plan.notes.append(batch.note)
     plan.freeze_epochs = defaults.freeze_epochs if config.freeze_epochs is None else config.freeze_epochs
     plan.epochs = config.epochs or defaults.epochs
     if plan.strategy != "linear":
@@ -307,7 +315,7 @@ def _resolve_strategy(job: Job, choice: recipes.Choice) -> None:
     budget_note = [job.budget_subset["note"]] if job.budget_subset else []
     notes = plan.notes if choice.probe is not None else budget_note
     plan.strategy, plan.strategy_reason, plan.notes = choice.strategy, choice.reason, []
-    _fill_defaults(plan, job.config, job.modality, len(job.splits.train))
+    _fill_defaults(plan, job.config, job.modality, len(job.splits.train), job.device)
     plan.notes = [*notes, *plan.notes]
     if choice.epochs is not None:
         plan.epochs = choice.epochs

@@ -83,6 +83,10 @@ class TrainingSet(Protocol):
         """A few typical training batches, to time steps on."""
         ...
 
+    def close(self) -> None:
+        """Release what serving batches holds (loader workers kept across epochs)."""
+        ...
+
 
 class EvalSet(Protocol):
     """Evaluation examples prepared once; batches are (input positions, inputs on the device)."""

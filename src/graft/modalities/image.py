@@ -32,7 +32,7 @@ from ..data.images import (
     load_image_data,
     scan_image_folder,
 )
-from ..data.memory import MemoryDataset, train_transform
+from ..data.memory import EpochBatches, MemoryDataset, train_transform
 from ..data.pipeline import default_workers, ignore_interrupts, interruptible, iterate_batches, normalize
 from ..data.splits import DataSplits, Labelled, SkippedFile
 from ..errors import ConfigError, UnreadableImage
@@ -90,13 +90,37 @@ def _takes_size(model: nn.Module, size: int) -> bool:
         model.train(was_training)
 
 
+class _EpochTransforms:
+    """epoch -> the training transform at that epoch's crop size (progressive resizing's schedule),
+    one transform per size; picklable, for loader workers."""
+
+    def __init__(self, prep: Preprocessing, augment: str, sizes: list[int]) -> None:
+        self.prep, self.augment, self.sizes = prep, augment, sizes
+        self.made: dict[int, Any] = {}
+
+    def __call__(self, epoch: int) -> Any:
+        size = self.sizes[min(epoch, len(self.sizes) - 1)] if self.sizes else self.prep.input_size
+        if size not in self.made:
+            self.made[size] = train_transform(self.prep.with_size(size), self.augment)
+        return self.made[size]
+
+
 class _TrainingImages:
-    def __init__(self, images: Sequence[torch.Tensor], labels: np.ndarray, prep: Preprocessing, augment: str):
+    def __init__(
+        self,
+        images: Sequence[torch.Tensor],
+        labels: np.ndarray,
+        prep: Preprocessing,
+        augment: str,
+        workers: int | None = None,
+    ):
         self.prep, self.augment, self.images = prep, augment, images
         self.dataset = MemoryDataset(images, labels, train_transform(prep, augment))
         self.plain = MemoryDataset(images, labels, train_transform(prep, "none"))
         self.labels = self.dataset.labels
         self.sizes: list[int] = []  # training crop size per epoch (grow_inputs); empty: the full size
+        self.workers = default_workers() if workers is None else workers
+        self._loader: tuple[Any, DataLoader] | None = None  # (what it was built for, the loader)
 
     def grow_inputs(self, epochs: int, model: nn.Module) -> str | None:
         sizes = progressive_sizes(self.prep.input_size, epochs)
@@ -108,12 +132,6 @@ class _TrainingImages:
         self.sizes = sizes
         return f"training crops {' -> '.join(map(str, sizes))} px"
 
-    def _dataset_for(self, epoch: int) -> MemoryDataset:
-        if not self.sizes or self.sizes[min(epoch, len(self.sizes) - 1)] == self.prep.input_size:
-            return self.dataset
-        prep = self.prep.with_size(self.sizes[min(epoch, len(self.sizes) - 1)])
-        return MemoryDataset(self.images, self.labels, train_transform(prep, self.augment))
-
     def __len__(self) -> int:
         return len(self.dataset)
 
@@ -121,22 +139,39 @@ class _TrainingImages:
         # the last, partial batch is dropped when there is more than one batch
         return max(1, len(self) // batch_size) if len(self) > batch_size else 1
 
+    def _loader_for(self, batch_size: int, seed: int, device: torch.device) -> DataLoader:
+        """One loader for every epoch, its workers kept between epochs (persistent): rebuilt only
+        when what it serves changes (a new size schedule, batch size or seed)."""
+        key = (batch_size, seed, device.type, tuple(self.sizes))
+        if self._loader is None or self._loader[0] != key:
+            self.close()
+            by_epoch = _EpochTransforms(self.prep, self.augment, list(self.sizes))
+            dataset = MemoryDataset(self.images, self.labels, self.dataset.transform, seed, by_epoch)
+            options: dict[str, Any] = {}
+            if self.workers:
+                options = dict(persistent_workers=True, prefetch_factor=4, worker_init_fn=ignore_interrupts)
+            order = EpochBatches(len(dataset), batch_size, seed, drop_last=len(dataset) > batch_size)
+            loader = DataLoader(
+                dataset,
+                batch_sampler=order,
+                num_workers=self.workers,
+                generator=torch.Generator().manual_seed(seed),  # its workers' seeds: not dropout's stream
+                pin_memory=device.type == "cuda",
+                **options,
+            )
+            self._loader = (key, loader)
+        return self._loader[1]
+
+    def close(self) -> None:
+        """Stop the loader's workers (they also stop when this object is dropped)."""
+        self._loader = None
+
     def batches(self, batch_size: int, seed: int, device: torch.device) -> Callable[[int], Iterator[Batch]]:
-        workers = default_workers()
         prep = self.prep
 
         def batches(epoch: int) -> Iterator[Batch]:
-            dataset = self._dataset_for(epoch)
-            loader = DataLoader(
-                dataset,
-                batch_size=batch_size,
-                shuffle=True,
-                drop_last=len(dataset) > batch_size,
-                num_workers=workers,
-                pin_memory=device.type == "cuda",
-                generator=torch.Generator().manual_seed(seed * 1000 + epoch),
-                worker_init_fn=ignore_interrupts,
-            )
+            loader = self._loader_for(batch_size, seed, device)
+            loader.batch_sampler.set_epoch(epoch)
             for x, y in interruptible(distributed.shard_loader(loader)):  # this process's part of each batch
                 yield normalize(x.to(device, non_blocking=True), prep), y.to(device, non_blocking=True)
 

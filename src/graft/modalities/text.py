@@ -12,6 +12,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from .base import Batch, Defaults, Features, StrategyDefaults, register_modality
 
 BUCKET_BATCHES = 50  # batches per sorted chunk: similar lengths inside a batch, random order outside
 LENGTH_PERCENTILE = 99  # --max-length from the data: the 99th percentile of token counts
+PAD_MULTIPLE_CUDA = 8  # padded lengths on a CUDA GPU (see `pad`)
 
 # Text encoders: BERT-style fine-tuning (Devlin et al.: 2-4 epochs, batch 32, warm-up) with
 # ULMFiT's discriminative rates. The rate given is the head's; with --lr-mult 10 over a 6-layer
@@ -81,6 +83,26 @@ def pad(ids: Sequence[torch.Tensor], pad_id: int) -> torch.Tensor:
     return nn.utils.rnn.pad_sequence(list(ids), batch_first=True, padding_value=pad_id)
 
 
+@dataclass(frozen=True)
+class Padding:
+    """Batches of token ids padded to their longest. For a CUDA GPU the length is rounded up to a
+    multiple of PAD_MULTIPLE_CUDA (Hugging Face's `pad_to_multiple_of=8`), never beyond `limit`
+    (the truncation length): tensor cores take multiples of 8, and bucketed batches then come in
+    8x fewer distinct shapes, each of which costs kernel selection and allocator work the first
+    time the GPU sees it. A CPU pays for every padded token, so there batches keep their length."""
+
+    pad_id: int
+    limit: int
+
+    def __call__(self, ids: Sequence[torch.Tensor], device: torch.device) -> torch.Tensor:
+        batch = pad(ids, self.pad_id)
+        length = batch.shape[1]
+        rounded = -(-length // PAD_MULTIPLE_CUDA) * PAD_MULTIPLE_CUDA
+        if device.type == "cuda" and length < rounded <= self.limit:
+            batch = nn.functional.pad(batch, (0, rounded - length), value=self.pad_id)
+        return batch
+
+
 def bucketed_order(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
     """Batches of indices: shuffle, sort chunks of BUCKET_BATCHES batches by length, shuffle batches."""
     perm = torch.randperm(len(lengths), generator=generator).tolist()
@@ -94,18 +116,18 @@ def bucketed_order(lengths: Sequence[int], batch_size: int, generator: torch.Gen
 
 
 def sorted_batches(
-    ids: Sequence[torch.Tensor], pad_id: int, batch_size: int, device: torch.device
+    ids: Sequence[torch.Tensor], padding: Padding, batch_size: int, device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(positions, padded ids) for inference: length-sorted batches, least padding."""
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
-        yield torch.tensor(index), pad([ids[i] for i in index], pad_id).to(device)
+        yield torch.tensor(index), padding([ids[i] for i in index], device).to(device)
 
 
 class _TrainingTexts:
-    def __init__(self, ids: list[torch.Tensor], labels: np.ndarray, pad_id: int) -> None:
-        self.ids, self.labels, self.pad_id = ids, torch.as_tensor(labels), pad_id
+    def __init__(self, ids: list[torch.Tensor], labels: np.ndarray, padding: Padding) -> None:
+        self.ids, self.labels, self.padding = ids, torch.as_tensor(labels), padding
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -123,21 +145,24 @@ class _TrainingTexts:
             generator = torch.Generator().manual_seed(seed * 1000 + epoch)
             for batch in bucketed_order(lengths, batch_size, generator):
                 index = distributed.shard(batch)  # this process's part of the batch
-                x = pad([self.ids[i] for i in index], self.pad_id)
+                x = self.padding([self.ids[i] for i in index], device)
                 yield x.to(device, non_blocking=True), self.labels[index].to(device, non_blocking=True)
 
         return batches
 
     def plain_inputs(self, limit: int, device: torch.device) -> Iterator[torch.Tensor]:
         for start in range(0, min(len(self), limit), 64):
-            yield pad(self.ids[start : start + 64], self.pad_id).to(device)
+            yield self.padding(self.ids[start : start + 64], device).to(device)
 
     def timing_batches(self, batch_size: int, device: torch.device, count: int) -> list[Batch]:
         """Batches of median-length texts: what a bucketed epoch costs per step on average."""
         median = int(np.median([len(t) for t in self.ids]))
         typical = sorted(range(len(self)), key=lambda i: abs(len(self.ids[i]) - median))[:batch_size]
-        x = pad([self.ids[i] for i in typical], self.pad_id).to(device)
+        x = self.padding([self.ids[i] for i in typical], device).to(device)
         return [(x, self.labels[typical].to(device))] * count
+
+    def close(self) -> None:
+        """Nothing to release: batches are made in this process."""
 
 
 def _listed(names: Any, limit: int = 8) -> str:
@@ -147,9 +172,9 @@ def _listed(names: Any, limit: int = 8) -> str:
 
 class _EvalTexts:
     def __init__(
-        self, ids: list[torch.Tensor], labels: np.ndarray, pad_id: int, sources: Sequence[Any]
+        self, ids: list[torch.Tensor], labels: np.ndarray, padding: Padding, sources: Sequence[Any]
     ) -> None:
-        self.ids, self.labels, self.pad_id, self.sources = ids, torch.as_tensor(labels), pad_id, sources
+        self.ids, self.labels, self.padding, self.sources = ids, torch.as_tensor(labels), padding, sources
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -157,7 +182,7 @@ class _EvalTexts:
     def batches(
         self, device: torch.device, batch_size: int = 128
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return sorted_batches(self.ids, self.pad_id, batch_size, device)
+        return sorted_batches(self.ids, self.padding, batch_size, device)
 
 
 class _TextInputs:
@@ -182,7 +207,8 @@ class _TextInputs:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every text can be tokenised: `on_failure` (as for images) is never called."""
         ids = self.preprocess(inputs)
-        return sorted_batches(ids, self.prep.pad_id, batch_size, device) if ids else iter(())
+        padding = Padding(self.prep.pad_id, self.prep.max_length)
+        return sorted_batches(ids, padding, batch_size, device) if ids else iter(())
 
 
 class TextModality:
@@ -298,15 +324,14 @@ class TextModality:
     def training_set(
         self, config: Any, backbone: Any, prep: TextPreprocessing, data: Labelled, skipped: list[SkippedFile]
     ) -> _TrainingTexts:
-        return _TrainingTexts(
-            tokenize(backbone.tokenizer, data.sources, prep.max_length), data.labels, prep.pad_id
-        )
+        ids = tokenize(backbone.tokenizer, data.sources, prep.max_length)
+        return _TrainingTexts(ids, data.labels, Padding(prep.pad_id, prep.max_length))
 
     def eval_set(
         self, backbone: Any, prep: TextPreprocessing, data: Labelled, skipped: list[SkippedFile]
     ) -> _EvalTexts:
         ids = tokenize(backbone.tokenizer, data.sources, prep.max_length)
-        return _EvalTexts(ids, data.labels, prep.pad_id, data.sources)
+        return _EvalTexts(ids, data.labels, Padding(prep.pad_id, prep.max_length), data.sources)
 
     def encode(
         self,
@@ -325,7 +350,8 @@ class TextModality:
 
         started = time.perf_counter()
         ids = tokenize(backbone.tokenizer, sources, prep.max_length)
-        batches = sorted_batches(ids, prep.pad_id, batch_size, module_device(backbone.body))
+        padding = Padding(prep.pad_id, prep.max_length)
+        batches = sorted_batches(ids, padding, batch_size, module_device(backbone.body))
         values = forward_all(backbone.body, batches, len(ids)).numpy().astype(np.float32)
         return Features(
             values, np.ones(len(ids), dtype=bool), {}, time.perf_counter() - started, cached=False

@@ -15,7 +15,7 @@ from torch import nn
 
 from .. import distributed
 from ..bundle import atomic_write
-from ..compute import forward_all
+from ..compute import forward_all, synchronize
 from ..metrics import validation_row
 from ..progress import Progress
 from .checkpoint import Checkpointer
@@ -150,17 +150,22 @@ class EarlyStopping(Callback):
 
 
 class Deadline(Callback):
-    """Stop cleanly after the step that crosses `at` (a time.perf_counter() value)."""
+    """Stop cleanly after the step that crosses `at` (a time.perf_counter() value). It reads the
+    host's clock without waiting for the device: a GPU's queue holds at most a few steps, so the
+    stop comes at most those few steps late, and no step waits for the clock."""
 
     def __init__(self, at: float) -> None:
         self.at = at
 
-    def on_step_end(self, loop: Loop, loss: float) -> None:
-        if time.perf_counter() > self.at:
-            loop.stop = True
+    def on_step_end(self, loop: Loop, loss: torch.Tensor) -> None:
+        self._check(loop)
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
-        self.on_step_end(loop, 0.0)
+        self._check(loop)
+
+    def _check(self, loop: Loop) -> None:
+        if time.perf_counter() > self.at:
+            loop.stop = True
 
 
 class EpochLog(Callback):
@@ -192,7 +197,7 @@ class ProgressBar(Callback):
         self.bar = Progress(self.total, self.desc, unit="step")
         self.bar.update(min(self.total, loop.state.step))
 
-    def on_step_end(self, loop: Loop, loss: float) -> None:
+    def on_step_end(self, loop: Loop, loss: torch.Tensor) -> None:
         if self.bar is not None:
             self.bar.update(1)
 
@@ -214,7 +219,8 @@ class StepTimer(Callback):
         self.steps = steps
         self.ends: list[float] = []
 
-    def on_step_end(self, loop: Loop, loss: float) -> None:
+    def on_step_end(self, loop: Loop, loss: torch.Tensor) -> None:
+        synchronize(loop.device)  # the step's end on the device, not when the host queued it
         self.ends.append(time.perf_counter())
         if len(self.ends) > self.steps:
             loop.stop = True
@@ -240,9 +246,9 @@ class LRFinder(Callback):
     def schedule(self, loop: Loop, i: int) -> float:
         return self.start * self.factor**loop.state.step
 
-    def on_step_end(self, loop: Loop, loss: float) -> None:
+    def on_step_end(self, loop: Loop, loss: torch.Tensor) -> None:
         n = len(self.losses)
-        self.smooth = 0.9 * self.smooth + 0.1 * loss
+        self.smooth = 0.9 * self.smooth + 0.1 * float(loss)  # waits for the step: the test needs it
         self.lrs.append(self.start * self.factor**n)
         self.losses.append(self.smooth / (1 - 0.9 ** (n + 1)))  # bias-corrected exponential average
         if not np.isfinite(self.losses[-1]) or self.losses[-1] > 4 * min(self.losses) or n + 1 >= self.steps:

@@ -31,7 +31,7 @@ from ..errors import DataError
 from ..heads import GraftModel
 from ..metrics import classification_metrics
 from ..modalities.base import Features, Modality
-from . import budget, strategies
+from . import budget, sizing, strategies
 from .callbacks import (
     Checkpoint,
     Deadline,
@@ -245,7 +245,7 @@ def _features(job: Job, data: Labelled, desc: str) -> Features:
         data.sources,
         job.prep,
         flip=job.config.flip_features,
-        batch_size=64,
+        batch_size=sizing.inference_batch(job.device, 64),
         desc=desc,
         engine=job.config.engine,
     )
@@ -493,9 +493,10 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
             model.head.load_state_dict(probe.initial_head)
     if not continues:
         init_feature_norm(model, train_set.plain_inputs(256, device))
+    groups = [*job.backbone.trainable_groups(), (strategies.HEAD, list(model.head.parameters()))]
+    fit_batch_to_memory(job, model, groups, train_set)
     batch_size = plan.batch_size
     steps_per_epoch = train_set.steps_per_epoch(batch_size)
-    groups = [*job.backbone.trainable_groups(), (strategies.HEAD, list(model.head.parameters()))]
     options, epochs = head_phase(plan, plan.epochs, continues)
     job.log(_epochs_line(plan, continues, config.time_budget is not None and not config.epochs))
     strategy = strategies.make_strategy(
@@ -548,26 +549,29 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     start_score = probe.val["accuracy"] if probe is not None else None
     keep = KeepBest(start_score, best_path, resume=config.resume, start_state=candidate)
     t_train = time.perf_counter()
-    history = fit(
-        model,
-        groups,
-        strategy,
-        train_set.batches(batch_size, config.seed, device),
-        steps_per_epoch,
-        loop,
-        callbacks=[
-            *precise_bn,
-            Evaluate(val_set, splits.classes),
-            keep,
-            ProgressBar("fine-tuning", _int_of(shown_epochs) * steps_per_epoch),
-            EpochLog(job.log, shown_epochs),
-            Checkpoint(checkpointer),
-            EarlyStopping(config.patience),
-            *limits,
-        ],
-        schedule=schedule,
-        data_parallel=True,
-    )
+    try:
+        history = fit(
+            model,
+            groups,
+            strategy,
+            train_set.batches(batch_size, config.seed, device),
+            steps_per_epoch,
+            loop,
+            callbacks=[
+                *precise_bn,
+                Evaluate(val_set, splits.classes),
+                keep,
+                ProgressBar("fine-tuning", _int_of(shown_epochs) * steps_per_epoch),
+                EpochLog(job.log, shown_epochs),
+                Checkpoint(checkpointer),
+                EarlyStopping(config.patience),
+                *limits,
+            ],
+            schedule=schedule,
+            data_parallel=True,
+        )
+    finally:
+        train_set.close()  # its loader's workers: not kept through evaluation and the test
     train_seconds = time.perf_counter() - t_train
     kept = keep.restore(model, history[-1]["epoch"] if history else 0)
     model.flip_average = probe_flips and kept["epoch"] == 0  # the probe kept: as it was evaluated
@@ -606,6 +610,29 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     if probe is not None:
         _merge_probe(result, probe)
     return result
+
+
+def fit_batch_to_memory(job: Job, model: nn.Module, groups: Any, train_set: Any) -> None:
+    """A batch grown for the GPU (`sizing.device_batch`) halves until a training step fits in its
+    memory; the plan's batch, LR and notes follow. Batches the user gave are taken as they are."""
+    config, plan = job.config, job.plan
+    default = job.modality.defaults.strategies[plan.strategy].batch_size
+    if job.device.type != "cuda" or config.batch_size is not None or plan.batch_size <= default:
+        return
+
+    def try_step(batch: int) -> None:
+        local = distributed.local_batch_size(batch)
+        time_steps(model, groups, train_set.timing_batches(local, job.device, 2), LoopConfig())
+
+    fitting = sizing.largest_fitting(try_step, plan.batch_size, default)
+    if fitting < plan.batch_size:
+        note = f"batch {fitting}: {plan.batch_size} did not fit in the GPU's memory"
+        if config.lr is None:  # the square-root rule, back down with the batch
+            plan.lr *= math.sqrt(fitting / plan.batch_size)
+            note += f", learning rate {plan.lr:.2g}"
+        plan.notes.append(note)
+        plan.batch_size = fitting
+        job.log(note)
 
 
 def _int_of(shown_epochs: str) -> int:
@@ -697,7 +724,9 @@ def choose(job: Job) -> Choice:
     rule (`strategies.choose_strategy`); fine-tuning then continues from it."""
     config, splits = job.config, job.splits
     per_class = len(splits.train) / len(splits.classes)
-    batch_size = config.batch_size or job.modality.defaults.strategies["finetune"].batch_size
+    batch_size = config.batch_size or sizing.device_batch(
+        job.modality.defaults.strategies["finetune"].batch_size, len(splits.train), job.device
+    ).batch_size
     default_epochs = finetune_epochs(config, job.modality, "finetune", len(splits.train), batch_size)
     epochs = strategies.auto_epochs(len(splits.train), default_epochs)
     epoch_seconds, probe = 0.0, None

@@ -1,0 +1,73 @@
+"""Batch sizes for the device. The modalities' defaults (64 images, 32 texts a fine-tuning step) are
+sized for a CPU, where a larger batch does not run faster per example. On a CUDA GPU a step of 64
+small images leaves most of the device idle, so fine-tuning takes a larger batch there, and the
+learning rate follows it by the square-root rule for Adam-type optimisers (Malladi et al. 2022,
+"On the SDEs and scaling rules for adaptive gradient algorithms": batch x k, LR x sqrt(k)).
+
+The rule, for a batch size and LR the user left unset:
+- the batch grows 4x (else 2x) only while an epoch keeps at least MIN_STEPS_PER_EPOCH optimizer
+  steps, so small datasets keep the updates they need (a 5,000-image set stays at 64);
+- if a step at that batch does not fit in the GPU's memory, it halves until it does (not below the
+  default), the LR with it.
+Inference (frozen-feature extraction) takes INFERENCE_BATCH_CUDA on a GPU: it keeps no activations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+GPU_BATCH_SCALES = (4, 2)  # tried in order: the first that leaves enough steps an epoch
+MIN_STEPS_PER_EPOCH = 100
+INFERENCE_BATCH_CUDA = 256
+
+
+@dataclass(frozen=True)
+class BatchChoice:
+    batch_size: int
+    lr_factor: float  # multiplies the default LR (the square-root rule)
+    note: str | None = None
+
+
+def device_batch(default: int, n_train: int, device: torch.device) -> BatchChoice:
+    """The fine-tuning batch for `device` when the user gave none (see the module's rule)."""
+    if device.type != "cuda":
+        return BatchChoice(default, 1.0)
+    for scale in GPU_BATCH_SCALES:
+        if n_train // (default * scale) >= MIN_STEPS_PER_EPOCH:
+            return BatchChoice(default * scale, math.sqrt(scale), _note(default, default * scale))
+    return BatchChoice(default, 1.0)
+
+
+def _note(default: int, batch: int) -> str:
+    factor = math.sqrt(batch / default)
+    return (
+        f"batch {batch} instead of {default} on the GPU (at least {MIN_STEPS_PER_EPOCH} steps an "
+        f"epoch), learning rate x{factor:.2g} (the square-root rule for Adam)"
+    )
+
+
+def inference_batch(device: torch.device, default: int) -> int:
+    return max(default, INFERENCE_BATCH_CUDA) if device.type == "cuda" else default
+
+
+def out_of_memory_errors() -> tuple[type[BaseException], ...]:
+    return tuple(e for e in (getattr(torch, "OutOfMemoryError", None), torch.cuda.OutOfMemoryError) if e)
+
+
+def largest_fitting(try_step: Callable[[int], object], batch: int, floor: int) -> int:
+    """The largest of batch, batch/2, ... (not below `floor`) for which `try_step(batch)` runs
+    without running out of device memory; at `floor` an out-of-memory error is raised as it is."""
+    while True:
+        try:
+            try_step(batch)
+            return batch
+        except out_of_memory_errors():
+            if batch // 2 < floor:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            batch //= 2
