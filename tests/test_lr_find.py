@@ -54,6 +54,21 @@ def test_cli_lr_find_writes_plot_and_suggestion(tmp_path, capsys):
     assert len(saved["lrs"]) == len(saved["losses"]) > 5
 
 
+def test_lr_find_sets_up_as_train_does_random_weights_and_train_groups(tmp_path, capsys):
+    """lr-find shares train's setup (runner.prepare): `--weights random` builds the architecture
+    alone (it was taken for a weights file), and --train-groups freezes what train freezes."""
+    data = make_image_folder(tmp_path / "data", per_class=6, seed=0)
+    out = tmp_path / "lrf"
+    argv = ["lr-find", str(data), "--image-size", "32", "--steps", "12", "--out", str(out), "--json"]
+    code = main([*argv, "--weights", "random", "--strategy", "finetune", "--train-groups", "2"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "fine-tuning trains the top 2 of" in printed.out + printed.err
+    assert json.loads(printed.out.strip().splitlines()[-1])["strategy"] == "finetune"
+    code = main([*argv, "--weights", str(tmp_path / "missing.pth")])
+    assert code != 0 and "missing.pth" in capsys.readouterr().err
+
+
 def _loss_spy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[list[float] | None, float]]:
     """nn.CrossEntropyLoss.forward wrapped (it still computes the loss): records the class weights
     and the label smoothing of every training loss computed (validation uses F.cross_entropy)."""

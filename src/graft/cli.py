@@ -44,6 +44,8 @@ LR_FIND_OPTIONS = (
     "max_length",
     "augment",
     "precision",
+    "train_groups",
+    "bn",
 )
 
 

@@ -9,8 +9,11 @@ Hugging Face's `TrainingArguments` does: the command line is generated from thes
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+import numpy as np
 
 from .errors import ConfigError
 
@@ -201,15 +204,26 @@ class TrainConfig:
         None, "text: more texts for --adapt-lm (a .txt, one per line, or a table)", group="text"
     )
 
+    def __post_init__(self) -> None:
+        """Wherever a config is built (the CLI, `graft.Classifier`, a script), its values are
+        checked here: types and choices of every field, durations parsed, ranges; each a one-line
+        ConfigError naming the option."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if "parse" in f.metadata and isinstance(value, str | numbers.Real):
+                value = f.metadata["parse"](value)  # "30m" -> 1800.0; a number is checked
+                object.__setattr__(self, f.name, value)
+            _check_type(f, value)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"unknown {_flag(f.name)} {value!r}; choose one of {', '.join(choices)}")
+        self.check()
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def check(self) -> None:
         """Option values that cannot work, caught before any data is read."""
-        if self.strategy not in STRATEGY_CHOICES:
-            raise ConfigError(
-                f"unknown --strategy {self.strategy!r}; choose one of {', '.join(STRATEGY_CHOICES)}"
-            )
         if self.train_groups is not None and self.train_groups < 1:
             raise ConfigError("--train-groups must be at least 1; for the head alone use --strategy linear")
         if self.resume and not self.out:
@@ -232,6 +246,35 @@ class TrainConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
+
+
+# numbers.Integral/Real: numpy's integers and floats (a scikit-learn parameter grid) count as numbers
+_TYPES: dict[str, tuple[type, ...]] = {
+    "int": (numbers.Integral,),
+    "float": (numbers.Real,),
+    "str": (str,),
+    "bool": (bool, np.bool_),
+}
+
+
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _check_type(f: Any, value: Any) -> None:
+    """`value` has the field's declared type (`int | None`, `float`, ...): a number given as text,
+    or a word where a number goes, is a one-line ConfigError, not a TypeError deep in a run."""
+    declared = [part.strip() for part in str(f.type).split("|")]
+    if value is None and "None" in declared:
+        return
+    allowed = tuple(t for part in declared for t in _TYPES.get(part, ()))
+    if not allowed:
+        return
+    if isinstance(value, bool | np.bool_) and bool not in allowed:  # True is an int, not an epoch count
+        allowed = ()
+    if not isinstance(value, allowed):
+        kind = " or ".join(p for p in declared if p != "None")
+        raise ConfigError(f"{_flag(f.name)} must be {kind}, got {value!r}")
 
 
 def config_fields() -> list[Any]:

@@ -20,7 +20,7 @@ import torch
 
 from . import distributed
 from .backbones import Backbone, create_backbone
-from .compute import current_precision, resolve_device, resolve_precision, use_precision
+from .compute import Precision, current_precision, resolve_device, resolve_precision, use_precision
 from .config import Plan, TrainConfig
 from .data.splits import DataSplits
 from .errors import ConfigError
@@ -129,6 +129,30 @@ def run(
         log = _silent
         warnings.simplefilter("ignore")
     preflight(config)
+    ready = prepare(config, log, splits, modality)
+    with use_precision(ready.precision):
+        return _run_on(config, log, ready, started)
+
+
+@dataclass
+class Prepared:
+    """What training and the LR range test both start from."""
+
+    modality: Modality
+    device: torch.device
+    precision: Precision
+    backbone: Backbone
+    splits: DataSplits
+    prep: Any  # the modality's preprocessing (image sizes and normalisation, text lengths)
+
+
+def prepare(
+    config: TrainConfig, log: Log = print, splits: DataSplits | None = None, modality: Modality | None = None
+) -> Prepared:
+    """The one setup of `graft train` and `graft lr-find`: the modality (detected or given) checks
+    the config, the device and precision are decided, the backbone is built (first: a missing
+    download fails in seconds, before a long scan of the data), the data read, the preprocessing
+    resolved, and the backbone moved to the device."""
     if modality is None:
         if splits is not None:
             raise ConfigError("in-memory splits need their modality (graft.modalities.get_modality)")
@@ -136,28 +160,21 @@ def run(
     modality.check(config)
     device = distributed.setup(resolve_device(config.device))  # under a launcher: join the others
     precision = resolve_precision(config.precision, device)
-    with use_precision(precision):
-        return _run_on(config, log, splits, modality, device, started)
-
-
-def _run_on(
-    config: TrainConfig,
-    log: Log,
-    splits: DataSplits | None,
-    modality: Modality,
-    device: torch.device,
-    started: float,
-) -> RunResult:
-    """`run` once the device and precision are decided."""
-    # the backbone first: a missing download fails in seconds, before a long scan of the data
     backbone = _backbone_for(config, modality)
     if splits is None:
         splits = modality.load_splits(config)
     _report_skipped(splits, modality, log)
     prep = modality.preprocessing(config, backbone, splits)
     backbone.body.to(device)
+    return Prepared(modality, device, precision, backbone, splits, prep)
+
+
+def _run_on(config: TrainConfig, log: Log, ready: Prepared, started: float) -> RunResult:
+    """`run` once everything is prepared, at the resolved precision."""
+    modality, backbone, splits, prep = ready.modality, ready.backbone, ready.splits, ready.prep
+    device = ready.device
     adapted = _adapt(config, modality, backbone, prep, splits, log) if config.adapt_lm else None
-    _freeze(config, modality, backbone, log)
+    freeze(config, modality, backbone, log)
     head = build_head(HeadSpec.parse(config.head, config.dropout), backbone.num_features, len(splits.classes))
     model = modality.prepare_model(GraftModel(backbone.body, head), device)
     plan = _plan(config, modality, backbone, prep, splits, device)
@@ -246,7 +263,7 @@ def _adapt(
     return adapt_language_model(backbone, texts, config.adapt_lm, prep.max_length, seed=config.seed, log=log)
 
 
-def _freeze(config: TrainConfig, modality: Modality, backbone: Backbone, log: Log) -> None:
+def freeze(config: TrainConfig, modality: Modality, backbone: Backbone, log: Log) -> None:
     """Freeze what fine-tuning leaves alone, before any step is timed or taken: the layer groups
     below the top --train-groups, and what the modality keeps frozen (a text encoder's vocabulary)."""
     trained = backbone.freeze_below(config.train_groups, also=modality.extra_frozen(backbone))

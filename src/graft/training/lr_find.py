@@ -17,12 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..backbones import create_backbone
 from ..bundle import write_json
-from ..compute import resolve_device, resolve_precision, use_precision
+from ..compute import use_precision
 from ..config import TrainConfig
 from ..heads import GraftModel, HeadSpec, build_head
-from ..modalities import detect
 from .callbacks import LRFinder
 from .features import cached_features
 from .loop import Batch, LoopConfig, fit
@@ -31,14 +29,20 @@ from .strategies import Stage
 
 
 def lr_range_test(
-    model: nn.Module, batches: Iterator[Batch], start: float = 1e-7, end: float = 10.0, steps: int = 100
+    model: nn.Module,
+    batches: Iterator[Batch],
+    start: float = 1e-7,
+    end: float = 10.0,
+    steps: int = 100,
+    bn_frozen: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """LRs and smoothed losses; stops early once the loss diverges (4x its minimum). The weights
-    are restored afterwards."""
+    are restored afterwards. `bn_frozen`: pretrained BatchNorm keeps its statistics, as --bn frozen
+    trains."""
     state = {k: v.clone() for k, v in model.state_dict().items()}
     finder = LRFinder(start, end, steps)
     params = [p for p in model.parameters() if p.requires_grad]
-    cfg = LoopConfig(epochs=1, lr=start, weight_decay=0.0, bn_frozen=False)
+    cfg = LoopConfig(epochs=1, lr=start, weight_decay=0.0, bn_frozen=bn_frozen)
     fit(
         model,
         [("all", params)],
@@ -87,39 +91,37 @@ def _cycle(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Iter
 
 
 def find_lr(config: TrainConfig, out: Path, steps: int = 100, log: Any = print) -> dict[str, Any]:
-    """The range test at the precision `graft train` would use (--precision)."""
-    precision = resolve_precision(config.precision, resolve_device(config.device))
-    with use_precision(precision):
-        return _find_lr(config, out, steps, log)
+    """The range test on what `graft train` would train, set up by the same `runner.prepare` (the
+    config's and the data's checks, --weights, --device, --precision, --train-groups)."""
+    from ..runner import freeze, prepare
+
+    ready = prepare(config, log)
+    freeze(config, ready.modality, ready.backbone, log)
+    with use_precision(ready.precision):
+        return _find_lr(config, ready, out, steps, log)
 
 
-def _find_lr(config: TrainConfig, out: Path, steps: int, log: Any) -> dict[str, Any]:
-    modality = detect(config.data).modality
-    modality.check(config)
-    backbone = create_backbone(config.backbone or modality.default_backbone, weights=config.weights)
-    splits = modality.load_splits(config)
-    prep = modality.preprocessing(config, backbone, splits)
-    device = resolve_device(config.device)
+def _find_lr(config: TrainConfig, ready: Any, out: Path, steps: int, log: Any) -> dict[str, Any]:
+    modality, backbone, splits, prep = ready.modality, ready.backbone, ready.splits, ready.prep
+    device = ready.device
     head = build_head(HeadSpec.parse(config.head, config.dropout), backbone.num_features, len(splits.classes))
     strategy = "finetune" if config.strategy in ("finetune", "gradual") else "linear"
     batch_size = config.batch_size or modality.defaults.strategies[strategy].batch_size
     if strategy == "finetune":
         model: nn.Module = modality.prepare_model(GraftModel(backbone.body, head), device)
-        backbone.freeze_below(None, also=modality.extra_frozen(backbone))
         n = min(len(splits.train), steps * batch_size)
         train_set = modality.training_set(config, backbone, prep, splits.train.subset(np.arange(n)), [])
         init_feature_norm(model, train_set.plain_inputs(256, device))
         epoch_batches = train_set.batches(batch_size, config.seed, device)
         batches = itertools.chain.from_iterable(epoch_batches(e) for e in itertools.count())
     else:
-        backbone.body.to(device)
         feats = cached_features(modality, backbone, splits.train.sources, prep, flip=config.flip_features)
         x = torch.from_numpy(feats.values[feats.ok]).to(device)
         y = torch.from_numpy(np.asarray(splits.train.labels)[feats.ok]).to(device)
         model = head.to(device)
         head[0].fit(x)
         batches = _cycle(x, y, batch_size, config.seed)
-    lrs, losses = lr_range_test(model, batches, steps=steps)
+    lrs, losses = lr_range_test(model, batches, steps=steps, bn_frozen=config.bn == "frozen")
     suggestion = suggest_lr(lrs, losses)
     out.mkdir(parents=True, exist_ok=True)
     plot_lr_find(lrs, losses, suggestion, out / "lr_find.png")

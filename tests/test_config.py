@@ -1,0 +1,49 @@
+"""The config validates itself wherever it is built (CLI, graft.Classifier, a script): types,
+choices, durations and ranges, each a one-line ConfigError naming the option."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from graft import Classifier
+from graft.config import TrainConfig
+from graft.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"bn": "frozn"}, "unknown --bn 'frozn'; choose one of frozen, trainable"),
+        ({"tta": "flp"}, "unknown --tta 'flp'; choose one of auto, flip, none"),
+        ({"augment": "heavy"}, "unknown --augment 'heavy'; choose one of none, light, strong"),
+        ({"strategy": "fast"}, "unknown --strategy 'fast'"),
+        ({"time_budget": "soon"}, "bad --time-budget 'soon'"),
+        ({"time_budget": -5}, "bad --time-budget"),
+        ({"epochs": "3"}, "--epochs must be int, got '3'"),
+        ({"epochs": True}, "--epochs must be int, got True"),
+        ({"seed": 1.5}, "--seed must be int, got 1.5"),
+        ({"lr": "fast"}, "--lr must be float, got 'fast'"),
+        ({"epochs": 0}, "--epochs must be at least 1, got 0"),
+        ({"dropout": 1.0}, "--dropout must be in [0, 1)"),
+    ],
+)
+def test_a_bad_value_is_a_one_line_error_naming_the_option(given, message):
+    with pytest.raises(ConfigError) as err:
+        TrainConfig(data="d", **given)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_durations_parse_and_numpy_numbers_are_numbers():
+    assert TrainConfig(data="d", time_budget="30m").time_budget == 1800.0
+    assert TrainConfig(data="d", time_budget="1h").time_budget == 3600.0
+    config = TrainConfig(data="d", epochs=np.int64(3), lr=np.float32(0.5), time_budget=90)
+    assert (config.epochs, config.lr, config.time_budget) == (3, 0.5, 90)
+
+
+def test_the_python_api_refuses_a_misspelt_option_when_it_fits(tmp_path):
+    """scikit-learn's contract: __init__ stores, fit validates (get_params/clone keep working)."""
+    model = Classifier(bn="frozn")
+    assert model.get_params()["bn"] == "frozn"
+    with pytest.raises(ConfigError, match="unknown --bn 'frozn'"):
+        model.fit(tmp_path)
