@@ -11,8 +11,8 @@ from conftest import make_image_folder
 from torch import nn
 
 from graft.cli import main
+from graft.tasks import get_task
 from graft.training.lr_find import lr_range_test, suggest_lr
-from graft.training.recipes import balanced_class_weights
 
 
 def test_suggestion_is_where_the_loss_falls_fastest():
@@ -37,8 +37,9 @@ def test_range_test_grows_the_lr_and_restores_the_weights():
 
 def test_balanced_class_weights():
     """'balanced' weights: n / (classes * count), so a class 3x rarer weighs 3x more."""
-    weights = balanced_class_weights([0, 0, 0, 1], 2)
-    assert weights == pytest.approx((4 / 6, 2.0))
+    task = get_task("single", ["a", "b"]).fit(np.array([0, 0, 0, 1]), {"class_weights": "auto"})
+    assert task.state["class_weights"] == pytest.approx([4 / 6, 2.0])
+    assert get_task("single", ["a", "b"]).fit(np.array([0, 0, 0, 1]), {}).state == {}
 
 
 def test_cli_lr_find_writes_plot_and_suggestion(tmp_path, capsys):

@@ -12,6 +12,7 @@ import torch
 from graft.config import Plan, TrainConfig
 from graft.modalities import get_modality
 from graft.runner import _fill_defaults
+from graft.tasks import get_task
 from graft.training import recipes, sizing
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object: no GPU is needed to plan for one
@@ -82,10 +83,11 @@ def test_a_halved_batch_takes_the_lr_back_down_and_says_so(monkeypatch):
     _fill_defaults(plan, TrainConfig(data="d"), image, 50_000, CUDA)
     lines: list[str] = []
     config = TrainConfig(data="d")
-    job = SimpleNamespace(config=config, plan=plan, modality=image, device=CUDA, log=lines.append)
+    task = get_task("single", ["a", "b"])
+    job = SimpleNamespace(config=config, plan=plan, modality=image, device=CUDA, log=lines.append, task=task)
     train_set = SimpleNamespace(timing_batches=lambda batch, device, count: [batch] * count)
 
-    def time_steps(model, groups, batches, cfg):
+    def time_steps(model, groups, batches, cfg, loss_fn=None):
         if batches[0] > 128:
             raise torch.OutOfMemoryError("CUDA out of memory")
         return 0.1

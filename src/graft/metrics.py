@@ -122,7 +122,24 @@ def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str], path: Pa
     plt.close(fig)
 
 
-def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
+def plot_predicted_against_true(points: dict[str, list[float]], target: str, path: Path, split: str) -> None:
+    """Regression: each example's prediction against its true value, and the line of perfect ones."""
+    plt = _pyplot()
+    true, predicted = np.asarray(points["true"]), np.asarray(points["predicted"])
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(true, predicted, s=8, alpha=0.5)
+    if len(true):
+        low, high = float(min(true.min(), predicted.min())), float(max(true.max(), predicted.max()))
+        ax.plot([low, high], [low, high], color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel(f"true {target}")
+    ax.set_ylabel(f"predicted {target}")
+    ax.set_title(split)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_curves(history: Sequence[dict[str, Any]], path: Path, monitor: str = "val_accuracy") -> None:
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
@@ -131,8 +148,9 @@ def plot_curves(history: Sequence[dict[str, Any]], path: Path) -> None:
         left.plot(epochs, [row["val_loss"] for row in history], marker="o", label="validation loss")
     left.set_xlabel("epoch")
     left.legend()
-    right.plot(epochs, [row.get("val_accuracy", np.nan) for row in history], marker="o", label="accuracy")
-    right.plot(epochs, [row.get("val_macro_f1", np.nan) for row in history], marker="o", label="macro-F1")
+    right.plot(epochs, [row.get(monitor, np.nan) for row in history], marker="o", label=monitor[4:])
+    if monitor == "val_accuracy":
+        right.plot(epochs, [row.get("val_macro_f1", np.nan) for row in history], marker="o", label="macro-F1")
     right.set_xlabel("epoch")
     right.set_title("validation")
     from matplotlib.ticker import MaxNLocator

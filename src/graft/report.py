@@ -9,7 +9,7 @@ from typing import Any
 from . import distributed
 from .bundle import save_bundle, write_json
 from .heads import HeadSpec
-from .metrics import plot_confusion, plot_curves
+from .metrics import plot_confusion, plot_curves, plot_predicted_against_true
 from .report_html import write_report_html
 from .training.recipes import Job, TrainResult
 
@@ -32,6 +32,7 @@ def build_report(job: Job, trained: TrainResult, seconds: float, adapted: dict |
         },
         "head": str(HeadSpec.parse(config.head, config.dropout)),
         "preprocessing": job.prep.to_dict(),
+        "task": job.task.to_dict(),  # what it predicts, and what training decided (thresholds, scales)
         "classes": list(splits.classes),
         "data": {
             "name": splits.name,
@@ -63,10 +64,6 @@ def build_report(job: Job, trained: TrainResult, seconds: float, adapted: dict |
     }
 
 
-def _headline(metrics: dict[str, Any]) -> dict[str, Any]:
-    return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n": metrics["n"]}
-
-
 def bundle_meta(job: Job, report: dict[str, Any]) -> dict[str, Any]:
     arch = {"arch_weights": job.config.weights, **job.modality.bundle_extras(job.backbone)}
     return {
@@ -75,12 +72,13 @@ def bundle_meta(job: Job, report: dict[str, Any]) -> dict[str, Any]:
         "head": {"spec": report["head"], "dropout": job.config.dropout}
         | ({"flip_average": True} if getattr(job.model, "flip_average", False) else {}),
         "classes": report["classes"],
+        **({"task": report["task"]} if job.task.name != "single" else {}),  # single: as before tasks
         "preprocessing": report["preprocessing"],
         "recipe": report["config"],
         "plan": report["plan"],
         "metrics": {
-            "validation": _headline(report["validation"]),
-            "test": _headline(report["test"]) if report["test"] else None,
+            "validation": job.task.headline(report["validation"]),
+            "test": job.task.headline(report["test"]) if report["test"] else None,
         },
         "data": report["data"],
     }
@@ -93,11 +91,10 @@ def save_run(job: Job, report: dict[str, Any], run_dir: Path | None = None) -> N
     save_bundle(run_dir, job.model, bundle_meta(job, report), assets=job.modality.bundle_assets(job.backbone))
     write_json(run_dir / "report.json", report)
     shown = report["test"] or report["validation"]
-    plot_confusion(
-        shown["confusion_matrix"],
-        report["classes"],
-        run_dir / "confusion.png",
-        "test" if report["test"] else "validation",
-    )
-    plot_curves(report["history"], run_dir / "curves.png")
+    split = "test" if report["test"] else "validation"
+    if "confusion_matrix" in shown:
+        plot_confusion(shown["confusion_matrix"], report["classes"], run_dir / "confusion.png", split)
+    if "points" in shown:  # regression
+        plot_predicted_against_true(shown["points"], report["classes"][0], run_dir / "predicted.png", split)
+    plot_curves(report["history"], run_dir / "curves.png", f"val_{job.task.monitor}")
     write_report_html(run_dir)

@@ -64,13 +64,17 @@ def _confused(metrics: dict[str, Any]) -> str:
     )
 
 
+def _probability(row: dict[str, Any], fmt: str) -> str:
+    return format(row["probability"], fmt) if "probability" in row else ""
+
+
 def _top_losses(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p>None recorded.</p>"
     if all("image" in row["example"] for row in rows):
         cards = "".join(
             f'<div class="card"><img alt="{_e(r["example"].get("name", ""))}" src="{r["example"]["image"]}">'
-            f"true <b>{_e(r['true'])}</b><br>predicted <b>{_e(r['predicted'])}</b> ({r['probability']:.2f})"
+            f"true <b>{_e(r['true'])}</b><br>predicted <b>{_e(r['predicted'])}</b> {_probability(r, '.2f')}"
             f'<br><span class="muted">loss {r["loss"]:.2f}</span></div>'
             for r in rows
         )
@@ -80,26 +84,77 @@ def _top_losses(rows: list[dict[str, Any]]) -> str:
             r["example"].get("text", r["example"].get("name", "")),
             r["true"],
             r["predicted"],
-            f"{r['probability']:.2f}",
+            _probability(r, ".2f") or f"loss {r['loss']:.2f}",
         ]
         for r in rows
     ]
     return _table(["example", "true", "predicted", "probability"], table_rows)
 
 
+def _per_label(metrics: dict[str, Any]) -> str:
+    rows = [
+        [name, _num(m["average_precision"]), f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}"]
+        + [m["support"], f"{m['threshold']:.3f}"]
+        for name, m in metrics["per_label"].items()
+    ]
+    return _table(["label", "AP", "precision", "recall", "F1", "support", "threshold"], rows)
+
+
+def _per_target(metrics: dict[str, Any]) -> str:
+    rows = [
+        [name, _num(m["r2"]), _num(m["rmse"]), _num(m["mae"]), _num(m["spearman"])]
+        for name, m in metrics["per_target"].items()
+    ]
+    return _table(["target", "R2", "RMSE", "MAE", "Spearman"], rows)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _headline(metrics: dict[str, Any], split: str, task: str) -> str:
+    if task == "multi":
+        return (
+            f'<span class="big">{metrics["map"]:.3f}</span> {split} mAP (micro-F1 '
+            f"{metrics['micro_f1']:.3f}, subset accuracy {metrics['subset_accuracy']:.2%}, n={metrics['n']})"
+        )
+    if task == "regression":
+        return (
+            f'<span class="big">{metrics["r2"]:.3f}</span> {split} R2 (RMSE {_num(metrics["rmse"])}, '
+            f"MAE {_num(metrics['mae'])}, Spearman {_num(metrics['spearman'])}, n={metrics['n']})"
+        )
+    return (
+        f'<span class="big">{metrics["accuracy"]:.2%}</span> {split} accuracy '
+        f"(macro-F1 {metrics['macro_f1']:.3f}, n={metrics['n']})"
+    )
+
+
+def _task_sections(report: dict[str, Any], run_dir: Path, shown: dict[str, Any], split: str) -> str:
+    task = (report.get("task") or {}).get("name", "single")
+    if task == "multi":
+        return f"<h2>Per label ({split})</h2>{_per_label(shown)}"
+    if task == "regression":
+        plot = embed_png(run_dir / "predicted.png", "predicted against true")
+        table = _per_target(shown)
+        return f"<h2>Predicted against true ({split})</h2>{plot}<h2>Per target ({split})</h2>{table}"
+    return (
+        f'<h2>Confusion matrix ({split})</h2>{embed_png(run_dir / "confusion.png", "confusion matrix")}'
+        f"<h2>Per class ({split})</h2>{_per_class(shown)}"
+        f"<h2>Most confused pairs ({split})</h2>{_confused(shown)}"
+    )
+
+
+_NAMES = {"multi": "labels", "regression": "target(s)"}
+
+
 def render(report: dict[str, Any], run_dir: Path) -> str:
     shown_name = "test" if report.get("test") else "validation"
     shown = report.get("test") or report["validation"]
     val, test = report["validation"], report.get("test")
-    headline = (
-        f'<span class="big">{val["accuracy"]:.2%}</span> validation accuracy '
-        f'(macro-F1 {val["macro_f1"]:.3f}, n={val["n"]})'
-    )
+    task = (report.get("task") or {}).get("name", "single")
+    headline = _headline(val, "validation", task)
     if test:
-        headline += (
-            f'<br><span class="big">{test["accuracy"]:.2%}</span> test accuracy '
-            f"(macro-F1 {test['macro_f1']:.3f}, n={test['n']})"
-        )
+        headline += "<br>" + _headline(test, "test", task)
     choice = report.get("strategy_choice", {})
     kept = report.get("kept") or {}
     tta = report.get("tta")
@@ -120,7 +175,7 @@ def render(report: dict[str, Any], run_dir: Path) -> str:
 <style>{STYLE}</style></head><body>
 <h1>graft run: {_e(data.get("name", ""))}</h1>
 <p class="muted">{_e(report.get("modality", ""))} · {_e(report["backbone"]["name"])} · strategy
-<b>{_e(report.get("strategy", ""))}</b> · {len(report["classes"])} classes ·
+<b>{_e(report.get("strategy", ""))}</b> · {len(report["classes"])} {_NAMES.get(task, "classes")} ·
 {data.get("train", "?")} training / {data.get("val", "?")} validation examples ·
 {report.get("seconds", 0):.0f} s · {_e(report.get("device", ""))}</p>
 <p>{headline}</p>
@@ -129,9 +184,7 @@ def render(report: dict[str, Any], run_dir: Path) -> str:
 <p>Kept: {_e(kept.get("reason", ""))}</p>{tta_line}
 <ul>{phases}{notes}</ul>
 <h2>Learning curves</h2>{embed_png(run_dir / "curves.png", "learning curves")}
-<h2>Confusion matrix ({shown_name})</h2>{embed_png(run_dir / "confusion.png", "confusion matrix")}
-<h2>Per class ({shown_name})</h2>{_per_class(shown)}
-<h2>Most confused pairs ({shown_name})</h2>{_confused(shown)}
+{_task_sections(report, run_dir, shown, shown_name)}
 <h2>Validation examples with the highest loss</h2>{_top_losses(report.get("top_losses", []))}
 <h2>Skipped inputs</h2>{skipped_html}
 <h2>Configuration</h2><details><summary>config as asked, plan as resolved</summary>

@@ -27,6 +27,7 @@ from .errors import ConfigError
 from .heads import GraftModel, HeadSpec, build_head
 from .modalities import Modality, detect, get_modality
 from .report import build_report, save_run
+from .tasks import Task, get_task
 from .training import budget, recipes, sizing
 from .training.recipes import Job, TrainResult
 
@@ -175,12 +176,12 @@ def _run_on(config: TrainConfig, log: Log, ready: Prepared, started: float) -> R
     device = ready.device
     adapted = _adapt(config, modality, backbone, prep, splits, log) if config.adapt_lm else None
     freeze(config, modality, backbone, log)
-    head = build_head(HeadSpec.parse(config.head, config.dropout), backbone.num_features, len(splits.classes))
+    task = fitted_task(config, splits)
+    head = build_head(HeadSpec.parse(config.head, config.dropout), backbone.num_features, task.outputs())
     model = modality.prepare_model(GraftModel(backbone.body, head), device)
     plan = _plan(config, modality, backbone, prep, splits, device)
-    job = Job(
-        config, plan, modality, backbone, prep, model, splits, device, Path(config.out or "."), started, log
-    )
+    out = Path(config.out or ".")
+    job = Job(config, plan, modality, backbone, prep, model, splits, device, out, started, log, task)
     budget.fit_data_to_budget(job, config.strategy)  # under --time-budget: data that can be read in it
     probe = None
     if config.strategy == "auto":
@@ -200,6 +201,12 @@ def _run_on(config: TrainConfig, log: Log, ready: Prepared, started: float) -> R
         for path in trained.scratch_files:  # the bundle holds the kept weights now
             path.unlink(missing_ok=True)
     return RunResult(job.run_dir, report, model, job)
+
+
+def fitted_task(config: TrainConfig, splits: DataSplits) -> Task:
+    """The data's task (graft.tasks), fitted to its training labels (class weights, target scales)."""
+    task = get_task(splits.task, splits.classes)
+    return task.fit(splits.train.labels, {"class_weights": config.class_weights})
 
 
 def launches_processes(config: TrainConfig) -> bool:

@@ -24,14 +24,15 @@ class SkippedFile:
 
 @dataclass(frozen=True)
 class Labelled:
-    """Sources with integer labels (indices into the split's classes)."""
+    """Sources with their labels: integer indices into the split's classes (single-label), or one
+    row of floats per source (multi-label 0/1 indicators, regression targets: `graft.tasks`)."""
 
     sources: Sequence[Any]
     labels: np.ndarray
 
     def __post_init__(self) -> None:
         labels = np.asarray(self.labels)
-        if labels.ndim != 1 or len(labels) != len(self.sources):
+        if labels.ndim not in (1, 2) or len(labels) != len(self.sources):
             raise ValueError(f"need one label per source: {len(self.sources)} sources, labels {labels.shape}")
         object.__setattr__(self, "labels", labels)  # frozen: normalise lists to an array
 
@@ -50,10 +51,11 @@ class DataSplits:
     train: Labelled
     val: Labelled
     test: Labelled | None
-    classes: tuple[str, ...]
+    classes: tuple[str, ...]  # the class names, or a multi-label task's labels, or regression's targets
     name: str
     val_source: str  # "folder", a file path, or "split:<fraction>"
     skipped: list[SkippedFile] = field(default_factory=list)
+    task: str = "single"  # graft.tasks: single, multi or regression
 
 
 def check_val_fraction(val_fraction: float) -> None:
@@ -77,6 +79,8 @@ def stratified_split(
 
     check_val_fraction(val_fraction)
     labels = np.asarray(labels)
+    if labels.ndim == 2:  # several labels or numeric targets an example: no single class to stratify by
+        return random_split(len(labels), val_fraction, seed, where)
     _require_two_per_class(labels, where, classes)
     idx = np.arange(len(labels))
     try:
@@ -91,6 +95,16 @@ def stratified_split(
                 f"{val_fraction}; add data or pass a validation set"
             ) from err
     return np.sort(train_idx), np.sort(val_idx)
+
+
+def random_split(n: int, val_fraction: float, seed: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted (train, val) positions of a seeded random split (at least one example each side)."""
+    check_val_fraction(val_fraction)
+    if n < 2:
+        raise DataError(f"{where}: {n} example(s) are too few to split off validation data; add data")
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = min(n - 1, max(1, math.ceil(n * val_fraction)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 def _require_two_per_class(labels: np.ndarray, where: str, classes: Sequence[str] | None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,22 +16,23 @@ from torch import nn
 from .. import distributed
 from ..bundle import atomic_write
 from ..compute import forward_all, synchronize
-from ..metrics import validation_row
 from ..progress import Progress
+from ..tasks import Task
 from .checkpoint import Checkpointer
 from .loop import Callback, Loop
 
 
 class Evaluate(Callback):
-    """Validation loss, accuracy and macro-F1 into each epoch's history row."""
+    """The task's validation numbers (loss and its monitored metric: accuracy and macro-F1 for
+    single-label) into each epoch's history row."""
 
-    def __init__(self, eval_set: Any, classes: Sequence[str]) -> None:
-        self.eval_set, self.classes = eval_set, tuple(classes)
+    def __init__(self, eval_set: Any, task: Task) -> None:
+        self.eval_set, self.task = eval_set, task
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
         batches = self.eval_set.batches(loop.device)
         logits = forward_all(loop.model, batches, len(self.eval_set), across_ranks=True)
-        row.update(validation_row(logits, self.eval_set.labels, self.classes))
+        row.update(self.task.validation_row(logits, self.eval_set.labels))
 
 
 class PreciseBN(Callback):
@@ -73,10 +74,11 @@ class Checkpoint(Callback):
 
 
 class KeepBest(Callback):
-    """Keeps the weights of the epoch with the best validation accuracy; the weights the fit starts
-    from count too, as epoch 0 with `start_score` (fine-tuning after a probe: the probe's head on the
-    pretrained body). Ties go to the earlier, cheaper model. With `path`, the best weights also go to
-    disk (safetensors), so a resumed run restores the same model as an uninterrupted one."""
+    """Keeps the weights of the epoch with the best validation score (`monitor`, a history key:
+    the task's metric, higher is better); the weights the fit starts from count too, as epoch 0
+    with `start_score` (fine-tuning after a probe: the probe's head on the pretrained body). Ties go
+    to the earlier, cheaper model. With `path`, the best weights also go to disk (safetensors), so
+    a resumed run restores the same model as an uninterrupted one."""
 
     def __init__(
         self,
@@ -84,14 +86,19 @@ class KeepBest(Callback):
         path: Path | None = None,
         resume: bool = False,
         start_state: dict[str, torch.Tensor] | None = None,
+        monitor: str = "val_accuracy",
     ) -> None:
-        """`start_score`: the validation accuracy of the model before the first epoch (a probe's),
+        """`start_score`: the validation score of the model before the first epoch (a probe's),
         whose weights are the model's at the start, or `start_state` when given."""
         self.start_score, self.path, self.resume = start_score, path, resume
-        self.start_state = start_state
+        self.start_state, self.monitor = start_state, monitor
         self.score: float | None = None
         self.epoch = -1
         self.state: dict[str, torch.Tensor] | None = None
+
+    @property
+    def _what(self) -> str:
+        return "validation " + self.monitor.removeprefix("val_").replace("_", " ")
 
     def on_fit_start(self, loop: Loop) -> None:
         if self.resume and self.path is not None and self.path.is_file():
@@ -100,12 +107,12 @@ class KeepBest(Callback):
             with safe_open(str(self.path), framework="pt") as f:
                 meta = f.metadata() or {}
                 self.state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
-            self.score, self.epoch = float(meta["val_accuracy"]), int(meta["epoch"])
+            self.score, self.epoch = float(meta[self.monitor]), int(meta["epoch"])
         elif self.start_score is not None:
             self._keep(loop, self.start_score, 0, self.start_state)
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
-        score = row.get("val_accuracy")
+        score = row.get(self.monitor)
         if score is not None and (self.score is None or score > self.score):
             self._keep(loop, score, row["epoch"])
 
@@ -118,7 +125,7 @@ class KeepBest(Callback):
         if self.path is not None and distributed.is_main():
             from safetensors.torch import save_file
 
-            meta = {"epoch": str(epoch), "val_accuracy": repr(self.score)}
+            meta = {"epoch": str(epoch), self.monitor: repr(self.score)}
             atomic_write(self.path, lambda tmp: save_file(self.state, str(tmp), metadata=meta))
 
     def restore(self, model: nn.Module, last_epoch: int) -> dict[str, Any]:
@@ -126,25 +133,25 @@ class KeepBest(Callback):
         if self.state is None:
             reason = "no validation examples to choose by: the last epoch is kept"
             return {"epoch": last_epoch, "reason": reason}
-        kept = {"epoch": self.epoch, "val_accuracy": self.score}
+        kept = {"epoch": self.epoch, self.monitor: self.score}
         if self.epoch == last_epoch:
-            return kept | {"reason": "the last epoch has the best validation accuracy"}
+            return kept | {"reason": f"the last epoch has the best {self._what}"}
         model.load_state_dict(self.state)
         what = "the probe's head on the pretrained backbone" if self.epoch == 0 else f"epoch {self.epoch}"
         return kept | {
-            "reason": f"{what} has the best validation accuracy (ties go to the earlier epoch); "
+            "reason": f"{what} has the best {self._what} (ties go to the earlier epoch); "
             f"its weights replace the last epoch's ({last_epoch})"
         }
 
 
 class EarlyStopping(Callback):
-    """Stop after `patience` epochs without a better validation accuracy."""
+    """Stop after `patience` epochs without a better validation score (`monitor`)."""
 
-    def __init__(self, patience: int | None) -> None:
-        self.patience = patience
+    def __init__(self, patience: int | None, monitor: str = "val_accuracy") -> None:
+        self.patience, self.monitor = patience, monitor
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
-        scores = [r["val_accuracy"] for r in loop.state.history if "val_accuracy" in r]
+        scores = [r[self.monitor] for r in loop.state.history if self.monitor in r]
         if self.patience and scores and len(scores) - 1 - int(np.argmax(scores)) >= self.patience:
             loop.stop = True
 
@@ -177,20 +184,24 @@ class EpochLog(Callback):
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
         line = f"epoch {row['epoch']}/{self.epochs}  loss {row['train_loss']:.4f}"
-        if "val_accuracy" in row:
-            line += (
-                f"  val_loss {row['val_loss']:.4f}  val_acc {row['val_accuracy']:.4f}  "
-                f"val_f1 {row['val_macro_f1']:.4f}"
-            )
+        line += "".join(f"  {name} {value:.4f}" for name, value in validation_numbers(row))
         self.log(f"{line}  ({row['train_seconds']:.1f}s)")
+
+
+SHORT_NAMES = {"val_accuracy": "val_acc", "val_macro_f1": "val_f1", "val_map": "val_mAP", "val_r2": "val_R2"}
+
+
+def validation_numbers(row: dict[str, Any]) -> list[tuple[str, float]]:
+    """A history row's validation numbers as the one-line summaries name them."""
+    return [(SHORT_NAMES.get(k, k), v) for k, v in row.items() if k.startswith("val_") and v is not None]
 
 
 class ProgressBar(Callback):
     """A bar over the phase's steps on a terminal (a line every 30 s in logs); the last epoch's
-    validation accuracy shows beside it."""
+    validation score (`monitor`) shows beside it."""
 
-    def __init__(self, desc: str, total_steps: int) -> None:
-        self.desc, self.total = desc, total_steps
+    def __init__(self, desc: str, total_steps: int, monitor: str = "val_accuracy") -> None:
+        self.desc, self.total, self.monitor = desc, total_steps, monitor
         self.bar: Progress | None = None
 
     def on_fit_start(self, loop: Loop) -> None:
@@ -202,8 +213,9 @@ class ProgressBar(Callback):
             self.bar.update(1)
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
-        if self.bar is not None and "val_accuracy" in row:
-            self.bar.note(f"epoch {row['epoch']}, val_acc {row['val_accuracy']:.4f}")
+        if self.bar is not None and self.monitor in row:
+            name = SHORT_NAMES.get(self.monitor, self.monitor)
+            self.bar.note(f"epoch {row['epoch']}, {name} {row[self.monitor]:.4f}")
 
     def on_fit_end(self, loop: Loop) -> None:
         if self.bar is not None:

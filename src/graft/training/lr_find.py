@@ -35,6 +35,7 @@ def lr_range_test(
     end: float = 10.0,
     steps: int = 100,
     bn_frozen: bool = False,
+    loss_fn: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """LRs and smoothed losses; stops early once the loss diverges (4x its minimum). The weights
     are restored afterwards. `bn_frozen`: pretrained BatchNorm keeps its statistics, as --bn frozen
@@ -51,6 +52,7 @@ def lr_range_test(
         steps,
         cfg,
         callbacks=[finder],
+        loss_fn=loss_fn,
         schedule=finder.schedule,
     )
     model.load_state_dict(state)
@@ -102,9 +104,12 @@ def find_lr(config: TrainConfig, out: Path, steps: int = 100, log: Any = print) 
 
 
 def _find_lr(config: TrainConfig, ready: Any, out: Path, steps: int, log: Any) -> dict[str, Any]:
+    from ..runner import fitted_task
+
     modality, backbone, splits, prep = ready.modality, ready.backbone, ready.splits, ready.prep
     device = ready.device
-    head = build_head(HeadSpec.parse(config.head, config.dropout), backbone.num_features, len(splits.classes))
+    task = fitted_task(config, splits)
+    head = build_head(HeadSpec.parse(config.head, config.dropout), backbone.num_features, task.outputs())
     strategy = "finetune" if config.strategy in ("finetune", "gradual") else "linear"
     batch_size = config.batch_size or modality.defaults.strategies[strategy].batch_size
     if strategy == "finetune":
@@ -121,7 +126,8 @@ def _find_lr(config: TrainConfig, ready: Any, out: Path, steps: int, log: Any) -
         model = head.to(device)
         head[0].fit(x)
         batches = _cycle(x, y, batch_size, config.seed)
-    lrs, losses = lr_range_test(model, batches, steps=steps, bn_frozen=config.bn == "frozen")
+    loss = task.loss(device, config.label_smoothing)
+    lrs, losses = lr_range_test(model, batches, steps=steps, bn_frozen=config.bn == "frozen", loss_fn=loss)
     suggestion = suggest_lr(lrs, losses)
     out.mkdir(parents=True, exist_ok=True)
     plot_lr_find(lrs, losses, suggestion, out / "lr_find.png")

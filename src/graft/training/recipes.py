@@ -27,10 +27,9 @@ from ..bundle import stale_temp_files
 from ..compute import autocast, forward_all, module_device
 from ..config import Plan, TrainConfig
 from ..data.splits import DataSplits, Labelled, SkippedFile
-from ..errors import DataError
 from ..heads import GraftModel
-from ..metrics import classification_metrics
 from ..modalities.base import Features, Modality
+from ..tasks import Task, get_task
 from . import budget, sizing, strategies
 from .callbacks import (
     Checkpoint,
@@ -68,6 +67,7 @@ class Job:
     run_dir: Path
     started: float
     log: Log
+    task: Task = field(default_factory=lambda: get_task("single"))  # fitted to the training labels
     budget_subset: dict[str, Any] | None = None  # the training subset --time-budget allowed, if any
 
 
@@ -92,38 +92,15 @@ class TrainResult:
 # --------------------------------------------------------------------------- shared helpers
 
 
-def require_every_class(labels: Any, classes: Sequence[str], unit: str) -> None:
-    """Training needs at least one readable example of every class."""
-    missing = sorted(set(range(len(classes))) - {int(v) for v in labels})
-    if missing:
-        names = ", ".join(classes[i] for i in missing)
-        raise DataError(f"no readable training {unit} for class(es) {names}: add some or remove the class")
-
-
-def balanced_class_weights(labels: Any, num_classes: int) -> tuple[float, ...]:
-    """scikit-learn's 'balanced' weights, n / (classes * count): each class weighs the same in the loss."""
-    counts = torch.bincount(torch.as_tensor(labels, dtype=torch.long), minlength=num_classes).float()
-    weights = counts.sum() / (num_classes * counts.clamp_min(1))
-    return tuple(float(w) for w in weights)
-
-
 def loop_config(
-    config: TrainConfig,
-    plan: Plan,
-    epochs: int,
-    labels: Any,
-    num_classes: int,
-    lr_scale: float = 1.0,
-    **extra: Any,
+    config: TrainConfig, plan: Plan, epochs: int, lr_scale: float = 1.0, **extra: Any
 ) -> LoopConfig:
-    """The loop settings of a run, shared by every recipe."""
-    weights = balanced_class_weights(labels, num_classes) if config.class_weights == "auto" else None
+    """The loop settings of a run, shared by every recipe (the loss is the task's: `task_loss`)."""
     return LoopConfig(
         epochs=epochs,
         lr=plan.lr * lr_scale,
         weight_decay=config.weight_decay,
         label_smoothing=config.label_smoothing,
-        class_weights=weights,
         seed=config.seed,
         bn_frozen=config.bn == "frozen",
         **extra,
@@ -134,34 +111,24 @@ def logits_of(model: nn.Module, eval_set: Any) -> torch.Tensor:
     return forward_all(model, eval_set.batches(module_device(model)), len(eval_set), across_ranks=True)
 
 
-def metrics_of(
-    model: nn.Module, eval_set: Any, classes: Sequence[str], logits: torch.Tensor | None = None
-) -> dict:
+def metrics_of(model: nn.Module, eval_set: Any, task: Task, logits: torch.Tensor | None = None) -> dict:
     logits = logits_of(model, eval_set) if logits is None else logits
-    return classification_metrics(eval_set.labels.numpy(), logits.argmax(1).numpy(), classes)
+    return task.metrics(logits, eval_set.labels)
 
 
 def highest_losses(
-    logits: torch.Tensor, eval_set: Any, classes: Sequence[str], modality: Modality, count: int = 12
+    logits: torch.Tensor, eval_set: Any, task: Task, modality: Modality, count: int = 12
 ) -> list[dict[str, Any]]:
     """fastai's top losses: the validation examples the model gets most wrong, for the report."""
     if not len(eval_set):
         return []
-    losses = nn.functional.cross_entropy(logits, eval_set.labels, reduction="none")
-    proba = logits.softmax(1)
-    rows = []
-    for i in losses.argsort(descending=True)[:count].tolist():
-        predicted = int(proba[i].argmax())
-        rows.append(
-            {
-                "example": modality.show(eval_set.sources[i]),
-                "true": classes[int(eval_set.labels[i])],
-                "predicted": classes[predicted],
-                "probability": round(float(proba[i, predicted]), 4),
-                "loss": round(float(losses[i]), 4),
-            }
-        )
-    return rows
+    worst = task.top_losses(logits, eval_set.labels)[:count]
+    return [{"example": modality.show(eval_set.sources[i]), **shown} for i, shown in worst]
+
+
+def monitored(task: Task) -> str:
+    """The history key keep-best, early stopping and the progress bar follow."""
+    return f"val_{task.monitor}"
 
 
 def time_steps(
@@ -169,6 +136,7 @@ def time_steps(
     groups: Sequence[tuple[str, Sequence[nn.Parameter]]],
     batches: list[Batch],
     cfg: LoopConfig,
+    loss_fn: Any = None,
 ) -> float:
     """Seconds per training step of every trainable group, on real batches, through the loop itself
     (forward, backward, optimizer step); the weights are restored afterwards."""
@@ -184,6 +152,7 @@ def time_steps(
         len(batches),
         replace(cfg, epochs=1),
         callbacks=[timer],
+        loss_fn=loss_fn,
         data_parallel=True,  # a fine-tuning step as the run takes it
     )
     model.load_state_dict(state)
@@ -310,13 +279,13 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
     val_rows = _rows(feats, ~in_train)
     x_val, y_val = _usable(val_rows, splits.val, splits.skipped, unit)
     val_sources = [splits.val.sources[i] for i in np.flatnonzero(val_rows.ok)]
-    require_every_class(y_train.tolist(), splits.classes, unit)
+    job.task.check(y_train.numpy(), unit)
     head[0].fit(x_train.to(job.device))
     batch_size, epochs, note = head_schedule(config, plan, len(y_train))
     plan.epochs, plan.batch_size = epochs, batch_size  # the probe inside finetune has its own plan copy
     if note:
         plan.notes.append(f"{phase}: {note}")
-    loop = loop_config(config, plan, epochs, y_train, len(splits.classes))
+    loop = loop_config(config, plan, epochs)
     x_dev, y_dev = x_train.to(job.device), y_train.to(job.device)
     val_set = _FeatureSet(x_val, y_val, val_sources)
 
@@ -332,9 +301,10 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
     started = time.perf_counter()
     # a small head is too little work to split: extra threads only spin-wait (10x slower on busy cores)
     small = sum(p.numel() for p in head.parameters()) < 1_000_000 and job.device.type == "cpu"
-    callbacks = [Evaluate(val_set, splits.classes), ProgressBar(phase, epochs * steps_per_epoch)]
+    task, monitor = job.task, monitored(job.task)
+    callbacks = [Evaluate(val_set, task), ProgressBar(phase, epochs * steps_per_epoch, monitor)]
     if phase == "linear probe":
-        callbacks.append(EarlyStopping(config.patience))
+        callbacks.append(EarlyStopping(config.patience, monitor))
     with _threads(1 if small else torch.get_num_threads()):
         history = fit(
             head,
@@ -344,12 +314,14 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
             steps_per_epoch,
             loop,
             callbacks=callbacks,
+            loss_fn=task_loss(job),
         )
     job.model.flip_average = config.flip_features  # the head now expects what it was trained on
     val_logits = logits_of(head, val_set)  # one pass for the metrics and the highest losses
+    job.task = task = task.tune(val_logits, val_set.labels)  # multi-label: thresholds from validation
     result = TrainResult(
         history=history,
-        val=metrics_of(head, val_set, splits.classes, val_logits),
+        val=metrics_of(head, val_set, task, val_logits),
         test=None,
         n_train=len(y_train),
         train_seconds=time.perf_counter() - started,
@@ -357,7 +329,7 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
         cache_hit=feats.cached,
         features_engine=feats.engine,
     )
-    result.top_losses = highest_losses(val_logits, val_set, splits.classes, job.modality)
+    result.top_losses = highest_losses(val_logits, val_set, task, job.modality)
     last = history[-1]
     result.kept = {
         "epoch": last["epoch"],
@@ -365,7 +337,7 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
     }
     result.phases.append(
         f"{phase}: {len(history)} epochs of {steps_per_epoch} steps on {len(y_train)} feature vectors, "
-        f"val_acc {last['val_accuracy']:.4f} ({result.train_seconds:.1f}s)"
+        f"{task.monitor_short} {last[monitor]:.4f} ({result.train_seconds:.1f}s)"
     )
     job.log(result.phases[-1])
     if with_test:
@@ -380,7 +352,7 @@ def test_on_features(job: Job, result: TrainResult) -> None:
         return
     test_feats = _features(job, splits.test, "test")
     x_test, y_test = _usable(test_feats, splits.test, splits.skipped, job.modality.unit)
-    result.test = metrics_of(job.model.head, _FeatureSet(x_test, y_test), splits.classes)
+    result.test = metrics_of(job.model.head, _FeatureSet(x_test, y_test), job.task)
     result.extract_seconds += test_feats.seconds
 
 
@@ -473,7 +445,7 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
         probe = probe_head(job)
     t0 = time.perf_counter()
     train_set = modality.training_set(config, job.backbone, job.prep, splits.train, splits.skipped)
-    require_every_class(train_set.labels, splits.classes, modality.unit)
+    job.task.check(train_set.labels.numpy(), modality.unit)
     val_set = modality.eval_set(job.backbone, job.prep, splits.val, splits.skipped)
     job.log(
         f"prepared {len(train_set)} training and {len(val_set)} validation {modality.unit} once "
@@ -506,8 +478,6 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
         config,
         plan,
         epochs,
-        train_set.labels,
-        len(splits.classes),
         lr_scale=config.lr_after_probe if continues else 1.0,
         cycle="epoch" if plan.strategy == "gradual" else "run",
         pct_start=modality.defaults.warmup_share,
@@ -516,7 +486,7 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     shown_epochs = str(epochs)
     if config.time_budget:
         local = distributed.local_batch_size(batch_size)  # what one process takes of a global batch
-        per_step = time_steps(model, groups, train_set.timing_batches(local, device, 4), loop)
+        per_step = time_steps(model, groups, train_set.timing_batches(local, device, 4), loop, task_loss(job))
         n_test = len(splits.test) if splits.test is not None else 0
         # flip averaging (--tta) passes validation twice more, and may double the test's pass
         flips = 2 if modality.mirrors and config.tta != "none" else 0
@@ -546,8 +516,9 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     if config.weights == "random" and config.bn == "trainable":  # from scratch: see PreciseBN
         precise_bn = [PreciseBN(lambda: train_set.plain_inputs(PRECISE_BN_EXAMPLES, device))]
     best_path = job.run_dir / "best.safetensors"
-    start_score = probe.val["accuracy"] if probe is not None else None
-    keep = KeepBest(start_score, best_path, resume=config.resume, start_state=candidate)
+    task, monitor = job.task, monitored(job.task)
+    start_score = probe.val[task.monitor] if probe is not None else None
+    keep = KeepBest(start_score, best_path, resume=config.resume, start_state=candidate, monitor=monitor)
     t_train = time.perf_counter()
     try:
         history = fit(
@@ -559,14 +530,15 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
             loop,
             callbacks=[
                 *precise_bn,
-                Evaluate(val_set, splits.classes),
+                Evaluate(val_set, task),
                 keep,
-                ProgressBar("fine-tuning", _int_of(shown_epochs) * steps_per_epoch),
+                ProgressBar("fine-tuning", _int_of(shown_epochs) * steps_per_epoch, monitor),
                 EpochLog(job.log, shown_epochs),
                 Checkpoint(checkpointer),
-                EarlyStopping(config.patience),
+                EarlyStopping(config.patience, monitor),
                 *limits,
             ],
+            loss_fn=task_loss(job),
             schedule=schedule,
             data_parallel=True,
         )
@@ -575,17 +547,11 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     train_seconds = time.perf_counter() - t_train
     kept = keep.restore(model, history[-1]["epoch"] if history else 0)
     model.flip_average = probe_flips and kept["epoch"] == 0  # the probe kept: as it was evaluated
-    val_logits = logits_of(model, val_set)  # one pass for the metrics and the highest losses
-    tta = None
-    if model.flip_average:
-        tta = {"flip": True, "reason": "on: the kept probe was trained on flip-averaged features"}
-    elif modality.mirrors:
-        val_logits, tta = choose_flip_tta(config.tta, model, val_set, val_logits)
-    if tta is not None:
-        job.log(f"test-time flip averaging: {tta['reason']}")
+    val_logits, tta = _test_time_views(job, model, val_set)
+    job.task = task = task.tune(val_logits, val_set.labels)  # multi-label: thresholds from validation
     result = TrainResult(
         history=history,
-        val=metrics_of(model, val_set, splits.classes, val_logits),
+        val=metrics_of(model, val_set, task, val_logits),
         test=None,
         n_train=len(train_set),
         train_seconds=train_seconds,
@@ -593,23 +559,48 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
         # checkpoint.json first: a run killed while these go is finished, never half-resumable
         scratch_files=[*([] if config.keep_checkpoint else checkpointer.files()), best_path]
         + stale_temp_files(job.run_dir),
-        top_losses=highest_losses(val_logits, val_set, splits.classes, modality),
+        top_losses=highest_losses(val_logits, val_set, task, modality),
         tta=tta,
     )
     if history:
-        curve = " -> ".join(format(row["val_accuracy"], ".4f") for row in history)
-        start = f"probe {probe.val['accuracy']:.4f} -> " if probe is not None else ""
+        curve = " -> ".join(format(row[monitor], ".4f") for row in history)
+        start = f"probe {probe.val[task.monitor]:.4f} -> " if probe is not None else ""
         result.phases.append(
-            f"fine-tuning: {len(history)} epoch(s) of {steps_per_epoch} steps, val_acc {start}{curve}; "
-            f"kept: {_kept_line(kept)} ({train_seconds:.1f}s)"
+            f"fine-tuning: {len(history)} epoch(s) of {steps_per_epoch} steps, {task.monitor_short} "
+            f"{start}{curve}; kept: {_kept_line(kept)} ({train_seconds:.1f}s)"
         )
         job.log(result.phases[-1])
     if splits.test is not None:
         test_set = modality.eval_set(job.backbone, job.prep, splits.test, splits.skipped)
-        result.test = metrics_of(model, test_set, splits.classes)
+        result.test = metrics_of(model, test_set, task)
     if probe is not None:
         _merge_probe(result, probe)
     return result
+
+
+def task_loss(job: Job) -> Any:
+    return job.task.loss(job.device, job.config.label_smoothing)
+
+
+def _test_time_views(job: Job, model: GraftModel, val_set: Any) -> tuple[torch.Tensor, dict[str, Any] | None]:
+    """The kept model's validation outputs, and whether predictions average each image with its
+    mirror image (`--tta`: chosen by the examples it fixes and breaks, single-label only)."""
+    config = job.config
+    val_logits = logits_of(model, val_set)  # one pass for the metrics and the highest losses
+    tta = None
+    if model.flip_average:
+        tta = {"flip": True, "reason": "on: the kept probe was trained on flip-averaged features"}
+    elif job.modality.mirrors and job.task.name == "single":
+        val_logits, tta = choose_flip_tta(config.tta, model, val_set, val_logits)
+    elif job.modality.mirrors and config.tta == "flip":
+        model.flip_average = True
+        val_logits, tta = logits_of(model, val_set), {"flip": True, "reason": "on (--tta flip)"}
+    elif job.modality.mirrors:
+        reason = f"off: `auto` weighs the examples it fixes and breaks, which {job.task.describe} lacks"
+        tta = {"flip": False, "reason": reason}
+    if tta is not None:
+        job.log(f"test-time flip averaging: {tta['reason']}")
+    return val_logits, tta
 
 
 def fit_batch_to_memory(job: Job, model: nn.Module, groups: Any, train_set: Any) -> None:
@@ -622,7 +613,8 @@ def fit_batch_to_memory(job: Job, model: nn.Module, groups: Any, train_set: Any)
 
     def try_step(batch: int) -> None:
         local = distributed.local_batch_size(batch)
-        time_steps(model, groups, train_set.timing_batches(local, job.device, 2), LoopConfig())
+        batches = train_set.timing_batches(local, job.device, 2)
+        time_steps(model, groups, batches, LoopConfig(), loss_fn=task_loss(job))
 
     fitting = sizing.largest_fitting(try_step, plan.batch_size, default)
     if fitting < plan.batch_size:
@@ -706,7 +698,7 @@ def estimate_epoch_seconds(job: Job, batch_size: int) -> float:
     groups = [*job.backbone.trainable_groups(), (strategies.HEAD, list(model.head.parameters()))]
     loop = LoopConfig(epochs=1, lr=0.0, seed=job.config.seed, bn_frozen=job.config.bn == "frozen")
     local = distributed.local_batch_size(batch_size)  # what one process takes of a global batch
-    per_step = time_steps(model, groups, train_set.timing_batches(local, job.device, 4), loop)
+    per_step = time_steps(model, groups, train_set.timing_batches(local, job.device, 4), loop, task_loss(job))
     return per_step * math.ceil(len(train) / batch_size)
 
 
@@ -723,7 +715,7 @@ def choose(job: Job) -> Choice:
     first (seconds to minutes: it is needed either way) and its validation accuracy joins the
     rule (`strategies.choose_strategy`); fine-tuning then continues from it."""
     config, splits = job.config, job.splits
-    per_class = len(splits.train) / len(splits.classes)
+    per_class = job.task.examples_per_group(len(splits.train))
     batch_size = config.batch_size or sizing.device_batch(
         job.modality.defaults.strategies["finetune"].batch_size, len(splits.train), job.device
     ).batch_size
@@ -741,7 +733,8 @@ def choose(job: Job) -> Choice:
         epoch_seconds,
         None if remaining is None else max(remaining, 1e-9),
         epochs,
-        probe_accuracy=probe.val["accuracy"] if probe is not None else None,
+        # the probe's headroom is an accuracy's (binomial noise): single-label only
+        probe_accuracy=probe.val["accuracy"] if probe is not None and job.task.name == "single" else None,
         n_val=len(splits.val),
         probe_seconds=probe.extract_seconds + probe.train_seconds if probe is not None else None,
         budget_label="budget" if remaining is None else "left of the time budget",

@@ -1,0 +1,128 @@
+"""What a run learns to predict, behind one interface: the label encoding and its checks, the
+head's width, the loss, the output activation, the metrics and the one monitored (keep-best,
+early stopping, `auto`), decision thresholds, what `predict` returns.
+
+A task is fitted to the training labels (`fit`: class weights, target statistics), may be tuned
+on validation outputs (`tune`: thresholds), and saved with the bundle (`to_dict`), so a predictor
+applies exactly what training decided. Every monitored metric is higher-is-better (accuracy, mAP,
+R2), so keep-best and early stopping compare one way for every task.
+
+Adding a task is one file that subclasses `Task` and calls `register_task`, plus its tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import ConfigError
+
+LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One task, fitted or not: `names` are the classes, labels or targets; `state` what `fit`
+    and `tune` decided (JSON-able, saved in the bundle)."""
+
+    names: tuple[str, ...] = ()
+    state: dict[str, Any] = field(default_factory=dict)
+
+    name: ClassVar[str] = ""
+    monitor: ClassVar[str] = ""  # the validation metric keep-best, early stopping and `auto` use
+    monitor_short: ClassVar[str] = ""  # how the one-line summaries name it
+    describe: ClassVar[str] = ""
+
+    # ---- labels
+    def check(self, labels: np.ndarray, unit: str) -> None:
+        """Training labels a model can learn from (a DataError naming what is missing)."""
+
+    def fit(self, labels: np.ndarray, options: dict[str, Any]) -> Task:
+        """This task with what the training labels decide (class weights, target statistics)."""
+        return self
+
+    def label_tensor(self, labels: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(labels, dtype=np.float32))
+
+    # ---- the model
+    def outputs(self) -> int:
+        return len(self.names)
+
+    def loss(self, device: torch.device, label_smoothing: float = 0.0) -> LossFn:
+        raise NotImplementedError
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        """Head outputs -> what predictions report (probabilities, values in the data's units)."""
+        raise NotImplementedError
+
+    def tune(self, logits: torch.Tensor, labels: torch.Tensor) -> Task:
+        """This task with what the validation outputs decide (multi-label thresholds)."""
+        return self
+
+    # ---- numbers
+    def validation_row(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """The per-epoch validation numbers: val_loss and val_<monitor> at least (cheap: they run
+        after every epoch of a probe)."""
+        raise NotImplementedError
+
+    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        """The report's metrics of one split: `n` and `monitor` among them."""
+        raise NotImplementedError
+
+    def headline(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        """The few numbers a bundle and one-line summaries carry."""
+        return {self.monitor: metrics[self.monitor], "n": metrics["n"]}
+
+    def predictions(self, outputs: np.ndarray, shown: Sequence[str]) -> list[dict[str, Any]]:
+        """`predict`'s rows from activated outputs, names as shown to people."""
+        raise NotImplementedError
+
+    def top_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
+        """(position, what the report shows) of the validation examples the model gets most wrong."""
+        return []
+
+    def examples_per_group(self, n_train: int) -> float:
+        """What `auto`'s minimum-data rule counts: examples per class (or label); all for regression."""
+        return n_train / max(1, len(self.names))
+
+    # ---- saving
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **({"state": self.state} if self.state else {})}
+
+
+_REGISTRY: dict[str, type[Task]] = {}
+TASK_CHOICES = ("auto", "single", "multi", "regression")
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    if cls.name in _REGISTRY:
+        raise ValueError(f"task {cls.name!r} is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_builtins() -> None:
+    from . import multi, regression, single  # noqa: F401 - each registers itself
+
+
+def get_task(name: str, names: Sequence[str] = (), state: dict[str, Any] | None = None) -> Task:
+    _load_builtins()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown task {name!r}; graft knows {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](tuple(names), dict(state or {}))
+
+
+def task_from_meta(meta: dict[str, Any]) -> Task:
+    """The task a bundle was trained for: bundles written before tasks existed are single-label."""
+    saved = meta.get("task") or {"name": "single"}
+    return get_task(saved["name"], meta.get("classes", ()), saved.get("state"))
+
+
+def finite(value: float) -> float | None:
+    """JSON has no NaN: an undefined metric (one class in a split) is None."""
+    return float(value) if math.isfinite(value) else None

@@ -1,0 +1,125 @@
+"""Regression: one or several numeric targets per example. The head predicts standardised targets
+(training mean and standard deviation, saved with the bundle) under a mean squared error, so one
+learning rate fits targets in any unit; predictions come back in the data's units. Monitored by
+R2 (averaged over targets); RMSE, MAE and Spearman's rank correlation are reported beside it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .base import LossFn, Task, finite, register_task
+
+
+def r2(predicted: np.ndarray, true: np.ndarray) -> float:
+    """scikit-learn's r2_score of one target (NaN for a constant target)."""
+    total = float(((true - true.mean()) ** 2).sum())
+    return 1.0 - float(((true - predicted) ** 2).sum()) / total if total > 0 else float("nan")
+
+
+def spearman(predicted: np.ndarray, true: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if len(true) < 2 or np.ptp(true) == 0 or np.ptp(predicted) == 0:
+        return float("nan")
+    return float(spearmanr(predicted, true).statistic)
+
+
+@register_task
+class Regression(Task):
+    name: ClassVar[str] = "regression"
+    monitor: ClassVar[str] = "r2"
+    monitor_short: ClassVar[str] = "val_R2"
+    describe: ClassVar[str] = "regression"
+
+    def check(self, labels: np.ndarray, unit: str) -> None:
+        labels = np.asarray(labels, dtype=np.float64)
+        if not np.isfinite(labels).all():
+            raise DataError(f"a training target is not a finite number: fix or remove those {unit}")
+        flat = [self.names[j] for j in range(labels.shape[1]) if np.ptp(labels[:, j]) == 0]
+        if flat:
+            shown = ", ".join(flat)
+            raise DataError(f"the target(s) {shown} take one value in all training {unit}: nothing to learn")
+
+    def fit(self, labels: np.ndarray, options: dict[str, Any]) -> Task:
+        labels = np.asarray(labels, dtype=np.float64)
+        mean, std = labels.mean(0), labels.std(0)
+        std = np.where(std > 0, std, 1.0)
+        return type(self)(self.names, {"mean": mean.tolist(), "std": std.tolist()})
+
+    def _scale(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = torch.tensor(self.state.get("mean") or [0.0] * len(self.names), device=device)
+        std = torch.tensor(self.state.get("std") or [1.0] * len(self.names), device=device)
+        return mean, std
+
+    def loss(self, device: torch.device, label_smoothing: float = 0.0) -> LossFn:
+        mean, std = self._scale(device)
+        return lambda model, x, y: torch.nn.functional.mse_loss(model(x).float(), (y.float() - mean) / std)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        mean, std = self._scale(logits.device)
+        return logits.float() * std + mean
+
+    def validation_row(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        mean, std = self._scale(logits.device)
+        loss = torch.nn.functional.mse_loss(logits.float(), (labels.float() - mean) / std)
+        predicted, true = self.activate(logits).numpy(), labels.numpy()
+        scores = [r2(predicted[:, j], true[:, j]) for j in range(true.shape[1])]
+        defined = [s for s in scores if np.isfinite(s)]
+        return {"val_loss": float(loss), "val_r2": float(np.mean(defined)) if defined else 0.0}
+
+    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        predicted, true = self.activate(logits).numpy().astype(np.float64), labels.numpy().astype(np.float64)
+        per_target = {}
+        for j, name in enumerate(self.names):
+            error = predicted[:, j] - true[:, j]
+            per_target[name] = {
+                "r2": finite(r2(predicted[:, j], true[:, j])),
+                "rmse": float(np.sqrt((error**2).mean())) if len(error) else 0.0,
+                "mae": float(np.abs(error).mean()) if len(error) else 0.0,
+                "spearman": finite(spearman(predicted[:, j], true[:, j])),
+            }
+
+        def average(key: str) -> float | None:
+            values = [v[key] for v in per_target.values() if v[key] is not None]
+            return float(np.mean(values)) if values else None
+
+        return {
+            "r2": average("r2") or 0.0,
+            "rmse": average("rmse"),
+            "mae": average("mae"),
+            "spearman": average("spearman"),
+            "n": int(len(true)),
+            "per_target": per_target,
+            # for the report's plot: predicted against true (first target), at most 2,000 points
+            "points": {"true": true[:2000, 0].tolist(), "predicted": predicted[:2000, 0].tolist()},
+        }
+
+    def headline(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {k: metrics[k] for k in ("r2", "rmse", "mae", "spearman", "n")}
+
+    def predictions(self, outputs: np.ndarray, shown: Sequence[str]) -> list[dict[str, Any]]:
+        if len(shown) == 1:
+            return [{"value": float(row[0])} for row in outputs]
+        return [{"values": {c: float(v) for c, v in zip(shown, row, strict=True)}} for row in outputs]
+
+    def top_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
+        predicted = self.activate(logits)
+        _, std = self._scale(logits.device)
+        errors = ((predicted - labels.float()) / std).abs().sum(1)
+        rows = []
+        for i in errors.argsort(descending=True).tolist():
+            shown = {
+                "true": ", ".join(f"{v:.4g}" for v in labels[i].tolist()),
+                "predicted": ", ".join(f"{v:.4g}" for v in predicted[i].tolist()),
+                "loss": round(float(errors[i]), 4),
+            }
+            rows.append((i, shown))
+        return rows
+
+    def examples_per_group(self, n_train: int) -> float:
+        return float(n_train)

@@ -1,0 +1,90 @@
+"""Single-label classification: one class per example; softmax cross-entropy (optional balanced
+class weights and label smoothing); monitored by accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .base import LossFn, Task, register_task
+
+
+@register_task
+class SingleLabel(Task):
+    name: ClassVar[str] = "single"
+    monitor: ClassVar[str] = "accuracy"
+    monitor_short: ClassVar[str] = "val_acc"
+    describe: ClassVar[str] = "single-label classification"
+
+    def check(self, labels: np.ndarray, unit: str) -> None:
+        missing = sorted(set(range(len(self.names))) - {int(v) for v in np.asarray(labels).tolist()})
+        if missing:
+            names = ", ".join(self.names[i] for i in missing)
+            raise DataError(
+                f"no readable training {unit} for class(es) {names}: add some or remove the class"
+            )
+
+    def fit(self, labels: np.ndarray, options: dict[str, Any]) -> Task:
+        if options.get("class_weights") != "auto":
+            return self
+        # scikit-learn's 'balanced' weights, n / (classes * count): each class weighs the same
+        counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(self.names)).astype(float)
+        weights = counts.sum() / (len(self.names) * np.maximum(counts, 1))
+        return type(self)(self.names, {"class_weights": [float(w) for w in weights]})
+
+    def label_tensor(self, labels: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(labels, dtype=np.int64))
+
+    def loss(self, device: torch.device, label_smoothing: float = 0.0) -> LossFn:
+        weights = self.state.get("class_weights")
+        weight = torch.tensor(weights, device=device) if weights else None
+        criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
+        return lambda model, x, y: criterion(model(x), y)
+
+    def activate(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.float().softmax(-1)
+
+    def validation_row(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        from ..metrics import validation_row  # scikit-learn: training and evaluation only
+
+        return validation_row(logits, labels, self.names)
+
+    def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
+        from ..metrics import classification_metrics
+
+        return classification_metrics(labels.numpy(), logits.argmax(1).numpy(), self.names)
+
+    def headline(self, metrics: dict[str, Any]) -> dict[str, Any]:
+        return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n": metrics["n"]}
+
+    def predictions(self, outputs: np.ndarray, shown: Sequence[str]) -> list[dict[str, Any]]:
+        rows = []
+        for proba in outputs:
+            best = int(np.argmax(proba))
+            rows.append(
+                {
+                    "label": shown[best],
+                    "probability": float(proba[best]),
+                    "probabilities": {c: float(p) for c, p in zip(shown, proba, strict=True)},
+                }
+            )
+        return rows
+
+    def top_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
+        losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
+        proba = logits.softmax(1)
+        rows = []
+        for i in losses.argsort(descending=True).tolist():
+            predicted = int(proba[i].argmax())
+            shown = {
+                "true": self.names[int(labels[i])],
+                "predicted": self.names[predicted],
+                "probability": round(float(proba[i, predicted]), 4),
+                "loss": round(float(losses[i]), 4),
+            }
+            rows.append((i, shown))
+        return rows
