@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .api import Classifier
+    from .api import Classifier, Regressor
     from .export.onnx import OnnxPredictor
     from .predict import Predictor
 
@@ -26,11 +26,11 @@ def load(
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Classifier":  # imported on first use: `import graft` stays light
-        from .api import Classifier
+    if name in ("Classifier", "Regressor"):  # imported on first use: `import graft` stays light
+        from . import api
 
-        return Classifier
+        return getattr(api, name)
     raise AttributeError(f"module 'graft' has no attribute {name!r}")
 
 
-__all__ = ["Classifier", "__version__", "load"]
+__all__ = ["Classifier", "Regressor", "__version__", "load"]

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import NotFittedError
 
 from .config import TrainConfig
@@ -49,13 +49,11 @@ def _signature() -> inspect.Signature:
     return inspect.Signature(params)
 
 
-class Classifier(ClassifierMixin, BaseEstimator):
-    """A pretrained backbone with a new head for your labels, trained the right way.
+class _Estimator(BaseEstimator):
+    """What graft's scikit-learn estimators share: options as parameters, `fit` on a data path or
+    on in-memory inputs and labels, `save`."""
 
-    A scikit-learn estimator: every `graft train` option is a parameter (`get_params`,
-    `set_params`, `clone`, `GridSearchCV`, `cross_val_score` and `Pipeline` work), `classes_` holds
-    the labels `fit` was given, of their type, and `predict` returns them. Each `fit` writes a run
-    folder (report and bundle) as `graft train` does: `out`, else a new folder under ./runs/."""
+    _task_kind: str = "auto"  # what in-memory labels are read as (`_in_memory_splits`)
 
     def __init__(self, *args: Any, **params: Any) -> None:
         bound = _SIGNATURE.bind(self, *args, **_known(params))
@@ -86,8 +84,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
         config, splits, modality, labels = self._config(str(X)), None, None, None
         if y is not None:
             config = self._config("in-memory")
-            labels = _label_values(y)
-            splits, modality = _in_memory_splits(list(X), list(y), labels, config)
+            splits, modality, labels = _in_memory_splits(list(X), y, config, self._task_kind)
         if launches_processes(config):  # --devices N: the processes write the run folder
             return self._fit_processes(config, log, splits, modality, labels)
         result = run(config, log=log, splits=splits, modality=modality)
@@ -103,6 +100,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
             result.model, job.modality, pipeline, job.splits.classes, meta, job.device, precision=precision
         )
         self.classes_ = labels if labels is not None else np.asarray(job.splits.classes)
+        self.task_ = job.task
         self.report_ = result.report
         self.run_dir_ = result.run_dir
         self._job = job
@@ -122,6 +120,7 @@ class Classifier(ClassifierMixin, BaseEstimator):
         run_dir, report = run_processes(config, log, splits, modality)
         self.predictor_ = load(run_dir, precision=config.precision)
         self.classes_ = labels if labels is not None else np.asarray(self.predictor_.classes_)
+        self.task_ = self.predictor_.task
         self.report_ = report
         self.run_dir_ = run_dir
         self._job = None
@@ -129,17 +128,8 @@ class Classifier(ClassifierMixin, BaseEstimator):
 
     def _fitted(self) -> Any:
         if not hasattr(self, "predictor_"):
-            raise NotFitted("this Classifier is not fitted yet: call fit(data) first")
+            raise NotFitted(f"this {type(self).__name__} is not fitted yet: call fit(data) first")
         return self.predictor_
-
-    def predict_proba(self, X: Any, batch_size: int = 64) -> np.ndarray:
-        """Probabilities, one column per entry of classes_."""
-        return self._fitted().predict_proba(X, batch_size)
-
-    def predict(self, X: Any, batch_size: int = 64) -> np.ndarray:
-        """The most probable label of each input, of the type fit was given."""
-        proba = self.predict_proba(X, batch_size)  # not fitted: NotFitted, before classes_ is read
-        return self.classes_[proba.argmax(1)]
 
     def save(self, run_dir: str | Path) -> Path:
         """Write the bundle (and report) to `run_dir`; `graft.load(run_dir)` reads it back."""
@@ -154,8 +144,52 @@ class Classifier(ClassifierMixin, BaseEstimator):
         return Path(run_dir)
 
 
+class Classifier(ClassifierMixin, _Estimator):
+    """A pretrained backbone with a new head for your labels, trained the right way.
+
+    A scikit-learn estimator: every `graft train` option is a parameter (`get_params`,
+    `set_params`, `clone`, `GridSearchCV`, `cross_val_score` and `Pipeline` work), `classes_` holds
+    the labels `fit` was given, of their type, and `predict` returns them. Multi-label: `y` as a
+    2-D 0/1 indicator array, or a list of label lists (or sets) per input; `predict` then returns
+    the indicator array (scikit-learn's convention) and `score` the subset accuracy. Each `fit`
+    writes a run folder (report and bundle) as `graft train` does: `out`, else a new folder under
+    ./runs/."""
+
+    def predict_proba(self, X: Any, batch_size: int = 64) -> np.ndarray:
+        """Probabilities, one column per entry of classes_ (multi-label: each label's own)."""
+        return self._fitted().predict_proba(X, batch_size)
+
+    def predict(self, X: Any, batch_size: int = 64) -> np.ndarray:
+        """The most probable label of each input, of the type fit was given; multi-label: a row of
+        0/1 per input, one column per entry of classes_, at the thresholds tuned on validation."""
+        proba = self.predict_proba(X, batch_size)  # not fitted: NotFitted, before classes_ is read
+        if self.task_.name == "multi":
+            return (proba >= self.task_.thresholds()).astype(np.int64)
+        return self.classes_[proba.argmax(1)]
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Accuracy; multi-label: subset accuracy (every label of an input right), as scikit-learn's."""
+        if hasattr(self, "task_") and self.task_.name == "multi" and _is_label_lists(y):
+            y = _indicators(y, [str(c) for c in self.classes_])[0]
+        return super().score(X, y, sample_weight)
+
+
+class Regressor(RegressorMixin, _Estimator):
+    """graft.Classifier's options and training, predicting numbers: `fit(X, y)` with y one number
+    per input (or a row of numbers: several targets), or a data path whose label column(s) hold
+    numbers; `predict` returns them (1-D for one target) and `score` is R2, as scikit-learn's."""
+
+    _task_kind = "regression"
+
+    def _config(self, data: str) -> TrainConfig:
+        return TrainConfig(data=data, **(self.get_params(deep=False) | {"task": "regression"}))
+
+    def predict(self, X: Any, batch_size: int = 64) -> np.ndarray:
+        return np.asarray(self._fitted().predict(X, batch_size))
+
+
 _SIGNATURE = _signature()
-Classifier.__init__.__signature__ = _SIGNATURE  # type: ignore[attr-defined]
+_Estimator.__init__.__signature__ = _SIGNATURE  # type: ignore[attr-defined]
 
 
 def _known(params: dict[str, Any]) -> dict[str, Any]:
@@ -193,15 +227,52 @@ def _label_values(y: Sequence[Any]) -> np.ndarray:
     return values
 
 
-def _in_memory_splits(X: list[Any], y: list[Any], values: np.ndarray, config: TrainConfig) -> tuple[Any, Any]:
+def _is_label_lists(y: Any) -> bool:
+    """y given as a label list (or set) per input: multi-label. Tuples stay single labels."""
+    sets = (list, set, frozenset)
+    return isinstance(y, list | tuple) and len(y) > 0 and all(isinstance(v, sets) for v in y)
+
+
+def _indicators(y: Any, names: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
+    """Label lists -> a 0/1 indicator array and the label names (sorted, as text)."""
+    rows = [{str(v) for v in labels} for labels in y]
+    names = names if names is not None else sorted(set().union(*rows))
+    index = {n: j for j, n in enumerate(names)}
+    out = np.zeros((len(rows), len(names)), np.float32)
+    for i, row in enumerate(rows):
+        for label in row:
+            if label in index:
+                out[i, index[label]] = 1.0
+    return out, names
+
+
+def _in_memory_splits(X: list[Any], y: Any, config: TrainConfig, kind: str) -> tuple[Any, Any, Any]:
+    """(splits, modality, classes_) for in-memory inputs and their labels: single-label (any
+    hashable labels), multi-label (an indicator array or label lists) or regression (numbers)."""
     from .data.splits import DataSplits, Labelled, stratified_split
     from .modalities import modality_of_inputs
 
     if len(X) != len(y):
         raise DataError(f"fit(X, y): {len(X)} inputs but {len(y)} labels")
     modality = modality_of_inputs(X)
-    classes = tuple(str(v) for v in values)  # graft's class names; classes_ keeps the values
-    labels = np.searchsorted(values, _labels_array(y)).astype(np.int64)
+    values: np.ndarray
+    if kind == "regression":
+        labels = np.asarray(y, dtype=np.float32).reshape(len(X), -1)
+        width = labels.shape[1]
+        classes = ("target",) if width == 1 else tuple(f"target_{j}" for j in range(width))
+        task, values = "regression", np.asarray(classes)
+    elif _is_label_lists(y):
+        labels, names = _indicators(y)
+        classes, task, values = tuple(names), "multi", np.asarray(names)
+    elif isinstance(y, np.ndarray) and y.ndim == 2:
+        labels = np.asarray(y, dtype=np.float32)
+        classes = tuple(str(j) for j in range(labels.shape[1]))
+        task, values = "multi", np.arange(labels.shape[1])
+    else:
+        values = _label_values(list(y))
+        classes = tuple(str(v) for v in values)  # graft's class names; classes_ keeps the values
+        labels = np.searchsorted(values, _labels_array(list(y))).astype(np.int64)
+        task = "single"
     train_idx, val_idx = stratified_split(labels, config.val_fraction, config.seed, "fit(X, y)")
     data = Labelled(X, labels)
     splits = DataSplits(
@@ -211,5 +282,6 @@ def _in_memory_splits(X: list[Any], y: list[Any], values: np.ndarray, config: Tr
         classes,
         "in-memory",
         f"split:{config.val_fraction}",
+        task=task,
     )
-    return splits, modality
+    return splits, modality, values

@@ -228,26 +228,33 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     data = options.pop("data")
     clf = Classifier(**options).fit(data, log=_log_for(args))
     report = clf.report_
-    out = {
-        "accuracy": report["validation"]["accuracy"],
-        "macro_f1": report["validation"]["macro_f1"],
+    task = clf.task_
+    val, test = task.headline(report["validation"]), task.headline(report["test"]) if report["test"] else {}
+    out = {k: v for k, v in val.items() if k != "n"} | {
         "seconds": round(report["seconds"], 2),
         "run_dir": str(clf.run_dir_),
         "strategy": report["strategy"],
         "feature_cache_hit": report["timing"]["feature_cache_hit"],
         "skipped_files": len(report["skipped_files"]),
     }
-    if report["test"]:
-        out |= {
-            "test_accuracy": report["test"]["accuracy"],
-            "test_macro_f1": report["test"]["macro_f1"],
-        }
+    out |= {f"test_{k}": v for k, v in test.items() if k != "n"}
+    if task.name != "single":
+        out["task"] = task.name
     if not args.json and _is_main():  # under accelerate launch every process runs this: rank 0 prints
-        print(f"validation accuracy {out['accuracy']:.4f}  macro-F1 {out['macro_f1']:.4f}")
-        if report["test"]:
-            print(f"test accuracy {out['test_accuracy']:.4f}  macro-F1 {out['test_macro_f1']:.4f}")
+        print(f"validation {_numbers(val)}")
+        if test:
+            print(f"test {_numbers(test)}")
         print(f"run folder: {clf.run_dir_}  ({out['seconds']:.1f}s)")
     return out
+
+
+NUMBER_NAMES = {"macro_f1": "macro-F1", "micro_f1": "micro-F1", "map": "mAP", "r2": "R2", "rmse": "RMSE"}
+
+
+def _numbers(headline: dict[str, Any]) -> str:
+    """A task's headline numbers for people: `accuracy 0.9120  macro-F1 0.9050`."""
+    shown = [(NUMBER_NAMES.get(k, k.replace("_", " ")), v) for k, v in headline.items() if k != "n"]
+    return "  ".join(f"{name} {value:.4f}" if value is not None else f"{name} -" for name, value in shown)
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
@@ -257,12 +264,13 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     if not args.json:
         if metrics["split"]:
             print(f"evaluating {metrics['data']}: the {metrics['split']} split of {args.data}")
-        print(
-            f"accuracy {metrics['accuracy']:.4f}  macro-F1 {metrics['macro_f1']:.4f}  (n={metrics['n']}, "
-            f"{metrics['precision']['name']})"
-        )
-        print(_per_class_table(metrics))
-        for pair in metrics["most_confused"]:
+        from .tasks import get_task
+
+        task = get_task(metrics["task"])
+        print(f"{_numbers(task.headline(metrics))}  (n={metrics['n']}, {metrics['precision']['name']})")
+        if "per_class" in metrics:
+            print(_per_class_table(metrics))
+        for pair in metrics.get("most_confused", []):
             print(f"  {pair['true']} taken for {pair['predicted']}: {pair['count']}")
         unknown = metrics["unknown_labels"]
         if unknown:
@@ -317,14 +325,17 @@ def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise ConfigError("nothing to predict: give image files or texts, or --input FILE")
     proba, failures = model.predict_proba_or_skip(inputs) if inputs else (None, {})
     k = max(1, min(args.top_k, len(model.classes_)))
+    task = getattr(model, "task", None)
     rows = [{"input": given, "error": reason} for given, reason in failed]
     for i, source in enumerate(inputs):
         if i in failures:
             rows.append({"input": str(source), "error": failures[i]})
-            continue
-        top = proba[i].argsort()[::-1][:k]
-        preds = [{"label": model.classes_[j], "probability": round(float(proba[i][j]), 6)} for j in top]
-        rows.append({"input": source, "predictions": preds})
+        elif task is not None and task.name != "single":  # several labels, or numbers
+            rows.append({"input": source, **task.predictions(proba[i : i + 1], model.classes_)[0]})
+        else:
+            top = proba[i].argsort()[::-1][:k]
+            preds = [{"label": model.classes_[j], "probability": round(float(proba[i][j]), 6)} for j in top]
+            rows.append({"input": source, "predictions": preds})
     _print_predictions(rows, args.json)
     if any("error" in row for row in rows):
         args.exit_status = EXIT_SOME_FAILED
@@ -338,10 +349,20 @@ def _print_predictions(rows: list[dict[str, Any]], as_json: bool) -> None:
         if "error" in row:
             print(f"error: {row['error']}", file=sys.stderr)
         elif not as_json:
-            top = "\t".join(f"{p['label']} {p['probability']:.4f}" for p in row["predictions"])
-            print(f"{row['input']}\t{top}")
+            print(f"{row['input']}\t{_shown(row)}")
     if errors:
         print(f"graft: {len(errors)} of {len(rows)} input(s) could not be predicted", file=sys.stderr)
+
+
+def _shown(row: dict[str, Any]) -> str:
+    """One prediction for people: the top classes, the labels that apply, or the number(s)."""
+    if "predictions" in row:
+        return "\t".join(f"{p['label']} {p['probability']:.4f}" for p in row["predictions"])
+    if "labels" in row:
+        return ", ".join(row["labels"]) or "(no label)"
+    if "value" in row:
+        return f"{row['value']:.6g}"
+    return "\t".join(f"{name} {value:.6g}" for name, value in row["values"].items())
 
 
 def _takes_strings(model: Any) -> bool:

@@ -40,6 +40,7 @@ def parse_duration(text: str | float | None) -> float | None:
 
 STRATEGY_CHOICES = ("auto", "linear", "finetune", "gradual")
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # resolved by graft.compute.resolve_precision
+TASK_CHOICES = ("auto", "single", "multi", "regression")  # graft.tasks
 
 
 @dataclass(frozen=True)
@@ -187,7 +188,19 @@ class TrainConfig:
     text_column: str = option(
         "text", "text: column(s) of a table holding the text: text, or title,body", group="text"
     )
-    label_column: str = option("label", "column of a table holding the label", group="text")
+    label_column: str = option(
+        "label",
+        "column of a table holding the label (several, comma-separated: one 0/1 column per label for "
+        "multi-label, or one per target for regression)",
+    )
+    task: str = option(
+        "auto",
+        "what to predict: single (one class), multi (several labels an example), regression (numbers); "
+        "auto: several 0/1 label columns or labels holding --label-separator are multi, numbers with "
+        "a fraction regression (integers stay classes), else single",
+        choices=TASK_CHOICES,
+    )
+    label_separator: str = option("|", "multi-label: what separates an example's labels in one column")
     pooling: str = option(
         "mean", "text: how token vectors pool into one", choices=("mean", "cls"), group="text"
     )

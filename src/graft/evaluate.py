@@ -6,15 +6,16 @@ reported, and the evaluation goes on with the rest."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .bundle import with_columns
 from .data.splits import SkippedFile
 from .errors import DataError
-from .metrics import classification_metrics
 from .predict import load
 
 _UNKNOWN = re.compile(r"label (.+) \((\d+) row\(s\)\) is not one of the model's classes")
@@ -35,13 +36,17 @@ def evaluate_folder(
         data = split[0]
     labelled, skipped = model.modality.read_labelled(data, meta, trained)
     sources = list(labelled.sources)
-    proba, failures = model.predict_proba_or_skip(sources)
+    logits, failures = model.logits_or_skip(sources)
     skipped = list(skipped) + [SkippedFile(str(sources[i]), reason) for i, reason in sorted(failures.items())]
     keep = np.array([i for i in range(len(sources)) if i not in failures], dtype=np.int64)
     if not len(keep):
         raise DataError(f"{data}: nothing to evaluate ({len(skipped)} input(s) skipped, none readable)")
-    metrics = classification_metrics(labelled.labels[keep], proba[keep].argmax(1), model.classes_)
+    # the bundle's task (thresholds, target scales as training left them), its names as shown
+    task = replace(model.task, names=tuple(model.classes_))
+    labels = task.label_tensor(labelled.labels[keep])
+    metrics = task.metrics(torch.from_numpy(logits[keep]), labels)
     return metrics | {
+        "task": task.name,
         "skipped_files": [{"path": s.path, "reason": s.reason} for s in skipped],
         "unknown_labels": _unknown_labels(skipped),
         "precision": model.precision.to_dict(),

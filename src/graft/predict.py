@@ -20,6 +20,7 @@ from .errors import BundleError, ConfigError
 from .heads import GraftModel, HeadSpec, build_head
 from .modalities import get_modality
 from .modalities.base import InputPipeline, Modality
+from .tasks import task_from_meta
 
 if TYPE_CHECKING:
     from .export.onnx import OnnxPredictor
@@ -51,6 +52,7 @@ class Predictor:
         self.precision = precision or resolve_precision("auto", device)
         self.engine = engine  # auto, torch or onnxruntime: see graft.engine
         self.engine_choice: dict[str, Any] | None = None  # what the last prediction ran on
+        self.task = task_from_meta(meta)  # what it predicts: one class, several labels, numbers
 
     def _forward_all(self, batches: Any, n: int) -> torch.Tensor:
         def record(choice: Any) -> None:
@@ -63,32 +65,52 @@ class Predictor:
         """What the network takes: a float32 NCHW array for images, token ids per text."""
         return self.pipeline.preprocess(inputs)
 
-    def predict_proba(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
+    def outputs(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
+        """The task's outputs per input: class or label probabilities, or predicted values."""
         items = self.pipeline.as_list(inputs)
         if not items:
             return np.zeros((0, len(self.classes_)), np.float32)
         logits = self._forward_all(self.pipeline.batches(items, batch_size, self.device), len(items))
-        return logits.softmax(1).numpy()
+        return self.task.activate(logits).numpy()
 
-    def predict_proba_or_skip(
-        self, inputs: Any, batch_size: int = 64
-    ) -> tuple[np.ndarray, dict[int, str]]:
-        """Like `predict_proba`, but an unreadable input does not stop the others: its row is NaN
-        and `failures` maps its position to a one-line reason."""
+    def predict_proba(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities (single-label: they sum to 1), or each label's (multi-label)."""
+        if self.task.name == "regression":
+            raise ConfigError("a regression model predicts values, not probabilities: use predict")
+        return self.outputs(inputs, batch_size)
+
+    def logits_or_skip(self, inputs: Any, batch_size: int = 64) -> tuple[np.ndarray, dict[int, str]]:
+        """The head's raw outputs; an unreadable input does not stop the others: its row is NaN and
+        `failures` maps its position to a one-line reason."""
         items = self.pipeline.as_list(inputs)
         failures: dict[int, str] = {}
-        proba = np.full((len(items), len(self.classes_)), np.nan, np.float32)
+        out = np.full((len(items), len(self.classes_)), np.nan, np.float32)
         if not items:
-            return proba, failures
+            return out, failures
         batches = self.pipeline.batches(items, batch_size, self.device, on_failure=failures.__setitem__)
         logits = self._forward_all(batches, len(items))
         if logits.numel():
             done = np.setdiff1d(np.arange(len(items)), np.fromiter(failures, int, len(failures)))
-            proba[done] = logits[torch.as_tensor(done)].softmax(1).numpy()
-        return proba, failures
+            out[done] = logits[torch.as_tensor(done)].numpy()
+        return out, failures
 
-    def predict(self, inputs: Any, batch_size: int = 64) -> list[str]:
-        return [self.classes_[i] for i in self.predict_proba(inputs, batch_size).argmax(1)]
+    def predict_proba_or_skip(
+        self, inputs: Any, batch_size: int = 64
+    ) -> tuple[np.ndarray, dict[int, str]]:
+        """Like `outputs` (probabilities or values), but an unreadable input does not stop the
+        others: its row is NaN and `failures` maps its position to a one-line reason."""
+        logits, failures = self.logits_or_skip(inputs, batch_size)
+        return self.task.activate(torch.from_numpy(logits)).numpy(), failures
+
+    def predict(self, inputs: Any, batch_size: int = 64) -> Any:
+        """Single-label: a class name per input; multi-label: a tuple of label names per input;
+        regression: the predicted numbers (one column per target)."""
+        outputs = self.outputs(inputs, batch_size)
+        if self.task.name == "single":
+            return [self.classes_[i] for i in outputs.argmax(1)]
+        if self.task.name == "multi":
+            return [tuple(row["labels"]) for row in self.task.predictions(outputs, self.classes_)]
+        return outputs[:, 0] if outputs.shape[1] == 1 else outputs
 
 
 def build_model(meta: dict[str, Any]) -> GraftModel:
@@ -97,7 +119,8 @@ def build_model(meta: dict[str, Any]) -> GraftModel:
     spec = HeadSpec.parse(meta["head"]["spec"], meta["head"].get("dropout", 0.0))
     body, width = modality.rebuild_body(meta)
     flip = bool(meta["head"].get("flip_average", False))
-    return GraftModel(body, build_head(spec, width, len(meta["classes"])), flip_average=flip)
+    outputs = task_from_meta(meta).outputs()
+    return GraftModel(body, build_head(spec, width, outputs), flip_average=flip)
 
 
 RUNTIMES = ("torch", "onnx")

@@ -205,7 +205,7 @@ def _run_on(config: TrainConfig, log: Log, ready: Prepared, started: float) -> R
 
 def fitted_task(config: TrainConfig, splits: DataSplits) -> Task:
     """The data's task (graft.tasks), fitted to its training labels (class weights, target scales)."""
-    task = get_task(splits.task, splits.classes)
+    task = splits.task if isinstance(splits.task, Task) else get_task(splits.task, splits.classes)
     return task.fit(splits.train.labels, {"class_weights": config.class_weights})
 
 

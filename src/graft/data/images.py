@@ -11,7 +11,9 @@ import math
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -350,9 +352,10 @@ def load_image_data(
     val_fraction: float = 0.1,
     seed: int = 0,
     data_root: str | Path | None = None,
+    labels: TableLabels | None = None,
 ) -> DataSplits:
-    """Train/val(/test) images from ``"cifar10"``, an ImageFolder, or a folder holding train/
-    [val/] [test/].
+    """Train/val(/test) images from ``"cifar10"``, an ImageFolder, a folder holding train/
+    [val/] [test/], or a folder of images with a ``labels.csv`` (`_table_splits`: any task).
 
     Explicit ``val``/``test`` win over found folders; without a validation folder a stratified,
     seeded ``val_fraction`` of the train images becomes the validation set (see
@@ -364,6 +367,8 @@ def load_image_data(
         return _cifar10_splits(Path(data_root or _CIFAR_DEFAULT_ROOT), val_fraction, seed)
     data = Path(data)
     _require_dir(data, "data folder")
+    if (data / LABELS_TABLE).is_file():
+        return _table_splits(data, val, test, val_fraction, seed, labels)
     train_dir = find_subdir(data, _TRAIN_NAMES)
     if train_dir is None:  # plain ImageFolder: data itself holds the class folders
         train_dir, found_val, found_test = data, None, None
@@ -386,6 +391,68 @@ def load_image_data(
         test_set, _, test_skipped = scan_image_folder(test_dir, classes=classes)
         skipped += test_skipped
     return DataSplits(train, val_set, test_set, classes, data.resolve().name, val_source, skipped)
+
+
+LABELS_TABLE = "labels.csv"  # beside the images: a `file` column and the label column(s)
+FILE_COLUMN = "file"
+
+
+@dataclass(frozen=True)
+class TableLabels:
+    """How a labels.csv is read: its label column(s), the task (graft.tasks), the separator."""
+
+    label_column: str = "label"
+    task: str = "auto"
+    separator: str = "|"
+
+
+def _table_splits(
+    folder: Path, val: str | Path | None, test: str | Path | None, val_fraction: float, seed: int,
+    how: TableLabels | None,
+) -> DataSplits:
+    """A folder of images and its labels.csv (`file`: a path relative to the folder; the label
+    column(s) as for texts), for every task: a class, several labels, numbers. --val and --test
+    are folders laid out the same way."""
+    from .text import labels_task, read_text_data
+
+    how = how or TableLabels()
+    table = read_text_data(folder / LABELS_TABLE, [FILE_COLUMN], how.label_column)
+    task = labels_task(folder / LABELS_TABLE, table, how.label_column, how.task, how.separator)
+    skipped: list[SkippedFile] = []
+    train = read_image_table(folder, task, how.label_column, skipped)
+    if val is not None:
+        val_set, val_source = read_image_table(Path(val), task, how.label_column, skipped), "folder"
+    else:
+        train_idx, val_idx = stratified_split(train.labels, val_fraction, seed, str(folder), task.names)
+        train, val_set = train.subset(train_idx), train.subset(val_idx)
+        val_source = f"split:{val_fraction}"
+    test_set = read_image_table(Path(test), task, how.label_column, skipped) if test is not None else None
+    return DataSplits(train, val_set, test_set, task.names, folder.resolve().name, val_source, skipped, task)
+
+
+def read_image_table(folder: Path, task: Any, label_column: str, skipped: list[SkippedFile]) -> Labelled:
+    """The images a folder's labels.csv names, with their labels as `task` encodes them; rows whose
+    file is missing or unreadable, or whose label the task refuses, are skipped and named."""
+    from .text import read_text_data
+
+    table_path = folder / LABELS_TABLE
+    if not table_path.is_file():
+        raise DataError(f"{folder}: no {LABELS_TABLE} beside the images (a `file` column and the labels)")
+    table = read_text_data(table_path, [FILE_COLUMN], label_column)
+    skipped.extend(table.skipped)
+    labels, refused = task.encode_all(table.labels)
+    out = {i for i, _ in refused}
+    skipped.extend(SkippedFile(str(folder / table.texts[i]), why) for i, why in refused)
+    paths, rows = [], []
+    for k, i in enumerate(i for i in range(len(table.texts)) if i not in out):
+        path = folder / table.texts[i]
+        reason = "no such file" if not path.is_file() else _verify_image(path)
+        if reason is not None:
+            skipped.append(SkippedFile(str(path), reason))
+            continue
+        paths.append(path)
+        rows.append(k)
+    return Labelled(paths, labels[rows])
 
 
 def _cifar10_splits(root: Path, val_fraction: float, seed: int) -> DataSplits:

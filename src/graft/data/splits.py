@@ -34,6 +34,8 @@ class Labelled:
         labels = np.asarray(self.labels)
         if labels.ndim not in (1, 2) or len(labels) != len(self.sources):
             raise ValueError(f"need one label per source: {len(self.sources)} sources, labels {labels.shape}")
+        if labels.ndim == 2:  # indicators or targets: the float type the losses take
+            labels = labels.astype(np.float32)
         object.__setattr__(self, "labels", labels)  # frozen: normalise lists to an array
 
     def __len__(self) -> int:
@@ -55,7 +57,7 @@ class DataSplits:
     name: str
     val_source: str  # "folder", a file path, or "split:<fraction>"
     skipped: list[SkippedFile] = field(default_factory=list)
-    task: str = "single"  # graft.tasks: single, multi or regression
+    task: Any = "single"  # graft.tasks: the Task a reader resolved, or a name: single, multi, regression
 
 
 def check_val_fraction(val_fraction: float) -> None:

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import DataError
 from .splits import DataSplits, Labelled, SkippedFile, check_val_fraction, stratified_split
 
@@ -40,7 +38,7 @@ TEXT_FILE_SUFFIX = ".txt"
 @dataclass
 class TextTable:
     texts: list[str]
-    labels: list[str]
+    labels: list[Any]  # each row's label text, or a tuple of texts with several label columns
     skipped: list[SkippedFile] = field(default_factory=list)
     raw_labels: set[str] = field(default_factory=set)  # as written, before surrounding whitespace is stripped
 
@@ -152,20 +150,24 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
 
 def _collect(path: Path, rows: Iterator[Row], text_columns: list[str], label_column: str) -> TextTable:
     table = TextTable([], [])
+    label_columns = split_columns(label_column)  # several: one 0/1 column per label, or per target
     checked = False
     for number, row, reason in rows:
         if row is not None and not checked:
-            _require_columns(path, row, [*text_columns, label_column])
+            _require_columns(path, row, [*text_columns, *label_columns])
             checked = True
         if row is not None:
-            reason = _row_problem(row, text_columns, label_column)
+            reason = _row_problem(row, text_columns, label_columns)
         if reason:
             table.skipped.append(SkippedFile(str(path), f"line {number}: {reason}"))
             continue
         assert row is not None
         table.texts.append("\n".join(str(row[c]).strip() for c in text_columns if str(row[c] or "").strip()))
-        table.raw_labels.add(str(row[label_column]))
-        table.labels.append(str(row[label_column]).strip())
+        if len(label_columns) == 1:
+            table.raw_labels.add(str(row[label_columns[0]]))
+            table.labels.append(str(row[label_columns[0]]).strip())
+        else:
+            table.labels.append(tuple(str(row[c]).strip() for c in label_columns))
     return table
 
 
@@ -178,10 +180,11 @@ def _require_columns(path: Path, row: dict[str, object], needed: list[str]) -> N
         )
 
 
-def _row_problem(row: dict[str, object], text_columns: list[str], label_column: str) -> str | None:
-    label = row.get(label_column)
-    if label is None or not str(label).strip():
-        return f"missing label in column {label_column!r}"
+def _row_problem(row: dict[str, object], text_columns: list[str], label_columns: list[str]) -> str | None:
+    for label_column in label_columns:
+        label = row.get(label_column)
+        if label is None or not str(label).strip():
+            return f"missing label in column {label_column!r}"
     if not any(str(row.get(c) or "").strip() for c in text_columns):
         return "empty text"
     return None
@@ -233,8 +236,11 @@ def load_text_data(
     label_column: str,
     val_fraction: float,
     seed: int,
+    task: str = "auto",
+    separator: str = "|",
 ) -> DataSplits:
-    """train / val / test texts; val is --val, a dev file beside train, or a stratified split.
+    """train / val / test texts; val is --val, a dev file beside train, or a stratified split
+    (a random one for multi-label and regression). `task` (graft.tasks) reads the labels.
 
     The classes are the sorted distinct training labels (surrounding whitespace stripped, so 'pos'
     and 'pos ' are one class, with a warning; labels that differ only in case stay apart, with a
@@ -249,25 +255,41 @@ def load_text_data(
         path = find_table(path, ["train"])  # type: ignore[assignment]
     read = lambda p: read_text_data(p, text_columns, label_column)  # noqa: E731
     train_table = read(path)
-    classes = tuple(sorted(set(train_table.labels)))
+    learned = labels_task(path, train_table, label_column, task, separator)
+    classes = learned.names
+    skipped: list[SkippedFile] = []
+    train = _labelled(train_table, learned, skipped)
+    if val:
+        val_set, val_source = _labelled(read(val), learned, skipped), str(val)
+    else:
+        train_idx, val_idx = stratified_split(train.labels, val_fraction, seed, str(path), classes)
+        train, val_set = train.subset(train_idx), train.subset(val_idx)
+        val_source = f"split:{val_fraction}"
+    test_set = _labelled(read(test), learned, skipped) if test else None
+    name = _data_name(Path(data))
+    return DataSplits(train, val_set, test_set, classes, name, val_source, skipped, learned)
+
+
+def labels_task(path: Path, table: TextTable, label_column: str, task: str, separator: str) -> Any:
+    """The task (graft.tasks) the training labels call for, `--task` deciding; single-label keeps
+    its checks: at least 2 classes, labels differing in case or whitespace said once."""
+    from ..tasks import resolve_task
+
+    learned = resolve_task(task, table.labels, split_columns(label_column), separator)
+    classes = learned.names
+    if learned.name != "single":
+        if not classes:
+            raise DataError(f"{path}: no usable rows to learn {learned.describe} from")
+        return learned
     if len(classes) < 2:
-        found = ", ".join(map(repr, classes)) or f"no usable rows, {len(train_table.skipped)} skipped"
+        found = ", ".join(map(repr, classes)) or f"no usable rows, {len(table.skipped)} skipped"
         raise DataError(
             f"{path}: training needs at least 2 labels, found {len(classes)} ({found}); add rows with "
             "other labels, or point --label-column at the column that holds them"
         )
     _warn_case_collisions(path, classes)
-    _warn_whitespace_merges(path, train_table.raw_labels)
-    skipped: list[SkippedFile] = []
-    train = _labelled(train_table, classes, skipped)
-    if val:
-        val_set, val_source = _labelled(read(val), classes, skipped), str(val)
-    else:
-        train_idx, val_idx = stratified_split(train.labels, val_fraction, seed, str(path), classes)
-        train, val_set = train.subset(train_idx), train.subset(val_idx)
-        val_source = f"split:{val_fraction}"
-    test_set = _labelled(read(test), classes, skipped) if test else None
-    return DataSplits(train, val_set, test_set, classes, _data_name(Path(data)), val_source, skipped)
+    _warn_whitespace_merges(path, table.raw_labels)
+    return learned
 
 
 def _opt(path: Path | None) -> str | None:
@@ -317,17 +339,13 @@ def _and_list(items: list[str]) -> str:
     return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} and {items[-1]}"
 
 
-def _labelled(table: TextTable, classes: tuple[str, ...], skipped: list[SkippedFile]) -> Labelled:
-    index = {c: i for i, c in enumerate(classes)}
-    texts, labels = [], []
+def _labelled(table: TextTable, task: Any, skipped: list[SkippedFile]) -> Labelled:
+    """The table's rows whose label the task takes; the others skipped with the reason."""
     skipped.extend(table.skipped)
-    for text, label in zip(table.texts, table.labels, strict=True):
-        if label not in index:
-            skipped.append(SkippedFile(text[:60], f"label {label!r} is not among the training labels"))
-            continue
-        texts.append(text)
-        labels.append(index[label])
-    return Labelled(texts, np.asarray(labels, dtype=np.int64))
+    labels, refused = task.encode_all(table.labels)
+    skipped.extend(SkippedFile(table.texts[i][:60], why) for i, why in refused)
+    out = set(i for i, _ in refused)
+    return Labelled([t for i, t in enumerate(table.texts) if i not in out], labels)
 
 
 def read_text_column(path: str | Path, text_column: str) -> list[str]:

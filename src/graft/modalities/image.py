@@ -25,11 +25,14 @@ from ..cache import cache_dir
 from ..data.decoded import FixedImages, decode_to_store
 from ..data.images import (
     IMAGE_EXTENSIONS,
+    LABELS_TABLE,
     TEST_NAMES,
     VAL_NAMES,
+    TableLabels,
     find_subdir,
     image_files_below,
     load_image_data,
+    read_image_table,
     scan_image_folder,
 )
 from ..data.memory import EpochBatches, MemoryDataset, train_transform
@@ -296,13 +299,20 @@ class ImageModality:
             raise ConfigError("--max-length is for text data; images take --image-size")
 
     def load_splits(self, config: Any) -> DataSplits:
+        how = TableLabels(config.label_column, config.task, config.label_separator)
         return load_image_data(
-            config.data, config.val, config.test, config.val_fraction, config.seed, config.data_root
+            config.data, config.val, config.test, config.val_fraction, config.seed, config.data_root, how
         )
 
     def read_labelled(
         self, path: str | Path, meta: dict[str, Any], classes: Sequence[str]
     ) -> tuple[Labelled, list[SkippedFile]]:
+        if (Path(path) / LABELS_TABLE).is_file():  # images and their labels.csv: any task
+            from ..tasks import task_from_meta
+
+            skipped: list[SkippedFile] = []
+            label_column = meta.get("recipe", {}).get("label_column", "label")
+            return read_image_table(Path(path), task_from_meta(meta), label_column, skipped), skipped
         data, _, skipped = scan_image_folder(path, classes=classes)
         return data, skipped
 

@@ -254,6 +254,8 @@ class TextModality:
             config.label_column,
             config.val_fraction,
             config.seed,
+            config.task,
+            config.label_separator,
         )
 
     def evaluation_split(self, path: Path, classes: Sequence[str]) -> tuple[Path, str] | None:

@@ -20,8 +20,10 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..config import TASK_CHOICES
 from ..errors import ConfigError
 
+RawLabel = str | tuple[str, ...]  # one label column's text, or one text per label column
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -39,6 +41,29 @@ class Task:
     describe: ClassVar[str] = ""
 
     # ---- labels
+    @classmethod
+    def from_raw(cls, raw: Sequence[RawLabel], columns: Sequence[str], separator: str) -> Task:
+        """The task for these training labels as read (its names: classes, labels or targets)."""
+        raise NotImplementedError
+
+    def encode(self, raw: RawLabel) -> Any:
+        """One example's label as the model learns it; ValueError(why) for a label it cannot take."""
+        raise NotImplementedError
+
+    def encode_all(self, raw: Sequence[RawLabel]) -> tuple[np.ndarray, list[tuple[int, str]]]:
+        """(labels of the encodable rows, [(row, why) for the others])."""
+        kept, refused, values = [], [], []
+        for i, label in enumerate(raw):
+            try:
+                values.append(self.encode(label))
+                kept.append(i)
+            except ValueError as err:
+                refused.append((i, str(err)))
+        return self.stack(values), refused
+
+    def stack(self, values: list[Any]) -> np.ndarray:
+        return np.asarray(values, dtype=np.float32).reshape(len(values), len(self.names))
+
     def check(self, labels: np.ndarray, unit: str) -> None:
         """Training labels a model can learn from (a DataError naming what is missing)."""
 
@@ -96,7 +121,6 @@ class Task:
 
 
 _REGISTRY: dict[str, type[Task]] = {}
-TASK_CHOICES = ("auto", "single", "multi", "regression")
 
 
 def register_task(cls: type[Task]) -> type[Task]:
@@ -115,6 +139,46 @@ def get_task(name: str, names: Sequence[str] = (), state: dict[str, Any] | None 
     if name not in _REGISTRY:
         raise ConfigError(f"unknown task {name!r}; graft knows {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](tuple(names), dict(state or {}))
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def auto_task(raw: Sequence[RawLabel], separator: str) -> str:
+    """`--task auto`: several label columns of 0/1 are multi-label, of other numbers regression; one
+    column of numbers with a fraction among them is regression (integers stay classes: pass --task
+    regression for counts or ratings); one holding the separator is multi-label; else single-label."""
+    if raw and isinstance(raw[0], tuple):
+        cells = {c for row in raw for c in row}
+        if cells <= {"0", "1", "0.0", "1.0"}:
+            return "multi"
+        if all(_number(c) is not None for c in cells):
+            return "regression"
+        raise ConfigError(
+            "several --label-column values: each column must hold 0/1 (multi-label) or numbers "
+            "(regression targets)"
+        )
+    values = [_number(str(r)) for r in raw]
+    if raw and all(v is not None for v in values) and any(v != int(v) for v in values if v is not None):
+        return "regression"
+    if any(separator in str(r) for r in raw):
+        return "multi"
+    return "single"
+
+
+def resolve_task(spec: str | None, raw: Sequence[RawLabel], columns: Sequence[str], separator: str) -> Task:
+    """The task of `--task` (auto: `auto_task`) for the training labels as read."""
+    spec = spec or "auto"
+    if spec not in TASK_CHOICES:
+        raise ConfigError(f"unknown --task {spec!r}; choose one of {', '.join(TASK_CHOICES)}")
+    name = auto_task(raw, separator) if spec == "auto" else spec
+    _load_builtins()
+    return _REGISTRY[name].from_raw(raw, columns, separator)
 
 
 def task_from_meta(meta: dict[str, Any]) -> Task:

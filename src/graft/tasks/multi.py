@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .base import LossFn, Task, finite, register_task
+from .base import LossFn, RawLabel, Task, finite, register_task
 
 MAX_POS_WEIGHT = 10.0
 DEFAULT_THRESHOLD = 0.5
@@ -64,6 +64,26 @@ class MultiLabel(Task):
     monitor_short: ClassVar[str] = "val_mAP"
     describe: ClassVar[str] = "multi-label classification"
 
+    @classmethod
+    def from_raw(cls, raw: Sequence[RawLabel], columns: Sequence[str], separator: str) -> Task:
+        if raw and isinstance(raw[0], tuple):  # one 0/1 column per label
+            return cls(tuple(columns), {"columns": True})
+        names = sorted({part for r in raw for part in _split(str(r), separator)})
+        return cls(tuple(names), {"separator": separator})
+
+    def encode(self, raw: RawLabel) -> list[float]:
+        if isinstance(raw, tuple):
+            if any(c not in ("0", "1", "0.0", "1.0") for c in raw):
+                raise ValueError(f"labels {raw} are not all 0 or 1")
+            return [float(c) for c in raw]
+        index = {c: i for i, c in enumerate(self.names)}
+        row = [0.0] * len(self.names)
+        for part in _split(str(raw), self.state.get("separator", "|")):
+            if part not in index:
+                raise ValueError(f"label {part!r} is not among the training labels")
+            row[index[part]] = 1.0
+        return row
+
     def check(self, labels: np.ndarray, unit: str) -> None:
         counts = np.asarray(labels).sum(0)
         never = [self.names[i] for i in np.flatnonzero(counts == 0)]
@@ -76,7 +96,7 @@ class MultiLabel(Task):
         positives = labels.sum(0)
         ratio = (len(labels) - positives) / np.maximum(positives, 1)
         weights = np.clip(np.sqrt(ratio), 1.0, MAX_POS_WEIGHT)
-        return type(self)(self.names, {"pos_weight": [round(float(w), 4) for w in weights]})
+        return type(self)(self.names, self.state | {"pos_weight": [round(float(w), 4) for w in weights]})
 
     def loss(self, device: torch.device, label_smoothing: float = 0.0) -> LossFn:
         weights = self.state.get("pos_weight")
@@ -154,6 +174,10 @@ class MultiLabel(Task):
             }
             rows.append((i, shown))
         return rows
+
+
+def _split(text: str, separator: str) -> list[str]:
+    return [part.strip() for part in text.split(separator) if part.strip()]
 
 
 def _mean_ap(scores: np.ndarray, truth: np.ndarray) -> float:

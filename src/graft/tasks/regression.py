@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .base import LossFn, Task, finite, register_task
+from .base import LossFn, RawLabel, Task, finite, register_task
 
 
 def r2(predicted: np.ndarray, true: np.ndarray) -> float:
@@ -35,6 +35,23 @@ class Regression(Task):
     monitor: ClassVar[str] = "r2"
     monitor_short: ClassVar[str] = "val_R2"
     describe: ClassVar[str] = "regression"
+
+    @classmethod
+    def from_raw(cls, raw: Sequence[RawLabel], columns: Sequence[str], separator: str) -> Task:
+        return cls(tuple(columns))
+
+    def encode(self, raw: RawLabel) -> list[float]:
+        cells = raw if isinstance(raw, tuple) else (raw,)
+        values = []
+        for cell in cells:
+            try:
+                value = float(cell)
+            except ValueError:
+                raise ValueError(f"target {cell!r} is not a number") from None
+            if not np.isfinite(value):
+                raise ValueError(f"target {cell!r} is not a finite number")
+            values.append(value)
+        return values
 
     def check(self, labels: np.ndarray, unit: str) -> None:
         labels = np.asarray(labels, dtype=np.float64)

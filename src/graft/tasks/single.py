@@ -9,8 +9,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..errors import DataError
-from .base import LossFn, Task, register_task
+from ..errors import ConfigError, DataError
+from .base import LossFn, RawLabel, Task, register_task
 
 
 @register_task
@@ -19,6 +19,22 @@ class SingleLabel(Task):
     monitor: ClassVar[str] = "accuracy"
     monitor_short: ClassVar[str] = "val_acc"
     describe: ClassVar[str] = "single-label classification"
+
+    @classmethod
+    def from_raw(cls, raw: Sequence[RawLabel], columns: Sequence[str], separator: str) -> Task:
+        if raw and isinstance(raw[0], tuple):
+            raise ConfigError("single-label classification reads one --label-column")
+        return cls(tuple(sorted({str(r) for r in raw})))
+
+    def encode(self, raw: RawLabel) -> int:
+        index = self.__dict__.get("_index") or {c: i for i, c in enumerate(self.names)}
+        object.__setattr__(self, "_index", index)  # frozen: a cache, not state
+        if raw not in index:
+            raise ValueError(f"label {raw!r} is not among the training labels")
+        return index[raw]
+
+    def stack(self, values: list[Any]) -> np.ndarray:
+        return np.asarray(values, dtype=np.int64)
 
     def check(self, labels: np.ndarray, unit: str) -> None:
         missing = sorted(set(range(len(self.names))) - {int(v) for v in np.asarray(labels).tolist()})
