@@ -127,6 +127,9 @@ def run_compare(config: CompareConfig, log: Log = print) -> dict[str, Any]:
 
     modality = detect(config.data).modality
     splits = _fixed_splits(config, modality)
+    task = splits.task if isinstance(splits.task, str) else splits.task.name
+    if task != "single":  # labels per class, accuracy curves: single-label ideas
+        raise ConfigError(f"{config.data}: graft compare takes single-label data so far, not {task}")
     out = Path(config.out)
     rows: list[dict[str, Any]] = []
     for backbone in config.backbones:

@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .bundle import require_single_label
 from .errors import ConfigError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -52,6 +53,7 @@ def create_app(
     from .predict import load
 
     model = load(run_dir, precision=precision)
+    require_single_label(model.meta, run_dir, "graft serve")
     modality = model.modality.name
     takes = model.modality.request_field  # "file" (an uploaded image) or "texts" (a JSON list)
     how = HOW_TO_SEND[takes]

@@ -278,6 +278,13 @@ class TextModality:
         table = read_text_data(
             path, split_columns(recipe.get("text_column", "text")), recipe.get("label_column", "label")
         )
+        if (meta.get("task") or {}).get("name", "single") != "single":  # several labels, or numbers
+            from ..tasks import task_from_meta
+
+            labels_array, refused = task_from_meta(meta).encode_all(table.labels)
+            out = {i for i, _ in refused}
+            skipped = list(table.skipped) + [SkippedFile(f"{path}: row {i + 1}", why) for i, why in refused]
+            return Labelled([t for i, t in enumerate(table.texts) if i not in out], labels_array), skipped
         index = {c: i for i, c in enumerate(classes)}
         texts, labels, unknown = [], [], Counter()
         for text, label in zip(table.texts, table.labels, strict=True):

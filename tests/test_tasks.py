@@ -1,0 +1,237 @@
+"""Tasks beyond one label per example: multi-label and regression, on texts (tables), on images
+(a folder with labels.csv) and in memory (graft.Classifier / graft.Regressor), end to end through
+train, the report, predict, eval and the bundle; their numbers checked against scikit-learn."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import synthetic_image
+from PIL import Image
+from sklearn.metrics import average_precision_score, r2_score
+
+import graft
+from graft.cli import main
+from graft.errors import ConfigError, DataError
+from graft.tasks import auto_task, get_task
+from graft.tasks.multi import average_precision, best_threshold
+
+# --------------------------------------------------------------------------- units
+
+
+@pytest.mark.parametrize(
+    ("raw", "task"),
+    [
+        (["pos", "neg"], "single"),
+        (["1", "2", "3"], "single"),  # integers stay classes unless --task regression
+        (["1.5", "2", "3.25"], "regression"),
+        (["a|b", "b", "c"], "multi"),
+        ([("0", "1"), ("1", "1")], "multi"),
+        ([("0.5", "1"), ("2", "3")], "regression"),
+    ],
+)
+def test_auto_reads_the_task_from_the_labels(raw, task):
+    assert auto_task(raw, "|") == task
+
+
+def test_several_label_columns_of_words_are_a_one_line_error():
+    with pytest.raises(ConfigError, match="0/1 .* or numbers"):
+        auto_task([("a", "b")], "|")
+
+
+def test_average_precision_and_thresholds_match_their_definitions():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        truth = rng.random(40) < 0.3
+        scores = np.round(rng.random(40), 1)  # ties, as real outputs have
+        if truth.any():
+            assert average_precision(scores, truth) == pytest.approx(average_precision_score(truth, scores))
+    scores = np.array([0.1, 0.2, 0.6, 0.7, 0.9])
+    threshold = best_threshold(scores, np.array([False, False, True, True, True]))
+    assert 0.2 < threshold < 0.6  # midway: no validation example sits on it
+
+
+def test_regression_fits_scales_and_reports_what_scikit_learn_reports():
+    task = get_task("regression", ["price"]).fit(np.array([[10.0], [20.0], [30.0]]), {})
+    assert task.state == {"mean": [20.0], "std": [pytest.approx(8.164966)]}
+    logits = torch.tensor([[-1.0], [0.2], [1.1], [0.0]])
+    true = torch.tensor([[12.0], [21.0], [29.0], [20.5]])
+    metrics = task.metrics(logits, true)
+    predicted = task.activate(logits).numpy()[:, 0]
+    assert metrics["r2"] == pytest.approx(r2_score(true.numpy()[:, 0], predicted), rel=1e-5)
+    first = task.predictions(task.activate(logits).numpy()[:1], ["price"])
+    assert first == [{"value": pytest.approx(20.0 - 8.164966, rel=1e-4)}]
+
+
+def test_multi_label_encodes_checks_and_weighs_rare_labels_more():
+    task = get_task("multi").from_raw(["a|b", "b", "c | a"], ["labels"], "|")
+    assert task.names == ("a", "b", "c")
+    labels, refused = task.encode_all(["a|b", "c", "d"])
+    assert labels.tolist() == [[1, 1, 0], [0, 0, 1]]
+    assert refused == [(2, "label 'd' is not among the training labels")]
+    fitted = task.fit(np.array([[1, 0, 0], [1, 0, 1], [1, 1, 0], [1, 0, 1], [0, 0, 0]]), {})
+    weights = fitted.state["pos_weight"]
+    assert weights[1] > weights[2] > weights[0] == 1.0
+    with pytest.raises(DataError, match="no training rows carries the label"):
+        task.check(np.array([[1, 0, 0], [1, 1, 0]]), "rows")
+
+
+# --------------------------------------------------------------------------- texts, end to end
+
+FRUITS = ["apple", "banana", "cherry", "mango"]
+COLOURS = ["red", "green", "yellow", "purple"]
+OTHER = ["chair", "table", "window", "road"]
+
+
+def _multi_label_texts(path: Path, n: int, seed: int) -> Path:
+    """A text mentions a fruit, a colour, both or neither: its labels say which."""
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "labels"])
+        for _ in range(n):
+            fruit, colour = rng.random() < 0.5, rng.random() < 0.5
+            words = [rng.choice(OTHER)]
+            words += [rng.choice(FRUITS)] if fruit else []
+            words += [rng.choice(COLOURS)] if colour else []
+            rng.shuffle(words)
+            labels = "|".join(name for name, on in (("fruit", fruit), ("colour", colour)) if on) or "none"
+            writer.writerow([f"I saw a {' and a '.join(words)} today", labels])
+    return path
+
+
+def _scored_texts(path: Path, n: int, seed: int) -> Path:
+    """Reviews whose score (1-5, with a fraction) follows their words."""
+    rng = random.Random(seed)
+    good, bad = ["wonderful", "great", "superb"], ["awful", "terrible", "dreadful"]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "score"])
+        for _ in range(n):
+            positive = rng.random() < 0.5
+            word = rng.choice(good if positive else bad)
+            score = (4.2 if positive else 1.6) + rng.uniform(-0.4, 0.4)
+            writer.writerow([f"the film was {word}", f"{score:.2f}"])
+    return path
+
+
+@pytest.fixture(scope="module")
+def text_runs(tmp_path_factory):
+    pytest.importorskip("transformers", reason="text needs the `text` extra")
+    root = tmp_path_factory.mktemp("tasks-text")
+    runs = {}
+    kinds = (("multi", _multi_label_texts, "labels"), ("regression", _scored_texts, "score"))
+    for name, make, column in kinds:
+        train, test = make(root / f"{name}-train.csv", 120, 0), make(root / f"{name}-test.csv", 40, 1)
+        out = root / f"{name}-run"
+        argv = ["train", str(train), "--test", str(test), "--label-column", column, "--strategy", "linear"]
+        code = main([*argv, "--epochs", "60", "--out", str(out), "--json"])
+        assert code == 0
+        runs[name] = (out, test)
+    return runs
+
+
+def test_text_multi_label_trains_reports_predicts_and_evaluates(text_runs, capsys):
+    out, test = text_runs["multi"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"]["name"] == "multi" and report["classes"] == ["colour", "fruit", "none"]
+    assert report["test"]["map"] > 0.9 and report["test"]["subset_accuracy"] > 0.7
+    assert len(report["task"]["state"]["thresholds"]) == 3
+    assert "val_map" in report["history"][-1] and "confusion_matrix" not in report["test"]
+    assert "Per label" in (out / "report.html").read_text()
+    model = graft.load(out, precision="fp32")
+    assert model.predict(["I saw a banana and a purple chair"]) == [("colour", "fruit")]
+    capsys.readouterr()
+    assert main(["predict", str(out), "I saw a road", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)[0]
+    assert row["labels"] == ["none"] and set(row["probabilities"]) == {"colour", "fruit", "none"}
+    assert main(["eval", str(out), str(test), "--json"]) == 0
+    evaluated = json.loads(capsys.readouterr().out)
+    assert evaluated["task"] == "multi" and evaluated["map"] == pytest.approx(report["test"]["map"], abs=0.02)
+
+
+def test_text_regression_trains_reports_predicts_and_evaluates(text_runs, capsys):
+    out, test = text_runs["regression"]
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"]["name"] == "regression" and report["classes"] == ["score"]
+    assert report["test"]["r2"] > 0.7 and report["test"]["spearman"] > 0.7
+    assert (out / "predicted.png").is_file() and not (out / "confusion.png").exists()
+    values = graft.load(out, precision="fp32").predict(["the film was superb", "the film was awful"])
+    assert values[0] > 3.2 and values[1] < 2.6  # in the data's units
+    capsys.readouterr()
+    assert main(["eval", str(out), str(test)]) == 0
+    assert "R2" in capsys.readouterr().out
+    for command in (["export", str(out)], ["serve", str(out)]):
+        assert main(command) != 0
+        assert "takes single-label models so far" in capsys.readouterr().err
+
+
+def test_a_regression_column_with_a_word_skips_that_row_naming_it(tmp_path):
+    pytest.importorskip("transformers", reason="text needs the `text` extra")
+    train = _scored_texts(tmp_path / "train.csv", 60, 0)
+    with open(train, "a", newline="") as f:
+        csv.writer(f).writerow(["the film was fine", "n/a"])
+    from graft.data.text import load_text_data
+
+    splits = load_text_data(str(train), None, None, ["text"], "score", 0.2, 0, "regression")
+    assert any("'n/a' is not a number" in s.reason for s in splits.skipped)
+    assert splits.train.labels.dtype == np.float32 and splits.train.labels.shape[1] == 1
+
+
+# --------------------------------------------------------------------------- images and the Python API
+
+
+def _image_table(root: Path, n: int, seed: int) -> Path:
+    """Images with labels.csv: their colour class and stripes as labels, brightness as a number."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        colour = ["red", "green", "blue"][i % 3]
+        pixels = synthetic_image(colour, rng)
+        name = f"{i:03d}.png"
+        Image.fromarray(pixels).save(root / name)
+        rows.append([name, colour, f"{pixels.mean() / 255:.4f}"])
+    with open(root / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["file", "labels", "brightness"], *rows])
+    return root
+
+
+def test_images_with_a_labels_table_regress_and_a_missing_file_is_skipped(tmp_path):
+    data = _image_table(tmp_path / "photos", 45, 0)
+    with open(data / "labels.csv", "a", newline="") as f:
+        csv.writer(f).writerow(["gone.png", "red", "0.5"])
+    out = tmp_path / "run"
+    argv = ["train", str(data), "--label-column", "brightness", "--task", "regression"]
+    argv += ["--strategy", "linear", "--image-size", "32", "--epochs", "40", "--out", str(out), "--json"]
+    assert main(argv) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"]["name"] == "regression" and report["validation"]["r2"] > 0.5
+    skipped = report["skipped_files"]
+    assert any(s["path"].endswith("gone.png") and s["reason"] == "no such file" for s in skipped)
+    values = graft.load(out).predict([data / "000.png", data / "001.png"])
+    assert values.shape == (2,) and np.isfinite(values).all()
+
+
+def test_the_python_api_fits_label_lists_and_numbers_as_scikit_learn_expects(tmp_path):
+    rng = np.random.default_rng(0)
+    colours = ["red", "green", "blue"] * 15
+    images = [synthetic_image(c, rng) for c in colours]
+    lists = [[c] + (["warm"] if c == "red" else []) for c in colours]
+    options = {"strategy": "linear", "image_size": 32, "epochs": 30}
+    clf = graft.Classifier(out=str(tmp_path / "multi"), **options).fit(images, lists, log=lambda line: None)
+    assert list(clf.classes_) == ["blue", "green", "red", "warm"] and clf.task_.name == "multi"
+    predicted = clf.predict(images[:3])
+    assert predicted.shape == (3, 4) and set(np.unique(predicted)) <= {0, 1}
+    assert clf.score(images, lists) > 0.8  # subset accuracy
+    brightness = np.array([img.mean() / 255 for img in images])
+    reg = graft.Regressor(out=str(tmp_path / "reg"), **options).fit(images, brightness, log=lambda line: None)
+    assert reg.predict(images[:4]).shape == (4,)
+    assert reg.score(images, brightness) > 0.5  # R2
+    assert reg.get_params()["strategy"] == "linear"
