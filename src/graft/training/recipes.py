@@ -44,7 +44,7 @@ from .callbacks import (
 )
 from .checkpoint import Checkpointer
 from .features import cached_features
-from .loop import Batch, LoopConfig, clock_schedule, fit, step_schedule
+from .loop import Batch, Callback, LoopConfig, clock_schedule, fit, step_schedule
 
 Log = Callable[[str], None]
 MIN_HEAD_STEPS = 500  # a head on cached features trains for at least this many steps (milliseconds each)
@@ -438,37 +438,16 @@ def resume_key(config: TrainConfig, plan: Plan) -> dict[str, Any]:
 def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     """`finetune` (LP-FT: a probe, then everything with discriminative LRs, gently) and `gradual`
     (ULMFiT's gradual unfreezing), for every modality. `probe`: the head-only probe already ran
-    (`choose` runs it first). The model ends with the weights of the best validation accuracy,
-    the probe's included."""
-    config, plan, splits, modality, device = job.config, job.plan, job.splits, job.modality, job.device
+    (`choose` runs it first). The model ends with the weights of the best validation score (the
+    task's), the probe's included."""
+    config, plan, device = job.config, job.plan, job.device
     if probe is None and probes_first(config, plan):
         probe = probe_head(job)
-    t0 = time.perf_counter()
-    train_set = modality.training_set(config, job.backbone, job.prep, splits.train, splits.skipped)
-    job.task.check(train_set.labels.numpy(), modality.unit)
-    val_set = modality.eval_set(job.backbone, job.prep, splits.val, splits.skipped)
-    job.log(
-        f"prepared {len(train_set)} training and {len(val_set)} validation {modality.unit} once "
-        f"({time.perf_counter() - t0:.1f}s)"
-    )
-    model = modality.prepare_model(job.model, device)
-    probe_flips = model.flip_average  # the probe's head on flip-averaged features (--flip-features)
-    model.flip_average = False  # fine-tuning trains and evaluates on each image as it is
-    # LP-FT continues from the probe where the modality's fine-tuning has a head-only phase
-    # (images); elsewhere (text) the probe, when `auto` ran one, is only a candidate to beat: the
-    # head starts again from its initial weights, so fine-tuning is what it is without a probe
-    continues = probe is not None and probes_first(config, plan)
-    candidate = None
-    if probe is not None and not continues:
-        candidate = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        if probe.initial_head is not None:
-            model.head.load_state_dict(probe.initial_head)
-    if not continues:
-        init_feature_norm(model, train_set.plain_inputs(256, device))
+    train_set, val_set = _prepared_sets(job)
+    model, continues, candidate, probe_flips = _starting_model(job, probe, train_set)
     groups = [*job.backbone.trainable_groups(), (strategies.HEAD, list(model.head.parameters()))]
     fit_batch_to_memory(job, model, groups, train_set)
-    batch_size = plan.batch_size
-    steps_per_epoch = train_set.steps_per_epoch(batch_size)
+    steps_per_epoch = train_set.steps_per_epoch(plan.batch_size)
     options, epochs = head_phase(plan, plan.epochs, continues)
     job.log(_epochs_line(plan, continues, config.time_budget is not None and not config.epochs))
     strategy = strategies.make_strategy(
@@ -480,32 +459,9 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
         epochs,
         lr_scale=config.lr_after_probe if continues else 1.0,
         cycle="epoch" if plan.strategy == "gradual" else "run",
-        pct_start=modality.defaults.warmup_share,
+        pct_start=job.modality.defaults.warmup_share,
     )
-    schedule, limits = step_schedule, []
-    shown_epochs = str(epochs)
-    if config.time_budget:
-        local = distributed.local_batch_size(batch_size)  # what one process takes of a global batch
-        per_step = time_steps(model, groups, train_set.timing_batches(local, device, 4), loop, task_loss(job))
-        n_test = len(splits.test) if splits.test is not None else 0
-        # flip averaging (--tta) passes validation twice more, and may double the test's pass
-        flips = 2 if modality.mirrors and config.tta != "none" else 0
-        n_eval = len(val_set) * (1 + flips) + n_test * (1 + flips // 2)
-        # keep back the final evaluation (a forward is ~1/3 of a training step) and a 3% margin
-        reserve = n_eval * per_step / (3 * batch_size) + 0.03 * config.time_budget
-        deadline = job.started + config.time_budget - reserve
-        fitting = max(1, round((deadline - time.perf_counter()) / (per_step * steps_per_epoch)))
-        fitting = distributed.from_main(fitting)  # several processes show the same (rank 0's timing)
-        # the deadline, not a count from a timing (a busy moment can make it pessimistic), ends
-        # training and anneals the LR: only --epochs caps the epochs
-        epochs = distributed.from_main(epochs if config.epochs else BUDGET_EPOCH_CAP)
-        loop = replace(loop, epochs=epochs)
-        schedule, limits = clock_schedule(deadline), [Deadline(deadline)]
-        shown_epochs = f"~{fitting}" if not config.epochs else str(min(epochs, fitting))
-        job.log(
-            f"time budget {config.time_budget:.0f}s: {per_step:.3f}s per step, training until "
-            f"{deadline - job.started:.0f}s (about {fitting} epoch(s)), the schedule follows the clock"
-        )
+    loop, schedule, limits, shown_epochs = _budget_schedule(job, model, groups, train_set, val_set, loop)
     if config.resize == "progressive":
         # a schedule over epochs needs their count: under --time-budget the clock ends training
         grown = "off under --time-budget" if config.time_budget else train_set.grow_inputs(loop.epochs, model)
@@ -515,17 +471,16 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     precise_bn = []
     if config.weights == "random" and config.bn == "trainable":  # from scratch: see PreciseBN
         precise_bn = [PreciseBN(lambda: train_set.plain_inputs(PRECISE_BN_EXAMPLES, device))]
-    best_path = job.run_dir / "best.safetensors"
     task, monitor = job.task, monitored(job.task)
     start_score = probe.val[task.monitor] if probe is not None else None
-    keep = KeepBest(start_score, best_path, resume=config.resume, start_state=candidate, monitor=monitor)
+    keep = KeepBest(start_score, job.run_dir / "best.safetensors", config.resume, candidate, monitor)
     t_train = time.perf_counter()
     try:
         history = fit(
             model,
             groups,
             strategy,
-            train_set.batches(batch_size, config.seed, device),
+            train_set.batches(plan.batch_size, config.seed, device),
             steps_per_epoch,
             loop,
             callbacks=[
@@ -547,21 +502,8 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     train_seconds = time.perf_counter() - t_train
     kept = keep.restore(model, history[-1]["epoch"] if history else 0)
     model.flip_average = probe_flips and kept["epoch"] == 0  # the probe kept: as it was evaluated
-    val_logits, tta = _test_time_views(job, model, val_set)
-    job.task = task = task.tune(val_logits, val_set.labels)  # multi-label: thresholds from validation
-    result = TrainResult(
-        history=history,
-        val=metrics_of(model, val_set, task, val_logits),
-        test=None,
-        n_train=len(train_set),
-        train_seconds=train_seconds,
-        kept=kept,
-        # checkpoint.json first: a run killed while these go is finished, never half-resumable
-        scratch_files=[*([] if config.keep_checkpoint else checkpointer.files()), best_path]
-        + stale_temp_files(job.run_dir),
-        top_losses=highest_losses(val_logits, val_set, task, modality),
-        tta=tta,
-    )
+    scratch = [*([] if config.keep_checkpoint else checkpointer.files()), job.run_dir / "best.safetensors"]
+    result = _finetune_result(job, model, val_set, history, kept, train_seconds, len(train_set), scratch)
     if history:
         curve = " -> ".join(format(row[monitor], ".4f") for row in history)
         start = f"probe {probe.val[task.monitor]:.4f} -> " if probe is not None else ""
@@ -570,11 +512,109 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
             f"{start}{curve}; kept: {_kept_line(kept)} ({train_seconds:.1f}s)"
         )
         job.log(result.phases[-1])
-    if splits.test is not None:
-        test_set = modality.eval_set(job.backbone, job.prep, splits.test, splits.skipped)
-        result.test = metrics_of(model, test_set, task)
     if probe is not None:
         _merge_probe(result, probe)
+    return result
+
+
+def _prepared_sets(job: Job) -> tuple[Any, Any]:
+    """The training and validation sets, decoded or tokenised once."""
+    t0, modality, splits = time.perf_counter(), job.modality, job.splits
+    train_set = modality.training_set(job.config, job.backbone, job.prep, splits.train, splits.skipped)
+    job.task.check(train_set.labels.numpy(), modality.unit)
+    val_set = modality.eval_set(job.backbone, job.prep, splits.val, splits.skipped)
+    job.log(
+        f"prepared {len(train_set)} training and {len(val_set)} validation {modality.unit} once "
+        f"({time.perf_counter() - t0:.1f}s)"
+    )
+    return train_set, val_set
+
+
+def _starting_model(
+    job: Job, probe: TrainResult | None, train_set: Any
+) -> tuple[GraftModel, bool, dict[str, torch.Tensor] | None, bool]:
+    """(the model fine-tuning starts from, whether it continues from the probe, the probe's weights
+    as the candidate to beat when it does not, whether the probe's head took flip-averaged features).
+
+    LP-FT continues from the probe where the modality's fine-tuning has a head-only phase (images);
+    elsewhere (text) the probe, when `auto` ran one, is only a candidate to beat: the head starts
+    again from its initial weights, so fine-tuning is what it is without a probe."""
+    model = job.modality.prepare_model(job.model, job.device)
+    probe_flips = model.flip_average  # the probe's head on flip-averaged features (--flip-features)
+    model.flip_average = False  # fine-tuning trains and evaluates on each image as it is
+    continues = probe is not None and probes_first(job.config, job.plan)
+    candidate = None
+    if probe is not None and not continues:
+        candidate = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if probe.initial_head is not None:
+            model.head.load_state_dict(probe.initial_head)
+    if not continues:
+        init_feature_norm(model, train_set.plain_inputs(256, job.device))
+    return model, continues, candidate, probe_flips
+
+
+def _budget_schedule(
+    job: Job, model: nn.Module, groups: Any, train_set: Any, val_set: Any, loop: LoopConfig
+) -> tuple[LoopConfig, Any, list[Callback], str]:
+    """Under --time-budget: steps timed, a deadline that keeps back the final evaluation, and an LR
+    schedule on the clock (the loop config, schedule, limits and the epochs shown). Without it,
+    the plan's epochs on the step schedule."""
+    config, splits, modality = job.config, job.splits, job.modality
+    if not config.time_budget:
+        return loop, step_schedule, [], str(loop.epochs)
+    batch_size = job.plan.batch_size
+    local = distributed.local_batch_size(batch_size)  # what one process takes of a global batch
+    per_step = time_steps(model, groups, train_set.timing_batches(local, job.device, 4), loop, task_loss(job))
+    n_test = len(splits.test) if splits.test is not None else 0
+    # flip averaging (--tta) passes validation twice more, and may double the test's pass
+    flips = 2 if modality.mirrors and config.tta != "none" else 0
+    n_eval = len(val_set) * (1 + flips) + n_test * (1 + flips // 2)
+    # keep back the final evaluation (a forward is ~1/3 of a training step) and a 3% margin
+    reserve = n_eval * per_step / (3 * batch_size) + 0.03 * config.time_budget
+    deadline = job.started + config.time_budget - reserve
+    steps_per_epoch = train_set.steps_per_epoch(batch_size)
+    fitting = max(1, round((deadline - time.perf_counter()) / (per_step * steps_per_epoch)))
+    fitting = distributed.from_main(fitting)  # several processes show the same (rank 0's timing)
+    # the deadline, not a count from a timing (a busy moment can make it pessimistic), ends
+    # training and anneals the LR: only --epochs caps the epochs
+    epochs = distributed.from_main(loop.epochs if config.epochs else BUDGET_EPOCH_CAP)
+    shown = f"~{fitting}" if not config.epochs else str(min(epochs, fitting))
+    job.log(
+        f"time budget {config.time_budget:.0f}s: {per_step:.3f}s per step, training until "
+        f"{deadline - job.started:.0f}s (about {fitting} epoch(s)), the schedule follows the clock"
+    )
+    return replace(loop, epochs=epochs), clock_schedule(deadline), [Deadline(deadline)], shown
+
+
+def _finetune_result(
+    job: Job,
+    model: GraftModel,
+    val_set: Any,
+    history: list[dict[str, Any]],
+    kept: dict[str, Any],
+    train_seconds: float,
+    n_train: int,
+    scratch: list[Path],
+) -> TrainResult:
+    """The kept model's validation (with its test-time views and tuned thresholds) and test numbers."""
+    val_logits, tta = _test_time_views(job, model, val_set)
+    job.task = task = job.task.tune(val_logits, val_set.labels)  # multi-label: thresholds from validation
+    result = TrainResult(
+        history=history,
+        val=metrics_of(model, val_set, task, val_logits),
+        test=None,
+        n_train=n_train,
+        train_seconds=train_seconds,
+        kept=kept,
+        # checkpoint.json first: a run killed while these go is finished, never half-resumable
+        scratch_files=scratch + stale_temp_files(job.run_dir),
+        top_losses=highest_losses(val_logits, val_set, task, job.modality),
+        tta=tta,
+    )
+    splits = job.splits
+    if splits.test is not None:
+        test_set = job.modality.eval_set(job.backbone, job.prep, splits.test, splits.skipped)
+        result.test = metrics_of(model, test_set, task)
     return result
 
 
