@@ -235,3 +235,50 @@ def test_the_python_api_fits_label_lists_and_numbers_as_scikit_learn_expects(tmp
     assert reg.predict(images[:4]).shape == (4,)
     assert reg.score(images, brightness) > 0.5  # R2
     assert reg.get_params()["strategy"] == "linear"
+
+
+# --------------------------------------------------------------------------- every task
+
+
+RAW = {
+    "single": (["cat", "dog", "cat", "dog", "cat", "dog"], ["label"]),
+    "multi": (["a|b", "b", "a", "b|a", "a", "b"], ["labels"]),
+    "regression": (["1.5", "2.5", "0.5", "3.0", "2.0", "1.0"], ["score"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RAW))
+def test_every_task_keeps_the_contract_the_loop_report_and_bundle_rely_on(name):
+    """From raw labels to a saved task and back: encode, fit, a loss that trains, the monitored
+    metric in the validation row and the metrics, predictions, and the bundle's round trip."""
+    from graft.tasks import task_from_meta
+
+    raw, columns = RAW[name]
+    task = get_task(name).from_raw(raw, columns, "|")
+    labels, refused = task.encode_all(raw)
+    assert refused == [] and len(labels) == len(raw)
+    task.check(labels, "rows")
+    fitted = task.fit(labels, {})
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, fitted.outputs())
+    x, y = torch.randn(len(raw), 4), fitted.label_tensor(labels)
+    loss_fn = fitted.loss(torch.device("cpu"))
+    first = loss_fn(head, x, y).item()
+    optimizer = torch.optim.SGD(head.parameters(), lr=0.05)
+    for _ in range(50):
+        optimizer.zero_grad()
+        loss_fn(head, x, y).backward()
+        optimizer.step()
+    assert loss_fn(head, x, y).item() < first  # the loss trains
+    logits = head(x).detach()
+    tuned = fitted.tune(logits, y)
+    row, metrics = tuned.validation_row(logits, y), tuned.metrics(logits, y)
+    assert {"val_loss", f"val_{tuned.monitor}"} <= set(row) and tuned.monitor in metrics
+    assert metrics["n"] == len(raw) and set(tuned.headline(metrics)) >= {tuned.monitor, "n"}
+    rows = tuned.predictions(tuned.activate(logits).numpy(), list(tuned.names))
+    assert len(rows) == len(raw) and all(isinstance(r, dict) for r in rows)
+    json.dumps([row, tuned.headline(metrics), rows, tuned.to_dict()])  # JSON all the way
+    saved = {"classes": list(tuned.names), "task": tuned.to_dict()}
+    loaded = task_from_meta(saved)
+    assert type(loaded) is type(tuned) and loaded.state == tuned.state
+    assert torch.equal(loaded.activate(logits), tuned.activate(logits))
