@@ -167,9 +167,33 @@ def test_text_regression_trains_reports_predicts_and_evaluates(text_runs, capsys
     capsys.readouterr()
     assert main(["eval", str(out), str(test)]) == 0
     assert "R2" in capsys.readouterr().out
-    for command in (["export", str(out)], ["serve", str(out)]):
-        assert main(command) != 0
-        assert "takes single-label models so far" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["multi", "regression"])
+def test_export_and_serve_answer_as_the_task_predicts(text_runs, name, tmp_path):
+    """ONNX: the task's outputs traced into the graph (sigmoid, or values in the data's units), the
+    parity check on them; serve: the labels that apply, or the numbers."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from graft.export import export
+    from graft.serve import create_app
+
+    out, _ = text_runs[name]
+    result = export(out, "onnx", tmp_path / "model.onnx")
+    assert result["max_abs_diff"] < result["tolerance"]
+    texts = ["I saw a banana and a purple chair", "the film was superb"]
+    exported, torch_model = graft.load(tmp_path / "model.onnx"), graft.load(out, precision="fp32")
+    assert np.allclose(exported.outputs(texts), torch_model.outputs(texts), atol=1e-4)
+    if name == "multi":  # the same labels apply
+        assert exported.predict(texts) == torch_model.predict(texts)
+    answer = TestClient(create_app(out, precision="fp32")).post("/predict", json={"texts": texts}).json()
+    first = answer["predictions"][0]
+    if name == "multi":
+        assert first["labels"] == list(torch_model.predict(texts[:1])[0]) and first["top"]
+    else:
+        assert first["values"]["score"] == pytest.approx(float(torch_model.predict(texts[:1])[0]), abs=1e-3)
 
 
 def test_a_regression_column_with_a_word_skips_that_row_naming_it(tmp_path):

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BundleError, ConfigError
+from .errors import BundleError
 
 if TYPE_CHECKING:  # torch is imported where weights are read or written: predicting from ONNX needs none
     import torch
@@ -214,18 +214,6 @@ def save_bundle(
 
 
 # --------------------------------------------------------------------------- reading
-
-
-def require_single_label(meta: dict[str, Any], run_dir: Path | str, what: str) -> None:
-    """`graft export` and `graft serve` cover single-label bundles so far: a one-line error for the
-    others, naming what does work for them."""
-    task = (meta.get("task") or {}).get("name", "single")
-    if task != "single":
-        kind = {"multi": "a multi-label", "regression": "a regression"}.get(task, f"a {task}")
-        raise ConfigError(
-            f"{run_dir} holds {kind} model: {what} takes single-label models so far; "
-            "predict with `graft predict` or graft.load(run).predict"
-        )
 
 
 def read_meta(run_dir: Path) -> dict[str, Any]:

@@ -105,12 +105,7 @@ class Predictor:
     def predict(self, inputs: Any, batch_size: int = 64) -> Any:
         """Single-label: a class name per input; multi-label: a tuple of label names per input;
         regression: the predicted numbers (one column per target)."""
-        outputs = self.outputs(inputs, batch_size)
-        if self.task.name == "single":
-            return [self.classes_[i] for i in outputs.argmax(1)]
-        if self.task.name == "multi":
-            return [tuple(row["labels"]) for row in self.task.predictions(outputs, self.classes_)]
-        return outputs[:, 0] if outputs.shape[1] == 1 else outputs
+        return self.task.decide(self.outputs(inputs, batch_size), self.classes_)
 
 
 def build_model(meta: dict[str, Any]) -> GraftModel:

@@ -114,6 +114,8 @@ def load_exported(run_dir: str | Path) -> ExportedImagePredictor | None:
     meta = read_meta(run_dir)
     if meta.get("modality", "image") != "image" or "integrity" not in meta:
         return None
+    if (meta.get("task") or {}).get("name", "single") != "single":  # the torch path knows every task
+        return None
     try:
         import onnxruntime as ort
     except ImportError:

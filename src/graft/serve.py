@@ -17,7 +17,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .bundle import require_single_label
 from .errors import ConfigError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -41,6 +40,18 @@ def _ranked(model: Any, proba: Any) -> list[dict[str, Any]]:
     return [{"label": model.classes_[i], "probability": round(float(proba[i]), 6)} for i in order]
 
 
+def _answer(model: Any, outputs: Any) -> dict[str, Any]:
+    """One input's answer, by the model's task: the top classes (single-label); the labels that
+    apply and the top probabilities (multi-label); the predicted numbers (regression)."""
+    task = model.task
+    if task.name == "regression":
+        return {"values": {name: round(float(v), 6) for name, v in zip(model.classes_, outputs, strict=True)}}
+    answer = {"top": _ranked(model, outputs)}
+    if task.name == "multi":
+        answer["labels"] = task.predictions(outputs[None], model.classes_)[0]["labels"]
+    return answer
+
+
 def create_app(
     run_dir: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES, precision: str = "auto"
 ) -> Any:
@@ -53,7 +64,6 @@ def create_app(
     from .predict import load
 
     model = load(run_dir, precision=precision)
-    require_single_label(model.meta, run_dir, "graft serve")
     modality = model.modality.name
     takes = model.modality.request_field  # "file" (an uploaded image) or "texts" (a JSON list)
     how = HOW_TO_SEND[takes]
@@ -96,8 +106,8 @@ def create_app(
                 return error(400, 'send {"texts": ["a text", ...]}: a non-empty list of strings')
             if len(texts) > MAX_TEXTS:
                 return error(413, f"{len(texts)} texts in one request; at most {MAX_TEXTS}")
-            proba = model.predict_proba(texts)
-            rows = [{"input": t, "top": _ranked(model, p)} for t, p in zip(texts, proba, strict=True)]
+            outputs = model.outputs(texts)
+            rows = [{"input": t, **_answer(model, o)} for t, o in zip(texts, outputs, strict=True)]
             return {"predictions": rows}
         if not kind.startswith("multipart/form-data"):
             return error(415, 'send an image as the multipart field "file", or JSON {"texts": [...]}')
@@ -117,8 +127,8 @@ def create_app(
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
             name = upload.filename or "the upload"
             return error(415, f"{name} is not an image graft can read: send a JPEG, PNG, WebP, BMP or GIF")
-        proba = model.predict_proba([picture])[0]
-        return {"predictions": [{"input": upload.filename, "top": _ranked(model, proba)}]}
+        outputs = model.outputs([picture])[0]
+        return {"predictions": [{"input": upload.filename, **_answer(model, outputs)}]}
 
     return app
 

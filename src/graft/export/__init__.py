@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..bundle import META_FILE, read_meta, require_single_label
 from ..errors import ConfigError, GraftError
 
 Log = Callable[[str], None]
@@ -72,8 +71,6 @@ def export(
     output path, the parity figure and where its samples came from, sizes, seconds)."""
     exporter = get_exporter(format)
     run_dir = Path(run_dir)
-    if (run_dir / META_FILE).is_file():
-        require_single_label(read_meta(run_dir), run_dir, "graft export")
     target = Path(out) if out else run_dir / f"model{exporter.suffix}"
     if target.suffix != exporter.suffix:
         raise ConfigError(f"--out {target} must end in {exporter.suffix} for --format {format}")

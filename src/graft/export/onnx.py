@@ -37,6 +37,7 @@ from ..compute import FP32
 from ..errors import BundleError, ConfigError, GraftError
 from ..modalities import get_modality
 from ..modalities.base import InputPipeline, Modality
+from ..tasks import Task, task_from_meta
 from . import Exporter, ExportError, Log, register_exporter
 
 OPSET = 17
@@ -69,29 +70,43 @@ def require_runtime() -> Any:
 # --------------------------------------------------------------------------- per-modality inputs
 
 
-class _ImageProbabilities(nn.Module):
-    """Normalised NCHW images -> class probabilities."""
+class _ImageOutputs(nn.Module):
+    """Normalised NCHW images -> the task's outputs (class probabilities, label probabilities or
+    values in the data's units: `Task.activate`, traced into the graph)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, task: Task) -> None:
         super().__init__()
-        self.model = model
+        self.model, self.task = model, task
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values).softmax(1)
+        return self.task.activate(self.model(pixel_values))
 
 
-class _TextProbabilities(nn.Module):
-    """(input_ids, attention_mask) -> class probabilities. graft's text body masks `ids != pad_id`
+class _TextOutputs(nn.Module):
+    """(input_ids, attention_mask) -> the task's outputs. graft's text body masks `ids != pad_id`
     itself; positions the caller masks out become padding, so both conventions agree."""
 
-    def __init__(self, model: nn.Module, pad_id: int) -> None:
+    def __init__(self, model: nn.Module, pad_id: int, task: Task) -> None:
         super().__init__()
-        self.model = model
-        self.pad_id = pad_id
+        self.model, self.pad_id, self.task = model, pad_id, task
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         ids = torch.where(attention_mask.bool(), input_ids, torch.full_like(input_ids, self.pad_id))
-        return self.model(ids).softmax(1)
+        return self.task.activate(self.model(ids))
+
+
+def output_name(task: Task) -> str:
+    """The graph's output: `probabilities` (the name exports have always had), or `values`."""
+    return "values" if task.name == "regression" else OUTPUT
+
+
+OUTPUT_MEANING = {
+    "single": "float32 (batch, classes): softmax, in graft.classes order",
+    "multi": "float32 (batch, labels): each label's sigmoid probability, in graft.classes order; a label "
+    "applies at or above its threshold (graft.bundle: task.state.thresholds)",
+    "regression": "float32 (batch, targets): the predicted values in the data's units, in graft.classes "
+    "order",
+}
 
 
 @dataclass(frozen=True)
@@ -100,7 +115,7 @@ class Signature:
 
     inputs: tuple[str, ...]
     dynamic_axes: dict[str, dict[int, str]]
-    wrap: Callable[[nn.Module, Any], nn.Module]  # (graft model, preprocessing) -> probabilities
+    wrap: Callable[[nn.Module, Any, Task], nn.Module]  # (graft model, preprocessing, task) -> outputs
     example: Callable[[Any], tuple[torch.Tensor, ...]]  # tracing inputs
     feeds: Callable[[torch.Tensor, Any], dict[str, np.ndarray]]  # a pipeline batch -> session inputs
     synthetic: Callable[[Any, int], list[Any]]  # parity inputs when the run's data is not here
@@ -167,7 +182,7 @@ _SIGNATURES: dict[str, Signature] = {
     "image": Signature(
         inputs=("pixel_values",),
         dynamic_axes={"pixel_values": {0: "batch"}},
-        wrap=lambda model, prep: _ImageProbabilities(model),
+        wrap=lambda model, prep, task: _ImageOutputs(model, task),
         example=lambda prep: (torch.zeros(2, 3, prep.input_size, prep.input_size),),
         feeds=_image_feeds,
         synthetic=_synthetic_images,
@@ -176,7 +191,7 @@ _SIGNATURES: dict[str, Signature] = {
     "text": Signature(
         inputs=("input_ids", "attention_mask"),
         dynamic_axes={name: {0: "batch", 1: "sequence"} for name in ("input_ids", "attention_mask")},
-        wrap=lambda model, prep: _TextProbabilities(model, prep.pad_id),
+        wrap=lambda model, prep, task: _TextOutputs(model, prep.pad_id, task),
         example=_text_example,
         feeds=_text_feeds,
         synthetic=_synthetic_texts,
@@ -212,20 +227,28 @@ class OnnxPredictor:
         self.signature = signature_for(modality)
         self.device = torch.device("cpu")  # where inputs are prepared; the session has its own
         self.precision = FP32  # the exported graph computes in float32
+        self.task = task_from_meta(meta)
+        self.output = output_name(self.task)
 
     def preprocess(self, inputs: Any) -> Any:
         """What the ONNX model takes: a float32 NCHW array for images, token ids per text."""
         return self.pipeline.preprocess(inputs)
 
-    def predict_proba(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
+    def outputs(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
+        """The task's outputs per input: class or label probabilities, or predicted values."""
         items = self.pipeline.as_list(inputs)
         out = np.zeros((len(items), len(self.classes_)), np.float32)
         if not items:
             return out
         for index, batch in self.pipeline.batches(items, batch_size, self.device):
             feeds = self.signature.feeds(batch, self.preprocessing)
-            out[index.numpy()] = self.session.run([OUTPUT], feeds)[0]
+            out[index.numpy()] = self.session.run([self.output], feeds)[0]
         return out
+
+    def predict_proba(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
+        if self.task.name == "regression":
+            raise ConfigError("a regression model predicts values, not probabilities: use predict")
+        return self.outputs(inputs, batch_size)
 
     def predict_proba_or_skip(
         self, inputs: Any, batch_size: int = 64
@@ -238,11 +261,11 @@ class OnnxPredictor:
         batches = self.pipeline.batches(items, batch_size, self.device, on_failure=failures.__setitem__)
         for index, batch in batches if items else ():
             feeds = self.signature.feeds(batch, self.preprocessing)
-            out[index.numpy()] = self.session.run([OUTPUT], feeds)[0]
+            out[index.numpy()] = self.session.run([self.output], feeds)[0]
         return out, failures
 
-    def predict(self, inputs: Any, batch_size: int = 64) -> list[str]:
-        return [self.classes_[i] for i in self.predict_proba(inputs, batch_size).argmax(1)]
+    def predict(self, inputs: Any, batch_size: int = 64) -> Any:
+        return self.task.decide(self.outputs(inputs, batch_size), self.classes_)
 
 
 def _session(model: bytes | Path, device: str | torch.device | None) -> Any:
@@ -311,13 +334,14 @@ def _torch_predictor(run_dir: Path) -> Any:
 def _trace(predictor: Any, signature: Signature) -> bytes:
     from ..engine import onnx_bytes
 
-    wrapper = signature.wrap(predictor.model, predictor.preprocessing).eval()
+    wrapper = signature.wrap(predictor.model, predictor.preprocessing, predictor.task).eval()
+    output = output_name(predictor.task)
     blob = onnx_bytes(
         wrapper,
         signature.example(predictor.preprocessing),
         list(signature.inputs),
-        [OUTPUT],
-        {**signature.dynamic_axes, OUTPUT: {0: "batch"}},
+        [output],
+        {**signature.dynamic_axes, output: {0: "batch"}},
     )
     predictor.model.eval()  # the exporter restores the wrapper's mode; keep the model's explicit
     return blob
@@ -334,7 +358,7 @@ def metadata(predictor: Any, signature: Signature, assets: str) -> dict[str, str
         "graft.classes": json.dumps(list(predictor.classes_)),
         "graft.preprocessing": json.dumps(prep_dict),
         "graft.inputs": json.dumps(signature.describe(prep)),
-        "graft.outputs": json.dumps({OUTPUT: "float32 (batch, classes): softmax, in graft.classes order"}),
+        "graft.outputs": json.dumps({output_name(predictor.task): OUTPUT_MEANING[predictor.task.name]}),
         "graft.assets": assets,  # folder beside the .onnx file holding the tokenizer ('' for none)
         "graft.bundle": json.dumps(predictor.meta),
     }
@@ -348,7 +372,8 @@ def onnx_model_bytes(predictor: Any, assets: str) -> bytes:
     onnx.helper.set_model_props(model, metadata(predictor, signature, assets))
     model.producer_name, model.producer_version = "graft", __version__
     model.doc_string = (
-        f"graft {predictor.meta['backbone']['name']} classifier: probabilities over graft.classes"
+        f"graft {predictor.meta['backbone']['name']} {predictor.task.describe}: "
+        f"{output_name(predictor.task)} over graft.classes"
     )
     onnx.checker.check_model(model)
     return model.SerializeToString()
@@ -402,14 +427,18 @@ def torch_probabilities(predictor: Any, items: Sequence[Any], batch_size: int = 
     out = np.zeros((len(items), len(predictor.classes_)), np.float32)
     predictor.model.eval()
     for index, batch in predictor.pipeline.batches(items, batch_size, torch.device("cpu")):
-        out[index.numpy()] = predictor.model(batch).float().softmax(1)
+        out[index.numpy()] = predictor.task.activate(predictor.model(batch).float())
     return out
 
 
 def parity(predictor: Any, onnx_predictor: OnnxPredictor, items: Sequence[Any]) -> float:
-    """max |p_onnx - p_torch| over the items' class probabilities."""
+    """max |p_onnx - p_torch| over the items' probabilities; regression's values in units of each
+    target's training standard deviation, so one tolerance fits targets of any scale."""
     reference = torch_probabilities(predictor, items)
-    return float(np.abs(onnx_predictor.predict_proba(items, batch_size=PARITY_BATCH) - reference).max())
+    difference = np.abs(onnx_predictor.outputs(items, batch_size=PARITY_BATCH) - reference)
+    if predictor.task.name == "regression":
+        difference = difference / np.asarray(predictor.task.state.get("std") or 1.0, dtype=np.float32)
+    return float(difference.max())
 
 
 def asset_folders(run_dir: Path, modality: Modality) -> list[Path]:

@@ -107,6 +107,11 @@ class Task:
         """`predict`'s rows from activated outputs, names as shown to people."""
         raise NotImplementedError
 
+    def decide(self, outputs: np.ndarray, shown: Sequence[str]) -> Any:
+        """`predict`'s answer from activated outputs: a class name per input (single-label), a tuple
+        of label names (multi-label), the numbers (regression: 1-D for one target)."""
+        raise NotImplementedError
+
     def top_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
         """(position, what the report shows) of the validation examples the model gets most wrong."""
         return []

@@ -160,6 +160,9 @@ class MultiLabel(Task):
             for p in outputs
         ]
 
+    def decide(self, outputs: np.ndarray, shown: Sequence[str]) -> Any:
+        return [tuple(shown[j] for j in np.flatnonzero(row >= self.thresholds())) for row in outputs]
+
     def top_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
         losses = torch.nn.functional.binary_cross_entropy_with_logits(
             logits.float(), labels.float(), reduction="none"

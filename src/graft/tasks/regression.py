@@ -124,6 +124,9 @@ class Regression(Task):
             return [{"value": float(row[0])} for row in outputs]
         return [{"values": {c: float(v) for c, v in zip(shown, row, strict=True)}} for row in outputs]
 
+    def decide(self, outputs: np.ndarray, shown: Sequence[str]) -> Any:
+        return outputs[:, 0] if outputs.shape[1] == 1 else outputs
+
     def top_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
         predicted = self.activate(logits)
         _, std = self._scale(logits.device)

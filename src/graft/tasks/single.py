@@ -90,6 +90,9 @@ class SingleLabel(Task):
             )
         return rows
 
+    def decide(self, outputs: np.ndarray, shown: Sequence[str]) -> Any:
+        return [shown[i] for i in outputs.argmax(1)]
+
     def top_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
         losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
         proba = logits.softmax(1)
