@@ -29,7 +29,7 @@ def _model() -> GraftModel:
     head = nn.Sequential(nn.Linear(2, 2, bias=False))
     with torch.no_grad():
         head[0].weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))  # logits = features
-    return GraftModel(nn.Flatten(), head).eval()
+    return GraftModel(nn.Flatten(), head, mirror=lambda x: x.flip(3)).eval()
 
 
 # features [0, 1] -> class 1; averaged with the mirror's [1, 0] -> [0.5, 0.5] -> class 0

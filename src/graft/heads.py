@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -76,16 +77,24 @@ def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> nn.Sequent
 class GraftModel(nn.Module):
     """Backbone body + new head: the modality's model inputs (normalised images, token ids) in, logits out."""
 
-    def __init__(self, body: nn.Module, head: nn.Sequential, flip_average: bool = False) -> None:
+    def __init__(
+        self,
+        body: nn.Module,
+        head: nn.Sequential,
+        flip_average: bool = False,
+        mirror: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
         super().__init__()
         self.body = body
         self.head = head
-        # images: the head takes the mean of the image's and its mirror image's features, as it was
-        # trained and tested on with --flip-features (a linear probe, or the probe kept by LP-FT)
+        # the modality's mirror image of a batch (images: left-right), where its inputs have one;
+        # with `flip_average` the head takes the mean of each input's and its mirror's features, as
+        # it was trained and tested on with --flip-features or chosen by --tta
+        self.mirror = mirror
         self.flip_average = flip_average
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.body(x).flatten(1)
-        if self.flip_average:
-            features = (features + self.body(x.flip(3)).flatten(1)) / 2
+        if self.flip_average and self.mirror is not None:
+            features = (features + self.body(self.mirror(x)).flatten(1)) / 2
         return self.head(features)

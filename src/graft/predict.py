@@ -115,7 +115,7 @@ def build_model(meta: dict[str, Any]) -> GraftModel:
     body, width = modality.rebuild_body(meta)
     flip = bool(meta["head"].get("flip_average", False))
     outputs = task_from_meta(meta).outputs()
-    return GraftModel(body, build_head(spec, width, outputs), flip_average=flip)
+    return GraftModel(body, build_head(spec, width, outputs), flip, modality.mirror)
 
 
 RUNTIMES = ("torch", "onnx")

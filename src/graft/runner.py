@@ -178,7 +178,7 @@ def _run_on(config: TrainConfig, log: Log, ready: Prepared, started: float) -> R
     freeze(config, modality, backbone, log)
     task = fitted_task(config, splits)
     head = build_head(HeadSpec.parse(config.head, config.dropout), backbone.num_features, task.outputs())
-    model = modality.prepare_model(GraftModel(backbone.body, head), device)
+    model = modality.prepare_model(GraftModel(backbone.body, head, mirror=modality.mirror), device)
     plan = _plan(config, modality, backbone, prep, splits, device)
     out = Path(config.out or ".")
     job = Job(config, plan, modality, backbone, prep, model, splits, device, out, started, log, task)

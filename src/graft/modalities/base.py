@@ -126,7 +126,9 @@ class Modality(Protocol):
     default_backbone: str
     defaults: Defaults
     request_field: str  # what `graft serve` takes: "file" (an uploaded image) or "texts" (JSON)
-    mirrors: bool  # inputs have a mirror image (x.flip(3)) to average predictions with (--tta)
+    mirrors: bool  # inputs have a mirror image to average predictions with (--tta)
+    # a batch of model inputs -> its mirror image (images: left-right), or None without one
+    mirror: Callable[[torch.Tensor], torch.Tensor] | None
 
     def inputs_in(self, path: Path) -> list[str]:
         """The files (or rows' file) under `path` this modality would read: detection counts them."""

@@ -260,6 +260,11 @@ class ImageModality:
     request_field = "file"  # what `graft serve` takes: an uploaded image
     mirrors = True
 
+    @staticmethod
+    def mirror(batch: torch.Tensor) -> torch.Tensor:
+        """An NCHW batch, left and right swapped."""
+        return batch.flip(3)
+
     def inputs_in(self, path: Path) -> list[str]:
         if str(path) == "cifar10" and not path.exists():
             return ["cifar10"]

@@ -218,6 +218,7 @@ class TextModality:
     defaults = TEXT_DEFAULTS
     request_field = "texts"  # what `graft serve` takes: a JSON list of texts
     mirrors = False
+    mirror = None  # a text has no mirror image
 
     def inputs_in(self, path: Path) -> list[str]:
         if path.is_file():

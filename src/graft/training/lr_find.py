@@ -113,7 +113,8 @@ def _find_lr(config: TrainConfig, ready: Any, out: Path, steps: int, log: Any) -
     strategy = "finetune" if config.strategy in ("finetune", "gradual") else "linear"
     batch_size = config.batch_size or modality.defaults.strategies[strategy].batch_size
     if strategy == "finetune":
-        model: nn.Module = modality.prepare_model(GraftModel(backbone.body, head), device)
+        graft_model = GraftModel(backbone.body, head, mirror=modality.mirror)
+        model: nn.Module = modality.prepare_model(graft_model, device)
         n = min(len(splits.train), steps * batch_size)
         train_set = modality.training_set(config, backbone, prep, splits.train.subset(np.arange(n)), [])
         init_feature_norm(model, train_set.plain_inputs(256, device))
