@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import BackboneError
+from ..registry import Registry
 
 __all__ = [
     "Backbone",
@@ -102,15 +103,13 @@ class BackboneInfo:
     describe: Callable[[], dict[str, Any]] = field(repr=False)
 
 
-_REGISTRY: dict[str, BackboneInfo] = {}
+# as torchvision's registry: a second entry is a bug, not an update (`graft backbones` lists them)
+_BACKBONES: Registry[BackboneInfo] = Registry("backbone")
 
 
 def register_backbone(info: BackboneInfo) -> BackboneInfo:
-    if info.name in _REGISTRY:  # as torchvision's registry: a second entry is a bug, not an update
-        raise ValueError(f"backbone {info.name!r} is already registered")
-    _REGISTRY[info.name] = info
-    return info
+    return _BACKBONES.register(info.name, info)
 
 
 def registered_backbones() -> dict[str, BackboneInfo]:
-    return dict(_REGISTRY)
+    return _BACKBONES.all()

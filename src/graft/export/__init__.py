@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, GraftError
+from ..registry import Registry
 
 Log = Callable[[str], None]
 
@@ -32,31 +33,26 @@ class Exporter:
     description: str
 
 
-_REGISTRY: dict[str, Exporter] = {}
-
-
-def register_exporter(exporter: Exporter) -> Exporter:
-    if exporter.name in _REGISTRY:
-        raise ValueError(f"export format {exporter.name!r} is already registered")
-    _REGISTRY[exporter.name] = exporter
-    return exporter
-
-
 def _load_builtins() -> None:
     for name in _BUILTIN:
         importlib.import_module(f"{__name__}.{name}")  # each registers itself on import
 
 
+_EXPORTERS: Registry[Exporter] = Registry(
+    "export format", _load_builtins, "unknown {kind} {name!r}; graft exports to: {known}"
+)
+
+
+def register_exporter(exporter: Exporter) -> Exporter:
+    return _EXPORTERS.register(exporter.name, exporter)
+
+
 def formats() -> list[str]:
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return sorted(_EXPORTERS.all())
 
 
 def get_exporter(name: str) -> Exporter:
-    _load_builtins()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown export format {name!r}; graft exports to: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    return _EXPORTERS.get(name)
 
 
 def export(

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..registry import Registry
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Log = Callable[[str], None]
@@ -213,30 +214,23 @@ class Modality(Protocol):
     def preprocessing_from_dict(self, d: dict[str, Any]) -> Any: ...
 
 
-_REGISTRY: dict[str, Modality] = {}
-
-
-def register_modality(modality: Modality) -> Modality:
-    if modality.name in _REGISTRY:
-        raise ValueError(f"modality {modality.name!r} is already registered")
-    _REGISTRY[modality.name] = modality
-    return modality
-
-
 def _load_builtins() -> None:
     from . import image, text  # noqa: F401 - each registers itself
 
 
+_MODALITIES: Registry[Modality] = Registry("modality", _load_builtins)
+
+
+def register_modality(modality: Modality) -> Modality:
+    return _MODALITIES.register(modality.name, modality)
+
+
 def get_modality(name: str) -> Modality:
-    _load_builtins()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown modality {name!r}; graft knows {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    return _MODALITIES.get(name)
 
 
 def modalities() -> dict[str, Modality]:
-    _load_builtins()
-    return dict(_REGISTRY)
+    return _MODALITIES.all()
 
 
 def modality_of_inputs(items: Sequence[Any]) -> Modality:

@@ -22,6 +22,7 @@ import torch
 
 from ..config import TASK_CHOICES
 from ..errors import ConfigError
+from ..registry import Registry
 
 RawLabel = str | tuple[str, ...]  # one label column's text, or one text per label column
 LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -125,25 +126,19 @@ class Task:
         return {"name": self.name, **({"state": self.state} if self.state else {})}
 
 
-_REGISTRY: dict[str, type[Task]] = {}
-
-
-def register_task(cls: type[Task]) -> type[Task]:
-    if cls.name in _REGISTRY:
-        raise ValueError(f"task {cls.name!r} is already registered")
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
 def _load_builtins() -> None:
     from . import multi, regression, single  # noqa: F401 - each registers itself
 
 
+_TASKS: Registry[type[Task]] = Registry("task", _load_builtins)
+
+
+def register_task(cls: type[Task]) -> type[Task]:
+    return _TASKS.register(cls.name, cls)
+
+
 def get_task(name: str, names: Sequence[str] = (), state: dict[str, Any] | None = None) -> Task:
-    _load_builtins()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown task {name!r}; graft knows {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](tuple(names), dict(state or {}))
+    return _TASKS.get(name)(tuple(names), dict(state or {}))
 
 
 def _number(text: str) -> float | None:
@@ -182,8 +177,7 @@ def resolve_task(spec: str | None, raw: Sequence[RawLabel], columns: Sequence[st
     if spec not in TASK_CHOICES:
         raise ConfigError(f"unknown --task {spec!r}; choose one of {', '.join(TASK_CHOICES)}")
     name = auto_task(raw, separator) if spec == "auto" else spec
-    _load_builtins()
-    return _REGISTRY[name].from_raw(raw, columns, separator)
+    return _TASKS.get(name).from_raw(raw, columns, separator)
 
 
 def task_from_meta(meta: dict[str, Any]) -> Task:
