@@ -306,3 +306,52 @@ def test_every_task_keeps_the_contract_the_loop_report_and_bundle_rely_on(name):
     loaded = task_from_meta(saved)
     assert type(loaded) is type(tuned) and loaded.state == tuned.state
     assert torch.equal(loaded.activate(logits), tuned.activate(logits))
+
+
+@pytest.mark.parametrize("name", ["multi", "regression"])
+def test_the_serve_page_shows_the_labels_or_the_number_in_chromium(text_runs, name):
+    """A person types a text on `graft serve`'s page and sees the labels that apply (multi-label)
+    or the predicted number (regression)."""
+    pytest.importorskip("uvicorn")
+    import threading
+    import time
+
+    import uvicorn
+    from conftest import unavailable
+    from test_serve_and_report import BROWSER_ARGS, CHROMIUM, _free_port
+
+    from graft.serve import create_app
+
+    try:
+        import playwright.sync_api as playwright
+    except ImportError:
+        unavailable("playwright is not installed (extra test)")
+    if CHROMIUM is None:
+        unavailable("headless Chromium is not installed (Debian package chromium)")
+    out, _ = text_runs[name]
+    text = "I saw a banana and a purple chair" if name == "multi" else "the film was superb"
+    expected = graft.load(out, precision="fp32").predict([text])[0]
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(out, precision="fp32"), port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with playwright.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.fill("#text", text)
+            page.click("#go")
+            page.wait_for_selector(".prediction", timeout=20_000)
+            shown = page.eval_on_selector_all(".prediction", "els => els.map(e => e.textContent)")
+            browser.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    if name == "multi":
+        assert shown[0] == ", ".join(expected)  # the labels that apply, then the probability bars
+    else:
+        assert float(shown[0]) == pytest.approx(float(expected), rel=1e-3)
