@@ -430,8 +430,9 @@ def resume_key(config: TrainConfig, plan: Plan) -> dict[str, Any]:
     """The settings a checkpoint must share with the command that resumes it."""
     skip = {"resume", "overwrite", "out", "test", "time_budget", "device", "engine", "keep_checkpoint", "tta"}
     skip.add("devices")  # a run may continue on another number of processes (not bit for bit)
-    if config.resize == "fixed":  # added later: a checkpoint written before it resumes as it was
-        skip.add("resize")
+    # options added later: at their defaults, a checkpoint written before them resumes as it was
+    defaults = {"resize": "fixed", "task": "auto", "label_separator": "|"}
+    skip.update(name for name, default in defaults.items() if getattr(config, name) == default)
     return {k: v for k, v in config.to_dict().items() if k not in skip} | {"strategy": plan.strategy}
 
 
