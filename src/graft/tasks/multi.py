@@ -12,6 +12,7 @@ long-tailed classification); thresholds tuned on validation then fix what weight
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -76,13 +77,16 @@ class MultiLabel(Task):
             if any(c not in ("0", "1", "0.0", "1.0") for c in raw):
                 raise ValueError(f"labels {raw} are not all 0 or 1")
             return [float(c) for c in raw]
-        index = {c: i for i, c in enumerate(self.names)}
         row = [0.0] * len(self.names)
         for part in _split(str(raw), self.state.get("separator", "|")):
-            if part not in index:
+            if part not in self._index:
                 raise ValueError(f"label {part!r} is not among the training labels")
-            row[index[part]] = 1.0
+            row[self._index[part]] = 1.0
         return row
+
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.names)}
 
     def check(self, labels: np.ndarray, unit: str) -> None:
         counts = np.asarray(labels).sum(0)

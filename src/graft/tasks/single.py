@@ -4,6 +4,7 @@ class weights and label smoothing); monitored by accuracy."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,12 +27,14 @@ class SingleLabel(Task):
             raise ConfigError("single-label classification reads one --label-column")
         return cls(tuple(sorted({str(r) for r in raw})))
 
+    @cached_property
+    def _index(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.names)}
+
     def encode(self, raw: RawLabel) -> int:
-        index = self.__dict__.get("_index") or {c: i for i, c in enumerate(self.names)}
-        object.__setattr__(self, "_index", index)  # frozen: a cache, not state
-        if raw not in index:
+        if raw not in self._index:
             raise ValueError(f"label {raw!r} is not among the training labels")
-        return index[raw]
+        return self._index[raw]
 
     def stack(self, values: list[Any]) -> np.ndarray:
         return np.asarray(values, dtype=np.int64)
