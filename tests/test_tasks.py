@@ -355,3 +355,16 @@ def test_the_serve_page_shows_the_labels_or_the_number_in_chromium(text_runs, na
         assert shown[0] == ", ".join(expected)  # the labels that apply, then the probability bars
     else:
         assert float(shown[0]) == pytest.approx(float(expected), rel=1e-3)
+
+
+def test_a_task_the_data_cannot_hold_is_a_one_line_error(tmp_path, capsys):
+    from conftest import make_image_folder
+
+    folder = make_image_folder(tmp_path / "classes", per_class=4, seed=0)
+    assert main(["train", str(folder), "--task", "regression", "--out", str(tmp_path / "r1")]) != 0
+    assert "has no labels.csv" in capsys.readouterr().err
+    table = tmp_path / "words.csv"
+    table.write_text("text,label\n" + "".join(f"text {i},pos\n" for i in range(6)))
+    assert main(["train", str(table), "--task", "regression", "--out", str(tmp_path / "r2")]) != 0
+    err = capsys.readouterr().err
+    assert "no training row has a label regression can take (target 'pos' is not a number)" in err

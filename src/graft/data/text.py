@@ -259,6 +259,10 @@ def load_text_data(
     classes = learned.names
     skipped: list[SkippedFile] = []
     train = _labelled(train_table, learned, skipped)
+    if not len(train):
+        why = skipped[-1].reason if skipped else "no rows"
+        what = learned.describe
+        raise DataError(f"{path}: no training row has a label {what} can take ({why}); check --task")
     if val:
         val_set, val_source = _labelled(read(val), learned, skipped), str(val)
     else:

@@ -304,6 +304,12 @@ class ImageModality:
             raise ConfigError("--max-length is for text data; images take --image-size")
 
     def load_splits(self, config: Any) -> DataSplits:
+        table = Path(config.data) / LABELS_TABLE
+        if config.task in ("multi", "regression") and config.data != "cifar10" and not table.is_file():
+            raise ConfigError(
+                f"--task {config.task}: {config.data} has no {LABELS_TABLE}; images take several labels or "
+                "numbers from a labels.csv beside them (a `file` column and the label column)"
+            )
         how = TableLabels(config.label_column, config.task, config.label_separator)
         return load_image_data(
             config.data, config.val, config.test, config.val_fraction, config.seed, config.data_root, how
