@@ -380,14 +380,16 @@ def probe_head(job: Job) -> TrainResult:
         notes=job.plan.notes,
     )
     initial = {k: v.detach().clone() for k, v in job.model.head.state_dict().items()}
+    probe_job = replace(job, config=probe_config, plan=probe_plan)
     result = linear_probe(
-        replace(job, config=probe_config, plan=probe_plan),
+        probe_job,
         with_test=False,
         phase="head-only phase, a linear probe on cached features"
         if probes_first(job.config, replace(job.plan, strategy="finetune"))
         else "linear probe (a candidate: fine-tuning starts afresh and must beat it)",
     )
     result.initial_head = initial
+    job.task = probe_job.task  # what the probe tuned on validation (multi-label thresholds) is kept
     return result
 
 
