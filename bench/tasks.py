@@ -9,7 +9,10 @@ The datasets (written under .cache/bench/tasks/ once):
 - cifar-multi: CIFAR-10, 200 training / 100 test images a class, labelled with the class and
   "animal" or "vehicle": 12 labels, two an image (a folder and its labels.csv); multi-label.
 - cifar-rotation: the same images, each rotated by a seeded random angle in [-45, 45] degrees (the
-  corners filled black); the target is the angle: regression.
+  corners filled black); the target is how far it is turned, |angle|: regression. (The signed
+  angle cannot be learned from these features: ImageNet training with flips makes pooled features
+  nearly mirror-invariant, and a mirror image turned by +a is the image turned by -a; flip
+  augmentation would also swap its sign.)
 - snli-pairs: SNLI premise/hypothesis pairs (`--text-column premise,hypothesis`), 3 classes.
 Rows: the baseline (multi-label: every label its training frequency as a probability, labels over
 half of the examples predicted; regression: the training mean; SNLI: the majority class), the linear
@@ -57,7 +60,8 @@ def _cifar_table(name: str, split: str, per_class: int, rotate: bool) -> Path:
     from PIL import Image
 
     folder = WORK / name / split
-    if (folder / "labels.csv").is_file():
+    table = folder / "labels.csv"
+    if table.is_file() and table.stat().st_mtime > Path(__file__).stat().st_mtime:  # made by this script
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     rng = random.Random(f"{name}-{split}")
@@ -69,7 +73,7 @@ def _cifar_table(name: str, split: str, per_class: int, rotate: bool) -> Path:
             if rotate:
                 angle = rng.uniform(-45, 45)
                 image.rotate(angle, resample=Image.BILINEAR).save(folder / target)
-                rows.append([target, f"{angle:.2f}"])
+                rows.append([target, f"{abs(angle):.2f}"])
             else:
                 kind = "vehicle" if class_dir.name in VEHICLES else "animal"
                 image.save(folder / target)
