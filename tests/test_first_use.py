@@ -153,5 +153,35 @@ def test_a_time_budget_holds_when_extraction_alone_would_not_fit(tmp_path, monke
     assert (result.run_dir / "graft.json").is_file()
 
 
+@pytest.mark.timing
+def test_a_time_budget_sizes_the_decoding_of_fine_tuning_without_a_probe(tmp_path, monkeypatch):
+    """Decoding slowed to 50 ms an image, fine-tuning with no probe (no extraction to time): the
+    budget times a decoded sample instead, trains on a subset that fits and ends near the budget
+    (a 300 s budget once took 2,264 s on 100,000 photos: decoding them was never counted)."""
+    from graft.data import decoded
+
+    real = decoded._Decode.__getitem__
+
+    def slow(self, i):
+        time.sleep(0.05)
+        return real(self, i)
+
+    monkeypatch.setattr(decoded._Decode, "__getitem__", slow)
+    data = make_image_folder(tmp_path / "data", per_class=66, seed=0)
+    budget = 10.0
+    config = TrainConfig(
+        data=str(data), strategy="finetune", freeze_epochs=0, image_size=32, time_budget=budget,
+        out=str(tmp_path / "run"),
+    )  # fmt: skip
+    lines: list[str] = []
+    started = time.perf_counter()
+    result = run(config, log=lines.append)
+    seconds = time.perf_counter() - started
+    assert seconds <= 1.3 * budget, f"{seconds:.1f}s for a {budget:.0f}s budget"
+    said = [line for line in lines if "stratified subset" in line]
+    assert len(said) == 1 and "decoding all 178" in said[0]
+    assert result.report["data"]["budget_subset"]["train"] < 178
+
+
 def run_labels(result) -> np.ndarray:
     return np.asarray(result.job.splits.train.labels)

@@ -174,6 +174,11 @@ class Modality(Protocol):
 
     def eval_set(self, backbone: Any, prep: Any, data: Any, skipped: list) -> EvalSet: ...
 
+    def preparation_seconds(self, prep: Any, sources: Sequence[Any]) -> float:
+        """Seconds per input of preparing fine-tuning's training set (decoding images once), for
+        --time-budget's plan; 0 when it is already prepared or costs nothing to speak of."""
+        ...
+
     def encode(
         self,
         backbone: Any,

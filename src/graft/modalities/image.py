@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from .. import distributed
 from ..backbones import Preprocessing, create_backbone
 from ..cache import cache_dir
-from ..data.decoded import FixedImages, decode_to_store
+from ..data.decoded import FixedImages, decode_seconds, decode_to_store, is_stored
 from ..data.images import (
     IMAGE_EXTENSIONS,
     LABELS_TABLE,
@@ -362,6 +362,13 @@ class ImageModality:
         skipped.extend(SkippedFile(str(data.sources[i]), reason) for i, reason in failures.items())
         keep = [i for i in range(len(images)) if i not in failures]
         return _TrainingImages(images.subset(keep), np.asarray(data.labels)[keep], prep, config.augment)
+
+    def preparation_seconds(self, prep: Preprocessing, sources: Sequence[Any]) -> float:
+        """Seconds per training input of `training_set`'s decoding; 0 when a run decoded them already."""
+        store = cache_dir() / "decoded"
+        if is_stored(len(sources), prep.resize_size, self.fingerprint(sources), store):
+            return 0.0
+        return decode_seconds(sources, prep.resize_size)
 
     def eval_set(
         self, backbone: Any, prep: Preprocessing, data: Labelled, skipped: list[SkippedFile]

@@ -41,13 +41,22 @@ def fit_data_to_budget(job: Job, strategy: str) -> None:
     """Under --time-budget, before extraction: time a sample, and when reading the data would not
     fit its share of the budget, train on a stratified subset that does (said at once, recorded)."""
     remaining = distributed.from_main(left(job))  # one plan for every process: rank 0's clock
-    if remaining is None or not _extracts(job, strategy) or not _extraction_ahead(job):
+    if remaining is None:
         return
     splits = job.splits
     n_eval = len(splits.val) + (len(splits.test) if splits.test is not None else 0)
-    seconds_per_input = distributed.from_main(_time_extraction(job))
+    work = "reading and extracting"
+    if _extracts(job, strategy):
+        if not _extraction_ahead(job):
+            return
+        seconds_per_input = distributed.from_main(_time_extraction(job))
+        needed = (len(splits.train) + n_eval) * seconds_per_input
+    else:  # fine-tuning without a probe: decoding the training inputs once is the fixed cost
+        seconds_per_input = distributed.from_main(_time_preparation(job))
+        needed, n_eval, work = len(splits.train) * seconds_per_input, 0, "decoding"
+        if not needed:
+            return
     share = EXTRACT_SHARE.get(strategy, 0.5) * remaining
-    needed = (len(splits.train) + n_eval) * seconds_per_input
     if needed <= share:
         return
     classes = len(splits.classes)
@@ -58,7 +67,7 @@ def fit_data_to_budget(job: Job, strategy: str) -> None:
     budget = job.config.time_budget
     whole = math.ceil(needed / EXTRACT_SHARE.get(strategy, 0.5) + (budget - remaining))
     note = (
-        f"time budget {budget:.0f}s: reading and extracting all {len(splits.train) + n_eval} "
+        f"time budget {budget:.0f}s: {work} all {len(splits.train) + n_eval} "
         f"{job.modality.unit} would take about {needed:.0f}s, more than the {share:.0f}s share of the "
         f"budget it may use; training on a stratified subset of {len(chosen)} of the "
         f"{len(splits.train)} training {job.modality.unit} that fits (for all of them: "
@@ -102,10 +111,17 @@ def _time_extraction(job: Job) -> float:
     return (time.perf_counter() - started) / len(sample)
 
 
+def _time_preparation(job: Job) -> float:
+    """Seconds per training input of preparing them for fine-tuning (decoding images once)."""
+    return job.modality.preparation_seconds(job.prep, job.splits.train.sources)
+
+
 def _stratified(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
     """Sorted positions of `size` inputs, every class in proportion and at least MIN_PER_CLASS."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
+    if labels.ndim == 2:  # several labels or numbers an example: no class to stratify by
+        return np.sort(rng.choice(len(labels), size=min(size, len(labels)), replace=False)).astype(np.int64)
     classes, counts = np.unique(labels, return_counts=True)
     share = np.maximum(MIN_PER_CLASS, np.floor(size * counts / counts.sum()).astype(int))
     picked = [
