@@ -94,20 +94,26 @@ def network_rows(s: Settings, device: Any) -> list[dict[str, Any]]:
         fused = {"fused": True} if device.type == "cuda" else {}
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
 
-        def train_step() -> None:
-            with autocast(device):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
-        step_rate = timed(train_step)
+        step_rate = timed(lambda: _train_step(model, optimizer, x, y, device))
     peak = _peak_gb(device)
     what = f"batch {s.batch}, {s.size} px, {precision.name}, channels_last"
     return [
         {"row": "network alone: forward", "rate": forward_rate, "setting": what, "peak_gb": peak},
         {"row": "network alone: train step", "rate": step_rate, "setting": what, "peak_gb": peak},
     ]
+
+
+def _train_step(model: Any, optimizer: Any, x: Any, y: Any, device: Any) -> None:
+    """One forward + backward + AdamW step at the current precision's autocast."""
+    import torch
+
+    from graft.compute import autocast
+
+    with autocast(device):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def lever_rows(s: Settings, device: Any, compile_too: bool) -> list[dict[str, Any]]:
@@ -117,7 +123,7 @@ def lever_rows(s: Settings, device: Any, compile_too: bool) -> list[dict[str, An
     import torch
 
     from graft.backbones import create_backbone
-    from graft.compute import autocast, resolve_precision, use_precision
+    from graft.compute import resolve_precision, use_precision
 
     precision = resolve_precision("auto", device)
     backbone = create_backbone("efficientnet_lite0")
@@ -131,11 +137,7 @@ def lever_rows(s: Settings, device: Any, compile_too: bool) -> list[dict[str, An
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5, fused=fused)
 
         def step() -> None:
-            with autocast(device):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            _train_step(model, optimizer, x, y, device)
 
         started = time.perf_counter()
         for _ in range(warm):

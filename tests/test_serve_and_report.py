@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import CLASSES, make_image_folder, unavailable
@@ -140,22 +143,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_the_page_classifies_an_uploaded_image_in_chromium(image_run, browser, tmp_path):
+@contextlib.contextmanager
+def serving(app: Any) -> Iterator[int]:
+    """`app` on uvicorn in a thread, on a free local port (yielded once it has started)."""
     pytest.importorskip("uvicorn")
     import uvicorn
 
-    from graft.serve import create_app
-
-    run_dir, data = image_run
     port = _free_port()
-    config = uvicorn.Config(create_app(run_dir), host="127.0.0.1", port=port, log_level="error")
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 20
         while not server.started and time.monotonic() < deadline:
             time.sleep(0.05)
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_the_page_classifies_an_uploaded_image_in_chromium(image_run, browser, tmp_path):
+    from graft.serve import create_app
+
+    run_dir, data = image_run
+    with serving(create_app(run_dir)) as port:
         page = browser.new_page()
         page.goto(f"http://127.0.0.1:{port}/")
         assert page.text_content("#classes") == f"3 classes: {', '.join(CLASSES)}"
@@ -164,9 +176,6 @@ def test_the_page_classifies_an_uploaded_image_in_chromium(image_run, browser, t
         labels = page.eval_on_selector_all(".prediction", "els => els.map(e => e.textContent)")
         assert labels[0] == "green" and len(labels) == 3
         page.screenshot(path=str(tmp_path / "serve.png"))
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 # --------------------------------------------------------------------------- graft compare

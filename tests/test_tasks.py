@@ -312,13 +312,8 @@ def test_every_task_keeps_the_contract_the_loop_report_and_bundle_rely_on(name):
 def test_the_serve_page_shows_the_labels_or_the_number_in_chromium(text_runs, name):
     """A person types a text on `graft serve`'s page and sees the labels that apply (multi-label)
     or the predicted number (regression)."""
-    pytest.importorskip("uvicorn")
-    import threading
-    import time
-
-    import uvicorn
     from conftest import unavailable
-    from test_serve_and_report import BROWSER_ARGS, CHROMIUM, _free_port
+    from test_serve_and_report import BROWSER_ARGS, CHROMIUM, serving
 
     from graft.serve import create_app
 
@@ -331,26 +326,15 @@ def test_the_serve_page_shows_the_labels_or_the_number_in_chromium(text_runs, na
     out, _ = text_runs[name]
     text = "I saw a banana and a purple chair" if name == "multi" else "the film was superb"
     expected = graft.load(out, precision="fp32").predict([text])[0]
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(out, precision="fp32"), port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        deadline = time.monotonic() + 20
-        while not server.started and time.monotonic() < deadline:
-            time.sleep(0.05)
-        with playwright.sync_playwright() as p:
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/")
-            page.fill("#text", text)
-            page.click("#go")
-            page.wait_for_selector(".prediction", timeout=20_000)
-            shown = page.eval_on_selector_all(".prediction", "els => els.map(e => e.textContent)")
-            browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
+    with serving(create_app(out, precision="fp32")) as port, playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=BROWSER_ARGS)
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{port}/")
+        page.fill("#text", text)
+        page.click("#go")
+        page.wait_for_selector(".prediction", timeout=20_000)
+        shown = page.eval_on_selector_all(".prediction", "els => els.map(e => e.textContent)")
+        browser.close()
     if name == "multi":
         assert shown[0] == ", ".join(expected)  # the labels that apply, then the probability bars
     else:
