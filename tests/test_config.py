@@ -47,3 +47,17 @@ def test_the_python_api_refuses_a_misspelt_option_when_it_fits(tmp_path):
     assert model.get_params()["bn"] == "frozn"
     with pytest.raises(ConfigError, match="unknown --bn 'frozn'"):
         model.fit(tmp_path)
+
+
+def test_the_plan_is_frozen_and_notes_make_a_new_plan() -> None:
+    """A run's plan is resolved stage by stage into new plans; none is changed in place."""
+    import dataclasses
+
+    from graft.config import Plan
+
+    plan = Plan("image", "b", "finetune", "", 3, 64, 1e-3, 1, "cpu")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.epochs = 5  # type: ignore[misc]
+    noted = plan.with_note("a note")
+    assert plan.notes == () and noted.notes == ("a note",)
+    assert noted.to_dict()["notes"] == ["a note"] and noted.epochs == 3

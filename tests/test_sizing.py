@@ -11,7 +11,7 @@ import torch
 
 from graft.config import Plan, TrainConfig
 from graft.modalities import get_modality
-from graft.runner import _fill_defaults
+from graft.runner import with_defaults
 from graft.tasks import get_task
 from graft.training import recipes, sizing
 
@@ -41,21 +41,16 @@ def _plan(strategy: str = "finetune") -> Plan:
 def test_the_plan_takes_the_device_batch_and_the_lr_rule_only_for_what_the_user_left_unset():
     image = get_modality("image")
     default = image.defaults.strategies["finetune"]
-    plan = _plan()
-    _fill_defaults(plan, TrainConfig(data="d"), image, 50_000, CUDA)
+    plan = with_defaults(_plan(), TrainConfig(data="d"), image, 50_000, CUDA)
     assert (plan.batch_size, plan.lr) == (4 * default.batch_size, pytest.approx(2 * default.lr))
     assert any("square-root rule" in note for note in plan.notes)
-    plan = _plan()
-    _fill_defaults(plan, TrainConfig(data="d", lr=0.01), image, 50_000, CUDA)
+    plan = with_defaults(_plan(), TrainConfig(data="d", lr=0.01), image, 50_000, CUDA)
     assert (plan.batch_size, plan.lr) == (4 * default.batch_size, 0.01)  # the user's LR as given
-    plan = _plan()
-    _fill_defaults(plan, TrainConfig(data="d", batch_size=32), image, 50_000, CUDA)
-    assert (plan.batch_size, plan.lr, plan.notes) == (32, default.lr, [])
-    plan = _plan()
-    _fill_defaults(plan, TrainConfig(data="d"), image, 50_000, CPU)
-    assert (plan.batch_size, plan.lr, plan.notes) == (default.batch_size, default.lr, [])
-    plan = _plan("linear")  # a head on cached features: its own batch
-    _fill_defaults(plan, TrainConfig(data="d"), image, 50_000, CUDA)
+    plan = with_defaults(_plan(), TrainConfig(data="d", batch_size=32), image, 50_000, CUDA)
+    assert (plan.batch_size, plan.lr, plan.notes) == (32, default.lr, ())
+    plan = with_defaults(_plan(), TrainConfig(data="d"), image, 50_000, CPU)
+    assert (plan.batch_size, plan.lr, plan.notes) == (default.batch_size, default.lr, ())
+    plan = with_defaults(_plan("linear"), TrainConfig(data="d"), image, 50_000, CUDA)
     assert plan.batch_size == image.defaults.strategies["linear"].batch_size
 
 
@@ -79,8 +74,7 @@ def test_out_of_memory_halves_the_batch_down_to_the_default_and_no_further():
 def test_a_halved_batch_takes_the_lr_back_down_and_says_so(monkeypatch):
     image = get_modality("image")
     default = image.defaults.strategies["finetune"]
-    plan = _plan()
-    _fill_defaults(plan, TrainConfig(data="d"), image, 50_000, CUDA)
+    plan = with_defaults(_plan(), TrainConfig(data="d"), image, 50_000, CUDA)
     lines: list[str] = []
     config = TrainConfig(data="d")
     task = get_task("single", ["a", "b"])
@@ -95,5 +89,6 @@ def test_a_halved_batch_takes_the_lr_back_down_and_says_so(monkeypatch):
     monkeypatch.setattr(recipes, "time_steps", time_steps)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
     recipes.fit_batch_to_memory(job, None, [], train_set)
+    plan = job.plan
     assert plan.batch_size == 128 and plan.lr == pytest.approx(default.lr * math.sqrt(2))
     assert plan.notes[-1].startswith("batch 128: 256 did not fit") and lines == [plan.notes[-1]]

@@ -349,7 +349,8 @@ def _print_predictions(rows: list[dict[str, Any]], as_json: bool) -> None:
         if "error" in row:
             print(f"error: {row['error']}", file=sys.stderr)
         elif not as_json:
-            print(f"{row['input']}\t{_shown(row)}")
+            given = row["input"]  # a sentence pair is shown as "first ‖ second"
+            print(f"{' ‖ '.join(given) if isinstance(given, tuple) else given}\t{_shown(row)}")
     if errors:
         print(f"graft: {len(errors)} of {len(rows)} input(s) could not be predicted", file=sys.stderr)
 
@@ -389,7 +390,7 @@ def _gather(given: list[str], model: Any) -> tuple[list[Any], list[tuple[str, st
     return inputs, failed
 
 
-def _texts_from(path: str, meta: dict[str, Any]) -> list[str]:
+def _texts_from(path: str, meta: dict[str, Any]) -> list[Any]:
     """Texts to predict from a table (the bundle's text column) or a plain file, one per line."""
     from .data.text import read_text_column
 

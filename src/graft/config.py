@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -294,9 +294,12 @@ def config_fields() -> list[Any]:
     return list(fields(TrainConfig))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
-    """What a run resolved the user's config to; report.json keeps it beside the config."""
+    """What a run resolved the user's config to; report.json keeps it beside the config. Frozen:
+    each stage that decides more (the strategy's defaults, `auto`'s choice, the probe's schedule,
+    the time budget's subset, a batch that fits the GPU) makes a new plan with `replace` or
+    `with_note`, and the job holds the latest."""
 
     modality: str
     backbone: str
@@ -310,7 +313,10 @@ class Plan:
     precision: str = "fp32"  # what --precision resolved to on `device` (compute.resolve_precision)
     precision_reason: str = ""
     preprocessing: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)  # where a default was stretched, and why
+    notes: tuple[str, ...] = ()  # where a default was stretched, and why
+
+    def with_note(self, note: str) -> Plan:
+        return replace(self, notes=(*self.notes, note))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"notes": list(self.notes)}

@@ -11,7 +11,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -304,44 +304,47 @@ def _plan(
         precision_reason=current_precision().reason,
         preprocessing=prep.to_dict(),
     )
-    _fill_defaults(plan, config, modality, len(splits.train), device)
-    return plan
+    return with_defaults(plan, config, modality, len(splits.train), device)
 
 
-def _fill_defaults(
+def with_defaults(
     plan: Plan, config: TrainConfig, modality: Modality, n_train: int, device: torch.device
-) -> None:
-    """The strategy's defaults for what the user left unset; a fine-tuning batch sized for the
-    device (`sizing.device_batch`)."""
+) -> Plan:
+    """The plan with its strategy's defaults for what the user left unset; a fine-tuning batch
+    sized for the device (`sizing.device_batch`)."""
     defaults = modality.defaults.strategies[plan.strategy]
     batch = sizing.BatchChoice(config.batch_size or defaults.batch_size, 1.0)
     if config.batch_size is None and plan.strategy != "linear":
         batch = sizing.device_batch(defaults.batch_size, n_train, device)
-    plan.batch_size = batch.batch_size
-    plan.lr = config.lr or defaults.lr * batch.lr_factor
-    if batch.note:
-        plan.notes.append(batch.note)
-    plan.freeze_epochs = defaults.freeze_epochs if config.freeze_epochs is None else config.freeze_epochs
-    plan.epochs = config.epochs or defaults.epochs
+    notes = [batch.note] if batch.note else []
+    epochs = config.epochs or defaults.epochs
     if plan.strategy != "linear":
-        plan.epochs = recipes.finetune_epochs(config, modality, plan.strategy, n_train, plan.batch_size)
-        default = defaults.epochs
-        if config.epochs is None and plan.epochs > default:
-            plan.notes.append(
-                f"{plan.epochs} epochs instead of the default {default}: at least "
+        epochs = recipes.finetune_epochs(config, modality, plan.strategy, n_train, batch.batch_size)
+        if config.epochs is None and epochs > defaults.epochs:
+            notes.append(
+                f"{epochs} epochs instead of the default {defaults.epochs}: at least "
                 f"{modality.defaults.min_finetune_steps} updates on {n_train} {modality.unit}"
             )
+    return replace(
+        plan,
+        batch_size=batch.batch_size,
+        lr=config.lr or defaults.lr * batch.lr_factor,
+        freeze_epochs=defaults.freeze_epochs if config.freeze_epochs is None else config.freeze_epochs,
+        epochs=epochs,
+        notes=(*plan.notes, *notes),
+    )
 
 
 def _resolve_strategy(job: Job, choice: recipes.Choice) -> None:
+    """The job's plan for `auto`'s choice: its strategy and that strategy's defaults."""
     plan = job.plan
     # the probe's own notes stay, and always what --time-budget did to the data
-    budget_note = [job.budget_subset["note"]] if job.budget_subset else []
+    budget_note = (job.budget_subset["note"],) if job.budget_subset else ()
     notes = plan.notes if choice.probe is not None else budget_note
-    plan.strategy, plan.strategy_reason, plan.notes = choice.strategy, choice.reason, []
-    _fill_defaults(plan, job.config, job.modality, len(job.splits.train), job.device)
-    plan.notes = [*notes, *plan.notes]
+    chosen = replace(plan, strategy=choice.strategy, strategy_reason=choice.reason, notes=notes)
+    plan = with_defaults(chosen, job.config, job.modality, len(job.splits.train), job.device)
     if choice.epochs is not None:
-        plan.epochs = choice.epochs
+        plan = replace(plan, epochs=choice.epochs)
     if choice.probe is not None and choice.strategy == "linear":
-        plan.epochs = len(choice.probe.history)
+        plan = replace(plan, epochs=len(choice.probe.history))
+    job.plan = plan

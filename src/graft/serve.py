@@ -102,8 +102,12 @@ def create_app(
             texts = body.get("texts") if isinstance(body, dict) else None
             if takes != "texts":
                 return error(400, f"this is an {modality} model: send {how}")
-            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-                return error(400, 'send {"texts": ["a text", ...]}: a non-empty list of strings')
+            if not isinstance(texts, list) or not texts or not all(model.modality.accepts(t) for t in texts):
+                return error(
+                    400,
+                    'send {"texts": ["a text", ...]}: a non-empty list of strings '
+                    '(or of ["first", "second"] sentence pairs)',
+                )
             if len(texts) > MAX_TEXTS:
                 return error(413, f"{len(texts)} texts in one request; at most {MAX_TEXTS}")
             outputs = model.outputs(texts)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +41,33 @@ class TextPreprocessing:
     pooling: str = "mean"
     pad_id: int = 0
     modality: str = "text"
+    # sentence pairs (two text columns) encoded as the tokenizer's pairs; bundles from before pairs
+    # joined the two texts by a newline, and load with False, so they keep doing so
+    pairs: bool = False
 
     def with_length(self, max_length: int) -> TextPreprocessing:
-        return TextPreprocessing(
-            min(max_length, self.model_max_length), self.model_max_length, self.pooling, self.pad_id
-        )
+        return replace(self, max_length=min(max_length, self.model_max_length))
 
     def with_pooling(self, pooling: str) -> TextPreprocessing:
         if pooling not in POOLINGS:
             raise ConfigError(f"bad --pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
-        return TextPreprocessing(self.max_length, self.model_max_length, pooling, self.pad_id)
+        return replace(self, pooling=pooling)
+
+    def with_pairs(self, pairs: bool) -> TextPreprocessing:
+        return replace(self, pairs=pairs)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TextPreprocessing:
-        return cls(int(d["max_length"]), int(d["model_max_length"]), str(d["pooling"]), int(d["pad_id"]))
+        return cls(
+            int(d["max_length"]),
+            int(d["model_max_length"]),
+            str(d["pooling"]),
+            int(d["pad_id"]),
+            pairs=bool(d.get("pairs", False)),
+        )
 
 
 def _drop_pooler(encoder: nn.Module) -> nn.Module:

@@ -37,7 +37,7 @@ TEXT_FILE_SUFFIX = ".txt"
 
 @dataclass
 class TextTable:
-    texts: list[str]
+    texts: list[str | tuple[str, str]]  # a text, or a sentence pair (two text columns)
     labels: list[Any]  # each row's label text, or a tuple of texts with several label columns
     skipped: list[SkippedFile] = field(default_factory=list)
     raw_labels: set[str] = field(default_factory=set)  # as written, before surrounding whitespace is stripped
@@ -162,13 +162,23 @@ def _collect(path: Path, rows: Iterator[Row], text_columns: list[str], label_col
             table.skipped.append(SkippedFile(str(path), f"line {number}: {reason}"))
             continue
         assert row is not None
-        table.texts.append("\n".join(str(row[c]).strip() for c in text_columns if str(row[c] or "").strip()))
+        table.texts.append(join_columns(row, text_columns))
         if len(label_columns) == 1:
             table.raw_labels.add(str(row[label_columns[0]]))
             table.labels.append(str(row[label_columns[0]]).strip())
         else:
             table.labels.append(tuple(str(row[c]).strip() for c in label_columns))
     return table
+
+
+def join_columns(row: dict[str, object], columns: Sequence[str]) -> str | tuple[str, str]:
+    """One example's text: two columns are a sentence pair, a 2-tuple (the text modality encodes
+    it as the tokenizer's pair); one, or three and more, are one text: the non-empty columns
+    joined by newlines."""
+    cells = [str(row[c] if row[c] is not None else "").strip() for c in columns]
+    if len(cells) == 2:
+        return cells[0], cells[1]
+    return "\n".join(cell for cell in cells if cell)
 
 
 def _require_columns(path: Path, row: dict[str, object], needed: list[str]) -> None:
@@ -347,12 +357,12 @@ def _labelled(table: TextTable, task: Any, skipped: list[SkippedFile]) -> Labell
     """The table's rows whose label the task takes; the others skipped with the reason."""
     skipped.extend(table.skipped)
     labels, refused = task.encode_all(table.labels)
-    skipped.extend(SkippedFile(table.texts[i][:60], why) for i, why in refused)
+    skipped.extend(SkippedFile(str(table.texts[i])[:60], why) for i, why in refused)
     out = set(i for i, _ in refused)
     return Labelled([t for i, t in enumerate(table.texts) if i not in out], labels)
 
 
-def read_text_column(path: str | Path, text_column: str) -> list[str]:
+def read_text_column(path: str | Path, text_column: str) -> list[str | tuple[str, str]]:
     """Unlabelled texts: a table's text column(s), or a plain file with one text per line."""
     path = Path(path)
     if not path.is_file():
@@ -363,11 +373,11 @@ def read_text_column(path: str | Path, text_column: str) -> list[str]:
     columns = split_columns(text_column)
     suffix = path.suffix.lower()
     rows = _jsonl_rows(path) if suffix in (".jsonl", ".ndjson") else _delimited_rows(path, suffix)
-    texts = []
+    texts: list[str | tuple[str, str]] = []
     for _, row, _reason in rows:
         if row is not None:
             _require_columns(path, row, columns)
-            text = "\n".join(str(row[c]).strip() for c in columns if str(row[c] or "").strip())
-            if text:
+            text = join_columns(row, columns)
+            if any(text if isinstance(text, tuple) else [text]):
                 texts.append(text)
     return texts

@@ -63,18 +63,46 @@ TEXT_DEFAULTS = Defaults(
 )
 
 
-def tokenize(tokenizer: Any, texts: Sequence[str], max_length: int) -> list[torch.Tensor]:
-    encoded = tokenizer([str(t) for t in texts], truncation=True, max_length=max_length)["input_ids"]
-    return [torch.tensor(ids, dtype=torch.long) for ids in encoded]
+def tokenize(
+    tokenizer: Any, texts: Sequence[Any], max_length: int, pairs: bool = False
+) -> list[torch.Tensor]:
+    """Token ids per text, truncated to `max_length`. With `pairs`, a sentence pair (a 2-tuple) is
+    encoded as the tokenizer's pair, [CLS] a [SEP] b [SEP], truncated longest first so that both
+    sides keep a share; without (bundles from before pairs), its texts are joined by a newline."""
+    split = [_pair_of(t) for t in texts]
+    if not pairs:
+        split = [(a if b is None else f"{a}\n{b}", None) for a, b in split]
+    ids: list[list[int]] = [[] for _ in split]
+    single = [i for i, (_, b) in enumerate(split) if b is None]
+    double = [i for i, (_, b) in enumerate(split) if b is not None]
+    if single:
+        encoded = tokenizer([split[i][0] for i in single], truncation=True, max_length=max_length)
+        for i, row in zip(single, encoded["input_ids"], strict=True):
+            ids[i] = row
+    if double:
+        firsts, seconds = [split[i][0] for i in double], [str(split[i][1]) for i in double]
+        encoded = tokenizer(firsts, seconds, truncation="longest_first", max_length=max_length)
+        for i, row in zip(double, encoded["input_ids"], strict=True):
+            ids[i] = row
+    return [torch.tensor(row, dtype=torch.long) for row in ids]
 
 
-def length_from_data(tokenizer: Any, texts: Sequence[str], prep: TextPreprocessing) -> TextPreprocessing:
+def _pair_of(text: Any) -> tuple[str, str | None]:
+    """(first, second) of a sentence pair; (text, None) for one text."""
+    if isinstance(text, tuple | list) and len(text) == 2:
+        return str(text[0]), str(text[1])
+    return str(text), None
+
+
+def is_pair(text: Any) -> bool:
+    return _pair_of(text)[1] is not None
+
+
+def length_from_data(tokenizer: Any, texts: Sequence[Any], prep: TextPreprocessing) -> TextPreprocessing:
     """The maximum sequence length: a high percentile of the training texts' token counts (so a
     few very long texts do not set the cost of every batch), rounded up to 8, capped by the model."""
     sample = list(texts[:20000])
-    lengths = [
-        len(ids) for ids in tokenizer(sample, truncation=True, max_length=prep.model_max_length)["input_ids"]
-    ]
+    lengths = [len(ids) for ids in tokenize(tokenizer, sample, prep.model_max_length, prep.pairs)]
     wanted = int(np.percentile(lengths, LENGTH_PERCENTILE)) if lengths else prep.max_length
     return prep.with_length(max(8, math.ceil(wanted / 8) * 8))
 
@@ -191,12 +219,15 @@ class _TextInputs:
     def __init__(self, tokenizer: Any, prep: TextPreprocessing) -> None:
         self.tokenizer, self.prep = tokenizer, prep
 
-    def as_list(self, inputs: Any) -> list[str]:
-        return [inputs] if isinstance(inputs, str) else [str(t) for t in inputs]
+    def as_list(self, inputs: Any) -> list[str | tuple[str, str]]:
+        """Texts, or sentence pairs as 2-tuples (or 2-lists) of texts."""
+        if isinstance(inputs, str):
+            return [inputs]
+        return [_pair_of(t) if is_pair(t) else str(t) for t in inputs]  # type: ignore[misc]
 
     def preprocess(self, inputs: Any) -> list[torch.Tensor]:
         """Token ids per text (unpadded), truncated to the length the model was trained with."""
-        return tokenize(self.tokenizer, self.as_list(inputs), self.prep.max_length)
+        return tokenize(self.tokenizer, self.as_list(inputs), self.prep.max_length, self.prep.pairs)
 
     def batches(
         self,
@@ -236,6 +267,9 @@ class TextModality:
         return [p.read_text(encoding="utf-8-sig", errors="replace").strip() for p in files]
 
     def accepts(self, item: Any) -> bool:
+        """A text, or a sentence pair: a 2-tuple or 2-list of texts."""
+        if isinstance(item, tuple | list):
+            return len(item) == 2 and all(isinstance(t, str) for t in item)
         return isinstance(item, str)
 
     def check(self, config: Any) -> None:
@@ -309,15 +343,16 @@ class TextModality:
         """Tokenising is a fast pass (thousands of texts a second): the budget leaves it out."""
         return 0.0
 
-    def adaptation_corpus(self, config: Any, splits: DataSplits) -> list[str]:
+    def adaptation_corpus(self, config: Any, splits: DataSplits) -> list[Any]:
         """--adapt-lm reads the training texts (never validation or test) and --unlabelled."""
-        texts = [str(t) for t in splits.train.sources]
+        texts = list(splits.train.sources)  # texts and sentence pairs
         if config.unlabelled:
             texts += read_text_column(config.unlabelled, config.text_column)
         return texts
 
     def preprocessing(self, config: Any, backbone: Any, splits: DataSplits) -> TextPreprocessing:
         prep = backbone.preprocessing.with_pooling(config.pooling)
+        prep = prep.with_pairs(any(is_pair(t) for t in splits.train.sources[:1000]))
         backbone.body.pooling = prep.pooling
         if config.max_length:
             return prep.with_length(config.max_length)
@@ -338,13 +373,13 @@ class TextModality:
     def training_set(
         self, config: Any, backbone: Any, prep: TextPreprocessing, data: Labelled, skipped: list[SkippedFile]
     ) -> _TrainingTexts:
-        ids = tokenize(backbone.tokenizer, data.sources, prep.max_length)
+        ids = tokenize(backbone.tokenizer, data.sources, prep.max_length, prep.pairs)
         return _TrainingTexts(ids, data.labels, Padding(prep.pad_id, prep.max_length))
 
     def eval_set(
         self, backbone: Any, prep: TextPreprocessing, data: Labelled, skipped: list[SkippedFile]
     ) -> _EvalTexts:
-        ids = tokenize(backbone.tokenizer, data.sources, prep.max_length)
+        ids = tokenize(backbone.tokenizer, data.sources, prep.max_length, prep.pairs)
         return _EvalTexts(ids, data.labels, Padding(prep.pad_id, prep.max_length), data.sources)
 
     def encode(
@@ -363,7 +398,7 @@ class TextModality:
         from ..compute import forward_all, module_device
 
         started = time.perf_counter()
-        ids = tokenize(backbone.tokenizer, sources, prep.max_length)
+        ids = tokenize(backbone.tokenizer, sources, prep.max_length, prep.pairs)
         padding = Padding(prep.pad_id, prep.max_length)
         batches = sorted_batches(ids, padding, batch_size, module_device(backbone.body))
         values = forward_all(backbone.body, batches, len(ids)).numpy().astype(np.float32)
@@ -379,7 +414,8 @@ class TextModality:
 
     def show(self, source: Any, limit: int = 400) -> dict[str, str]:
         """An example for people (the report's highest-loss table): the text, cut at `limit` characters."""
-        text = str(source)
+        first, second = _pair_of(source)
+        text = first if second is None else f"{first}  ‖  {second}"
         return {"text": text if len(text) <= limit else text[: limit - 1] + "…"}
 
     def bundle_extras(self, backbone: Any) -> dict[str, Any]:

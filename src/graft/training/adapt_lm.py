@@ -92,7 +92,7 @@ def adapt_language_model(
         raise ConfigError(f"--adapt-lm needs a masked-LM tokenizer; {backbone.name} has no mask token")
     started = time.perf_counter()
     pad_id = backbone.preprocessing.pad_id
-    ids = [t for t in tokenize(tokenizer, texts, max_length) if len(t) > 2]
+    ids = [t for t in tokenize(tokenizer, texts, max_length, pairs=True) if len(t) > 2]
     mlm = _mlm_model(backbone)
     head = _head_of(mlm)
     encoder_params = list(backbone.body.encoder.parameters())

@@ -74,7 +74,7 @@ def fit_data_to_budget(job: Job, strategy: str) -> None:
         f"--time-budget {whole} or more, or smaller inputs: --image-size, --max-length)"
     )
     job.log(note)
-    job.plan.notes.append(note)
+    job.plan = job.plan.with_note(note)
     job.budget_subset = {
         "note": note,
         "train": len(chosen),

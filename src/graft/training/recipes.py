@@ -282,9 +282,8 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
     job.task.check(y_train.numpy(), unit)
     head[0].fit(x_train.to(job.device))
     batch_size, epochs, note = head_schedule(config, plan, len(y_train))
-    plan.epochs, plan.batch_size = epochs, batch_size  # the probe inside finetune has its own plan copy
-    if note:
-        plan.notes.append(f"{phase}: {note}")
+    plan = replace(plan, epochs=epochs, batch_size=batch_size)
+    job.plan = plan = plan.with_note(f"{phase}: {note}") if note else plan
     loop = loop_config(config, plan, epochs)
     x_dev, y_dev = x_train.to(job.device), y_train.to(job.device)
     val_set = _FeatureSet(x_val, y_val, val_sources)
@@ -377,7 +376,6 @@ def probe_head(job: Job) -> TrainResult:
         epochs=linear.epochs,
         lr=linear.lr,
         batch_size=linear.batch_size,
-        notes=job.plan.notes,
     )
     initial = {k: v.detach().clone() for k, v in job.model.head.state_dict().items()}
     probe_job = replace(job, config=probe_config, plan=probe_plan)
@@ -390,6 +388,7 @@ def probe_head(job: Job) -> TrainResult:
     )
     result.initial_head = initial
     job.task = probe_job.task  # what the probe tuned on validation (multi-label thresholds) is kept
+    job.plan = replace(job.plan, notes=probe_job.plan.notes)  # and what it noted
     return result
 
 
@@ -662,11 +661,11 @@ def fit_batch_to_memory(job: Job, model: nn.Module, groups: Any, train_set: Any)
     fitting = sizing.largest_fitting(try_step, plan.batch_size, default)
     if fitting < plan.batch_size:
         note = f"batch {fitting}: {plan.batch_size} did not fit in the GPU's memory"
+        lr = plan.lr
         if config.lr is None:  # the square-root rule, back down with the batch
-            plan.lr *= math.sqrt(fitting / plan.batch_size)
-            note += f", learning rate {plan.lr:.2g}"
-        plan.notes.append(note)
-        plan.batch_size = fitting
+            lr *= math.sqrt(fitting / plan.batch_size)
+            note += f", learning rate {lr:.2g}"
+        job.plan = replace(plan, batch_size=fitting, lr=lr).with_note(note)
         job.log(note)
 
 
