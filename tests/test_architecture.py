@@ -246,14 +246,18 @@ def test_classifier_rejects_an_unknown_option():
 def _old_bundle(tmp_path: Path, name: str) -> tuple[Path, dict]:
     from safetensors.torch import save_file
 
+    from graft.heads import upgrade_head_keys
     from graft.predict import build_model
 
     fixture = json.loads((FIXTURES / f"bundle-0.1-{name}.json").read_text())
     meta = fixture["graft.json"]
     state = build_model(meta).state_dict()
-    assert {k: list(v.shape) for k, v in state.items()} == fixture["weights"]  # same names and shapes
+    # the same shapes under the names of then (the head's numbered keys: head.0.mean, head.1.weight)
+    old_name = upgrade_head_keys({k: k for k in fixture["weights"]})
+    assert {k: list(v.shape) for k, v in state.items()} == {k: fixture["weights"][old_name[k]] for k in state}
     tmp_path.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "model.safetensors"))
+    old_state = {old_name[k]: v.contiguous() for k, v in state.items()}
+    save_file(old_state, str(tmp_path / "model.safetensors"))
     (tmp_path / "graft.json").write_text(json.dumps(meta))
     return tmp_path, meta
 

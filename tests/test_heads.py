@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
-from graft.heads import FeatureNorm, GraftModel, HeadSpec, build_head
+from graft.heads import FeatureNorm, GraftModel, HeadSpec, build_head, upgrade_head_keys
 
 
 def test_parse_linear():
@@ -29,17 +31,18 @@ def test_parse_mlp():
 def test_linear_head_layers():
     """A linear head is FeatureNorm + Linear(in, classes); dropout goes in front of the Linear."""
     head = build_head(HeadSpec.parse("linear"), 32, 5)
-    assert [type(m) for m in head] == [FeatureNorm, nn.Linear]
-    assert (head[1].in_features, head[1].out_features) == (32, 5)
+    assert [type(m) for m in head.layers()] == [FeatureNorm, nn.Linear]
+    assert (head.fc.in_features, head.fc.out_features) == (32, 5)
+    assert sorted(head.state_dict()) == ["fc.bias", "fc.weight", "norm.mean", "norm.std"]
     head = build_head(HeadSpec.parse("linear", dropout=0.3), 32, 5)
-    assert [type(m) for m in head] == [FeatureNorm, nn.Dropout, nn.Linear]
-    assert head[1].p == 0.3
+    assert [type(m) for m in head.layers()] == [FeatureNorm, nn.Dropout, nn.Linear]
+    assert head.hidden[0].p == 0.3
 
 
 def test_mlp_head_is_vggs_classifier():
     """mlp:4096,4096 with dropout 0.5 has VGG's Linear-ReLU-Dropout x2 + Linear classifier layout."""
     head = build_head(HeadSpec.parse("mlp:4096,4096", dropout=0.5), 512, 7)
-    assert [type(m) for m in head] == [
+    assert [type(m) for m in head.layers()] == [
         FeatureNorm,
         nn.Linear,
         nn.ReLU,
@@ -49,9 +52,9 @@ def test_mlp_head_is_vggs_classifier():
         nn.Dropout,
         nn.Linear,
     ]
-    widths = [(m.in_features, m.out_features) for m in head if isinstance(m, nn.Linear)]
+    widths = [(m.in_features, m.out_features) for m in head.layers() if isinstance(m, nn.Linear)]
     assert widths == [(512, 4096), (4096, 4096), (4096, 7)]
-    assert all(m.p == 0.5 for m in head if isinstance(m, nn.Dropout))
+    assert all(m.p == 0.5 for m in head.layers() if isinstance(m, nn.Dropout))
     head.eval()
     with torch.no_grad():
         assert head(torch.randn(3, 512)).shape == (3, 7)
@@ -60,7 +63,26 @@ def test_mlp_head_is_vggs_classifier():
 def test_mlp_head_without_dropout_has_no_dropout_layers():
     """Dropout 0 adds no Dropout layers."""
     head = build_head(HeadSpec.parse("mlp:16"), 8, 2)
-    assert [type(m) for m in head] == [FeatureNorm, nn.Linear, nn.ReLU, nn.Linear]
+    assert [type(m) for m in head.layers()] == [FeatureNorm, nn.Linear, nn.ReLU, nn.Linear]
+
+
+@pytest.mark.parametrize("spec", ["linear", "mlp:16,8"])
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_a_numbered_head_of_format_2_loads_into_the_named_parts(spec, dropout):
+    """Bundles up to format 2 saved the head as an nn.Sequential [FeatureNorm, *hidden, Linear]:
+    its numbered keys are renamed to norm / hidden / fc and give the same outputs."""
+    torch.manual_seed(0)
+    head = build_head(HeadSpec.parse(spec, dropout), 8, 3).eval()
+    head.norm.fit(torch.randn(20, 8))
+    old = nn.Sequential(*[copy.deepcopy(m) for m in head.layers()]).eval()
+    state = {f"head.{k}": v for k, v in old.state_dict().items()} | {"body.w": torch.ones(1)}
+    upgraded = upgrade_head_keys(state)
+    assert upgraded["body.w"] is state["body.w"]
+    fresh = build_head(HeadSpec.parse(spec, dropout), 8, 3).eval()
+    fresh.load_state_dict({k.removeprefix("head."): v for k, v in upgraded.items() if k.startswith("head.")})
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), old(x))
 
 
 @pytest.mark.parametrize("text", ["", "conv", "linear:5", "mlp:a,b", "mlp:4096;4096", "MLP:10", "mlp:1.5"])

@@ -464,7 +464,7 @@ def test_auto_on_text_runs_the_probe_first_and_keeps_it_when_fine_tuning_is_wors
 
     def spy(model, *args, **kwargs):
         if hasattr(model, "body"):  # fine-tuning (the probe fits the head alone)
-            starts.append(model.head[-1].weight.detach().clone())
+            starts.append(model.head.fc.weight.detach().clone())
         return real_fit(model, *args, **kwargs)
 
     monkeypatch.setattr(recipes, "fit", spy)
@@ -479,7 +479,7 @@ def test_auto_on_text_runs_the_probe_first_and_keeps_it_when_fine_tuning_is_wors
     assert probe_row["val_accuracy"] > max(row["val_accuracy"] for row in report["history"][1:])
     # fine-tuning (the last fit on the whole model; auto's step timing comes first) started from a
     # fresh head, not from the probe's trained one
-    assert not torch.allclose(starts[-1], result.model.head[-1].weight.detach())
+    assert not torch.allclose(starts[-1], result.model.head.fc.weight.detach())
     # the bundle predicts what was kept: the probe
     bundle = graft.load(result.run_dir)
     with open(data["train"], newline="") as f:

@@ -24,8 +24,8 @@ from .errors import BundleError
 if TYPE_CHECKING:  # torch is imported where weights are read or written: predicting from ONNX needs none
     import torch
 
-BUNDLE_FORMAT = 2
-READABLE_FORMATS = (1, 2)
+BUNDLE_FORMAT = 3  # 3: the head's weights under its parts' names (head.norm.*, head.fc.*)
+READABLE_FORMATS = (1, 2, 3)
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "graft.json"
 # the fields of graft.json that define what the weights compute and what their outputs mean
@@ -315,13 +315,16 @@ def verify_bundle(run_dir: Path, meta: dict[str, Any]) -> None:
 
 
 def read_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    """The bundle's weights under today's names (a format 1-2 head's numbered keys renamed)."""
     from safetensors.torch import load_file
+
+    from .heads import upgrade_head_keys
 
     path = Path(run_dir) / WEIGHTS_FILE
     if not path.is_file():
         raise BundleError(f"{path} is missing: copy the whole run folder")
     damaged = _damaged_errors()
     try:
-        return load_file(str(path))
+        return upgrade_head_keys(load_file(str(path)))
     except damaged as err:  # a truncated or foreign file
         raise BundleError(f"{path} is damaged ({_first_line(err)}); copy the bundle again") from None

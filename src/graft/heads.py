@@ -61,17 +61,53 @@ class FeatureNorm(nn.Module):
         return (x - self.mean) / self.std
 
 
-def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> nn.Sequential:
-    layers: list[nn.Module] = [FeatureNorm(in_features)]
+class Head(nn.Module):
+    """The grafted head, in named parts: `norm` (FeatureNorm, the features' fixed standardisation),
+    `hidden` (an MLP's Linear-ReLU(-Dropout) blocks; a linear head's dropout; else empty) and `fc`
+    (the final Linear, one output per class, label or target). Its weights are saved under these
+    names (`head.norm.mean`, `head.fc.weight`); `upgrade_head_keys` reads the numbered keys of
+    bundles from before (format 2 and older: an nn.Sequential, `head.0.mean`)."""
+
+    def __init__(self, norm: FeatureNorm, hidden: nn.Sequential, fc: nn.Linear) -> None:
+        super().__init__()
+        self.norm, self.hidden, self.fc = norm, hidden, fc
+
+    def layers(self) -> list[nn.Module]:
+        """Every layer in the order a feature vector passes them."""
+        return [self.norm, *self.hidden, self.fc]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.hidden(self.norm(x)))
+
+
+def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> Head:
+    hidden: list[nn.Module] = []
     width = in_features
-    for hidden in spec.hidden:  # Linear-ReLU-Dropout blocks, as VGG's classifier
-        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True)]
-        layers += [nn.Dropout(spec.dropout)] if spec.dropout else []
-        width = hidden
+    for size in spec.hidden:  # Linear-ReLU-Dropout blocks, as VGG's classifier
+        hidden += [nn.Linear(width, size), nn.ReLU(inplace=True)]
+        hidden += [nn.Dropout(spec.dropout)] if spec.dropout else []
+        width = size
     if spec.dropout and not spec.hidden:
-        layers.append(nn.Dropout(spec.dropout))
-    layers.append(nn.Linear(width, num_classes))
-    return nn.Sequential(*layers)
+        hidden.append(nn.Dropout(spec.dropout))
+    return Head(FeatureNorm(in_features), nn.Sequential(*hidden), nn.Linear(width, num_classes))
+
+
+def upgrade_head_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights of a bundle whose head was an nn.Sequential [FeatureNorm, *hidden, Linear]
+    (`head.0.*` ... `head.K.*`) under the named parts' keys; other keys as they are."""
+    numbered = [k for k in state if k.startswith("head.") and k.split(".")[1].isdigit()]
+    if not numbered:
+        return state
+    last = max(int(k.split(".")[1]) for k in numbered)
+
+    def renamed(key: str) -> str:
+        if key not in numbered:
+            return key
+        _, index, rest = key.split(".", 2)
+        part = "norm" if index == "0" else "fc" if int(index) == last else f"hidden.{int(index) - 1}"
+        return f"head.{part}.{rest}"
+
+    return {renamed(k): v for k, v in state.items()}
 
 
 class GraftModel(nn.Module):
@@ -80,7 +116,7 @@ class GraftModel(nn.Module):
     def __init__(
         self,
         body: nn.Module,
-        head: nn.Sequential,
+        head: nn.Module,
         flip_average: bool = False,
         mirror: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> None:

@@ -52,6 +52,18 @@ def _answer(model: Any, outputs: Any) -> dict[str, Any]:
     return answer
 
 
+def _text_answers(model: Any, texts: Any) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, JSON answer) for a request's texts: a list of texts or sentence pairs."""
+    if not isinstance(texts, list) or not texts or not all(model.modality.accepts(t) for t in texts):
+        expected = 'a non-empty list of strings (or of ["first", "second"] sentence pairs)'
+        return 400, {"error": f'send {{"texts": ["a text", ...]}}: {expected}'}
+    if len(texts) > MAX_TEXTS:
+        return 413, {"error": f"{len(texts)} texts in one request; at most {MAX_TEXTS}"}
+    outputs = model.outputs(texts)
+    rows = [{"input": t, **_answer(model, o)} for t, o in zip(texts, outputs, strict=True)]
+    return 200, {"predictions": rows}
+
+
 def create_app(
     run_dir: str | Path, max_upload_bytes: int = MAX_UPLOAD_BYTES, precision: str = "auto"
 ) -> Any:
@@ -102,17 +114,8 @@ def create_app(
             texts = body.get("texts") if isinstance(body, dict) else None
             if takes != "texts":
                 return error(400, f"this is an {modality} model: send {how}")
-            if not isinstance(texts, list) or not texts or not all(model.modality.accepts(t) for t in texts):
-                return error(
-                    400,
-                    'send {"texts": ["a text", ...]}: a non-empty list of strings '
-                    '(or of ["first", "second"] sentence pairs)',
-                )
-            if len(texts) > MAX_TEXTS:
-                return error(413, f"{len(texts)} texts in one request; at most {MAX_TEXTS}")
-            outputs = model.outputs(texts)
-            rows = [{"input": t, **_answer(model, o)} for t, o in zip(texts, outputs, strict=True)]
-            return {"predictions": rows}
+            status, answer = _text_answers(model, texts)
+            return answer if status == 200 else JSONResponse(answer, status_code=status)
         if not kind.startswith("multipart/form-data"):
             return error(415, 'send an image as the multipart field "file", or JSON {"texts": [...]}')
         if takes != "file":

@@ -125,7 +125,7 @@ def _find_lr(config: TrainConfig, ready: Any, out: Path, steps: int, log: Any) -
         x = torch.from_numpy(feats.values[feats.ok]).to(device)
         y = torch.from_numpy(np.asarray(splits.train.labels)[feats.ok]).to(device)
         model = head.to(device)
-        head[0].fit(x)
+        head.norm.fit(x)
         batches = _cycle(x, y, batch_size, config.seed)
     loss = task.loss(device, config.label_smoothing)
     lrs, losses = lr_range_test(model, batches, steps=steps, bn_frozen=config.bn == "frozen", loss_fn=loss)

@@ -280,7 +280,7 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
     x_val, y_val = _usable(val_rows, splits.val, splits.skipped, unit)
     val_sources = [splits.val.sources[i] for i in np.flatnonzero(val_rows.ok)]
     job.task.check(y_train.numpy(), unit)
-    head[0].fit(x_train.to(job.device))
+    head.norm.fit(x_train.to(job.device))
     batch_size, epochs, note = head_schedule(config, plan, len(y_train))
     plan = replace(plan, epochs=epochs, batch_size=batch_size)
     job.plan = plan = plan.with_note(f"{phase}: {note}") if note else plan
@@ -398,7 +398,7 @@ def init_feature_norm(model: GraftModel, inputs: Iterator[torch.Tensor]) -> None
     model.body.eval()
     with autocast(module_device(model)):
         feats = torch.cat([model.body(x).flatten(1).float() for x in inputs])
-    model.head[0].fit(feats)
+    model.head.norm.fit(feats)
 
 
 def _epochs_line(plan: Plan, probed: bool, by_the_clock: bool) -> str:
