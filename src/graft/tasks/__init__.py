@@ -2,6 +2,15 @@
 (`base.Task`), beside the modalities (what the inputs are)."""
 
 from ..config import TASK_CHOICES
-from .base import Task, auto_task, get_task, register_task, resolve_task, task_from_meta
+from .base import Task, auto_task, get_task, register_task, resolve_task, task_from_meta, task_names
 
-__all__ = ["TASK_CHOICES", "Task", "auto_task", "get_task", "register_task", "resolve_task", "task_from_meta"]
+__all__ = [
+    "TASK_CHOICES",
+    "Task",
+    "auto_task",
+    "get_task",
+    "register_task",
+    "resolve_task",
+    "task_from_meta",
+    "task_names",
+]

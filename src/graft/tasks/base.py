@@ -137,6 +137,11 @@ def register_task(cls: type[Task]) -> type[Task]:
     return _TASKS.register(cls.name, cls)
 
 
+def task_names() -> list[str]:
+    """Every registered task's name (the built-in ones first loaded)."""
+    return sorted(_TASKS.all())
+
+
 def get_task(name: str, names: Sequence[str] = (), state: dict[str, Any] | None = None) -> Task:
     return _TASKS.get(name)(tuple(names), dict(state or {}))
 
