@@ -572,7 +572,9 @@ def check_arguments(args: argparse.Namespace) -> None:
     from .errors import ConfigError, DataError
 
     if args.command in ("train", "lr-find"):
-        TrainConfig(**_config_options(args)).check()
+        config = TrainConfig(**_config_options(args))
+        if args.command == "train":
+            config.check_extras()
     for name, what in PATH_ARGUMENTS.get(args.command, ()):
         value = getattr(args, name, None)
         if value is None or (name == "data" and value in NAMED_DATA):

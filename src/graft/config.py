@@ -8,6 +8,7 @@ Hugging Face's `TrainingArguments` does: the command line is generated from thes
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import numbers
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -36,6 +37,25 @@ def parse_duration(text: str | float | None) -> float | None:
     if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f"bad --time-budget {text!r}: use positive seconds, or minutes/hours as 30m, 1h")
     return seconds
+
+
+TRACKER_CHOICES = ("tensorboard", "mlflow", "csv")  # graft.training.trackers
+TRACKER_EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # the package each needs = its extra
+
+
+def parse_trackers(given: str | list[str] | tuple[str, ...] | None) -> str | None:
+    """'TensorBoard, csv' (or a list of names) -> 'tensorboard,csv': each once, in the order given."""
+    if given is None:
+        return None
+    parts = given.split(",") if isinstance(given, str) else [str(part) for part in given]
+    names = list(dict.fromkeys(part.strip().lower() for part in parts if part.strip()))
+    unknown = [name for name in names if name not in TRACKER_CHOICES]
+    if unknown:
+        raise ConfigError(
+            f"unknown --log-to {unknown[0]!r}; choose from {', '.join(TRACKER_CHOICES)}, "
+            "several comma-separated (tensorboard,csv)"
+        )
+    return ",".join(names) or None
 
 
 STRATEGY_CHOICES = ("auto", "linear", "finetune", "gradual")
@@ -166,6 +186,13 @@ class TrainConfig:
     keep_checkpoint: bool = option(
         False, "keep checkpoint.safetensors/.json in --out after a finished run (they are removed by default)"
     )
+    log_to: str | None = option(
+        None,
+        "experiment trackers, comma-separated: tensorboard (event files in <run>/tensorboard), mlflow "
+        "(./mlruns, or $MLFLOW_TRACKING_URI), csv (<run>/metrics.csv); the first two are extras",
+        parse=parse_trackers,
+        metavar="TRACKERS",
+    )
     device: str = option("auto", "auto (a CUDA GPU when present, else the CPU), cpu, cuda, cuda:N or mps")
     precision: str = option(
         "auto",
@@ -223,7 +250,7 @@ class TrainConfig:
         ConfigError naming the option."""
         for f in fields(self):
             value = getattr(self, f.name)
-            if "parse" in f.metadata and isinstance(value, str | numbers.Real):
+            if "parse" in f.metadata and isinstance(value, str | numbers.Real | list | tuple):
                 value = f.metadata["parse"](value)  # "30m" -> 1800.0; a number is checked
                 object.__setattr__(self, f.name, value)
             _check_type(f, value)
@@ -234,6 +261,16 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def check_extras(self) -> None:
+        """Each --log-to tracker's library is installed, else a one-line ConfigError naming its
+        extra: found, not imported (that waits for the run), so it costs nothing before training.
+        Not part of `check`: a saved config stays loadable where the library is not installed."""
+        for name in (self.log_to or "").split(","):
+            package = TRACKER_EXTRAS.get(name)
+            if package and importlib.util.find_spec(package) is None:
+                extra = f"pip install 'graft-learn[{name}]'"
+                raise ConfigError(f"--log-to {name} needs the {name} extra: {extra}")
 
     def check(self) -> None:
         """Option values that cannot work, caught before any data is read."""

@@ -30,6 +30,7 @@ from .report import build_report, save_run
 from .tasks import Task, get_task
 from .training import budget, recipes, sizing
 from .training.recipes import Job, TrainResult
+from .training.trackers import Tracking, tracker_names
 
 Log = Callable[[str], None]
 
@@ -120,6 +121,7 @@ def run(
     started = time.perf_counter()
     torch.manual_seed(config.seed)
     config.check()
+    config.check_extras()  # a tracker's missing extra: said now, not after training
     if launches_processes(config):
         raise ConfigError(
             f"--devices {config.devices} starts processes: use graft train, graft.Classifier(...).fit "
@@ -182,25 +184,36 @@ def _run_on(config: TrainConfig, log: Log, ready: Prepared, started: float) -> R
     plan = _plan(config, modality, backbone, prep, splits, device)
     out = Path(config.out or ".")
     job = Job(config, plan, modality, backbone, prep, model, splits, device, out, started, log, task)
+    job.tracking = Tracking(tracker_names(config))  # rank 0's, with --log-to
+    with job.tracking.failing():  # a run that raises ends its tracker runs as failed
+        trained = _train(job)
+        model.eval()
+        report = build_report(job, trained, time.perf_counter() - started, adapted)
+        if distributed.is_main():  # several processes: rank 0 writes the run folder
+            save_run(job, report)
+            for path in trained.scratch_files:  # the bundle holds the kept weights now
+                path.unlink(missing_ok=True)
+        job.tracking.finish(job.plan, report)  # MLflow takes the run folder as it is now
+    return RunResult(job.run_dir, report, model, job)
+
+
+def _train(job: Job) -> TrainResult:
+    """The data fitted to the time budget, the strategy chosen (`auto`), the run folder named, the
+    recipe run."""
+    config = job.config
     budget.fit_data_to_budget(job, config.strategy)  # under --time-budget: data that can be read in it
     probe = None
     if config.strategy == "auto":
         choice = recipes.choose(job)
-        log(f"strategy auto -> {choice.strategy}: {choice.reason}")
+        job.log(f"strategy auto -> {choice.strategy}: {choice.reason}")
         _resolve_strategy(job, choice)
         probe = choice.probe
     named = Path(config.out) if config.out else None
     if named is None and distributed.is_main():  # rank 0 claims the folder; the others take its name
-        named = default_run_dir(backbone.name, plan.strategy, splits.name)
+        named = default_run_dir(job.backbone.name, job.plan.strategy, job.splits.name)
     job.run_dir = distributed.from_main(named)
-    trained: TrainResult = recipes.train(job, probe)
-    model.eval()
-    report = build_report(job, trained, time.perf_counter() - started, adapted)
-    if distributed.is_main():  # several processes: rank 0 writes the run folder
-        save_run(job, report)
-        for path in trained.scratch_files:  # the bundle holds the kept weights now
-            path.unlink(missing_ok=True)
-    return RunResult(job.run_dir, report, model, job)
+    job.tracking.open(job.run_dir, config)  # what the probe logged so far goes in now
+    return recipes.train(job, probe)
 
 
 def fitted_task(config: TrainConfig, splits: DataSplits) -> Task:
@@ -220,6 +233,7 @@ def run_processes(
     """`--devices N`: `run` in N data-parallel processes on this machine (graft.distributed.launch);
     rank 0 writes the run folder and its lines reach `log`. Returns the folder and its report."""
     config.check()
+    config.check_extras()
     preflight(config)  # once, here, before any process starts
     name = modality.name if modality is not None else None
     device = resolve_device(config.device)

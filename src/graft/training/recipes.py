@@ -45,6 +45,7 @@ from .callbacks import (
 from .checkpoint import Checkpointer
 from .features import cached_features
 from .loop import Batch, Callback, LoopConfig, clock_schedule, fit, step_schedule
+from .trackers import Tracking
 
 Log = Callable[[str], None]
 MIN_HEAD_STEPS = 500  # a head on cached features trains for at least this many steps (milliseconds each)
@@ -69,6 +70,7 @@ class Job:
     log: Log
     task: Task = field(default_factory=lambda: get_task("single"))  # fitted to the training labels
     budget_subset: dict[str, Any] | None = None  # the training subset --time-budget allowed, if any
+    tracking: Tracking = field(default_factory=Tracking)  # --log-to; off by default
 
 
 @dataclass
@@ -302,6 +304,7 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
     small = sum(p.numel() for p in head.parameters()) < 1_000_000 and job.device.type == "cpu"
     task, monitor = job.task, monitored(job.task)
     callbacks = [Evaluate(val_set, task), ProgressBar(phase, epochs * steps_per_epoch, monitor)]
+    callbacks += job.tracking.callbacks("probe")  # after Evaluate: the rows hold validation numbers
     if phase == "linear probe":
         callbacks.append(EarlyStopping(config.patience, monitor))
     with _threads(1 if small else torch.get_num_threads()):
@@ -430,6 +433,7 @@ def head_phase(plan: Plan, epochs: int, probed: bool) -> tuple[dict[str, int], i
 def resume_key(config: TrainConfig, plan: Plan) -> dict[str, Any]:
     """The settings a checkpoint must share with the command that resumes it."""
     skip = {"resume", "overwrite", "out", "test", "time_budget", "device", "engine", "keep_checkpoint", "tta"}
+    skip.add("log_to")  # where numbers are logged changes no weight
     skip.add("devices")  # a run may continue on another number of processes (not bit for bit)
     # options added later: at their defaults, a checkpoint written before them resumes as it was
     defaults = {"resize": "fixed", "task": "auto", "label_separator": "|"}
@@ -439,9 +443,8 @@ def resume_key(config: TrainConfig, plan: Plan) -> dict[str, Any]:
 
 def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     """`finetune` (LP-FT: a probe, then everything with discriminative LRs, gently) and `gradual`
-    (ULMFiT's gradual unfreezing), for every modality. `probe`: the head-only probe already ran
-    (`choose` runs it first). The model ends with the weights of the best validation score (the
-    task's), the probe's included."""
+    (ULMFiT's gradual unfreezing), for every modality. `probe`: the head-only probe already ran (`choose`
+    runs it first). The model ends with the weights of the best validation score, the probe's included."""
     config, plan, device = job.config, job.plan, job.device
     if probe is None and probes_first(config, plan):
         probe = probe_head(job)
@@ -491,6 +494,7 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
                 keep,
                 ProgressBar("fine-tuning", _int_of(shown_epochs) * steps_per_epoch, monitor),
                 EpochLog(job.log, shown_epochs),
+                *job.tracking.callbacks("finetune"),
                 Checkpoint(checkpointer),
                 EarlyStopping(config.patience, monitor),
                 *limits,
@@ -758,9 +762,12 @@ def choose(job: Job) -> Choice:
     rule (`strategies.choose_strategy`); fine-tuning then continues from it."""
     config, splits = job.config, job.splits
     per_class = job.task.examples_per_group(len(splits.train))
-    batch_size = config.batch_size or sizing.device_batch(
-        job.modality.defaults.strategies["finetune"].batch_size, len(splits.train), job.device
-    ).batch_size
+    batch_size = (
+        config.batch_size
+        or sizing.device_batch(
+            job.modality.defaults.strategies["finetune"].batch_size, len(splits.train), job.device
+        ).batch_size
+    )
     default_epochs = finetune_epochs(config, job.modality, "finetune", len(splits.train), batch_size)
     epochs = strategies.auto_epochs(len(splits.train), default_epochs)
     epoch_seconds, probe = 0.0, None
