@@ -121,10 +121,12 @@ def frame_inputs(
     columns = [str(c) for c in frame.columns]
     label_columns = [] if y is not None else split_columns(label_column)
     _require(where, columns, label_columns, "label_column=... or fit(X, y)")
-    inputs = input_columns(where, columns, text_column, label_columns, lambda c: _first_is_image(frame[c]))
+    is_image = lambda c: _first_is_image(_cells(frame, c))  # noqa: E731
+    inputs = input_columns(where, columns, text_column, label_columns, is_image)
     if y is not None and len(y) != len(frame):
         raise DataError(f"fit(X, y): {len(frame)} rows but {len(y)} labels")
-    labels = list(y) if y is not None else _frame_labels(frame, label_columns, label_lists)
+    labels = _frame_labels(frame, label_columns, label_lists) if y is None else y
+    labels = labels if isinstance(labels, np.ndarray) else list(labels)  # an indicator array stays 2-D
     kept: list[int] = []
     sources: list[Any] = []
     skipped: list[SkippedFile] = []
@@ -145,9 +147,14 @@ def frame_values(frame: Any, columns: Sequence[str]) -> list[Any]:
     return [source for _, source, _ in _frame_sources(frame, list(columns))]
 
 
+def _cells(frame: Any, name: str) -> Any:
+    """A column by the name the options give it: the text of its label (a column 0 is "0")."""
+    return frame[next(c for c in frame.columns if str(c) == name)]
+
+
 def _frame_sources(frame: Any, inputs: list[str]) -> Iterator[tuple[int, Any, str]]:
-    images = len(inputs) == 1 and _first_is_image(frame[inputs[0]])
-    values = zip(*(frame[c].tolist() for c in inputs), strict=True)
+    images = len(inputs) == 1 and _first_is_image(_cells(frame, inputs[0]))
+    values = zip(*(_cells(frame, c).tolist() for c in inputs), strict=True)
     return _sources(enumerate(map(list, values)), images)
 
 
@@ -158,11 +165,14 @@ def _first_is_image(column: Any) -> bool:
 
 def _frame_labels(frame: Any, label_columns: list[str], label_lists: bool) -> Any:
     if len(label_columns) == 1:
-        return frame[label_columns[0]].tolist()
-    table = frame[label_columns]
+        return _cells(frame, label_columns[0]).tolist()
+    columns = [_cells(frame, c).tolist() for c in label_columns]
     if label_lists:  # several 0/1 columns: each row's labels are the columns holding a 1
-        return [[c for c in label_columns if not _missing(row[c]) and row[c]] for _, row in table.iterrows()]
-    return table.to_numpy(dtype=np.float32)
+        return [
+            [c for c, v in zip(label_columns, row, strict=True) if not _missing(v) and v]
+            for row in zip(*columns, strict=True)
+        ]
+    return np.asarray(columns, dtype=np.float32).T
 
 
 def _missing_label(label: Any) -> bool:
@@ -209,7 +219,7 @@ def is_saved_dataset(path: str | Path) -> bool:
 
 
 def dataset_kind(path: str | Path) -> str | None:
-    """"image" when a saved dataset has an Image column, "text" otherwise, None when `path` is no
+    """`image` when a saved dataset has an Image column, `text` otherwise, None when `path` is no
     saved dataset: read from its JSON, without `datasets` (detection runs on every path)."""
     path = Path(path)
     if not is_saved_dataset(path):
@@ -315,7 +325,12 @@ def _column(part: Any, column: str) -> Iterator[Any]:
 
 
 def load_dataset_splits(
-    data: str, val: str | None, test: str | None, text_column: str, how: TableLabels, val_fraction: float,
+    data: str,
+    val: str | None,
+    test: str | None,
+    text_column: str,
+    how: TableLabels,
+    val_fraction: float,
     seed: int,
 ) -> DataSplits:
     """`graft train SAVED_DATASET`: a folder written by `save_to_disk`, its own splits read."""
