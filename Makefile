@@ -10,7 +10,7 @@ $(BIN)/graft: pyproject.toml
 	touch $@
 
 $(VENV)/.test-deps: $(BIN)/graft
-	$(BIN)/pip install --quiet -e '.[test,text,onnx,keras,serve,distributed,tensorboard,mlflow]'
+	$(BIN)/pip install --quiet -e '.[test,text,onnx,keras,serve,distributed,tensorboard,mlflow,tables,datasets]'
 	touch $@
 
 .PHONY: demo test test-slow lint

@@ -6,7 +6,8 @@ state ends in `_`.
     clf.save("my-model"); graft.load("my-model").predict(["b.jpg"])
 
 `fit` takes a data path (a folder of class folders, a table of texts; anything `graft train`
-takes), or in-memory inputs and labels: `fit(images_or_texts, labels)`.
+takes), in-memory inputs and labels: `fit(images_or_texts, labels)`, a pandas DataFrame
+(`fit(df, y)`, or `fit(df)` with its `label_column`), or a Hugging Face Dataset / DatasetDict.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import NotFittedError
 
 from .config import TrainConfig
+from .data.frames import is_dataframe, is_hf_dataset
 from .errors import ConfigError, DataError
 
 # every TrainConfig field but the data is a parameter, with TrainConfig's default (one place)
@@ -70,21 +72,32 @@ class _Estimator(BaseEstimator):
         tags.non_deterministic = True  # threads and bf16 on some machines: not bit-for-bit
         return tags
 
-    def _config(self, data: str) -> TrainConfig:
-        return TrainConfig(data=data, **self.get_params(deep=False))
+    def _config(self, data: str, **overrides: Any) -> TrainConfig:
+        return TrainConfig(data=data, **(self.get_params(deep=False) | overrides))
 
     def fit(
-        self, X: Any, y: Sequence[Any] | None = None, *, log: Callable[[str], None] = print
+        self,
+        X: Any,
+        y: Sequence[Any] | None = None,
+        *,
+        log: Callable[[str], None] = print,
+        text_column: str | None = None,
+        label_column: str | None = None,
     ) -> Classifier:
         """Train on a data path (a folder of class folders, a table of texts: anything `graft
-        train` takes), or on in-memory inputs (image files, arrays, PIL images or texts) and
-        their labels y (any hashable type: classes_ and predict give them back)."""
+        train` takes), on in-memory inputs (image files, arrays, PIL images or texts) and their
+        labels y (any hashable type: classes_ and predict give them back), on a pandas DataFrame
+        (with y, or its label column), or on a Hugging Face Dataset / DatasetDict (its splits).
+        `text_column` / `label_column` name a table's input and label columns for this fit (default:
+        the estimator's options)."""
         from .runner import launches_processes, run
 
-        config, splits, modality, labels = self._config(str(X)), None, None, None
-        if y is not None:
-            config = self._config("in-memory")
-            splits, modality, labels = _in_memory_splits(list(X), y, config, self._task_kind)
+        columns = {"text_column": text_column, "label_column": label_column}
+        overrides = {k: v for k, v in columns.items() if v is not None}
+        config, splits, modality, labels = self._config(str(X), **overrides), None, None, None
+        self.input_columns_: list[str] | None = None
+        if y is not None or is_dataframe(X) or is_hf_dataset(X):
+            config, splits, modality, labels = self._in_memory(X, y, overrides)
         if launches_processes(config):  # --devices N: the processes write the run folder
             return self._fit_processes(config, log, splits, modality, labels)
         result = run(config, log=log, splits=splits, modality=modality)
@@ -105,6 +118,50 @@ class _Estimator(BaseEstimator):
         self.run_dir_ = result.run_dir
         self._job = job
         return self
+
+    def _in_memory(self, X: Any, y: Any, overrides: dict[str, Any]) -> tuple[TrainConfig, Any, Any, Any]:
+        """(config, splits, modality, classes_) of data given in memory: inputs and labels, a
+        DataFrame, or a Hugging Face Dataset / DatasetDict (classes_ None: its class names)."""
+        if is_hf_dataset(X):
+            return self._dataset(X, y, overrides)
+        skipped, name = [], "in-memory"
+        config = self._config(name, **overrides)
+        if is_dataframe(X):
+            from .data.frames import frame_inputs
+
+            name, config = "dataframe", self._config("DataFrame", **overrides)
+            lists = self._task_kind != "regression"  # several label columns: labels, or targets
+            X, y, skipped, self.input_columns_ = frame_inputs(
+                X, y, config.text_column, config.label_column, lists
+            )
+        splits, modality, labels = _in_memory_splits(list(X), y, config, self._task_kind, skipped, name)
+        return config, splits, modality, labels
+
+    def _dataset(self, X: Any, y: Any, overrides: dict[str, Any]) -> tuple[TrainConfig, Any, Any, None]:
+        from .data.frames import dataset_splits
+        from .data.splits import TableLabels
+        from .modalities import get_modality
+
+        if y is not None:
+            raise ConfigError("fit(dataset, y): a dataset holds its labels; name their column: label_column=")
+        where = type(X).__name__
+        config = self._config(where, **overrides)
+        how = TableLabels(config.label_column, config.task, config.label_separator)
+        splits, kind = dataset_splits(
+            X, where, config.text_column, how, config.val_fraction, config.seed, "dataset"
+        )
+        return config, splits, get_modality(kind), None
+
+    def _inputs(self, X: Any) -> Any:
+        """predict's inputs: a DataFrame's input column(s), as fit read them."""
+        if not is_dataframe(X):
+            return X
+        from .data.frames import frame_values, input_columns
+
+        columns = getattr(self, "input_columns_", None) or input_columns(
+            "DataFrame", [str(c) for c in X.columns], self.text_column, [], lambda c: False
+        )
+        return frame_values(X, columns)
 
     def _fit_processes(
         self,
@@ -157,7 +214,7 @@ class Classifier(ClassifierMixin, _Estimator):
 
     def predict_proba(self, X: Any, batch_size: int = 64) -> np.ndarray:
         """Probabilities, one column per entry of classes_ (multi-label: each label's own)."""
-        return self._fitted().predict_proba(X, batch_size)
+        return self._fitted().predict_proba(self._inputs(X), batch_size)
 
     def predict(self, X: Any, batch_size: int = 64) -> np.ndarray:
         """The most probable label of each input, of the type fit was given; multi-label: a row of
@@ -181,11 +238,11 @@ class Regressor(RegressorMixin, _Estimator):
 
     _task_kind = "regression"
 
-    def _config(self, data: str) -> TrainConfig:
-        return TrainConfig(data=data, **(self.get_params(deep=False) | {"task": "regression"}))
+    def _config(self, data: str, **overrides: Any) -> TrainConfig:
+        return TrainConfig(data=data, **(self.get_params(deep=False) | overrides | {"task": "regression"}))
 
     def predict(self, X: Any, batch_size: int = 64) -> np.ndarray:
-        return np.asarray(self._fitted().predict(X, batch_size))
+        return np.asarray(self._fitted().predict(self._inputs(X), batch_size))
 
 
 _SIGNATURE = _signature()
@@ -246,9 +303,12 @@ def _indicators(y: Any, names: list[str] | None = None) -> tuple[np.ndarray, lis
     return out, names
 
 
-def _in_memory_splits(X: list[Any], y: Any, config: TrainConfig, kind: str) -> tuple[Any, Any, Any]:
+def _in_memory_splits(
+    X: list[Any], y: Any, config: TrainConfig, kind: str, skipped: Sequence[Any] = (), name: str = "in-memory"
+) -> tuple[Any, Any, Any]:
     """(splits, modality, classes_) for in-memory inputs and their labels: single-label (any
-    hashable labels), multi-label (an indicator array or label lists) or regression (numbers)."""
+    hashable labels), multi-label (an indicator array or label lists) or regression (numbers).
+    `skipped`: the rows a DataFrame reader left out, for the report."""
     from .data.splits import DataSplits, Labelled, stratified_split
     from .modalities import modality_of_inputs
 
@@ -280,8 +340,9 @@ def _in_memory_splits(X: list[Any], y: Any, config: TrainConfig, kind: str) -> t
         data.subset(val_idx),
         None,
         classes,
-        "in-memory",
+        name,
         f"split:{config.val_fraction}",
+        list(skipped),
         task=task,
     )
     return splits, modality, values

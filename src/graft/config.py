@@ -67,8 +67,9 @@ TASK_CHOICES = ("auto", "single", "multi", "regression")  # graft.tasks
 class TrainConfig:
     data: str = field(
         metadata={
-            "help": "images: a folder (class subfolders, or train/ [val/] [test/]) or `cifar10`; texts: "
-            "a .csv/.tsv/.jsonl file, a folder with train.csv [dev.csv] [test.csv], or <class>/*.txt",
+            "help": "images: a folder (class subfolders, train/ [val/] [test/], or a labels.csv/.parquet) or "
+            "`cifar10`; texts: a .csv/.tsv/.jsonl/.parquet/.feather file, a folder with train.csv [dev.csv] "
+            "[test.csv], or <class>/*.txt; either: a Hugging Face dataset folder (save_to_disk)",
             "positional": True,
         }
     )
@@ -213,7 +214,10 @@ class TrainConfig:
         choices=("auto", "torch", "onnxruntime"),
     )
     text_column: str = option(
-        "text", "text: column(s) of a table holding the text: text, or title,body", group="text"
+        "text",
+        "text: column(s) of a table holding the text: text, or title,body (a DataFrame's or dataset's "
+        "input column, images too)",
+        group="text",
     )
     label_column: str = option(
         "label",

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from .bundle import with_columns
+from .data.frames import is_saved_dataset
 from .data.splits import SkippedFile
 from .errors import DataError
 from .predict import load
@@ -28,6 +29,11 @@ def evaluate_folder(
     label_column: str | None = None,
     precision: str = "auto",
 ) -> dict[str, Any]:
+    if is_saved_dataset(data):  # its splits are read by training (--test is its test split) alone, so far
+        raise DataError(
+            f"{data}: graft eval does not read saved datasets yet; train with its test split, or evaluate "
+            "that split written as a table (dataset['test'].to_parquet('test.parquet'))"
+        )
     model = load(run_dir, precision=precision)
     meta = with_columns(model.meta, text_column, label_column)
     trained = tuple(model.meta["classes"])  # data labels match these; display_names are shown

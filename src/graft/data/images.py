@@ -7,11 +7,11 @@ the file or folder and says what to do, so the CLI can print it without a traceb
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from PIL import Image, ImageOps
 
 from .. import _net
 from ..errors import DataError, UnreadableImage
-from .splits import DataSplits, Labelled, SkippedFile, check_val_fraction, stratified_split
+from .splits import DataSplits, Labelled, SkippedFile, TableLabels, check_val_fraction, stratified_split
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -64,11 +64,14 @@ _ALPHA_MODES = frozenset({"LA", "PA", "RGBA", "RGBa", "La"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 
 
-def load_rgb(source: str | Path | Image.Image | np.ndarray, min_side: int | None = None) -> Image.Image:
+def load_rgb(
+    source: str | Path | Image.Image | np.ndarray | bytes, min_side: int | None = None
+) -> Image.Image:
     """Any image -> 8-bit RGB PIL image (EXIF orientation applied, alpha composited on white).
 
-    Paths are opened and fully decoded here, so corrupt or truncated files raise
-    :class:`UnreadableImage`; numpy arrays must be uint8, uint16 or float in [0, 1].
+    Paths (and an encoded file's bytes, as Hugging Face `datasets` keep images) are opened and
+    fully decoded here, so corrupt or truncated files raise :class:`UnreadableImage`; numpy arrays
+    must be uint8, uint16 or float in [0, 1].
     `min_side`: the short side the caller resizes to next. A JPEG much larger than that is decoded
     at a reduced DCT scale (1/2, 1/4 or 1/8; Pillow's `draft`) whose short side is still at least
     `min_side`: a 4000 x 3000 photo for a 256-px resize decodes at 500 x 375, about 30x less work.
@@ -79,10 +82,12 @@ def load_rgb(source: str | Path | Image.Image | np.ndarray, min_side: int | None
         return _to_rgb(_exif_transpose(source))
     if isinstance(source, str | os.PathLike):
         return _open_rgb(Path(source), min_side)
+    if isinstance(source, bytes):
+        return _open_rgb(io.BytesIO(source), min_side)
     raise TypeError(f"load_rgb expects a path, PIL image or numpy array, not {type(source).__name__}")
 
 
-def _open_rgb(path: Path, min_side: int | None = None) -> Image.Image:
+def _open_rgb(path: Path | io.BytesIO, min_side: int | None = None) -> Image.Image:
     try:
         with Image.open(path) as img:
             if min_side and img.format == "JPEG":
@@ -90,7 +95,8 @@ def _open_rgb(path: Path, min_side: int | None = None) -> Image.Image:
             img.load()  # decode everything now: truncation only shows up here
             return _to_rgb(_exif_transpose(img))
     except Exception as err:  # PIL plugins raise many types (OSError, SyntaxError, ...)
-        raise UnreadableImage(f"{path}: cannot read image ({_short(err)})") from err
+        name = path if isinstance(path, Path) else "image bytes"
+        raise UnreadableImage(f"{name}: cannot read image ({_short(err)})") from err
 
 
 def _draft(img: Image.Image, min_side: int) -> None:
@@ -322,14 +328,51 @@ def _scan_class_dir(class_dir: Path) -> tuple[list[Path], list[SkippedFile]]:
     return good, bad
 
 
-def _verify_image(path: Path) -> str | None:
+def _verify_image(path: Path | bytes) -> str | None:
     """Cheap header/structure check; returns why the file is unreadable, or None if it looks ok."""
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(path) if isinstance(path, bytes) else path) as img:
             img.verify()
     except Exception as err:  # PIL plugins raise many types (OSError, SyntaxError, ...)
         return _short(err)
     return None
+
+
+def image_source(value: Any) -> Any:
+    """A table cell as an image source: a path, PIL image, array or encoded bytes as it is; the
+    {"bytes", "path"} record of a Hugging Face `datasets` Image column (or its parquet files) as its
+    bytes, else its path; anything else None."""
+    if isinstance(value, dict):
+        return value.get("bytes") or value.get("path")
+    if isinstance(value, str | os.PathLike | Image.Image | np.ndarray | bytes):
+        return value
+    return None
+
+
+def is_image_value(value: Any) -> bool:
+    """Whether a table cell holds an image: an image, its bytes, or a path with an image suffix."""
+    source = image_source(value)
+    if isinstance(source, str | os.PathLike):
+        return Path(source).suffix.lower() in IMAGE_EXTENSIONS
+    return source is not None
+
+
+def image_problem(source: Any) -> str | None:
+    """Why an in-memory image source cannot be trained on (a missing or unreadable file, bytes that
+    do not decode, an array of the wrong shape or type), or None: the checks a folder scan makes."""
+    if isinstance(source, Image.Image):
+        return None
+    if isinstance(source, np.ndarray):
+        try:
+            _array_to_uint8(source)
+        except DataError as err:
+            return str(err)
+        return None
+    if isinstance(source, bytes):
+        return _verify_image(source)
+    if isinstance(source, str | os.PathLike):
+        return _verify_image(Path(source)) if Path(source).is_file() else "no such file"
+    return "not an image, image file or path"
 
 
 def _empty_class_message(class_dir: Path, n_skipped: int) -> str:
@@ -367,7 +410,7 @@ def load_image_data(
         return _cifar10_splits(Path(data_root or _CIFAR_DEFAULT_ROOT), val_fraction, seed)
     data = Path(data)
     _require_dir(data, "data folder")
-    if (data / LABELS_TABLE).is_file():
+    if labels_table(data) is not None:
         return _table_splits(data, val, test, val_fraction, seed, labels)
     train_dir = find_subdir(data, _TRAIN_NAMES)
     if train_dir is None:  # plain ImageFolder: data itself holds the class folders
@@ -394,16 +437,13 @@ def load_image_data(
 
 
 LABELS_TABLE = "labels.csv"  # beside the images: a `file` column and the label column(s)
+LABELS_TABLES = (LABELS_TABLE, "labels.parquet")  # the first found is read
 FILE_COLUMN = "file"
 
 
-@dataclass(frozen=True)
-class TableLabels:
-    """How a labels.csv is read: its label column(s), the task (graft.tasks), the separator."""
-
-    label_column: str = "label"
-    task: str = "auto"
-    separator: str = "|"
+def labels_table(folder: Path) -> Path | None:
+    """The labels.csv (or labels.parquet) beside a folder's images, if it has one."""
+    return next((folder / n for n in LABELS_TABLES if (folder / n).is_file()), None)
 
 
 def _table_splits(
@@ -416,8 +456,9 @@ def _table_splits(
     from .text import labels_task, read_text_data
 
     how = how or TableLabels()
-    table = read_text_data(folder / LABELS_TABLE, [FILE_COLUMN], how.label_column)
-    task = labels_task(folder / LABELS_TABLE, table, how.label_column, how.task, how.separator)
+    path = labels_table(folder) or folder / LABELS_TABLE
+    table = read_text_data(path, [FILE_COLUMN], how.label_column)
+    task = labels_task(path, table, how.label_column, how.task, how.separator)
     skipped: list[SkippedFile] = []
     train = read_image_table(folder, task, how.label_column, skipped)
     if val is not None:
@@ -435,8 +476,8 @@ def read_image_table(folder: Path, task: Any, label_column: str, skipped: list[S
     file is missing or unreadable, or whose label the task refuses, are skipped and named."""
     from .text import read_text_data
 
-    table_path = folder / LABELS_TABLE
-    if not table_path.is_file():
+    table_path = labels_table(folder)
+    if table_path is None:
         raise DataError(f"{folder}: no {LABELS_TABLE} beside the images (a `file` column and the labels)")
     table = read_text_data(table_path, [FILE_COLUMN], label_column)
     skipped.extend(table.skipped)

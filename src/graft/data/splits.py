@@ -60,6 +60,15 @@ class DataSplits:
     task: Any = "single"  # graft.tasks: the Task a reader resolved, or a name: single, multi, regression
 
 
+@dataclass(frozen=True)
+class TableLabels:
+    """How a table's labels are read: its label column(s), the task (graft.tasks), the separator."""
+
+    label_column: str = "label"
+    task: str = "auto"
+    separator: str = "|"
+
+
 def check_val_fraction(val_fraction: float) -> None:
     """DataError unless 0 < val_fraction < 1; readers call it before any (slow) reading."""
     if not 0.0 < val_fraction < 1.0:

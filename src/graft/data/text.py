@@ -1,13 +1,15 @@
-"""Labelled texts from CSV, TSV, JSONL or a folder of `<class>/*.txt` files.
+"""Labelled texts from CSV, TSV, JSONL, parquet or feather tables, or a folder of `<class>/*.txt`.
 
 A row with bad encoding, empty text or a missing label is skipped, counted and named by its line
-number; a missing column is a one-line error that lists the columns the file has.
+(or row) number; a missing column is a one-line error that lists the columns the file has. Parquet
+and feather files stream in record batches of the needed columns alone (the `tables` extra).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
@@ -16,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
-from .splits import DataSplits, Labelled, SkippedFile, check_val_fraction, stratified_split
+from .splits import DataSplits, Labelled, SkippedFile, TableLabels, check_val_fraction, stratified_split
 
 __all__ = [
     "TABLE_SUFFIXES",
@@ -25,19 +27,23 @@ __all__ = [
     "find_table",
     "is_split_folder",
     "is_text_data",
+    "joined_text",
+    "labelled_splits",
     "load_text_data",
     "read_text_column",
     "read_text_data",
     "split_columns",
 ]
 
-TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson")
+ARROW_SUFFIXES = (".parquet", ".feather")  # columnar: streamed with pyarrow (the `tables` extra)
+TABLE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".ndjson", *ARROW_SUFFIXES)
+ARROW_BATCH_ROWS = 8192  # rows per record batch read from a parquet or feather file
 TEXT_FILE_SUFFIX = ".txt"
 
 
 @dataclass
 class TextTable:
-    texts: list[str | tuple[str, str]]  # a text, or a sentence pair (two text columns)
+    texts: list[Any]  # texts, sentence pairs (2-tuples) or, for an image table, each row's file or image
     labels: list[Any]  # each row's label text, or a tuple of texts with several label columns
     skipped: list[SkippedFile] = field(default_factory=list)
     raw_labels: set[str] = field(default_factory=set)  # as written, before surrounding whitespace is stripped
@@ -69,12 +75,74 @@ def read_text_data(path: str | Path, text_columns: Sequence[str], label_column: 
         return _read_folder(path)
     suffix = path.suffix.lower()
     if suffix not in TABLE_SUFFIXES:
-        raise DataError(f"{path}: unsupported text file type {suffix!r}; use .csv, .tsv or .jsonl")
-    rows = _jsonl_rows(path) if suffix in (".jsonl", ".ndjson") else _delimited_rows(path, suffix)
-    return _collect(path, rows, list(text_columns), label_column)
+        raise DataError(
+            f"{path}: unsupported text file type {suffix!r}; use .csv, .tsv, .jsonl, .parquet or .feather"
+        )
+    needed = [*text_columns, *split_columns(label_column)]
+    unit = "row" if suffix in ARROW_SUFFIXES else "line"
+    return _collect(path, _rows(path, needed), list(text_columns), label_column, unit)
 
 
 Row = tuple[int, dict[str, object] | None, str | None]  # (line number, row, reason it is unusable)
+
+
+def _rows(path: Path, needed: list[str]) -> Iterator[Row]:
+    suffix = path.suffix.lower()
+    if suffix in ARROW_SUFFIXES:
+        return _arrow_rows(path, needed)
+    return _jsonl_rows(path) if suffix in (".jsonl", ".ndjson") else _delimited_rows(path, suffix)
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.ipc
+        import pyarrow.parquet
+    except ImportError:
+        raise DataError(
+            "parquet and feather files need the `tables` extra: pip install 'graft-learn[tables]'"
+        ) from None
+    return pyarrow
+
+
+def _arrow_batches(path: Path, columns: list[str]) -> tuple[list[str], Iterator[Any]]:
+    """(the file's column names, its record batches holding `columns` alone): a parquet file is read
+    batch by batch (`iter_batches`), a feather file memory-mapped, so a large file never sits in
+    memory whole, and the columns not asked for are never read."""
+    pa = _pyarrow()
+    try:
+        if path.suffix.lower() == ".parquet":
+            parquet = pa.parquet.ParquetFile(path)
+            names = parquet.schema_arrow.names
+            wanted = [c for c in columns if c in names]
+            return names, parquet.iter_batches(batch_size=ARROW_BATCH_ROWS, columns=wanted)
+        reader = pa.ipc.open_file(pa.memory_map(str(path)))
+        names = reader.schema.names
+        wanted = [c for c in columns if c in names]
+        batches = (reader.get_batch(i).select(wanted) for i in range(reader.num_record_batches))
+        return names, batches
+    except (pa.ArrowException, OSError) as err:
+        raise DataError(f"{path}: not a readable {path.suffix} file ({_one_line(err)})") from None
+
+
+def _arrow_rows(path: Path, needed: list[str]) -> Iterator[Row]:
+    names, batches = _arrow_batches(path, needed)
+    _require_columns(path, dict.fromkeys(names), needed)  # before any row: names every column there
+    number = 0
+    for batch in batches:
+        for row in batch.to_pylist():
+            number += 1
+            yield number, {k: None if _is_nan(v) else v for k, v in row.items()}, None
+
+
+def _is_nan(value: object) -> bool:
+    """A float NaN, which pandas writes for a missing value: read as missing, not as the text 'nan'."""
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _one_line(err: BaseException, limit: int = 160) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _decoded_lines(path: Path) -> Iterator[tuple[int, str | None]]:
@@ -148,7 +216,9 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
             yield (number, row, None) if isinstance(row, dict) else (number, None, "not a JSON object")
 
 
-def _collect(path: Path, rows: Iterator[Row], text_columns: list[str], label_column: str) -> TextTable:
+def _collect(
+    path: Path, rows: Iterator[Row], text_columns: list[str], label_column: str, unit: str = "line"
+) -> TextTable:
     table = TextTable([], [])
     label_columns = split_columns(label_column)  # several: one 0/1 column per label, or per target
     checked = False
@@ -159,10 +229,10 @@ def _collect(path: Path, rows: Iterator[Row], text_columns: list[str], label_col
         if row is not None:
             reason = _row_problem(row, text_columns, label_columns)
         if reason:
-            table.skipped.append(SkippedFile(str(path), f"line {number}: {reason}"))
+            table.skipped.append(SkippedFile(str(path), f"{unit} {number}: {reason}"))
             continue
         assert row is not None
-        table.texts.append(join_columns(row, text_columns))
+        table.texts.append(joined_text([row[c] for c in text_columns]))
         if len(label_columns) == 1:
             table.raw_labels.add(str(row[label_columns[0]]))
             table.labels.append(str(row[label_columns[0]]).strip())
@@ -171,14 +241,18 @@ def _collect(path: Path, rows: Iterator[Row], text_columns: list[str], label_col
     return table
 
 
-def join_columns(row: dict[str, object], columns: Sequence[str]) -> str | tuple[str, str]:
-    """One example's text: two columns are a sentence pair, a 2-tuple (the text modality encodes
-    it as the tokenizer's pair); one, or three and more, are one text: the non-empty columns
-    joined by newlines."""
-    cells = [str(row[c] if row[c] is not None else "").strip() for c in columns]
-    if len(cells) == 2:
-        return cells[0], cells[1]
-    return "\n".join(cell for cell in cells if cell)
+def joined_text(values: Sequence[object]) -> str | tuple[str, str]:
+    """One example's text from a row's text column(s): two columns are a sentence pair, a 2-tuple
+    (the text modality encodes it as the tokenizer's pair); one, or three and more, are one text:
+    each stripped, empty ones left out, joined by lines."""
+    if len(values) == 2:
+        first, second = ("" if _blank(v) else str(v).strip() for v in values)
+        return first, second
+    return "\n".join(str(v).strip() for v in values if not _blank(v))
+
+
+def _blank(value: object) -> bool:
+    return value is None or not str(value).strip()
 
 
 def _require_columns(path: Path, row: dict[str, object], needed: list[str]) -> None:
@@ -195,7 +269,7 @@ def _row_problem(row: dict[str, object], text_columns: list[str], label_columns:
         label = row.get(label_column)
         if label is None or not str(label).strip():
             return f"missing label in column {label_column!r}"
-    if not any(str(row.get(c) or "").strip() for c in text_columns):
+    if all(_blank(row.get(c)) for c in text_columns):
         return "empty text"
     return None
 
@@ -264,24 +338,39 @@ def load_text_data(
         test = test or _opt(find_table(path, ["test"]))
         path = find_table(path, ["train"])  # type: ignore[assignment]
     read = lambda p: read_text_data(p, text_columns, label_column)  # noqa: E731
-    train_table = read(path)
-    learned = labels_task(path, train_table, label_column, task, separator)
-    classes = learned.names
+    tables = {"train": read(path), "val": read(val) if val else None, "test": read(test) if test else None}
+    how = TableLabels(label_column, task, separator)
+    return labelled_splits(path, tables, how, val_fraction, seed, _data_name(Path(data)), str(val))
+
+
+def labelled_splits(
+    where: str | Path,
+    tables: dict[str, TextTable | None],
+    how: TableLabels,
+    val_fraction: float,
+    seed: int,
+    name: str,
+    val_source: str,
+) -> DataSplits:
+    """Splits from read tables ("train", and "val" and "test" or None): the training labels decide
+    the task and its classes, the other rows are encoded by it (the ones it refuses are skipped);
+    without a "val" table a stratified `val_fraction` of train is held out."""
+    learned = labels_task(Path(where), tables["train"], how.label_column, how.task, how.separator)
     skipped: list[SkippedFile] = []
-    train = _labelled(train_table, learned, skipped)
+    train = _labelled(tables["train"], learned, skipped)
     if not len(train):
         why = skipped[-1].reason if skipped else "no rows"
         what = learned.describe
-        raise DataError(f"{path}: no training row has a label {what} can take ({why}); check --task")
-    if val:
-        val_set, val_source = _labelled(read(val), learned, skipped), str(val)
+        raise DataError(f"{where}: no training row has a label {what} can take ({why}); check --task")
+    val_table, test_table = tables.get("val"), tables.get("test")
+    if val_table is not None:
+        val_set = _labelled(val_table, learned, skipped)
     else:
-        train_idx, val_idx = stratified_split(train.labels, val_fraction, seed, str(path), classes)
+        train_idx, val_idx = stratified_split(train.labels, val_fraction, seed, str(where), learned.names)
         train, val_set = train.subset(train_idx), train.subset(val_idx)
         val_source = f"split:{val_fraction}"
-    test_set = _labelled(read(test), learned, skipped) if test else None
-    name = _data_name(Path(data))
-    return DataSplits(train, val_set, test_set, classes, name, val_source, skipped, learned)
+    test_set = _labelled(test_table, learned, skipped) if test_table is not None else None
+    return DataSplits(train, val_set, test_set, learned.names, name, val_source, skipped, learned)
 
 
 def labels_task(path: Path, table: TextTable, label_column: str, task: str, separator: str) -> Any:
@@ -357,9 +446,16 @@ def _labelled(table: TextTable, task: Any, skipped: list[SkippedFile]) -> Labell
     """The table's rows whose label the task takes; the others skipped with the reason."""
     skipped.extend(table.skipped)
     labels, refused = task.encode_all(table.labels)
-    skipped.extend(SkippedFile(str(table.texts[i])[:60], why) for i, why in refused)
+    skipped.extend(SkippedFile(_shown(table.texts[i], i), why) for i, why in refused)
     out = set(i for i, _ in refused)
     return Labelled([t for i, t in enumerate(table.texts) if i not in out], labels)
+
+
+def _shown(source: Any, index: int) -> str:
+    """A skipped row as a report names it: a text's (or a sentence pair's) start, a file, else its row."""
+    if isinstance(source, tuple) and all(isinstance(t, str) for t in source):
+        source = " ‖ ".join(source)
+    return str(source)[:60] if isinstance(source, str | Path) else f"row {index + 1}"
 
 
 def read_text_column(path: str | Path, text_column: str) -> list[str | tuple[str, str]]:
@@ -371,13 +467,11 @@ def read_text_column(path: str | Path, text_column: str) -> list[str | tuple[str
         lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
         return [line.strip() for line in lines if line.strip()]
     columns = split_columns(text_column)
-    suffix = path.suffix.lower()
-    rows = _jsonl_rows(path) if suffix in (".jsonl", ".ndjson") else _delimited_rows(path, suffix)
     texts: list[str | tuple[str, str]] = []
-    for _, row, _reason in rows:
+    for _, row, _reason in _rows(path, columns):
         if row is not None:
             _require_columns(path, row, columns)
-            text = join_columns(row, columns)
-            if any(text if isinstance(text, tuple) else [text]):
+            text = joined_text([row[c] for c in columns])
+            if text if isinstance(text, str) else any(text):
                 texts.append(text)
     return texts

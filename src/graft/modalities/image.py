@@ -1,4 +1,5 @@
-"""Images: folders of class subfolders (or train/ val/ test/), CIFAR-10, in-memory arrays.
+"""Images: folders of class subfolders (or train/ val/ test/) or with a labels.csv/.parquet, CIFAR-10,
+saved Hugging Face datasets with an Image column, in-memory images (arrays, PIL, encoded bytes).
 
 Training images are decoded once into uint8 tensors (short side capped at the size training needs)
 and augmented per sample; evaluation images are decoded, resized and center-cropped once. Batches
@@ -23,6 +24,7 @@ from .. import distributed
 from ..backbones import Preprocessing, create_backbone
 from ..cache import cache_dir
 from ..data.decoded import FixedImages, decode_seconds, decode_to_store, is_stored
+from ..data.frames import dataset_kind, load_dataset_splits
 from ..data.images import (
     IMAGE_EXTENSIONS,
     LABELS_TABLE,
@@ -31,6 +33,7 @@ from ..data.images import (
     TableLabels,
     find_subdir,
     image_files_below,
+    labels_table,
     load_image_data,
     read_image_table,
     scan_image_folder,
@@ -215,7 +218,7 @@ class _ImageInputs:
         self.prep = prep
 
     def as_list(self, inputs: Any) -> list[Any]:
-        if isinstance(inputs, str | Path | Image.Image) or (
+        if isinstance(inputs, str | Path | Image.Image | bytes) or (
             isinstance(inputs, np.ndarray)
             and inputs.ndim in (2, 3)
             and inputs.dtype == np.uint8
@@ -268,6 +271,9 @@ class ImageModality:
     def inputs_in(self, path: Path) -> list[str]:
         if str(path) == "cifar10" and not path.exists():
             return ["cifar10"]
+        kind = dataset_kind(path)  # a saved Hugging Face dataset: its Image column decides
+        if kind is not None:
+            return [str(path)] if kind == self.name else []
         if path.is_file():
             return [str(path)] if path.suffix.lower() in IMAGE_EXTENSIONS else []
         if not path.is_dir():
@@ -287,7 +293,7 @@ class ImageModality:
         return image_files_below(folder)
 
     def accepts(self, item: Any) -> bool:
-        if isinstance(item, Image.Image | np.ndarray):
+        if isinstance(item, Image.Image | np.ndarray | bytes):  # bytes: an encoded image file
             return True
         return (
             isinstance(item, str | Path)
@@ -304,13 +310,18 @@ class ImageModality:
             raise ConfigError("--max-length is for text data; images take --image-size")
 
     def load_splits(self, config: Any) -> DataSplits:
-        table = Path(config.data) / LABELS_TABLE
-        if config.task in ("multi", "regression") and config.data != "cifar10" and not table.is_file():
+        how = TableLabels(config.label_column, config.task, config.label_separator)
+        if dataset_kind(config.data) is not None:
+            return load_dataset_splits(
+                config.data, config.val, config.test, config.text_column, how,
+                config.val_fraction, config.seed,
+            )
+        no_table = labels_table(Path(config.data)) is None
+        if config.task in ("multi", "regression") and config.data != "cifar10" and no_table:
             raise ConfigError(
                 f"--task {config.task}: {config.data} has no {LABELS_TABLE}; images take several labels or "
                 "numbers from a labels.csv beside them (a `file` column and the label column)"
             )
-        how = TableLabels(config.label_column, config.task, config.label_separator)
         return load_image_data(
             config.data, config.val, config.test, config.val_fraction, config.seed, config.data_root, how
         )
@@ -318,7 +329,7 @@ class ImageModality:
     def read_labelled(
         self, path: str | Path, meta: dict[str, Any], classes: Sequence[str]
     ) -> tuple[Labelled, list[SkippedFile]]:
-        if (Path(path) / LABELS_TABLE).is_file():  # images and their labels.csv: any task
+        if labels_table(Path(path)) is not None:  # images and their labels.csv: any task
             from ..tasks import task_from_meta
 
             skipped: list[SkippedFile] = []
@@ -435,6 +446,8 @@ class ImageModality:
             if isinstance(src, str | Path):
                 st = os.stat(src)
                 h.update(f"{Path(src).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+            elif isinstance(src, bytes):
+                h.update(src)
             else:
                 h.update(np.ascontiguousarray(np.asarray(src)).tobytes())
         return h.hexdigest()

@@ -1,4 +1,5 @@
-"""Texts: CSV/TSV/JSONL tables, folders with train.csv [dev.csv] [test.csv], or <class>/*.txt.
+"""Texts: CSV/TSV/JSONL/parquet/feather tables, folders with train.csv [dev.csv] [test.csv],
+<class>/*.txt, or a saved Hugging Face dataset with a text column.
 
 Texts are tokenised once into unpadded id tensors. Each training batch holds texts of similar
 length (sorted inside shuffled chunks, as Hugging Face's `group_by_length` and fairseq do) and is
@@ -22,7 +23,8 @@ from torch import nn
 
 from .. import distributed
 from ..backbones import TextPreprocessing
-from ..data.splits import DataSplits, Labelled, SkippedFile
+from ..data.frames import dataset_kind, load_dataset_splits
+from ..data.splits import DataSplits, Labelled, SkippedFile, TableLabels
 from ..data.text import (
     TABLE_SUFFIXES,
     TEXT_FILE_SUFFIX,
@@ -252,6 +254,9 @@ class TextModality:
     mirror = None  # a text has no mirror image
 
     def inputs_in(self, path: Path) -> list[str]:
+        kind = dataset_kind(path)  # a saved Hugging Face dataset without an Image column
+        if kind is not None:
+            return [str(path)] if kind == self.name else []
         if path.is_file():
             return [str(path)] if path.suffix.lower() in TABLE_SUFFIXES else []
         if not path.is_dir():
@@ -281,6 +286,12 @@ class TextModality:
             raise ConfigError("--resize progressive is for image data: texts have no size to grow")
 
     def load_splits(self, config: Any) -> DataSplits:
+        if dataset_kind(config.data) is not None:
+            how = TableLabels(config.label_column, config.task, config.label_separator)
+            return load_dataset_splits(
+                config.data, config.val, config.test, config.text_column, how,
+                config.val_fraction, config.seed,
+            )
         return load_text_data(
             config.data,
             config.val,
