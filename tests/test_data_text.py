@@ -53,10 +53,12 @@ def test_missing_column_lists_the_columns(tmp_path: Path) -> None:
         read_text_data(path, ["text"], "sentiment")
 
 
-def test_several_text_columns_are_joined(tmp_path: Path) -> None:
-    path = _csv(tmp_path / "d.tsv", b"title\tbody\tlabel\nHello\tworld\tx\n\tonly body\ty\n")
+def test_two_text_columns_are_a_pair_and_three_are_joined(tmp_path: Path) -> None:
+    path = _csv(tmp_path / "d.tsv", b"title\tbody\ttags\tlabel\nHello\tworld\tgreeting\tx\n\tonly body\t\ty\n")
     table = read_text_data(path, split_columns("title,body"), "label")
-    assert table.texts == ["Hello\nworld", "only body"]
+    assert table.texts == [("Hello", "world"), ("", "only body")]
+    table = read_text_data(path, split_columns("title,body,tags"), "label")
+    assert table.texts == ["Hello\nworld\ngreeting", "only body"]
 
 
 def test_jsonl_skips_bad_json(tmp_path: Path) -> None:
