@@ -54,7 +54,8 @@ def test_missing_column_lists_the_columns(tmp_path: Path) -> None:
 
 
 def test_two_text_columns_are_a_pair_and_three_are_joined(tmp_path: Path) -> None:
-    path = _csv(tmp_path / "d.tsv", b"title\tbody\ttags\tlabel\nHello\tworld\tgreeting\tx\n\tonly body\t\ty\n")
+    rows = b"title\tbody\ttags\tlabel\nHello\tworld\tgreeting\tx\n\tonly body\t\ty\n"
+    path = _csv(tmp_path / "d.tsv", rows)
     table = read_text_data(path, split_columns("title,body"), "label")
     assert table.texts == [("Hello", "world"), ("", "only body")]
     table = read_text_data(path, split_columns("title,body,tags"), "label")

@@ -11,13 +11,12 @@ Binds to 127.0.0.1 unless told otherwise: a model is not published to the networ
 # No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at
 # runtime, and `Request` is imported inside create_app (the extra is optional).
 import html
-import io
 import json
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_TEXTS = 256
@@ -71,7 +70,6 @@ def create_app(
     fastapi = _require_serve()
     from fastapi import Request
     from fastapi.responses import HTMLResponse, JSONResponse
-    from PIL import Image, UnidentifiedImageError
 
     from .predict import load
 
@@ -128,13 +126,10 @@ def create_app(
         if len(data) > max_upload_bytes:
             return error(413, f"the image is over the {max_upload_bytes}-byte limit")
         try:
-            with Image.open(io.BytesIO(data)) as image:
-                image.load()
-                picture = image.copy()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
-            name = upload.filename or "the upload"
-            return error(415, f"{name} is not an image graft can read: send a JPEG, PNG, WebP, BMP or GIF")
-        outputs = model.outputs([picture])[0]
+            given = model.modality.read_upload(data, upload.filename or "the upload")
+        except DataError as err:
+            return error(415, str(err))
+        outputs = model.outputs([given])[0]
         return {"predictions": [{"input": upload.filename, **_answer(model, outputs)}]}
 
     return app

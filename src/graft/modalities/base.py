@@ -143,6 +143,11 @@ class Modality(Protocol):
         """Whether one in-memory input (an array, a PIL image, a string) is this modality's."""
         ...
 
+    def read_upload(self, data: bytes, name: str) -> Any:
+        """One input from the bytes of a file uploaded to `graft serve` (request_field "file"):
+        what `accepts` takes; a DataError saying what to send when the bytes are not one."""
+        ...
+
     def check(self, config: Any) -> None:
         """Options that do not apply to this modality."""
         ...

@@ -8,6 +8,7 @@ travel to the device as uint8 (4x less to move than floats) and are normalised t
 
 from __future__ import annotations
 
+import io
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -16,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -41,7 +42,7 @@ from ..data.images import (
 from ..data.memory import EpochBatches, MemoryDataset, train_transform
 from ..data.pipeline import default_workers, ignore_interrupts, interruptible, iterate_batches, normalize
 from ..data.splits import DataSplits, Labelled, SkippedFile
-from ..errors import ConfigError, UnreadableImage
+from ..errors import ConfigError, DataError, UnreadableImage
 from ..progress import Progress
 from .base import Batch, Defaults, Features, StrategyDefaults, register_modality
 
@@ -291,6 +292,17 @@ class ImageModality:
     def inputs_of_folder(self, folder: Path) -> list[str]:
         """Every image file below `folder` (hidden ones left out), for `graft predict FOLDER`."""
         return image_files_below(folder)
+
+    def read_upload(self, data: bytes, name: str) -> Image.Image:
+        """An uploaded image, decoded whole (a truncated file is refused here, not mid-batch)."""
+        try:
+            with Image.open(io.BytesIO(data)) as image:
+                image.load()
+                return image.copy()
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+            raise DataError(
+                f"{name} is not an image graft can read: send a JPEG, PNG, WebP, BMP or GIF"
+            ) from None
 
     def accepts(self, item: Any) -> bool:
         if isinstance(item, Image.Image | np.ndarray | bytes):  # bytes: an encoded image file

@@ -271,6 +271,10 @@ class TextModality:
         files = sorted(p for p in folder.rglob(f"*{TEXT_FILE_SUFFIX}") if not p.name.startswith("."))
         return [p.read_text(encoding="utf-8-sig", errors="replace").strip() for p in files]
 
+    def read_upload(self, data: bytes, name: str) -> str:
+        """Texts come as JSON ({"texts": [...]}), not as uploaded files."""
+        raise DataError(f"{name}: a text model takes JSON {{\"texts\": [...]}}, not an uploaded file")
+
     def accepts(self, item: Any) -> bool:
         """A text, or a sentence pair: a 2-tuple or 2-list of texts."""
         if isinstance(item, tuple | list):
