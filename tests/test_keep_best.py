@@ -115,8 +115,11 @@ def test_finetune_report_says_what_was_kept_and_removes_its_scratch_file(tmp_pat
     assert scores[kept["epoch"]] == max(scores.values())  # the probe is epoch 0
     assert min(e for e, s in scores.items() if s == max(scores.values())) == kept["epoch"]  # ties: earlier
     one_example = 1 / report["validation"]["n"]  # the probe scored on cached features, the rest on images
+    mix = kept["interpolation"]  # WiSE-FT between the probe and the kept epoch, chosen on validation
+    assert set(mix["scores"]) == {"0.0", "0.25", "0.5", "0.75", "1.0"}
+    assert mix["scores"][str(float(mix["alpha"]))] == max(mix["scores"].values())
     tta = report["tta"]  # the kept weights, then flip averaging on top of them
-    assert tta["val_accuracy"]["plain"] == pytest.approx(kept["val_accuracy"], abs=one_example)
+    assert tta["val_accuracy"]["plain"] == pytest.approx(max(mix["scores"].values()), abs=one_example)
     assert tta["flip"] and report["validation"]["accuracy"] == tta["val_accuracy"]["flip"]
     # the bundle says so, and its predictor averages each image's features with its mirror image's
     assert json.loads((result.run_dir / "graft.json").read_text())["head"]["flip_average"]

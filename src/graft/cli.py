@@ -240,11 +240,15 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
     out |= {f"test_{k}": v for k, v in test.items() if k != "n"}
     if task.name != "single":
         out["task"] = task.name
+    if report.get("advice"):
+        out["advice"] = report["advice"]
     if not args.json and _is_main():  # under accelerate launch every process runs this: rank 0 prints
         print(f"validation {_numbers(val)}")
         if test:
             print(f"test {_numbers(test)}")
         print(f"run folder: {clf.run_dir_}  ({out['seconds']:.1f}s)")
+        for line in report.get("advice") or []:
+            print(f"advice: {line}")
     return out
 
 

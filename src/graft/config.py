@@ -151,6 +151,13 @@ class TrainConfig:
         choices=("auto", "flip", "none"),
         group="image",
     )
+    # WiSE-FT (Wortsman et al. 2022): bench/README.md has the side-by-side that made it the default
+    interpolate: str = option(
+        "auto",
+        "fine-tuning after a probe: mix the probe's and the fine-tuned weights by the share that scores "
+        "best on validation (auto, WiSE-FT), or keep the better of the two (off)",
+        choices=("auto", "off"),
+    )
     # progressive resizing did not win consistently side by side (bench/README.md: +2.6 points on
     # one CIFAR-10 subset, -1.4 on another, 15% less fine-tuning time), so it is not the default
     resize: str = option(

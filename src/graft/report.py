@@ -57,6 +57,7 @@ def build_report(job: Job, trained: TrainResult, seconds: float, adapted: dict |
         "strategy_choice": {"chosen": plan.strategy, "reason": plan.strategy_reason},
         "kept": trained.kept,
         "tta": trained.tta,
+        "advice": trained.advice,
         "top_losses": trained.top_losses,
         "adapt_lm": adapted,
         "config": config.to_dict(),  # what was asked

@@ -160,7 +160,10 @@ def render(report: dict[str, Any], run_dir: Path) -> str:
     tta = report.get("tta")
     tta_line = f"\n<p>Test-time flip averaging: {_e(tta['reason'])}</p>" if tta else ""
     phases = "".join(f"<li>{_e(line)}</li>" for line in report.get("phases", []))
-    notes = "".join(f"<li>{_e(line)}</li>" for line in (report.get("plan") or {}).get("notes", []))
+    notes = "".join(
+        f"<li>{_e(line)}</li>"
+        for line in [*(report.get("plan") or {}).get("notes", []), *(report.get("advice") or [])]
+    )
     skipped = report.get("skipped_files", [])
     skipped_html = (
         f"<p>{len(skipped)} input(s) skipped; the first:</p>"

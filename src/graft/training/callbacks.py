@@ -156,6 +156,25 @@ class EarlyStopping(Callback):
             loop.stop = True
 
 
+class BehindProbe(Callback):
+    """`auto`'s stop for fine-tuning that does not pay: after `after` epochs, when no epoch has beaten
+    the probe's validation score (`probe_score`), fine-tuning stops and keep-best keeps the probe.
+    Half the planned epochs (at least 2, `recipes._behind_probe`): the warm-up and the highest
+    learning rates are behind by then, and an epoch that beats the probe by one example continues."""
+
+    def __init__(self, probe_score: float, after: int, monitor: str, log: Callable[[str], None]) -> None:
+        self.probe_score, self.after, self.monitor, self.log = probe_score, after, monitor, log
+
+    def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
+        scores = [r[self.monitor] for r in loop.state.history if self.monitor in r]
+        if len(scores) >= self.after and max(scores) <= self.probe_score and not loop.stop:
+            loop.stop = True
+            self.log(
+                f"fine-tuning stops after {len(scores)} epoch(s): none beat the probe's validation "
+                f"{self.monitor.removeprefix('val_')} ({self.probe_score:.4f})"
+            )
+
+
 class Deadline(Callback):
     """Stop cleanly after the step that crosses `at` (a time.perf_counter() value). It reads the
     host's clock without waiting for the device: a GPU's queue holds at most a few steps, so the

@@ -30,8 +30,9 @@ from ..data.splits import DataSplits, Labelled, SkippedFile
 from ..heads import GraftModel
 from ..modalities.base import Features, Modality
 from ..tasks import Task, get_task
-from . import budget, sizing, strategies
+from . import budget, interpolate, sizing, strategies
 from .callbacks import (
+    BehindProbe,
     Checkpoint,
     Deadline,
     EarlyStopping,
@@ -88,6 +89,7 @@ class TrainResult:
     top_losses: list[dict[str, Any]] = field(default_factory=list)  # validation examples most wrong
     scratch_files: list[Path] = field(default_factory=list)  # to remove once the bundle is written
     tta: dict[str, Any] | None = None  # test-time flip averaging: chosen or not, and the evidence
+    advice: list[str] = field(default_factory=list)  # what would likely do better (a longer budget)
     initial_head: dict[str, torch.Tensor] | None = None  # a probe's: the head's weights before it trained
 
 
@@ -450,6 +452,7 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
         probe = probe_head(job)
     train_set, val_set = _prepared_sets(job)
     model, continues, candidate, probe_flips = _starting_model(job, probe, train_set)
+    probe_weights = _probe_weights(job, model, probe, continues, candidate)  # for the interpolation
     groups = [*job.backbone.trainable_groups(), (strategies.HEAD, list(model.head.parameters()))]
     fit_batch_to_memory(job, model, groups, train_set)
     steps_per_epoch = train_set.steps_per_epoch(plan.batch_size)
@@ -497,6 +500,7 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
                 *job.tracking.callbacks("finetune"),
                 Checkpoint(checkpointer),
                 EarlyStopping(config.patience, monitor),
+                *_behind_probe(job, probe, shown_epochs),
                 *limits,
             ],
             loss_fn=task_loss(job),
@@ -506,21 +510,125 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     finally:
         train_set.close()  # its loader's workers: not kept through evaluation and the test
     train_seconds = time.perf_counter() - t_train
-    kept = keep.restore(model, history[-1]["epoch"] if history else 0)
-    model.flip_average = probe_flips and kept["epoch"] == 0  # the probe kept: as it was evaluated
+    kept = _kept_weights(job, model, keep, history, probe, probe_weights, val_set)
+    mix = kept.get("interpolation")
+    model.flip_average = probe_flips and (mix["alpha"] == 0 if mix else kept["epoch"] == 0)  # the probe's way
     scratch = [*([] if config.keep_checkpoint else checkpointer.files()), job.run_dir / "best.safetensors"]
     result = _finetune_result(job, model, val_set, history, kept, train_seconds, len(train_set), scratch)
     if history:
-        curve = " -> ".join(format(row[monitor], ".4f") for row in history)
-        start = f"probe {probe.val[task.monitor]:.4f} -> " if probe is not None else ""
-        result.phases.append(
-            f"fine-tuning: {len(history)} epoch(s) of {steps_per_epoch} steps, {task.monitor_short} "
-            f"{start}{curve}; kept: {_kept_line(kept)} ({train_seconds:.1f}s)"
-        )
+        result.phases.append(_summary(job, history, probe, kept, f"{steps_per_epoch} steps", train_seconds))
         job.log(result.phases[-1])
+    result.advice = still_rising(job, history, monitor, train_seconds)
     if probe is not None:
         _merge_probe(result, probe)
     return result
+
+
+def _summary(
+    job: Job,
+    history: list[dict[str, Any]],
+    probe: TrainResult | None,
+    kept: dict[str, Any],
+    steps: str,
+    seconds: float,
+) -> str:
+    """Fine-tuning's one line: the validation curve from the probe, and what was kept."""
+    task, monitor = job.task, monitored(job.task)
+    curve = " -> ".join(format(row[monitor], ".4f") for row in history)
+    start = f"probe {probe.val[task.monitor]:.4f} -> " if probe is not None else ""
+    return (
+        f"fine-tuning: {len(history)} epoch(s) of {steps}, {task.monitor_short} {start}{curve}; "
+        f"kept: {_kept_line(kept)} ({seconds:.1f}s)"
+    )
+
+
+def _kept_weights(
+    job: Job,
+    model: GraftModel,
+    keep: KeepBest,
+    history: list[dict[str, Any]],
+    probe: TrainResult | None,
+    probe_weights: dict[str, torch.Tensor] | None,
+    val_set: Any,
+) -> dict[str, Any]:
+    """Keep-best's epoch loaded into `model`, then (after a probe) the WiSE-FT mix of the probe
+    and the fine-tuned weights: what the model ends with, and why."""
+    trained = _cpu_weights(model) if probe_weights is not None and probe is not None and history else None
+    kept = keep.restore(model, history[-1]["epoch"] if history else 0)
+    if trained is not None:
+        mix = _interpolate(job, model, probe_weights, trained, kept, probe, val_set, history)
+        kept["interpolation"] = mix
+    return kept
+
+
+def _cpu_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _probe_weights(
+    job: Job, model: GraftModel, probe: TrainResult | None, continues: bool, candidate: dict | None
+) -> dict[str, torch.Tensor] | None:
+    """The probe as weights of the whole model (the pretrained body with the probe's head), the
+    start of the line `_interpolate` walks; None without a probe or with --interpolate off."""
+    if probe is None or job.config.interpolate == "off":
+        return None
+    return _cpu_weights(model) if continues else candidate
+
+
+def _interpolate(
+    job: Job,
+    model: GraftModel,
+    start: dict[str, torch.Tensor],
+    trained: dict[str, torch.Tensor],
+    kept: dict[str, Any],
+    probe: TrainResult,
+    val_set: Any,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """WiSE-FT between the probe and the fine-tuned weights (the kept epoch's, or the last epoch's
+    when keep-best kept the probe), by the validation score (`interpolate.choose_alpha`)."""
+    monitor = monitored(job.task)
+    if kept["epoch"] == 0:  # keep-best kept the probe: the line runs to the last epoch
+        end, end_score = trained, history[-1][monitor]
+    else:
+        end, end_score = _cpu_weights(model), kept[monitor]
+    budget_s = job.config.time_budget
+
+    def seconds_left() -> float | None:  # a tenth of the budget stays for the test and the bundle
+        left = budget.left(job)
+        return None if left is None else distributed.from_main(left - 0.1 * budget_s)
+
+    def score_of(m: nn.Module) -> float:
+        return float(job.task.validation_row(logits_of(m, val_set), val_set.labels)[monitor])
+
+    ends = {0.0: float(probe.val[job.task.monitor]), 1.0: float(end_score)}
+    kept_end = 0.0 if kept["epoch"] == 0 else 1.0  # ties go to the model keep-best kept
+    choice = interpolate.choose_alpha(model, start, end, ends, score_of, seconds_left, kept_end)
+    shown, what = choice.pop("line"), job.task.monitor_short
+    job.log(f"weight interpolation (WiSE-FT), {what} by fine-tuned share: {shown}; kept {choice['alpha']:g}")
+    return choice
+
+
+def _behind_probe(job: Job, probe: TrainResult | None, shown_epochs: str) -> list[Callback]:
+    """`auto` only: fine-tuning that has not beaten the probe on validation after half its epochs
+    (at least 2) stops (`BehindProbe`); a fine-tuning the user asked for runs its epochs."""
+    if probe is None or job.config.strategy != "auto":
+        return []
+    after = max(2, math.ceil(_int_of(shown_epochs) / 2))
+    return [BehindProbe(float(probe.val[job.task.monitor]), after, monitored(job.task), job.log)]
+
+
+def still_rising(job: Job, history: list[dict[str, Any]], monitor: str, train_seconds: float) -> list[str]:
+    """Under --time-budget, when the clock ended training on its best epoch yet: the budget that
+    would allow two more epochs."""
+    budget_s, scores = job.config.time_budget, [r[monitor] for r in history if monitor in r]
+    if not budget_s or job.config.epochs or len(scores) < 2 or scores[-1] <= max(scores[:-1]):
+        return []
+    more = math.ceil(budget_s + 2 * train_seconds / len(history))
+    return [
+        f"validation still rose when the time budget ended fine-tuning ({job.task.monitor_short} "
+        f"{scores[-2]:.4f} -> {scores[-1]:.4f}): --time-budget {more} would allow about 2 more epochs"
+    ]
 
 
 def _prepared_sets(job: Job) -> tuple[Any, Any]:
@@ -714,6 +822,10 @@ def choose_flip_tta(
 
 
 def _kept_line(kept: dict[str, Any]) -> str:
+    alpha = (kept.get("interpolation") or {}).get("alpha", None)
+    if alpha is not None and 0 < alpha < 1:
+        ends = "the probe and " + ("the last epoch" if kept["epoch"] == 0 else f"epoch {kept['epoch']}")
+        return f"a mix of {ends}, {alpha:g} of the fine-tuned weights"
     if kept["epoch"] == 0:
         return "the probe"
     return f"epoch {kept['epoch']}" + (" (the last)" if "last epoch has" in kept["reason"] else "")
