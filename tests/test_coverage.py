@@ -313,8 +313,8 @@ def test_head_mlp_end_to_end(mlp_run):
     result, holdout = mlp_run
     assert result.report["head"] == "mlp:16"
     saved = load_file(str(result.run_dir / "model.safetensors"))
-    shapes = [tuple(v.shape) for k, v in saved.items() if k.startswith("head.") and k.endswith("weight")]
-    assert shapes == [(16, 1280), (3, 16)]
+    shapes = {k: tuple(v.shape) for k, v in saved.items() if k.startswith("head.") and k.endswith("weight")}
+    assert shapes == {"head.hidden.0.weight": (16, 1280), "head.fc.weight": (3, 16)}
     paths = sorted(holdout.glob("*/*"))
     loaded = graft.load(result.run_dir, device="cpu", precision="fp32")
     with torch.inference_mode():
