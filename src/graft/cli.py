@@ -1,6 +1,7 @@
-"""The `graft` command line. `train` and `lr-find` options are generated from the fields of
-`config.TrainConfig` (their help text and defaults live there, once); this module only parses,
-calls the Python API and prints. Nothing here trains."""
+"""The `graft` command line. Every subcommand's options are generated from dataclass fields (help
+text, default, choices live there, once): `config.TrainConfig` for the training options `train`,
+`lr-find` and `compare` take, `options.*Options` for the rest. This module only parses, calls the
+Python API and prints. Nothing here trains."""
 
 from __future__ import annotations
 
@@ -17,36 +18,19 @@ from typing import Any
 
 EXIT_USER_ERROR = 2
 EXIT_BUG = 1
-# compare: the training options that apply to every run it makes
-COMPARE_OPTIONS = (
-    "data", "test", "val", "data_root", "image_size", "val_fraction", "device", "text_column",
-    "label_column", "max_length", "time_budget", "batch_size", "tta",
-)
-# lr-find: the options that change what the range test measures
-LR_FIND_OPTIONS = (
-    "data",
-    "val",
-    "data_root",
-    "backbone",
-    "weights",
-    "strategy",
-    "head",
-    "dropout",
-    "image_size",
-    "flip_features",
-    "batch_size",
-    "val_fraction",
-    "seed",
-    "device",
-    "text_column",
-    "label_column",
-    "pooling",
-    "max_length",
-    "augment",
-    "precision",
-    "train_groups",
-    "bn",
-)
+# each subcommand's one-line help; its options are the fields of graft.options.COMMAND_OPTIONS[name]
+COMMAND_HELP = {
+    "train": "train a classifier on images or texts",
+    "eval": "evaluate a run folder on labelled images or a labelled text table",
+    "predict": "predict labels for images or texts",
+    "lr-find": "learning-rate range test: plot and suggested --lr",
+    "export": "export a run folder for another runtime (ONNX), checked for parity",
+    "report": "write a run folder's report.html again (from its report.json)",
+    "compare": "linear probe vs fine-tuning vs from scratch, at several data sizes",
+    "serve": "an HTTP prediction service and page for a run folder (extra serve)",
+    "backbones": "list the built-in backbones",
+    "demo": "pretrained vs from scratch on scikit-learn's digits, offline",
+}
 
 
 def _arg_type(f: Field) -> Any:
@@ -68,143 +52,62 @@ def _arg_type(f: Field) -> Any:
     return str
 
 
-def add_config_arguments(
+def add_arguments(
     parser: argparse.ArgumentParser,
+    options: type,
     only: tuple[str, ...] | None = None,
     defaults: dict[str, Any] | None = None,
 ) -> None:
-    """One argument per TrainConfig field: its help, its default (shown), its choices."""
-    from .config import TrainConfig
-
+    """One argument per field of an options dataclass (TrainConfig, graft.options.*), as Hugging
+    Face's HfArgumentParser does: its help, its default (shown), its choices, in its group."""
     defaults = defaults or {}
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for f in fields(TrainConfig):
+    for f in fields(options):
         if only is not None and f.name not in only:
             continue
-        meta = dict(f.metadata)
-        if meta.get("positional"):
-            parser.add_argument(f.name, help=meta["help"])
-            continue
         default = defaults.get(f.name, f.default if f.default is not MISSING else None)
-        help_text = meta["help"]
-        if default is not None and default is not False:
-            help_text += f" (default: {default})"
-        group_name = meta.get("group")
-        target: Any = parser
-        if group_name:
-            if group_name not in groups:
-                groups[group_name] = parser.add_argument_group(f"{group_name} options")
-            target = groups[group_name]
-        flag = "--" + f.name.replace("_", "-")
-        choices = meta.get("choices")
-        if str(f.type) == "bool":
-            target.add_argument(flag, action="store_true", default=default, help=help_text)
-        else:
-            target.add_argument(
-                flag,
-                type=_arg_type(f),
-                default=default,
-                choices=choices,
-                metavar=meta.get("metavar"),
-                help=help_text,
-            )
+        names, kwargs = _argument(f, default)
+        _group(parser, f.metadata.get("group")).add_argument(*names, **kwargs)
 
 
-def _json_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+def _argument(f: Field, default: Any) -> tuple[list[str], dict[str, Any]]:
+    """argparse's names and keywords for one field."""
+    meta = f.metadata
+    shape = {key: meta[key] for key in ("nargs", "metavar") if key in meta}
+    if meta.get("positional"):
+        return [f.name], {"help": meta["help"], **shape}
+    help_text = meta["help"]
+    if default is not None and default is not False:
+        means = f": {meta['default_means']}" if "default_means" in meta else ""
+        help_text = f"{help_text} (default: {default}{means})".strip()
+    flag = "--" + f.name.replace("_", "-")
+    if str(f.type) == "bool":
+        return [flag], {"action": "store_true", "default": default, "help": help_text}
+    typed = {"type": _arg_type(f), "choices": meta.get("choices")}
+    return [flag], {**typed, **shape, "default": default, "help": help_text}
 
 
-def _column_flags(p: argparse.ArgumentParser) -> None:
-    """eval/predict on a table whose columns are named unlike the training table's."""
-    p.add_argument("--text-column", help="text model: the table's text column (default: the training one)")
-    p.add_argument("--label-column", help="text model: the table's label column (default: the training one)")
-
-
-def _precision_flag(p: argparse.ArgumentParser) -> None:
-    from .config import PRECISION_CHOICES
-
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=PRECISION_CHOICES,
-        help="arithmetic: auto (bf16 on GPUs and CPUs with native bf16, else fp32), fp32 (what an "
-        "export's parity check compares against), bf16 or fp16 (default: auto)",
-    )
+def _group(parser: argparse.ArgumentParser, name: str | None) -> Any:
+    """The parser itself, or its "<name> options" group (made on first use)."""
+    if not name:
+        return parser
+    title = f"{name} options"
+    found = [g for g in parser._action_groups if g.title == title]
+    return found[0] if found else parser.add_argument_group(title)
 
 
 def _parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .config import TrainConfig
+    from .options import COMMAND_OPTIONS
 
     parser = argparse.ArgumentParser(prog="graft", description="Transfer learning from one command.")
     parser.add_argument("--version", action="version", version=f"graft {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a classifier on images or texts")
-    add_config_arguments(p)
-    _json_flag(p)
-    p = sub.add_parser("eval", help="evaluate a run folder on labelled images or a labelled text table")
-    p.add_argument("run_dir", help="a run folder (graft.json + model.safetensors)")
-    p.add_argument("data", help="labelled data of the same kind as the run's training data")
-    _column_flags(p)
-    _precision_flag(p)
-    _json_flag(p)
-    p = sub.add_parser("predict", help="predict labels for images or texts")
-    p.add_argument("run_dir", help="a run folder (graft.json + model.safetensors)")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, or texts for a text model")
-    p.add_argument(
-        "--input", help="text model: a .csv/.tsv/.jsonl (its text column) or .txt, one text per line"
-    )
-    p.add_argument("--top-k", type=int, default=1, help="labels per input, most probable first (default: 1)")
-    p.add_argument(
-        "--engine",
-        default="auto",
-        choices=("auto", "torch", "onnxruntime"),
-        help="who runs the network on the CPU: auto (ONNX Runtime for big jobs when measured faster), "
-        "torch or onnxruntime (default: auto)",
-    )
-    _column_flags(p)
-    _precision_flag(p)
-    _json_flag(p)
-    p = sub.add_parser("lr-find", help="learning-rate range test: plot and suggested --lr")
-    add_config_arguments(p, only=LR_FIND_OPTIONS, defaults={"strategy": "linear"})
-    p.add_argument("--steps", type=int, default=100, help="steps of the range test (default: 100)")
-    p.add_argument(
-        "--out", default="lr-find", help="folder for lr_find.png and lr_find.json (default: lr-find)"
-    )
-    _json_flag(p)
-    p = sub.add_parser("export", help="export a run folder for another runtime (ONNX), checked for parity")
-    p.add_argument("run_dir", help="a run folder (graft.json + model.safetensors)")
-    p.add_argument("--format", default="onnx", help="export format (default: onnx)")
-    p.add_argument("--out", help="output file (default: RUN_DIR/model.onnx)")
-    p.add_argument(
-        "--samples", type=int, default=32, help="inputs the parity check compares on (default: 32)"
-    )
-    _json_flag(p)
-    p = sub.add_parser("report", help="write a run folder's report.html again (from its report.json)")
-    p.add_argument("run_dir", help="a run folder")
-    _json_flag(p)
-    p = sub.add_parser("compare", help="linear probe vs fine-tuning vs from scratch, at several data sizes")
-    add_config_arguments(p, only=COMPARE_OPTIONS)
-    p.add_argument(
-        "--labels-per-class", default="10,50,250,all", help="data sizes (default: 10,50,250,all)"
-    )
-    p.add_argument("--methods", default="linear,finetune,scratch", help="(default: linear,finetune,scratch)")
-    p.add_argument("--backbones", help="comma-separated backbones (default: the modality's)")
-    p.add_argument("--seeds", type=int, default=1, help="subsets drawn per size (default: 1)")
-    p.add_argument("--out", default="runs/compare", help="output folder (default: runs/compare)")
-    _json_flag(p)
-    p = sub.add_parser("serve", help="an HTTP prediction service and page for a run folder (extra serve)")
-    p.add_argument("run_dir", help="a run folder")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1: this machine)")
-    p.add_argument("--port", type=int, default=8000, help="(default: 8000)")
-    _precision_flag(p)
-    p = sub.add_parser("backbones", help="list the built-in backbones")
-    _json_flag(p)
-    p = sub.add_parser("demo", help="pretrained vs from scratch on scikit-learn's digits, offline")
-    p.add_argument("--labels-per-class", type=int, default=10, help="training images per class (default: 10)")
-    p.add_argument("--image-size", type=int, default=96, help="input size in pixels (default: 96)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subset and training (default: 0)")
-    p.add_argument("--out", help="run folder (default: runs/demo)")
-    _json_flag(p)
+    for name, options in COMMAND_OPTIONS.items():
+        p = sub.add_parser(name, help=COMMAND_HELP[name])
+        if options.config_fields:  # the training options it shares, generated from TrainConfig
+            add_arguments(p, TrainConfig, options.config_fields, options.config_defaults)
+        add_arguments(p, options)
     return parser
 
 
@@ -427,12 +330,11 @@ def cmd_backbones(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:
-    from .demo import DemoConfig, run_demo
+    from .demo import run_demo
+    from .options import DemoOptions
 
     started = time.perf_counter()
-    result = run_demo(
-        DemoConfig(args.labels_per_class, args.image_size, args.seed, args.out), log=_log_for(args)
-    )
+    result = run_demo(DemoOptions.from_args(args), log=_log_for(args))
     if not args.json:
         t, s = result["transfer"], result["scratch"]
         print(
@@ -467,22 +369,18 @@ def cmd_report(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
-    from .compare import METHODS, CompareConfig, headline, parse_sizes, run_compare
-    from .errors import ConfigError
+    from .compare import CompareConfig, headline, run_compare
+    from .options import CompareOptions, parse_backbones, parse_methods, parse_sizes
 
     options = _config_options(args)
     data, test = options.pop("data"), options.pop("test")
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown or not methods:
-        raise ConfigError(f"bad --methods {args.methods!r}: choose from {', '.join(METHODS)}")
-    backbones = tuple(b.strip() for b in args.backbones.split(",")) if args.backbones else (None,)
-    config = CompareConfig(
-        data, test, parse_sizes(args.labels_per_class), methods, backbones, args.seeds, args.out, options
-    )
+    given = CompareOptions.from_args(args)
+    sizes, methods = parse_sizes(given.labels_per_class), parse_methods(given.methods)
+    backbones = parse_backbones(given.backbones)
+    config = CompareConfig(data, test, sizes, methods, backbones, given.seeds, given.out, options)
     summary = run_compare(config, log=_log_for(args))
     if not args.json:
-        print(f"compare.json, learning_curve.png, accuracy_vs_time.png and report.html in {args.out}")
+        print(f"compare.json, learning_curve.png, accuracy_vs_time.png and report.html in {given.out}")
     return headline(summary)
 
 
@@ -570,11 +468,14 @@ PATH_ARGUMENTS = {
 
 
 def check_arguments(args: argparse.Namespace) -> None:
-    """The training options, then the command's paths: they exist, data folders are not empty, a
-    run folder holds graft.json. One-line errors before torch is imported (seconds)."""
+    """The command's options (its TrainConfig ones for train and lr-find), then its paths: they
+    exist, data folders are not empty, a run folder holds graft.json. One-line errors before torch
+    is imported (seconds)."""
     from .config import TrainConfig
     from .errors import ConfigError, DataError
+    from .options import COMMAND_OPTIONS
 
+    COMMAND_OPTIONS[args.command].from_args(args)  # each checks itself, as TrainConfig does
     if args.command in ("train", "lr-find"):
         config = TrainConfig(**_config_options(args))
         if args.command == "train":

@@ -29,8 +29,8 @@ from .data.images import stratified_subset
 from .data.splits import DataSplits, Labelled, stratified_split
 from .errors import ConfigError
 from .modalities import Modality, detect
+from .options import METHODS, CompareOptions, parse_backbones, parse_methods, parse_sizes
 
-METHODS = ("linear", "finetune", "scratch")
 SCRATCH_MAX_EPOCHS = 30  # one-cycle over 30 epochs: warm-up for 7, then annealing
 SCRATCH_PATIENCE = 5
 # Without --time-budget, scratch gets the seconds fine-tuning took on the same subset (at least
@@ -51,27 +51,12 @@ Log = Callable[[str], None]
 class CompareConfig:
     data: str
     test: str | None = None
-    labels_per_class: tuple[int | None, ...] = (10, 50, 250, None)  # None: all
-    methods: tuple[str, ...] = METHODS
-    backbones: tuple[str | None, ...] = (None,)  # None: the modality's default
-    seeds: int = 1
-    out: str = "runs/compare"
+    labels_per_class: tuple[int | None, ...] = parse_sizes(CompareOptions.labels_per_class)  # None: all
+    methods: tuple[str, ...] = parse_methods(CompareOptions.methods)
+    backbones: tuple[str | None, ...] = parse_backbones(CompareOptions.backbones)  # None: the modality's
+    seeds: int = CompareOptions.seeds
+    out: str = CompareOptions.out
     options: dict[str, Any] | None = None  # any other `graft train` option (image_size, time_budget, ...)
-
-
-def parse_sizes(text: str) -> tuple[int | None, ...]:
-    sizes: list[int | None] = []
-    for part in text.split(","):
-        part = part.strip().lower()
-        if part == "all":
-            sizes.append(None)
-        elif part.isdigit() and int(part) > 0:
-            sizes.append(int(part))
-        else:
-            raise ConfigError(
-                f"bad --labels-per-class {text!r}: use positive integers and 'all', e.g. 10,50,all"
-            )
-    return tuple(sizes)
 
 
 def method_config(base: TrainConfig, method: str, finetune_epochs: int) -> TrainConfig:

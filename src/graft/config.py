@@ -20,7 +20,8 @@ from .errors import ConfigError
 
 
 def option(default: Any, help: str, **meta: Any) -> Any:
-    """A config field with its help text; `choices`, `metavar`, `group` and `parse` go to the CLI."""
+    """A config field with its help text; `choices`, `metavar`, `group`, `parse` and
+    `default_means` (words shown after the default) go to the CLI; `minimum`/`maximum` are checked."""
     return field(default=default, metadata={"help": help, **meta})
 
 
@@ -259,15 +260,7 @@ class TrainConfig:
         """Wherever a config is built (the CLI, `graft.Classifier`, a script), its values are
         checked here: types and choices of every field, durations parsed, ranges; each a one-line
         ConfigError naming the option."""
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if "parse" in f.metadata and isinstance(value, str | numbers.Real | list | tuple):
-                value = f.metadata["parse"](value)  # "30m" -> 1800.0; a number is checked
-                object.__setattr__(self, f.name, value)
-            _check_type(f, value)
-            choices = f.metadata.get("choices")
-            if choices and value not in choices:
-                raise ConfigError(f"unknown {_flag(f.name)} {value!r}; choose one of {', '.join(choices)}")
+        check_fields(self)
         self.check()
 
     def to_dict(self) -> dict[str, Any]:
@@ -307,6 +300,31 @@ class TrainConfig:
             raise ConfigError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.weight_decay < 0:
             raise ConfigError(f"--weight-decay must be 0 or more, got {self.weight_decay}")
+
+
+def check_fields(config: Any) -> None:
+    """Each field of a frozen config dataclass (TrainConfig, graft.options): parsed where it has
+    a parser, then its type, choices and range; each a one-line ConfigError naming the option."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if "parse" in f.metadata and isinstance(value, str | numbers.Real | list | tuple):
+            value = f.metadata["parse"](value)  # "30m" -> 1800.0; a number is checked
+            object.__setattr__(config, f.name, value)
+        _check_type(f, value)
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"unknown {_flag(f.name)} {value!r}; choose one of {', '.join(choices)}")
+        _check_range(f, value)
+
+
+def _check_range(f: Any, value: Any) -> None:
+    """`minimum` and `maximum` in a field's metadata (either or both) bound a number given."""
+    low, high = f.metadata.get("minimum"), f.metadata.get("maximum")
+    if value is None or (low is None or value >= low) and (high is None or value <= high):
+        return
+    bounds = f"in [{low}, {high}]" if low is not None and high is not None else ""
+    bounds = bounds or (f"at least {low}" if low is not None else f"at most {high}")
+    raise ConfigError(f"{_flag(f.name)} must be {bounds}, got {value}")
 
 
 # numbers.Integral/Real: numpy's integers and floats (a scikit-learn parameter grid) count as numbers

@@ -8,7 +8,7 @@ validation accuracy stops improving, never fewer steps than fine-tuning).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from .config import TrainConfig
 from .data.images import load_digits_images, stratified_subset
 from .data.splits import DataSplits, Labelled
 from .modalities import get_modality
+from .options import DemoConfig
 from .runner import Log, run
 from .training.recipes import finetune_epochs
 
@@ -28,14 +29,6 @@ TEST_PER_CLASS = 50  # fixed held-out set: 500 images, the same for every --labe
 TEST_SEED = 12345
 SCRATCH_BATCH = 32  # 100 images: three steps an epoch for the network trained from scratch
 SCRATCH_EPOCHS = 15  # at most; it stops earlier when validation accuracy stops improving
-
-
-@dataclass(frozen=True)
-class DemoConfig:
-    labels_per_class: int = 10
-    image_size: int = 96  # digits are 8x8: 96 px keeps the demo fast; the backbone trained at 224
-    seed: int = 0
-    out: str | None = None
 
 
 def digits_splits(labels_per_class: int, seed: int) -> DataSplits:

@@ -17,6 +17,7 @@ from .bundle import with_columns
 from .data.frames import is_saved_dataset
 from .data.splits import SkippedFile
 from .errors import DataError
+from .options import EvalOptions
 from .predict import load
 
 _UNKNOWN = re.compile(r"label (.+) \((\d+) row\(s\)\) is not one of the model's classes")
@@ -25,9 +26,9 @@ _UNKNOWN = re.compile(r"label (.+) \((\d+) row\(s\)\) is not one of the model's 
 def evaluate_folder(
     run_dir: str | Path,
     data: str | Path,
-    text_column: str | None = None,
-    label_column: str | None = None,
-    precision: str = "auto",
+    text_column: str | None = EvalOptions.text_column,
+    label_column: str | None = EvalOptions.label_column,
+    precision: str = EvalOptions.precision,
 ) -> dict[str, Any]:
     if is_saved_dataset(data):  # its splits are read by training (--test is its test split) alone, so far
         raise DataError(

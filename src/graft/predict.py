@@ -20,6 +20,7 @@ from .errors import BundleError, ConfigError
 from .heads import GraftModel, HeadSpec, build_head
 from .modalities import get_modality
 from .modalities.base import InputPipeline, Modality
+from .options import PredictOptions
 from .tasks import task_from_meta
 
 if TYPE_CHECKING:
@@ -125,8 +126,8 @@ def load(
     run_dir: str | Path,
     device: str | torch.device | None = None,
     runtime: str = "torch",
-    engine: str = "auto",
-    precision: str = "auto",
+    engine: str = PredictOptions.engine,
+    precision: str = PredictOptions.precision,
 ) -> Predictor | OnnxPredictor:
     """Rebuild a trained model from `model.safetensors` + `graft.json`; nothing is unpickled.
     An exported `.onnx` file, or `runtime="onnx"`, predicts through onnxruntime instead (the same

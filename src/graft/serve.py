@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, DataError
+from .options import ServeOptions
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 MAX_TEXTS = 256
@@ -137,9 +138,9 @@ def create_app(
 
 def serve(
     run_dir: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    precision: str = "auto",
+    host: str = ServeOptions.host,
+    port: int = ServeOptions.port,
+    precision: str = ServeOptions.precision,
     log: Any = print,
 ) -> None:
     app = create_app(run_dir, precision=precision)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, GraftError
+from ..options import ExportOptions
 from ..registry import Registry
 
 Log = Callable[[str], None]
@@ -57,10 +58,10 @@ def get_exporter(name: str) -> Exporter:
 
 def export(
     run_dir: str | Path,
-    format: str = "onnx",
-    out: str | Path | None = None,
+    format: str = ExportOptions.format,
+    out: str | Path | None = ExportOptions.out,
     *,
-    samples: int = 32,
+    samples: int = ExportOptions.samples,
     log: Log | None = None,
 ) -> dict[str, Any]:
     """Export a run folder; `out` defaults to `RUN_DIR/model<suffix>`. Returns a summary (the

@@ -37,6 +37,7 @@ from ..compute import FP32
 from ..errors import BundleError, ConfigError, GraftError
 from ..modalities import get_modality
 from ..modalities.base import InputPipeline, Modality
+from ..options import ExportOptions
 from ..tasks import Task, task_from_meta
 from . import Exporter, ExportError, Log, register_exporter
 
@@ -471,7 +472,7 @@ def _write_model(blob: bytes) -> Callable[[Path], None]:
 
 
 def export_onnx(
-    run_dir: Path, out: Path, *, samples: int = 32, log: Log = lambda line: None
+    run_dir: Path, out: Path, *, samples: int = ExportOptions.samples, log: Log = lambda line: None
 ) -> dict[str, Any]:
     """Export, check parity on up to `samples` inputs, then write `out` (+ `<stem>.assets/`)."""
     if samples < 1:

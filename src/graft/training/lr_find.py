@@ -21,6 +21,7 @@ from ..bundle import write_json
 from ..compute import use_precision
 from ..config import TrainConfig
 from ..heads import GraftModel, HeadSpec, build_head
+from ..options import LrFindOptions
 from .callbacks import LRFinder
 from .features import cached_features
 from .loop import Batch, LoopConfig, fit
@@ -33,7 +34,7 @@ def lr_range_test(
     batches: Iterator[Batch],
     start: float = 1e-7,
     end: float = 10.0,
-    steps: int = 100,
+    steps: int = LrFindOptions.steps,
     bn_frozen: bool = False,
     loss_fn: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +93,9 @@ def _cycle(x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> Iter
             yield x[order[i : i + batch_size]], y[order[i : i + batch_size]]
 
 
-def find_lr(config: TrainConfig, out: Path, steps: int = 100, log: Any = print) -> dict[str, Any]:
+def find_lr(
+    config: TrainConfig, out: Path, steps: int = LrFindOptions.steps, log: Any = print
+) -> dict[str, Any]:
     """The range test on what `graft train` would train, set up by the same `runner.prepare` (the
     config's and the data's checks, --weights, --device, --precision, --train-groups)."""
     from ..runner import freeze, prepare

@@ -1,0 +1,244 @@
+"""Every subcommand's options beyond `TrainConfig`'s, one frozen dataclass each, as Hugging Face's
+`HfArgumentParser` reads them: a field's metadata carries its help (its default is shown from the
+field), choices, metavar, nargs, range and whether it is positional. `cli.add_arguments` turns
+them into argparse options and the Python entry points (`export`, `serve`, `evaluate_folder`,
+`find_lr`, `CompareConfig`, `run_demo`) take their defaults from them, so each default is written
+once. Built, they check themselves as `TrainConfig` does: one-line `ConfigError`s naming the option.
+
+Light on purpose (no torch): `graft <command> --help` imports this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from .config import PRECISION_CHOICES, TrainConfig, check_fields, option
+from .errors import ConfigError
+
+ENGINE_CHOICES = ("auto", "torch", "onnxruntime")  # graft.engine
+METHODS = ("linear", "finetune", "scratch")  # graft compare's methods, in the order they are shown
+RUN_DIR_HELP = "a run folder (graft.json + model.safetensors)"
+
+# compare: the training options that apply to every run it makes
+COMPARE_OPTIONS = (
+    "data", "test", "val", "data_root", "image_size", "val_fraction", "device", "text_column",
+    "label_column", "max_length", "time_budget", "batch_size", "tta",
+)  # fmt: skip
+# lr-find: the options that change what the range test measures
+LR_FIND_OPTIONS = (
+    "data", "val", "data_root", "backbone", "weights", "strategy", "head", "dropout", "image_size",
+    "flip_features", "batch_size", "val_fraction", "seed", "device", "text_column", "label_column",
+    "pooling", "max_length", "augment", "precision", "train_groups", "bn",
+)  # fmt: skip
+
+
+def positional(help: str, **meta: Any) -> Any:
+    """A positional argument (required unless it has `nargs`): its help; `nargs`, `metavar`."""
+    return field(metadata={"help": help, "positional": True, **meta})
+
+
+# Shared flags: a factory each (a dataclass field cannot be shared), so the text is written once.
+def json_flag() -> Any:
+    return option(False, "print one JSON object as the last line of stdout")
+
+
+def precision_flag() -> Any:
+    return option(
+        "auto",
+        "arithmetic: auto (bf16 on GPUs and CPUs with native bf16, else fp32), fp32 (what an export's "
+        "parity check compares against), bf16 or fp16",
+        choices=PRECISION_CHOICES,
+    )
+
+
+def text_column_flag() -> Any:
+    """eval/predict on a table whose columns are named unlike the training table's."""
+    return option(None, "text model: the table's text column (default: the training one)")
+
+
+def label_column_flag() -> Any:
+    return option(None, "text model: the table's label column (default: the training one)")
+
+
+@dataclass(frozen=True)
+class Options:
+    """A subcommand's options. `config_fields`: the TrainConfig fields it also takes (generated
+    from TrainConfig), with `config_defaults` where its defaults differ from training's."""
+
+    config_fields: ClassVar[tuple[str, ...]] = ()
+    config_defaults: ClassVar[dict[str, Any]] = {}
+
+    def __post_init__(self) -> None:
+        check_fields(self)  # types, choices, ranges: as TrainConfig checks itself
+        self.check()
+
+    def check(self) -> None:
+        """What the fields' metadata cannot say; nothing by default."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Any:
+        """The options as parsed by the command line (a field argparse did not set keeps its default)."""
+        given = vars(args)
+        return cls(**{f.name: given[f.name] for f in fields(cls) if f.name in given})
+
+
+@dataclass(frozen=True)
+class TrainOptions(Options):
+    """`graft train`: every TrainConfig field, then these."""
+
+    config_fields: ClassVar[tuple[str, ...]] = tuple(f.name for f in fields(TrainConfig))
+    json: bool = json_flag()
+
+
+@dataclass(frozen=True)
+class EvalOptions(Options):
+    run_dir: str = positional(RUN_DIR_HELP)
+    data: str = positional("labelled data of the same kind as the run's training data")
+    text_column: str | None = text_column_flag()
+    label_column: str | None = label_column_flag()
+    precision: str = precision_flag()
+    json: bool = json_flag()
+
+
+@dataclass(frozen=True)
+class PredictOptions(Options):
+    run_dir: str = positional(RUN_DIR_HELP)
+    inputs: list[str] = positional("image files, or texts for a text model", nargs="*", metavar="INPUT")
+    input: str | None = option(
+        None, "text model: a .csv/.tsv/.jsonl (its text column) or .txt, one text per line"
+    )
+    top_k: int = option(1, "labels per input, most probable first", minimum=1)
+    engine: str = option(
+        "auto",
+        "who runs the network on the CPU: auto (ONNX Runtime for big jobs when measured faster), "
+        "torch or onnxruntime",
+        choices=ENGINE_CHOICES,
+    )
+    text_column: str | None = text_column_flag()
+    label_column: str | None = label_column_flag()
+    precision: str = precision_flag()
+    json: bool = json_flag()
+
+
+@dataclass(frozen=True)
+class LrFindOptions(Options):
+    """`graft lr-find`: the TrainConfig fields that change what the range test measures, then these."""
+
+    config_fields: ClassVar[tuple[str, ...]] = LR_FIND_OPTIONS
+    config_defaults: ClassVar[dict[str, Any]] = {"strategy": "linear"}
+    steps: int = option(100, "steps of the range test", minimum=1)
+    out: str = option("lr-find", "folder for lr_find.png and lr_find.json")
+    json: bool = json_flag()
+
+
+@dataclass(frozen=True)
+class ExportOptions(Options):
+    run_dir: str = positional(RUN_DIR_HELP)
+    format: str = option("onnx", "export format")  # checked by the exporters' registry
+    out: str | None = option(None, "output file (default: RUN_DIR/model.onnx)")
+    samples: int = option(32, "inputs the parity check compares on")
+    json: bool = json_flag()
+
+    def check(self) -> None:
+        if self.samples < 1:  # as the exporter says it (graft.export.onnx), before anything loads
+            raise ConfigError("--samples must be at least 1: the parity check is what makes the export safe")
+
+
+@dataclass(frozen=True)
+class ReportOptions(Options):
+    run_dir: str = positional("a run folder")
+    json: bool = json_flag()
+
+
+@dataclass(frozen=True)
+class CompareOptions(Options):
+    """`graft compare`: the training options every run shares (TrainConfig's), then these, kept as
+    the user typed them (`parse_sizes`, `parse_methods` and `parse_backbones` read them)."""
+
+    config_fields: ClassVar[tuple[str, ...]] = COMPARE_OPTIONS
+    labels_per_class: str = option("10,50,250,all", "data sizes")
+    methods: str = option(",".join(METHODS), "")
+    backbones: str | None = option(None, "comma-separated backbones (default: the modality's)")
+    seeds: int = option(1, "subsets drawn per size", minimum=1)
+    out: str = option("runs/compare", "output folder")
+    json: bool = json_flag()
+
+    def check(self) -> None:
+        parse_sizes(self.labels_per_class)
+        parse_methods(self.methods)
+
+
+@dataclass(frozen=True)
+class ServeOptions(Options):
+    run_dir: str = positional("a run folder")
+    # 127.0.0.1: a model is not published to the network by accident
+    host: str = option("127.0.0.1", "address to bind", default_means="this machine")
+    port: int = option(8000, "", minimum=0, maximum=65535)
+    precision: str = precision_flag()
+
+
+@dataclass(frozen=True)
+class BackbonesOptions(Options):
+    json: bool = json_flag()
+
+
+@dataclass(frozen=True)
+class DemoConfig(Options):
+    """What `graft demo` runs (`demo.run_demo`)."""
+
+    labels_per_class: int = option(10, "training images per class", minimum=1)
+    # digits are 8x8: 96 px keeps the demo fast; the backbone trained at 224
+    image_size: int = option(96, "input size in pixels", minimum=1)
+    seed: int = option(0, "seed of the subset and training")
+    out: str | None = option(None, "run folder (default: runs/demo)")
+
+
+@dataclass(frozen=True)
+class DemoOptions(DemoConfig):
+    json: bool = json_flag()
+
+
+# each subcommand's options, in the order `graft --help` lists the subcommands
+COMMAND_OPTIONS: dict[str, type[Options]] = {
+    "train": TrainOptions,
+    "eval": EvalOptions,
+    "predict": PredictOptions,
+    "lr-find": LrFindOptions,
+    "export": ExportOptions,
+    "report": ReportOptions,
+    "compare": CompareOptions,
+    "serve": ServeOptions,
+    "backbones": BackbonesOptions,
+    "demo": DemoOptions,
+}
+
+
+def parse_sizes(text: str) -> tuple[int | None, ...]:
+    """'10,50,all' -> (10, 50, None): labels per class of each data size (None: all)."""
+    sizes: list[int | None] = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part == "all":
+            sizes.append(None)
+        elif part.isdigit() and int(part) > 0:
+            sizes.append(int(part))
+        else:
+            raise ConfigError(
+                f"bad --labels-per-class {text!r}: use positive integers and 'all', e.g. 10,50,all"
+            )
+    return tuple(sizes)
+
+
+def parse_methods(text: str) -> tuple[str, ...]:
+    """'linear, finetune' -> ('linear', 'finetune'), each one of METHODS."""
+    methods = tuple(m.strip() for m in text.split(",") if m.strip())
+    if not methods or set(methods) - set(METHODS):
+        raise ConfigError(f"bad --methods {text!r}: choose from {', '.join(METHODS)}")
+    return methods
+
+
+def parse_backbones(text: str | None) -> tuple[str | None, ...]:
+    """'a,b' -> ('a', 'b'); none given -> (None,): the modality's default backbone."""
+    return tuple(b.strip() for b in text.split(",")) if text else (None,)
