@@ -10,9 +10,9 @@ import torch
 from conftest import make_image_folder
 from torch import nn
 
+from graft.tasks import get_task
 from graft.training.callbacks import KeepBest
 from graft.training.loop import Callback, LoopConfig, fit
-from graft.tasks import get_task
 from graft.training.strategies import HEAD, Stage, choose_strategy, has_headroom
 
 

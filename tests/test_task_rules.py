@@ -92,25 +92,32 @@ def _image_table(root: Path, n: int, seed: int) -> Path:
 
 
 @pytest.mark.parametrize(
-    ("task", "column", "size", "metric", "unit"),
-    [("multi", "labels", 4, "map", "per label"), ("regression", "brightness", 2, "r2", "per decile")],
+    ("task", "column", "size", "metric", "unit", "name"),
+    [
+        ("multi", "labels", 4, "map", "per label", "mAP"),
+        ("regression", "brightness", 2, "r2", "per decile", "R2"),
+    ],
 )
 def test_compare_runs_multi_label_and_regression_on_the_tasks_sizes_and_metric(
-    tmp_path, task, column, size, metric, unit
+    tmp_path, capsys, task, column, size, metric, unit, name
 ):
-    from graft.compare import CompareConfig, headline, run_compare
+    from graft.cli import main
+    from graft.compare import headline, load_summary
 
-    data = _image_table(tmp_path / "data", 75, 0)
-    lines: list[str] = []
-    options = {"image_size": 32, "label_column": column, "task": task, "epochs": 10}
-    config = CompareConfig(
-        data=str(data),
-        labels_per_class=(size, None),
-        methods=("linear",),
-        out=str(tmp_path / "c"),
-        options=options,
-    )
-    summary = run_compare(config, log=lines.append)
+    data, out = _image_table(tmp_path / "data", 75, 0), tmp_path / "c"
+    argv = [
+        "compare",
+        str(data),
+        "--label-column",
+        column,
+        "--task",
+        task,
+        "--labels-per-class",
+        f"{size},all",
+    ]
+    assert main([*argv, "--methods", "linear", "--image-size", "32", "--out", str(out)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if "seed 0" in line]
+    summary = load_summary(out)
     assert summary["task"] == task
     rows = {r["all"]: r for r in summary["rows"]}
     assert np.isfinite(rows[False][f"test_{metric}"]) and f"validation_{metric}" in rows[True]
@@ -121,8 +128,7 @@ def test_compare_runs_multi_label_and_regression_on_the_tasks_sizes_and_metric(
     else:  # at least `size` positives of each of the 4 labels: fewer than all of them
         assert rows[False]["train_examples"] <= 4 * size
     assert rows[True]["labels_per_class"] >= size  # "all" is shown at the size it reaches
-    assert all(f" {unit}, seed 0: test " in line for line in lines)
-    out = tmp_path / "c"
+    assert len(lines) == 2 and all(f" {unit}, seed 0: test {name} " in line for line in lines)
     page = (out / "report.html").read_text()
     assert "(higher is better)" in page and "accuracy" not in page.lower().replace("accuracy_vs_time", "")
     assert (out / "learning_curve.png").stat().st_size > 1000

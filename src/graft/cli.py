@@ -20,7 +20,7 @@ EXIT_BUG = 1
 # compare: the training options that apply to every run it makes
 COMPARE_OPTIONS = (
     "data", "test", "val", "data_root", "image_size", "val_fraction", "device", "text_column",
-    "label_column", "max_length", "time_budget", "batch_size", "tta",
+    "label_column", "max_length", "time_budget", "batch_size", "tta", "task", "label_separator",
 )
 # lr-find: the options that change what the range test measures
 LR_FIND_OPTIONS = (
@@ -185,7 +185,10 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="linear probe vs fine-tuning vs from scratch, at several data sizes")
     add_config_arguments(p, only=COMPARE_OPTIONS)
     p.add_argument(
-        "--labels-per-class", default="10,50,250,all", help="data sizes (default: 10,50,250,all)"
+        "--labels-per-class",
+        default="10,50,250,all",
+        help="data sizes: examples per class (multi-label: per label; regression: per target decile) "
+        "(default: 10,50,250,all)",
     )
     p.add_argument("--methods", default="linear,finetune,scratch", help="(default: linear,finetune,scratch)")
     p.add_argument("--backbones", help="comma-separated backbones (default: the modality's)")
