@@ -308,3 +308,100 @@ def test_a_stale_export_is_ignored(exported_run: Path, tmp_path: Path):
     assert load_exported(retrained) is None  # nothing exported
     shutil.copy(exported_run / "model.onnx", retrained / "model.onnx")
     assert load_exported(retrained) is None  # exported from other weights
+
+
+# --------------------------------------------------------------------------- every task, without torch
+
+TASK_COLUMNS = {"multi": "labels", "regression": "brightness"}
+
+
+@pytest.fixture(scope="module", params=sorted(TASK_COLUMNS))
+def exported_task_run(request, tmp_path_factory) -> tuple[Path, list[str]]:
+    """An exported image run of a multi-label or regression task, and images to predict."""
+    import csv
+
+    from conftest import synthetic_image
+
+    from graft.cli import main
+    from graft.export import export
+
+    task = request.param
+    root = tmp_path_factory.mktemp(f"exported-{task}")
+    data, rng, rows = root / "data", np.random.default_rng(0), []
+    data.mkdir()
+    for i in range(45):
+        colour = ["red", "green", "blue"][i % 3]
+        pixels = synthetic_image(colour, rng)
+        Image.fromarray(pixels).save(data / f"{i:03d}.png")
+        labels = f"{colour}|warm" if colour == "red" else colour
+        rows.append([f"{i:03d}.png", labels, f"{pixels.mean() / 255:.4f}"])
+    with open(data / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["file", "labels", "brightness"], *rows])
+    out = root / "run"
+    argv = ["train", str(data), "--label-column", TASK_COLUMNS[task], "--task", task, "--strategy", "linear"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFT_CACHE_DIR", str(root / "cache"))
+        assert main([*argv, "--image-size", "32", "--epochs", "20", "--out", str(out), "--json"]) == 0
+    export(out, "onnx", None, samples=8, log=lambda line: None)
+    return out, [str(data / f"{i:03d}.png") for i in range(6)]
+
+
+def _predict_without_torch(run: Path, images: list[str], *flags: str) -> tuple[list[str], bool]:
+    """`graft predict` in a fresh interpreter: its stdout lines and whether torch was imported."""
+    import json
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, json; from graft.cli import main; "
+        "rc = main(['predict', *sys.argv[1:]]); "
+        "print(json.dumps({'rc': rc, 'torch': 'torch' in sys.modules}))"
+    )
+    argv = [sys.executable, "-c", code, str(run), *images, *flags]
+    lines = subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip().splitlines()
+    done = json.loads(lines[-1])
+    assert done["rc"] == 0
+    return lines[:-1], done["torch"]
+
+
+def test_multi_label_and_regression_exports_predict_without_torch_as_torch_does(exported_task_run, capsys):
+    """The torch-free path of `graft predict` gives each task's rows (labels over their thresholds
+    and every probability; the numbers in the data's units) as the PyTorch path prints them."""
+    import json
+
+    import graft
+    from graft.cli import main
+    from graft.errors import ConfigError
+    from graft.predict_onnx import load_exported
+
+    run, images = exported_task_run
+    fast = load_exported(run)
+    assert fast is not None and fast.task.name == json.loads((run / "graft.json").read_text())["task"]["name"]
+    lines, imported = _predict_without_torch(run, images, "--json")
+    assert not imported
+    rows = json.loads(lines[-1])
+    capsys.readouterr()
+    assert main(["predict", str(run), *images, "--json", "--engine", "torch", "--precision", "fp32"]) == 0
+    want = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["input"] for r in rows] == images and not any("error" in r for r in rows)
+    assert rows == [_close(r) for r in want]
+    printed, _ = _predict_without_torch(run, images)
+    assert main(["predict", str(run), *images, "--engine", "torch", "--precision", "fp32"]) == 0
+    by_torch = capsys.readouterr().out.strip().splitlines()
+    answer = graft.load(run, engine="torch", precision="fp32").predict(images)
+    if fast.task.name == "multi":  # the labels that apply, as printed and answered
+        assert printed == by_torch and fast.predict(images) == answer
+    else:  # the numbers, to fp32 rounding
+        got, expected = ([float(line.split("\t")[1]) for line in side] for side in (printed, by_torch))
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+        np.testing.assert_allclose(fast.predict(images), answer, atol=1e-4)
+        with pytest.raises(ConfigError, match="predicts values, not probabilities"):
+            fast.predict_proba(images)
+
+
+def _close(value):
+    if isinstance(value, dict):
+        return {k: _close(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_close(v) for v in value]
+    return pytest.approx(value, abs=1e-4) if isinstance(value, float) else value

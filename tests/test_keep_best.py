@@ -10,9 +10,10 @@ import torch
 from conftest import make_image_folder
 from torch import nn
 
+from graft.tasks import get_task
 from graft.training.callbacks import KeepBest
 from graft.training.loop import Callback, LoopConfig, fit
-from graft.training.strategies import HEAD, Stage, choose_strategy, probe_headroom
+from graft.training.strategies import HEAD, Stage, choose_strategy, has_headroom
 
 
 class Scores(Callback):
@@ -78,23 +79,31 @@ def test_the_last_epoch_stays_when_it_is_the_best(tmp_path):
     assert resumed.epoch == 2 and resumed.score == 0.6
 
 
+def _accuracy(accuracy: float, n_val: int):
+    """Single-label's headroom of a probe at this validation accuracy."""
+    return get_task("single").headroom({"accuracy": accuracy}, n_val)
+
+
 def test_probe_headroom_is_the_larger_of_one_percent_and_two_standard_errors():
-    assert probe_headroom(0.954, 150)[0]  # 4.6% error, 2 SE = 3.4%: room
-    room, error, needed = probe_headroom(0.995, 1000)
-    assert not room and error == pytest.approx(0.005) and needed == pytest.approx(0.01)
-    assert probe_headroom(0.985, 1000)[0]  # 1.5% error over a 1% floor (2 SE = 0.8%)
-    assert not probe_headroom(0.95, 20)[0]  # 5% error but 2 SE = 9.7% on 20 examples
+    assert has_headroom(_accuracy(0.954, 150))[0]  # 4.6% error, 2 SE = 3.4%: room
+    headroom = _accuracy(0.995, 1000)
+    room, needed = has_headroom(headroom)
+    assert not room and headroom.gap == pytest.approx(0.005) and needed == pytest.approx(0.01)
+    assert has_headroom(_accuracy(0.985, 1000))[0]  # 1.5% error over a 1% floor (2 SE = 0.8%)
+    assert not has_headroom(_accuracy(0.95, 20))[0]  # 5% error but 2 SE = 9.7% on 20 examples
 
 
 def test_auto_keeps_a_probe_without_headroom_and_fine_tunes_one_with_it():
-    chosen, reason = choose_strategy(100, 10.0, None, 5, probe_accuracy=0.995, n_val=1000)
+    chosen, reason = choose_strategy(100, 10.0, None, 5, headroom=_accuracy(0.995, 1000), n_val=1000)
     assert chosen == "linear" and "fine-tuning could not show a gain" in reason
-    chosen, reason = choose_strategy(100, 10.0, None, 5, probe_accuracy=0.80, n_val=1000, probe_seconds=5.0)
+    assert reason.startswith("the probe's validation error 0.5% on 1000 examples is within 1.0% (the larger")
+    room = _accuracy(0.80, 1000)
+    chosen, reason = choose_strategy(100, 10.0, None, 5, headroom=room, n_val=1000, probe_seconds=5.0)
     assert chosen == "finetune" and "leaves room" in reason and "(10x the probe's 5s)" in reason
     # a GPU fine-tunes an epoch faster than the probe extracted: the ratio says so, never "0x"
-    _, reason = choose_strategy(100, 16.0, None, 1, probe_accuracy=0.80, n_val=1000, probe_seconds=35.0)
+    _, reason = choose_strategy(100, 16.0, None, 1, headroom=room, n_val=1000, probe_seconds=35.0)
     assert "(0.46x the probe's 35s)" in reason
-    chosen, _ = choose_strategy(100, 1000.0, None, 5, probe_accuracy=0.80, n_val=1000)
+    chosen, _ = choose_strategy(100, 1000.0, None, 5, headroom=room, n_val=1000)
     assert chosen == "linear"  # room, but 5000 s do not fit the 900 s default budget
 
 

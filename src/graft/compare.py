@@ -1,6 +1,12 @@
 """`graft compare DATA`: does transfer pay off on *your* data? Each method at each data size, on the
-same stratified, seeded subsets, tested on one fixed test set; a learning curve, accuracy against
-time and a self-contained report.html.
+same stratified, seeded subsets, tested on one fixed test set; a learning curve, the task's
+monitored metric (accuracy, mAP, R2) against time and a self-contained report.html.
+
+Data sizes (`--labels-per-class`) count examples of the task's groups (`Task.size_groups`):
+single-label, N examples of every class (stratified); multi-label, examples drawn until every label
+has at least N positives (all it has, if fewer), rarest label first; regression, N examples of
+every decile of each target (ten quantile bins of the training pool). "all" is every example,
+shown at the size it reaches (the smallest group's count).
 
 Methods: `linear` (frozen pretrained features + a trained head), `finetune` (graft's LP-FT recipe),
 `scratch` (the same architecture from random weights: the honest baseline, trained until validation
@@ -25,11 +31,11 @@ from typing import Any
 import numpy as np
 
 from .config import TrainConfig
-from .data.images import stratified_subset
 from .data.splits import DataSplits, Labelled, stratified_split
 from .errors import ConfigError
 from .modalities import Modality, detect
 from .options import METHODS, CompareOptions, parse_backbones, parse_methods, parse_sizes
+from .tasks import Task, get_task
 
 SCRATCH_MAX_EPOCHS = 30  # one-cycle over 30 epochs: warm-up for 7, then annealing
 SCRATCH_PATIENCE = 5
@@ -41,7 +47,7 @@ TEST_FRACTION = 0.2  # without --test, this stratified share of DATA (seed 0) is
 # The validation set (early stopping, the kept epoch) is the same for every method and size, and at
 # most this many per class: a user with 10 labels per class has no 5,000-image validation set, and
 # scratch evaluates it every epoch for up to 30 epochs (on CIFAR-10's 10% split that was most of
-# the compare's time).
+# the compare's time). Per group for the other tasks: labels, target deciles.
 VAL_PER_CLASS = 50
 
 Log = Callable[[str], None]
@@ -84,26 +90,26 @@ def _fixed_splits(config: CompareConfig, modality: Modality) -> DataSplits:
     """Training pool, validation and a fixed test: --test, the data's own test split, or a held-out share."""
     options = dict(config.options or {})
     splits = modality.load_splits(TrainConfig(data=config.data, test=config.test, **options))
-    splits = replace(splits, val=_at_most(splits.val, VAL_PER_CLASS))
+    task = task_of(splits)
+    val = task.validation_subset(splits.val.labels, VAL_PER_CLASS, 0)
+    splits = replace(splits, val=splits.val.subset(val))
     if splits.test is not None:
         return splits
     train_idx, test_idx = stratified_split(splits.train.labels, TEST_FRACTION, 0, str(config.data))
     return replace(splits, train=splits.train.subset(train_idx), test=splits.train.subset(test_idx))
 
 
-def _at_most(pool: Labelled, per_class: int, seed: int = 0) -> Labelled:
-    """Up to `per_class` examples of each class of `pool` (all of a smaller class), seeded."""
-    labels = np.asarray(pool.labels)
-    rng = np.random.default_rng(seed)
-    keep = [rng.permutation(np.flatnonzero(labels == c))[:per_class] for c in np.unique(labels)]
-    return pool.subset(np.sort(np.concatenate(keep))) if keep else pool
+def task_of(splits: DataSplits) -> Task:
+    """The task the reader resolved (or named) for these splits."""
+    return splits.task if isinstance(splits.task, Task) else get_task(splits.task, splits.classes)
 
 
-def subset(pool: Labelled, per_class: int | None, seed: int) -> Labelled:
+def subset(pool: Labelled, per_class: int | None, seed: int, task: Task | None = None) -> Labelled:
+    """The seeded training subset of one data size (None: all of `pool`), as the task counts sizes."""
     if per_class is None:
         return pool
-    smallest = int(np.bincount(pool.labels).min())
-    return pool.subset(stratified_subset(pool.labels, min(per_class, smallest), seed))
+    task = task or get_task("single")
+    return pool.subset(task.training_subset(pool.labels, per_class, seed))
 
 
 def run_compare(config: CompareConfig, log: Log = print) -> dict[str, Any]:
@@ -112,16 +118,14 @@ def run_compare(config: CompareConfig, log: Log = print) -> dict[str, Any]:
 
     modality = detect(config.data).modality
     splits = _fixed_splits(config, modality)
-    task = splits.task if isinstance(splits.task, str) else splits.task.name
-    if task != "single":  # labels per class, accuracy curves: single-label ideas
-        raise ConfigError(f"{config.data}: graft compare takes single-label data so far, not {task}")
+    task = task_of(splits)
     out = Path(config.out)
     rows: list[dict[str, Any]] = []
     for backbone in config.backbones:
         base = TrainConfig(data=config.data, backbone=backbone, **dict(config.options or {}))
         for per_class in config.labels_per_class:
             for seed in range(config.seeds):
-                train = subset(splits.train, per_class, seed)
+                train = subset(splits.train, per_class, seed, task)
                 data = replace(splits, train=train, skipped=[])
                 batch = modality.defaults.strategies["finetune"].batch_size
                 ft_epochs = finetune_epochs(base, modality, "finetune", len(train), base.batch_size or batch)
@@ -141,22 +145,23 @@ def run_compare(config: CompareConfig, log: Log = print) -> dict[str, Any]:
                     if row is not None:
                         finetune_seconds = row["seconds"] if method == "finetune" else finetune_seconds
                         rows.append(row)
-                        log(f"{method:9} {row['labels_per_class']:>6} per class, seed {seed}: done before")
+                        shown = f"{row['labels_per_class']:>6} {task.size_unit}"
+                        log(f"{method:9} {shown}, seed {seed}: done before")
                         continue
                     if rows:  # what has finished so far stays readable if this run is stopped
-                        write_outputs(_summary(config, modality, splits, rows), out)
+                        write_outputs(_summary(config, modality, splits, rows, task), out)
                     started = time.perf_counter()
                     result = run(run_config, log=lambda line: None, splits=data, modality=modality)
                     report = result.report
                     row = {
                         "method": method,
                         "backbone": report["backbone"]["name"],
-                        "labels_per_class": per_class or int(np.bincount(train.labels).min()),
+                        "labels_per_class": per_class or task.size_reached(train.labels),
                         "all": per_class is None,
                         "seed": seed,
                         "train_examples": len(train),
-                        "test_accuracy": report["test"]["accuracy"],
-                        "validation_accuracy": report["validation"]["accuracy"],
+                        f"test_{task.monitor}": report["test"][task.monitor],
+                        f"validation_{task.monitor}": report["validation"][task.monitor],
                         "epochs": len(report["history"]),
                         "time_budget": run_config.time_budget,
                         "seconds": time.perf_counter() - started,
@@ -166,20 +171,22 @@ def run_compare(config: CompareConfig, log: Log = print) -> dict[str, Any]:
                     finetune_seconds = row["seconds"] if method == "finetune" else finetune_seconds
                     _record_row(run_config, row)
                     log(
-                        f"{method:9} {row['labels_per_class']:>6} per class, seed {seed}: test accuracy "
-                        f"{row['test_accuracy']:.4f} in {row['seconds']:.0f}s ({row['epochs']} epochs)"
+                        f"{method:9} {row['labels_per_class']:>6} {task.size_unit}, seed {seed}: test "
+                        f"{task.monitor_name} {row[f'test_{task.monitor}']:.4f} in {row['seconds']:.0f}s "
+                        f"({row['epochs']} epochs)"
                     )
-    summary = _summary(config, modality, splits, rows)
+    summary = _summary(config, modality, splits, rows, task)
     write_outputs(summary, out)
     return summary
 
 
 def _summary(
-    config: CompareConfig, modality: Modality, splits: DataSplits, rows: list[dict[str, Any]]
+    config: CompareConfig, modality: Modality, splits: DataSplits, rows: list[dict[str, Any]], task: Task
 ) -> dict[str, Any]:
     return {
         "data": str(config.data),
         "modality": modality.name,
+        "task": task.name,  # its monitored metric is each row's test_<monitor> (higher is better)
         "test_examples": len(splits.test),
         "validation_examples": len(splits.val),
         "rows": list(rows),
@@ -211,11 +218,15 @@ def _record_row(run_config: TrainConfig, row: dict[str, Any]) -> None:
     write_json(Path(str(run_config.out)) / ROW_FILE, {"config": run_config.to_dict(), "row": row})
 
 
-def _mean_by(rows: Sequence[dict[str, Any]], key: tuple[str, ...]) -> dict[tuple, list[float]]:
+def _mean_by(rows: Sequence[dict[str, Any]], key: tuple[str, ...], score: str) -> dict[tuple, list[float]]:
     groups: dict[tuple, list[float]] = {}
     for row in rows:
-        groups.setdefault(tuple(row[k] for k in key), []).append(row["test_accuracy"])
+        groups.setdefault(tuple(row[k] for k in key), []).append(row[score])
     return groups
+
+
+def _task(summary: dict[str, Any]) -> Task:
+    return get_task(summary.get("task", "single"))  # compare.json before tasks: single-label
 
 
 def _order(method: str) -> int:
@@ -228,16 +239,17 @@ def write_outputs(summary: dict[str, Any], out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "compare.json", summary)
-    rows = summary["rows"]
+    rows, task = summary["rows"], _task(summary)
+    score = f"test_{task.monitor}"
     plt = _pyplot()
     # one colour per method (and backbone) in both plots, in METHODS order
-    series = sorted(_mean_by(rows, ("method", "backbone")), key=lambda k: (_order(k[0]), str(k[1])))
+    series = sorted(_mean_by(rows, ("method", "backbone"), score), key=lambda k: (_order(k[0]), str(k[1])))
     colour = {key: f"C{i}" for i, key in enumerate(series)}
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for method, backbone in series:
         mine = [r for r in rows if r["method"] == method and r["backbone"] == backbone]
         sizes = sorted({r["labels_per_class"] for r in mine})
-        accs = [[r["test_accuracy"] for r in mine if r["labels_per_class"] == n] for n in sizes]
+        accs = [[r[score] for r in mine if r["labels_per_class"] == n] for n in sizes]
         label = method if len({r["backbone"] for r in rows}) == 1 else f"{method} ({backbone})"
         ax.errorbar(
             sizes,
@@ -253,60 +265,61 @@ def write_outputs(summary: dict[str, Any], out: Path) -> None:
     sizes = sorted({r["labels_per_class"] for r in rows})
     ax.set_xticks(sizes, [str(n) for n in sizes])
     ax.xaxis.set_minor_formatter(plt.NullFormatter())
-    ax.set_xlabel("labelled examples per class")
-    ax.set_ylabel("test accuracy")
+    ax.set_xlabel(task.size_axis)
+    ax.set_ylabel(f"test {task.monitor_label}")
     ax.set_title("learning curve")
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "learning_curve.png", dpi=120)
     plt.close(fig)
+    _plot_against_time(plt, rows, series, colour, task, out / "accuracy_vs_time.png")
+    write_compare_html(summary, out)
+
+
+def _plot_against_time(
+    plt: Any, rows: list[dict[str, Any]], series: list[tuple], colour: dict[tuple, str], task: Task, to: Path
+) -> None:
+    """The task's test metric against wall seconds, one point per run."""
+    score = f"test_{task.monitor}"
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     for method, backbone in series:
         mine = [r for r in rows if r["method"] == method and r["backbone"] == backbone]
         label = method if len({r["backbone"] for r in rows}) == 1 else f"{method} ({backbone})"
         ax.scatter(
             [r["seconds"] for r in mine],
-            [r["test_accuracy"] for r in mine],
+            [r[score] for r in mine],
             label=label,
             color=colour[(method, backbone)],
         )
         for r in mine:
-            ax.annotate(str(r["labels_per_class"]), (r["seconds"], r["test_accuracy"]), fontsize=7)
+            ax.annotate(str(r["labels_per_class"]), (r["seconds"], r[score]), fontsize=7)
     ax.set_xscale("log")
-    ax.set_xlabel("wall seconds (labels per class beside each point)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title("accuracy against time")
+    ax.set_xlabel(f"wall seconds ({task.size_column.replace('/', ' per ')} beside each point)")
+    ax.set_ylabel(f"test {task.monitor_label}")
+    ax.set_title(f"{task.monitor_name} against time")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "accuracy_vs_time.png", dpi=120)
+    fig.savefig(to, dpi=120)
     plt.close(fig)
-    write_compare_html(summary, out)
 
 
 def write_compare_html(summary: dict[str, Any], out: Path) -> None:
     from .bundle import atomic_write
     from .report_html import STYLE, _e, _table, embed_png
 
-    rows = summary["rows"]
+    rows, task = summary["rows"], _task(summary)
+    name = task.monitor_name
+    columns = [task.size_column, "seed", f"test {name}", f"validation {name}", "epochs", "seconds"]
     table = _table(
-        [
-            "method",
-            "backbone",
-            "labels/class",
-            "seed",
-            "test accuracy",
-            "validation accuracy",
-            "epochs",
-            "seconds",
-        ],
+        ["method", "backbone", *columns],
         [
             [
                 r["method"],
                 r["backbone"],
                 r["labels_per_class"],
                 r["seed"],
-                f"{r['test_accuracy']:.4f}",
-                f"{r['validation_accuracy']:.4f}",
+                f"{r[f'test_{task.monitor}']:.4f}",
+                f"{r[f'validation_{task.monitor}']:.4f}",
                 r["epochs"],
                 f"{r['seconds']:.0f}",
             ]  # fmt: skip
@@ -314,24 +327,27 @@ def write_compare_html(summary: dict[str, Any], out: Path) -> None:
         ],
         2,
     )
+    heading = name[:1].upper() + name[1:] if name[1:2].islower() else name  # "Accuracy", "mAP", "R2"
+    direction = "" if name == task.monitor_label else f" · {_e(task.monitor_label)}"
     page = f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>graft compare</title>
 <style>{STYLE}</style></head><body><h1>graft compare: {_e(summary["data"])}</h1>
 <p class="muted">{_e(summary["modality"])} · {summary["test_examples"]} test examples (fixed) ·
-{summary["validation_examples"]} validation examples</p>
+{summary["validation_examples"]} validation examples{direction}</p>
 <h2>Learning curve</h2>{embed_png(out / "learning_curve.png", "learning curve")}
-<h2>Accuracy against time</h2>{embed_png(out / "accuracy_vs_time.png", "accuracy against time")}
+<h2>{heading} against time</h2>{embed_png(out / "accuracy_vs_time.png", f"{name} against time")}
 <h2>Every run</h2>{table}</body></html>
 """
     atomic_write(out / "report.html", lambda tmp: tmp.write_text(page, encoding="utf-8"))
 
 
 def headline(summary: dict[str, Any]) -> dict[str, Any]:
-    """Mean test accuracy per method and data size, for `--json`."""
-    means = _mean_by(summary["rows"], ("method", "labels_per_class"))
+    """Mean test score (the task's monitored metric) per method and data size, for `--json`."""
+    score = f"test_{_task(summary).monitor}"
+    means = _mean_by(summary["rows"], ("method", "labels_per_class"), score)
     return {
         "test_examples": summary["test_examples"],
         "results": [
-            {"method": m, "labels_per_class": n, "test_accuracy": float(np.mean(a)), "seeds": len(a)}
+            {"method": m, "labels_per_class": n, score: float(np.mean(a)), "seeds": len(a)}
             for (m, n), a in means.items()
         ],
     }

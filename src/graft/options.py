@@ -24,7 +24,7 @@ RUN_DIR_HELP = "a run folder (graft.json + model.safetensors)"
 # compare: the training options that apply to every run it makes
 COMPARE_OPTIONS = (
     "data", "test", "val", "data_root", "image_size", "val_fraction", "device", "text_column",
-    "label_column", "max_length", "time_budget", "batch_size", "tta",
+    "label_column", "max_length", "time_budget", "batch_size", "tta", "task", "label_separator",
 )  # fmt: skip
 # lr-find: the options that change what the range test measures
 LR_FIND_OPTIONS = (
@@ -158,7 +158,10 @@ class CompareOptions(Options):
     the user typed them (`parse_sizes`, `parse_methods` and `parse_backbones` read them)."""
 
     config_fields: ClassVar[tuple[str, ...]] = COMPARE_OPTIONS
-    labels_per_class: str = option("10,50,250,all", "data sizes")
+    labels_per_class: str = option(
+        "10,50,250,all",
+        "data sizes: examples per class (multi-label: per label; regression: per target decile)",
+    )
     methods: str = option(",".join(METHODS), "")
     backbones: str | None = option(None, "comma-separated backbones (default: the modality's)")
     seeds: int = option(1, "subsets drawn per size", minimum=1)

@@ -6,8 +6,11 @@ Importing torch, torchvision and timm takes seconds (about 3 s on 2 AVX2 cores),
 from exactly these weights (the SHA-256 of `model.safetensors` recorded in its embedded graft.json
 equals the run's), `graft predict` answers from it and never imports torch. The pixels are the
 ones training evaluated on: `load_rgb` and `resize_center_crop` are the functions every image path
-of graft uses, and the normalisation is the same float32 arithmetic. Anything else (a text model,
-no or a stale export, no onnxruntime) returns None and the PyTorch predictor runs.
+of graft uses, and the normalisation is the same float32 arithmetic. Every task: the graph's one
+output is what `Task.activate` gives (class or label probabilities, regression's values in the
+data's units), and the task rebuilt from the bundle (`graft.tasks`, which imports torch only to
+train) turns it into `predict`'s rows and answers, as on the PyTorch path. Anything else (a text
+model, no or a stale export, no onnxruntime) returns None and the PyTorch predictor runs.
 """
 
 from __future__ import annotations
@@ -21,10 +24,11 @@ import numpy as np
 
 from .bundle import META_FILE, WEIGHTS_FILE, read_meta, shown_classes, verify_bundle
 from .data.images import IMAGE_EXTENSIONS, image_files_below, load_rgb, resize_center_crop
-from .errors import UnreadableImage
+from .errors import ConfigError, UnreadableImage
+from .tasks import task_from_meta
 
 EXPORTED = "model.onnx"
-INPUT, OUTPUT = "pixel_values", "probabilities"
+INPUT, PROBABILITIES = "pixel_values", "probabilities"  # the other output: regression's `values`
 
 
 class _ImageFiles:
@@ -51,7 +55,7 @@ class _Float32:
 
 
 class ExportedImagePredictor:
-    """`predict_proba_or_skip` / `predict_proba` / `predict` from an exported image model."""
+    """`predict_proba_or_skip` / `outputs` / `predict_proba` / `predict` from an exported image model."""
 
     runtime = "onnx"
     engine_choice = {"name": "onnxruntime", "reason": "the run's exported model.onnx, without PyTorch"}
@@ -62,6 +66,8 @@ class ExportedImagePredictor:
         self.meta = meta
         self.modality = _ImageFiles()
         self.classes_ = shown_classes(meta)
+        self.task = task_from_meta(meta)  # what it predicts: one class, several labels, numbers
+        self.output = session.get_outputs()[0].name  # the task's: probabilities or values
         prep = meta["preprocessing"]
         self.input_size = int(prep["input_size"])
         self.resize_size = int(np.floor(self.input_size / float(prep["crop_pct"])))
@@ -77,7 +83,8 @@ class ExportedImagePredictor:
     def predict_proba_or_skip(
         self, inputs: Sequence[Any], batch_size: int = 32
     ) -> tuple[np.ndarray, dict[int, str]]:
-        """Probabilities per input (NaN rows for unreadable ones) and position -> one-line reason."""
+        """The task's outputs per input (probabilities or values; NaN rows for unreadable ones) and
+        position -> one-line reason."""
         items = list(inputs)
         proba = np.full((len(items), len(self.classes_)), np.nan, np.float32)
         failures: dict[int, str] = {}
@@ -91,17 +98,24 @@ class ExportedImagePredictor:
                     failures[i] = str(err)
             if rows:
                 batch = np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32)
-                proba[rows] = self.session.run([OUTPUT], {INPUT: (batch - self.mean) / self.std})[0]
+                proba[rows] = self.session.run([self.output], {INPUT: (batch - self.mean) / self.std})[0]
         return proba, failures
 
-    def predict_proba(self, inputs: Sequence[Any], batch_size: int = 32) -> np.ndarray:
-        proba, failures = self.predict_proba_or_skip(inputs, batch_size)
+    def outputs(self, inputs: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+        """The task's outputs per input: class or label probabilities, or predicted values."""
+        outputs, failures = self.predict_proba_or_skip(inputs, batch_size)
         if failures:
             raise UnreadableImage(failures[min(failures)])
-        return proba
+        return outputs
 
-    def predict(self, inputs: Sequence[Any], batch_size: int = 32) -> list[str]:
-        return [self.classes_[i] for i in self.predict_proba(inputs, batch_size).argmax(1)]
+    def predict_proba(self, inputs: Sequence[Any], batch_size: int = 32) -> np.ndarray:
+        if self.output != PROBABILITIES:
+            raise ConfigError("a regression model predicts values, not probabilities: use predict")
+        return self.outputs(inputs, batch_size)
+
+    def predict(self, inputs: Sequence[Any], batch_size: int = 32) -> Any:
+        """As `Predictor.predict`: a class name, a tuple of labels or the numbers per input."""
+        return self.task.decide(self.outputs(inputs, batch_size), self.classes_)
 
 
 def load_exported(run_dir: str | Path) -> ExportedImagePredictor | None:
@@ -113,8 +127,6 @@ def load_exported(run_dir: str | Path) -> ExportedImagePredictor | None:
         return None
     meta = read_meta(run_dir)
     if meta.get("modality", "image") != "image" or "integrity" not in meta:
-        return None
-    if (meta.get("task") or {}).get("name", "single") != "single":  # the torch path knows every task
         return None
     try:
         import onnxruntime as ort

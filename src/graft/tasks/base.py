@@ -8,6 +8,10 @@ applies exactly what training decided. Every monitored metric is higher-is-bette
 R2), so keep-best and early stopping compare one way for every task.
 
 Adding a task is one file that subclasses `Task` and calls `register_task`, plus its tests.
+
+Task modules import torch only inside the methods that train or score: `graft predict` of an
+exported run (graft.predict_onnx) builds the task from the bundle and calls `predictions` and
+`decide` (numpy) without loading PyTorch.
 """
 
 from __future__ import annotations
@@ -15,17 +19,33 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
 from ..config import TASK_CHOICES
 from ..errors import ConfigError
 from ..registry import Registry
 
+if TYPE_CHECKING:
+    import torch
+
 RawLabel = str | tuple[str, ...]  # one label column's text, or one text per label column
-LossFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[["torch.nn.Module", "torch.Tensor", "torch.Tensor"], "torch.Tensor"]
+# `--tta auto` beyond single-label: the paired bootstrap's resamples of the validation examples
+FLIP_RESAMPLES = 200
+
+
+@dataclass(frozen=True)
+class Headroom:
+    """How far a probe's validation score is from perfect (`gap`: 1 - accuracy, 1 - mAP, 1 - R2)
+    and the standard error of that score: `auto` keeps the probe unless the gap exceeds the larger
+    of 1% and two standard errors (`training.strategies.has_headroom`)."""
+
+    gap: float
+    standard_error: float
+    what: str  # the gap, for the reason: "validation error"
+    noise: str  # how the standard error was estimated, for the reason
 
 
 @dataclass(frozen=True)
@@ -39,7 +59,13 @@ class Task:
     name: ClassVar[str] = ""
     monitor: ClassVar[str] = ""  # the validation metric keep-best, early stopping and `auto` use
     monitor_short: ClassVar[str] = ""  # how the one-line summaries name it
+    monitor_name: ClassVar[str] = ""  # its name for people: accuracy, mAP, R2
+    monitor_label: ClassVar[str] = ""  # how plots and pages name it, with its direction if not obvious
     describe: ClassVar[str] = ""
+    # `graft compare`'s data sizes: N examples of each of the task's groups (`size_groups`)
+    size_unit: ClassVar[str] = ""  # its log lines: "10 per class"
+    size_axis: ClassVar[str] = ""  # its learning curve's x axis
+    size_column: ClassVar[str] = ""  # its tables' column
 
     # ---- labels
     @classmethod
@@ -73,6 +99,8 @@ class Task:
         return self
 
     def label_tensor(self, labels: np.ndarray) -> torch.Tensor:
+        import torch
+
         return torch.as_tensor(np.asarray(labels, dtype=np.float32))
 
     # ---- the model
@@ -100,6 +128,38 @@ class Task:
         """The report's metrics of one split: `n` and `monitor` among them."""
         raise NotImplementedError
 
+    def score(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
+        """The monitored metric of these head outputs (validation_row's val_<monitor>)."""
+        return float(self.validation_row(logits, labels)[f"val_{self.monitor}"])
+
+    def keeps_flip(
+        self, plain: torch.Tensor, flipped: torch.Tensor, labels: torch.Tensor, scores: dict[str, Any]
+    ) -> tuple[bool, str]:
+        """`--tta auto`: (keep flip averaging, the reason). It is kept when the monitored validation
+        metric rises by more than one standard error of the paired difference, estimated by a
+        paired bootstrap: FLIP_RESAMPLES resamples (seeded) of the validation examples, each
+        scored with and without flips. `scores`: {"plain": ..., "flip": ...} on all of them."""
+        import torch
+
+        rng = np.random.default_rng(0)
+        gains = []
+        for _ in range(FLIP_RESAMPLES):
+            rows = torch.as_tensor(rng.integers(0, len(labels), len(labels)))
+            gains.append(self.score(flipped[rows], labels[rows]) - self.score(plain[rows], labels[rows]))
+        error = float(np.nanstd(gains)) if gains else 0.0
+        better = scores["flip"] - scores["plain"] > error
+        verdict = "on: it raised" if better else "off: it did not raise"
+        return better, (
+            f"{verdict} validation {self.monitor_name} by over one standard error ({scores['flip']:.4f} "
+            f"with, {scores['plain']:.4f} without; standard error {error:.4f}, paired bootstrap over "
+            f"the {len(labels)} validation examples)"
+        )
+
+    def headroom(self, metrics: dict[str, Any], n_val: int) -> Headroom | None:
+        """`auto`'s headroom rule for a probe with these validation metrics (None: no rule, the
+        data size and the time decide alone)."""
+        return None
+
     def headline(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """The few numbers a bundle and one-line summaries carry."""
         return {self.monitor: metrics[self.monitor], "n": metrics["n"]}
@@ -121,9 +181,44 @@ class Task:
         """What `auto`'s minimum-data rule counts: examples per class (or label); all for regression."""
         return n_train / max(1, len(self.names))
 
+    # ---- graft compare's data sizes
+    def size_groups(self, labels: np.ndarray) -> np.ndarray:
+        """(examples, groups) membership that `graft compare`'s sizes count examples of."""
+        raise NotImplementedError
+
+    def training_subset(self, labels: np.ndarray, per_group: int, seed: int) -> np.ndarray:
+        """Sorted positions of a seeded subset with at least `per_group` examples of every group
+        (all of a smaller one), drawn greedily, the rarest group first (`cover_groups`)."""
+        return cover_groups(self.size_groups(labels), per_group, seed)
+
+    def validation_subset(self, labels: np.ndarray, per_group: int, seed: int) -> np.ndarray:
+        """`graft compare`'s validation set: about `per_group` examples of each group at most."""
+        return cover_groups(self.size_groups(labels), per_group, seed)
+
+    def size_reached(self, labels: np.ndarray) -> int:
+        """The size (examples of the smallest group) of all of these examples: the "all" point."""
+        counts = self.size_groups(labels).sum(0)
+        return int(counts[counts > 0].min()) if (counts > 0).any() else 0
+
     # ---- saving
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **({"state": self.state} if self.state else {})}
+
+
+def cover_groups(groups: np.ndarray, per_group: int, seed: int) -> np.ndarray:
+    """Sorted positions of examples such that each group (a column of `groups`) has at least
+    `per_group` members among them, or all it has. Groups overlap (an example carries several
+    labels), so groups are filled rarest first, each from a seeded random order of the examples:
+    a rare label's examples then also count towards the common labels they carry."""
+    groups = np.asarray(groups, dtype=bool)
+    order = np.random.default_rng(seed).permutation(len(groups))
+    chosen = np.zeros(len(groups), dtype=bool)
+    for j in np.argsort(groups.sum(0), kind="stable"):
+        missing = per_group - int(groups[chosen, j].sum())
+        if missing > 0:
+            candidates = order[groups[order, j] & ~chosen[order]]
+            chosen[candidates[:missing]] = True
+    return np.flatnonzero(chosen)
 
 
 def _load_builtins() -> None:

@@ -7,19 +7,29 @@ Positive weights: sqrt(negatives / positives) per label, between 1 and MAX_POS_W
 otherwise learn to be always off; the full ratio (1:1000 for a rare tag) makes their gradients
 dominate and the square root is the usual softening (as inverse-square-root class frequencies in
 long-tailed classification); thresholds tuned on validation then fix what weighting leaves.
+
+Its rules elsewhere: `graft compare` sizes count examples per label: a size of N draws examples
+until every label has at least N positives among them (all it has, if fewer), the rarest label
+first, so N x labels examples at most; `--tta auto` keeps flip averaging when validation mAP rises
+by over one paired-bootstrap standard error (`Task.keeps_flip`); `auto` keeps a probe whose
+validation 1 - mAP is within the larger of 1% and two standard errors of mAP, each label's AP
+taken as a proportion over its positives, sqrt(AP(1 - AP) / positives), averaged over the labels
+(the binomial approximation of an AP's variance, Boyd et al. 2013).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
 from ..errors import DataError
-from .base import LossFn, RawLabel, Task, finite, register_task
+from .base import Headroom, LossFn, RawLabel, Task, finite, register_task
+
+if TYPE_CHECKING:
+    import torch
 
 MAX_POS_WEIGHT = 10.0
 DEFAULT_THRESHOLD = 0.5
@@ -63,7 +73,12 @@ class MultiLabel(Task):
     name: ClassVar[str] = "multi"
     monitor: ClassVar[str] = "map"
     monitor_short: ClassVar[str] = "val_mAP"
+    monitor_name: ClassVar[str] = "mAP"
+    monitor_label: ClassVar[str] = "mAP (higher is better)"
     describe: ClassVar[str] = "multi-label classification"
+    size_unit: ClassVar[str] = "per label"
+    size_axis: ClassVar[str] = "labelled examples per label (each label's positives, at least)"
+    size_column: ClassVar[str] = "examples/label"
 
     @classmethod
     def from_raw(cls, raw: Sequence[RawLabel], columns: Sequence[str], separator: str) -> Task:
@@ -103,6 +118,8 @@ class MultiLabel(Task):
         return type(self)(self.names, self.state | {"pos_weight": [round(float(w), 4) for w in weights]})
 
     def loss(self, device: torch.device, label_smoothing: float = 0.0) -> LossFn:
+        import torch
+
         weights = self.state.get("pos_weight")
         pos_weight = torch.tensor(weights, device=device) if weights else None
         criterion = torch.nn.BCEWithLogitsLoss(pos_weight=pos_weight)
@@ -120,9 +137,28 @@ class MultiLabel(Task):
         return type(self)(self.names, self.state | {"thresholds": chosen})
 
     def validation_row(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        import torch
+
         loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
         scores, truth = self.activate(logits).numpy(), labels.numpy() > 0.5
         return {"val_loss": float(loss), "val_map": _mean_ap(scores, truth)}
+
+    def score(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
+        return _mean_ap(self.activate(logits).numpy(), labels.numpy() > 0.5)
+
+    def headroom(self, metrics: dict[str, Any], n_val: int) -> Headroom:
+        aps = [
+            (v["average_precision"], v["support"])
+            for v in metrics["per_label"].values()
+            if v["average_precision"] is not None and v["support"]
+        ]
+        variance = sum(ap * (1.0 - ap) / positives for ap, positives in aps)
+        standard_error = float(np.sqrt(variance)) / len(aps) if aps else 0.0
+        noise = "two standard errors (each label's AP a proportion over its positives)"
+        return Headroom(1.0 - float(metrics["map"]), standard_error, "validation 1 - mAP", noise)
+
+    def size_groups(self, labels: np.ndarray) -> np.ndarray:
+        return np.asarray(labels) > 0.5
 
     def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         scores, truth = self.activate(logits).numpy(), labels.numpy() > 0.5
@@ -168,6 +204,8 @@ class MultiLabel(Task):
         return [tuple(shown[j] for j in np.flatnonzero(row >= self.thresholds())) for row in outputs]
 
     def top_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
+        import torch
+
         losses = torch.nn.functional.binary_cross_entropy_with_logits(
             logits.float(), labels.float(), reduction="none"
         ).sum(1)

@@ -1,18 +1,32 @@
 """Regression: one or several numeric targets per example. The head predicts standardised targets
 (training mean and standard deviation, saved with the bundle) under a mean squared error, so one
 learning rate fits targets in any unit; predictions come back in the data's units. Monitored by
-R2 (averaged over targets); RMSE, MAE and Spearman's rank correlation are reported beside it."""
+R2 (averaged over targets); RMSE, MAE and Spearman's rank correlation are reported beside it.
+
+Its rules elsewhere: `graft compare` sizes count examples per decile of each target (ten
+quantile bins of the training pool's values): a size of N draws about 10 x N examples spread
+over each target's range, as stratifying by class spreads them over the classes; `--tta auto`
+keeps flip averaging when validation R2 rises by over one paired-bootstrap standard error
+(`Task.keeps_flip`); `auto` keeps a probe whose validation unexplained variance, 1 - R2, is
+within the larger of 1% and two standard errors, (1 - R2) x sqrt(2 / n): 1 - R2 is a mean of
+squared errors over a fixed variance, whose relative standard error is sqrt(2 / n) for normal
+errors (a chi-square with n degrees of freedom).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
 from ..errors import DataError
-from .base import LossFn, RawLabel, Task, finite, register_task
+from .base import Headroom, LossFn, RawLabel, Task, finite, register_task
+
+if TYPE_CHECKING:
+    import torch
+
+SIZE_BINS = 10  # graft compare: a target's deciles are its "classes"
 
 
 def r2(predicted: np.ndarray, true: np.ndarray) -> float:
@@ -34,7 +48,12 @@ class Regression(Task):
     name: ClassVar[str] = "regression"
     monitor: ClassVar[str] = "r2"
     monitor_short: ClassVar[str] = "val_R2"
+    monitor_name: ClassVar[str] = "R2"
+    monitor_label: ClassVar[str] = "R2 (higher is better)"
     describe: ClassVar[str] = "regression"
+    size_unit: ClassVar[str] = "per decile"
+    size_axis: ClassVar[str] = "labelled examples per decile of the target"
+    size_column: ClassVar[str] = "examples/decile"
 
     @classmethod
     def from_raw(cls, raw: Sequence[RawLabel], columns: Sequence[str], separator: str) -> Task:
@@ -69,11 +88,15 @@ class Regression(Task):
         return type(self)(self.names, {"mean": mean.tolist(), "std": std.tolist()})
 
     def _scale(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         mean = torch.tensor(self.state.get("mean") or [0.0] * len(self.names), device=device)
         std = torch.tensor(self.state.get("std") or [1.0] * len(self.names), device=device)
         return mean, std
 
     def loss(self, device: torch.device, label_smoothing: float = 0.0) -> LossFn:
+        import torch
+
         mean, std = self._scale(device)
         return lambda model, x, y: torch.nn.functional.mse_loss(model(x).float(), (y.float() - mean) / std)
 
@@ -82,12 +105,32 @@ class Regression(Task):
         return logits.float() * std + mean
 
     def validation_row(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        import torch
+
         mean, std = self._scale(logits.device)
         loss = torch.nn.functional.mse_loss(logits.float(), (labels.float() - mean) / std)
+        return {"val_loss": float(loss), "val_r2": self.score(logits, labels)}
+
+    def score(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
         predicted, true = self.activate(logits).numpy(), labels.numpy()
         scores = [r2(predicted[:, j], true[:, j]) for j in range(true.shape[1])]
         defined = [s for s in scores if np.isfinite(s)]
-        return {"val_loss": float(loss), "val_r2": float(np.mean(defined)) if defined else 0.0}
+        return float(np.mean(defined)) if defined else 0.0
+
+    def headroom(self, metrics: dict[str, Any], n_val: int) -> Headroom:
+        unexplained = 1.0 - float(metrics["r2"])
+        standard_error = abs(unexplained) * float(np.sqrt(2.0 / max(1, n_val)))
+        noise = "two standard errors ((1 - R2) x sqrt(2/n))"
+        return Headroom(unexplained, standard_error, "validation unexplained variance (1 - R2)", noise)
+
+    def size_groups(self, labels: np.ndarray) -> np.ndarray:
+        labels = np.asarray(labels, dtype=np.float64).reshape(len(labels), -1)
+        columns = []
+        for values in labels.T:  # each target's deciles, by the quantiles of these values
+            edges = np.quantile(values, np.linspace(0, 1, SIZE_BINS + 1)[1:-1]) if len(values) else []
+            bins = np.searchsorted(edges, values, side="right")
+            columns += [bins == b for b in range(SIZE_BINS)]
+        return np.stack(columns, 1) if columns else np.zeros((len(labels), 0), bool)
 
     def metrics(self, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
         predicted, true = self.activate(logits).numpy().astype(np.float64), labels.numpy().astype(np.float64)

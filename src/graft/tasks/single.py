@@ -3,15 +3,18 @@ class weights and label smoothing); monitored by accuracy."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
 from ..errors import ConfigError, DataError
-from .base import LossFn, RawLabel, Task, register_task
+from .base import Headroom, LossFn, RawLabel, Task, register_task
+
+if TYPE_CHECKING:
+    import torch
 
 
 @register_task
@@ -19,7 +22,12 @@ class SingleLabel(Task):
     name: ClassVar[str] = "single"
     monitor: ClassVar[str] = "accuracy"
     monitor_short: ClassVar[str] = "val_acc"
+    monitor_name: ClassVar[str] = "accuracy"
+    monitor_label: ClassVar[str] = "accuracy"
     describe: ClassVar[str] = "single-label classification"
+    size_unit: ClassVar[str] = "per class"
+    size_axis: ClassVar[str] = "labelled examples per class"
+    size_column: ClassVar[str] = "labels/class"
 
     @classmethod
     def from_raw(cls, raw: Sequence[RawLabel], columns: Sequence[str], separator: str) -> Task:
@@ -56,9 +64,13 @@ class SingleLabel(Task):
         return type(self)(self.names, {"class_weights": [float(w) for w in weights]})
 
     def label_tensor(self, labels: np.ndarray) -> torch.Tensor:
+        import torch
+
         return torch.as_tensor(np.asarray(labels, dtype=np.int64))
 
     def loss(self, device: torch.device, label_smoothing: float = 0.0) -> LossFn:
+        import torch
+
         weights = self.state.get("class_weights")
         weight = torch.tensor(weights, device=device) if weights else None
         criterion = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
@@ -76,6 +88,49 @@ class SingleLabel(Task):
         from ..metrics import classification_metrics
 
         return classification_metrics(labels.numpy(), logits.argmax(1).numpy(), self.names)
+
+    def score(self, logits: torch.Tensor, labels: torch.Tensor) -> float:
+        right = logits.argmax(1).numpy() == np.asarray(labels)
+        return float(right.mean()) if len(right) else float("nan")
+
+    def keeps_flip(
+        self, plain: torch.Tensor, flipped: torch.Tensor, labels: torch.Tensor, scores: dict[str, Any]
+    ) -> tuple[bool, str]:
+        # the examples the two get differently right decide (McNemar): flip averaging must fix more
+        # than it breaks by over one standard error of that difference, sqrt(fixed + broken)
+        truth = labels.numpy()
+        plain_right, flip_right = plain.argmax(1).numpy() == truth, flipped.argmax(1).numpy() == truth
+        fixed, broken = int((flip_right & ~plain_right).sum()), int((plain_right & ~flip_right).sum())
+        better = fixed - broken > math.sqrt(fixed + broken)
+        verdict = "on: it" if better else "off: it did not"
+        return better, (
+            f"{verdict} fix more validation examples than it broke by over one standard error ({fixed} "
+            f"fixed, {broken} broken; accuracy {scores['flip']:.4f} with, {scores['plain']:.4f} without)"
+        )
+
+    def headroom(self, metrics: dict[str, Any], n_val: int) -> Headroom:
+        # an accuracy's noise is binomial: sqrt(p(1-p)/n)
+        accuracy = float(metrics["accuracy"])
+        error = 1.0 - accuracy
+        standard_error = math.sqrt(max(accuracy * error, 0.0) / max(1, n_val))
+        return Headroom(error, standard_error, "validation error", "two standard errors")
+
+    def size_groups(self, labels: np.ndarray) -> np.ndarray:
+        labels = np.asarray(labels).reshape(-1)
+        return labels[:, None] == np.unique(labels)[None, :]
+
+    def training_subset(self, labels: np.ndarray, per_group: int, seed: int) -> np.ndarray:
+        # the same count of every class (the smallest class's, when it has fewer)
+        from ..data.images import stratified_subset
+
+        smallest = int(np.bincount(np.asarray(labels, dtype=np.int64)).min())
+        return stratified_subset(labels, min(per_group, smallest), seed)
+
+    def validation_subset(self, labels: np.ndarray, per_group: int, seed: int) -> np.ndarray:
+        labels = np.asarray(labels)
+        rng = np.random.default_rng(seed)
+        keep = [rng.permutation(np.flatnonzero(labels == c))[:per_group] for c in np.unique(labels)]
+        return np.sort(np.concatenate(keep)) if keep else np.arange(len(labels))
 
     def headline(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return {"accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n": metrics["n"]}
@@ -97,6 +152,8 @@ class SingleLabel(Task):
         return [shown[i] for i in outputs.argmax(1)]
 
     def top_losses(self, logits: torch.Tensor, labels: torch.Tensor) -> list[tuple[int, dict[str, Any]]]:
+        import torch
+
         losses = torch.nn.functional.cross_entropy(logits, labels, reduction="none")
         proba = logits.softmax(1)
         rows = []

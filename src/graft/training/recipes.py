@@ -738,20 +738,14 @@ def task_loss(job: Job) -> Any:
 
 def _test_time_views(job: Job, model: GraftModel, val_set: Any) -> tuple[torch.Tensor, dict[str, Any] | None]:
     """The kept model's validation outputs, and whether predictions average each image with its
-    mirror image (`--tta`: chosen by the examples it fixes and breaks, single-label only)."""
+    mirror image (`--tta`: `auto` lets the task weigh the validation evidence)."""
     config = job.config
     val_logits = logits_of(model, val_set)  # one pass for the metrics and the highest losses
     tta = None
     if model.flip_average:
         tta = {"flip": True, "reason": "on: the kept probe was trained on flip-averaged features"}
-    elif job.modality.mirrors and job.task.name == "single":
-        val_logits, tta = choose_flip_tta(config.tta, model, val_set, val_logits)
-    elif job.modality.mirrors and config.tta == "flip":
-        model.flip_average = True
-        val_logits, tta = logits_of(model, val_set), {"flip": True, "reason": "on (--tta flip)"}
     elif job.modality.mirrors:
-        reason = f"off: `auto` weighs the examples it fixes and breaks, which {job.task.describe} lacks"
-        tta = {"flip": False, "reason": reason}
+        val_logits, tta = choose_flip_tta(config.tta, model, val_set, val_logits, job.task)
     if tta is not None:
         job.log(f"test-time flip averaging: {tta['reason']}")
     return val_logits, tta
@@ -786,39 +780,33 @@ def _int_of(shown_epochs: str) -> int:
 
 
 def choose_flip_tta(
-    mode: str, model: GraftModel, val_set: Any, plain: torch.Tensor
+    mode: str, model: GraftModel, val_set: Any, plain: torch.Tensor, task: Task | None = None
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Test-time flip averaging (fastai's `tta`, timm's `--tta`): each input's features averaged with
     its mirror image's, at twice the prediction cost. Fine-tuning augments with flips, so it
     usually gains (bench/levers.py); `auto` keeps it only when validation shows a gain beyond
-    noise (otherwise the cheaper plain model stays), because a mirror image means something else in
-    some data. Chosen on the validation set, its validation accuracy reads slightly high; --test
-    gives the unbiased figure. Returns the validation logits of the choice and report.json's record."""
+    noise (`Task.keeps_flip`: otherwise the cheaper plain model stays), because a mirror image
+    means something else in some data. Chosen on the validation set, its validation score reads
+    slightly high; --test gives the unbiased figure. Returns the validation logits of the choice and
+    report.json's record (with the task's monitored metric with and without: `val_<monitor>`)."""
+    task = task or get_task("single")
     if mode == "none":
         return plain, {"flip": False, "reason": "off (--tta none)"}
     if mode == "auto" and not len(val_set):
         return plain, {"flip": False, "reason": "off: no validation examples to show a gain"}
     model.flip_average = True
     flipped = logits_of(model, val_set)
-    labels = val_set.labels.numpy()
-    plain_right, flip_right = plain.argmax(1).numpy() == labels, flipped.argmax(1).numpy() == labels
-    accuracy = {
-        "plain": float(plain_right.mean()) if len(val_set) else None,
-        "flip": float(flip_right.mean()) if len(val_set) else None,
+    labels = val_set.labels
+    scores = {
+        "plain": task.score(plain, labels) if len(val_set) else None,
+        "flip": task.score(flipped, labels) if len(val_set) else None,
     }
+    evidence = f"val_{task.monitor}"
     if mode == "flip":
-        return flipped, {"flip": True, "reason": "on (--tta flip)", "val_accuracy": accuracy}
-    # the examples the two get differently right decide (McNemar): flip averaging must fix more
-    # than it breaks by over one standard error of that difference, sqrt(fixed + broken)
-    fixed, broken = int((flip_right & ~plain_right).sum()), int((plain_right & ~flip_right).sum())
-    better = fixed - broken > math.sqrt(fixed + broken)
+        return flipped, {"flip": True, "reason": "on (--tta flip)", evidence: scores}
+    better, reason = task.keeps_flip(plain, flipped, labels, scores)
     model.flip_average = better
-    verdict = "on: it" if better else "off: it did not"
-    reason = (
-        f"{verdict} fix more validation examples than it broke by over one standard error ({fixed} "
-        f"fixed, {broken} broken; accuracy {accuracy['flip']:.4f} with, {accuracy['plain']:.4f} without)"
-    )
-    return (flipped if better else plain), {"flip": better, "reason": reason, "val_accuracy": accuracy}
+    return (flipped if better else plain), {"flip": better, "reason": reason, evidence: scores}
 
 
 def _kept_line(kept: dict[str, Any]) -> str:
@@ -870,7 +858,7 @@ class Choice:
 
 def choose(job: Job) -> Choice:
     """`--strategy auto`. When the modality's fine-tuning starts with a probe (LP-FT), the probe runs
-    first (seconds to minutes: it is needed either way) and its validation accuracy joins the
+    first (seconds to minutes: it is needed either way) and its validation score joins the
     rule (`strategies.choose_strategy`); fine-tuning then continues from it."""
     config, splits = job.config, job.splits
     per_class = job.task.examples_per_group(len(splits.train))
@@ -894,8 +882,8 @@ def choose(job: Job) -> Choice:
         epoch_seconds,
         None if remaining is None else max(remaining, 1e-9),
         epochs,
-        # the probe's headroom is an accuracy's (binomial noise): single-label only
-        probe_accuracy=probe.val["accuracy"] if probe is not None and job.task.name == "single" else None,
+        # how far the probe is from perfect, and the noise of its score: the task's rule
+        headroom=job.task.headroom(probe.val, len(splits.val)) if probe is not None else None,
         n_val=len(splits.val),
         probe_seconds=probe.extract_seconds + probe.train_seconds if probe is not None else None,
         budget_label="budget" if remaining is None else "left of the time budget",

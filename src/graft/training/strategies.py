@@ -13,6 +13,10 @@ from functools import partial
 
 from ..errors import ConfigError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: this module stays pure
+if TYPE_CHECKING:
+    from ..tasks.base import Headroom  # a task's gap and noise (`Task.headroom`)
+
 HEAD = "head"
 STRATEGIES = ("linear", "finetune", "gradual")
 
@@ -81,14 +85,12 @@ def auto_epochs(n_train: int, default_epochs: int) -> int:
     return max(1, min(default_epochs, math.ceil(MIN_EXAMPLES_SEEN / max(1, n_train))))
 
 
-def probe_headroom(probe_accuracy: float, n_val: int) -> tuple[bool, float, float]:
-    """Whether the probe leaves room for a gain that this validation set can show: its error must
-    exceed both MIN_HEADROOM and two standard errors of the accuracy estimate (binomial,
-    sqrt(p(1-p)/n)). Returns (room, error, the error it had to exceed)."""
-    error = 1.0 - probe_accuracy
-    standard_error = math.sqrt(max(probe_accuracy * error, 0.0) / max(1, n_val))
-    needed = max(MIN_HEADROOM, 2 * standard_error)
-    return error > needed, error, needed
+def has_headroom(headroom: Headroom) -> tuple[bool, float]:
+    """Whether the probe leaves room for a gain that this validation set can show: its gap to a
+    perfect score (1 - accuracy, 1 - mAP, 1 - R2: the task's `headroom`) must exceed both
+    MIN_HEADROOM and two standard errors of the score. Returns (room, the gap it had to exceed)."""
+    needed = max(MIN_HEADROOM, 2 * headroom.standard_error)
+    return headroom.gap > needed, needed
 
 
 def choose_strategy(
@@ -96,7 +98,7 @@ def choose_strategy(
     finetune_epoch_seconds: float,
     budget_s: float | None,
     epochs: int = AUTO_FINETUNE_EPOCHS,
-    probe_accuracy: float | None = None,
+    headroom: Headroom | None = None,
     n_val: int = 0,
     probe_seconds: float | None = None,
     budget_label: str = "budget",
@@ -108,7 +110,8 @@ def choose_strategy(
       mostly overfits; linear probes on pretrained features are the stronger few-shot baseline
       (Kornblith et al. 2019; the few-shot literature's linear-probe baselines).
     - When the probe already ran (the modality's fine-tuning starts with one, LP-FT), its
-      validation accuracy must leave headroom (`probe_headroom`): fine-tuning gains most where
+      validation score must leave headroom (`has_headroom`, with the task's gap and noise: single-
+      label's binomial accuracy, multi-label's mAP, regression's R2): fine-tuning gains most where
       frozen features fit the task worst (Kornblith et al. 2019, "Do Better ImageNet Models
       Transfer Better?"), and a gain smaller than the validation set's noise cannot be seen.
     - Fine-tuning must fit `epochs` epochs (`auto_epochs`) in the budget (what is left of
@@ -131,13 +134,13 @@ def choose_strategy(
             "a linear probe on frozen features generalises better than fine-tuning"
         )
     probe = ""
-    if probe_accuracy is not None:
-        room, error, threshold = probe_headroom(probe_accuracy, n_val)
-        probe = f"the probe's validation error {error:.1%} on {n_val} examples"
+    if headroom is not None:
+        room, threshold = has_headroom(headroom)
+        probe = f"the probe's {headroom.what} {headroom.gap:.1%} on {n_val} examples"
         if not room:
             return "linear", (
-                f"{probe} is within {threshold:.1%} (the larger of {MIN_HEADROOM:.0%} and two standard "
-                "errors): fine-tuning could not show a gain, so the probe is kept"
+                f"{probe} is within {threshold:.1%} (the larger of {MIN_HEADROOM:.0%} and {headroom.noise}): "
+                "fine-tuning could not show a gain, so the probe is kept"
             )
         probe += f" leaves room (> {threshold:.1%}); "
     if needed > budget:
