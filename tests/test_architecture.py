@@ -95,6 +95,12 @@ def test_imports_run_one_way():
     assert strategies <= {"__future__", "math", "collections", "dataclasses", "functools"}  # pure
     for name in ("modalities/base.py", "modalities/image.py", "modalities/text.py"):
         assert not any(m.startswith("graft.training") for m in _imports(mods[name])), name
+    # no circle between prediction and export: export uses the predictors, never the reverse
+    prediction = ["predict.py", "predict_onnx.py", "onnx_runtime.py", "onnx_graph.py"]
+    prediction += ["serve.py", "__init__.py"]
+    for name in prediction:
+        assert not any(m.startswith("graft.export") for m in _imports(mods[name])), name
+    assert not any(m.startswith("graft.predict") for m in _imports(mods["onnx_runtime.py"]))
 
 
 # --------------------------------------------------------------------------- detection

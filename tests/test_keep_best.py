@@ -115,7 +115,8 @@ def test_finetune_report_says_what_was_kept_and_removes_its_scratch_file(tmp_pat
 
     data = make_image_folder(tmp_path / "data", per_class=8, seed=4)
     config = TrainConfig(data=str(data), strategy="finetune", epochs=2, image_size=32, batch_size=8,
-                         tta="flip", resize="progressive", out=str(tmp_path / "run"))  # fmt: skip
+                         tta="flip", resize="progressive", interpolate="auto",
+                         out=str(tmp_path / "run"))  # fmt: skip
     lines = []
     result = run(config, log=lines.append)
     report = json.loads((result.run_dir / "report.json").read_text())

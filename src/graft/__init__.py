@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from .api import Classifier, Regressor
-    from .export.onnx import OnnxPredictor
+    from .onnx_runtime import OnnxPredictor
     from .predict import Predictor
 
 

@@ -24,7 +24,21 @@ from .options import PredictOptions
 from .tasks import task_from_meta
 
 if TYPE_CHECKING:
-    from .export.onnx import OnnxPredictor
+    from .onnx_runtime import OnnxPredictor
+
+
+def _on_onnxruntime(path: Path, device: str | torch.device | None) -> OnnxPredictor:
+    """An exported `.onnx` file, or a run folder: its fresh `model.onnx`, else its graph built in
+    memory from the weights (as `graft export` builds it, without writing it)."""
+    from .onnx_graph import onnx_model_bytes, require_onnx, require_runtime
+    from .onnx_runtime import fresh_export, from_graph, load_onnx
+
+    require_runtime()
+    if not path.is_dir() or fresh_export(path) is not None:
+        return load_onnx(path, device)
+    require_onnx()
+    in_torch = load(path, device="cpu", runtime="torch", precision="fp32")  # like with like: fp32
+    return from_graph(onnx_model_bytes(in_torch, assets=""), in_torch.meta, path, device)
 
 
 class Predictor:
@@ -76,8 +90,7 @@ class Predictor:
 
     def predict_proba(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
         """Class probabilities (single-label: they sum to 1), or each label's (multi-label)."""
-        if self.task.name == "regression":
-            raise ConfigError("a regression model predicts values, not probabilities: use predict")
+        self.task.has_probabilities()
         return self.outputs(inputs, batch_size)
 
     def logits_or_skip(self, inputs: Any, batch_size: int = 64) -> tuple[np.ndarray, dict[int, str]]:
@@ -139,11 +152,9 @@ def load(
     if runtime not in RUNTIMES:
         raise ConfigError(f"unknown runtime {runtime!r}: use {' or '.join(RUNTIMES)}")
     if runtime == "onnx" or run_dir.suffix == ".onnx":
-        from .export.onnx import load_onnx
-
         if precision not in ("auto", "fp32"):
             raise ConfigError(f"precision {precision!r}: an ONNX model runs in fp32 (use auto or fp32)")
-        return load_onnx(run_dir, device)
+        return _on_onnxruntime(run_dir, device)
     meta = read_meta(run_dir)
     verify_bundle(run_dir, meta)
     modality = get_modality(meta.get("modality", "image"))

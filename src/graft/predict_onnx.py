@@ -24,7 +24,7 @@ import numpy as np
 
 from .bundle import META_FILE, WEIGHTS_FILE, read_meta, shown_classes, verify_bundle
 from .data.images import IMAGE_EXTENSIONS, image_files_below, load_rgb, resize_center_crop
-from .errors import ConfigError, UnreadableImage
+from .errors import UnreadableImage
 from .tasks import task_from_meta
 
 EXPORTED = "model.onnx"
@@ -109,8 +109,7 @@ class ExportedImagePredictor:
         return outputs
 
     def predict_proba(self, inputs: Sequence[Any], batch_size: int = 32) -> np.ndarray:
-        if self.output != PROBABILITIES:
-            raise ConfigError("a regression model predicts values, not probabilities: use predict")
+        self.task.has_probabilities()
         return self.outputs(inputs, batch_size)
 
     def predict(self, inputs: Sequence[Any], batch_size: int = 32) -> Any:

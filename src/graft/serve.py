@@ -35,21 +35,10 @@ def _require_serve() -> Any:
     return fastapi
 
 
-def _ranked(model: Any, proba: Any) -> list[dict[str, Any]]:
-    order = proba.argsort()[::-1][: min(TOP_K, len(model.classes_))]
-    return [{"label": model.classes_[i], "probability": round(float(proba[i]), 6)} for i in order]
-
-
 def _answer(model: Any, outputs: Any) -> dict[str, Any]:
-    """One input's answer, by the model's task: the top classes (single-label); the labels that
-    apply and the top probabilities (multi-label); the predicted numbers (regression)."""
-    task = model.task
-    if task.name == "regression":
-        return {"values": {name: round(float(v), 6) for name, v in zip(model.classes_, outputs, strict=True)}}
-    answer = {"top": _ranked(model, outputs)}
-    if task.name == "multi":
-        answer["labels"] = task.predictions(outputs[None], model.classes_)[0]["labels"]
-    return answer
+    """One input's answer, as the model's task gives it: the top classes (single-label); the
+    labels that apply and the top probabilities (multi-label); the predicted numbers (regression)."""
+    return model.task.answer(outputs, model.classes_, TOP_K)
 
 
 def _text_answers(model: Any, texts: Any) -> tuple[int, dict[str, Any]]:

@@ -66,6 +66,10 @@ class Task:
     size_unit: ClassVar[str] = ""  # its log lines: "10 per class"
     size_axis: ClassVar[str] = ""  # its learning curve's x axis
     size_column: ClassVar[str] = ""  # its tables' column
+    # what the activated outputs are: the ONNX graph's output name, and whether `predict_proba`
+    # means anything ("probabilities") or only `predict` does ("values", regression's numbers)
+    outputs_are: ClassVar[str] = "probabilities"
+    output_meaning: ClassVar[str] = ""  # an export's metadata: what the graph's output holds
 
     # ---- labels
     @classmethod
@@ -167,6 +171,24 @@ class Task:
     def predictions(self, outputs: np.ndarray, shown: Sequence[str]) -> list[dict[str, Any]]:
         """`predict`'s rows from activated outputs, names as shown to people."""
         raise NotImplementedError
+
+    def answer(self, outputs: np.ndarray, shown: Sequence[str], top: int = 5) -> dict[str, Any]:
+        """`graft serve`'s answer for one input's activated outputs: the most probable `top`
+        classes or labels (tasks add what applies: the labels over their thresholds, the numbers)."""
+        order = outputs.argsort()[::-1][: min(top, len(shown))]
+        return {"top": [{"label": shown[i], "probability": round(float(outputs[i]), 6)} for i in order]}
+
+    def has_probabilities(self) -> None:
+        """`predict_proba` asks for probabilities: a one-line error where the outputs are not."""
+        if self.outputs_are != "probabilities":
+            raise ConfigError(
+                f"a {self.describe} model predicts {self.outputs_are}, not probabilities: use predict"
+            )
+
+    def output_scale(self) -> np.ndarray | float:
+        """The unit an export's parity is measured in: 1 for probabilities (regression: each
+        target's training standard deviation, so one tolerance fits targets of any scale)."""
+        return 1.0
 
     def decide(self, outputs: np.ndarray, shown: Sequence[str]) -> Any:
         """`predict`'s answer from activated outputs: a class name per input (single-label), a tuple

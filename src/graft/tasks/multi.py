@@ -71,6 +71,10 @@ def best_threshold(scores: np.ndarray, positives: np.ndarray) -> float:
 @register_task
 class MultiLabel(Task):
     name: ClassVar[str] = "multi"
+    output_meaning: ClassVar[str] = (
+        "float32 (batch, labels): each label's sigmoid probability, in graft.classes order; a label "
+        "applies at or above its threshold (graft.bundle: task.state.thresholds)"
+    )
     monitor: ClassVar[str] = "map"
     monitor_short: ClassVar[str] = "val_mAP"
     monitor_name: ClassVar[str] = "mAP"
@@ -189,6 +193,11 @@ class MultiLabel(Task):
     def headline(self, metrics: dict[str, Any]) -> dict[str, Any]:
         keys = ("map", "micro_f1", "subset_accuracy", "n")
         return {k: metrics[k] for k in keys}
+
+    def answer(self, outputs: np.ndarray, shown: Sequence[str], top: int = 5) -> dict[str, Any]:
+        """The top probabilities, and the labels over their thresholds."""
+        labels = self.predictions(outputs[None], shown)[0]["labels"]
+        return super().answer(outputs, shown, top) | {"labels": labels}
 
     def predictions(self, outputs: np.ndarray, shown: Sequence[str]) -> list[dict[str, Any]]:
         thresholds = self.thresholds()

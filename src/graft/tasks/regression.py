@@ -46,6 +46,9 @@ def spearman(predicted: np.ndarray, true: np.ndarray) -> float:
 @register_task
 class Regression(Task):
     name: ClassVar[str] = "regression"
+    output_meaning: ClassVar[str] = (
+        "float32 (batch, targets): the predicted values in the data's units, in graft.classes order"
+    )
     monitor: ClassVar[str] = "r2"
     monitor_short: ClassVar[str] = "val_R2"
     monitor_name: ClassVar[str] = "R2"
@@ -54,6 +57,7 @@ class Regression(Task):
     size_unit: ClassVar[str] = "per decile"
     size_axis: ClassVar[str] = "labelled examples per decile of the target"
     size_column: ClassVar[str] = "examples/decile"
+    outputs_are: ClassVar[str] = "values"
 
     @classmethod
     def from_raw(cls, raw: Sequence[RawLabel], columns: Sequence[str], separator: str) -> Task:
@@ -161,6 +165,13 @@ class Regression(Task):
 
     def headline(self, metrics: dict[str, Any]) -> dict[str, Any]:
         return {k: metrics[k] for k in ("r2", "rmse", "mae", "spearman", "n")}
+
+    def answer(self, outputs: np.ndarray, shown: Sequence[str], top: int = 5) -> dict[str, Any]:
+        """The predicted numbers, by target, in the data's units."""
+        return {"values": {name: round(float(v), 6) for name, v in zip(shown, outputs, strict=True)}}
+
+    def output_scale(self) -> np.ndarray | float:
+        return np.asarray(self.state.get("std") or 1.0, dtype=np.float32)
 
     def predictions(self, outputs: np.ndarray, shown: Sequence[str]) -> list[dict[str, Any]]:
         if len(shown) == 1:

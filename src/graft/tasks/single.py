@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 @register_task
 class SingleLabel(Task):
     name: ClassVar[str] = "single"
+    output_meaning: ClassVar[str] = "float32 (batch, classes): softmax, in graft.classes order"
     monitor: ClassVar[str] = "accuracy"
     monitor_short: ClassVar[str] = "val_acc"
     monitor_name: ClassVar[str] = "accuracy"
