@@ -6,6 +6,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -107,3 +108,69 @@ def make_image_folder(root: Path, per_class: int, seed: int) -> Path:
             ext = "png" if i % 2 else "jpg"
             Image.fromarray(synthetic_image(label, rng)).save(root / label / f"{i:02d}.{ext}")
     return root
+
+
+def write_image_table(root: Path, n: int, seed: int) -> Path:
+    """root/NNN.png and root/labels.csv (`file,label,labels,brightness`): each image's colour as a
+    class (single), the colour and "warm" for red as labels (multi), its brightness (regression)."""
+    import csv
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        colour = ["red", "green", "blue"][i % 3]
+        pixels = synthetic_image(colour, rng)
+        Image.fromarray(pixels).save(root / f"{i:03d}.png")
+        labels = f"{colour}|warm" if colour == "red" else colour
+        rows.append([f"{i:03d}.png", colour, labels, f"{pixels.mean() / 255:.4f}"])
+    with open(root / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["file", "label", "labels", "brightness"], *rows])
+    return root
+
+
+def fit_scored(model: Any, scores: list[float], *callbacks: Any) -> list[dict[str, Any]]:
+    """The one loop on random data for len(scores) epochs, each epoch's row given `scores` as its
+    validation accuracy (before `callbacks` see it): for the callbacks that choose by it."""
+    from graft.training.loop import Callback, LoopConfig, fit
+    from graft.training.strategies import HEAD, Stage
+
+    class Scores(Callback):
+        def __init__(self) -> None:
+            self.scores = iter(scores)
+
+        def on_epoch_end(self, loop: Any, row: dict[str, Any]) -> None:
+            row["val_accuracy"] = next(self.scores)
+
+    x, y = torch.randn(16, model.in_features), torch.randint(0, model.out_features, (16,))
+    return fit(
+        model,
+        [(HEAD, list(model.parameters()))],
+        lambda e: Stage({HEAD: 1.0}),
+        lambda e: [(x, y)],
+        1,
+        LoopConfig(epochs=len(scores), lr=0.1),
+        callbacks=[Scores(), *callbacks],
+    )
+
+
+GOOD = ["great", "wonderful", "lovely", "excellent", "superb", "delightful"]
+BAD = ["awful", "terrible", "boring", "dreadful", "poor", "bad"]
+NOUNS = ["movie", "film", "plot", "acting", "story", "ending"]
+
+
+def write_reviews(path: Path, n: int, seed: int) -> Path:
+    """A `review,sentiment` CSV of n one-line reviews whose sentiment word gives the label."""
+    import csv
+    import random
+
+    rng = random.Random(seed)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["review", "sentiment"])
+        for _ in range(n):
+            label = rng.choice(["pos", "neg"])
+            word = rng.choice(GOOD if label == "pos" else BAD)
+            writer.writerow([f"the {rng.choice(NOUNS)} was {word} and so was the {rng.choice(NOUNS)}", label])
+    return path
+

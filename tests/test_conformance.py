@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import synthetic_image
-from PIL import Image
+from conftest import write_image_table
 
 import graft
 from graft.cli import main
@@ -28,19 +27,11 @@ MONITORED = {"single": "accuracy", "multi": "map", "regression": "r2"}
 
 
 def _image_data(root: Path, n: int, seed: int) -> tuple[Path, list[Any]]:
-    """Images with labels.csv: a colour (single), the colour and "warm" for red (multi), the
-    brightness (regression)."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        colour = ["red", "green", "blue"][i % 3]
-        pixels = synthetic_image(colour, rng)
-        Image.fromarray(pixels).save(root / f"{i:03d}.png")
-        labels = f"{colour}|warm" if colour == "red" else colour
-        rows.append([f"{i:03d}.png", colour, labels, f"{pixels.mean() / 255:.4f}"])
-    with open(root / "labels.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["file", *COLUMNS.values()], *rows])
+    """conftest's image table: a colour (single), the colour and "warm" for red (multi), the
+    brightness (regression: its column is renamed to the builders' `score`)."""
+    write_image_table(root, n, seed)
+    table = (root / "labels.csv").read_text().replace("brightness", "score", 1)
+    (root / "labels.csv").write_text(table)
     return root, [root / "000.png", root / "001.png"]
 
 

@@ -7,14 +7,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import fit_scored
 from torch import nn
 
 from graft.config import TrainConfig
 from graft.training.callbacks import BehindProbe
 from graft.training.interpolate import choose_alpha, mixed
-from graft.training.loop import Callback, LoopConfig, fit
 from graft.training.recipes import still_rising
-from graft.training.strategies import HEAD, Stage
 
 
 def test_mixed_interpolates_floats_and_keeps_counters_of_the_end():
@@ -55,27 +54,10 @@ def test_the_sweep_scores_no_point_the_time_budget_cannot_pay_for():
     assert scored == [] and choice["alpha"] == 1.0 and float(model.weight) == 1.0
 
 
-class Scores(Callback):
-    def __init__(self, scores):
-        self.scores = iter(scores)
-
-    def on_epoch_end(self, loop, row):
-        row["val_accuracy"] = next(self.scores)
-
-
 @pytest.mark.parametrize(("scores", "epochs_run"), [([0.5, 0.6, 0.9, 0.9], 2), ([0.5, 0.71, 0.6, 0.6], 4)])
 def test_auto_stops_fine_tuning_that_has_not_beaten_the_probe_after_half_its_epochs(scores, epochs_run):
-    model, lines = nn.Linear(2, 2), []
-    x, y = torch.randn(8, 2), torch.randint(0, 2, (8,))
-    history = fit(
-        model,
-        [(HEAD, list(model.parameters()))],
-        lambda e: Stage({HEAD: 1.0}),
-        lambda e: [(x, y)],
-        1,
-        LoopConfig(epochs=len(scores), lr=0.1),
-        callbacks=[Scores(scores), BehindProbe(0.7, 2, "val_accuracy", lines.append)],
-    )
+    lines: list[str] = []
+    history = fit_scored(nn.Linear(2, 2), scores, BehindProbe(0.7, 2, "val_accuracy", lines.append))
     assert len(history) == epochs_run
     assert bool(lines) == (epochs_run < len(scores))
 

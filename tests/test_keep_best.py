@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import fit_scored, make_image_folder
 from torch import nn
 
 from graft.tasks import get_task
@@ -40,17 +40,8 @@ class Snapshots(Callback):
 def _fit(scores, start_score=None, path=None):
     torch.manual_seed(0)
     model = nn.Linear(4, 2)
-    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
     keep, snaps = KeepBest(start_score, path), Snapshots()
-    history = fit(
-        model,
-        [(HEAD, list(model.parameters()))],
-        lambda e: Stage({HEAD: 1.0}),
-        lambda e: [(x, y)],
-        1,
-        LoopConfig(epochs=len(scores), lr=0.1),
-        callbacks=[snaps, Scores(scores), keep],
-    )
+    history = fit_scored(model, scores, snaps, keep)
     return model, keep, snaps, history
 
 

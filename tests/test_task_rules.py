@@ -5,16 +5,13 @@ for single-label, multi-label and regression."""
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_image
-from PIL import Image
+from conftest import write_image_table
 from torch import nn
 
 from graft.data.images import stratified_subset
@@ -74,23 +71,6 @@ def test_cover_groups_fills_the_rarest_group_first():
     assert picked.tolist() == [1, 4]  # they cover both groups: nothing else is needed
 
 
-def _image_table(root: Path, n: int, seed: int) -> Path:
-    """Images with labels.csv: their colour (and "warm" for red) as labels, brightness as a number."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        colour = ["red", "green", "blue"][i % 3]
-        pixels = synthetic_image(colour, rng)
-        Image.fromarray(pixels).save(root / f"{i:03d}.png")
-        rows.append(
-            [f"{i:03d}.png", f"{colour}|warm" if colour == "red" else colour, f"{pixels.mean() / 255:.4f}"]
-        )
-    with open(root / "labels.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["file", "labels", "brightness"], *rows])
-    return root
-
-
 @pytest.mark.parametrize(
     ("task", "column", "size", "metric", "unit", "name"),
     [
@@ -104,7 +84,7 @@ def test_compare_runs_multi_label_and_regression_on_the_tasks_sizes_and_metric(
     from graft.cli import main
     from graft.compare import headline, load_summary
 
-    data, out = _image_table(tmp_path / "data", 75, 0), tmp_path / "c"
+    data, out = write_image_table(tmp_path / "data", 75, 0), tmp_path / "c"
     argv = [
         "compare",
         str(data),
@@ -272,7 +252,7 @@ def test_auto_asks_the_task_for_the_probes_headroom(tmp_path, monkeypatch):
         return "linear", "kept by the test"  # no fine-tuning: the test needs the choice only
 
     monkeypatch.setattr(strategies, "choose_strategy", spy)
-    data = _image_table(tmp_path / "data", 45, 0)
+    data = write_image_table(tmp_path / "data", 45, 0)
     argv = ["train", str(data), "--label-column", "brightness", "--task", "regression", "--image-size", "32"]
     assert main([*argv, "--out", str(tmp_path / "run"), "--json"]) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import synthetic_image
-from PIL import Image
+from conftest import synthetic_image, write_image_table
 from sklearn.metrics import average_precision_score, r2_score
 
 import graft
@@ -169,33 +168,6 @@ def test_text_regression_trains_reports_predicts_and_evaluates(text_runs, capsys
     assert "R2" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["multi", "regression"])
-def test_export_and_serve_answer_as_the_task_predicts(text_runs, name, tmp_path):
-    """ONNX: the task's outputs traced into the graph (sigmoid, or values in the data's units), the
-    parity check on them; serve: the labels that apply, or the numbers."""
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("fastapi")
-    from fastapi.testclient import TestClient
-
-    from graft.export import export
-    from graft.serve import create_app
-
-    out, _ = text_runs[name]
-    result = export(out, "onnx", tmp_path / "model.onnx")
-    assert result["max_abs_diff"] < result["tolerance"]
-    texts = ["I saw a banana and a purple chair", "the film was superb"]
-    exported, torch_model = graft.load(tmp_path / "model.onnx"), graft.load(out, precision="fp32")
-    assert np.allclose(exported.outputs(texts), torch_model.outputs(texts), atol=1e-4)
-    if name == "multi":  # the same labels apply
-        assert exported.predict(texts) == torch_model.predict(texts)
-    answer = TestClient(create_app(out, precision="fp32")).post("/predict", json={"texts": texts}).json()
-    first = answer["predictions"][0]
-    if name == "multi":
-        assert first["labels"] == list(torch_model.predict(texts[:1])[0]) and first["top"]
-    else:
-        assert first["values"]["score"] == pytest.approx(float(torch_model.predict(texts[:1])[0]), abs=1e-3)
-
-
 def test_a_regression_column_with_a_word_skips_that_row_naming_it(tmp_path):
     pytest.importorskip("transformers", reason="text needs the `text` extra")
     train = _scored_texts(tmp_path / "train.csv", 60, 0)
@@ -211,26 +183,10 @@ def test_a_regression_column_with_a_word_skips_that_row_naming_it(tmp_path):
 # --------------------------------------------------------------------------- images and the Python API
 
 
-def _image_table(root: Path, n: int, seed: int) -> Path:
-    """Images with labels.csv: their colour class and stripes as labels, brightness as a number."""
-    rng = np.random.default_rng(seed)
-    root.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        colour = ["red", "green", "blue"][i % 3]
-        pixels = synthetic_image(colour, rng)
-        name = f"{i:03d}.png"
-        Image.fromarray(pixels).save(root / name)
-        rows.append([name, colour, f"{pixels.mean() / 255:.4f}"])
-    with open(root / "labels.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["file", "labels", "brightness"], *rows])
-    return root
-
-
 def test_images_with_a_labels_table_regress_and_a_missing_file_is_skipped(tmp_path):
-    data = _image_table(tmp_path / "photos", 45, 0)
+    data = write_image_table(tmp_path / "photos", 45, 0)
     with open(data / "labels.csv", "a", newline="") as f:
-        csv.writer(f).writerow(["gone.png", "red", "0.5"])
+        csv.writer(f).writerow(["gone.png", "red", "red|warm", "0.5"])
     out = tmp_path / "run"
     argv = ["train", str(data), "--label-column", "brightness", "--task", "regression"]
     argv += ["--strategy", "linear", "--image-size", "32", "--epochs", "40", "--out", str(out), "--json"]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import spy_on_training_loops
+from conftest import BAD, GOOD, NOUNS, spy_on_training_loops, write_reviews
 from safetensors.torch import load_file
 
 pytest.importorskip("transformers", reason="text needs the `text` extra")
@@ -29,22 +29,6 @@ from graft.modalities.text import bucketed_order  # noqa: E402
 from graft.runner import RunResult, run  # noqa: E402
 from graft.training import recipes  # noqa: E402
 from graft.training.checkpoint import Checkpointer  # noqa: E402
-
-GOOD = ["great", "wonderful", "lovely", "excellent", "superb", "delightful"]
-BAD = ["awful", "terrible", "boring", "dreadful", "poor", "bad"]
-NOUNS = ["movie", "film", "plot", "acting", "story", "ending"]
-
-
-def _reviews(path: Path, n: int, seed: int) -> Path:
-    rng = random.Random(seed)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["review", "sentiment"])
-        for _ in range(n):
-            label = rng.choice(["pos", "neg"])
-            word = rng.choice(GOOD if label == "pos" else BAD)
-            writer.writerow([f"the {rng.choice(NOUNS)} was {word} and so was the {rng.choice(NOUNS)}", label])
-    return path
 
 
 def _cli(argv: list[str]) -> tuple[int, str]:
@@ -63,8 +47,8 @@ def minilm():
 def data(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("text")
     return {
-        "train": _reviews(root / "train.csv", 80, 0),
-        "test": _reviews(root / "test.csv", 30, 1),
+        "train": write_reviews(root / "train.csv", 80, 0),
+        "test": write_reviews(root / "test.csv", 30, 1),
         "root": root,
     }
 

@@ -8,13 +8,12 @@ import contextlib
 import csv
 import io
 import json
-import random
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder
+from conftest import make_image_folder, write_reviews
 from torch import nn
 
 import graft
@@ -67,25 +66,11 @@ def image_run(tmp_path_factory):
     return out, uri, json.loads((out / "report.json").read_text())
 
 
-GOOD, BAD = ["great", "wonderful", "superb", "lovely"], ["awful", "terrible", "dreadful", "boring"]
-
-
-def _reviews(path: Path, n: int, seed: int) -> Path:
-    rng = random.Random(seed)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["review", "sentiment"])
-        for _ in range(n):
-            label = rng.choice(["pos", "neg"])
-            writer.writerow([f"the film was {rng.choice(GOOD if label == 'pos' else BAD)}", label])
-    return path
-
-
 @pytest.fixture(scope="module")
 def text_run(tmp_path_factory):
     pytest.importorskip("transformers", reason="text needs the `text` extra")
     root = tmp_path_factory.mktemp("trackers-text")
-    train, test = _reviews(root / "train.csv", 60, 0), _reviews(root / "test.csv", 20, 1)
+    train, test = write_reviews(root / "train.csv", 60, 0), write_reviews(root / "test.csv", 20, 1)
     out = root / "run"
     with _mlflow_store(root) as uri:
         clf = graft.Classifier(
