@@ -33,12 +33,12 @@ def _line():
 def test_the_best_point_on_the_line_is_loaded_and_ties_go_to_the_kept_end():
     model, start, end = _line()
     peak = lambda m: -float((m.weight - 0.6).abs().sum())  # noqa: E731 - best near the middle
-    choice = choose_alpha(model, start, end, {0.0: peak(nn.Linear(1, 1)), 1.0: -0.4}, peak, lambda: None)
+    choice = choose_alpha(model, start, end, {0.0: peak(nn.Linear(1, 1)), 1.0: -0.4}, peak, lambda s: True)
     assert choice["alpha"] == 0.5 and float(model.weight) == 0.5
     assert list(choice["scores"]) == ["0.0", "0.25", "0.5", "0.75", "1.0"]
     flat = lambda m: 0.7  # noqa: E731 - every point alike: the kept end stays
     for kept_end in (0.0, 1.0):
-        choice = choose_alpha(model, start, end, {0.0: 0.7, 1.0: 0.7}, flat, lambda: None, prefer=kept_end)
+        choice = choose_alpha(model, start, end, {0.0: 0.7, 1.0: 0.7}, flat, lambda s: True, prefer=kept_end)
         assert choice["alpha"] == kept_end and float(model.weight) == kept_end
 
 
@@ -50,7 +50,7 @@ def test_the_sweep_scores_no_point_the_time_budget_cannot_pay_for():
         scored.append(float(m.weight))
         return 0.0
 
-    choice = choose_alpha(model, start, end, {0.0: 0.5, 1.0: 0.9}, score, lambda: -1.0)
+    choice = choose_alpha(model, start, end, {0.0: 0.5, 1.0: 0.9}, score, lambda s: False)
     assert scored == [] and choice["alpha"] == 1.0 and float(model.weight) == 1.0
 
 

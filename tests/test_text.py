@@ -533,3 +533,36 @@ def test_two_text_columns_train_predict_and_serve_as_sentence_pairs(tmp_path) ->
     answer = client.post("/predict", json={"texts": [list(r) for r in rows]})
     assert answer.status_code == 200, answer.text
     assert [p["top"][0]["label"] for p in answer.json()["predictions"]] == loaded.predict(rows)
+
+
+def test_pairs_arrive_as_tuples_lists_or_array_rows_and_one_tuple_is_one_pair(minilm) -> None:
+    """A DataFrame's two text columns as a 2-D array give one pair a row; a lone 2-tuple given to a
+    model trained on pairs is one input; an array that is not a pair is a one-line error; an
+    array of strings is not an image."""
+    from graft.backbones import TextPreprocessing
+    from graft.errors import DataError
+    from graft.modalities import get_modality, modality_of_inputs
+    from graft.modalities.text import _TextInputs
+
+    rows = np.array([["a premise", "a hypothesis"], ["another", "one"]])
+    pairs = _TextInputs(minilm.tokenizer, TextPreprocessing(pairs=True))
+    assert pairs.as_list(rows) == [("a premise", "a hypothesis"), ("another", "one")]
+    assert pairs.as_list(("a premise", "a hypothesis")) == [("a premise", "a hypothesis")]
+    single = _TextInputs(minilm.tokenizer, TextPreprocessing())
+    assert single.as_list(("one text", "another")) == ["one text", "another"]
+    with pytest.raises(DataError, match=r"not an array \(3,\)"):
+        pairs.as_list(np.array([["a", "b", "c"]]))
+    assert modality_of_inputs(list(rows)) is get_modality("text")
+
+
+def test_image_paths_are_images_even_when_the_text_modality_registered_first(tmp_path) -> None:
+    """This module imports graft.modalities.text first; a list of image paths is still images (a
+    modality that takes any string is asked last), and plain strings are texts."""
+    from PIL import Image
+
+    from graft.modalities import get_modality, modality_of_inputs
+
+    path = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(path)
+    assert modality_of_inputs([str(path)]) is get_modality("image")
+    assert modality_of_inputs(["a text"]) is get_modality("text")

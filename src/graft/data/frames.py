@@ -105,7 +105,8 @@ def _sources(rows: Iterator[tuple[int, list[Any]]], images: bool) -> Iterator[tu
             yield i, source, problem or ""
         else:
             text = joined_text([None if _missing(v) else v for v in values])
-            yield i, text, "" if text else "empty text"
+            empty = not any(text) if isinstance(text, tuple) else not text  # a pair: both sides empty
+            yield i, text, "empty text" if empty else ""
 
 
 # --------------------------------------------------------------------------- pandas

@@ -305,7 +305,9 @@ class ImageModality:
             ) from None
 
     def accepts(self, item: Any) -> bool:
-        if isinstance(item, Image.Image | np.ndarray | bytes):  # bytes: an encoded image file
+        if isinstance(item, np.ndarray):  # pixels: numbers (an array of strings is texts)
+            return item.dtype.kind in "uifb"
+        if isinstance(item, Image.Image | bytes):  # bytes: an encoded image file
             return True
         return (
             isinstance(item, str | Path)

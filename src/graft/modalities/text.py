@@ -73,7 +73,7 @@ def tokenize(
     sides keep a share; without (bundles from before pairs), its texts are joined by a newline."""
     split = [_pair_of(t) for t in texts]
     if not pairs:
-        split = [(a if b is None else f"{a}\n{b}", None) for a, b in split]
+        split = [("\n".join(t for t in (a, b) if t) if b is not None else a, None) for a, b in split]
     ids: list[list[int]] = [[] for _ in split]
     single = [i for i, (_, b) in enumerate(split) if b is None]
     double = [i for i, (_, b) in enumerate(split) if b is not None]
@@ -90,9 +90,13 @@ def tokenize(
 
 
 def _pair_of(text: Any) -> tuple[str, str | None]:
-    """(first, second) of a sentence pair; (text, None) for one text."""
-    if isinstance(text, tuple | list) and len(text) == 2:
+    """(first, second) of a sentence pair (a 2-tuple, 2-list or 2-array of texts: a DataFrame row
+    of two text columns); (text, None) for one text."""
+    several = isinstance(text, tuple | list | np.ndarray)
+    if several and len(text) == 2 and all(isinstance(t, str) for t in text):
         return str(text[0]), str(text[1])
+    if isinstance(text, np.ndarray):
+        raise DataError(f"a text model takes texts or (first, second) pairs, not an array {text.shape}")
     return str(text), None
 
 
@@ -222,9 +226,12 @@ class _TextInputs:
         self.tokenizer, self.prep = tokenizer, prep
 
     def as_list(self, inputs: Any) -> list[str | tuple[str, str]]:
-        """Texts, or sentence pairs as 2-tuples (or 2-lists) of texts."""
+        """Texts, or sentence pairs as 2-tuples (or 2-lists, 2-arrays) of texts; one pair given
+        alone, as a tuple, to a model trained on pairs is one input."""
         if isinstance(inputs, str):
             return [inputs]
+        if self.prep.pairs and isinstance(inputs, tuple) and is_pair(inputs):
+            return [_pair_of(inputs)]  # type: ignore[list-item]
         return [_pair_of(t) if is_pair(t) else str(t) for t in inputs]  # type: ignore[misc]
 
     def preprocess(self, inputs: Any) -> list[torch.Tensor]:
@@ -276,8 +283,8 @@ class TextModality:
         raise DataError(f"{name}: a text model takes JSON {{\"texts\": [...]}}, not an uploaded file")
 
     def accepts(self, item: Any) -> bool:
-        """A text, or a sentence pair: a 2-tuple or 2-list of texts."""
-        if isinstance(item, tuple | list):
+        """A text, or a sentence pair: a 2-tuple, 2-list or 2-array of texts."""
+        if isinstance(item, tuple | list | np.ndarray):
             return len(item) == 2 and all(isinstance(t, str) for t in item)
         return isinstance(item, str)
 

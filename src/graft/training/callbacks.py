@@ -16,6 +16,7 @@ from torch import nn
 from .. import distributed
 from ..bundle import atomic_write
 from ..compute import forward_all, synchronize
+from ..heads import upgrade_head_keys
 from ..progress import Progress
 from ..tasks import Task
 from .checkpoint import Checkpointer
@@ -107,6 +108,7 @@ class KeepBest(Callback):
             with safe_open(str(self.path), framework="pt") as f:
                 meta = f.metadata() or {}
                 self.state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+            self.state = upgrade_head_keys(self.state)  # saved before the head's parts had names
             self.score, self.epoch = float(meta[self.monitor]), int(meta["epoch"])
         elif self.start_score is not None:
             self._keep(loop, self.start_score, 0, self.start_state)
@@ -182,6 +184,7 @@ class Deadline(Callback):
 
     def __init__(self, at: float) -> None:
         self.at = at
+        self.fired = False  # whether the clock ended the fit (not its epochs or another stop)
 
     def on_step_end(self, loop: Loop, loss: torch.Tensor) -> None:
         self._check(loop)
@@ -190,8 +193,8 @@ class Deadline(Callback):
         self._check(loop)
 
     def _check(self, loop: Loop) -> None:
-        if time.perf_counter() > self.at:
-            loop.stop = True
+        if time.perf_counter() > self.at and not loop.stop:
+            loop.stop = self.fired = True
 
 
 class EpochLog(Callback):

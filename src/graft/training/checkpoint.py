@@ -101,7 +101,10 @@ class Checkpointer:
                 f"--resume with different settings ({', '.join(changed)}) than the "
                 f"checkpoint in {self.run_dir}; rerun the same command"
             )
+        from ..heads import upgrade_head_keys
+
         tensors = load_file(str(self.run_dir / TENSORS))
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        model.load_state_dict(upgrade_head_keys(weights))  # a checkpoint of before the named head
         optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
         return LoopState(meta["epoch"], meta["step"], meta["history"])

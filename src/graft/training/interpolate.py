@@ -43,17 +43,18 @@ def choose_alpha(
     end: Weights,
     scores: dict[float, float],
     score_of: Callable[[nn.Module], float],
-    seconds_left: Callable[[], float | None],
+    affordable: Callable[[float], bool],
     prefer: float = 1.0,
 ) -> dict[str, Any]:
     """Score the ALPHAS between the two ends (`scores` holds the ends' validation scores, keyed 0.0
     and 1.0), load the best mix into `model` and say what was chosen and why. Ties go to the
-    alpha nearest `prefer`."""
+    alpha nearest `prefer`. `affordable(seconds)`: whether the time left pays for another point
+    that takes about `seconds` (the last one's; 0 before the first); every process of a run must
+    get the same answer (the caller asks rank 0)."""
     scores = dict(scores)
     last_seconds = 0.0
     for alpha in ALPHAS:
-        left = seconds_left()
-        if left is not None and left < 2 * last_seconds:
+        if not affordable(last_seconds):
             break
         started = time.perf_counter()
         model.load_state_dict(mixed(start, end, alpha))

@@ -435,7 +435,7 @@ def head_phase(plan: Plan, epochs: int, probed: bool) -> tuple[dict[str, int], i
 def resume_key(config: TrainConfig, plan: Plan) -> dict[str, Any]:
     """The settings a checkpoint must share with the command that resumes it."""
     skip = {"resume", "overwrite", "out", "test", "time_budget", "device", "engine", "keep_checkpoint", "tta"}
-    skip.add("log_to")  # where numbers are logged changes no weight
+    skip.update({"log_to", "interpolate"})  # where numbers go, and the mix after the last epoch
     skip.add("devices")  # a run may continue on another number of processes (not bit for bit)
     # options added later: at their defaults, a checkpoint written before them resumes as it was
     defaults = {"resize": "fixed", "task": "auto", "label_separator": "|"}
@@ -455,6 +455,7 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     probe_weights = _probe_weights(job, model, probe, continues, candidate)  # for the interpolation
     groups = [*job.backbone.trainable_groups(), (strategies.HEAD, list(model.head.parameters()))]
     fit_batch_to_memory(job, model, groups, train_set)
+    plan = job.plan  # the batch that fits, and its LR
     steps_per_epoch = train_set.steps_per_epoch(plan.batch_size)
     options, epochs = head_phase(plan, plan.epochs, continues)
     job.log(_epochs_line(plan, continues, config.time_budget is not None and not config.epochs))
@@ -518,7 +519,7 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     if history:
         result.phases.append(_summary(job, history, probe, kept, f"{steps_per_epoch} steps", train_seconds))
         job.log(result.phases[-1])
-    result.advice = still_rising(job, history, monitor, train_seconds)
+    result.advice = still_rising(job, history, monitor, train_seconds) if _clock_ended(limits) else []
     if probe is not None:
         _merge_probe(result, probe)
     return result
@@ -594,16 +595,16 @@ def _interpolate(
         end, end_score = _cpu_weights(model), kept[monitor]
     budget_s = job.config.time_budget
 
-    def seconds_left() -> float | None:  # a tenth of the budget stays for the test and the bundle
+    def affordable(last_seconds: float) -> bool:  # a tenth of the budget stays for the test and bundle
         left = budget.left(job)
-        return None if left is None else distributed.from_main(left - 0.1 * budget_s)
+        return bool(distributed.from_main(left is None or left - 0.1 * budget_s > 2 * last_seconds))
 
     def score_of(m: nn.Module) -> float:
         return float(job.task.validation_row(logits_of(m, val_set), val_set.labels)[monitor])
 
     ends = {0.0: float(probe.val[job.task.monitor]), 1.0: float(end_score)}
     kept_end = 0.0 if kept["epoch"] == 0 else 1.0  # ties go to the model keep-best kept
-    choice = interpolate.choose_alpha(model, start, end, ends, score_of, seconds_left, kept_end)
+    choice = interpolate.choose_alpha(model, start, end, ends, score_of, affordable, kept_end)
     shown, what = choice.pop("line"), job.task.monitor_short
     job.log(f"weight interpolation (WiSE-FT), {what} by fine-tuned share: {shown}; kept {choice['alpha']:g}")
     return choice
@@ -618,9 +619,13 @@ def _behind_probe(job: Job, probe: TrainResult | None, shown_epochs: str) -> lis
     return [BehindProbe(float(probe.val[job.task.monitor]), after, monitored(job.task), job.log)]
 
 
+def _clock_ended(limits: list[Callback]) -> bool:
+    return any(isinstance(cb, Deadline) and cb.fired for cb in limits)
+
+
 def still_rising(job: Job, history: list[dict[str, Any]], monitor: str, train_seconds: float) -> list[str]:
-    """Under --time-budget, when the clock ended training on its best epoch yet: the budget that
-    would allow two more epochs."""
+    """When the time budget's clock ended training (the caller knows) on its best epoch yet: the
+    budget that would allow two more epochs."""
     budget_s, scores = job.config.time_budget, [r[monitor] for r in history if monitor in r]
     if not budget_s or job.config.epochs or len(scores) < 2 or scores[-1] <= max(scores[:-1]):
         return []
