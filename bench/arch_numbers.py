@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -110,6 +111,7 @@ def main() -> None:
         table()
         return
     out_root = ROOT / ".cache" / "runs" / f"arch-{args.label}"
+    shutil.rmtree(out_root, ignore_errors=True)  # an earlier sitting's runs: graft refuses to replace them
     results = measure(args.src, out_root)
     BENCH.mkdir(parents=True, exist_ok=True)
     (BENCH / f"arch-{args.label}.json").write_text(json.dumps(results, indent=2))

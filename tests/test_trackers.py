@@ -320,3 +320,20 @@ def test_step_losses_are_read_in_batches_and_match_the_loop():
     assert {r.name: r.value for r in tracking.calls[3]}["train_loss"] == pytest.approx(
         history[0]["train_loss"]
     )
+
+
+def test_a_tracker_that_fails_is_dropped_with_a_warning_and_the_run_finishes(tmp_path, monkeypatch):
+    """A tracker error (a server out of reach, a full disk) costs the log, not the run: one
+    warning naming the tracker, the others keep logging, the bundle is written."""
+
+    def broken(self, records):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(trackers.CsvTracker, "scalars", broken)
+    train = make_image_folder(tmp_path / "train", per_class=6, seed=0)
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match=r"the csv tracker failed \(No space left on device\)"):
+        argv = ["train", str(train), *IMAGE_ARGS, "--out", str(out), "--log-to", "csv,tensorboard"]
+        code = _quiet_main(argv)
+    assert code == 0 and (out / "model.safetensors").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))

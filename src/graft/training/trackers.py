@@ -25,6 +25,7 @@ import math
 import numbers
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -280,7 +281,7 @@ class Tracking:
             return
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
-        self.trackers = [BACKENDS[name](run_dir, config) for name in self.names]
+        self.trackers = [t for name in self.names if (t := self._started(name, run_dir, config)) is not None]
         self._each("params", "config", flat_params("config", config.to_dict()))
         waiting, self.waiting = self.waiting, []
         self.log(waiting)
@@ -320,12 +321,36 @@ class Tracking:
         order = sorted(self.trackers, key=lambda t: isinstance(t, MlflowTracker))
         self.trackers = []
         for tracker in order:
-            tracker.close(self.run_dir, status)
+            self._guarded(tracker, "close", self.run_dir, status)
         self.names = []  # closed: later calls do nothing
 
     def _each(self, method: str, *args: Any) -> None:
-        for tracker in self.trackers:
+        for tracker in list(self.trackers):
+            if not self._guarded(tracker, method, *args):
+                self.trackers.remove(tracker)
+
+    def _started(self, name: str, run_dir: Path, config: TrainConfig) -> Tracker | None:
+        try:
+            return BACKENDS[name](run_dir, config)
+        except Exception as err:  # noqa: BLE001 - a tracker that cannot start must not stop the training
+            _warn_dropped(name, err)
+            return None
+
+    @staticmethod
+    def _guarded(tracker: Tracker, method: str, *args: Any) -> bool:
+        """Call a tracker; when it fails (a server out of reach, a full disk), say so once and
+        return False: logging is a side channel, and a run (or its written bundle) outlives it."""
+        try:
             getattr(tracker, method)(*args)
+        except Exception as err:  # noqa: BLE001 - any tracker error: the run goes on without it
+            _warn_dropped(type(tracker).__name__.removesuffix("Tracker").lower(), err)
+            return False
+        return True
+
+
+def _warn_dropped(name: str, err: BaseException) -> None:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    warnings.warn(f"graft: the {name} tracker failed ({first}); the run goes on without it", stacklevel=3)
 
 
 class TrackSteps(Callback):
