@@ -316,3 +316,17 @@ def test_a_real_format_1_text_bundle_loads_and_predicts_what_it_predicted_then(t
 def test_impossible_options_are_one_line_errors_before_any_work(tmp_path, capsys, args, message):
     assert main(["train", str(tmp_path / "not-read"), *args]) == 2
     assert capsys.readouterr().err.strip() == f"graft: error: {message}"
+
+
+def test_every_predictor_answers_through_one_shared_class():
+    """PyTorch, onnxruntime and the torch-free path differ only in running the network
+    (`predict_proba_or_skip`); `outputs`, `predict_proba` and `predict` are written once."""
+    from graft.answers import Answers
+    from graft.onnx_runtime import OnnxPredictor
+    from graft.predict import Predictor
+    from graft.predict_onnx import ExportedImagePredictor
+
+    for runtime in (Predictor, OnnxPredictor, ExportedImagePredictor):
+        assert issubclass(runtime, Answers)
+        assert {"outputs", "predict_proba", "predict"}.isdisjoint(vars(runtime)), runtime.__name__
+        assert "predict_proba_or_skip" in vars(runtime), runtime.__name__

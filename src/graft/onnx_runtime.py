@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .answers import Answers
 from .bundle import META_FILE, shown_classes
 from .compute import FP32
 from .errors import BundleError
@@ -21,7 +22,7 @@ from .onnx_graph import output_name, require_runtime, signature_for
 from .tasks import task_from_meta
 
 
-class OnnxPredictor:
+class OnnxPredictor(Answers):
     """A graft model on onnxruntime: the same `predict` / `predict_proba` / `preprocess` API and
     `classes_` as `graft.predict.Predictor`; graft's own input pipeline feeds the session."""
 
@@ -46,21 +47,6 @@ class OnnxPredictor:
         """What the ONNX model takes: a float32 NCHW array for images, token ids per text."""
         return self.pipeline.preprocess(inputs)
 
-    def outputs(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
-        """The task's outputs per input: class or label probabilities, or predicted values."""
-        items = self.pipeline.as_list(inputs)
-        out = np.zeros((len(items), len(self.classes_)), np.float32)
-        if not items:
-            return out
-        for index, batch in self.pipeline.batches(items, batch_size, self.device):
-            feeds = self.signature.feeds(batch, self.preprocessing)
-            out[index.numpy()] = self.session.run([self.output], feeds)[0]
-        return out
-
-    def predict_proba(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
-        self.task.has_probabilities()
-        return self.outputs(inputs, batch_size)
-
     def predict_proba_or_skip(
         self, inputs: Any, batch_size: int = 64
     ) -> tuple[np.ndarray, dict[int, str]]:
@@ -74,9 +60,6 @@ class OnnxPredictor:
             feeds = self.signature.feeds(batch, self.preprocessing)
             out[index.numpy()] = self.session.run([self.output], feeds)[0]
         return out, failures
-
-    def predict(self, inputs: Any, batch_size: int = 64) -> Any:
-        return self.task.decide(self.outputs(inputs, batch_size), self.classes_)
 
 
 def _session(model: bytes | Path, device: str | torch.device | None) -> Any:

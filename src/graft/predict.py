@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .answers import Answers
 from .bundle import META_FILE, read_meta, read_weights, shown_classes, verify_bundle
 from .compute import Precision, forward_all, resolve_device, resolve_precision, use_precision
 from .errors import BundleError, ConfigError
@@ -41,7 +42,7 @@ def _on_onnxruntime(path: Path, device: str | torch.device | None) -> OnnxPredic
     return from_graph(onnx_model_bytes(in_torch, assets=""), in_torch.meta, path, device)
 
 
-class Predictor:
+class Predictor(Answers):
     """A trained graft model: input pipeline, network and class names, ready to predict."""
 
     def __init__(
@@ -80,19 +81,6 @@ class Predictor:
         """What the network takes: a float32 NCHW array for images, token ids per text."""
         return self.pipeline.preprocess(inputs)
 
-    def outputs(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
-        """The task's outputs per input: class or label probabilities, or predicted values."""
-        items = self.pipeline.as_list(inputs)
-        if not items:
-            return np.zeros((0, len(self.classes_)), np.float32)
-        logits = self._forward_all(self.pipeline.batches(items, batch_size, self.device), len(items))
-        return self.task.activate(logits).numpy()
-
-    def predict_proba(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
-        """Class probabilities (single-label: they sum to 1), or each label's (multi-label)."""
-        self.task.has_probabilities()
-        return self.outputs(inputs, batch_size)
-
     def logits_or_skip(self, inputs: Any, batch_size: int = 64) -> tuple[np.ndarray, dict[int, str]]:
         """The head's raw outputs; an unreadable input does not stop the others: its row is NaN and
         `failures` maps its position to a one-line reason."""
@@ -115,11 +103,6 @@ class Predictor:
         others: its row is NaN and `failures` maps its position to a one-line reason."""
         logits, failures = self.logits_or_skip(inputs, batch_size)
         return self.task.activate(torch.from_numpy(logits)).numpy(), failures
-
-    def predict(self, inputs: Any, batch_size: int = 64) -> Any:
-        """Single-label: a class name per input; multi-label: a tuple of label names per input;
-        regression: the predicted numbers (one column per target)."""
-        return self.task.decide(self.outputs(inputs, batch_size), self.classes_)
 
 
 def build_model(meta: dict[str, Any]) -> GraftModel:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .answers import Answers
 from .bundle import META_FILE, WEIGHTS_FILE, read_meta, shown_classes, verify_bundle
 from .data.images import IMAGE_EXTENSIONS, image_files_below, load_rgb, resize_center_crop
 from .errors import UnreadableImage
@@ -54,7 +55,7 @@ class _Float32:
         return {"name": self.name, "reason": self.reason}
 
 
-class ExportedImagePredictor:
+class ExportedImagePredictor(Answers):
     """`predict_proba_or_skip` / `outputs` / `predict_proba` / `predict` from an exported image model."""
 
     runtime = "onnx"
@@ -100,21 +101,6 @@ class ExportedImagePredictor:
                 batch = np.stack(arrays).transpose(0, 3, 1, 2).astype(np.float32)
                 proba[rows] = self.session.run([self.output], {INPUT: (batch - self.mean) / self.std})[0]
         return proba, failures
-
-    def outputs(self, inputs: Sequence[Any], batch_size: int = 32) -> np.ndarray:
-        """The task's outputs per input: class or label probabilities, or predicted values."""
-        outputs, failures = self.predict_proba_or_skip(inputs, batch_size)
-        if failures:
-            raise UnreadableImage(failures[min(failures)])
-        return outputs
-
-    def predict_proba(self, inputs: Sequence[Any], batch_size: int = 32) -> np.ndarray:
-        self.task.has_probabilities()
-        return self.outputs(inputs, batch_size)
-
-    def predict(self, inputs: Sequence[Any], batch_size: int = 32) -> Any:
-        """As `Predictor.predict`: a class name, a tuple of labels or the numbers per input."""
-        return self.task.decide(self.outputs(inputs, batch_size), self.classes_)
 
 
 def load_exported(run_dir: str | Path) -> ExportedImagePredictor | None:

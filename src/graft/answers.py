@@ -1,0 +1,44 @@
+"""What every predictor answers, whatever runs the network: PyTorch (`predict.Predictor`),
+onnxruntime fed by graft's input pipeline (`onnx_runtime.OnnxPredictor`), or an exported image
+model without PyTorch (`predict_onnx.ExportedImagePredictor`). Each runtime implements one method,
+`predict_proba_or_skip` (the task's activated outputs, a NaN row for an input it could not read);
+the task turns those into `outputs`, `predict_proba` and `predict` here, once. Imports neither
+torch nor training code, so the torch-free path can use it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .errors import UnreadableImage
+
+
+class Answers:
+    """`outputs`, `predict_proba` and `predict` from the runtime's `predict_proba_or_skip`."""
+
+    classes_: tuple[str, ...]
+    task: Any  # graft.tasks.Task
+
+    def predict_proba_or_skip(self, inputs: Any, batch_size: int = 64) -> tuple[np.ndarray, dict[int, str]]:
+        """The task's outputs per input (probabilities or values), a NaN row for each input that
+        could not be read, and its position -> a one-line reason."""
+        raise NotImplementedError
+
+    def outputs(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
+        """The task's outputs per input: class or label probabilities, or predicted values; the
+        first unreadable input raises `UnreadableImage` naming it."""
+        out, failures = self.predict_proba_or_skip(inputs, batch_size)
+        if failures:
+            raise UnreadableImage(failures[min(failures)])
+        return out
+
+    def predict_proba(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities (single-label: they sum to 1), or each label's (multi-label)."""
+        self.task.has_probabilities()
+        return self.outputs(inputs, batch_size)
+
+    def predict(self, inputs: Any, batch_size: int = 64) -> Any:
+        """Single-label: a class name per input; multi-label: a tuple of label names per input;
+        regression: the predicted numbers (one column per target)."""
+        return self.task.decide(self.outputs(inputs, batch_size), self.classes_)
