@@ -1,4 +1,5 @@
-"""What every predictor answers, whatever runs the network: PyTorch (`predict.Predictor`),
+"""What every predictor answers, and the one way graft opens an onnxruntime session
+(`onnx_session`), whatever runs the network: PyTorch (`predict.Predictor`),
 onnxruntime fed by graft's input pipeline (`onnx_runtime.OnnxPredictor`), or an exported image
 model without PyTorch (`predict_onnx.ExportedImagePredictor`). Each runtime implements one method,
 `predict_proba_or_skip` (the task's activated outputs, a NaN row for an input it could not read);
@@ -7,11 +8,33 @@ torch nor training code, so the torch-free path can use it."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import UnreadableImage
+
+
+def onnx_session(
+    source: bytes | Path, *, cuda: bool = False, threads: int | None = None, spin: bool = True
+) -> Any:
+    """An onnxruntime session on the CPU (first the GPU with `cuda`, when onnxruntime has one),
+    logging errors only (graft prints its own summary). `threads`, `spin`: for a session that
+    shares the cores with decoding workers (graft.engine), idle threads sleep instead of spinning."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    if not spin:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    providers = ["CPUExecutionProvider"]
+    if cuda and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    graph = source if isinstance(source, bytes) else str(source)
+    return ort.InferenceSession(graph, options, providers=providers)
 
 
 class Answers:

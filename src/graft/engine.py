@@ -165,15 +165,10 @@ def _ort_forward(session: Any) -> Forward:
 
 
 def _session(graph: bytes | Path) -> Any:
-    import onnxruntime as ort
+    from .answers import onnx_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()  # the threads PyTorch would have used
-    options.log_severity_level = 3
-    # idle threads sleep instead of spinning: the decode workers share these cores
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    source = str(graph) if isinstance(graph, Path) else graph
-    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    # the threads PyTorch would have used; idle ones sleep: the decode workers share these cores
+    return onnx_session(graph, threads=torch.get_num_threads(), spin=False)
 
 
 def _weights_digest(module: nn.Module, example: torch.Tensor) -> str:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .answers import Answers
+from .answers import Answers, onnx_session
 from .bundle import META_FILE, shown_classes
 from .compute import FP32
 from .errors import BundleError
@@ -65,15 +65,9 @@ class OnnxPredictor(Answers):
 def _session(model: bytes | Path, device: str | torch.device | None) -> Any:
     from .compute import resolve_device
 
-    ort = require_runtime()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: graft prints its own summary
-    providers = ["CPUExecutionProvider"]
-    if resolve_device(device).type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    source = model if isinstance(model, bytes) else str(model)
+    require_runtime()
     try:
-        return ort.InferenceSession(source, options, providers=providers)
+        return onnx_session(model, cuda=resolve_device(device).type == "cuda")
     except Exception as err:  # noqa: BLE001 - onnxruntime's errors are many and untyped: the file is bad
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise BundleError(

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from .answers import Answers
+from .answers import Answers, onnx_session
 from .bundle import META_FILE, WEIGHTS_FILE, read_meta, shown_classes, verify_bundle
 from .data.images import IMAGE_EXTENSIONS, image_files_below, load_rgb, resize_center_crop
 from .errors import UnreadableImage
@@ -114,14 +114,12 @@ def load_exported(run_dir: str | Path) -> ExportedImagePredictor | None:
     if meta.get("modality", "image") != "image" or "integrity" not in meta:
         return None
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401
     except ImportError:
         return None
     verify_bundle(run_dir, meta)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(str(exported), options, providers=["CPUExecutionProvider"])
+        session = onnx_session(exported)
         embedded = json.loads(session.get_modelmeta().custom_metadata_map.get("graft.bundle", "{}"))
     except Exception:  # noqa: BLE001 - an unreadable export is ignored: the weights are the truth
         return None
