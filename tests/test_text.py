@@ -553,6 +553,9 @@ def test_pairs_arrive_as_tuples_lists_or_array_rows_and_one_tuple_is_one_pair(mi
     with pytest.raises(DataError, match=r"not an array \(3,\)"):
         pairs.as_list(np.array([["a", "b", "c"]]))
     assert modality_of_inputs(list(rows)) is get_modality("text")
+    with pytest.warns(UserWarning, match="trained on sentence pairs") as said:
+        assert pairs.as_list(["one text"]) == pairs.as_list(["one text"]) == ["one text"]
+    assert len(said) == 1  # once per loaded model
 
 
 def test_image_paths_are_images_even_when_the_text_modality_registered_first(tmp_path) -> None:

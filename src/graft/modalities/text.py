@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -224,6 +225,7 @@ class _TextInputs:
 
     def __init__(self, tokenizer: Any, prep: TextPreprocessing) -> None:
         self.tokenizer, self.prep = tokenizer, prep
+        self.warned = False  # a pairs model given single texts: said once
 
     def as_list(self, inputs: Any) -> list[str | tuple[str, str]]:
         """Texts, or sentence pairs as 2-tuples (or 2-lists, 2-arrays) of texts; one pair given
@@ -232,7 +234,15 @@ class _TextInputs:
             return [inputs]
         if self.prep.pairs and isinstance(inputs, tuple) and is_pair(inputs):
             return [_pair_of(inputs)]  # type: ignore[list-item]
-        return [_pair_of(t) if is_pair(t) else str(t) for t in inputs]  # type: ignore[misc]
+        items = [_pair_of(t) if is_pair(t) else str(t) for t in inputs]
+        if self.prep.pairs and not self.warned and any(isinstance(t, str) for t in items):
+            self.warned = True  # once per loaded model
+            warnings.warn(
+                "this model was trained on sentence pairs: a single text is read as a pair's first "
+                "text alone; give (first, second) pairs, or --input FILE with both columns",
+                stacklevel=2,
+            )
+        return items  # type: ignore[return-value]
 
     def preprocess(self, inputs: Any) -> list[torch.Tensor]:
         """Token ids per text (unpadded), truncated to the length the model was trained with."""
