@@ -325,3 +325,18 @@ def test_a_dataframe_label_per_column_gives_label_lists_or_targets():
     ):
         texts, numbers, skipped, _ = frame_inputs(frame, None, "0", "label", label_lists=False)
     assert texts == ["a", "c"] and numbers == [1.5, 2.0] and skipped[0].reason == "missing label"
+
+
+def test_a_dataframe_of_sentence_pairs_keeps_pairs_and_skips_a_row_with_both_sides_empty():
+    frame = pd.DataFrame(
+        {
+            "premise": ["a man sings", None, "", "a dog runs"],
+            "hypothesis": ["someone sings", "nobody", float("nan"), ""],
+            "label": ["yes", "no", "no", "yes"],
+        }
+    )
+    with pytest.warns(UserWarning):
+        sources, labels, skipped, inputs = frame_inputs(frame, None, "premise,hypothesis", "label", False)
+    assert inputs == ["premise", "hypothesis"]
+    assert sources == [("a man sings", "someone sings"), ("", "nobody"), ("a dog runs", "")]
+    assert [s.reason for s in skipped] == ["empty text"] and list(labels) == ["yes", "no", "yes"]

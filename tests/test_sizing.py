@@ -92,3 +92,27 @@ def test_a_halved_batch_takes_the_lr_back_down_and_says_so(monkeypatch):
     plan = job.plan
     assert plan.batch_size == 128 and plan.lr == pytest.approx(default.lr * math.sqrt(2))
     assert plan.notes[-1].startswith("batch 128: 256 did not fit") and lines == [plan.notes[-1]]
+
+
+def test_fine_tuning_trains_with_the_batch_the_memory_fallback_chose(tmp_path, monkeypatch):
+    """The plan is frozen: `fit_batch_to_memory` gives the job a new plan, and fine-tuning must
+    read that one (its batch and LR), not the plan it started with."""
+    from dataclasses import replace
+
+    from conftest import make_image_folder
+
+    from graft.runner import run
+
+    def smaller(job, model, groups, train_set):
+        job.plan = replace(job.plan, batch_size=4, lr=job.plan.lr / 2).with_note("batch 4: did not fit")
+
+    monkeypatch.setattr(recipes, "fit_batch_to_memory", smaller)
+    data = make_image_folder(tmp_path / "data", per_class=8, seed=0)
+    config = TrainConfig(data=str(data), strategy="finetune", epochs=1, image_size=32, val_fraction=0.25,
+                         out=str(tmp_path / "run"))  # fmt: skip
+    lines: list[str] = []
+    result = run(config, log=lines.append)
+    plan = result.report["plan"]
+    assert plan["batch_size"] == 4 and "batch 4: did not fit" in plan["notes"]
+    # 18 training images in full batches of 4 (the default batch, 64, would make one step)
+    assert any(line.startswith("fine-tuning: 1 epoch(s) of 4 steps") for line in lines), "\n".join(lines)
