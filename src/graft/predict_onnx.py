@@ -29,7 +29,7 @@ from .errors import UnreadableImage
 from .tasks import task_from_meta
 
 EXPORTED = "model.onnx"
-INPUT, PROBABILITIES = "pixel_values", "probabilities"  # the other output: regression's `values`
+INPUT = "pixel_values"
 
 
 class _ImageFiles:

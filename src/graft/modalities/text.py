@@ -233,8 +233,8 @@ class _TextInputs:
         if isinstance(inputs, str):
             return [inputs]
         if self.prep.pairs and isinstance(inputs, tuple) and is_pair(inputs):
-            return [_pair_of(inputs)]  # type: ignore[list-item]
-        items = [_pair_of(t) if is_pair(t) else str(t) for t in inputs]
+            inputs = [inputs]
+        items = [pair if pair[1] is not None else pair[0] for pair in map(_pair_of, inputs)]
         if self.prep.pairs and not self.warned and any(isinstance(t, str) for t in items):
             self.warned = True  # once per loaded model
             warnings.warn(
