@@ -18,7 +18,7 @@ import graft
 from graft.cli import main
 from graft.config import TrainConfig
 from graft.errors import BundleError
-from graft.runner import run
+from graft.runner import RunResult, run
 
 
 @pytest.mark.parametrize(
@@ -118,6 +118,14 @@ def test_display_names_rename_classes_without_breaking_verification(finished, tm
         graft.load(copy)
 
 
+def _timed_run(config: TrainConfig) -> tuple[RunResult, list[str], float]:
+    """The run, the lines it logged and its wall seconds."""
+    lines: list[str] = []
+    started = time.perf_counter()
+    result = run(config, log=lines.append)
+    return result, lines, time.perf_counter() - started
+
+
 @pytest.mark.timing
 @pytest.mark.parametrize("strategy", ["linear", "auto"])
 def test_a_time_budget_holds_when_extraction_alone_would_not_fit(tmp_path, monkeypatch, strategy):
@@ -138,10 +146,7 @@ def test_a_time_budget_holds_when_extraction_alone_would_not_fit(tmp_path, monke
     config = TrainConfig(
         data=str(data), strategy=strategy, image_size=32, time_budget=budget, out=str(tmp_path / "run")
     )
-    lines: list[str] = []
-    started = time.perf_counter()
-    result = run(config, log=lines.append)
-    seconds = time.perf_counter() - started
+    result, lines, seconds = _timed_run(config)
     assert seconds <= 1.25 * budget, f"{seconds:.1f}s for an {budget:.0f}s budget"
     said = [line for line in lines if "stratified subset" in line]
     assert len(said) == 1 and "would take about" in said[0] and "--time-budget" in said[0]
@@ -173,10 +178,7 @@ def test_a_time_budget_sizes_the_decoding_of_fine_tuning_without_a_probe(tmp_pat
         data=str(data), strategy="finetune", freeze_epochs=0, image_size=32, time_budget=budget,
         out=str(tmp_path / "run"),
     )  # fmt: skip
-    lines: list[str] = []
-    started = time.perf_counter()
-    result = run(config, log=lines.append)
-    seconds = time.perf_counter() - started
+    result, lines, seconds = _timed_run(config)
     assert seconds <= 1.3 * budget, f"{seconds:.1f}s for a {budget:.0f}s budget"
     said = [line for line in lines if "stratified subset" in line]
     assert len(said) == 1 and "decoding all 178" in said[0]
