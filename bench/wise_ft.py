@@ -61,6 +61,14 @@ def _image_set(name: str, classes: list[str], train: int, val: int, test: int) -
     return argv + (["--val", str(root / "val")] if val else [])
 
 
+def _multi_set(split: str) -> Path:
+    """bench/tasks.py's cifar-multi folder of a split, built there on first use."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from tasks import _cifar_table
+
+    return _cifar_table("cifar-multi", split, 200 if split == "train" else 100, rotate=False)
+
+
 def _table_sample(source: Path, target: Path, n: int) -> Path:
     if not target.is_file():
         with open(source, newline="") as f:
@@ -80,13 +88,12 @@ def datasets() -> dict[str, list[str]]:
     sst2 = _table_sample(TEXT / "sst2" / "train.csv", WORK / "sst2-3k" / "train.csv", 3000)
     snli = _table_sample(TEXT / "snli" / "train.csv", WORK / "snli-3k" / "train.csv", 3000)
     snli_test = _table_sample(TEXT / "snli" / "test.csv", WORK / "snli-3k" / "test.csv", 2000)
-    multi = ROOT / ".cache" / "bench" / "tasks" / "cifar-multi"
     classes = sorted(p.name for p in (CIFAR / "train").iterdir())
     return {
         "cifar10-100": lambda: _image_set("cifar10-100", classes, 100, 0, 50),
         "catdog": lambda: _image_set("catdog", cats, 123, 77, 150),
         "planefrog": lambda: _image_set("planefrog", ["airplane", "frog"], 123, 77, 150),
-        "cifar-multi": lambda: [str(multi / "train"), "--test", str(multi / "test"),
+        "cifar-multi": lambda: [str(_multi_set("train")), "--test", str(_multi_set("test")),
                                 "--label-column", "labels", *IMAGES],
         "trec6": lambda: [str(TEXT / "trec6" / "train.csv"), "--test", str(TEXT / "trec6" / "test.csv")],
         "sst2-3k": lambda: [str(sst2), "--test", str(TEXT / "sst2" / "dev.csv")],

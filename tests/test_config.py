@@ -26,12 +26,20 @@ from graft.errors import ConfigError
         ({"lr": "fast"}, "--lr must be float, got 'fast'"),
         ({"epochs": 0}, "--epochs must be at least 1, got 0"),
         ({"dropout": 1.0}, "--dropout must be in [0, 1)"),
+        ({"feature_layers": "all"}, "--feature-layers must be auto or a number of layers, got 'all'"),
+        ({"feature_layers": 0}, "--feature-layers must be auto or a number of layers, got 0"),
     ],
 )
 def test_a_bad_value_is_a_one_line_error_naming_the_option(given, message):
     with pytest.raises(ConfigError) as err:
         TrainConfig(data="d", **given)
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_feature_layers_take_a_number_or_its_text():
+    assert TrainConfig(data="d", feature_layers=4).feature_layers == "4"
+    assert TrainConfig(data="d", feature_layers=" 2").feature_layers == "2"
+    assert TrainConfig(data="d").feature_layers == "auto"
 
 
 def test_durations_parse_and_numpy_numbers_are_numbers():

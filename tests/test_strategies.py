@@ -16,6 +16,7 @@ from graft.training.strategies import (
     auto_epochs,
     choose_strategy,
     discriminative_mults,
+    feature_layers_kept,
     make_strategy,
 )
 
@@ -196,3 +197,11 @@ def test_auto_epochs_one_pass_is_enough_on_large_data() -> None:
     assert auto_epochs(5_000, 3) == 3
     assert auto_epochs(8_000, 5) == 3  # 3 passes see >= 20k examples
     assert auto_epochs(67_000, 3) == 1
+
+
+def test_more_feature_layers_are_kept_only_above_the_fewest_by_more_than_the_noise() -> None:
+    assert feature_layers_kept({1: 0.80, 4: 0.90}, noise=0.02) == 4
+    assert feature_layers_kept({1: 0.80, 4: 0.81}, noise=0.02) == 1  # a win inside the noise
+    assert feature_layers_kept({1: 0.80, 4: 0.82}, noise=0.025) == 1
+    assert feature_layers_kept({1: 0.90, 4: 0.80}, noise=0.0) == 1
+    assert feature_layers_kept({1: 0.5, 2: 0.7, 4: 0.7}, noise=0.1) == 2  # ties go to fewer layers

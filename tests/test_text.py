@@ -125,6 +125,23 @@ def test_mean_pooling_ignores_padding(minilm) -> None:
         assert torch.allclose(minilm.body(ids), minilm.body(padded), atol=1e-5)
 
 
+def test_feature_layers_concatenate_the_last_layers_with_the_last_layer_last(minilm) -> None:
+    """--feature-layers N: each of the last N hidden states pooled (padding ignored), side by side;
+    the last `hidden` columns are the one-layer features exactly."""
+    from graft.backbones._text import TextEncoder
+
+    texts = ["a short text", "a somewhat longer text here"]
+    ids = torch.tensor(minilm.tokenizer(texts, padding=True)["input_ids"])
+    four = TextEncoder(minilm.body.encoder, minilm.body.pad_id, "mean", layers=4).eval()
+    with torch.inference_mode():
+        one, many = minilm.body.eval()(ids), four(ids)
+        padded = four(torch.cat([ids, torch.zeros(2, 5, dtype=torch.long)], dim=1))
+    assert one.shape == (2, 384) and many.shape == (2, 4 * 384)
+    torch.testing.assert_close(many[:, -384:], one, atol=1e-5, rtol=0)
+    assert not torch.allclose(many[:, :384], one, atol=1e-2)  # an earlier layer, not a copy
+    torch.testing.assert_close(padded, many, atol=1e-5, rtol=0)
+
+
 def test_gpu_batches_pad_to_multiples_of_8_within_the_truncation_length_and_cpu_ones_do_not() -> None:
     """Padding (ignored by the encoder, above) rounded up for a GPU's tensor cores and fewer shapes."""
     from graft.modalities.text import Padding
@@ -196,6 +213,96 @@ def test_text_bundle_round_trip(tuned, minilm, monkeypatch) -> None:
     assert loaded.predict(texts[:2]) == ["pos", "neg"]
     saved = load_file(str(run_dir / "model.safetensors"))
     assert set(saved) == set(loaded.model.state_dict())
+
+
+def test_the_probe_tries_one_and_four_layers_and_says_which_it_kept(linear_run) -> None:
+    """--feature-layers auto (the default): a probe on the last layer and one on the last four, the
+    scores and the choice in the plan's notes, and the bundle's preprocessing and feature width
+    record the kept choice."""
+    report = linear_run.report
+    [note] = [n for n in report["plan"]["notes"] if n.startswith("feature layers")]
+    assert re.search(r"last 1: [0-9.]+, last 4: [0-9.]+; the probe keeps the last [14] ", note)
+    kept = report["preprocessing"]["layers"]
+    assert kept in (1, 4) and f"keeps the last {kept} " in note
+    assert report["backbone"]["num_features"] == 384 * kept
+
+
+@pytest.mark.parametrize(("strategy", "layers"), [("linear", 4), ("finetune", 1)])
+def test_four_kept_layers_are_the_probes_and_fine_tuning_trains_on_the_last_layer(
+    data, tmp_path, monkeypatch, strategy, layers
+) -> None:
+    """The probe's choice (forced to 4 here) is the model when the probe is; fine-tuning after it
+    (LP-FT: --freeze-epochs 1) starts from the probe on the last layer and trains on that."""
+    from graft.training import strategies
+
+    monkeypatch.setattr(strategies, "feature_layers_kept", lambda scores, noise: max(scores))
+    config = _tuned_config(data, strategy, None, tmp_path / strategy)
+    config = replace(config, epochs=30 if strategy == "linear" else 1, freeze_epochs=1, keep_checkpoint=False)
+    lines: list[str] = []
+    report = run(config, log=lines.append).report
+    assert report["preprocessing"]["layers"] == layers and report["backbone"]["num_features"] == 384 * layers
+    assert any("the probe keeps the last 4" in note for note in report["plan"]["notes"])
+    reverted = any(line.startswith("fine-tuning: on the last 1 layer(s)") for line in lines)
+    assert reverted == (strategy == "finetune")
+    loaded = graft.load(report["run_dir"], device="cpu", precision="fp32")
+    assert loaded.predict(["what a superb film", "the plot was dreadful"]) == ["pos", "neg"]
+
+
+def test_a_fine_tuned_model_below_the_four_layer_probe_gives_way_to_it(data, tmp_path, monkeypatch) -> None:
+    """Fine-tuning on the last layer, measured against the one-layer probe (reported at 0.6 here),
+    wrecked by a learning rate far too high: the four-layer probe, better on validation, is what
+    the run keeps, on the pretrained body (its predictions are right again)."""
+    from graft.training import strategies
+
+    monkeypatch.setattr(strategies, "feature_layers_kept", lambda scores, noise: max(scores))
+    probe_once = recipes._probe_once
+
+    def one_layer_reported_worse(job, **kwargs):
+        result = probe_once(job, **kwargs)
+        if "last 1 layer" in kwargs["phase"]:
+            result.val = {**result.val, job.task.monitor: 0.6}
+        return result
+
+    monkeypatch.setattr(recipes, "_probe_once", one_layer_reported_worse)
+    config = replace(
+        _tuned_config(data, "finetune", None, tmp_path / "wrecked"),
+        test=str(data["test"]), lr=0.5, freeze_epochs=1, keep_checkpoint=False,
+    )  # fmt: skip
+    lines: list[str] = []
+    report = run(config, log=lines.append).report
+    assert any(line.startswith("the probe on the last 4 feature layers is kept") for line in lines)
+    assert report["kept"]["epoch"] == 0 and "last 4 feature layers" in report["kept"]["reason"]
+    assert report["preprocessing"]["layers"] == 4 and report["backbone"]["num_features"] == 4 * 384
+    assert report["validation"]["accuracy"] > 0.6 and report["test"]["accuracy"] >= 0.9
+    loaded = graft.load(report["run_dir"], device="cpu", precision="fp32")
+    assert loaded.predict(["what a superb film", "the plot was dreadful"]) == ["pos", "neg"]
+
+
+def test_a_four_layer_probe_round_trips_through_the_bundle_and_onnx(data, tmp_path) -> None:
+    """--feature-layers 4: the run trains on 1,536 features; the bundle rebuilds the same encoder
+    (its probabilities to 1e-5) and the ONNX export keeps parity."""
+    from graft.export import export
+
+    config = TrainConfig(
+        data=str(data["train"]),
+        test=str(data["test"]),
+        text_column="review",
+        label_column="sentiment",
+        strategy="linear",
+        epochs=30,
+        feature_layers="4",
+        out=str(tmp_path / "four"),
+    )
+    result = run(config, log=lambda line: None)
+    assert result.report["preprocessing"]["layers"] == 4 and result.report["backbone"]["num_features"] == 1536
+    assert result.report["test"]["accuracy"] >= 0.9
+    texts = ["what a superb film", "the plot was dreadful", "the acting was lovely and so was the story"]
+    loaded = graft.load(result.run_dir, device="cpu", precision="fp32")
+    assert loaded.predict(texts[:2]) == ["pos", "neg"]
+    exported = export(result.run_dir, "onnx", tmp_path / "model.onnx")
+    assert exported["max_abs_diff"] < exported["tolerance"]
+    onnx = graft.load(tmp_path / "model.onnx")
+    np.testing.assert_allclose(onnx.predict_proba(texts), loaded.predict_proba(texts), atol=1e-4)
 
 
 def test_predict_cli_texts_and_input_file(linear_run, data) -> None:

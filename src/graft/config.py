@@ -40,6 +40,14 @@ def parse_duration(text: str | float | None) -> float | None:
     return seconds
 
 
+def parse_feature_layers(given: str | int) -> str:
+    """'auto', or a number of layers (4, '4') -> '4'."""
+    text = str(given).strip().lower()
+    if text != "auto" and not (text.isdigit() and int(text) >= 1) or isinstance(given, bool):
+        raise ConfigError(f"--feature-layers must be auto or a number of layers, got {given!r}")
+    return text if text == "auto" else str(int(text))
+
+
 TRACKER_CHOICES = ("tensorboard", "mlflow", "csv")  # graft.training.trackers
 TRACKER_EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # the package each needs = its extra
 
@@ -244,6 +252,15 @@ class TrainConfig:
     label_separator: str = option("|", "multi-label: what separates an example's labels in one column")
     pooling: str = option(
         "mean", "text: how token vectors pool into one", choices=("mean", "cls"), group="text"
+    )
+    feature_layers: str = option(
+        "auto",
+        "text: the last N encoder layers, each pooled, concatenated into the features; auto: the "
+        "linear probe tries 1 and 4 and keeps 4 where it beats 1 on validation by more than its noise "
+        "(fine-tuning trains on the last layer)",
+        metavar="auto|N",
+        group="text",
+        parse=parse_feature_layers,
     )
     max_length: int | None = option(
         None, "text: tokens per text (default: the 99th percentile of the training texts)", group="text"

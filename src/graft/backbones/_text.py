@@ -44,6 +44,9 @@ class TextPreprocessing:
     # sentence pairs (two text columns) encoded as the tokenizer's pairs; bundles from before pairs
     # joined the two texts by a newline, and load with False, so they keep doing so
     pairs: bool = False
+    # the last N encoder layers, each pooled, concatenated (last layer last): 1 is the last layer
+    # alone; more is what a probe on frozen features chooses where it pays (`--feature-layers`)
+    layers: int = 1
 
     def with_length(self, max_length: int) -> TextPreprocessing:
         return replace(self, max_length=min(max_length, self.model_max_length))
@@ -56,6 +59,9 @@ class TextPreprocessing:
     def with_pairs(self, pairs: bool) -> TextPreprocessing:
         return replace(self, pairs=pairs)
 
+    def with_layers(self, layers: int) -> TextPreprocessing:
+        return replace(self, layers=layers)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -67,6 +73,7 @@ class TextPreprocessing:
             str(d["pooling"]),
             int(d["pad_id"]),
             pairs=bool(d.get("pairs", False)),
+            layers=int(d.get("layers", 1)),  # bundles from before the choice pooled the last layer
         )
 
 
@@ -79,21 +86,29 @@ def _drop_pooler(encoder: nn.Module) -> nn.Module:
 
 
 class TextEncoder(nn.Module):
-    """A Hugging Face encoder with pooling: token ids (N, L) -> pooled features (N, hidden).
+    """A Hugging Face encoder with pooling: token ids (N, L) -> pooled features (N, hidden * layers).
 
     The attention mask is `ids != pad_id`: encoders (BERT, RoBERTa, MPNet, ...) have a dedicated
     padding token, and one tensor in, one tensor out keeps the loop, the heads and the bundle the same
-    for every modality."""
+    for every modality. With `layers` > 1 the last `layers` hidden states are each pooled and
+    concatenated, the last layer's last (BERT's feature-based recipe: Devlin et al. 2019, Table 7)."""
 
-    def __init__(self, encoder: nn.Module, pad_id: int, pooling: str = "mean") -> None:
+    def __init__(self, encoder: nn.Module, pad_id: int, pooling: str = "mean", layers: int = 1) -> None:
         super().__init__()
         self.encoder = _drop_pooler(encoder)
         self.pad_id = pad_id
         self.pooling = pooling
+        self.layers = layers
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         mask = input_ids != self.pad_id
-        hidden = self.encoder(input_ids=input_ids, attention_mask=mask.long()).last_hidden_state
+        if self.layers == 1:
+            out = self.encoder(input_ids=input_ids, attention_mask=mask.long())
+            return self._pool(out.last_hidden_state, mask)
+        out = self.encoder(input_ids=input_ids, attention_mask=mask.long(), output_hidden_states=True)
+        return torch.cat([self._pool(h, mask) for h in out.hidden_states[-self.layers :]], dim=1)
+
+    def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             return hidden[:, 0]
         weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -206,7 +221,7 @@ def rebuild_text(config: dict[str, Any], prep: TextPreprocessing) -> TextEncoder
     hf_config = transformers.AutoConfig.for_model(
         model_type, **{k: v for k, v in config.items() if k != "model_type"}
     )
-    return TextEncoder(transformers.AutoModel.from_config(hf_config), prep.pad_id, prep.pooling)
+    return TextEncoder(transformers.AutoModel.from_config(hf_config), prep.pad_id, prep.pooling, prep.layers)
 
 
 def load_tokenizer(folder: Path) -> Any:

@@ -322,6 +322,17 @@ class ImageModality:
             )
         if config.max_length is not None:
             raise ConfigError("--max-length is for text data; images take --image-size")
+        if config.feature_layers not in ("auto", "1"):
+            raise ConfigError(
+                "--feature-layers is for text encoders; an image backbone gives its pooled last stage"
+            )
+
+    def feature_layer_choices(self, config: Any, backbone: Any) -> tuple[int, ...]:
+        """The pooled last stage alone: no choice for the probe to make."""
+        return ()
+
+    def use_feature_layers(self, backbone: Any, prep: Any, layers: int) -> Any:
+        return prep
 
     def load_splits(self, config: Any) -> DataSplits:
         how = TableLabels(config.label_column, config.task, config.label_separator)

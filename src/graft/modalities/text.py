@@ -43,6 +43,7 @@ from .base import Batch, Defaults, Features, StrategyDefaults, register_modality
 BUCKET_BATCHES = 50  # batches per sorted chunk: similar lengths inside a batch, random order outside
 LENGTH_PERCENTILE = 99  # --max-length from the data: the 99th percentile of token counts
 PAD_MULTIPLE_CUDA = 8  # padded lengths on a CUDA GPU (see `pad`)
+FEATURE_LAYERS = 4  # --feature-layers auto: the probe's other choice, the last 4 layers (see below)
 
 # Text encoders: BERT-style fine-tuning (Devlin et al.: 2-4 epochs, batch 32, warm-up) with
 # ULMFiT's discriminative rates. The rate given is the head's; with --lr-mult 10 over a 6-layer
@@ -112,6 +113,12 @@ def length_from_data(tokenizer: Any, texts: Sequence[Any], prep: TextPreprocessi
     lengths = [len(ids) for ids in tokenize(tokenizer, sample, prep.model_max_length, prep.pairs)]
     wanted = int(np.percentile(lengths, LENGTH_PERCENTILE)) if lengths else prep.max_length
     return prep.with_length(max(8, math.ceil(wanted / 8) * 8))
+
+
+def _encoder_layers(backbone: Any) -> int:
+    """The encoder's layer count, from its config (BERT-likes: num_hidden_layers; DistilBERT: n_layers)."""
+    config = backbone.model_config or {}
+    return int(config.get("num_hidden_layers") or config.get("n_layers") or 1)
 
 
 def pad(ids: Sequence[torch.Tensor], pad_id: int) -> torch.Tensor:
@@ -386,9 +393,28 @@ class TextModality:
         prep = backbone.preprocessing.with_pooling(config.pooling)
         prep = prep.with_pairs(any(is_pair(t) for t in splits.train.sources[:1000]))
         backbone.body.pooling = prep.pooling
+        if config.feature_layers != "auto":
+            prep = self.use_feature_layers(backbone, prep, int(config.feature_layers))
         if config.max_length:
             return prep.with_length(config.max_length)
         return length_from_data(backbone.tokenizer, splits.train.sources, prep)
+
+    def feature_layer_choices(self, config: Any, backbone: Any) -> tuple[int, ...]:
+        """What the linear probe chooses between under --feature-layers auto: the last layer alone,
+        or the last FEATURE_LAYERS pooled and concatenated (BERT's best feature-based recipe,
+        Devlin et al. 2019, Table 7), when the encoder has that many layers."""
+        if config.feature_layers != "auto" or _encoder_layers(backbone) < FEATURE_LAYERS:
+            return ()
+        return (1, FEATURE_LAYERS)
+
+    def use_feature_layers(self, backbone: Any, prep: TextPreprocessing, layers: int) -> TextPreprocessing:
+        """The body pools the last `layers` layers; the backbone's feature width follows."""
+        available = _encoder_layers(backbone)
+        if layers > available:
+            raise ConfigError(f"--feature-layers {layers}: {backbone.name} has {available} layers")
+        hidden = backbone.num_features // backbone.body.layers
+        backbone.body.layers, backbone.num_features = layers, hidden * layers
+        return prep.with_layers(layers)
 
     def preprocessing_from_dict(self, d: dict[str, Any]) -> TextPreprocessing:
         return TextPreprocessing.from_dict(d)

@@ -85,6 +85,15 @@ def auto_epochs(n_train: int, default_epochs: int) -> int:
     return max(1, min(default_epochs, math.ceil(MIN_EXAMPLES_SEEN / max(1, n_train))))
 
 
+def feature_layers_kept(scores: dict[int, float], noise: float) -> int:
+    """Of the probes on the body's last N layers (`scores`: N -> validation score), the fewest
+    layers, unless more beat them by more than `noise` (one standard error of that score): a
+    choice that wins by noise is not paid for with a wider head. Ties go to fewer layers."""
+    fewest = min(scores)
+    best = max(sorted(scores), key=lambda n: scores[n])  # the first (fewest) of equal scores
+    return best if scores[best] > scores[fewest] + noise else fewest
+
+
 def has_headroom(headroom: Headroom) -> tuple[bool, float]:
     """Whether the probe leaves room for a gain that this validation set can show: its gap to a
     perfect score (1 - accuracy, 1 - mAP, 1 - R2: the task's `headroom`) must exceed both
