@@ -215,6 +215,17 @@ def test_text_bundle_round_trip(tuned, minilm, monkeypatch) -> None:
     assert set(saved) == set(loaded.model.state_dict())
 
 
+def test_auto_offers_four_layers_only_while_their_features_fit_the_memory_cap(minilm) -> None:
+    """--feature-layers auto: 1 or 4 layers up to about 170,000 texts of MiniLM's 4 x 384 float32
+    features (1 GiB); beyond, the last layer alone, as before; a number is no choice at all."""
+    from graft.modalities.text import TextModality
+
+    text, auto = TextModality(), TrainConfig(data="x.csv")
+    assert text.feature_layer_choices(auto, minilm, 170_000) == (1, 4)
+    assert text.feature_layer_choices(auto, minilm, 180_000) == ()
+    assert text.feature_layer_choices(replace(auto, feature_layers="4"), minilm, 100) == ()
+
+
 def test_the_probe_tries_one_and_four_layers_and_says_which_it_kept(linear_run) -> None:
     """--feature-layers auto (the default): a probe on the last layer and one on the last four, the
     scores and the choice in the plan's notes, and the bundle's preprocessing and feature width

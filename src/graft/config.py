@@ -256,8 +256,8 @@ class TrainConfig:
     feature_layers: str = option(
         "auto",
         "text: the last N encoder layers, each pooled, concatenated into the features; auto: the "
-        "linear probe tries 1 and 4 and keeps 4 where it beats 1 on validation by more than its noise "
-        "(fine-tuning trains on the last layer)",
+        "linear probe tries 1 and 4 (while 4 layers' features fit 1 GiB) and keeps 4 where it beats 1 "
+        "on validation by more than its noise (fine-tuning trains on the last layer)",
         metavar="auto|N",
         group="text",
         parse=parse_feature_layers,

@@ -169,9 +169,9 @@ class Modality(Protocol):
         """Inputs for --adapt-lm (ULMFiT's middle stage); a modality without one raises ConfigError."""
         ...
 
-    def feature_layer_choices(self, config: Any, backbone: Any) -> tuple[int, ...]:
-        """How many of the body's last layers the linear probe may pool into its features, chosen on
-        validation (`recipes.linear_probe`); () when there is no choice to make."""
+    def feature_layer_choices(self, config: Any, backbone: Any, n_examples: int) -> tuple[int, ...]:
+        """How many of the body's last layers the linear probe on `n_examples` may pool into its
+        features, chosen on validation (`recipes.linear_probe`); () when there is no choice to make."""
         ...
 
     def use_feature_layers(self, backbone: Any, prep: Any, layers: int) -> Any:

@@ -327,7 +327,7 @@ class ImageModality:
                 "--feature-layers is for text encoders; an image backbone gives its pooled last stage"
             )
 
-    def feature_layer_choices(self, config: Any, backbone: Any) -> tuple[int, ...]:
+    def feature_layer_choices(self, config: Any, backbone: Any, n_examples: int) -> tuple[int, ...]:
         """The pooled last stage alone: no choice for the probe to make."""
         return ()
 

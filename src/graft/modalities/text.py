@@ -44,6 +44,10 @@ BUCKET_BATCHES = 50  # batches per sorted chunk: similar lengths inside a batch,
 LENGTH_PERCENTILE = 99  # --max-length from the data: the 99th percentile of token counts
 PAD_MULTIPLE_CUDA = 8  # padded lengths on a CUDA GPU (see `pad`)
 FEATURE_LAYERS = 4  # --feature-layers auto: the probe's other choice, the last 4 layers (see below)
+# ... tried while those features take at most this (float32): the probe holds about three copies
+# (the features, its training tensor, the last layer's slice), so 1 GiB keeps auto's probe within
+# a few GiB of today's on a laptop (MiniLM: about 170,000 texts; a 768-wide encoder: about 87,000)
+WIDE_FEATURES_MAX_BYTES = 2**30
 
 # Text encoders: BERT-style fine-tuning (Devlin et al.: 2-4 epochs, batch 32, warm-up) with
 # ULMFiT's discriminative rates. The rate given is the head's; with --lr-mult 10 over a 6-layer
@@ -399,11 +403,15 @@ class TextModality:
             return prep.with_length(config.max_length)
         return length_from_data(backbone.tokenizer, splits.train.sources, prep)
 
-    def feature_layer_choices(self, config: Any, backbone: Any) -> tuple[int, ...]:
+    def feature_layer_choices(self, config: Any, backbone: Any, n_examples: int) -> tuple[int, ...]:
         """What the linear probe chooses between under --feature-layers auto: the last layer alone,
         or the last FEATURE_LAYERS pooled and concatenated (BERT's best feature-based recipe,
-        Devlin et al. 2019, Table 7), when the encoder has that many layers."""
+        Devlin et al. 2019, Table 7), when the encoder has that many layers and those features
+        fit WIDE_FEATURES_MAX_BYTES (`--feature-layers 4` takes them at any size)."""
+        width = backbone.num_features // backbone.body.layers * FEATURE_LAYERS
         if config.feature_layers != "auto" or _encoder_layers(backbone) < FEATURE_LAYERS:
+            return ()
+        if n_examples * width * 4 > WIDE_FEATURES_MAX_BYTES:
             return ()
         return (1, FEATURE_LAYERS)
 

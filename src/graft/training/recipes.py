@@ -296,7 +296,8 @@ def linear_probe(job: Job, *, with_test: bool = True, phase: str = "linear probe
     """Frozen backbone: features computed once (and cached), the head trained on them. Where the
     modality offers a choice of feature layers (text under --feature-layers auto), one probe per
     choice, and the one `_by_layers` keeps."""
-    choices = job.modality.feature_layer_choices(job.config, job.backbone)
+    n_examples = len(job.splits.train) + len(job.splits.val)
+    choices = job.modality.feature_layer_choices(job.config, job.backbone, n_examples)
     early_stop = phase == "linear probe"  # --patience counts for the probe asked for, not a phase's
     if not choices:
         return _probe_once(job, with_test=with_test, phase=phase, early_stop=early_stop)
