@@ -53,8 +53,7 @@ def data(tmp_path_factory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="module")
-def linear_run(data):
+def _linear_config(data: dict[str, Path], out: Path, **changes) -> TrainConfig:
     config = TrainConfig(
         data=str(data["train"]),
         test=str(data["test"]),
@@ -62,8 +61,14 @@ def linear_run(data):
         label_column="sentiment",
         strategy="linear",
         epochs=30,  # not stretched to 500 head steps: the cost is per-epoch evaluation
-        out=str(data["root"] / "linear"),
+        out=str(out),
     )
+    return replace(config, **changes)
+
+
+@pytest.fixture(scope="module")
+def linear_run(data):
+    config = _linear_config(data, data["root"] / "linear")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRAFT_CACHE_DIR", str(data["root"] / "cache"))
         return run(config, log=lambda line: None)
@@ -294,17 +299,7 @@ def test_a_four_layer_probe_round_trips_through_the_bundle_and_onnx(data, tmp_pa
     (its probabilities to 1e-5) and the ONNX export keeps parity."""
     from graft.export import export
 
-    config = TrainConfig(
-        data=str(data["train"]),
-        test=str(data["test"]),
-        text_column="review",
-        label_column="sentiment",
-        strategy="linear",
-        epochs=30,
-        feature_layers="4",
-        out=str(tmp_path / "four"),
-    )
-    result = run(config, log=lambda line: None)
+    result = run(_linear_config(data, tmp_path / "four", feature_layers="4"), log=lambda line: None)
     assert result.report["preprocessing"]["layers"] == 4 and result.report["backbone"]["num_features"] == 1536
     assert result.report["test"]["accuracy"] >= 0.9
     texts = ["what a superb film", "the plot was dreadful", "the acting was lovely and so was the story"]
