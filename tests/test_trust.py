@@ -54,7 +54,7 @@ def _edit_meta(run_dir: Path, change) -> None:
 
 def test_the_bundle_records_every_file_digest_and_the_model_fields(image_run):
     meta = json.loads((image_run / META_FILE).read_text())
-    assert meta["format"] == BUNDLE_FORMAT == 3
+    assert meta["format"] == BUNDLE_FORMAT == 4
     files = meta["integrity"]["files"]
     assert files == {WEIGHTS_FILE: file_sha256(image_run / WEIGHTS_FILE)}
     assert len(meta["integrity"]["model_digest"]) == 64

@@ -24,8 +24,10 @@ from .errors import BundleError
 if TYPE_CHECKING:  # torch is imported where weights are read or written: predicting from ONNX needs none
     import torch
 
-BUNDLE_FORMAT = 3  # 3: the head's weights under its parts' names (head.norm.*, head.fc.*)
-READABLE_FORMATS = (1, 2, 3)
+# 3: the head's weights under its parts' names (head.norm.*, head.fc.*); 4: a text model's features
+# may pool several encoder layers (preprocessing.layers), which a format-3 reader would not build
+BUNDLE_FORMAT = 4
+READABLE_FORMATS = (1, 2, 3, 4)
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "graft.json"
 # the fields of graft.json that define what the weights compute and what their outputs mean
