@@ -156,6 +156,15 @@ def test_resume_key_names_any_changed_setting(interrupted, setting, value):
     assert meta["config"] == recipes.resume_key(config, plan)  # the same command matches exactly
 
 
+def test_options_added_later_stay_out_of_the_resume_key_at_their_defaults():
+    """A checkpoint written before an option existed resumes under the option's default; another
+    value is a setting the checkpoint must share."""
+    config, plan = TrainConfig(data="x"), _plan_stub()
+    later = {"resize", "task", "label_separator", "feature_layers"}
+    assert later.isdisjoint(recipes.resume_key(config, plan))
+    assert recipes.resume_key(replace(config, feature_layers="4"), plan)["feature_layers"] == "4"
+
+
 def _plan_stub():
     from graft.config import Plan
 

@@ -231,6 +231,23 @@ def test_auto_offers_four_layers_only_while_their_features_fit_the_memory_cap(mi
     assert text.feature_layer_choices(replace(auto, feature_layers="4"), minilm, 100) == ()
 
 
+def test_the_time_budget_looks_for_the_probes_four_layer_features(minilm) -> None:
+    """Under --time-budget, whether extraction is ahead is asked of the features the probe extracts:
+    under auto the 4-layer ones (they serve both choices); the body is left on its last layer."""
+    from types import SimpleNamespace
+
+    from graft.modalities.text import TextModality
+    from graft.training import budget
+
+    job = SimpleNamespace(
+        modality=TextModality(), config=TrainConfig(data="x.csv"), backbone=minilm, prep=minilm.preprocessing
+    )
+    assert budget._probe_prep(job, 1000).layers == 4
+    assert minilm.body.layers == 1 and minilm.num_features == 384
+    job.config = replace(job.config, feature_layers="1")
+    assert budget._probe_prep(job, 1000) is job.prep
+
+
 def test_the_probe_tries_one_and_four_layers_and_says_which_it_kept(linear_run) -> None:
     """--feature-layers auto (the default): a probe on the last layer and one on the last four, the
     scores and the choice in the plan's notes, and the bundle's preprocessing and feature width
@@ -264,32 +281,42 @@ def test_four_kept_layers_are_the_probes_and_fine_tuning_trains_on_the_last_laye
     assert loaded.predict(["what a superb film", "the plot was dreadful"]) == ["pos", "neg"]
 
 
-def test_a_fine_tuned_model_below_the_four_layer_probe_gives_way_to_it(data, tmp_path, monkeypatch) -> None:
-    """Fine-tuning on the last layer, measured against the one-layer probe (reported at 0.6 here),
-    wrecked by a learning rate far too high: the four-layer probe, better on validation, is what
-    the run keeps, on the pretrained body (its predictions are right again)."""
+@pytest.mark.parametrize("strategy", ["auto", "finetune"])
+def test_a_fine_tuned_model_below_the_four_layer_probe_gives_way_to_it(
+    data, tmp_path, monkeypatch, strategy
+) -> None:
+    """Fine-tuning on the last layer, measured against the one-layer probe (reported at 0 here, so
+    keep-best keeps a fine-tuned epoch), wrecked by a learning rate far too high: the four-layer
+    probe, better on validation, is what the run keeps, on the pretrained body (its predictions are
+    right again). auto: the probe is a candidate and the head starts afresh; finetune with
+    --freeze-epochs 1: fine-tuning continues from the probe."""
     from graft.training import strategies
 
     monkeypatch.setattr(strategies, "feature_layers_kept", lambda scores, noise: max(scores))
+    monkeypatch.setattr(strategies, "MIN_PER_CLASS_TO_FINETUNE", 1)  # auto fine-tunes 36 a class
+    monkeypatch.setattr(strategies, "has_headroom", lambda headroom: (True, 0.0))  # after a perfect probe
     probe_once = recipes._probe_once
 
     def one_layer_reported_worse(job, **kwargs):
         result = probe_once(job, **kwargs)
         if "last 1 layer" in kwargs["phase"]:
-            result.val = {**result.val, job.task.monitor: 0.6}
+            result.val = {**result.val, job.task.monitor: 0.0}
         return result
 
     monkeypatch.setattr(recipes, "_probe_once", one_layer_reported_worse)
     config = replace(
-        _tuned_config(data, "finetune", None, tmp_path / "wrecked"),
-        test=str(data["test"]), lr=0.5, freeze_epochs=1, keep_checkpoint=False,
+        _tuned_config(data, strategy, None, tmp_path / "wrecked"),
+        test=str(data["test"]), lr=0.5, freeze_epochs=1 if strategy == "finetune" else None,
+        keep_checkpoint=False,
     )  # fmt: skip
     lines: list[str] = []
     report = run(config, log=lines.append).report
+    assert report["strategy"] == "finetune" and report["history"][-1]["epoch"] >= 1
     assert any(line.startswith("the probe on the last 4 feature layers is kept") for line in lines)
     assert report["kept"]["epoch"] == 0 and "last 4 feature layers" in report["kept"]["reason"]
     assert report["preprocessing"]["layers"] == 4 and report["backbone"]["num_features"] == 4 * 384
-    assert report["validation"]["accuracy"] > 0.6 and report["test"]["accuracy"] >= 0.9
+    assert report["plan"]["preprocessing"]["layers"] == 4
+    assert report["validation"]["accuracy"] >= 0.9 and report["test"]["accuracy"] >= 0.9
     loaded = graft.load(report["run_dir"], device="cpu", precision="fp32")
     assert loaded.predict(["what a superb film", "the plot was dreadful"]) == ["pos", "neg"]
 

@@ -95,7 +95,19 @@ def _extracts(job: Job, strategy: str) -> bool:
 def _extraction_ahead(job: Job) -> bool:
     """Whether the training features still have to be computed (not in the feature cache)."""
     both = [*job.splits.train.sources, *job.splits.val.sources]
-    return not cached_path(job.modality, job.backbone, job.prep, both, job.config.flip_features).is_file()
+    prep = _probe_prep(job, len(both))
+    return not cached_path(job.modality, job.backbone, prep, both, job.config.flip_features).is_file()
+
+
+def _probe_prep(job: Job, n_examples: int) -> Any:
+    """The preprocessing of the features the probe extracts: under a choice of feature layers the
+    widest choice's, whose one extraction serves every choice (`recipes._by_layers`)."""
+    choices = job.modality.feature_layer_choices(job.config, job.backbone, n_examples)
+    if not choices:
+        return job.prep
+    widest = job.modality.use_feature_layers(job.backbone, job.prep, max(choices))
+    job.modality.use_feature_layers(job.backbone, job.prep, min(choices))  # before the probe: the fewest
+    return widest
 
 
 def _time_extraction(job: Job) -> float:

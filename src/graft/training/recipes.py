@@ -107,12 +107,14 @@ class ProbeState:
     task: Task
     plan: Plan
 
-    def restore(self, job: Job, notes_only: bool = False) -> TrainResult:
-        """The job as this probe left it: the body's feature layers, its head, task and plan (or,
-        for a job with a plan of its own, the plan's notes)."""
+    def restore(self, job: Job, plan: str = "all") -> TrainResult:
+        """The job as this probe left it: the body's feature layers, its head and task, and of its
+        plan `all`, its `notes` alone (a job with a plan of its own), or `none`."""
         job.prep = job.modality.use_feature_layers(job.backbone, job.prep, self.layers)
         job.model.head, job.task = self.head, self.task
-        job.plan = replace(job.plan, notes=self.plan.notes) if notes_only else self.plan
+        if plan != "none":
+            job.plan = replace(job.plan, notes=self.plan.notes) if plan == "notes" else self.plan
+        job.plan = replace(job.plan, preprocessing=job.prep.to_dict())
         return self.result
 
 
@@ -544,7 +546,7 @@ def resume_key(config: TrainConfig, plan: Plan) -> dict[str, Any]:
     skip.update({"log_to", "interpolate"})  # where numbers go, and the mix after the last epoch
     skip.add("devices")  # a run may continue on another number of processes (not bit for bit)
     # options added later: at their defaults, a checkpoint written before them resumes as it was
-    defaults = {"resize": "fixed", "task": "auto", "label_separator": "|"}
+    defaults = {"resize": "fixed", "task": "auto", "label_separator": "|", "feature_layers": "auto"}
     skip.update(name for name, default in defaults.items() if getattr(config, name) == default)
     return {k: v for k, v in config.to_dict().items() if k not in skip} | {"strategy": plan.strategy}
 
@@ -648,7 +650,7 @@ def _fewest_layers(job: Job, fewest: ProbeState) -> TrainResult:
     SST-2 (3,000 sentences) after 2 epochs, one validation example behind it, and kept a probe 3.8
     points below the fine-tuned model of today (bench/README.md, session 12)."""
     job.log(f"fine-tuning: on the last {fewest.layers} layer(s), from the probe on those")
-    return fewest.restore(job, notes_only=True)
+    return fewest.restore(job, plan="notes")
 
 
 def _precise_bn(config: TrainConfig, train_set: Any, device: torch.device) -> list[Callback]:
@@ -675,10 +677,10 @@ def _unless_wider_probe(
     if wider is None or start is None or score is None:
         return kept
     bar = float(wider.result.val[job.task.monitor])
-    if bar <= float(score):
+    if not distributed.from_main(bar > float(score)):  # one decision for all processes
         return kept
     model.load_state_dict(start)  # the body as pretrained (the head is replaced next)
-    wider.restore(job, notes_only=True)  # the body's layers, the task, the plan's notes
+    wider.restore(job, plan="none")  # the body's layers, the head, the task; the plan's notes stay
     model.head = wider.head
     what, shown = job.task.monitor_short, f"{bar:.4f} against {float(score):.4f}"
     line = f"the probe on the last {wider.layers} feature layers is kept: {what} {shown}"
