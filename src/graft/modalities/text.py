@@ -408,9 +408,9 @@ class TextModality:
         or the last FEATURE_LAYERS pooled and concatenated (BERT's best feature-based recipe,
         Devlin et al. 2019, Table 7), when the encoder has that many layers and those features
         fit WIDE_FEATURES_MAX_BYTES (`--feature-layers 4` takes them at any size)."""
-        width = backbone.num_features // backbone.body.layers * FEATURE_LAYERS
         if config.feature_layers != "auto" or _encoder_layers(backbone) < FEATURE_LAYERS:
             return ()
+        width = backbone.num_features // backbone.body.layers * FEATURE_LAYERS
         if n_examples * width * 4 > WIDE_FEATURES_MAX_BYTES:
             return ()
         return (1, FEATURE_LAYERS)

@@ -374,7 +374,7 @@ def _train_and_val(splits: DataSplits) -> Labelled:
 
 def _last_columns(feats: Features, width: int) -> Features:
     """Features of fewer layers, read from the widest choice's (`Modality.use_feature_layers`)."""
-    return replace(feats, values=np.ascontiguousarray(feats.values[:, -width:]), seconds=0.0, cached=True)
+    return replace(feats, values=feats.values[:, -width:], seconds=0.0, cached=True)  # a view: `_rows` copies
 
 
 def _probe_once(
