@@ -8,6 +8,8 @@ import contextlib
 import csv
 import io
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -43,15 +45,19 @@ def _quiet_main(argv: list[str]) -> int:
         return main(argv)
 
 
+def _without_mlflow_settings(env: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in env.items() if not k.startswith("MLFLOW_")}
+
+
 @contextlib.contextmanager
 def _mlflow_store(root: Path):
-    """MLflow's local file store under `root`, for graft and for the reading client."""
+    """No MLflow settings, in `root`: graft logs where MLflow would by default (its SQLite
+    database there); the URI, for the reading client."""
     with pytest.MonkeyPatch.context() as mp:
-        uri = (root / "mlruns").as_uri()
-        mp.setenv("MLFLOW_TRACKING_URI", uri)
-        mp.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+        for name in set(os.environ) - set(_without_mlflow_settings(dict(os.environ))):
+            mp.delenv(name)
         mp.chdir(root)
-        yield uri
+        yield f"sqlite:///{(root / 'mlflow.db').resolve()}"
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +189,79 @@ def test_mlflow_holds_params_metrics_test_metrics_and_the_run_folder(which, requ
     assert bundle.read_bytes() == (out / "graft.json").read_bytes()
 
 
+# what a user runs afterwards, in the same folder, with no MLflow settings: MLflow's own readers
+READ_BACK = """
+import json, sys
+import mlflow
+from mlflow.tracking import MlflowClient
+
+found = mlflow.search_runs(experiment_names=["graft"])  # a DataFrame, as users call it
+everywhere = mlflow.search_runs(search_all_experiments=True, output_format="list")
+client = MlflowClient()
+run = client.get_run(found.loc[0, "run_id"])
+bundle = client.download_artifacts(run.info.run_id, "run/graft.json", sys.argv[1])
+print(json.dumps({
+    "uri": mlflow.get_tracking_uri(),
+    "names": list(found["tags.mlflow.runName"]),
+    "everywhere": [r.info.run_name for r in everywhere],
+    "status": run.info.status,
+    "params": run.data.params,
+    "metrics": run.data.metrics,
+    "losses": len(client.get_metric_history(run.info.run_id, "probe/loss")),
+    "run": sorted(f.path for f in client.list_artifacts(run.info.run_id, "run")),
+    "images": sorted(f.path for f in client.list_artifacts(run.info.run_id, "images")),
+    "bundle": open(bundle).read(),
+}))
+"""
+
+
+def test_mlflow_clients_in_a_fresh_process_with_no_settings_read_the_run_back(tmp_path):
+    """`graft train --log-to mlflow` and then MLflow's own client, each in a fresh process in the
+    same folder with no MLFLOW_* variables: the run, its params, metrics and artefacts are there
+    (MLflow 3 refuses to read a file store it was not told to allow)."""
+    train = make_image_folder(tmp_path / "train", per_class=6, seed=0)
+    test = make_image_folder(tmp_path / "test", per_class=2, seed=1)
+    env = _without_mlflow_settings(dict(os.environ))
+    args = [a if a != "finetune" else "linear" for a in IMAGE_ARGS]  # the probe alone: seconds
+    argv = ["train", str(train), "--test", str(test), *args, "--out", "runs/pets", "--log-to", "mlflow"]
+    trained = subprocess.run(
+        [sys.executable, "-m", "graft", *argv], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "tracker failed" not in trained.stderr
+    (tmp_path / "downloads").mkdir()
+    read = subprocess.run(
+        [sys.executable, "-c", READ_BACK, "downloads"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert read.returncode == 0, read.stderr[-3000:]
+    got = json.loads(read.stdout.strip().splitlines()[-1])
+    report = json.loads((tmp_path / "runs" / "pets" / "report.json").read_text())
+    assert got["uri"] == f"sqlite:///{(tmp_path / 'mlflow.db').resolve()}"  # MLflow's own default
+    assert got["names"] == got["everywhere"] == ["pets"] and got["status"] == "FINISHED"
+    assert got["params"]["config.log_to"] == "mlflow" and got["params"]["plan.strategy"] == "linear"
+    assert got["metrics"]["test/accuracy"] == pytest.approx(report["test"]["accuracy"])
+    assert got["metrics"]["val/accuracy"] == pytest.approx(report["validation"]["accuracy"])
+    assert got["losses"] > 0
+    assert {"run/graft.json", "run/model.safetensors", "run/report.json"} <= set(got["run"])
+    assert "images/confusion.png" in got["images"]
+    assert got["bundle"] == (tmp_path / "runs" / "pets" / "graft.json").read_text()
+
+
+def test_a_run_folder_that_holds_the_mlflow_store_is_logged_without_it(tmp_path):
+    """`--out .` in the folder MLflow logs to: the run folder is logged, its database and
+    artefact store (./mlflow.db, ./mlruns) are not logged into themselves."""
+    here = tmp_path / "here"
+    here.mkdir()
+    with _mlflow_store(here) as uri:
+        tracker = trackers.MlflowTracker(here, TrainConfig(data="d", log_to="mlflow"))
+        (here / "graft.json").write_text("{}")
+        tracker.close(here, "FINISHED")
+    client = MlflowClient(tracking_uri=uri)
+    logged = {Path(f.path).name for f in client.list_artifacts(tracker.run_id, "run")}
+    assert (here / "mlflow.db").is_file() and (here / "mlruns").is_dir()
+    assert logged == {"graft.json"}
+
+
 # --------------------------------------------------------------------------- CSV
 
 
@@ -223,11 +302,12 @@ def test_a_missing_extra_is_one_line_before_any_data_is_read(tmp_path, monkeypat
     extra = "pip install 'graft-learn[tensorboard]'"
     assert err == f"graft: error: --log-to tensorboard needs the tensorboard extra: {extra}"
     assert not out.exists()
-    monkeypatch.setitem(sys.modules, "mlflow", None)
-    with pytest.raises(
-        ConfigError, match=r"^--log-to mlflow needs the mlflow extra: pip install 'graft-learn\[mlflow\]'$"
-    ):
-        graft.Classifier(log_to="mlflow", out=str(out)).fit(str(tmp_path / "no-such-data"))
+    # the client without what MLflow's default SQLite store needs is the extra half installed
+    needs = r"^--log-to mlflow needs the mlflow extra: pip install 'graft-learn\[mlflow\]'$"
+    for missing in ("sqlalchemy", "mlflow"):
+        monkeypatch.setitem(sys.modules, missing, None)
+        with pytest.raises(ConfigError, match=needs):
+            graft.Classifier(log_to="mlflow", out=str(out)).fit(str(tmp_path / "no-such-data"))
 
 
 def test_log_to_names_are_checked_and_normalised():

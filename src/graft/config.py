@@ -49,7 +49,8 @@ def parse_feature_layers(given: str | int) -> str:
 
 
 TRACKER_CHOICES = ("tensorboard", "mlflow", "csv")  # graft.training.trackers
-TRACKER_EXTRAS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # the package each needs = its extra
+# the packages each needs, all installed by its extra (MLflow's default store is a SQLite database)
+TRACKER_EXTRAS = {"tensorboard": ("tensorboard",), "mlflow": ("mlflow", "sqlalchemy", "alembic")}
 
 
 def parse_trackers(given: str | list[str] | tuple[str, ...] | None) -> str | None:
@@ -208,7 +209,8 @@ class TrainConfig:
     log_to: str | None = option(
         None,
         "experiment trackers, comma-separated: tensorboard (event files in <run>/tensorboard), mlflow "
-        "(./mlruns, or $MLFLOW_TRACKING_URI), csv (<run>/metrics.csv); the first two are extras",
+        "(where MLflow logs by default, ./mlflow.db, or $MLFLOW_TRACKING_URI), csv (<run>/metrics.csv); "
+        "the first two are extras",
         parse=parse_trackers,
         metavar="TRACKERS",
     )
@@ -290,8 +292,8 @@ class TrainConfig:
         extra: found, not imported (that waits for the run), so it costs nothing before training.
         Not part of `check`: a saved config stays loadable where the library is not installed."""
         for name in (self.log_to or "").split(","):
-            package = TRACKER_EXTRAS.get(name)
-            if package and importlib.util.find_spec(package) is None:
+            packages = TRACKER_EXTRAS.get(name, ())
+            if any(importlib.util.find_spec(package) is None for package in packages):
                 extra = f"pip install 'graft-learn[{name}]'"
                 raise ConfigError(f"--log-to {name} needs the {name} extra: {extra}")
 

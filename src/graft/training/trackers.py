@@ -187,24 +187,24 @@ class CsvTracker:
 
 
 class MlflowTracker:
-    """One MLflow run in the experiment $MLFLOW_EXPERIMENT_NAME (else `graft`), in the store at
-    $MLFLOW_TRACKING_URI, else ./mlruns: metrics, parameters, the plots under `images/` and, at the
-    end, the run folder under `run/`."""
+    """One MLflow run in the experiment $MLFLOW_EXPERIMENT_NAME (else `graft`), in the store MLflow
+    itself picks: $MLFLOW_TRACKING_URI, else its own default (MLflow 3.7+: `./mlflow.db`, artefacts
+    in `./mlruns`), so `mlflow ui` and `mlflow.search_runs()` in the same folder find it. Logged:
+    metrics, parameters, the plots under `images/` and, at the end, the run folder under `run/`."""
 
     def __init__(self, run_dir: Path, config: TrainConfig) -> None:
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or Path("mlruns").resolve().as_uri()
-        self.store = _local_store(uri)
-        if self.store is not None:
-            # MLflow 3 refuses a file store unless asked for one: the local, offline store is the point
-            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = MlflowClient()  # no URI of graft's own: wherever MLflow would log
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "graft"
         experiment = self.client.get_experiment_by_name(name)
         experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(name)
         tags = {"graft.run_dir": str(run_dir.resolve())}
-        self.run_id = self.client.create_run(experiment_id, run_name=run_dir.name, tags=tags).info.run_id
+        run = self.client.create_run(experiment_id, run_name=run_dir.name, tags=tags)
+        self.run_id = run.info.run_id
+        # a run folder that holds the store (`--out .`) must not be logged into itself
+        uris = (self.client.tracking_uri, run.info.artifact_uri)
+        self.store = [path for uri in uris if (path := _local_path(uri)) is not None]
 
     def params(self, section: str, values: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -228,8 +228,8 @@ class MlflowTracker:
     def close(self, run_dir: Path, status: str) -> None:
         if status == "FINISHED":
             for entry in sorted(run_dir.iterdir()):
-                if self.store is not None and _holds(entry, self.store):
-                    continue  # the store itself (run folder ".")
+                if any(_holds(entry, store) for store in self.store):
+                    continue  # the store itself: its database, its artefacts
                 if entry.is_dir():
                     self.client.log_artifacts(self.run_id, str(entry), f"run/{entry.name}")
                 else:
@@ -237,19 +237,24 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id, status)
 
 
-def _local_store(uri: str) -> Path | None:
-    """The folder of a file store (a path or file: URI), else None (a server, a database)."""
+def _local_path(uri: str) -> Path | None:
+    """The file or folder of a local store (a path, a file: URI, a SQLite database), else None (a
+    server, another database)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///").split("?")[0]).resolve()
     if uri.startswith("file:"):
         from urllib.parse import urlparse
         from urllib.request import url2pathname
 
         return Path(url2pathname(urlparse(uri).path)).resolve()
-    return None if "://" in uri or uri.startswith(("databricks", "sqlite")) else Path(uri).resolve()
+    return None if ":" in uri.split("/")[0] or uri.startswith("databricks") else Path(uri).resolve()
 
 
 def _holds(entry: Path, store: Path) -> bool:
+    """The entry is the store, holds it, or is one of a database's own files (`mlflow.db-journal`)."""
     entry = entry.resolve()
-    return entry == store or entry in store.parents
+    journal = entry.parent == store.parent and entry.name.startswith(f"{store.name}-")
+    return entry in (store, *store.parents) or journal
 
 
 BACKENDS: dict[str, type] = {"tensorboard": TensorBoardTracker, "mlflow": MlflowTracker, "csv": CsvTracker}
