@@ -124,6 +124,7 @@ class InputPipeline(Protocol):
 class Modality(Protocol):
     name: str  # "image", "text": written into bundles and reports
     unit: str  # "images", "texts": for messages
+    size_option: str  # the option that makes each input cheaper (advice): "--image-size", "--max-length"
     default_backbone: str
     defaults: Defaults
     request_field: str  # what `graft serve` takes: "file" (an uploaded image) or "texts" (JSON)

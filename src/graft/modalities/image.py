@@ -259,6 +259,7 @@ class _ImageInputs:
 class ImageModality:
     name = "image"
     unit = "images"
+    size_option = "--image-size"  # smaller inputs, for advice
     default_backbone = "efficientnet_lite0"
     defaults = IMAGE_DEFAULTS
     request_field = "file"  # what `graft serve` takes: an uploaded image

@@ -275,6 +275,7 @@ class _TextInputs:
 class TextModality:
     name = "text"
     unit = "texts"
+    size_option = "--max-length"  # smaller inputs, for advice
     default_backbone = "minilm"
     defaults = TEXT_DEFAULTS
     request_field = "texts"  # what `graft serve` takes: a JSON list of texts

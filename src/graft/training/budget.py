@@ -71,7 +71,7 @@ def fit_data_to_budget(job: Job, strategy: str) -> None:
         f"{job.modality.unit} would take about {needed:.0f}s, more than the {share:.0f}s share of the "
         f"budget it may use; training on a stratified subset of {len(chosen)} of the "
         f"{len(splits.train)} training {job.modality.unit} that fits (for all of them: "
-        f"--time-budget {whole} or more, or smaller inputs: --image-size, --max-length)"
+        f"--time-budget {whole} or more, or smaller inputs: {job.modality.size_option})"
     )
     job.log(note)
     job.plan = job.plan.with_note(note)

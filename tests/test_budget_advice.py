@@ -1,0 +1,80 @@
+"""--time-budget's advice when the data does not fit: the option it suggests for smaller inputs is
+the run's modality's own (an image run is not told about --max-length, nor a text run about
+--image-size)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from graft.cli import _parser
+from graft.modalities import get_modality, modalities
+from graft.training import budget
+
+
+@dataclass
+class _Inputs:
+    labels: np.ndarray
+
+    @property
+    def sources(self) -> list[str]:
+        return [f"input-{i}" for i in range(len(self.labels))]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, chosen: np.ndarray) -> _Inputs:
+        return _Inputs(self.labels[chosen])
+
+
+@dataclass
+class _Splits:
+    train: _Inputs
+    val: _Inputs
+    test: None = None
+    classes: tuple[str, ...] = ("a", "b")
+
+
+@dataclass
+class _Plan:
+    notes: list[str] = field(default_factory=list)
+
+    def with_note(self, note: str) -> _Plan:
+        return _Plan([*self.notes, note])
+
+
+def _over_budget_job(modality_name: str) -> SimpleNamespace:
+    """A job whose 200 training inputs take 1 s each to extract, against a 60 s budget."""
+    return SimpleNamespace(
+        config=SimpleNamespace(time_budget=60.0, seed=0),
+        started=time.perf_counter(),
+        splits=_Splits(_Inputs(np.arange(200) % 2), _Inputs(np.arange(10) % 2)),
+        modality=get_modality(modality_name),
+        plan=_Plan(),
+        log=lambda line: None,
+    )
+
+
+@pytest.mark.parametrize("name", ["image", "text"])
+def test_the_budget_advises_the_size_option_of_the_runs_own_modality(name, monkeypatch):
+    monkeypatch.setattr(budget, "_extracts", lambda job, strategy: True)
+    monkeypatch.setattr(budget, "_extraction_ahead", lambda job: True)
+    monkeypatch.setattr(budget, "_time_extraction", lambda job: 1.0)
+    job = _over_budget_job(name)
+    budget.fit_data_to_budget(job, "linear")
+    (note,) = job.plan.notes
+    own = get_modality(name).size_option
+    others = {m.size_option for m in modalities().values()} - {own}
+    assert f"smaller inputs: {own})" in note and others and not any(o in note for o in others)
+    assert job.budget_subset["train"] < 200
+
+
+def test_each_modality_names_a_size_option_that_graft_train_takes():
+    train = _parser().parse_args(["train", "data"])
+    for modality in modalities().values():
+        assert modality.size_option.startswith("--")
+        assert hasattr(train, modality.size_option.removeprefix("--").replace("-", "_"))
