@@ -105,7 +105,7 @@ def predict(run_dir: Path, argv: list[str], env: dict[str, str] | None = None, *
     rss = json.loads(rss_lines[-1].removeprefix("maxrss "))
     return {
         "code": done.returncode,
-        "rows": json.loads(lines[-1]),
+        "rows": json.loads(lines[-1])["predictions"],
         "stderr": done.stderr,
         "peak_rss_mb": rss["self_kb"] / 1024,
         "children_peak_rss_mb": rss["children_kb"] / 1024,

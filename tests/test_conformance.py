@@ -106,7 +106,7 @@ def test_the_bundle_predicts_in_python_and_on_the_command_line_alike(run, capsys
     capsys.readouterr()
     given = [str(i) for i in run["inputs"]]
     assert main(["predict", str(run["out"]), *given, "--json", "--precision", "fp32"]) == 0
-    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"]
     assert [str(r["input"]) for r in rows] == given and not any("error" in r for r in rows)
     expected = _predictions(model, outputs)
     assert rows == [{"input": r["input"], **p} for r, p in zip(rows, expected, strict=True)]

@@ -279,7 +279,7 @@ def test_cli_backbones_lists_the_registry(capsys):
     """`graft backbones --json` lists the registry (both kinds, the packaged ones offline); the
     table names every backbone and marks exactly the offline ones."""
     assert main(["backbones", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["backbones"]
     by_name = {r["name"]: r for r in rows}
     assert len(by_name) == len(rows) and {"efficientnet_lite0", "minilm", "resnet18"} <= set(by_name)
     assert all({"name", "source", "parameters", "input_size", "offline"} <= set(r) for r in rows)
@@ -335,7 +335,7 @@ def test_cli_predict_with_an_unreadable_image_predicts_the_others_and_exits_3(ml
     code = main(["predict", str(result.run_dir), good, str(broken), str(missing), "--json"])
     captured = capsys.readouterr()
     assert code == 3, captured.err
-    rows = {row["input"]: row for row in json.loads(captured.out.strip().splitlines()[-1])}
+    rows = {row["input"]: row for row in json.loads(captured.out.strip().splitlines()[-1])["predictions"]}
     assert set(rows) == {good, str(broken), str(missing)}
     assert rows[good]["predictions"][0]["label"] == "red" and "error" not in rows[good]
     for bad in (broken, missing):

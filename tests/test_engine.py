@@ -379,10 +379,10 @@ def test_multi_label_and_regression_exports_predict_without_torch_as_torch_does(
     assert fast is not None and fast.task.name == json.loads((run / "graft.json").read_text())["task"]["name"]
     lines, imported = _predict_without_torch(run, images, "--json")
     assert not imported
-    rows = json.loads(lines[-1])
+    rows = json.loads(lines[-1])["predictions"]
     capsys.readouterr()
     assert main(["predict", str(run), *images, "--json", "--engine", "torch", "--precision", "fp32"]) == 0
-    want = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    want = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"]
     assert [r["input"] for r in rows] == images and not any("error" in r for r in rows)
     assert rows == [_close(r) for r in want]
     printed, _ = _predict_without_torch(run, images)

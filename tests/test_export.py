@@ -132,7 +132,7 @@ def test_graft_predict_on_an_exported_onnx_file(image_export, image_run) -> None
     files = sorted(str(p) for p in (image_run.parent / "data").rglob("*.*"))[:4]
     code, stdout, stderr = _cli(["predict", str(out), *files, "--top-k", "2", "--json"])
     assert code == 0, stderr
-    rows = json.loads(stdout.strip().splitlines()[-1])
+    rows = json.loads(stdout.strip().splitlines()[-1])["predictions"]
     want = graft.load(out).predict_proba(files)
     for row, p in zip(rows, want, strict=True):
         assert row["predictions"][0]["label"] == CLASSES[int(p.argmax())]

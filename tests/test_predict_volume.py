@@ -57,7 +57,7 @@ def test_predict_of_many_mixed_files_reports_each_bad_one_and_exits_3(bench, run
     total = len(inputs["good"]) + len(inputs["bad"])
     assert f"graft: {len(inputs['bad'])} of {total} input(s) could not be predicted" in err
     assert main(["predict", str(run_dir), *inputs["argv"], "--json"]) == 3
-    _check_rows(json.loads(capsys.readouterr().out.splitlines()[-1]), inputs)
+    _check_rows(json.loads(capsys.readouterr().out.splitlines()[-1])["predictions"], inputs)
 
 
 @pytest.mark.slow

@@ -295,7 +295,7 @@ def test_cli_predict_top_k(trained, folders, capsys):
     """`graft predict RUN a b --top-k 2 --json`: two predictions per input, sorted by probability."""
     paths = [str(p) for p in _holdout_images(folders)[:2]]
     assert main(["predict", str(trained.run_dir), *paths, "--top-k", "2", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"]
     assert [row["input"] for row in rows] == paths
     for row in rows:
         preds = row["predictions"]
@@ -310,7 +310,7 @@ def test_cli_predict_top_k_is_capped_at_the_number_of_classes(trained, folders, 
     """--top-k larger than the class count lists every class once."""
     path = str(_holdout_images(folders)[0])
     assert main(["predict", str(trained.run_dir), path, "--top-k", "10", "--json"]) == 0
-    (row,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    (row,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"]
     assert sorted(p["label"] for p in row["predictions"]) == sorted(CLASSES)
     assert sum(p["probability"] for p in row["predictions"]) == pytest.approx(1.0, abs=1e-4)
 

@@ -148,11 +148,73 @@ def test_text_multi_label_trains_reports_predicts_and_evaluates(text_runs, capsy
     assert model.predict(["I saw a banana and a purple chair"]) == [("colour", "fruit")]
     capsys.readouterr()
     assert main(["predict", str(out), "I saw a road", "--json"]) == 0
-    row = json.loads(capsys.readouterr().out)[0]
+    row = json.loads(capsys.readouterr().out)["predictions"][0]
     assert row["labels"] == ["none"] and set(row["probabilities"]) == {"colour", "fruit", "none"}
     assert main(["eval", str(out), str(test), "--json"]) == 0
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["task"] == "multi" and evaluated["map"] == pytest.approx(report["test"]["map"], abs=0.02)
+
+
+def test_multi_label_predict_rows_list_the_labels_over_threshold_most_probable_first_at_most_k():
+    task = get_task("multi", ("a", "b", "c"), {"thresholds": [0.5, 0.5, 0.9]})
+    outputs = np.array([[0.6, 0.8, 0.85], [0.1, 0.2, 0.3]], dtype=np.float32)
+    shown = ("A", "B", "C")
+    every = task.predict_rows(outputs, shown, None)
+    assert [row["labels"] for row in every] == [["B", "A"], []]  # C's 0.85 is under its 0.9
+    assert every[0]["probabilities"] == pytest.approx({"A": 0.6, "B": 0.8, "C": 0.85})
+    assert [row["labels"] for row in task.predict_rows(outputs, shown, 1)] == [["B"], []]
+    assert [row["labels"] for row in task.predict_rows(outputs, shown, 5)] == [["B", "A"], []]
+
+
+def test_each_task_prints_its_own_eval_table():
+    multi = get_task("multi", ("a", "b"), {"thresholds": [0.4, 0.6]})
+    logits = torch.tensor([[2.0, -2.0], [1.0, 1.0], [-2.0, 2.0], [-1.0, -1.0]])
+    labels = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+    lines = multi.eval_lines(multi.metrics(logits, labels))
+    assert lines[0].split() == ["label", "AP", "precision", "recall", "F1", "support", "threshold"]
+    assert [line.split() for line in lines[1:]] == [
+        ["a", "1.000", "1.000", "1.000", "1.000", "2", "0.400"],
+        ["b", "1.000", "1.000", "1.000", "1.000", "2", "0.600"],
+    ]
+    single = get_task("single", ("cat", "dog"))
+    metrics = single.metrics(torch.tensor([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0]]), torch.tensor([0, 1, 1]))
+    lines = single.eval_lines(metrics)
+    assert lines[0].split() == ["class", "precision", "recall", "F1", "support"]
+    assert lines[1].split() == ["cat", "0.500", "1.000", "0.667", "1"]
+    assert "  dog taken for cat: 1" in lines
+    regression = get_task("regression", ("x", "y"), {"mean": [0.0, 0.0], "std": [1.0, 1.0]})
+    values = torch.tensor([[1.0, 2.0], [2.0, 1.0], [3.0, 3.0]])
+    lines = regression.eval_lines(regression.metrics(values, values))
+    assert lines[0].split() == ["target", "R2", "RMSE", "MAE", "Spearman"]
+    assert lines[1].split() == ["x", "1.000", "0.000", "0.000", "1.000"]
+    one = get_task("regression", ("x",), {"mean": [0.0], "std": [1.0]})
+    assert one.eval_lines(one.metrics(values[:, :1], values[:, :1])) == []  # the headline says it all
+
+
+def test_multi_label_cli_eval_prints_the_per_label_table_and_predict_takes_top_k(text_runs, capsys):
+    out, test = text_runs["multi"]
+    capsys.readouterr()
+    assert main(["eval", str(out), str(test), "--json"]) == 0
+    per_label = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["per_label"]
+    assert main(["eval", str(out), str(test)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    start = printed.index(next(line for line in printed if line.split()[:2] == ["label", "AP"]))
+    table = {line.split()[0]: line.split()[1:] for line in printed[start + 1 : start + 4]}
+    assert set(table) == set(per_label) == {"colour", "fruit", "none"}
+    for name, cells in table.items():
+        assert float(cells[0]) == pytest.approx(per_label[name]["average_precision"], abs=5e-4)
+        assert int(cells[4]) == per_label[name]["support"]
+    both = "I saw a banana and a purple chair"
+    assert main(["predict", str(out), both, "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"]
+    assert sorted(row["labels"]) == ["colour", "fruit"]
+    probability = row["probabilities"]
+    assert probability[row["labels"][0]] >= probability[row["labels"][1]]  # most probable first
+    assert main(["predict", str(out), both, "--top-k", "1", "--json"]) == 0
+    (top,) = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["predictions"]
+    assert top["labels"] == row["labels"][:1] and top["probabilities"] == row["probabilities"]
+    assert main(["predict", str(out), both, "--top-k", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"{both}\t{row['labels'][0]}"
 
 
 def test_text_regression_trains_reports_predicts_and_evaluates(text_runs, capsys):

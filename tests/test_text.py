@@ -343,7 +343,7 @@ def test_predict_cli_texts_and_input_file(linear_run, data) -> None:
         ["predict", str(linear_run.run_dir), "a lovely story", "--input", str(data["test"]), "--json"]
     )
     assert code == 0
-    rows = json.loads(out.strip().splitlines()[-1])
+    rows = json.loads(out.strip().splitlines()[-1])["predictions"]
     assert len(rows) == 31 and rows[0]["input"] == "a lovely story"
     assert rows[0]["predictions"][0]["label"] == "pos"
 
@@ -664,7 +664,7 @@ def test_two_text_columns_train_predict_and_serve_as_sentence_pairs(tmp_path) ->
     from_tuples = loaded.predict_proba(rows)
     code, out = _cli(["predict", str(result.run_dir), "--input", str(table), "--json"])
     assert code == 0
-    printed = json.loads(out.strip().splitlines()[-1])[:5]
+    printed = json.loads(out.strip().splitlines()[-1])["predictions"][:5]
     assert [p["input"] for p in printed] == [list(r) for r in rows]
     assert [p["predictions"][0]["label"] for p in printed] == loaded.predict(rows)
     joined = loaded.predict_proba([f"{a}\n{b}" for a, b in rows])  # one text: not the same input

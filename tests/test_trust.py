@@ -231,7 +231,7 @@ def test_predict_goes_on_past_bad_inputs_and_reports_each(image_run, tmp_path, c
         assert name in err
     assert "4 of 7 input(s) could not be predicted" in err
     assert main(["predict", str(image_run), *argv, "--json"]) == 3
-    rows = json.loads(capsys.readouterr().out.splitlines()[-1])
+    rows = json.loads(capsys.readouterr().out.splitlines()[-1])["predictions"]
     assert sum("error" in r for r in rows) == 4 and sum("predictions" in r for r in rows) == 3
 
 
@@ -318,7 +318,7 @@ def test_text_eval_and_predict_take_other_column_names(text_run, tmp_path, capsy
     assert json.loads(capsys.readouterr().out.splitlines()[-1])["n"] == 8
     argv = ["predict", str(text_run), "--input", str(table), "--text-column", "body", "--json"]
     assert main(argv) == 0
-    assert len(json.loads(capsys.readouterr().out.splitlines()[-1])) == 8
+    assert len(json.loads(capsys.readouterr().out.splitlines()[-1])["predictions"]) == 8
 
 
 def test_text_eval_counts_and_reports_labels_never_seen(text_run, tmp_path, capsys):

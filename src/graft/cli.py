@@ -175,10 +175,8 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
 
         task = get_task(metrics["task"])
         print(f"{_numbers(task.headline(metrics))}  (n={metrics['n']}, {metrics['precision']['name']})")
-        if "per_class" in metrics:
-            print(_per_class_table(metrics))
-        for pair in metrics.get("most_confused", []):
-            print(f"  {pair['true']} taken for {pair['predicted']}: {pair['count']}")
+        for line in task.eval_lines(metrics):  # per class, label or target, as the task has them
+            print(line)
         unknown = metrics["unknown_labels"]
         if unknown:
             listed = ", ".join(f"{label!r} ({n})" for label, n in unknown.items())
@@ -190,20 +188,10 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     return metrics
 
 
-def _per_class_table(metrics: dict[str, Any]) -> str:
-    width = max([5, *(len(name) for name in metrics["per_class"])])
-    lines = [f"{'class':{width}}  precision  recall     F1  support"]
-    for name, m in metrics["per_class"].items():
-        lines.append(
-            f"{name:{width}}  {m['precision']:9.3f}  {m['recall']:6.3f}  {m['f1']:5.3f}  {m['support']:7d}"
-        )
-    return "\n".join(lines)
-
-
 EXIT_SOME_FAILED = 3  # predict: some inputs could not be read (the others were predicted)
 
 
-def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
+def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     from .bundle import with_columns
     from .errors import ConfigError
     from .predict_onnx import load_exported
@@ -231,22 +219,17 @@ def cmd_predict(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not inputs and not failed:
         raise ConfigError("nothing to predict: give image files or texts, or --input FILE")
     proba, failures = model.predict_proba_or_skip(inputs) if inputs else (None, {})
-    k = max(1, min(args.top_k, len(model.classes_)))
-    task = getattr(model, "task", None)
     rows = [{"input": given, "error": reason} for given, reason in failed]
     for i, source in enumerate(inputs):
         if i in failures:
             rows.append({"input": str(source), "error": failures[i]})
-        elif task is not None and task.name != "single":  # several labels, or numbers
-            rows.append({"input": source, **task.predictions(proba[i : i + 1], model.classes_)[0]})
-        else:
-            top = proba[i].argsort()[::-1][:k]
-            preds = [{"label": model.classes_[j], "probability": round(float(proba[i][j]), 6)} for j in top]
-            rows.append({"input": source, "predictions": preds})
+        else:  # the task's row: the top classes, the labels that apply, or the numbers
+            (row,) = model.task.predict_rows(proba[i : i + 1], model.classes_, args.top_k)
+            rows.append({"input": source, **row})
     _print_predictions(rows, args.json)
     if any("error" in row for row in rows):
         args.exit_status = EXIT_SOME_FAILED
-    return rows
+    return {"predictions": rows}  # --json: one object, as every command prints
 
 
 def _print_predictions(rows: list[dict[str, Any]], as_json: bool) -> None:
@@ -314,7 +297,7 @@ def cmd_export(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def cmd_backbones(args: argparse.Namespace) -> list[dict[str, Any]]:
+def cmd_backbones(args: argparse.Namespace) -> dict[str, Any]:
     from .backbones import list_backbones
 
     rows = list_backbones()
@@ -326,7 +309,7 @@ def cmd_backbones(args: argparse.Namespace) -> list[dict[str, Any]]:
                 f"{'yes' if r['offline'] else 'no (downloads when online)'}"
             )
         print("Also: any torchvision classification model by name, any timm model as timm/<name>.")
-    return rows
+    return {"backbones": rows}
 
 
 def cmd_demo(args: argparse.Namespace) -> dict[str, Any]:

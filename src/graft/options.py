@@ -109,7 +109,12 @@ class PredictOptions(Options):
     input: str | None = option(
         None, "text model: a .csv/.tsv/.jsonl (its text column) or .txt, one text per line"
     )
-    top_k: int = option(1, "labels per input, most probable first", minimum=1)
+    top_k: int | None = option(
+        None,
+        "labels per input, most probable first (default: 1 class; multi-label: every label over its "
+        "threshold, at most this many)",
+        minimum=1,
+    )
     engine: str = option(
         "auto",
         "who runs the network on the CPU: auto (ONNX Runtime for big jobs when measured faster), "

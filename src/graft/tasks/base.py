@@ -172,6 +172,17 @@ class Task:
         """`predict`'s rows from activated outputs, names as shown to people."""
         raise NotImplementedError
 
+    def predict_rows(
+        self, outputs: np.ndarray, shown: Sequence[str], top: int | None
+    ) -> list[dict[str, Any]]:
+        """`graft predict`'s rows (its --json, and its lines for people): `predictions`, with at
+        most `top` classes or labels where the task lists some (None: as many as it decides)."""
+        return self.predictions(outputs, shown)
+
+    def eval_lines(self, metrics: dict[str, Any]) -> list[str]:
+        """What `graft eval` prints below the headline numbers: a table per class, label or target."""
+        return []
+
     def answer(self, outputs: np.ndarray, shown: Sequence[str], top: int = 5) -> dict[str, Any]:
         """`graft serve`'s answer for one input's activated outputs: the most probable `top`
         classes or labels (tasks add what applies: the labels over their thresholds, the numbers)."""
@@ -225,6 +236,28 @@ class Task:
     # ---- saving
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **({"state": self.state} if self.state else {})}
+
+
+def metrics_table(
+    first: str,
+    rows: dict[str, dict[str, Any]],
+    columns: Sequence[tuple[str, str]],
+) -> list[str]:
+    """A table for people: a row per name, a column per (key, header); numbers to 3 decimals,
+    counts as they are, None as `-`, each right-aligned under its header."""
+    width = max([len(first), *(len(name) for name in rows)])
+    widths = [max(len(header), 5) for _, header in columns]
+    lines = [f"{first:{width}}  " + "  ".join(f"{h:>{w}}" for (_, h), w in zip(columns, widths, strict=True))]
+    for name, values in rows.items():
+        cells = [_cell(values.get(key)) for key, _ in columns]
+        lines.append(f"{name:{width}}  " + "  ".join(f"{c:>{w}}" for c, w in zip(cells, widths, strict=True)))
+    return lines
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return str(value) if isinstance(value, int) else f"{value:.3f}"
 
 
 def cover_groups(groups: np.ndarray, per_group: int, seed: int) -> np.ndarray:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import DataError
-from .base import Headroom, LossFn, RawLabel, Task, finite, register_task
+from .base import Headroom, LossFn, RawLabel, Task, finite, metrics_table, register_task
 
 if TYPE_CHECKING:
     import torch
@@ -208,6 +208,23 @@ class MultiLabel(Task):
             }
             for p in outputs
         ]
+
+    def predict_rows(
+        self, outputs: np.ndarray, shown: Sequence[str], top: int | None
+    ) -> list[dict[str, Any]]:
+        """The labels over their thresholds, most probable first, at most `top` of them (None:
+        all); every label's probability."""
+        rows = self.predictions(outputs, shown)
+        for row, p in zip(rows, outputs, strict=True):
+            over = [j for j in np.argsort(-p, kind="stable") if p[j] >= self.thresholds()[j]]
+            row["labels"] = [shown[j] for j in over[:top]]
+        return rows
+
+    def eval_lines(self, metrics: dict[str, Any]) -> list[str]:
+        """The per-label table: average precision, and at the label's threshold precision, recall, F1."""
+        columns = [("average_precision", "AP"), ("precision", "precision"), ("recall", "recall")]
+        columns += [("f1", "F1"), ("support", "support"), ("threshold", "threshold")]
+        return metrics_table("label", metrics["per_label"], columns)
 
     def decide(self, outputs: np.ndarray, shown: Sequence[str]) -> Any:
         return [tuple(shown[j] for j in np.flatnonzero(row >= self.thresholds())) for row in outputs]

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import DataError
-from .base import Headroom, LossFn, RawLabel, Task, finite, register_task
+from .base import Headroom, LossFn, RawLabel, Task, finite, metrics_table, register_task
 
 if TYPE_CHECKING:
     import torch
@@ -177,6 +177,13 @@ class Regression(Task):
         if len(shown) == 1:
             return [{"value": float(row[0])} for row in outputs]
         return [{"values": {c: float(v) for c, v in zip(shown, row, strict=True)}} for row in outputs]
+
+    def eval_lines(self, metrics: dict[str, Any]) -> list[str]:
+        """Several targets: the per-target table (one target's numbers are the headline)."""
+        if len(metrics["per_target"]) < 2:
+            return []
+        columns = [("r2", "R2"), ("rmse", "RMSE"), ("mae", "MAE"), ("spearman", "Spearman")]
+        return metrics_table("target", metrics["per_target"], columns)
 
     def decide(self, outputs: np.ndarray, shown: Sequence[str]) -> Any:
         return outputs[:, 0] if outputs.shape[1] == 1 else outputs

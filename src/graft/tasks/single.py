@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from .base import Headroom, LossFn, RawLabel, Task, register_task
+from .base import Headroom, LossFn, RawLabel, Task, metrics_table, register_task
 
 if TYPE_CHECKING:
     import torch
@@ -148,6 +148,26 @@ class SingleLabel(Task):
                 }
             )
         return rows
+
+    def predict_rows(
+        self, outputs: np.ndarray, shown: Sequence[str], top: int | None
+    ) -> list[dict[str, Any]]:
+        """The `top` most probable classes (1 by default), most probable first."""
+        k = max(1, min(top or 1, len(shown)))
+        rows = []
+        for p in outputs:
+            best = p.argsort()[::-1][:k]
+            top_k = [{"label": shown[j], "probability": round(float(p[j]), 6)} for j in best]
+            rows.append({"predictions": top_k})
+        return rows
+
+    def eval_lines(self, metrics: dict[str, Any]) -> list[str]:
+        """The per-class table, then the most-confused pairs."""
+        columns = [("precision", "precision"), ("recall", "recall"), ("f1", "F1"), ("support", "support")]
+        lines = metrics_table("class", metrics["per_class"], columns)
+        for pair in metrics.get("most_confused", []):
+            lines.append(f"  {pair['true']} taken for {pair['predicted']}: {pair['count']}")
+        return lines
 
     def decide(self, outputs: np.ndarray, shown: Sequence[str]) -> Any:
         return [shown[i] for i in outputs.argmax(1)]
