@@ -262,6 +262,22 @@ def test_a_run_folder_that_holds_the_mlflow_store_is_logged_without_it(tmp_path)
     assert logged == {"graft.json"}
 
 
+def test_mlflow_tracking_uri_is_honoured(tmp_path):
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    for folder in (here, elsewhere):
+        folder.mkdir()
+    uri = f"sqlite:///{elsewhere / 'runs.db'}"
+    with _mlflow_store(here), pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("MLFLOW_EXPERIMENT_NAME", "mine")
+        tracker = trackers.MlflowTracker(here / "run", TrainConfig(data="d", log_to="mlflow"))
+        tracker.close(here / "run", "FAILED")
+    assert not (here / "mlflow.db").exists()
+    found = MlflowClient(tracking_uri=uri).get_run(tracker.run_id)
+    assert found.info.run_name == "run" and found.info.status == "FAILED"
+    assert MlflowClient(tracking_uri=uri).get_experiment(found.info.experiment_id).name == "mine"
+
+
 # --------------------------------------------------------------------------- CSV
 
 
