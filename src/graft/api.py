@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -135,7 +135,7 @@ class _Estimator(BaseEstimator):
                 X, y, config.text_column, config.label_column, lists
             )
         splits, modality, labels = _in_memory_splits(list(X), y, config, self._task_kind, skipped, name)
-        return config, splits, modality, labels
+        return config, replace(splits, input_columns=tuple(self.input_columns_ or ())), modality, labels
 
     def _dataset(self, X: Any, y: Any, overrides: dict[str, Any]) -> tuple[TrainConfig, Any, Any, None]:
         from .data.frames import dataset_splits
@@ -151,17 +151,6 @@ class _Estimator(BaseEstimator):
             X, where, config.text_column, how, config.val_fraction, config.seed, "dataset"
         )
         return config, splits, get_modality(kind), None
-
-    def _inputs(self, X: Any) -> Any:
-        """predict's inputs: a DataFrame's input column(s), as fit read them."""
-        if not is_dataframe(X):
-            return X
-        from .data.frames import frame_values, input_columns
-
-        columns = getattr(self, "input_columns_", None) or input_columns(
-            "DataFrame", [str(c) for c in X.columns], self.text_column, [], lambda c: False
-        )
-        return frame_values(X, columns)
 
     def _fit_processes(
         self,
@@ -214,7 +203,7 @@ class Classifier(ClassifierMixin, _Estimator):
 
     def predict_proba(self, X: Any, batch_size: int = 64) -> np.ndarray:
         """Probabilities, one column per entry of classes_ (multi-label: each label's own)."""
-        return self._fitted().predict_proba(self._inputs(X), batch_size)
+        return self._fitted().predict_proba(X, batch_size)
 
     def predict(self, X: Any, batch_size: int = 64) -> np.ndarray:
         """The most probable label of each input, of the type fit was given; multi-label: a row of
@@ -242,7 +231,7 @@ class Regressor(RegressorMixin, _Estimator):
         return TrainConfig(data=data, **(self.get_params(deep=False) | overrides | {"task": "regression"}))
 
     def predict(self, X: Any, batch_size: int = 64) -> np.ndarray:
-        return np.asarray(self._fitted().predict(self._inputs(X), batch_size))
+        return np.asarray(self._fitted().predict(X, batch_size))
 
 
 _SIGNATURE = _signature()
