@@ -225,7 +225,7 @@ def test_a_missing_extra_is_one_line_before_any_data_is_read(tmp_path, monkeypat
     assert not out.exists()
     monkeypatch.setitem(sys.modules, "mlflow", None)
     with pytest.raises(
-        ConfigError, match=r"^--log-to mlflow needs the mlflow extra: pip install 'graft-learn\[mlflow\]'$"
+        ConfigError, match=r"^log_to=mlflow needs the mlflow extra: pip install 'graft-learn\[mlflow\]'$"
     ):
         graft.Classifier(log_to="mlflow", out=str(out)).fit(str(tmp_path / "no-such-data"))
 
