@@ -3,8 +3,9 @@ DataFrame and a Hugging Face Dataset (by the columns the model was trained on, l
 ignored), sentence pairs as tuples or a 2-D array, image paths, PIL images and arrays. Each answer
 is compared with the same predictor's answer on the plain list of inputs, for a text model, a
 sentence-pair model and an image model, on every predictor: `graft.Classifier` after fit,
-`graft.load`, onnxruntime (`runtime="onnx"`) and, for the exported image run, the torch-free one.
-A table without the trained columns is refused in one line naming the missing and present ones."""
+`graft.load`, onnxruntime (`runtime="onnx"`) and, for the exported image run, the torch-free one;
+a `graft.Regressor` too. A table without the trained columns is refused in one line naming the
+missing and the present ones."""
 
 from __future__ import annotations
 
@@ -203,6 +204,22 @@ def test_an_image_model_reads_every_input_kind_alike_on_every_predictor(image_ru
     predictors = _predictors(model, run_dir, torch_free=True)
     _same_answers(predictors, kinds, paths)
     assert set(CLASSES) == set(model.classes_)
+
+
+def test_a_regressor_reads_a_table_by_its_columns_too(image_run, tmp_path) -> None:
+    _, _, files = image_run
+    paths = [str(f) for f in files]
+    brightness = [float(np.asarray(Image.open(f)).mean() / 255) for f in files]
+    frame = pd.DataFrame({"file": paths, "brightness": brightness, "note": "x"})
+    options = {"strategy": "linear", "epochs": 2, "val_fraction": 0.25, **TINY_IMAGES}
+    reg = graft.Regressor(out=str(tmp_path / "run"), label_column="brightness", **options)
+    reg.fit(frame, log=_quiet)
+    kinds = {"DataFrame": frame, "Dataset": datasets.Dataset.from_pandas(frame)}
+    for name, predictor in {"Regressor": reg, "graft.load": graft.load(tmp_path / "run")}.items():
+        expected = np.asarray(predictor.predict(paths))
+        for kind, inputs in kinds.items():
+            got = np.asarray(predictor.predict(inputs))
+            np.testing.assert_allclose(got, expected, atol=1e-5, err_msg=f"{name} on {kind}")
 
 
 # --------------------------------------------------------------------------- choosing the columns
