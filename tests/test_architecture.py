@@ -320,7 +320,8 @@ def test_impossible_options_are_one_line_errors_before_any_work(tmp_path, capsys
 
 def test_every_predictor_answers_through_one_shared_class():
     """PyTorch, onnxruntime and the torch-free path differ only in running the network
-    (`predict_proba_or_skip`); `outputs`, `predict_proba` and `predict` are written once."""
+    (`outputs_or_skip`); reading a table's columns (`read_inputs`), `predict_proba_or_skip`,
+    `outputs`, `predict_proba` and `predict` are written once."""
     from graft.answers import Answers
     from graft.onnx_runtime import OnnxPredictor
     from graft.predict import Predictor
@@ -328,5 +329,6 @@ def test_every_predictor_answers_through_one_shared_class():
 
     for runtime in (Predictor, OnnxPredictor, ExportedImagePredictor):
         assert issubclass(runtime, Answers)
-        assert {"outputs", "predict_proba", "predict"}.isdisjoint(vars(runtime)), runtime.__name__
-        assert "predict_proba_or_skip" in vars(runtime), runtime.__name__
+        shared = {"read_inputs", "predict_proba_or_skip", "outputs", "predict_proba", "predict"}
+        assert shared.isdisjoint(vars(runtime)), runtime.__name__
+        assert "outputs_or_skip" in vars(runtime), runtime.__name__

@@ -53,8 +53,17 @@ def test_the_python_api_refuses_a_misspelt_option_when_it_fits(tmp_path):
     """scikit-learn's contract: __init__ stores, fit validates (get_params/clone keep working)."""
     model = Classifier(bn="frozn")
     assert model.get_params()["bn"] == "frozn"
-    with pytest.raises(ConfigError, match="unknown --bn 'frozn'"):
+    with pytest.raises(ConfigError, match="unknown bn='frozn'"):  # as Python spells it
         model.fit(tmp_path)
+
+
+def test_python_spelling_names_options_as_parameters() -> None:
+    from graft.config import python_spelling
+
+    assert python_spelling("pass --overwrite, or another --out") == "pass overwrite=True, or another out="
+    assert python_spelling("split off --val-fraction 0.1 (--val)") == "split off val_fraction=0.1 (val=)"
+    assert python_spelling("use text_column=... / --text-column") == "use text_column=..."
+    assert python_spelling("--no-such-flag and a-b--c stay") == "--no-such-flag and a-b--c stay"
 
 
 def test_the_plan_is_frozen_and_notes_make_a_new_plan() -> None:

@@ -279,6 +279,58 @@ def test_the_python_api_fits_label_lists_and_numbers_as_scikit_learn_expects(tmp
     assert reg.get_params()["strategy"] == "linear"
 
 
+def test_python_reads_multi_labels_as_the_command_line_does(tmp_path, capsys):
+    """`a|b` labels: the CLI's rules from a DataFrame (task multi or auto), from label strings
+    and from label lists: the same labels, the same split, the same probabilities."""
+    pd = pytest.importorskip("pandas")
+    pytest.importorskip("transformers", reason="text needs the `text` extra")
+    table = _multi_label_texts(tmp_path / "train.csv", 40, 0)
+    options = ["--strategy", "linear", "--epochs", "3", "--seed", "1"]
+    argv = ["train", str(table), "--label-column", "labels", "--task", "multi", *options]
+    assert main([*argv, "--out", str(tmp_path / "cli"), "--json"]) == 0
+    cli = graft.load(tmp_path / "cli", device="cpu")
+    frame = pd.read_csv(table)
+    texts, strings = list(frame["text"]), list(frame["labels"])
+    given = {
+        "DataFrame, task multi": ({"task": "multi", "label_column": "labels"}, frame, None),
+        "DataFrame, task auto": ({"label_column": "labels"}, frame, None),
+        "label strings": ({}, texts, strings),
+        "label lists": ({}, texts, [s.split("|") for s in strings]),
+    }
+    probe = ["I saw a banana and a purple chair", "I saw a road today"]
+    for name, (chosen, X, y) in given.items():
+        settings = {"strategy": "linear", "epochs": 3, "seed": 1, "out": str(tmp_path / name), **chosen}
+        clf = graft.Classifier(**settings).fit(X, y, log=lambda line: None)
+        assert clf.task_.name == "multi" and list(clf.classes_) == list(cli.classes_), name
+        assert clf.classes_.tolist() == ["colour", "fruit", "none"], name
+        expected = cli.predict_proba(probe)
+        np.testing.assert_allclose(clf.predict_proba(probe), expected, atol=1e-3, err_msg=name)
+        assert clf.score(texts, strings) == clf.score(texts, [s.split("|") for s in strings]) > 0.5
+
+
+def test_errors_raised_from_python_name_parameters_and_classes(tmp_path, capsys):
+    texts = [f"text {i}" for i in range(7)]
+    labels = ["cat", "cat", "dog", "dog", "cat", "dog", "bird"]
+    with pytest.raises(DataError) as caught:
+        graft.Classifier(out=str(tmp_path / "py")).fit(texts, labels)
+    assert str(caught.value) == (
+        "fit(X, y): class 'bird' has a single example, too few to split off validation data: add "
+        "examples, remove the class, or pass a validation set (val=)"
+    )
+    with pytest.raises(ConfigError, match=r"^epochs= must be at least 1, got 0$"):
+        graft.Classifier(epochs=0).fit(texts, labels)
+    with pytest.raises(ConfigError, match=r"task='regression' predicts numbers: use graft.Regressor"):
+        graft.Classifier(task="regression").fit(texts, labels)
+    table = tmp_path / "t.csv"
+    table.write_text("text,label\n" + "".join(f"{t},{v}\n" for t, v in zip(texts, labels, strict=True)))
+    assert main(["train", str(table), "--epochs", "0"]) == 2  # the command line keeps its flags
+    assert capsys.readouterr().err.strip() == "graft: error: --epochs must be at least 1, got 0"
+    assert main(["train", str(table), "--out", str(tmp_path / "cli")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("class 'bird' has a single example, too few to split off validation data: add "
+                        "examples, remove the class, or pass a validation set (--val)")
+
+
 # --------------------------------------------------------------------------- every task
 
 

@@ -319,7 +319,7 @@ def test_a_missing_extra_is_one_line_before_any_data_is_read(tmp_path, monkeypat
     assert err == f"graft: error: --log-to tensorboard needs the tensorboard extra: {extra}"
     assert not out.exists()
     # the client without what MLflow's default SQLite store needs is the extra half installed
-    needs = r"^--log-to mlflow needs the mlflow extra: pip install 'graft-learn\[mlflow\]'$"
+    needs = r"^log_to=mlflow needs the mlflow extra: pip install 'graft-learn\[mlflow\]'$"
     for missing in ("sqlalchemy", "mlflow"):
         monkeypatch.setitem(sys.modules, missing, None)
         with pytest.raises(ConfigError, match=needs):

@@ -2,9 +2,10 @@
 (`onnx_session`), whatever runs the network: PyTorch (`predict.Predictor`),
 onnxruntime fed by graft's input pipeline (`onnx_runtime.OnnxPredictor`), or an exported image
 model without PyTorch (`predict_onnx.ExportedImagePredictor`). Each runtime implements one method,
-`predict_proba_or_skip` (the task's activated outputs, a NaN row for an input it could not read);
-the task turns those into `outputs`, `predict_proba` and `predict` here, once. Imports neither
-torch nor training code, so the torch-free path can use it."""
+`outputs_or_skip` (the task's activated outputs, a NaN row for an input it could not read); here,
+once, a DataFrame or Dataset is read by the columns the model was trained on (`read_inputs`) and
+the task turns the outputs into `outputs`, `predict_proba` and `predict`. Imports neither torch
+nor training code, so the torch-free path can use it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .data.frames import is_dataframe, is_hf_dataset, table_inputs
 from .errors import UnreadableImage
 
 
@@ -42,11 +44,24 @@ class Answers:
 
     classes_: tuple[str, ...]
     task: Any  # graft.tasks.Task
+    meta: dict[str, Any]  # graft.json
+
+    def outputs_or_skip(self, inputs: Any, batch_size: int = 64) -> tuple[np.ndarray, dict[int, str]]:
+        """The runtime's part: the task's outputs per input (probabilities or values), a NaN row
+        for each input that could not be read, and its position -> a one-line reason."""
+        raise NotImplementedError
+
+    def read_inputs(self, inputs: Any) -> Any:
+        """A pandas DataFrame's or `datasets` Dataset's inputs, one per row, from the columns the
+        model was trained on (as training read them); any other inputs as they are."""
+        if is_dataframe(inputs) or is_hf_dataset(inputs):
+            return table_inputs(inputs, self.meta)
+        return inputs
 
     def predict_proba_or_skip(self, inputs: Any, batch_size: int = 64) -> tuple[np.ndarray, dict[int, str]]:
         """The task's outputs per input (probabilities or values), a NaN row for each input that
         could not be read, and its position -> a one-line reason."""
-        raise NotImplementedError
+        return self.outputs_or_skip(self.read_inputs(inputs), batch_size)
 
     def outputs(self, inputs: Any, batch_size: int = 64) -> np.ndarray:
         """The task's outputs per input: class or label probabilities, or predicted values; the

@@ -15,7 +15,7 @@ from __future__ import annotations
 import inspect
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.exceptions import NotFittedError
 
-from .config import TrainConfig
+from .config import TrainConfig, speaking_python
 from .data.frames import is_dataframe, is_hf_dataset
 from .errors import ConfigError, DataError
 
@@ -89,11 +89,15 @@ class _Estimator(BaseEstimator):
         labels y (any hashable type: classes_ and predict give them back), on a pandas DataFrame
         (with y, or its label column), or on a Hugging Face Dataset / DatasetDict (its splits).
         `text_column` / `label_column` name a table's input and label columns for this fit (default:
-        the estimator's options)."""
-        from .runner import launches_processes, run
-
+        the estimator's options). Its errors name options as parameters (`val=`, not `--val`)."""
         columns = {"text_column": text_column, "label_column": label_column}
         overrides = {k: v for k, v in columns.items() if v is not None}
+        with speaking_python():
+            return self._fit(X, y, log, overrides)
+
+    def _fit(self, X: Any, y: Any, log: Callable[[str], None], overrides: dict[str, Any]) -> Classifier:
+        from .runner import launches_processes, run
+
         config, splits, modality, labels = self._config(str(X), **overrides), None, None, None
         self.input_columns_: list[str] | None = None
         if y is not None or is_dataframe(X) or is_hf_dataset(X):
@@ -135,7 +139,7 @@ class _Estimator(BaseEstimator):
                 X, y, config.text_column, config.label_column, lists
             )
         splits, modality, labels = _in_memory_splits(list(X), y, config, self._task_kind, skipped, name)
-        return config, splits, modality, labels
+        return config, replace(splits, input_columns=tuple(self.input_columns_ or ())), modality, labels
 
     def _dataset(self, X: Any, y: Any, overrides: dict[str, Any]) -> tuple[TrainConfig, Any, Any, None]:
         from .data.frames import dataset_splits
@@ -151,17 +155,6 @@ class _Estimator(BaseEstimator):
             X, where, config.text_column, how, config.val_fraction, config.seed, "dataset"
         )
         return config, splits, get_modality(kind), None
-
-    def _inputs(self, X: Any) -> Any:
-        """predict's inputs: a DataFrame's input column(s), as fit read them."""
-        if not is_dataframe(X):
-            return X
-        from .data.frames import frame_values, input_columns
-
-        columns = getattr(self, "input_columns_", None) or input_columns(
-            "DataFrame", [str(c) for c in X.columns], self.text_column, [], lambda c: False
-        )
-        return frame_values(X, columns)
 
     def _fit_processes(
         self,
@@ -214,7 +207,7 @@ class Classifier(ClassifierMixin, _Estimator):
 
     def predict_proba(self, X: Any, batch_size: int = 64) -> np.ndarray:
         """Probabilities, one column per entry of classes_ (multi-label: each label's own)."""
-        return self._fitted().predict_proba(self._inputs(X), batch_size)
+        return self._fitted().predict_proba(X, batch_size)
 
     def predict(self, X: Any, batch_size: int = 64) -> np.ndarray:
         """The most probable label of each input, of the type fit was given; multi-label: a row of
@@ -225,9 +218,13 @@ class Classifier(ClassifierMixin, _Estimator):
         return self.classes_[proba.argmax(1)]
 
     def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
-        """Accuracy; multi-label: subset accuracy (every label of an input right), as scikit-learn's."""
-        if hasattr(self, "task_") and self.task_.name == "multi" and _is_label_lists(y):
-            y = _indicators(y, [str(c) for c in self.classes_])[0]
+        """Accuracy; multi-label: subset accuracy (every label of an input right), as scikit-learn's;
+        its y as fit takes it (indicators, label lists, or label texts such as `a|b`)."""
+        if hasattr(self, "task_") and self.task_.name == "multi":
+            if not isinstance(y, np.ndarray) and all(isinstance(v, str) for v in y):
+                y = [[p.strip() for p in v.split(self.label_separator) if p.strip()] for v in y]
+            if _is_label_lists(y):
+                y = _indicators(y, [str(c) for c in self.classes_])[0]
         return super().score(X, y, sample_weight)
 
 
@@ -242,7 +239,7 @@ class Regressor(RegressorMixin, _Estimator):
         return TrainConfig(data=data, **(self.get_params(deep=False) | overrides | {"task": "regression"}))
 
     def predict(self, X: Any, batch_size: int = 64) -> np.ndarray:
-        return np.asarray(self._fitted().predict(self._inputs(X), batch_size))
+        return np.asarray(self._fitted().predict(X, batch_size))
 
 
 _SIGNATURE = _signature()
@@ -307,33 +304,17 @@ def _in_memory_splits(
     X: list[Any], y: Any, config: TrainConfig, kind: str, skipped: Sequence[Any] = (), name: str = "in-memory"
 ) -> tuple[Any, Any, Any]:
     """(splits, modality, classes_) for in-memory inputs and their labels: single-label (any
-    hashable labels), multi-label (an indicator array or label lists) or regression (numbers).
-    `skipped`: the rows a DataFrame reader left out, for the report."""
+    hashable labels), multi-label (an indicator array, label lists, or labels as text read by the
+    task rules of a table's label column) or regression (numbers). `skipped`: the rows a DataFrame
+    reader left out, for the report."""
     from .data.splits import DataSplits, Labelled, stratified_split
     from .modalities import modality_of_inputs
 
     if len(X) != len(y):
         raise DataError(f"fit(X, y): {len(X)} inputs but {len(y)} labels")
     modality = modality_of_inputs(X)
-    values: np.ndarray
-    if kind == "regression":
-        labels = np.asarray(y, dtype=np.float32).reshape(len(X), -1)
-        width = labels.shape[1]
-        classes = ("target",) if width == 1 else tuple(f"target_{j}" for j in range(width))
-        task, values = "regression", np.asarray(classes)
-    elif _is_label_lists(y):
-        labels, names = _indicators(y)
-        classes, task, values = tuple(names), "multi", np.asarray(names)
-    elif isinstance(y, np.ndarray) and y.ndim == 2:
-        labels = np.asarray(y, dtype=np.float32)
-        classes = tuple(str(j) for j in range(labels.shape[1]))
-        task, values = "multi", np.arange(labels.shape[1])
-    else:
-        values = _label_values(list(y))
-        classes = tuple(str(v) for v in values)  # graft's class names; classes_ keeps the values
-        labels = np.searchsorted(values, _labels_array(list(y))).astype(np.int64)
-        task = "single"
-    train_idx, val_idx = stratified_split(labels, config.val_fraction, config.seed, "fit(X, y)")
+    labels, classes, task, values = _encoded_labels(y, config, kind)
+    train_idx, val_idx = stratified_split(labels, config.val_fraction, config.seed, "fit(X, y)", classes)
     data = Labelled(X, labels)
     splits = DataSplits(
         data.subset(train_idx),
@@ -346,3 +327,54 @@ def _in_memory_splits(
         task=task,
     )
     return splits, modality, values
+
+
+Encoded = tuple[np.ndarray, tuple[str, ...], Any, np.ndarray]  # labels, class names, task, classes_
+
+
+def _encoded_labels(y: Any, config: TrainConfig, kind: str) -> Encoded:
+    """(labels as the model learns them, graft's class names, the task or its name, classes_)."""
+    if kind == "regression":
+        labels = np.asarray(y, dtype=np.float32).reshape(len(y), -1)
+        width = labels.shape[1]
+        classes = ("target",) if width == 1 else tuple(f"target_{j}" for j in range(width))
+        return labels, classes, "regression", np.asarray(classes)
+    if config.task == "regression":
+        raise ConfigError("task='regression' predicts numbers: use graft.Regressor, not graft.Classifier")
+    several = _is_label_lists(y) or (isinstance(y, np.ndarray) and y.ndim == 2)
+    if several and config.task == "single":
+        raise ConfigError("task='single' takes one label per input, but y holds several: use task='multi'")
+    if _is_label_lists(y):
+        labels, names = _indicators(y)
+        return labels, tuple(names), "multi", np.asarray(names)
+    if isinstance(y, np.ndarray) and y.ndim == 2:
+        labels = np.asarray(y, dtype=np.float32)
+        return labels, tuple(str(j) for j in range(labels.shape[1])), "multi", np.arange(labels.shape[1])
+    if _separated_labels(list(y), config):
+        return _multi_from_text(list(y), config)
+    values = _label_values(list(y))
+    classes = tuple(str(v) for v in values)  # graft's class names; classes_ keeps the values
+    return np.searchsorted(values, _labels_array(list(y))).astype(np.int64), classes, "single", values
+
+
+def _separated_labels(y: list[Any], config: TrainConfig) -> bool:
+    """Labels given one per input that are multi-label by a table's rules (`graft train`'s):
+    task='multi', or task='auto' and texts holding label_separator (`a|b`)."""
+    if config.task == "multi":
+        return True
+    from .tasks import auto_task
+
+    texts = all(isinstance(v, str) for v in y)
+    return config.task == "auto" and texts and auto_task(y, config.label_separator) == "multi"
+
+
+def _multi_from_text(y: list[Any], config: TrainConfig) -> Encoded:
+    """Multi-label from one label text per input (`a|b`), read by the task a table's label column
+    gets (graft.tasks.resolve_task): the same labels, names and separator as `graft train`."""
+    from .data.text import split_columns
+    from .tasks import resolve_task
+
+    raw = [str(v) for v in y]
+    learned = resolve_task("multi", raw, split_columns(config.label_column), config.label_separator)
+    labels, _ = learned.encode_all(raw)  # every label is among the names read from these labels
+    return labels, learned.names, learned, np.asarray(learned.names)

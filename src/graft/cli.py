@@ -485,12 +485,13 @@ def check_arguments(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from .config import on_command_line
     from .errors import USER_ERRORS
 
     warnings.formatwarning = lambda msg, category, *a, **k: f"warning: {msg}\n"
     try:
         check_arguments(args)
-        with _interrupts_not_lost():
+        with _interrupts_not_lost(), on_command_line():  # errors name --flags
             result = COMMANDS[args.command](args)
     except USER_ERRORS as err:
         print(f"graft: error: {err}", file=sys.stderr)

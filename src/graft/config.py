@@ -8,15 +8,19 @@ Hugging Face's `TrainingArguments` does: the command line is generated from thes
 
 from __future__ import annotations
 
+import contextvars
 import importlib.util
 import math
 import numbers
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError
+from .errors import ConfigError, GraftError
 
 
 def option(default: Any, help: str, **meta: Any) -> Any:
@@ -359,6 +363,66 @@ _TYPES: dict[str, tuple[type, ...]] = {
 
 def _flag(name: str) -> str:
     return f"--{name.replace('_', '-')}"
+
+
+# a flag, and the word after it (its value, when `_is_value` says so)
+_FLAG = re.compile(r"--([a-z][a-z0-9]*(?:-[a-z0-9]+)*)(?: ('[^']*'|[^\s;,()]+))?")
+
+
+def python_spelling(message: str) -> str:
+    """A message that names options as flags (`--val`, `--bn 'frozn'`), as the Python API names
+    them (`val=`, `bn='frozn'`; a switch as `overwrite=True`). Other words stay."""
+    by_name = {f.name: f for f in fields(TrainConfig)}
+
+    def parameter(match: re.Match[str]) -> str:
+        name, word = match.group(1).replace("-", "_"), match.group(2)
+        if name not in by_name:
+            return match.group(0)
+        if word is not None and _is_value(by_name[name], word):
+            return f"{name}={word}"
+        rest = f" {word}" if word is not None else ""
+        return (f"{name}=True" if str(by_name[name].type) == "bool" else f"{name}=") + rest
+
+    spelled = _FLAG.sub(parameter, message)
+    return re.sub(r"\b(\w+)=\.\.\. / \1=", r"\1=...", spelled)  # "text_column=... / --text-column"
+
+
+def _is_value(f: Any, word: str) -> bool:
+    """Whether the word after an option's flag is its value (`--bn 'x'`, `--out runs/a`, `--tta
+    flip`, `--log-to mlflow`) rather than the message going on (`--epochs must`)."""
+    if word.startswith("'") or "/" in word or re.fullmatch(r"-?[0-9][0-9.e+-]*", word):
+        return True
+    if word in (f.metadata.get("choices") or ()):
+        return True
+    try:
+        return "parse" in f.metadata and f.metadata["parse"](word) is not None
+    except (ConfigError, ValueError):
+        return False
+
+
+_COMMAND_LINE = contextvars.ContextVar("graft_command_line", default=False)
+
+
+@contextmanager
+def on_command_line() -> Iterator[None]:
+    """Inside, errors name options as flags, as the command line takes them (`graft.cli`)."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+@contextmanager
+def speaking_python() -> Iterator[None]:
+    """Errors a user can fix (GraftError) raised inside, with their options named as the Python
+    API's parameters (`python_spelling`), unless the command line called; same class, traceback."""
+    try:
+        yield
+    except GraftError as err:
+        if not _COMMAND_LINE.get() and err.args and isinstance(err.args[0], str):
+            err.args = (python_spelling(err.args[0]), *err.args[1:])
+        raise
 
 
 def _check_type(f: Any, value: Any) -> None:

@@ -45,11 +45,9 @@ class OnnxPredictor(Answers):
 
     def preprocess(self, inputs: Any) -> Any:
         """What the ONNX model takes: a float32 NCHW array for images, token ids per text."""
-        return self.pipeline.preprocess(inputs)
+        return self.pipeline.preprocess(self.read_inputs(inputs))
 
-    def predict_proba_or_skip(
-        self, inputs: Any, batch_size: int = 64
-    ) -> tuple[np.ndarray, dict[int, str]]:
+    def outputs_or_skip(self, inputs: Any, batch_size: int = 64) -> tuple[np.ndarray, dict[int, str]]:
         """Like `predict_proba`, but an unreadable input does not stop the others: its row is NaN
         and `failures` maps its position to a one-line reason (as `Predictor`'s)."""
         items = self.pipeline.as_list(inputs)

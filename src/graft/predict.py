@@ -79,12 +79,12 @@ class Predictor(Answers):
 
     def preprocess(self, inputs: Any) -> Any:
         """What the network takes: a float32 NCHW array for images, token ids per text."""
-        return self.pipeline.preprocess(inputs)
+        return self.pipeline.preprocess(self.read_inputs(inputs))
 
     def logits_or_skip(self, inputs: Any, batch_size: int = 64) -> tuple[np.ndarray, dict[int, str]]:
         """The head's raw outputs; an unreadable input does not stop the others: its row is NaN and
         `failures` maps its position to a one-line reason."""
-        items = self.pipeline.as_list(inputs)
+        items = self.pipeline.as_list(self.read_inputs(inputs))
         failures: dict[int, str] = {}
         out = np.full((len(items), len(self.classes_)), np.nan, np.float32)
         if not items:
@@ -96,9 +96,7 @@ class Predictor(Answers):
             out[done] = logits[torch.as_tensor(done)].numpy()
         return out, failures
 
-    def predict_proba_or_skip(
-        self, inputs: Any, batch_size: int = 64
-    ) -> tuple[np.ndarray, dict[int, str]]:
+    def outputs_or_skip(self, inputs: Any, batch_size: int = 64) -> tuple[np.ndarray, dict[int, str]]:
         """Like `outputs` (probabilities or values), but an unreadable input does not stop the
         others: its row is NaN and `failures` maps its position to a one-line reason."""
         logits, failures = self.logits_or_skip(inputs, batch_size)

@@ -56,7 +56,7 @@ class _Float32:
 
 
 class ExportedImagePredictor(Answers):
-    """`predict_proba_or_skip` / `outputs` / `predict_proba` / `predict` from an exported image model."""
+    """`outputs_or_skip` (and so `outputs` / `predict_proba` / `predict`) from an exported image model."""
 
     runtime = "onnx"
     engine_choice = {"name": "onnxruntime", "reason": "the run's exported model.onnx, without PyTorch"}
@@ -81,7 +81,7 @@ class ExportedImagePredictor(Answers):
         image = load_rgb(source, self.resize_size)
         return resize_center_crop(image, self.resize_size, self.input_size, self.interpolation)
 
-    def predict_proba_or_skip(
+    def outputs_or_skip(
         self, inputs: Sequence[Any], batch_size: int = 32
     ) -> tuple[np.ndarray, dict[int, str]]:
         """The task's outputs per input (probabilities or values; NaN rows for unreadable ones) and

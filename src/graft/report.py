@@ -76,6 +76,7 @@ def bundle_meta(job: Job, report: dict[str, Any]) -> dict[str, Any]:
         **({"task": report["task"]} if job.task.name != "single" else {}),  # single: as before tasks
         "preprocessing": report["preprocessing"],
         "recipe": report["config"],
+        **({"input_columns": list(job.splits.input_columns)} if job.splits.input_columns else {}),
         "plan": report["plan"],
         "metrics": {
             "validation": job.task.headline(report["validation"]),

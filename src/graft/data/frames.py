@@ -13,6 +13,7 @@ import json
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,13 @@ __all__ = [
     "dataset_kind",
     "dataset_splits",
     "frame_inputs",
-    "frame_values",
     "is_dataframe",
     "is_hf_dataset",
     "is_saved_dataset",
     "load_dataset_splits",
     "load_saved_dataset",
+    "table_inputs",
+    "trained_columns",
 ]
 
 # a DatasetDict's split names (case-insensitive) and the role each plays; the first found wins
@@ -140,12 +142,6 @@ def frame_inputs(
             sources.append(source)
     _warn_skipped(where, skipped, len(frame))
     return sources, _take(labels, kept), skipped, inputs
-
-
-def frame_values(frame: Any, columns: Sequence[str]) -> list[Any]:
-    """A DataFrame's inputs to predict on, read from the columns fit read them from."""
-    _require("DataFrame", [str(c) for c in frame.columns], columns, "the columns the model was fitted on")
-    return [source for _, source, _ in _frame_sources(frame, list(columns))]
 
 
 def _cells(frame: Any, name: str) -> Any:
@@ -282,7 +278,7 @@ def dataset_splits(
         _require(f"{where} [{role}]", list(part.column_names), [*inputs, *label_columns], "--text-column")
         tables[role] = _dataset_table(part, f"{where} [{role}]", inputs, label_columns, images)
     splits = labelled_splits(where, tables, how, val_fraction, seed, name, f"{where} [val]")
-    return splits, "image" if images else "text"
+    return replace(splits, input_columns=tuple(inputs)), "image" if images else "text"
 
 
 def _dataset_table(
@@ -340,3 +336,43 @@ def load_dataset_splits(
     name = Path(data).resolve().name
     loaded = load_saved_dataset(data)
     return dataset_splits(loaded, str(data), text_column, how, val_fraction, seed, name)[0]
+
+
+# --------------------------------------------------------------------------- predicting on a table
+
+
+def trained_columns(meta: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(the input columns, the label columns) a bundle's model was trained on: graft.json's
+    `input_columns` (a DataFrame's or dataset's), else its recipe's text column."""
+    recipe = meta.get("recipe") or {}
+    inputs = meta.get("input_columns") or split_columns(recipe.get("text_column") or "text")
+    return [str(c) for c in inputs], split_columns(recipe.get("label_column") or "label")
+
+
+def table_inputs(data: Any, meta: dict[str, Any]) -> list[Any]:
+    """A DataFrame's or Dataset's inputs to predict on, one per row, read as training read them:
+    from the columns the model was trained on (`trained_columns`), else from the table's one image
+    column, or its one column beside the label columns; else a DataError naming the missing ones."""
+    where = type(data).__name__
+    if where == "DatasetDict":
+        raise DataError(f"DatasetDict: predict on one of its splits ({_listed(list(data))}): data['test']")
+    frame = is_dataframe(data)
+    columns = [str(c) for c in (data.columns if frame else data.column_names)]
+    wanted, labels = trained_columns(meta)
+    if frame:
+        is_image = lambda c: _first_is_image(_cells(data, c))  # noqa: E731
+    else:
+        is_image = lambda c: type(data.features[c]).__name__ == "Image"  # noqa: E731
+    try:
+        chosen = input_columns(where, columns, ",".join(wanted), labels, is_image)
+    except DataError:
+        missing = [c for c in wanted if c not in columns]
+        raise DataError(
+            f"{where}: no column {_listed(missing)}, which the model was trained on; the columns are "
+            f"{_listed(columns)} (rename yours, or give a table of one input column)"
+        ) from None
+    if frame:
+        return [source for _, source, _ in _frame_sources(data, chosen)]
+    values = zip(*(_column(data, c) for c in chosen), strict=True)
+    images = len(chosen) == 1 and is_image(chosen[0])
+    return [source for _, source, _ in _sources(enumerate(map(list, values)), images)]

@@ -58,6 +58,9 @@ class DataSplits:
     val_source: str  # "folder", a file path, or "split:<fraction>"
     skipped: list[SkippedFile] = field(default_factory=list)
     task: Any = "single"  # graft.tasks: the Task a reader resolved, or a name: single, multi, regression
+    # a DataFrame's or dataset's columns the inputs were read from (the bundle records them, so
+    # predicting on a table reads the same ones); empty: files, or a table read by --text-column
+    input_columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
