@@ -237,6 +237,12 @@ class TrainConfig:
         "input column, images too)",
         group="text",
     )
+    image_column: str | None = option(
+        None,
+        "images: the column of a table holding image paths (absolute, or relative to the table); "
+        "default: the one column whose values are mostly paths of existing image files",
+        group="image",
+    )
     label_column: str = option(
         "label",
         "column of a table holding the label (several, comma-separated: one 0/1 column per label for "
