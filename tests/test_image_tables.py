@@ -246,3 +246,13 @@ def test_compare_reads_an_image_table(tmp_path):
     assert main([*argv, "--methods", "linear", "--image-size", "32", "--out", str(out), "--json"]) == 0
     summary = json.loads((out / "compare.json").read_text())
     assert summary["rows"][0]["train_examples"] == 9 and os.path.isdir(out)
+
+
+def test_image_column_on_texts_is_a_one_line_error(tmp_path, capsys):
+    for label in ("neg", "pos"):
+        (tmp_path / label).mkdir()
+        for i in range(3):
+            (tmp_path / label / f"{i}.txt").write_text(f"{label} text {i}")
+    code, _, err = _cli(["train", str(tmp_path), "--image-column", "image"], capsys)
+    assert code != 0 and err.count("\n") == 1
+    assert "--image-column is for tables of image paths; texts take --text-column" in err

@@ -148,9 +148,8 @@ class _Estimator(BaseEstimator):
         where = type(X).__name__
         config = self._config(where, **overrides)
         how = TableLabels(config.label_column, config.task, config.label_separator)
-        splits, kind = dataset_splits(
-            X, where, config.text_column, how, config.val_fraction, config.seed, "dataset"
-        )
+        inputs = config.image_column or config.text_column
+        splits, kind = dataset_splits(X, where, inputs, how, config.val_fraction, config.seed, "dataset")
         return config, splits, get_modality(kind), None
 
     def _inputs(self, X: Any) -> Any:

@@ -76,8 +76,9 @@ TASK_CHOICES = ("auto", "single", "multi", "regression")  # graft.tasks
 class TrainConfig:
     data: str = field(
         metadata={
-            "help": "images: a folder (class subfolders, train/ [val/] [test/], or a labels.csv/.parquet) or "
-            "`cifar10`; texts: a .csv/.tsv/.jsonl/.parquet/.feather file, a folder with train.csv [dev.csv] "
+            "help": "images: a folder (class subfolders, train/ [val/] [test/], or a labels.csv/.parquet), "
+            "a table whose column holds image paths, or `cifar10`; texts: a .csv/.tsv/.jsonl/.parquet/"
+            ".feather file, a folder with train.csv [dev.csv] "
             "[test.csv], or <class>/*.txt; either: a Hugging Face dataset folder (save_to_disk)",
             "positional": True,
         }

@@ -320,6 +320,8 @@ class TextModality:
             )
         if config.resize == "progressive":
             raise ConfigError("--resize progressive is for image data: texts have no size to grow")
+        if config.image_column is not None:
+            raise ConfigError("--image-column is for tables of image paths; texts take --text-column")
 
     def load_splits(self, config: Any) -> DataSplits:
         if dataset_kind(config.data) is not None:
