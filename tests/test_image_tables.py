@@ -164,7 +164,7 @@ def test_a_dataframe_whose_relative_paths_all_fail_says_where_it_looked(table, t
         clf.fit(frame, log=_quiet)
     message = str(info.value)
     assert "\n" not in message and "cannot tell what these inputs are" not in message
-    assert "column 'image'" in message and str(tmp_path) in message
+    assert "column 'image'" in message and str(tmp_path) in message and "'images/train000.png'" in message
 
 
 # --------------------------------------------------------------------------- paths, skipped files, tasks
@@ -199,19 +199,26 @@ def test_missing_and_unreadable_files_are_skipped_counted_and_named(tmp_path, ca
     report = json.loads((out / "report.json").read_text())
     assert report["task"]["name"] == "regression"
     assert {Path(s["path"]).name for s in report["skipped_files"]} == {"gone.png", "broken.png"}
+    capsys.readouterr()
+    code, stdout, _ = _cli(["predict", str(out), "--input", str(train), "--json"], capsys)
+    rows = json.loads(stdout.strip().splitlines()[-1])
+    assert code == 3 and len(rows) == 32  # predicted, but for the two files it cannot read
+    assert {Path(r["input"]).name for r in rows if "error" in r} == {"gone.png", "broken.png"}
 
 
-def test_a_split_folder_of_image_tables_trains_and_evaluates_its_test_split(table, tmp_path, capsys):
+def test_a_split_folder_of_image_tables_trains_and_evaluates_its_test_split(tmp_path, capsys):
     folder = tmp_path / "splits"
-    train = _write_table(folder, "train", 30, 0)
-    _write_table(folder, "test", 9, 1)
+    _write_table(folder, "train", 30, 0)
+    _write_table(folder, "dev", 6, 1)
+    _write_table(folder, "test", 9, 2)
     out = tmp_path / "run"
     assert main(["train", str(folder), "--label-column", "colour", *OPTIONS, "--out", str(out)]) == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["data"]["test"] == 9 and report["plan"]["modality"] == "image"
+    assert report["plan"]["modality"] == "image"
+    assert (report["data"]["train"], report["data"]["val"], report["data"]["test"]) == (30, 6, 9)
     code, stdout, _ = _cli(["eval", str(out), str(folder), "--json"], capsys)
-    assert code == 0 and json.loads(stdout.strip().splitlines()[-1])["split"] == "test"
-    assert train.is_file()
+    metrics = json.loads(stdout.strip().splitlines()[-1])
+    assert code == 0 and metrics["split"] == "test" and metrics["data"].endswith("test.csv")
 
 
 def test_a_labels_csv_may_name_its_images_in_an_image_column(tmp_path):

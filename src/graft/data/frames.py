@@ -154,18 +154,18 @@ def frame_inputs(
             sources.append(source)
     _warn_skipped(where, skipped, len(frame))
     if skipped and not sources:
-        raise DataError(_nothing_usable(where, inputs, skipped))
+        raise DataError(_nothing_usable(where, inputs, skipped, _cells(frame, inputs[0]).iloc[0]))
     return sources, _take(labels, kept), skipped, inputs
 
 
-def _nothing_usable(where: str, inputs: list[str], skipped: list[SkippedFile]) -> str:
+def _nothing_usable(where: str, inputs: list[str], skipped: list[SkippedFile], first_value: Any) -> str:
     """Why a DataFrame gave nothing to train on, in one line: every row was skipped."""
     first = skipped[0]
     if all(s.reason == "no such file" for s in skipped):
         return (
-            f"{where}: none of the {len(skipped)} file(s) column {inputs[0]!r} names exists (first: "
-            f"{first.path}); relative paths are read from the current folder, {Path.cwd()}: make them "
-            "absolute, or run from the folder they are relative to"
+            f"{where}: none of the {len(skipped)} files that column {inputs[0]!r} names exists (first: "
+            f"{str(first_value)!r}); relative paths are read from the current folder, {Path.cwd()}: make "
+            "them absolute, or run from the folder they are relative to"
         )
     return f"{where}: all {len(skipped)} row(s) were skipped (first: {first.path}: {first.reason})"
 
