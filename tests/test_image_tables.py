@@ -263,3 +263,11 @@ def test_image_column_on_texts_is_a_one_line_error(tmp_path, capsys):
     code, _, err = _cli(["train", str(tmp_path), "--image-column", "image"], capsys)
     assert code != 0 and err.count("\n") == 1
     assert "--image-column is for tables of image paths; texts take --text-column" in err
+
+
+def test_an_image_column_of_no_readable_file_is_one_line_naming_it(tmp_path, capsys):
+    table = tmp_path / "t.csv"
+    table.write_text("text,label\na fine film,pos\na dull film,neg\nanother,pos\nmore,neg\n")
+    code, _, err = _cli(["train", str(table), "--image-column", "text"], capsys)
+    assert code != 0 and err.count("\n") == 1
+    assert "none of the 4 image(s) column 'text' names can be read" in err and str(tmp_path) in err

@@ -630,16 +630,29 @@ def read_image_table(
             continue
         paths.append(path)
         kept.append(k)
-    if unreadable:
-        first = unreadable[0]
-        warnings.warn(
-            f"{table}: skipping {len(unreadable)} of {len(rows.texts)} image(s) missing or unreadable "
-            f"(first: {first.path}: {first.reason})",
-            UserWarning,
-            stacklevel=3,
-        )
+    _say_unreadable(table, column, unreadable, len(rows.texts), bool(paths))
     skipped.extend(unreadable)
     return Labelled(paths, labels[kept])
+
+
+def _say_unreadable(
+    table: Path, column: str, unreadable: list[SkippedFile], rows: int, some_read: bool
+) -> None:
+    """One warning counting a table's missing and unreadable images; an error when none was read."""
+    if not unreadable:
+        return
+    first = unreadable[0]
+    if not some_read:
+        raise DataError(
+            f"{table}: none of the {len(unreadable)} image(s) column {column!r} names can be read (first: "
+            f"{first.path}: {first.reason}); paths are read relative to {table.parent.resolve()}"
+        )
+    warnings.warn(
+        f"{table}: skipping {len(unreadable)} of {rows} image(s) missing or unreadable "
+        f"(first: {first.path}: {first.reason})",
+        UserWarning,
+        stacklevel=4,
+    )
 
 
 def _cifar10_splits(root: Path, val_fraction: float, seed: int) -> DataSplits:
