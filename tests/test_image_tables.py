@@ -271,3 +271,12 @@ def test_an_image_column_of_no_readable_file_is_one_line_naming_it(tmp_path, cap
     code, _, err = _cli(["train", str(table), "--image-column", "text"], capsys)
     assert code != 0 and err.count("\n") == 1
     assert "none of the 4 image(s) column 'text' names can be read" in err and str(tmp_path) in err
+
+
+def test_a_column_naming_image_files_that_are_not_there_says_where_it_looked(tmp_path, capsys):
+    table = _write_table(tmp_path / "moved", "train", 12, 0)
+    moved = tmp_path / "train.csv"
+    table.rename(moved)  # the paths were relative to the old folder
+    code, _, err = _cli(["train", str(moved), "--label-column", "colour", *OPTIONS], capsys)
+    assert code != 0 and err.count("\n") == 1
+    assert "column 'image' names image files, but most are not found" in err and str(tmp_path) in err

@@ -533,7 +533,7 @@ def image_column_of(table: Path, columns: ImageColumns) -> str | None:
         raise DataError(
             f"{table}: column {named[0]!r} names image files, but most are not found (paths are read "
             f"relative to {table.parent.resolve()}); correct them, or pass --image-column {named[0]} "
-            "to skip the missing ones"
+            "to skip the missing ones (a table of texts: name their column with --text-column)"
         )
     return found[0] if found else None
 
