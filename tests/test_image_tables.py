@@ -216,6 +216,7 @@ def test_a_split_folder_of_image_tables_trains_and_evaluates_its_test_split(tmp_
     report = json.loads((out / "report.json").read_text())
     assert report["plan"]["modality"] == "image"
     assert (report["data"]["train"], report["data"]["val"], report["data"]["test"]) == (30, 6, 9)
+    assert report["data"]["val_source"].endswith("dev.csv")
     code, stdout, _ = _cli(["eval", str(out), str(folder), "--json"], capsys)
     metrics = json.loads(stdout.strip().splitlines()[-1])
     assert code == 0 and metrics["split"] == "test" and metrics["data"].endswith("test.csv")

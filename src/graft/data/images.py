@@ -596,9 +596,12 @@ def _table_splits(
     task = labels_task(table, rows, how.label_column, how.task, how.separator)
     skipped: list[SkippedFile] = []
     train = read_image_table(table, column, task, how.label_column, skipped)
-    read = lambda path: read_image_table(*image_table(Path(path), columns), task, how.label_column, skipped)  # noqa: E731
+
+    def read(path: str | Path) -> Labelled:
+        return read_image_table(*image_table(Path(path), columns), task, how.label_column, skipped)
+
     if val is not None:
-        val_set, val_source = read(val), "folder"
+        val_set, val_source = read(val), "folder" if Path(val).is_dir() else str(val)  # a table: as texts
     else:
         train_idx, val_idx = stratified_split(train.labels, val_fraction, seed, str(data), task.names)
         train, val_set = train.subset(train_idx), train.subset(val_idx)

@@ -118,7 +118,7 @@ def table_sample(path: str | Path, limit: int = 200) -> dict[str, list[Any]]:
     path = Path(path)
     if path.suffix.lower() in ARROW_SUFFIXES:
         names, _ = _arrow_batches(path, [])
-        rows = _arrow_rows(path, Columns(list(names)))
+        rows = _arrow_rows(path, Columns(list(names)), batch_rows=limit)  # a parquet file: no more read
     else:
         rows = _rows(path, Columns([]))
     sample: dict[str, list[Any]] = {}
@@ -142,7 +142,9 @@ def _pyarrow() -> Any:
     return pyarrow
 
 
-def _arrow_batches(path: Path, columns: list[str]) -> tuple[list[str], Iterator[Any]]:
+def _arrow_batches(
+    path: Path, columns: list[str], batch_rows: int = ARROW_BATCH_ROWS
+) -> tuple[list[str], Iterator[Any]]:
     """(the file's column names, its record batches holding `columns` alone): a parquet file is read
     batch by batch (`iter_batches`), a feather file memory-mapped, so a large file never sits in
     memory whole, and the columns not asked for are never read."""
@@ -152,7 +154,7 @@ def _arrow_batches(path: Path, columns: list[str]) -> tuple[list[str], Iterator[
             parquet = pa.parquet.ParquetFile(path)
             names = parquet.schema_arrow.names
             wanted = [c for c in columns if c in names]
-            return names, parquet.iter_batches(batch_size=ARROW_BATCH_ROWS, columns=wanted)
+            return names, parquet.iter_batches(batch_size=batch_rows, columns=wanted)
         reader = pa.ipc.open_file(pa.memory_map(str(path)))
         names = reader.schema.names
         wanted = [c for c in columns if c in names]
@@ -162,8 +164,8 @@ def _arrow_batches(path: Path, columns: list[str]) -> tuple[list[str], Iterator[
         raise DataError(f"{path}: not a readable {path.suffix} file ({_one_line(err)})") from None
 
 
-def _arrow_rows(path: Path, columns: Columns) -> Iterator[Row]:
-    names, batches = _arrow_batches(path, columns.needed)
+def _arrow_rows(path: Path, columns: Columns, batch_rows: int = ARROW_BATCH_ROWS) -> Iterator[Row]:
+    names, batches = _arrow_batches(path, columns.needed, batch_rows)
     _require_columns(path, dict.fromkeys(names), columns)  # before any row: names every column there
     number = 0
     for batch in batches:
