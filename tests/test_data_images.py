@@ -282,7 +282,7 @@ def test_scan_layout_errors(tmp_path: Path) -> None:
     _save(flat / "a.png")
     with pytest.raises(DataError, match="found 0 class folder"):
         scan_image_folder(flat)
-    with pytest.raises(DataError, match="not a directory"):
+    with pytest.raises(DataError, match="not a folder; .* or a table .* with a column of image paths"):
         scan_image_folder(flat / "a.png")
 
 

@@ -140,6 +140,14 @@ def test_graft_predict_on_an_exported_onnx_file(image_export, image_run) -> None
     code, stdout, stderr = _cli(["predict", str(out), files[0], str(image_run / "missing.png")])
     assert code == 3 and "missing.png" in stderr and "Traceback" not in stderr
     assert stdout.startswith(files[0]) and "precision fp32" in stderr
+    # a table of the same images (paths relative to it): the same answers, without PyTorch too
+    table = image_run.parent / "data" / "to_predict.csv"
+    table.write_text("image\n" + "".join(f"{Path(f).relative_to(table.parent)}\n" for f in files))
+    code, stdout, stderr = _cli(["predict", str(out), "--input", str(table), "--top-k", "2", "--json"])
+    assert code == 0, stderr
+    from_table = json.loads(stdout.strip().splitlines()[-1])
+    assert [r["input"] for r in from_table] == files
+    assert [r["predictions"] for r in from_table] == [r["predictions"] for r in rows]
 
 
 @pytest.mark.precision

@@ -160,7 +160,7 @@ def test_options_added_later_stay_out_of_the_resume_key_at_their_defaults():
     """A checkpoint written before an option existed resumes under the option's default; another
     value is a setting the checkpoint must share."""
     config, plan = TrainConfig(data="x"), _plan_stub()
-    later = {"resize", "task", "label_separator", "feature_layers"}
+    later = {"resize", "task", "label_separator", "feature_layers", "image_column"}
     assert later.isdisjoint(recipes.resume_key(config, plan))
     assert recipes.resume_key(replace(config, feature_layers="4"), plan)["feature_layers"] == "4"
 

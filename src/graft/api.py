@@ -83,14 +83,16 @@ class _Estimator(BaseEstimator):
         log: Callable[[str], None] = print,
         text_column: str | None = None,
         label_column: str | None = None,
+        image_column: str | None = None,
     ) -> Classifier:
         """Train on a data path (a folder of class folders, a table of texts: anything `graft
         train` takes), on in-memory inputs (image files, arrays, PIL images or texts) and their
         labels y (any hashable type: classes_ and predict give them back), on a pandas DataFrame
         (with y, or its label column), or on a Hugging Face Dataset / DatasetDict (its splits).
-        `text_column` / `label_column` name a table's input and label columns for this fit (default:
-        the estimator's options). Its errors name options as parameters (`val=`, not `--val`)."""
-        columns = {"text_column": text_column, "label_column": label_column}
+        `text_column` / `image_column` / `label_column` name a table's input and label columns for
+        this fit (default: the estimator's options). Its errors name options as parameters (`val=`,
+        not `--val`)."""
+        columns = {"text_column": text_column, "label_column": label_column, "image_column": image_column}
         overrides = {k: v for k, v in columns.items() if v is not None}
         with speaking_python():
             return self._fit(X, y, log, overrides)
@@ -136,7 +138,7 @@ class _Estimator(BaseEstimator):
             name, config = "dataframe", self._config("DataFrame", **overrides)
             lists = self._task_kind != "regression"  # several label columns: labels, or targets
             X, y, skipped, self.input_columns_ = frame_inputs(
-                X, y, config.text_column, config.label_column, lists
+                X, y, config.text_column, config.label_column, lists, config.image_column
             )
         splits, modality, labels = _in_memory_splits(list(X), y, config, self._task_kind, skipped, name)
         return config, replace(splits, input_columns=tuple(self.input_columns_ or ())), modality, labels
@@ -151,9 +153,8 @@ class _Estimator(BaseEstimator):
         where = type(X).__name__
         config = self._config(where, **overrides)
         how = TableLabels(config.label_column, config.task, config.label_separator)
-        splits, kind = dataset_splits(
-            X, where, config.text_column, how, config.val_fraction, config.seed, "dataset"
-        )
+        inputs = config.image_column or config.text_column
+        splits, kind = dataset_splits(X, where, inputs, how, config.val_fraction, config.seed, "dataset")
         return config, splits, get_modality(kind), None
 
     def _fit_processes(

@@ -246,14 +246,13 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     return meta
 
 
-def with_columns(meta: dict[str, Any], text_column: str | None, label_column: str | None) -> dict[str, Any]:
-    """The bundle's metadata with the table columns given on the command line (text models)."""
+def with_columns(
+    meta: dict[str, Any], text_column: str | None, label_column: str | None, image_column: str | None = None
+) -> dict[str, Any]:
+    """The bundle's metadata with the table columns given on the command line."""
     recipe = dict(meta.get("recipe") or {})
-    if text_column:
-        recipe["text_column"] = text_column
-    if label_column:
-        recipe["label_column"] = label_column
-    return meta | {"recipe": recipe}
+    given = {"text_column": text_column, "label_column": label_column, "image_column": image_column}
+    return meta | {"recipe": recipe | {k: v for k, v in given.items() if v}}
 
 
 def _weights_digest(path: Path) -> str | None:

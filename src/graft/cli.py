@@ -167,7 +167,9 @@ def _numbers(headline: dict[str, Any]) -> str:
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     from .evaluate import evaluate_folder
 
-    metrics = evaluate_folder(args.run_dir, args.data, args.text_column, args.label_column, args.precision)
+    metrics = evaluate_folder(
+        args.run_dir, args.data, args.text_column, args.label_column, args.precision, args.image_column
+    )
     if not args.json:
         if metrics["split"]:
             print(f"evaluating {metrics['data']}: the {metrics['split']} split of {args.data}")
@@ -206,7 +208,7 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
         model = load(args.run_dir, engine=args.engine, precision=args.precision)
     if not args.json:
         print(f"precision {model.precision.name} ({model.precision.reason})", file=sys.stderr)
-    meta = with_columns(model.meta, args.text_column, args.label_column)
+    meta = with_columns(model.meta, args.text_column, args.label_column, args.image_column)
     one_file = len(args.inputs) == 1 and Path(args.inputs[0]).is_file()
     if _takes_strings(model) and not args.input and one_file:
         warnings.warn(
@@ -215,7 +217,7 @@ def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
             stacklevel=1,
         )
     inputs, failed = _gather(args.inputs, model)
-    inputs += _texts_from(args.input, meta) if args.input else []
+    inputs += _inputs_from(args.input, model, meta) if args.input else []
     if not inputs and not failed:
         raise ConfigError("nothing to predict: give image files or texts, or --input FILE")
     proba, failures = model.predict_proba_or_skip(inputs) if inputs else (None, {})
@@ -280,11 +282,14 @@ def _gather(given: list[str], model: Any) -> tuple[list[Any], list[tuple[str, st
     return inputs, failed
 
 
-def _texts_from(path: str, meta: dict[str, Any]) -> list[Any]:
-    """Texts to predict from a table (the bundle's text column) or a plain file, one per line."""
-    from .data.text import read_text_column
+def _inputs_from(path: str, model: Any, meta: dict[str, Any]) -> list[Any]:
+    """Inputs to predict from --input: a table's input column (the bundle's, as `meta` names it: texts,
+    or image paths relative to the table) or a plain file, one per line."""
+    from .errors import DataError
 
-    return read_text_column(path, meta.get("recipe", {}).get("text_column", "text"))
+    if not Path(path).is_file():
+        raise DataError(f"--input {path}: no such file")
+    return model.modality.inputs_of_file(Path(path), meta)
 
 
 def cmd_export(args: argparse.Namespace) -> dict[str, Any]:

@@ -116,7 +116,8 @@ def run_compare(config: CompareConfig, log: Log = print) -> dict[str, Any]:
     from .runner import run
     from .training.recipes import finetune_epochs
 
-    modality = detect(config.data).modality
+    given = TrainConfig(data=config.data, test=config.test, **dict(config.options or {}))
+    modality = detect(config.data, config=given).modality
     splits = _fixed_splits(config, modality)
     task = task_of(splits)
     out = Path(config.out)

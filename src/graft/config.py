@@ -81,8 +81,9 @@ TASK_CHOICES = ("auto", "single", "multi", "regression")  # graft.tasks
 class TrainConfig:
     data: str = field(
         metadata={
-            "help": "images: a folder (class subfolders, train/ [val/] [test/], or a labels.csv/.parquet) or "
-            "`cifar10`; texts: a .csv/.tsv/.jsonl/.parquet/.feather file, a folder with train.csv [dev.csv] "
+            "help": "images: a folder (class subfolders, train/ [val/] [test/], or a labels.csv/.parquet), "
+            "a table whose column holds image paths, or `cifar10`; texts: a .csv/.tsv/.jsonl/.parquet/"
+            ".feather file, a folder with train.csv [dev.csv] "
             "[test.csv], or <class>/*.txt; either: a Hugging Face dataset folder (save_to_disk)",
             "positional": True,
         }
@@ -242,6 +243,12 @@ class TrainConfig:
         "text: column(s) of a table holding the text: text, or title,body (a DataFrame's or dataset's "
         "input column, images too)",
         group="text",
+    )
+    image_column: str | None = option(
+        None,
+        "images: the column of a table holding image paths (absolute, or relative to the table); "
+        "default: the one column whose values are mostly paths of existing image files",
+        group="image",
     )
     label_column: str = option(
         "label",

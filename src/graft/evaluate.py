@@ -29,6 +29,7 @@ def evaluate_folder(
     text_column: str | None = EvalOptions.text_column,
     label_column: str | None = EvalOptions.label_column,
     precision: str = EvalOptions.precision,
+    image_column: str | None = EvalOptions.image_column,
 ) -> dict[str, Any]:
     if is_saved_dataset(data):  # its splits are read by training (--test is its test split) alone, so far
         raise DataError(
@@ -36,7 +37,7 @@ def evaluate_folder(
             "that split written as a table (dataset['test'].to_parquet('test.parquet'))"
         )
     model = load(run_dir, precision=precision)
-    meta = with_columns(model.meta, text_column, label_column)
+    meta = with_columns(model.meta, text_column, label_column, image_column)
     trained = tuple(model.meta["classes"])  # data labels match these; display_names are shown
     split = model.modality.evaluation_split(Path(data), trained)
     if split is not None:  # a train/ val/ test/ root, as graft train takes: its held-out split

@@ -25,12 +25,13 @@ RUN_DIR_HELP = "a run folder (graft.json + model.safetensors)"
 COMPARE_OPTIONS = (
     "data", "test", "val", "data_root", "image_size", "val_fraction", "device", "text_column",
     "label_column", "max_length", "time_budget", "batch_size", "tta", "task", "label_separator",
+    "image_column",
 )  # fmt: skip
 # lr-find: the options that change what the range test measures
 LR_FIND_OPTIONS = (
     "data", "val", "data_root", "backbone", "weights", "strategy", "head", "dropout", "image_size",
     "flip_features", "batch_size", "val_fraction", "seed", "device", "text_column", "label_column",
-    "pooling", "max_length", "augment", "precision", "train_groups", "bn",
+    "pooling", "max_length", "augment", "precision", "train_groups", "bn", "image_column",
 )  # fmt: skip
 
 
@@ -56,6 +57,12 @@ def precision_flag() -> Any:
 def text_column_flag() -> Any:
     """eval/predict on a table whose columns are named unlike the training table's."""
     return option(None, "text model: the table's text column (default: the training one)")
+
+
+def image_column_flag() -> Any:
+    return option(
+        None, "image model: the table's column of image paths (default: the training one, else the one found)"
+    )
 
 
 def label_column_flag() -> Any:
@@ -97,6 +104,7 @@ class EvalOptions(Options):
     run_dir: str = positional(RUN_DIR_HELP)
     data: str = positional("labelled data of the same kind as the run's training data")
     text_column: str | None = text_column_flag()
+    image_column: str | None = image_column_flag()
     label_column: str | None = label_column_flag()
     precision: str = precision_flag()
     json: bool = json_flag()
@@ -107,7 +115,9 @@ class PredictOptions(Options):
     run_dir: str = positional(RUN_DIR_HELP)
     inputs: list[str] = positional("image files, or texts for a text model", nargs="*", metavar="INPUT")
     input: str | None = option(
-        None, "text model: a .csv/.tsv/.jsonl (its text column) or .txt, one text per line"
+        None,
+        "a table (.csv/.tsv/.jsonl/.parquet/.feather): a text model reads its text column, an image model "
+        "its column of image paths (relative to the table); or a .txt file, one input per line",
     )
     top_k: int | None = option(
         None,
@@ -122,6 +132,7 @@ class PredictOptions(Options):
         choices=ENGINE_CHOICES,
     )
     text_column: str | None = text_column_flag()
+    image_column: str | None = image_column_flag()
     label_column: str | None = label_column_flag()
     precision: str = precision_flag()
     json: bool = json_flag()

@@ -24,7 +24,7 @@ import numpy as np
 
 from .answers import Answers, onnx_session
 from .bundle import META_FILE, WEIGHTS_FILE, read_meta, shown_classes, verify_bundle
-from .data.images import IMAGE_EXTENSIONS, image_files_below, load_rgb, resize_center_crop
+from .data.images import IMAGE_EXTENSIONS, image_files_below, image_paths_in, load_rgb, resize_center_crop
 from .errors import UnreadableImage
 from .tasks import task_from_meta
 
@@ -43,6 +43,9 @@ class _ImageFiles:
 
     def inputs_of_folder(self, folder: Path) -> list[str]:
         return image_files_below(folder)
+
+    def inputs_of_file(self, path: Path, meta: dict[str, Any]) -> list[str]:
+        return image_paths_in(path, meta.get("recipe", {}).get("image_column"))
 
 
 class _Float32:

@@ -159,7 +159,7 @@ def prepare(
     if modality is None:
         if splits is not None:
             raise ConfigError("in-memory splits need their modality (graft.modalities.get_modality)")
-        modality = detect(config.data).modality
+        modality = detect(config.data, config=config).modality
     modality.check(config)
     device = distributed.setup(resolve_device(config.device))  # under a launcher: join the others
     precision = resolve_precision(config.precision, device)

@@ -71,10 +71,19 @@ def _listed(names: Sequence[Any]) -> str:
 
 
 def input_columns(
-    where: str, columns: Sequence[str], text_column: str, label_columns: Sequence[str], is_image: Callable
+    where: str,
+    columns: Sequence[str],
+    text_column: str,
+    label_columns: Sequence[str],
+    is_image: Callable,
+    image_column: str | None = None,
 ) -> list[str]:
-    """The column(s) holding the inputs: the ones `text_column` names when all are there (texts, or
-    one column of images), else the one image column, else the one column left beside the labels."""
+    """The column(s) holding the inputs: the one `image_column` names; the ones `text_column` names
+    when all are there (texts, or one column of images), else the one image column, else the one
+    column left beside the labels."""
+    if image_column:
+        _require(where, columns, [image_column], "image_column=... / --image-column")
+        return [image_column]
     named = split_columns(text_column)
     if named and all(c in columns for c in named):
         return named
@@ -86,7 +95,7 @@ def input_columns(
         return rest
     raise DataError(
         f"{where}: no column {text_column!r} and no single column of images; the columns are "
-        f"{_listed(columns)} (name the input column with text_column=... / --text-column)"
+        f"{_listed(columns)} (name the input column with text_column=... or image_column=...)"
     )
 
 
@@ -115,17 +124,22 @@ def _sources(rows: Iterator[tuple[int, list[Any]]], images: bool) -> Iterator[tu
 
 
 def frame_inputs(
-    frame: Any, y: Any, text_column: str, label_column: str, label_lists: bool
+    frame: Any,
+    y: Any,
+    text_column: str,
+    label_column: str,
+    label_lists: bool,
+    image_column: str | None = None,
 ) -> tuple[list[Any], Any, list[SkippedFile], list[str]]:
     """(inputs, their labels, skipped rows, the input columns) of a DataFrame: the labels are `y`
     when given, else the frame's label column(s) (several: label lists when `label_lists`, else a
-    row of numbers)."""
+    row of numbers). Image paths are read relative to the current folder."""
     where = "DataFrame"
     columns = [str(c) for c in frame.columns]
     label_columns = [] if y is not None else split_columns(label_column)
     _require(where, columns, label_columns, "label_column=... or fit(X, y)")
     is_image = lambda c: _first_is_image(_cells(frame, c))  # noqa: E731
-    inputs = input_columns(where, columns, text_column, label_columns, is_image)
+    inputs = input_columns(where, columns, text_column, label_columns, is_image, image_column)
     if y is not None and len(y) != len(frame):
         raise DataError(f"fit(X, y): {len(frame)} rows but {len(y)} labels")
     labels = _frame_labels(frame, label_columns, label_lists) if y is None else y
@@ -133,7 +147,7 @@ def frame_inputs(
     kept: list[int] = []
     sources: list[Any] = []
     skipped: list[SkippedFile] = []
-    for i, source, problem in _frame_sources(frame, inputs):
+    for i, source, problem in _frame_sources(frame, inputs, bool(image_column)):
         problem = problem or ("missing label" if _missing_label(labels[i]) else "")
         if problem:
             skipped.append(SkippedFile(f"{where} row {frame.index[i]}", problem))
@@ -141,7 +155,21 @@ def frame_inputs(
             kept.append(i)
             sources.append(source)
     _warn_skipped(where, skipped, len(frame))
+    if skipped and not sources:
+        raise DataError(_nothing_usable(where, inputs, skipped, _cells(frame, inputs[0]).iloc[0]))
     return sources, _take(labels, kept), skipped, inputs
+
+
+def _nothing_usable(where: str, inputs: list[str], skipped: list[SkippedFile], first_value: Any) -> str:
+    """Why a DataFrame gave nothing to train on, in one line: every row was skipped."""
+    first = skipped[0]
+    if all(s.reason == "no such file" for s in skipped):
+        return (
+            f"{where}: none of the {len(skipped)} files that column {inputs[0]!r} names exists (first: "
+            f"{str(first_value)!r}); relative paths are read from the current folder, {Path.cwd()}: make "
+            "them absolute, or run from the folder they are relative to"
+        )
+    return f"{where}: all {len(skipped)} row(s) were skipped (first: {first.path}: {first.reason})"
 
 
 def _cells(frame: Any, name: str) -> Any:
@@ -149,8 +177,9 @@ def _cells(frame: Any, name: str) -> Any:
     return frame[next(c for c in frame.columns if str(c) == name)]
 
 
-def _frame_sources(frame: Any, inputs: list[str]) -> Iterator[tuple[int, Any, str]]:
-    images = len(inputs) == 1 and _first_is_image(_cells(frame, inputs[0]))
+def _frame_sources(frame: Any, inputs: list[str], images: bool = False) -> Iterator[tuple[int, Any, str]]:
+    """Each row's input; `images`: the column is images (named so), else its first value tells."""
+    images = images or (len(inputs) == 1 and _first_is_image(_cells(frame, inputs[0])))
     values = zip(*(_cells(frame, c).tolist() for c in inputs), strict=True)
     return _sources(enumerate(map(list, values)), images)
 

@@ -8,6 +8,7 @@ and feather files stream in record batches of the needed columns alone (the `tab
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import warnings
@@ -33,6 +34,7 @@ __all__ = [
     "read_text_column",
     "read_text_data",
     "split_columns",
+    "table_sample",
 ]
 
 ARROW_SUFFIXES = (".parquet", ".feather")  # columnar: streamed with pyarrow (the `tables` extra)
@@ -67,7 +69,11 @@ def split_columns(spec: str | Sequence[str]) -> list[str]:
     return [c.strip() for part in parts for c in part.split(",") if c.strip()]
 
 
-def read_text_data(path: str | Path, text_columns: Sequence[str], label_column: str) -> TextTable:
+def read_text_data(
+    path: str | Path, text_columns: Sequence[str], label_column: str, input_option: str = "--text-column"
+) -> TextTable:
+    """A table's rows: each row's input column(s) and label(s). `input_option`: the option that names
+    the input column, for the error a missing one gives (an image table's is --image-column)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path} does not exist")
@@ -78,19 +84,50 @@ def read_text_data(path: str | Path, text_columns: Sequence[str], label_column: 
         raise DataError(
             f"{path}: unsupported text file type {suffix!r}; use .csv, .tsv, .jsonl, .parquet or .feather"
         )
-    needed = [*text_columns, *split_columns(label_column)]
+    columns = Columns(list(text_columns), split_columns(label_column), input_option)
     unit = "row" if suffix in ARROW_SUFFIXES else "line"
-    return _collect(path, _rows(path, needed), list(text_columns), label_column, unit)
+    return _collect(path, _rows(path, columns), columns, unit)
 
 
 Row = tuple[int, dict[str, object] | None, str | None]  # (line number, row, reason it is unusable)
 
 
-def _rows(path: Path, needed: list[str]) -> Iterator[Row]:
+@dataclass(frozen=True)
+class Columns:
+    """The columns a table is read by: its inputs, its labels, and the option naming the inputs."""
+
+    inputs: list[str]
+    labels: list[str] = field(default_factory=list)
+    input_option: str = "--text-column"
+
+    @property
+    def needed(self) -> list[str]:
+        return [*self.inputs, *self.labels]
+
+
+def _rows(path: Path, columns: Columns) -> Iterator[Row]:
     suffix = path.suffix.lower()
     if suffix in ARROW_SUFFIXES:
-        return _arrow_rows(path, needed)
+        return _arrow_rows(path, columns)
     return _jsonl_rows(path) if suffix in (".jsonl", ".ndjson") else _delimited_rows(path, suffix)
+
+
+def table_sample(path: str | Path, limit: int = 200) -> dict[str, list[Any]]:
+    """A table's columns, each with its non-empty values in the first `limit` rows: enough to tell a
+    column of image paths from one of texts without reading the whole table."""
+    path = Path(path)
+    if path.suffix.lower() in ARROW_SUFFIXES:
+        names, _ = _arrow_batches(path, [])
+        rows = _arrow_rows(path, Columns(list(names)), batch_rows=limit)  # a parquet file: no more read
+    else:
+        rows = _rows(path, Columns([]))
+    sample: dict[str, list[Any]] = {}
+    for _, row, _reason in itertools.islice(rows, limit):
+        for name, value in (row or {}).items():
+            values = sample.setdefault(str(name), [])
+            if not _blank(value):
+                values.append(value)
+    return sample
 
 
 def _pyarrow() -> Any:
@@ -105,7 +142,9 @@ def _pyarrow() -> Any:
     return pyarrow
 
 
-def _arrow_batches(path: Path, columns: list[str]) -> tuple[list[str], Iterator[Any]]:
+def _arrow_batches(
+    path: Path, columns: list[str], batch_rows: int = ARROW_BATCH_ROWS
+) -> tuple[list[str], Iterator[Any]]:
     """(the file's column names, its record batches holding `columns` alone): a parquet file is read
     batch by batch (`iter_batches`), a feather file memory-mapped, so a large file never sits in
     memory whole, and the columns not asked for are never read."""
@@ -115,7 +154,7 @@ def _arrow_batches(path: Path, columns: list[str]) -> tuple[list[str], Iterator[
             parquet = pa.parquet.ParquetFile(path)
             names = parquet.schema_arrow.names
             wanted = [c for c in columns if c in names]
-            return names, parquet.iter_batches(batch_size=ARROW_BATCH_ROWS, columns=wanted)
+            return names, parquet.iter_batches(batch_size=batch_rows, columns=wanted)
         reader = pa.ipc.open_file(pa.memory_map(str(path)))
         names = reader.schema.names
         wanted = [c for c in columns if c in names]
@@ -125,9 +164,9 @@ def _arrow_batches(path: Path, columns: list[str]) -> tuple[list[str], Iterator[
         raise DataError(f"{path}: not a readable {path.suffix} file ({_one_line(err)})") from None
 
 
-def _arrow_rows(path: Path, needed: list[str]) -> Iterator[Row]:
-    names, batches = _arrow_batches(path, needed)
-    _require_columns(path, dict.fromkeys(names), needed)  # before any row: names every column there
+def _arrow_rows(path: Path, columns: Columns, batch_rows: int = ARROW_BATCH_ROWS) -> Iterator[Row]:
+    names, batches = _arrow_batches(path, columns.needed, batch_rows)
+    _require_columns(path, dict.fromkeys(names), columns)  # before any row: names every column there
     number = 0
     for batch in batches:
         for row in batch.to_pylist():
@@ -216,15 +255,14 @@ def _jsonl_rows(path: Path) -> Iterator[Row]:
             yield (number, row, None) if isinstance(row, dict) else (number, None, "not a JSON object")
 
 
-def _collect(
-    path: Path, rows: Iterator[Row], text_columns: list[str], label_column: str, unit: str = "line"
-) -> TextTable:
+def _collect(path: Path, rows: Iterator[Row], columns: Columns, unit: str = "line") -> TextTable:
     table = TextTable([], [])
-    label_columns = split_columns(label_column)  # several: one 0/1 column per label, or per target
+    text_columns = columns.inputs
+    label_columns = columns.labels  # several: one 0/1 column per label, or per target
     checked = False
     for number, row, reason in rows:
         if row is not None and not checked:
-            _require_columns(path, row, [*text_columns, *label_columns])
+            _require_columns(path, row, columns)
             checked = True
         if row is not None:
             reason = _row_problem(row, text_columns, label_columns)
@@ -255,12 +293,15 @@ def _blank(value: object) -> bool:
     return value is None or not str(value).strip()
 
 
-def _require_columns(path: Path, row: dict[str, object], needed: list[str]) -> None:
-    missing = [c for c in needed if c not in row]
+def _require_columns(path: Path, row: dict[str, object], columns: Columns) -> None:
+    """A one-line error naming the missing columns, the table's, and the option(s) that name them."""
+    missing = [c for c in columns.needed if c not in row]
     if missing:
+        options = [columns.input_option] if any(c in columns.inputs for c in missing) else []
+        options += ["--label-column"] if any(c in columns.labels for c in missing) else []
         raise DataError(
             f"{path}: no column {', '.join(map(repr, missing))}; the columns are "
-            f"{', '.join(map(repr, row))} (use --text-column / --label-column)"
+            f"{', '.join(map(repr, row))} (use {' / '.join(options)})"
         )
 
 
@@ -466,12 +507,12 @@ def read_text_column(path: str | Path, text_column: str) -> list[str | tuple[str
     if path.suffix.lower() not in TABLE_SUFFIXES:
         lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
         return [line.strip() for line in lines if line.strip()]
-    columns = split_columns(text_column)
+    columns = Columns(split_columns(text_column))
     texts: list[str | tuple[str, str]] = []
     for _, row, _reason in _rows(path, columns):
         if row is not None:
             _require_columns(path, row, columns)
-            text = joined_text([row[c] for c in columns])
+            text = joined_text([row[c] for c in columns.inputs])
             if text if isinstance(text, str) else any(text):
                 texts.append(text)
     return texts

@@ -132,12 +132,18 @@ class Modality(Protocol):
     # a batch of model inputs -> its mirror image (images: left-right), or None without one
     mirror: Callable[[torch.Tensor], torch.Tensor] | None
 
-    def inputs_in(self, path: Path) -> list[str]:
-        """The files (or rows' file) under `path` this modality would read: detection counts them."""
+    def inputs_in(self, path: Path, config: Any = None) -> list[str]:
+        """The files (or rows' file) under `path` this modality would read: detection counts them.
+        `config` (a TrainConfig, or None: the defaults) names a table's columns."""
         ...
 
     def inputs_of_folder(self, folder: Path) -> list[Any]:
         """What `graft predict FOLDER` predicts: the inputs in the folder."""
+        ...
+
+    def inputs_of_file(self, path: Path, meta: dict[str, Any]) -> list[Any]:
+        """What `graft predict --input FILE` predicts: a table's input column (the bundle's
+        `meta` names it), or a plain file's lines."""
         ...
 
     def accepts(self, item: Any) -> bool:
@@ -274,15 +280,19 @@ class Detection:
 
     @property
     def ignored(self) -> list[str]:
-        return [f for name, files in self.found.items() if name != self.modality.name for f in files]
+        """The files another modality would read and the chosen one does not (a table both would
+        read is read, not ignored)."""
+        kept = set(self.found.get(self.modality.name, []))
+        return [f for files in self.found.values() for f in files if f not in kept]
 
 
-def detect(data: str | Path, default: str = "image") -> Detection:
+def detect(data: str | Path, default: str = "image", config: Any = None) -> Detection:
     """The modality whose inputs make up most of `data`. A stray README.txt among images (or a
     picture among texts) does not decide: the majority does, and the files it leaves out are
-    named in a warning."""
+    named in a warning. `config` (a TrainConfig) names a table's columns: a table whose input
+    column holds image paths is images."""
     path = Path(data)
-    found = {name: m.inputs_in(path) for name, m in modalities().items()}
+    found = {name: m.inputs_in(path, config) for name, m in modalities().items()}
     best = max(found, key=lambda name: (len(found[name]), name == default))
     detection = Detection(get_modality(best), found)
     ignored = detection.ignored

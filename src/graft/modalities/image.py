@@ -31,13 +31,19 @@ from ..data.images import (
     LABELS_TABLE,
     TEST_NAMES,
     VAL_NAMES,
+    ImageColumns,
     TableLabels,
     find_subdir,
+    image_column_of,
     image_files_below,
+    image_paths_in,
+    image_table,
+    is_table_file,
     labels_table,
     load_image_data,
     read_image_table,
     scan_image_folder,
+    split_tables,
 )
 from ..data.memory import EpochBatches, MemoryDataset, train_transform
 from ..data.pipeline import default_workers, ignore_interrupts, interruptible, iterate_batches, normalize
@@ -67,6 +73,25 @@ IMAGE_DEFAULTS = Defaults(
 # 2/3 is the middle of the usual range (fastai's 128 -> 224, EfficientNetV2's ~0.5 -> 1), not
 # tuned here; bench/progressive_resize.py is the side-by-side.
 PROGRESSIVE_START = 2 / 3
+
+
+def _columns(config: Any) -> ImageColumns:
+    """How a training config names a table's columns (no config: the defaults)."""
+    if config is None:
+        return ImageColumns(None, "text", "label")
+    return ImageColumns(config.image_column, config.text_column, config.label_column)
+
+
+def _images_named(tables: Sequence[Path], columns: ImageColumns) -> list[str]:
+    """Tables of image paths (the first decides) and the images the first one's first rows name;
+    nothing for tables of texts: what detection counts."""
+    from ..data.text import table_sample
+
+    column = image_column_of(tables[0], columns) if tables else None
+    if column is None:
+        return []
+    named = (tables[0].parent / str(value).strip() for value in table_sample(tables[0])[column])
+    return [*map(str, tables), *(str(p) for p in named if p.is_file())]
 
 
 def progressive_sizes(full: int, epochs: int) -> list[int]:
@@ -270,13 +295,16 @@ class ImageModality:
         """An NCHW batch, left and right swapped."""
         return batch.flip(3)
 
-    def inputs_in(self, path: Path) -> list[str]:
+    def inputs_in(self, path: Path, config: Any = None) -> list[str]:
         if str(path) == "cifar10" and not path.exists():
             return ["cifar10"]
         kind = dataset_kind(path)  # a saved Hugging Face dataset: its Image column decides
         if kind is not None:
             return [str(path)] if kind == self.name else []
+        tables = [path] if is_table_file(path) else [t for t in split_tables(path) if t is not None]
+        named = _images_named(tables, _columns(config))
         if path.is_file():
+            return named
             return [str(path)] if path.suffix.lower() in IMAGE_EXTENSIONS else []
         if not path.is_dir():
             return []
@@ -288,7 +316,7 @@ class ImageModality:
             found += [
                 os.path.join(dirpath, f) for f in filenames if Path(f).suffix.lower() in IMAGE_EXTENSIONS
             ]
-        return found
+        return named + [f for f in found if f not in named]
 
     def inputs_of_folder(self, folder: Path) -> list[str]:
         """Every image file below `folder` (hidden ones left out), for `graft predict FOLDER`."""
@@ -339,32 +367,45 @@ class ImageModality:
         how = TableLabels(config.label_column, config.task, config.label_separator)
         if dataset_kind(config.data) is not None:
             return load_dataset_splits(
-                config.data, config.val, config.test, config.text_column, how,
+                config.data, config.val, config.test, config.image_column or config.text_column, how,
                 config.val_fraction, config.seed,
             )
-        no_table = labels_table(Path(config.data)) is None
-        if config.task in ("multi", "regression") and config.data != "cifar10" and no_table:
+        data = Path(config.data)
+        tables = is_table_file(data) or labels_table(data) is not None or bool(split_tables(data))
+        if config.task in ("multi", "regression") and config.data != "cifar10" and not tables:
             raise ConfigError(
                 f"--task {config.task}: {config.data} has no {LABELS_TABLE}; images take several labels or "
-                "numbers from a labels.csv beside them (a `file` column and the label column)"
+                "numbers from a table: a labels.csv beside them (a `file` column and the label column), "
+                "or a table with a column of image paths"
             )
         return load_image_data(
-            config.data, config.val, config.test, config.val_fraction, config.seed, config.data_root, how
+            config.data, config.val, config.test, config.val_fraction, config.seed, config.data_root, how,
+            _columns(config),
         )
 
     def read_labelled(
         self, path: str | Path, meta: dict[str, Any], classes: Sequence[str]
     ) -> tuple[Labelled, list[SkippedFile]]:
-        if labels_table(Path(path)) is not None:  # images and their labels.csv: any task
+        path = Path(path)
+        if is_table_file(path) or labels_table(path) is not None:  # a table of images: any task
             from ..tasks import task_from_meta
 
             skipped: list[SkippedFile] = []
-            label_column = meta.get("recipe", {}).get("label_column", "label")
-            return read_image_table(Path(path), task_from_meta(meta), label_column, skipped), skipped
+            recipe = meta.get("recipe", {})
+            columns = ImageColumns(recipe.get("image_column"), "", recipe.get("label_column", "label"))
+            table, column = image_table(path, columns)
+            return read_image_table(table, column, task_from_meta(meta), columns.label, skipped), skipped
         data, _, skipped = scan_image_folder(path, classes=classes)
         return data, skipped
 
+    def inputs_of_file(self, path: Path, meta: dict[str, Any]) -> list[str]:
+        return image_paths_in(path, meta.get("recipe", {}).get("image_column"))
+
     def evaluation_split(self, path: Path, classes: Sequence[str]) -> tuple[Path, str] | None:
+        tables = split_tables(path)  # train.csv [dev.csv] [test.csv] of image paths
+        if tables:
+            held_out = ((tables[2], "test"), (tables[1], "validation"))
+            return next(((table, split) for table, split in held_out if table is not None), None)
         if not path.is_dir() or find_subdir(path, ("train",)) is None:
             return None
         for names, split in ((TEST_NAMES, "test"), (VAL_NAMES, "validation")):

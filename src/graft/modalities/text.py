@@ -282,7 +282,7 @@ class TextModality:
     mirrors = False
     mirror = None  # a text has no mirror image
 
-    def inputs_in(self, path: Path) -> list[str]:
+    def inputs_in(self, path: Path, config: Any = None) -> list[str]:
         kind = dataset_kind(path)  # a saved Hugging Face dataset without an Image column
         if kind is not None:
             return [str(path)] if kind == self.name else []
@@ -299,6 +299,10 @@ class TextModality:
         """The text of every .txt file below `folder`, for `graft predict FOLDER`."""
         files = sorted(p for p in folder.rglob(f"*{TEXT_FILE_SUFFIX}") if not p.name.startswith("."))
         return [p.read_text(encoding="utf-8-sig", errors="replace").strip() for p in files]
+
+    def inputs_of_file(self, path: Path, meta: dict[str, Any]) -> list[Any]:
+        """The texts of a table's text column(s) (the bundle's), or of a plain file, one a line."""
+        return read_text_column(path, meta.get("recipe", {}).get("text_column", "text"))
 
     def read_upload(self, data: bytes, name: str) -> str:
         """Texts come as JSON ({"texts": [...]}), not as uploaded files."""
@@ -317,6 +321,8 @@ class TextModality:
             )
         if config.resize == "progressive":
             raise ConfigError("--resize progressive is for image data: texts have no size to grow")
+        if config.image_column is not None:
+            raise ConfigError("--image-column is for tables of image paths; texts take --text-column")
 
     def load_splits(self, config: Any) -> DataSplits:
         if dataset_kind(config.data) is not None:

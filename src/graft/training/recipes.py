@@ -547,6 +547,7 @@ def resume_key(config: TrainConfig, plan: Plan) -> dict[str, Any]:
     skip.add("devices")  # a run may continue on another number of processes (not bit for bit)
     # options added later: at their defaults, a checkpoint written before them resumes as it was
     defaults = {"resize": "fixed", "task": "auto", "label_separator": "|", "feature_layers": "auto"}
+    defaults["image_column"] = None
     skip.update(name for name, default in defaults.items() if getattr(config, name) == default)
     return {k: v for k, v in config.to_dict().items() if k not in skip} | {"strategy": plan.strategy}
 
