@@ -158,9 +158,8 @@ def test_a_bi_encoder_bundle_predicts_exports_serves_and_encodes_alike(bi_run, s
     values = loaded.predict(pairs)
     out = io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-        code = main(
-            ["predict", str(bi_run.run_dir), "--input", str(similarity["val"]), "--json", "--precision", "fp32"]
-        )
+        argv = ["predict", str(bi_run.run_dir), "--input", str(similarity["val"]), "--json"]
+        code = main([*argv, "--precision", "fp32"])
     assert code == 0
     printed = json.loads(out.getvalue().strip().splitlines()[-1])
     printed = printed["predictions"] if isinstance(printed, dict) else printed
