@@ -253,10 +253,11 @@ def test_the_probe_tries_one_and_four_layers_and_says_which_it_kept(linear_run) 
     scores and the choice in the plan's notes, and the bundle's preprocessing and feature width
     record the kept choice."""
     report = linear_run.report
-    [note] = [n for n in report["plan"]["notes"] if n.startswith("feature layers")]
-    assert re.search(r"last 1: [0-9.]+, last 4: [0-9.]+; the probe keeps the last [14] ", note)
+    [note] = [n for n in report["plan"]["notes"] if n.startswith("probe features")]
+    shown = r"the last 1 layer\(s\): [0-9.]+, the last 4 layer\(s\): [0-9.]+"
+    assert re.search(shown + r"; the probe keeps the last [14] layer", note)
     kept = report["preprocessing"]["layers"]
-    assert kept in (1, 4) and f"keeps the last {kept} " in note
+    assert kept in (1, 4) and f"keeps the last {kept} layer(s) " in note
     assert report["backbone"]["num_features"] == 384 * kept
 
 
@@ -274,7 +275,7 @@ def test_four_kept_layers_are_the_probes_and_fine_tuning_trains_on_the_last_laye
     lines: list[str] = []
     report = run(config, log=lines.append).report
     assert report["preprocessing"]["layers"] == layers and report["backbone"]["num_features"] == 384 * layers
-    assert any("the probe keeps the last 4" in note for note in report["plan"]["notes"])
+    assert any("the probe keeps the last 4 layer(s)" in note for note in report["plan"]["notes"])
     reverted = any(line.startswith("fine-tuning: on the last 1 layer(s)") for line in lines)
     assert reverted == (strategy == "finetune")
     loaded = graft.load(report["run_dir"], device="cpu", precision="fp32")
@@ -312,8 +313,8 @@ def test_a_fine_tuned_model_below_the_four_layer_probe_gives_way_to_it(
     lines: list[str] = []
     report = run(config, log=lines.append).report
     assert report["strategy"] == "finetune" and report["history"][-1]["epoch"] >= 1
-    assert any(line.startswith("the probe on the last 4 feature layers is kept") for line in lines)
-    assert report["kept"]["epoch"] == 0 and "last 4 feature layers" in report["kept"]["reason"]
+    assert any(line.startswith("the probe on the last 4 layer(s) is kept") for line in lines)
+    assert report["kept"]["epoch"] == 0 and "the last 4 layer(s)" in report["kept"]["reason"]
     assert report["preprocessing"]["layers"] == 4 and report["backbone"]["num_features"] == 4 * 384
     assert report["plan"]["preprocessing"]["layers"] == 4
     assert report["validation"]["accuracy"] >= 0.9 and report["test"]["accuracy"] >= 0.9

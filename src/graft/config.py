@@ -275,6 +275,14 @@ class TrainConfig:
         group="text",
         parse=parse_feature_layers,
     )
+    pair_encoding: str = option(
+        "auto",
+        "text, sentence pairs (two --text-column): cross (the tokenizer's pair through one encoder "
+        "pass), bi (each text alone through the same encoder, compared: Sentence-BERT), or auto: "
+        "trains both and keeps the better on validation (Spearman for a score, else the task's metric)",
+        choices=("auto", "bi", "cross"),
+        group="text",
+    )
     max_length: int | None = option(
         None, "text: tokens per text (default: the 99th percentile of the training texts)", group="text"
     )

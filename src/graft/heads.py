@@ -77,7 +77,10 @@ class Head(nn.Module):
         return [self.norm, *self.hidden, self.fc]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.hidden(self.norm(x)))
+        # in float32 whatever the body's precision: the head is a sliver of the compute, and a bf16
+        # output keeps about 3 significant digits, which ties close scores (a regression's ranking)
+        with torch.autocast(x.device.type, enabled=False):
+            return self.fc(self.hidden(self.norm(x.float())))
 
 
 def build_head(spec: HeadSpec, in_features: int, num_classes: int) -> Head:

@@ -134,12 +134,18 @@ _SAMPLE_TEXTS = (
 )
 
 
-def _synthetic_texts(prep: Any, n: int) -> list[str]:
-    return [_SAMPLE_TEXTS[i % len(_SAMPLE_TEXTS)] for i in range(n)]
+def _synthetic_texts(prep: Any, n: int) -> list[Any]:
+    texts = [_SAMPLE_TEXTS[i % len(_SAMPLE_TEXTS)] for i in range(n + 1)]
+    return list(zip(texts[:-1], texts[1:], strict=True)) if prep.pairs else texts[:-1]
 
 
 def _describe_text(prep: Any) -> dict[str, str]:
     common = f"int64 (batch, sequence), at most {prep.max_length} tokens, padded with id {prep.pad_id}"
+    if prep.bi:
+        common = (
+            f"int64 (batch, 2 x length): a pair's first text's ids, then its second's, each padded "
+            f"with id {prep.pad_id} to the same length (at most {prep.max_length} tokens)"
+        )
     return {
         "input_ids": f"{common}: the tokenizer's ids (tokenizer files in graft.assets)",
         "attention_mask": "int64 (batch, sequence): 1 for tokens, 0 for padding",

@@ -81,6 +81,20 @@ class Predictor(Answers):
         """What the network takes: a float32 NCHW array for images, token ids per text."""
         return self.pipeline.preprocess(self.read_inputs(inputs))
 
+    def encode(self, texts: Any, batch_size: int = 64, normalize: bool = True) -> np.ndarray:
+        """Sentence embeddings, as Sentence-BERT's `encode` gives them: each text's pooled vector
+        from the model's encoder (fine-tuned, if it was), L2-normalised unless `normalize=False`. For
+        a model trained on pairs with --pair-encoding bi, the cosine of two texts' embeddings is the
+        similarity the model was trained on. Text models only."""
+        embeddings = getattr(self.pipeline, "embeddings", None)
+        if embeddings is None:
+            raise ConfigError(f"encode is for text models; this is a {self.modality.name} model")
+        with use_precision(self.precision):
+            out = embeddings(self.model.body, texts, batch_size, self.device)
+        if normalize and out.numel():
+            out = torch.nn.functional.normalize(out, dim=1)
+        return out.numpy()
+
     def logits_or_skip(self, inputs: Any, batch_size: int = 64) -> tuple[np.ndarray, dict[int, str]]:
         """The head's raw outputs; an unreadable input does not stop the others: its row is NaN and
         `failures` maps its position to a one-line reason."""

@@ -175,31 +175,133 @@ def prepare(
 def _run_on(config: TrainConfig, log: Log, ready: Prepared, started: float) -> RunResult:
     """`run` once everything is prepared, at the resolved precision."""
     modality, backbone, splits, prep = ready.modality, ready.backbone, ready.splits, ready.prep
-    device = ready.device
     adapted = _adapt(config, modality, backbone, prep, splits, log) if config.adapt_lm else None
     freeze(config, modality, backbone, log)
     task = fitted_task(config, splits)
-    head = build_head(HeadSpec.parse(config.head, config.dropout), backbone.num_features, task.outputs())
-    model = modality.prepare_model(GraftModel(backbone.body, head, mirror=modality.mirror), device)
-    plan = _plan(config, modality, backbone, prep, splits, device)
-    out = Path(config.out or ".")
-    job = Job(config, plan, modality, backbone, prep, model, splits, device, out, started, log, task)
-    job.tracking = Tracking(tracker_names(config))  # rank 0's, with --log-to
-    with job.tracking.failing():  # a run that raises ends its tracker runs as failed
-        trained = _train(job)
-        model.eval()
+    tracking = Tracking(tracker_names(config))  # rank 0's, with --log-to
+    with tracking.failing():  # a run that raises ends its tracker runs as failed
+        choices = modality.encoding_choices(config, prep)
+        if choices:
+            job, trained = _best_encoding(config, log, ready, started, task, tracking, choices)
+        else:
+            job = _job(config, log, ready, prep, started, task, tracking)
+            trained = _train(job)
+        job.model.eval()
         report = build_report(job, trained, time.perf_counter() - started, adapted)
         if distributed.is_main():  # several processes: rank 0 writes the run folder
             save_run(job, report)
             for path in trained.scratch_files:  # the bundle holds the kept weights now
                 path.unlink(missing_ok=True)
-        job.tracking.finish(job.plan, report)  # MLflow takes the run folder as it is now
-    return RunResult(job.run_dir, report, model, job)
+        tracking.finish(job.plan, report)  # MLflow takes the run folder as it is now
+    return RunResult(job.run_dir, report, job.model, job)
 
 
-def _train(job: Job) -> TrainResult:
-    """The data fitted to the time budget, the strategy chosen (`auto`), the run folder named, the
-    recipe run."""
+def _job(
+    config: TrainConfig, log: Log, ready: Prepared, prep: Any, started: float, task: Task, tracking: Tracking
+) -> Job:
+    """A job for the backbone as its body is set now: a new head for its feature width, the plan."""
+    modality, backbone, splits, device = ready.modality, ready.backbone, ready.splits, ready.device
+    head = build_head(HeadSpec.parse(config.head, config.dropout), backbone.num_features, task.outputs())
+    model = modality.prepare_model(GraftModel(backbone.body, head, mirror=modality.mirror), device)
+    plan = _plan(config, modality, backbone, prep, splits, device)
+    out = Path(config.out or ".")
+    job = Job(config, plan, modality, backbone, prep, model, splits, device, out, started, log, task)
+    job.tracking = tracking
+    return job
+
+
+@dataclass
+class _Tried:
+    """One encoding's run under `_best_encoding`."""
+
+    encoding: str
+    job: Job
+    trained: TrainResult
+    body: dict[str, torch.Tensor] | None  # its trained body, while another encoding trains
+    score: tuple[str, float, float]  # the task's ranking: metric, validation value, standard error
+
+
+def _best_encoding(
+    config: TrainConfig,
+    log: Log,
+    ready: Prepared,
+    started: float,
+    task: Task,
+    tracking: Tracking,
+    choices: tuple[str, ...],
+) -> tuple[Job, TrainResult]:
+    """Each encoding the modality offers (a sentence pair as a cross- and a bi-encoder) trained as a
+    whole run from the same pretrained body, with an equal share of a --time-budget; the best on
+    validation is kept (the task's `ranking`: Spearman for a score), and a later choice only when it
+    beats the first by more than one standard error: the one-standard-error rule of model selection,
+    the modality listing its simplest encoding first (a bi-encoder before a cross-encoder)."""
+    body = ready.backbone.body
+    pretrained = _cpu_copy(body.state_dict())
+    tried: list[_Tried] = []
+    for i, encoding in enumerate(choices):
+        if i:
+            body.load_state_dict(pretrained)
+        prep = ready.modality.use_encoding(config, ready.backbone, ready.prep, ready.splits, encoding)
+        share = _budget_share(config, started, len(choices) - i)
+        log(f"pair encoding auto: training the {encoding}-encoder ({i + 1} of {len(choices)})")
+        job = _job(replace(config, time_budget=share), log, ready, prep, started, task, tracking)
+        trained = _train(job, tried[0].job.run_dir if tried else None)
+        score = job.task.ranking(trained.val, len(ready.splits.val))
+        last = i == len(choices) - 1
+        tried.append(_Tried(encoding, job, trained, None if last else _cpu_copy(body.state_dict()), score))
+    kept = distributed.from_main(_kept_encoding(tried))
+    return _restore_encoding(config, ready, tried, kept, log)
+
+
+def _kept_encoding(tried: list[_Tried]) -> int:
+    """The first encoding, unless a later one beats it by more than one standard error."""
+    first = tried[0].score
+    best = max(range(len(tried)), key=lambda i: (tried[i].score[1], -i))
+    return best if tried[best].score[1] > first[1] + first[2] else 0
+
+
+def _restore_encoding(
+    config: TrainConfig, ready: Prepared, tried: list[_Tried], kept: int, log: Log
+) -> tuple[Job, TrainResult]:
+    """The kept encoding's body, weights and job; the others' scratch files removed."""
+    chosen = tried[kept]
+    metric = chosen.score[0]
+    shown = ", ".join(f"{t.encoding} {t.score[1]:.4f}" for t in tried)
+    line = (
+        f"pair encoding auto, validation {metric}: {shown}; keeps the {chosen.encoding}-encoder "
+        f"(another than the first only above it by more than one standard error, {tried[0].score[2]:.4f})"
+    )
+    log(line)
+    if chosen.body is not None:
+        ready.backbone.body.load_state_dict(chosen.body)
+    ready.modality.apply_preprocessing(ready.backbone, chosen.job.prep)  # as its probe left the body
+    keep = set(chosen.trained.scratch_files)
+    for other in tried:
+        for path in other.trained.scratch_files:
+            if path not in keep:
+                path.unlink(missing_ok=True)
+    job = chosen.job
+    job.config = config
+    job.plan = job.plan.with_note(line)
+    return job, chosen.trained
+
+
+def _budget_share(config: TrainConfig, started: float, runs_left: int) -> float | None:
+    """The --time-budget of the next of `runs_left` runs: an equal share of what is left, as a
+    deadline counted from the run's start (`budget.left`)."""
+    if not config.time_budget:
+        return None
+    spent = time.perf_counter() - started
+    return spent + (config.time_budget - spent) / runs_left
+
+
+def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
+
+
+def _train(job: Job, run_dir: Path | None = None) -> TrainResult:
+    """The data fitted to the time budget, the strategy chosen (`auto`), the run folder named (or
+    `run_dir`, an earlier encoding's), the recipe run."""
     config = job.config
     budget.fit_data_to_budget(job, config.strategy)  # under --time-budget: data that can be read in it
     probe = None
@@ -208,11 +310,12 @@ def _train(job: Job) -> TrainResult:
         job.log(f"strategy auto -> {choice.strategy}: {choice.reason}")
         _resolve_strategy(job, choice)
         probe = choice.probe
-    named = Path(config.out) if config.out else None
+    named = run_dir or (Path(config.out) if config.out else None)
     if named is None and distributed.is_main():  # rank 0 claims the folder; the others take its name
         named = default_run_dir(job.backbone.name, job.plan.strategy, job.splits.name)
     job.run_dir = distributed.from_main(named)
-    job.tracking.open(job.run_dir, config)  # what the probe logged so far goes in now
+    if run_dir is None:
+        job.tracking.open(job.run_dir, config)  # what the probe logged so far goes in now
     return recipes.train(job, probe)
 
 

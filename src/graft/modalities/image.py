@@ -355,12 +355,27 @@ class ImageModality:
             raise ConfigError(
                 "--feature-layers is for text encoders; an image backbone gives its pooled last stage"
             )
+        if config.pair_encoding != "auto":
+            raise ConfigError("--pair-encoding is for sentence pairs (two --text-column), not images")
 
     def feature_layer_choices(self, config: Any, backbone: Any, n_examples: int) -> tuple[int, ...]:
         """The pooled last stage alone: no choice for the probe to make."""
         return ()
 
     def use_feature_layers(self, backbone: Any, prep: Any, layers: int) -> Any:
+        return prep
+
+    def feature_choice_name(self, prep: Any, layers: int) -> str:
+        return "the pooled last stage"
+
+    def apply_preprocessing(self, backbone: Any, prep: Any) -> None:
+        """An image body computes one kind of features."""
+
+    def encoding_choices(self, config: Any, prep: Any) -> tuple[str, ...]:
+        """An image has one encoding."""
+        return ()
+
+    def use_encoding(self, config: Any, backbone: Any, prep: Any, splits: Any, encoding: str) -> Any:
         return prep
 
     def load_splits(self, config: Any) -> DataSplits:

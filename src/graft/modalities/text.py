@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import distributed
 from ..backbones import TextPreprocessing
+from ..backbones._text import PAIR_ENCODINGS, pair_width
 from ..data.frames import dataset_kind, load_dataset_splits
 from ..data.splits import DataSplits, Labelled, SkippedFile, TableLabels
 from ..data.text import (
@@ -72,12 +73,16 @@ TEXT_DEFAULTS = Defaults(
 
 
 def tokenize(
-    tokenizer: Any, texts: Sequence[Any], max_length: int, pairs: bool = False
+    tokenizer: Any, texts: Sequence[Any], max_length: int, pairs: bool = False, bi: bool = False
 ) -> list[torch.Tensor]:
     """Token ids per text, truncated to `max_length`. With `pairs`, a sentence pair (a 2-tuple) is
     encoded as the tokenizer's pair, [CLS] a [SEP] b [SEP], truncated longest first so that both
-    sides keep a share; without (bundles from before pairs), its texts are joined by a newline."""
+    sides keep a share; without (bundles from before pairs), its texts are joined by a newline.
+    With `bi` (a bi-encoder), each side is encoded alone, truncated to `max_length`, and a pair's
+    ids are an (L, 2) tensor: the two sides as columns, the shorter padded (`_side_by_side`)."""
     split = [_pair_of(t) for t in texts]
+    if bi:
+        return _side_by_side(tokenizer, split, max_length)
     if not pairs:
         split = [("\n".join(t for t in (a, b) if t) if b is not None else a, None) for a, b in split]
     ids: list[list[int]] = [[] for _ in split]
@@ -93,6 +98,28 @@ def tokenize(
         for i, row in zip(double, encoded["input_ids"], strict=True):
             ids[i] = row
     return [torch.tensor(row, dtype=torch.long) for row in ids]
+
+
+def _side_by_side(
+    tokenizer: Any, split: Sequence[tuple[str, str | None]], max_length: int
+) -> list[torch.Tensor]:
+    """Each pair's two texts tokenised alone, as the (L, 2) columns of one tensor; a single text
+    (a pairs model given one) is the first side, the second all padding."""
+    firsts = tokenizer([a for a, _ in split], truncation=True, max_length=max_length)["input_ids"]
+    given = [i for i, (_, b) in enumerate(split) if b is not None]
+    seconds: list[list[int]] = [[] for _ in split]
+    if given:
+        encoded = tokenizer([str(split[i][1]) for i in given], truncation=True, max_length=max_length)
+        for i, row in zip(given, encoded["input_ids"], strict=True):
+            seconds[i] = row
+    pad_id = int(tokenizer.pad_token_id)
+    out = []
+    for a, b in zip(firsts, seconds, strict=True):
+        pair = torch.full((max(len(a), len(b), 1), 2), pad_id, dtype=torch.long)
+        pair[: len(a), 0] = torch.tensor(a, dtype=torch.long)
+        pair[: len(b), 1] = torch.tensor(b, dtype=torch.long)
+        out.append(pair)
+    return out
 
 
 def _pair_of(text: Any) -> tuple[str, str | None]:
@@ -114,9 +141,29 @@ def length_from_data(tokenizer: Any, texts: Sequence[Any], prep: TextPreprocessi
     """The maximum sequence length: a high percentile of the training texts' token counts (so a
     few very long texts do not set the cost of every batch), rounded up to 8, capped by the model."""
     sample = list(texts[:20000])
-    lengths = [len(ids) for ids in tokenize(tokenizer, sample, prep.model_max_length, prep.pairs)]
+    lengths = [len(ids) for ids in token_ids(tokenizer, sample, prep.with_length(prep.model_max_length))]
     wanted = int(np.percentile(lengths, LENGTH_PERCENTILE)) if lengths else prep.max_length
     return prep.with_length(max(8, math.ceil(wanted / 8) * 8))
+
+
+def token_ids(tokenizer: Any, texts: Sequence[Any], prep: TextPreprocessing) -> list[torch.Tensor]:
+    """`tokenize` as `prep` says: its length, and how it encodes pairs."""
+    return tokenize(tokenizer, texts, prep.max_length, prep.pairs, prep.bi)
+
+
+def _hidden_size(backbone: Any) -> int:
+    """One pooled vector's width: the encoder's hidden size."""
+    config = backbone.model_config or {}
+    return int(config.get("hidden_size") or config.get("dim"))  # `_assemble` reads hidden_size too
+
+
+def _pair_features(splits: DataSplits) -> str:
+    """A bi-encoder's pair features for this data's task: for a numeric target (a similarity
+    score) the cosine of the two embeddings, which fine-tuning regresses on the score (Sentence-BERT's
+    regression objective) and the probe also tries beside all the pair features (`use_feature_layers`);
+    for classes [u, v, |u-v|, u*v] (Sentence-BERT's classification features)."""
+    task = splits.task if isinstance(splits.task, str) else getattr(splits.task, "name", "single")
+    return "cosine" if task == "regression" else "concat"
 
 
 def _encoder_layers(backbone: Any) -> int:
@@ -127,6 +174,12 @@ def _encoder_layers(backbone: Any) -> int:
 
 def pad(ids: Sequence[torch.Tensor], pad_id: int) -> torch.Tensor:
     return nn.utils.rnn.pad_sequence(list(ids), batch_first=True, padding_value=pad_id)
+
+
+def side_by_side_rows(batch: torch.Tensor) -> torch.Tensor:
+    """Padded bi-encoder pairs (N, L, 2) as the rows the encoder takes (N, 2L): the first texts'
+    L ids, then the second texts' (`TextEncoder.forward` splits them again)."""
+    return batch.transpose(1, 2).reshape(batch.shape[0], -1)
 
 
 @dataclass(frozen=True)
@@ -145,8 +198,9 @@ class Padding:
         length = batch.shape[1]
         rounded = -(-length // PAD_MULTIPLE_CUDA) * PAD_MULTIPLE_CUDA
         if device.type == "cuda" and length < rounded <= self.limit:
-            batch = nn.functional.pad(batch, (0, rounded - length), value=self.pad_id)
-        return batch
+            grow = (0, 0, 0, rounded - length) if batch.dim() == 3 else (0, rounded - length)
+            batch = nn.functional.pad(batch, grow, value=self.pad_id)
+        return side_by_side_rows(batch) if batch.dim() == 3 else batch
 
 
 def bucketed_order(lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> list[list[int]]:
@@ -231,6 +285,17 @@ class _EvalTexts:
         return sorted_batches(self.ids, self.padding, batch_size, device)
 
 
+class _Embedder(nn.Module):
+    """A text body's `embed` as a module: one pooled vector per text, whatever its pair encoding."""
+
+    def __init__(self, body: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.body.embed(input_ids)
+
+
 class _TextInputs:
     """A bundle's input side: texts -> token ids (truncated as in training) -> padded batches."""
 
@@ -257,7 +322,18 @@ class _TextInputs:
 
     def preprocess(self, inputs: Any) -> list[torch.Tensor]:
         """Token ids per text (unpadded), truncated to the length the model was trained with."""
-        return tokenize(self.tokenizer, self.as_list(inputs), self.prep.max_length, self.prep.pairs)
+        return token_ids(self.tokenizer, self.as_list(inputs), self.prep)
+
+    def embeddings(self, body: nn.Module, texts: Any, batch_size: int, device: torch.device) -> torch.Tensor:
+        """Each text's pooled vector from the encoder (float32, on the CPU, in input order): a
+        bi-encoder's sentence embedding, what its pairs are compared by."""
+        from ..compute import forward_all
+
+        texts = [texts] if isinstance(texts, str) else [str(t) for t in texts]
+        ids = tokenize(self.tokenizer, texts, self.prep.max_length)
+        padding = Padding(self.prep.pad_id, self.prep.max_length)
+        batches = sorted_batches(ids, padding, batch_size, device) if ids else iter(())
+        return forward_all(_Embedder(body), batches, len(ids)) if ids else torch.zeros(0, 0)
 
     def batches(
         self,
@@ -406,15 +482,52 @@ class TextModality:
         backbone.body.pooling = prep.pooling
         if config.feature_layers != "auto":
             prep = self.use_feature_layers(backbone, prep, int(config.feature_layers))
+        if not prep.pairs and config.pair_encoding != "auto":
+            raise ConfigError(
+                f"--pair-encoding {config.pair_encoding} is for sentence pairs: name two --text-column"
+            )
+        encoding = "bi" if config.pair_encoding == "bi" else "cross"
+        return self.use_encoding(config, backbone, prep, splits, encoding)
+
+    def encoding_choices(self, config: Any, prep: TextPreprocessing) -> tuple[str, ...]:
+        """--pair-encoding auto on sentence pairs: the runner trains each encoding and keeps the
+        better on validation (`runner._best_encoding`); nothing to choose for single texts."""
+        return PAIR_ENCODINGS if prep.pairs and config.pair_encoding == "auto" else ()
+
+    def use_encoding(
+        self, config: Any, backbone: Any, prep: TextPreprocessing, splits: DataSplits, encoding: str
+    ) -> TextPreprocessing:
+        """The body set to encode pairs as `encoding` says (single texts: unchanged), and the
+        preprocessing that records it, its length read from the data unless --max-length is given.
+        A bi-encoder's features: `_pair_features`."""
+        if prep.pairs:
+            prep = prep.with_pair_encoding(encoding, _pair_features(splits))
+            if prep.bi and prep.layers != 1:
+                raise ConfigError(
+                    "--feature-layers is for single texts and cross-encoded pairs, not --pair-encoding bi"
+                )
+            self.apply_preprocessing(backbone, prep)
         if config.max_length:
             return prep.with_length(config.max_length)
         return length_from_data(backbone.tokenizer, splits.train.sources, prep)
+
+    def apply_preprocessing(self, backbone: Any, prep: TextPreprocessing) -> None:
+        """The body set to pool `prep`'s layers and encode pairs as it records; the width follows."""
+        hidden = _hidden_size(backbone)
+        backbone.body.layers = prep.layers
+        backbone.body.pair_features = prep.pair_features if prep.bi else None
+        backbone.num_features = pair_width(hidden, prep.pair_features) if prep.bi else hidden * prep.layers
 
     def feature_layer_choices(self, config: Any, backbone: Any, n_examples: int) -> tuple[int, ...]:
         """What the linear probe chooses between under --feature-layers auto: the last layer alone,
         or the last FEATURE_LAYERS pooled and concatenated (BERT's best feature-based recipe,
         Devlin et al. 2019, Table 7), when the encoder has that many layers and those features
-        fit WIDE_FEATURES_MAX_BYTES (`--feature-layers 4` takes them at any size)."""
+        fit WIDE_FEATURES_MAX_BYTES (`--feature-layers 4` takes them at any size). A bi-encoder on
+        a numeric target chooses instead between the cosine of its two embeddings alone (1: the
+        zero-shot similarity, calibrated by the probe) and all its pair features (2)."""
+        if backbone.body.pair_features is not None:
+            similarity = backbone.body.pair_features != "concat"
+            return (1, 2) if similarity and config.feature_layers == "auto" else ()
         if config.feature_layers != "auto" or _encoder_layers(backbone) < FEATURE_LAYERS:
             return ()
         width = backbone.num_features // backbone.body.layers * FEATURE_LAYERS
@@ -423,13 +536,26 @@ class TextModality:
         return (1, FEATURE_LAYERS)
 
     def use_feature_layers(self, backbone: Any, prep: TextPreprocessing, layers: int) -> TextPreprocessing:
-        """The body pools the last `layers` layers; the backbone's feature width follows."""
+        """The body pools the last `layers` layers; the backbone's feature width follows. For a
+        bi-encoder on a numeric target, 1 is the cosine alone and 2 all the pair features."""
+        if backbone.body.pair_features is not None:
+            if backbone.body.pair_features == "concat":
+                return prep  # pair classes: one set of features
+            prep = prep.with_pair_encoding("bi", "cosine" if layers == 1 else "similarity")
+            self.apply_preprocessing(backbone, prep)
+            return prep
         available = _encoder_layers(backbone)
         if layers > available:
             raise ConfigError(f"--feature-layers {layers}: {backbone.name} has {available} layers")
         hidden = backbone.num_features // backbone.body.layers
         backbone.body.layers, backbone.num_features = layers, hidden * layers
         return prep.with_layers(layers)
+
+    def feature_choice_name(self, prep: TextPreprocessing, layers: int) -> str:
+        """For people: what a choice of `feature_layer_choices` pools."""
+        if prep.bi:
+            return "the cosine of the two embeddings" if layers == 1 else "[u, v, |u-v|, u*v, cos]"
+        return f"the last {layers} layer(s)"
 
     def preprocessing_from_dict(self, d: dict[str, Any]) -> TextPreprocessing:
         return TextPreprocessing.from_dict(d)
@@ -446,13 +572,13 @@ class TextModality:
     def training_set(
         self, config: Any, backbone: Any, prep: TextPreprocessing, data: Labelled, skipped: list[SkippedFile]
     ) -> _TrainingTexts:
-        ids = tokenize(backbone.tokenizer, data.sources, prep.max_length, prep.pairs)
+        ids = token_ids(backbone.tokenizer, data.sources, prep)
         return _TrainingTexts(ids, data.labels, Padding(prep.pad_id, prep.max_length))
 
     def eval_set(
         self, backbone: Any, prep: TextPreprocessing, data: Labelled, skipped: list[SkippedFile]
     ) -> _EvalTexts:
-        ids = tokenize(backbone.tokenizer, data.sources, prep.max_length, prep.pairs)
+        ids = token_ids(backbone.tokenizer, data.sources, prep)
         return _EvalTexts(ids, data.labels, Padding(prep.pad_id, prep.max_length), data.sources)
 
     def encode(
@@ -471,7 +597,7 @@ class TextModality:
         from ..compute import forward_all, module_device
 
         started = time.perf_counter()
-        ids = tokenize(backbone.tokenizer, sources, prep.max_length, prep.pairs)
+        ids = token_ids(backbone.tokenizer, sources, prep)
         padding = Padding(prep.pad_id, prep.max_length)
         batches = sorted_batches(ids, padding, batch_size, module_device(backbone.body))
         values = forward_all(backbone.body, batches, len(ids)).numpy().astype(np.float32)

@@ -164,6 +164,14 @@ class Task:
         data size and the time decide alone)."""
         return None
 
+    def ranking(self, metrics: dict[str, Any], n_val: int) -> tuple[str, float, float]:
+        """What two models of this task are compared by when the runner chooses between them
+        (`runner._best_encoding`): the metric's name, its validation value, and one standard error
+        of it (0 where the task has no rule)."""
+        headroom = self.headroom(metrics, n_val)
+        noise = headroom.standard_error if headroom is not None else 0.0
+        return self.monitor, float(metrics[self.monitor]), float(noise)
+
     def headline(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """The few numbers a bundle and one-line summaries carry."""
         return {self.monitor: metrics[self.monitor], "n": metrics["n"]}

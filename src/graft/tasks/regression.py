@@ -127,6 +127,15 @@ class Regression(Task):
         noise = "two standard errors ((1 - R2) x sqrt(2/n))"
         return Headroom(unexplained, standard_error, "validation unexplained variance (1 - R2)", noise)
 
+    def ranking(self, metrics: dict[str, Any], n_val: int) -> tuple[str, float, float]:
+        """Spearman's rank correlation: what a similarity score is judged by, and what no monotone
+        calibration of a model's outputs changes (R2 would favour the better-calibrated of two
+        equally good rankings). Its standard error, (1 - rho^2) sqrt(1.06 / (n - 3)), is Fieller,
+        Hartley and Pearson's (1957) for Fisher's z of a rank correlation, taken back to rho."""
+        rho = metrics.get("spearman")
+        rho = float(rho) if rho is not None else 0.0
+        return "spearman", rho, (1.0 - rho**2) * float(np.sqrt(1.06 / max(1, n_val - 3)))
+
     def size_groups(self, labels: np.ndarray) -> np.ndarray:
         labels = np.asarray(labels, dtype=np.float64).reshape(len(labels), -1)
         columns = []

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -327,21 +328,22 @@ def _by_layers(job: Job, choices: Sequence[int], phase: str, early_stop: bool) -
             feats = widest = _features(job, _train_and_val(job.splits), "train+val")
         else:
             feats = _last_columns(widest, job.backbone.num_features)
-        shown = f"{phase}, last {layers} layer(s)"
+        shown = f"{phase}, {job.modality.feature_choice_name(job.prep, layers)}"
         result = _probe_once(job, with_test=False, phase=shown, early_stop=early_stop, feats=feats)
         result.initial_head = initial
         result.extract_seconds, result.cache_hit = widest.seconds, widest.cached
         result.features_engine = widest.engine
         tried.insert(0, ProbeState(layers, result, job.model.head, job.task, job.plan))
-    monitor = job.task.monitor
-    noise = job.task.headroom(tried[0].result.val, len(job.splits.val)).standard_error
-    scores = {t.layers: float(t.result.val[monitor]) for t in tried}
+    n_val = len(job.splits.val)
+    metric, _, noise = job.task.ranking(tried[0].result.val, n_val)  # the task's choice between models
+    scores = {t.layers: job.task.ranking(t.result.val, n_val)[1] for t in tried}
     kept = distributed.from_main(strategies.feature_layers_kept(scores, noise))  # one choice for all
     chosen = next(t for t in tried if t.layers == kept)
-    shown = ", ".join(f"last {n}: {score:.4f}" for n, score in scores.items())
+    name = partial(job.modality.feature_choice_name, job.prep)
+    shown = ", ".join(f"{name(n)}: {score:.4f}" for n, score in scores.items())
     line = (
-        f"feature layers, {job.task.monitor_short}: {shown}; the probe keeps the last {kept} "
-        f"(more only above the fewest by more than one standard error, {noise:.4f})"
+        f"probe features, validation {metric}: {shown}; the probe keeps {name(kept)} "
+        f"(the wider only above the narrowest by more than one standard error, {noise:.4f})"
     )
     phases = [*(p for t in tried for p in t.result.phases), line]
     for state in tried:
@@ -650,7 +652,8 @@ def _fewest_layers(job: Job, fewest: ProbeState) -> TrainResult:
     the probe's model alone. With the wider probe as fine-tuning's start and bar, `auto` stopped
     SST-2 (3,000 sentences) after 2 epochs, one validation example behind it, and kept a probe 3.8
     points below the fine-tuned model of today (bench/README.md, session 12)."""
-    job.log(f"fine-tuning: on the last {fewest.layers} layer(s), from the probe on those")
+    on = job.modality.feature_choice_name(job.prep, fewest.layers)
+    job.log(f"fine-tuning: on {on}, from the probe on those")
     return fewest.restore(job, plan="notes")
 
 
@@ -684,7 +687,7 @@ def _unless_wider_probe(
     wider.restore(job, plan="none")  # the body's layers, the head, the task; the plan's notes stay
     model.head = wider.head
     what, shown = job.task.monitor_short, f"{bar:.4f} against {float(score):.4f}"
-    line = f"the probe on the last {wider.layers} feature layers is kept: {what} {shown}"
+    line = f"the probe on {job.modality.feature_choice_name(job.prep, wider.layers)} is kept: {what} {shown}"
     job.log(line)
     return {"epoch": 0, monitor: bar, "reason": line + " (the fine-tuned model's)"}
 
