@@ -94,7 +94,7 @@ def _config(data: dict[str, Path], out: str, **changes) -> TrainConfig:
 def auto_run(similarity):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GRAFT_CACHE_DIR", str(similarity["root"] / "cache"))
-        return run(_config(similarity, "auto"), log=lambda line: None)
+        return run(_config(similarity, "auto", test=str(similarity["val"])), log=lambda line: None)
 
 
 @pytest.fixture(scope="module")
@@ -144,6 +144,10 @@ def test_pair_regression_auto_never_ends_below_the_zero_shot_cosine(auto_run, si
     # among them the batch's padding decides: a few ranks' worth of tolerance
     assert report["validation"]["spearman"] >= zero_shot - 0.005
     assert report["preprocessing"]["pair_encoding"] in line.split("keeps the ")[1]
+    # the kept encoding alone is tested, once: here the test set is the validation set
+    assert report["test"]["n"] == 80 and report["test"]["spearman"] == pytest.approx(
+        report["validation"]["spearman"], abs=1e-6
+    )
 
 
 def test_a_bi_encoder_bundle_predicts_exports_serves_and_encodes_alike(bi_run, similarity, tmp_path) -> None:

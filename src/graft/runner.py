@@ -181,6 +181,11 @@ def _run_on(config: TrainConfig, log: Log, ready: Prepared, started: float) -> R
     tracking = Tracking(tracker_names(config))  # rank 0's, with --log-to
     with tracking.failing():  # a run that raises ends its tracker runs as failed
         choices = modality.encoding_choices(config, prep)
+        if choices and config.resume:
+            raise ConfigError(
+                "--resume continues one training, and --pair-encoding auto trains two: pass "
+                "--pair-encoding bi or cross (report.json preprocessing.pair_encoding of a finished run)"
+            )
         if choices:
             job, trained = _best_encoding(config, log, ready, started, task, tracking, choices)
         else:
@@ -245,6 +250,7 @@ def _best_encoding(
         share = _budget_share(config, started, len(choices) - i)
         log(f"pair encoding auto: training the {encoding}-encoder ({i + 1} of {len(choices)})")
         job = _job(replace(config, time_budget=share), log, ready, prep, started, task, tracking)
+        job.splits = replace(job.splits, test=None)  # the kept encoding alone is tested, once
         trained = _train(job, tried[0].job.run_dir if tried else None)
         score = job.task.ranking(trained.val, len(ready.splits.val))
         last = i == len(choices) - 1
@@ -283,6 +289,8 @@ def _restore_encoding(
     job = chosen.job
     job.config = config
     job.plan = job.plan.with_note(line)
+    job.splits = replace(job.splits, test=ready.splits.test)
+    recipes.evaluate_test(job, chosen.trained)
     return job, chosen.trained
 
 

@@ -189,6 +189,11 @@ class Modality(Protocol):
         """For people: what a choice of `feature_layer_choices` gives the probe."""
         ...
 
+    def fine_tunes_from_probe(self, prep: Any) -> bool:
+        """Whether fine-tuning on these features must continue from the probe's head even where
+        the modality's fine-tuning otherwise starts its head afresh."""
+        ...
+
     def apply_preprocessing(self, backbone: Any, prep: Any) -> None:
         """The body set to compute the features `prep` records (its layers, its encoding)."""
         ...

@@ -368,6 +368,10 @@ class ImageModality:
     def feature_choice_name(self, prep: Any, layers: int) -> str:
         return "the pooled last stage"
 
+    def fine_tunes_from_probe(self, prep: Any) -> bool:
+        """LP-FT's head-only phase decides (`recipes.probes_first`)."""
+        return False
+
     def apply_preprocessing(self, backbone: Any, prep: Any) -> None:
         """An image body computes one kind of features."""
 

@@ -511,6 +511,12 @@ class TextModality:
             return prep.with_length(config.max_length)
         return length_from_data(backbone.tokenizer, splits.train.sources, prep)
 
+    def fine_tunes_from_probe(self, prep: TextPreprocessing) -> bool:
+        """A bi-encoder regressing the cosine of its two embeddings continues from the probe's
+        calibration of that cosine (a fresh one-input head would start at a random sign and
+        scale); other text fine-tuning starts its head afresh (`TEXT_DEFAULTS`)."""
+        return prep.bi and prep.pair_features == "cosine"
+
     def apply_preprocessing(self, backbone: Any, prep: TextPreprocessing) -> None:
         """The body set to pool `prep`'s layers and encode pairs as it records; the width follows."""
         hidden = _hidden_size(backbone)

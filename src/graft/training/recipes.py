@@ -478,6 +478,15 @@ def probes_first(config: TrainConfig, plan: Plan) -> bool:
     return plan.strategy == "finetune" and plan.freeze_epochs > 0 and config.bn == "frozen"
 
 
+def starts_from_probe(job: Job, plan: Plan | None = None) -> bool:
+    """Whether fine-tuning continues from the probe's head: LP-FT's head-only phase (`probes_first`),
+    or where the modality's features for it need the probe's fit (a bi-encoder's cosine, which
+    Sentence-BERT's regression objective takes as it is, calibrated to the target by the probe)."""
+    plan = plan or job.plan
+    own = plan.strategy == "finetune" and job.modality.fine_tunes_from_probe(job.prep)
+    return probes_first(job.config, plan) or own
+
+
 def probe_head(job: Job) -> TrainResult:
     """finetune's head-only phase as a linear probe on cached features (LP-FT, Kumar et al. 2022):
     the head converges in seconds instead of epochs of backbone passes, and fine-tuning then starts
@@ -497,7 +506,7 @@ def probe_head(job: Job) -> TrainResult:
         probe_job,
         with_test=False,
         phase="head-only phase, a linear probe on cached features"
-        if probes_first(job.config, replace(job.plan, strategy="finetune"))
+        if starts_from_probe(job, replace(job.plan, strategy="finetune"))
         else "linear probe (a candidate: fine-tuning starts afresh and must beat it)",
     )
     result.initial_head = result.initial_head or initial  # the kept feature layers' head, if chosen
@@ -549,7 +558,7 @@ def resume_key(config: TrainConfig, plan: Plan) -> dict[str, Any]:
     skip.add("devices")  # a run may continue on another number of processes (not bit for bit)
     # options added later: at their defaults, a checkpoint written before them resumes as it was
     defaults = {"resize": "fixed", "task": "auto", "label_separator": "|", "feature_layers": "auto"}
-    defaults["image_column"] = None
+    defaults |= {"image_column": None, "pair_encoding": "auto"}
     skip.update(name for name, default in defaults.items() if getattr(config, name) == default)
     return {k: v for k, v in config.to_dict().items() if k not in skip} | {"strategy": plan.strategy}
 
@@ -639,7 +648,7 @@ def _probes_to_beat(job: Job, probe: TrainResult | None) -> tuple[TrainResult | 
     """The probe fine-tuning starts from and is measured against (run here when the plan probes
     first and none ran), and the probe on more feature layers where it kept those, which the
     fine-tuned model must also beat on validation (`_unless_wider_probe`)."""
-    if probe is None and probes_first(job.config, job.plan):
+    if probe is None and starts_from_probe(job):
         probe = probe_head(job)
     if probe is None or probe.more_layers is None or probe.fewest_layers is None:
         return probe, None
@@ -828,7 +837,7 @@ def _starting_model(
     model = job.modality.prepare_model(job.model, job.device)
     probe_flips = model.flip_average  # the probe's head on flip-averaged features (--flip-features)
     model.flip_average = False  # fine-tuning trains and evaluates on each image as it is
-    continues = probe is not None and probes_first(job.config, job.plan)
+    continues = probe is not None and starts_from_probe(job)
     candidate = None
     if probe is not None and not continues:
         candidate = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
@@ -902,6 +911,15 @@ def _finetune_result(
         test_set = job.modality.eval_set(job.backbone, job.prep, splits.test, splits.skipped)
         result.test = metrics_of(model, test_set, task)
     return result
+
+
+def evaluate_test(job: Job, result: TrainResult) -> None:
+    """The model as it is kept on the test split, one full pass, into `result.test` (for a run
+    that chose between models before testing any: `runner._best_encoding`)."""
+    splits = job.splits
+    if splits.test is not None:
+        test_set = job.modality.eval_set(job.backbone, job.prep, splits.test, splits.skipped)
+        result.test = metrics_of(job.model, test_set, job.task)
 
 
 def task_loss(job: Job) -> Any:
