@@ -9,6 +9,7 @@ import csv
 import io
 import json
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,12 +83,13 @@ def similarity(tmp_path_factory) -> dict[str, Path]:
 
 
 def _config(data: dict[str, Path], out: str, **changes) -> TrainConfig:
-    return TrainConfig(
+    config = TrainConfig(
         data=str(data["train"]), val=str(data["val"]), text_column="sentence1,sentence2",
         label_column="score", task="regression", strategy="linear", epochs=5,
         precision="fp32",  # the zero-shot cosine below is fp32's (bf16 moves these close scores)
-        out=str(data["root"] / out), **changes,
-    )
+        out=str(data["root"] / out),
+    )  # fmt: skip
+    return replace(config, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -208,3 +210,32 @@ def test_older_preprocessing_reads_as_a_cross_encoder() -> None:
     prep = TextPreprocessing.from_dict({"max_length": 64, "model_max_length": 512, "pooling": "mean",
                                         "pad_id": 0, "pairs": True})
     assert prep.pair_encoding == "cross" and not prep.bi
+
+
+def test_a_fine_tuned_pair_regression_that_ranks_below_its_probe_gives_way_to_it(
+    similarity, minilm, monkeypatch
+) -> None:
+    """Keep-best follows R2; the probe's R2 reported at minus infinity, keep-best keeps the
+    fine-tuned epoch that a learning rate far too high wrecked. The run still ends with the probe
+    (the zero-shot cosine, calibrated): a regression's models are ranked by Spearman at the end."""
+    from graft.training import recipes
+
+    probe_once = recipes._probe_once
+
+    def reported_worse(job, **kwargs):
+        result = probe_once(job, **kwargs)
+        result.val = {**result.val, "r2": -1e9}
+        return result
+
+    monkeypatch.setattr(recipes, "_probe_once", reported_worse)
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(similarity["root"] / "cache"))
+    config = _config(similarity, "wrecked", pair_encoding="bi", strategy="finetune", epochs=1, lr=0.5,
+                     feature_layers="1", overwrite=True)  # fmt: skip
+    lines: list[str] = []
+    report = run(config, log=lines.append).report
+    assert report["history"][-1]["epoch"] == 1
+    assert any(line.startswith("the probe is kept: validation spearman") for line in lines)
+    assert report["kept"]["epoch"] == 0
+    val_pairs, val_scores = _rows(similarity["val"])
+    zero_shot = _zero_shot_spearman(minilm, val_pairs, val_scores, report["preprocessing"]["max_length"])
+    assert report["validation"]["spearman"] >= zero_shot - 0.005

@@ -572,7 +572,7 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     train_set, val_set = _prepared_sets(job)
     model, continues, candidate, probe_flips = _starting_model(job, probe, train_set)
     probe_weights = _probe_weights(job, model, probe, continues, candidate)  # for the interpolation
-    pretrained = None if wider is None else candidate if candidate is not None else _cpu_weights(model)
+    pretrained, ranked = _probes_as_weights(job, model, probe, wider, candidate)
     groups = [*job.backbone.trainable_groups(), (strategies.HEAD, list(model.head.parameters()))]
     fit_batch_to_memory(job, model, groups, train_set)
     plan = job.plan  # the batch that fits, and its LR
@@ -631,6 +631,7 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     train_seconds = time.perf_counter() - t_train
     kept = _kept_weights(job, model, keep, history, probe, probe_weights, val_set)
     kept = _unless_wider_probe(job, model, wider, pretrained, kept)
+    kept = _unless_probe_ranks_higher(job, model, probe, ranked, kept, val_set)
     mix = kept.get("interpolation")
     model.flip_average = probe_flips and (mix["alpha"] == 0 if mix else kept["epoch"] == 0)  # the probe's way
     scratch = [*([] if config.keep_checkpoint else checkpointer.files()), job.run_dir / "best.safetensors"]
@@ -699,6 +700,49 @@ def _unless_wider_probe(
     line = f"the probe on {job.modality.feature_choice_name(job.prep, wider.layers)} is kept: {what} {shown}"
     job.log(line)
     return {"epoch": 0, monitor: bar, "reason": line + " (the fine-tuned model's)"}
+
+
+def _probes_as_weights(
+    job: Job,
+    model: GraftModel,
+    probe: TrainResult | None,
+    wider: ProbeState | None,
+    candidate: dict[str, torch.Tensor] | None,
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
+    """The weights fine-tuning's end is measured against, taken before it trains: the pretrained
+    body for a wider probe (`_unless_wider_probe`), and the probe as a whole model (that body, the
+    probe's head) where the task ranks models by another metric than the one keep-best follows (a
+    regression: Spearman against R2; `_unless_probe_ranks_higher`). None where there is none."""
+    ranks = probe is not None and job.task.ranking(probe.val, len(job.splits.val))[0] != job.task.monitor
+    if wider is None and not ranks:
+        return None, None
+    weights = candidate if candidate is not None else _cpu_weights(model)
+    return (weights if wider is not None else None), (weights if ranks else None)
+
+
+def _unless_probe_ranks_higher(
+    job: Job,
+    model: GraftModel,
+    probe: TrainResult | None,
+    weights: dict[str, torch.Tensor] | None,
+    kept: dict[str, Any],
+    val_set: Any,
+) -> dict[str, Any]:
+    """The kept model, unless the probe ranks higher on validation by the task's own ranking (a
+    regression's Spearman, where keep-best followed R2): then the probe (`weights`), so a run never
+    ends below its probe on that metric. For a bi-encoder's cosine that probe is the encoder's
+    zero-shot similarity, calibrated: what using the encoder untrained would score."""
+    if probe is None or weights is None or kept.get("epoch") == 0:
+        return kept
+    n_val = len(job.splits.val)
+    metric, bar, _ = job.task.ranking(probe.val, n_val)
+    score = job.task.ranking(metrics_of(model, val_set, job.task), n_val)[1]
+    if not distributed.from_main(bar > score):  # one decision for all processes
+        return kept
+    model.load_state_dict(weights)
+    line = f"the probe is kept: validation {metric} {bar:.4f} against the fine-tuned model's {score:.4f}"
+    job.log(line)
+    return {"epoch": 0, monitored(job.task): probe.val[job.task.monitor], "reason": line}
 
 
 def _summary(
