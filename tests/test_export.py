@@ -145,7 +145,7 @@ def test_graft_predict_on_an_exported_onnx_file(image_export, image_run) -> None
     table.write_text("image\n" + "".join(f"{Path(f).relative_to(table.parent)}\n" for f in files))
     code, stdout, stderr = _cli(["predict", str(out), "--input", str(table), "--top-k", "2", "--json"])
     assert code == 0, stderr
-    from_table = json.loads(stdout.strip().splitlines()[-1])
+    from_table = json.loads(stdout.strip().splitlines()[-1])["predictions"]
     assert [r["input"] for r in from_table] == files
     assert [r["predictions"] for r in from_table] == [r["predictions"] for r in rows]
 
