@@ -1,88 +1,279 @@
 """--time-budget counts everything, from the start of the run to the written bundle.
 
 Reading and extracting the data is usually the largest fixed cost (5,000 CIFAR-10 images at
-224 px: over 200 s on 2 CPU cores), so before it starts a timed sample of extraction sizes it.
-When the data cannot be read within its share of the budget, the run says so at once (the
-estimate, and what would fit) and trains on a stratified subset that fits, recorded in the plan
-and report.json. Fine-tuning then plans on what is left (`left`), and its deadline keeps back the
-final evaluation and writing (`recipes.finetune`).
+224 px: over 200 s on 2 CPU cores), so before it starts a timed sample of extraction sizes it, on
+the engine the whole extraction will run on (`graft.engine.part_of`). When the data cannot be read
+within its share of the budget, the run says so at once (the estimate, and what would fit) and
+plans a stratified subset that fits. A sample's estimate is rough (a busy machine, one-off costs,
+a short sample's padding: 2.6-4.4x too slow was seen under load), so a probe's extraction then runs
+in chunks, the training inputs in a seeded order whose every prefix is stratified: the first chunk
+is the planned subset, and after each one the speed measured so far decides how many more still
+fit the share (the test set's extraction kept back). The subset grows while extraction runs faster
+than estimated. The plan and report.json (`data.budget_subset`) record the planned and the used
+counts; the features extracted are the feature cache's entry for the training and validation
+inputs finally used, as one extraction of them would be. Fine-tuning then plans on what is left
+(`left`), and its deadline keeps back the final evaluation and writing (`recipes.finetune`).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import distributed
-from .features import cached_path
+from ..engine import part_of
+from ..modalities.base import Features
+from . import sizing, strategies
+from .features import cached_path, extract, store
 
 if TYPE_CHECKING:
     from .recipes import Job
 
 SAMPLE_INPUTS = 32  # inputs extracted (uncached) to time extraction on this machine and data
-# the share of the budget that reading and extracting may take: the rest is for training the head
-# (linear) or for the probe's head, decoding the training inputs again and fine-tuning (the others)
-EXTRACT_SHARE = {"linear": 0.8, "finetune": 0.5, "gradual": 0.5, "auto": 0.5}
+# the share of the budget that reading and extracting may take (the test set's included): the rest
+# is for training the head, a second or two (linear), or for the probe's head, decoding the training
+# inputs again and fine-tuning (the others)
+EXTRACT_SHARE = {"linear": 0.85, "finetune": 0.5, "gradual": 0.5, "auto": 0.5}
 MIN_PER_CLASS = 2  # a subset keeps at least this many training inputs of every class
+# growing stops when fewer inputs than this still fit: each chunk pays its own set-up (decoding
+# workers, the engine's check), which a handful of inputs does not repay
+MIN_CHUNK = 8
+
+
+def _now() -> float:
+    """The run's clock for the budget (one place: a test can make extraction seem slow or fast)."""
+    return time.perf_counter()
 
 
 def left(job: Job) -> float | None:
     """Seconds of --time-budget not yet spent (None without a budget)."""
     if not job.config.time_budget:
         return None
-    return job.config.time_budget - (time.perf_counter() - job.started)
+    return job.config.time_budget - (_now() - job.started)
+
+
+@dataclass(frozen=True)
+class _Estimate:
+    seconds_per_input: float  # from the timed sample
+    n_eval: int  # evaluation inputs read besides the training ones (validation, test)
+    work: str  # what was timed, for people
+    extracts: bool  # features (which can grow by chunks), or fine-tuning's decoding (which cannot)
 
 
 def fit_data_to_budget(job: Job, strategy: str) -> None:
     """Under --time-budget, before extraction: time a sample, and when reading the data would not
-    fit its share of the budget, train on a stratified subset that does (said at once, recorded)."""
+    fit its share of the budget, plan a stratified subset that does (said at once), grow it while
+    extraction runs faster than the sample said (`_grow`), and record both."""
     remaining = distributed.from_main(left(job))  # one plan for every process: rank 0's clock
     if remaining is None:
         return
     splits = job.splits
-    n_eval = len(splits.val) + (len(splits.test) if splits.test is not None else 0)
-    work = "reading and extracting"
-    if _extracts(job, strategy):
-        if not _extraction_ahead(job):
-            return
-        seconds_per_input = distributed.from_main(_time_extraction(job))
-        needed = (len(splits.train) + n_eval) * seconds_per_input
-    else:  # fine-tuning without a probe: decoding the training inputs once is the fixed cost
-        seconds_per_input = distributed.from_main(_time_preparation(job))
-        needed, n_eval, work = len(splits.train) * seconds_per_input, 0, "decoding"
-        if not needed:
-            return
-    share = EXTRACT_SHARE.get(strategy, 0.5) * remaining
-    if needed <= share:
+    n_all = len(splits.train) + len(splits.val) + (len(splits.test) if splits.test is not None else 0)
+    with part_of(n_all):  # the timed sample and the chunks: parts of one extraction (graft.engine)
+        _fit_within(job, strategy, remaining)
+
+
+def _fit_within(job: Job, strategy: str, remaining: float) -> None:
+    share = _share(job, strategy) * remaining
+    share_ends = _now() + share  # this process's clock: every decision against it is rank 0's
+    estimate = _estimate(job, strategy)
+    if estimate is None:
         return
-    classes = len(splits.classes)
-    fits = max(classes * MIN_PER_CLASS, int(share / seconds_per_input) - n_eval)
+    splits, rate = job.splits, estimate.seconds_per_input
+    needed = (len(splits.train) + estimate.n_eval) * rate
+    room = distributed.from_main(share_ends - _now())  # the share, less the timing itself
+    if needed <= room:
+        return
+    fits = max(max(1, len(splits.classes)) * MIN_PER_CLASS, int(room / rate) - estimate.n_eval)
     if fits >= len(splits.train):
         return
-    chosen = _stratified(splits.train.labels, fits, job.config.seed)
-    budget = job.config.time_budget
-    whole = math.ceil(needed / EXTRACT_SHARE.get(strategy, 0.5) + (budget - remaining))
-    note = (
-        f"time budget {budget:.0f}s: {work} all {len(splits.train) + n_eval} "
-        f"{job.modality.unit} would take about {needed:.0f}s, more than the {share:.0f}s share of the "
-        f"budget it may use; training on a stratified subset of {len(chosen)} of the "
-        f"{len(splits.train)} training {job.modality.unit} that fits (for all of them: "
-        f"--time-budget {whole} or more, or smaller inputs: --image-size, --max-length)"
-    )
-    job.log(note)
-    job.plan = job.plan.with_note(note)
+    order = _stratified_order(splits.train.labels, job.config.seed)
+    job.log(_subset_note(job, estimate, remaining, fits, needed))  # at once, before the long part
     job.budget_subset = {
-        "note": note,
-        "train": len(chosen),
+        "planned": fits,  # from the timed sample's estimate
+        "train": fits,  # the training inputs used
         "of": len(splits.train),
-        "seconds_per_input": round(seconds_per_input, 5),
+        "seconds_per_input": round(rate, 5),
         "estimated_extraction_seconds": round(needed, 1),
     }
-    job.splits = replace(splits, train=splits.train.subset(chosen))
+    used, measured = _grow(job, order, fits, share_ends) if estimate.extracts else (fits, None)
+    note = _subset_note(job, estimate, remaining, used, needed, measured)
+    if measured is not None:
+        job.budget_subset["measured_seconds_per_input"] = round(measured, 5)
+        job.log(note)
+    job.budget_subset.update(train=used, note=note)
+    job.plan = job.plan.with_note(note)
+    job.splits = replace(splits, train=splits.train.subset(np.sort(order[:used])))
+
+
+def _share(job: Job, strategy: str) -> float:
+    """The share of the budget left that reading and extracting may take. `auto` on data too small
+    to fine-tune ends with its probe (`strategies.choose_strategy`): it takes linear's share."""
+    per_class = job.task.examples_per_group(len(job.splits.train))
+    if strategy == "auto" and per_class < strategies.MIN_PER_CLASS_TO_FINETUNE:
+        strategy = "linear"
+    return EXTRACT_SHARE.get(strategy, 0.5)
+
+
+def _estimate(job: Job, strategy: str) -> _Estimate | None:
+    """The timed sample's speed; None when nothing is left to read (the features are cached)."""
+    splits = job.splits
+    if _extracts(job, strategy):
+        if not _extraction_ahead(job):
+            return None
+        n_eval = len(splits.val) + (len(splits.test) if splits.test is not None else 0)
+        seconds = distributed.from_main(_time_extraction(job))  # on the engine the whole will use
+        return _Estimate(seconds, n_eval, "reading and extracting", extracts=True)
+    # fine-tuning without a probe: decoding the training inputs once is the fixed cost
+    seconds = distributed.from_main(_time_preparation(job))
+    return _Estimate(seconds, 0, "decoding", extracts=False) if seconds else None
+
+
+def _subset_note(
+    job: Job, estimate: _Estimate, remaining: float, used: int, needed: float, measured: float | None = None
+) -> str:
+    """What the budget does to the data, and what all of it would need: from the timed sample's
+    estimate, or once extraction ran, from its `measured` seconds per input."""
+    n_train, unit = len(job.splits.train), job.modality.unit
+    budget, fraction = float(job.config.time_budget or 0), _share(job, job.config.strategy)
+    said = (
+        f"time budget {budget:.0f}s: {estimate.work} all {n_train + estimate.n_eval} {unit} would take "
+        f"about {needed:.0f}s by a timed sample, more than the {fraction * remaining:.0f}s share of the "
+        "budget it may use"
+    )
+    if measured is None:
+        grows = ", grown while extraction runs faster than this estimate" if estimate.extracts else ""
+        subset = f"training on a stratified subset of {used} of the {n_train} training {unit} that fits"
+        subset += grows
+    else:
+        planned = job.budget_subset["planned"] if job.budget_subset else used
+        said += f"; extraction then ran at {measured:.3g}s per input"
+        if used == n_train:
+            return f"{said}, and all {n_train} training {unit} were used (a subset of {planned} was planned)"
+        needed = (n_train + estimate.n_eval) * measured
+        subset = (
+            f"training on a stratified subset of {used} of the {n_train} training {unit} "
+            f"({planned} planned, grown while the share allowed)"
+        )
+    whole = math.ceil(needed / fraction + (budget - remaining))
+    advice = f"for all of them: --time-budget {whole} or more, or smaller inputs: --image-size, --max-length"
+    return f"{said}; {subset} ({advice})"
+
+
+def _grow(job: Job, order: np.ndarray, planned: int, share_ends: float) -> tuple[int, float]:
+    """Extract the validation inputs, then the training inputs in `order` by chunks, the first the
+    `planned` ones; after each, the speed measured so far decides how many more still fit before
+    `share_ends` (`_next_chunk`). Returns how many training inputs were extracted and the seconds
+    per input measured; their features, with validation's, wait in `job.extracted` for the probe,
+    and are the feature cache's entry for exactly those inputs."""
+    splits = job.splits
+    n_test = len(splits.test) if splits.test is not None else 0
+    choices = _layer_choices(job, planned)
+    train_parts: list[Features] = []
+    with _as_the_probe_extracts(job, choices) as prep:
+        val, spent = _timed_extraction(job, prep, splits.val.sources, "validation")
+        done, chunk, rate = 0, planned, spent / max(1, len(splits.val))
+        while chunk:
+            sources = [splits.train.sources[i] for i in order[done : done + chunk]]
+            shown = f"training, {done + chunk} of {len(order)}"
+            feats, seconds = _timed_extraction(job, prep, sources, shown)
+            train_parts.append(feats)
+            done, spent = done + chunk, spent + seconds
+            rate = spent / (done + len(splits.val))
+            more = _next_chunk(job, done, len(order), rate, share_ends, n_test, choices)
+            chunk = distributed.from_main(more)  # rank 0's clock decides for every process
+    train = _joined(train_parts, np.argsort(order[:done]))  # in the subset's order: sorted positions
+    both = replace(_joined([train, val]), seconds=spent)
+    sources = [*(splits.train.sources[i] for i in np.sort(order[:done])), *splits.val.sources]
+    path = cached_path(job.modality, job.backbone, prep, sources, job.config.flip_features)
+    store(path, both)
+    job.extracted = (path, both)
+    return done, rate
+
+
+def _next_chunk(
+    job: Job, done: int, total: int, rate: float, share_ends: float, n_test: int, choices: tuple[int, ...]
+) -> int:
+    """How many more training inputs to extract: what fits before `share_ends` at `rate` with the
+    test set's extraction kept back, at most as many as are done (a burst of load is seen before it
+    costs much), and none where fewer than MIN_CHUNK fit or more inputs would change the probe's
+    choice of feature layers (its features were extracted for this one)."""
+    fits = int((share_ends - _now() - n_test * rate) / max(rate, 1e-9))
+    more = min(total - done, fits, max(MIN_CHUNK, done))
+    if more <= 0 or (more < MIN_CHUNK and more < total - done):
+        return 0
+    return more if _layer_choices(job, done + more) == choices else 0
+
+
+def _timed_extraction(job: Job, prep: Any, sources: Sequence[Any], desc: str) -> tuple[Features, float]:
+    """Features of `sources` (shared out between processes) and the seconds they took."""
+    started = _now()
+    feats = extract(
+        job.modality,
+        job.backbone,
+        prep,
+        sources,
+        flip=job.config.flip_features,
+        batch_size=sizing.inference_batch(job.device, 64),
+        desc=desc,
+        engine=job.config.engine,
+    )
+    return feats, _now() - started
+
+
+def _joined(parts: list[Features], order: np.ndarray | None = None) -> Features:
+    """The rows of several extractions one after another (then taken in `order`, when given)."""
+    values = np.concatenate([p.values for p in parts]).astype(np.float32, copy=False)
+    ok = np.concatenate([p.ok for p in parts])
+    offsets = np.cumsum([0, *(len(p.ok) for p in parts)])
+    failures = {
+        int(first) + i: why for first, p in zip(offsets, parts, strict=False) for i, why in p.failures.items()
+    }
+    seconds = sum(p.seconds for p in parts)
+    engine = next((p.engine for p in parts if p.engine), None)
+    if order is not None:
+        position = np.empty(len(order), dtype=np.int64)
+        position[order] = np.arange(len(order))  # where each joined row goes
+        values, ok = values[order], ok[order]
+        failures = {int(position[i]): why for i, why in failures.items()}
+    return Features(values, ok, failures, seconds, cached=False, engine=engine)
+
+
+def taken_extraction(job: Job, sources: Sequence[Any]) -> Features | None:
+    """The features `_grow` extracted, once, when `sources` (with the body's current
+    preprocessing) are what they were extracted for; otherwise None."""
+    if job.extracted is None:
+        return None
+    path, feats = job.extracted
+    if path != cached_path(job.modality, job.backbone, job.prep, sources, job.config.flip_features):
+        return None
+    job.extracted = None
+    return feats
+
+
+def _layer_choices(job: Job, n_train: int) -> tuple[int, ...]:
+    """The probe's choice of feature layers for `n_train` training inputs and the validation ones."""
+    n_examples = n_train + len(job.splits.val)
+    return tuple(job.modality.feature_layer_choices(job.config, job.backbone, n_examples))
+
+
+@contextmanager
+def _as_the_probe_extracts(job: Job, choices: tuple[int, ...]) -> Iterator[Any]:
+    """The preprocessing the probe extracts its features with, the body set up for it meanwhile:
+    under a choice of feature layers the widest's, whose one extraction serves every choice."""
+    if not choices:
+        yield job.prep
+        return
+    try:
+        yield job.modality.use_feature_layers(job.backbone, job.prep, max(choices))
+    finally:
+        job.modality.use_feature_layers(job.backbone, job.prep, min(choices))  # before the probe: the fewest
 
 
 def _extracts(job: Job, strategy: str) -> bool:
@@ -112,14 +303,15 @@ def _probe_prep(job: Job, n_examples: int) -> Any:
 
 def _time_extraction(job: Job) -> float:
     """Seconds per input of extraction (reading, decoding, the forward pass) on a few training
-    inputs, after one warm-up batch (the first pays one-off set-up)."""
+    inputs, after one warm-up batch (the first pays one-off set-up: an ONNX export, say), on the
+    engine the job's extraction will use (inside `part_of`, `_estimate`)."""
     sources = list(job.splits.train.sources)
     warm = sources[: min(8, len(sources))]
     sample = sources[len(warm) : len(warm) + SAMPLE_INPUTS] or warm
     options: dict[str, Any] = {"flip": job.config.flip_features, "batch_size": 64, "desc": "timing"}
-    job.modality.encode(job.backbone, job.prep, warm, **options, engine="torch")
+    job.modality.encode(job.backbone, job.prep, warm, **options, engine=job.config.engine)
     started = time.perf_counter()
-    job.modality.encode(job.backbone, job.prep, sample, **options, engine="torch")
+    job.modality.encode(job.backbone, job.prep, sample, **options, engine=job.config.engine)
     return (time.perf_counter() - started) / len(sample)
 
 
@@ -128,16 +320,17 @@ def _time_preparation(job: Job) -> float:
     return job.modality.preparation_seconds(job.prep, job.splits.train.sources)
 
 
-def _stratified(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Sorted positions of `size` inputs, every class in proportion and at least MIN_PER_CLASS."""
+def _stratified_order(labels: np.ndarray, seed: int) -> np.ndarray:
+    """A seeded order of the training positions whose every prefix is a stratified subset:
+    MIN_PER_CLASS of every class first, then each class at its share of the way (the j-th of a
+    class of n at (j + 0.5) / n), so that a prefix holds every class in proportion."""
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     if labels.ndim == 2:  # several labels or numbers an example: no class to stratify by
-        return np.sort(rng.choice(len(labels), size=min(size, len(labels)), replace=False)).astype(np.int64)
-    classes, counts = np.unique(labels, return_counts=True)
-    share = np.maximum(MIN_PER_CLASS, np.floor(size * counts / counts.sum()).astype(int))
-    picked = [
-        rng.choice(np.flatnonzero(labels == c), size=min(int(k), int(n)), replace=False)
-        for c, k, n in zip(classes, share, counts, strict=True)
-    ]
-    return np.sort(np.concatenate(picked)).astype(np.int64)
+        return rng.permutation(len(labels)).astype(np.int64)
+    rank = np.empty(len(labels))
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        j = np.arange(len(members))
+        rank[members] = np.where(j < MIN_PER_CLASS, j - MIN_PER_CLASS, (j + 0.5) / len(members))
+    return np.lexsort((rng.random(len(labels)), rank)).astype(np.int64)  # ties: in a seeded order

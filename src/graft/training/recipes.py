@@ -71,6 +71,8 @@ class Job:
     log: Log
     task: Task = field(default_factory=lambda: get_task("single"))  # fitted to the training labels
     budget_subset: dict[str, Any] | None = None  # the training subset --time-budget allowed, if any
+    # features --time-budget extracted while it grew the subset (their cache path, them): the probe's
+    extracted: tuple[Path, Features] | None = None
     tracking: Tracking = field(default_factory=Tracking)  # --log-to; off by default
 
 
@@ -237,7 +239,7 @@ class _FeatureSet:
 
 
 def _features(job: Job, data: Labelled, desc: str) -> Features:
-    feats = cached_features(
+    feats = budget.taken_extraction(job, data.sources) or cached_features(
         job.modality,
         job.backbone,
         data.sources,
