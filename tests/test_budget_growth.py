@@ -141,3 +141,37 @@ def test_every_prefix_of_the_order_is_a_stratified_subset():
         want = size * np.bincount(labels) / len(labels)
         assert np.abs(counts - want).max() <= 2.5, (size, counts, want)
     assert (budget._stratified_order(labels, seed=3) == order).all()  # seeded
+
+
+def test_texts_grow_too_and_the_probe_finds_its_four_layer_features(tmp_path, monkeypatch):
+    """Text, with the probe choosing between the last layer and the last four: the chunks are
+    extracted with the four layers' features (which serve both choices), the subset grows to all
+    the reviews, and the probe extracts nothing again (only the test set is left)."""
+    from conftest import write_reviews
+
+    from graft.modalities.text import TextModality
+
+    clock = VirtualClock()
+    calls: list[int] = []
+    real = TextModality.encode
+
+    def encode(self, backbone, prep, sources, **kw):
+        clock.extra += 0.05 * len(sources)
+        calls.append(len(sources))
+        return real(self, backbone, prep, sources, **kw)
+
+    monkeypatch.setattr(budget, "_now", clock.now)
+    monkeypatch.setattr(TextModality, "encode", encode)
+    monkeypatch.setattr(budget, "_time_extraction", lambda job: 5 * 0.05)
+    train, test = write_reviews(tmp_path / "train.csv", 120, 0), write_reviews(tmp_path / "test.csv", 20, 1)
+    config = TrainConfig(
+        data=str(train), test=str(test),
+        text_column="review", label_column="sentiment", strategy="linear", epochs=30, time_budget=20.0,
+        out=str(tmp_path / "run"),
+    )  # fmt: skip
+    result = run(config, log=lambda line: None)
+    subset = result.report["data"]["budget_subset"]
+    job = result.job
+    assert subset["planned"] < subset["train"] == subset["of"] == len(job.splits.train)
+    assert sum(calls) == len(job.splits.train) + len(job.splits.val) + 20  # each once, the test set last
+    assert any(note.startswith("feature layers") for note in result.report["plan"]["notes"])
