@@ -51,12 +51,11 @@ def slow_extraction(mp: pytest.MonkeyPatch, seconds_per_image: float, sample_fac
     return clock
 
 
-def budget_run(tmp_path, seconds: float, **options):
+def budget_run(tmp_path, seconds: float, strategy: str = "linear"):
     data = make_image_folder(tmp_path / "data", per_class=66, seed=0)
     config = TrainConfig(
-        data=str(data), strategy="linear", image_size=32, time_budget=seconds, out=str(tmp_path / "run"),
-        **options,
-    )  # fmt: skip
+        data=str(data), strategy=strategy, image_size=32, time_budget=seconds, out=str(tmp_path / "run")
+    )
     lines: list[str] = []
     return run(config, log=lines.append), lines
 
@@ -76,12 +75,14 @@ def test_all_the_data_is_used_when_it_fits_though_the_sample_said_it_would_not(t
     assert said[0] in result.report["plan"]["notes"]
 
 
-def test_the_subset_grows_past_the_plan_and_the_run_ends_within_its_budget(tmp_path, monkeypatch):
+@pytest.mark.parametrize("strategy", ["linear", "auto"])
+def test_the_subset_grows_past_the_plan_and_the_run_ends_within_its_budget(tmp_path, monkeypatch, strategy):
     """All the images take 40 s (virtual) of a 30 s budget: not all of them fit. The subset
     still grows well past what the slow sample planned, stays stratified, and the run ends within
-    its budget having used at least 80% of it."""
+    its budget having used at least 80% of it. `auto`, whose own share would read too little to
+    fine-tune, reads in a probe's share and keeps to the probe (it has no time left to fine-tune)."""
     clock = slow_extraction(monkeypatch, seconds_per_image=0.2, sample_factor=5)
-    result, lines = budget_run(tmp_path, 30.0)
+    result, lines = budget_run(tmp_path, 30.0, strategy=strategy)
     subset = result.report["data"]["budget_subset"]
     assert subset["planned"] <= 10 and 4 * subset["planned"] < subset["train"] < N_TRAIN
     assert result.report["data"]["train"] == subset["train"]
@@ -90,6 +91,10 @@ def test_the_subset_grows_past_the_plan_and_the_run_ends_within_its_budget(tmp_p
     used = clock.now() - result.job.started
     assert 0.8 * 30.0 <= used <= 30.0, f"{used:.1f}s of a 30s budget"
     assert any(f"stratified subset of {subset['train']} of the {N_TRAIN}" in line for line in lines)
+    assert result.report["plan"]["strategy"] == "linear"
+    if strategy == "auto":
+        assert subset["auto"] == "linear" and subset["train"] >= 3 * 20  # grown past 20 a class
+        assert "too few to fine-tune" in result.report["strategy_choice"]["reason"]
 
 
 def test_the_grown_features_are_the_cache_entry_of_the_inputs_used(tmp_path, monkeypatch):
@@ -175,3 +180,20 @@ def test_texts_grow_too_and_the_probe_finds_its_four_layer_features(tmp_path, mo
     assert subset["planned"] < subset["train"] == subset["of"] == len(job.splits.train)
     assert sum(calls) == len(job.splits.train) + len(job.splits.val) + 20  # each once, the test set last
     assert any(note.startswith("feature layers") for note in result.report["plan"]["notes"])
+
+
+def test_auto_does_not_time_fine_tuning_that_the_time_left_cannot_hold(tmp_path, monkeypatch):
+    """`auto` with enough examples a class to consider fine-tuning, after an extraction that took
+    most of its share: an epoch costs more than a forward pass over the training inputs (what
+    their extraction took), so fewer seconds left than `epochs` of those rule fine-tuning out
+    without timing its steps (which took 80-90 s on a busy 2-core machine, past a 60 s budget)."""
+    from graft.training import recipes
+
+    clock = slow_extraction(monkeypatch, seconds_per_image=0.2, sample_factor=1.5)
+    timed: list[int] = []
+    monkeypatch.setattr(recipes, "estimate_epoch_seconds", lambda job, batch: timed.append(1) or 1.0)
+    result, _ = budget_run(tmp_path, 60.0, strategy="auto")
+    subset = result.report["data"]["budget_subset"]
+    assert "auto" not in subset and subset["train"] >= 3 * 20  # auto's own share: it weighs fine-tuning
+    assert timed == [] and result.report["plan"]["strategy"] == "linear"
+    assert clock.now() - result.job.started <= 60.0

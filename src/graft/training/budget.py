@@ -80,30 +80,40 @@ def fit_data_to_budget(job: Job, strategy: str) -> None:
 
 
 def _fit_within(job: Job, strategy: str, remaining: float) -> None:
-    share = _share(job, strategy) * remaining
-    share_ends = _now() + share  # this process's clock: every decision against it is rank 0's
+    started = _now()  # this process's clock: every decision against it is rank 0's
     estimate = _estimate(job, strategy)
     if estimate is None:
         return
     splits, rate = job.splits, estimate.seconds_per_input
     needed = (len(splits.train) + estimate.n_eval) * rate
-    room = distributed.from_main(share_ends - _now())  # the share, less the timing itself
+    fraction = _share(job, strategy, len(splits.train))
+    room = distributed.from_main(started + fraction * remaining - _now())  # less the timing itself
     if needed <= room:
         return
-    fits = max(max(1, len(splits.classes)) * MIN_PER_CLASS, int(room / rate) - estimate.n_eval)
+    fits = _fitting(job, room, rate, estimate.n_eval)
+    probe_only = _share(job, strategy, fits) != fraction  # `auto` on what fits ends with its probe
+    if probe_only:  # so reading takes linear's share, and `auto` keeps to the probe (`recipes.choose`)
+        fraction = _share(job, strategy, fits)
+        room = distributed.from_main(started + fraction * remaining - _now())
+        fits = _fitting(job, room, rate, estimate.n_eval)
     if fits >= len(splits.train):
         return
+    share_ends = started + fraction * remaining
     order = _stratified_order(splits.train.labels, job.config.seed)
-    job.log(_subset_note(job, estimate, remaining, fits, needed))  # at once, before the long part
+    shares = (remaining, fraction)
+    job.log(_subset_note(job, estimate, shares, fits, needed))  # at once, before the rest
     job.budget_subset = {
         "planned": fits,  # from the timed sample's estimate
         "train": fits,  # the training inputs used
         "of": len(splits.train),
         "seconds_per_input": round(rate, 5),
         "estimated_extraction_seconds": round(needed, 1),
+        "extraction_share": fraction,  # of the budget left when it was planned
     }
+    if probe_only:
+        job.budget_subset["auto"] = "linear"
     used, measured = _grow(job, order, fits, share_ends) if estimate.extracts else (fits, None)
-    note = _subset_note(job, estimate, remaining, used, needed, measured)
+    note = _subset_note(job, estimate, shares, used, needed, measured)
     if measured is not None:
         job.budget_subset["measured_seconds_per_input"] = round(measured, 5)
         job.log(note)
@@ -112,13 +122,27 @@ def _fit_within(job: Job, strategy: str, remaining: float) -> None:
     job.splits = replace(splits, train=splits.train.subset(np.sort(order[:used])))
 
 
-def _share(job: Job, strategy: str) -> float:
-    """The share of the budget left that reading and extracting may take. `auto` on data too small
-    to fine-tune ends with its probe (`strategies.choose_strategy`): it takes linear's share."""
-    per_class = job.task.examples_per_group(len(job.splits.train))
-    if strategy == "auto" and per_class < strategies.MIN_PER_CLASS_TO_FINETUNE:
+def _share(job: Job, strategy: str, n_train: int) -> float:
+    """The share of the budget left that reading and extracting `n_train` training inputs may
+    take. `auto` on data too small to fine-tune ends with its probe (`strategies.choose_strategy`):
+    it takes linear's share."""
+    if strategy == "auto" and job.task.examples_per_group(n_train) < strategies.MIN_PER_CLASS_TO_FINETUNE:
         strategy = "linear"
     return EXTRACT_SHARE.get(strategy, 0.5)
+
+
+# why `auto` keeps to the probe when the budget gave reading linear's share (`recipes.choose`)
+PROBE_ONLY_REASON = (
+    "under --time-budget, auto's share of it would read under {least} examples per class, too few to "
+    "fine-tune: reading took a probe's share instead, and the probe on the data read ends the run"
+)
+
+
+def _fitting(job: Job, room: float, seconds_per_input: float, n_eval: int) -> int:
+    """Training inputs that can be read in `room` seconds besides the evaluation ones (at least
+    MIN_PER_CLASS of every class)."""
+    least = max(1, len(job.splits.classes)) * MIN_PER_CLASS
+    return max(least, int(room / seconds_per_input) - n_eval)
 
 
 def _estimate(job: Job, strategy: str) -> _Estimate | None:
@@ -136,16 +160,23 @@ def _estimate(job: Job, strategy: str) -> _Estimate | None:
 
 
 def _subset_note(
-    job: Job, estimate: _Estimate, remaining: float, used: int, needed: float, measured: float | None = None
+    job: Job,
+    estimate: _Estimate,
+    shares: tuple[float, float],
+    used: int,
+    needed: float,
+    measured: float | None = None,
 ) -> str:
-    """What the budget does to the data, and what all of it would need: from the timed sample's
-    estimate, or once extraction ran, from its `measured` seconds per input."""
+    """What the budget does to the data (`shares`: the seconds left, and the fraction of them that
+    reading may take), and what all of it would need: from the timed sample's estimate, or once
+    extraction ran, from its `measured` seconds per input."""
     n_train, unit = len(job.splits.train), job.modality.unit
-    budget, fraction = float(job.config.time_budget or 0), _share(job, job.config.strategy)
+    budget, (remaining, fraction) = float(job.config.time_budget or 0), shares
+    share = fraction * remaining
     said = (
         f"time budget {budget:.0f}s: {estimate.work} all {n_train + estimate.n_eval} {unit} would take "
-        f"about {needed:.0f}s by a timed sample, more than the {fraction * remaining:.0f}s share of the "
-        "budget it may use"
+        f"about {needed:.0f}s by a timed sample, more than the {share:.0f}s share of the budget it "
+        "may use"
     )
     if measured is None:
         grows = ", grown while extraction runs faster than this estimate" if estimate.extracts else ""
@@ -161,7 +192,8 @@ def _subset_note(
             f"training on a stratified subset of {used} of the {n_train} training {unit} "
             f"({planned} planned, grown while the share allowed)"
         )
-    whole = math.ceil(needed / fraction + (budget - remaining))
+    # all of them, read in the share a run on all of them has, after what came before as now
+    whole = math.ceil(needed / _share(job, job.config.strategy, n_train) + budget - remaining)
     advice = f"for all of them: --time-budget {whole} or more, or smaller inputs: --image-size, --max-length"
     return f"{said}; {subset} ({advice})"
 

@@ -1018,6 +1018,19 @@ def estimate_epoch_seconds(job: Job, batch_size: int) -> float:
     return per_step * math.ceil(len(train) / batch_size)
 
 
+def _epoch_seconds(job: Job, probe: TrainResult, batch_size: int, epochs: int) -> float:
+    """Seconds per fine-tuning epoch for `auto`'s rule. Under --time-budget, when what is left
+    cannot hold `epochs` forward passes over the training inputs (what their extraction just
+    took: an epoch costs more), that lower bound already rules fine-tuning out, and timing steps
+    (minutes on a busy CPU) is not paid for."""
+    share = len(job.splits.train) / max(1, len(job.splits.train) + len(job.splits.val))
+    floor = probe.extract_seconds * share  # 0 when the features came from the cache
+    remaining = budget.left(job)
+    if remaining is not None and floor > 0 and epochs * floor > remaining:
+        return floor
+    return estimate_epoch_seconds(job, batch_size)
+
+
 @dataclass
 class Choice:
     strategy: str
@@ -1031,6 +1044,9 @@ def choose(job: Job) -> Choice:
     first (seconds to minutes: it is needed either way) and its validation score joins the
     rule (`strategies.choose_strategy`); fine-tuning then continues from it."""
     config, splits = job.config, job.splits
+    if job.budget_subset and job.budget_subset.get("auto") == "linear":  # the budget went to reading
+        least = strategies.MIN_PER_CLASS_TO_FINETUNE
+        return Choice("linear", budget.PROBE_ONLY_REASON.format(least=least), None, None)
     per_class = job.task.examples_per_group(len(splits.train))
     batch_size = (
         config.batch_size
@@ -1045,7 +1061,7 @@ def choose(job: Job) -> Choice:
         # the probe runs first for every modality: LP-FT continues from it (images), and where
         # fine-tuning starts afresh (text) it is the model to beat; either way `auto` can stop at it
         probe = probe_head(job)
-        epoch_seconds = distributed.from_main(estimate_epoch_seconds(job, batch_size))  # one choice for all
+        epoch_seconds = distributed.from_main(_epoch_seconds(job, probe, batch_size, epochs))  # one for all
     remaining = distributed.from_main(budget.left(job))  # counts the probe and all before it; rank 0's
     chosen, reason = strategies.choose_strategy(
         per_class,
