@@ -94,7 +94,7 @@ def test_the_subset_grows_past_the_plan_and_the_run_ends_within_its_budget(tmp_p
     assert result.report["plan"]["strategy"] == "linear"
     if strategy == "auto":
         assert subset["auto"] == "linear" and subset["train"] >= 3 * 20  # grown past 20 a class
-        assert "too few to fine-tune" in result.report["strategy_choice"]["reason"]
+        assert "reading took a probe's share" in result.report["strategy_choice"]["reason"]
 
 
 def test_the_grown_features_are_the_cache_entry_of_the_inputs_used(tmp_path, monkeypatch):
@@ -182,18 +182,47 @@ def test_texts_grow_too_and_the_probe_finds_its_four_layer_features(tmp_path, mo
     assert any(note.startswith("feature layers") for note in result.report["plan"]["notes"])
 
 
-def test_auto_does_not_time_fine_tuning_that_the_time_left_cannot_hold(tmp_path, monkeypatch):
-    """`auto` with enough examples a class to consider fine-tuning, after an extraction that took
-    most of its share: an epoch costs more than a forward pass over the training inputs (what
-    their extraction took), so fewer seconds left than `epochs` of those rule fine-tuning out
-    without timing its steps (which took 80-90 s on a busy 2-core machine, past a 60 s budget)."""
+def test_auto_that_keeps_its_probe_reads_on_in_the_time_fine_tuning_would_have_had(tmp_path, monkeypatch):
+    """`auto` whose share could read enough to fine-tune in one epoch (as on large data) keeps its
+    own share; when it then keeps the probe, extraction goes on to the end of a probe's share, the
+    probe trains again on the larger subset, and the run uses at least 80% of its budget."""
+    from graft.training import recipes, strategies
+
+    clock = slow_extraction(monkeypatch, seconds_per_image=0.3, sample_factor=1)
+    monkeypatch.setattr(strategies, "MIN_EXAMPLES_SEEN", 50)  # one epoch is enough, as on large data
+    monkeypatch.setattr(recipes, "estimate_epoch_seconds", lambda job, batch: 100.0)  # too slow to fit
+    lines: list[str] = []
+    data = make_image_folder(tmp_path / "data", per_class=66, seed=0)
+    config = TrainConfig(data=str(data), image_size=32, time_budget=60.0, out=str(tmp_path / "run"))
+    result = run(config, log=lines.append)
+    subset = result.report["data"]["budget_subset"]
+    grown = [line for line in lines if "extraction then ran at" in line]
+    assert "auto" not in subset and subset["extraction_share"] == budget.EXTRACT_SHARE["auto"]
+    assert len(grown) == 2 and result.report["plan"]["strategy"] == "linear"
+    first = int(grown[0].split("stratified subset of ")[1].split()[0])
+    assert first < subset["train"] < N_TRAIN and result.report["data"]["train"] == subset["train"]
+    assert sum(grown[-1] == note for note in result.report["plan"]["notes"]) == 1  # replaced, not added
+    used = clock.now() - result.job.started
+    assert 0.8 * 60 <= used <= 60, f"{used:.1f}s of a 60s budget"
+
+
+def test_auto_does_not_time_fine_tuning_that_the_time_left_cannot_hold(monkeypatch):
+    """An epoch costs more than a forward pass over the training inputs (what their extraction
+    took): with fewer seconds left than auto's epochs of that, fine-tuning is ruled out without
+    timing its steps (which took 80-90 s on a busy 2-core machine, past a 60 s budget)."""
+    from types import SimpleNamespace
+
     from graft.training import recipes
 
-    clock = slow_extraction(monkeypatch, seconds_per_image=0.2, sample_factor=1.5)
     timed: list[int] = []
-    monkeypatch.setattr(recipes, "estimate_epoch_seconds", lambda job, batch: timed.append(1) or 1.0)
-    result, _ = budget_run(tmp_path, 60.0, strategy="auto")
-    subset = result.report["data"]["budget_subset"]
-    assert "auto" not in subset and subset["train"] >= 3 * 20  # auto's own share: it weighs fine-tuning
-    assert timed == [] and result.report["plan"]["strategy"] == "linear"
-    assert clock.now() - result.job.started <= 60.0
+    monkeypatch.setattr(recipes, "estimate_epoch_seconds", lambda job, batch: timed.append(1) or 7.0)
+    monkeypatch.setattr(budget, "_now", lambda: 70.0)
+    splits = SimpleNamespace(train=[0] * 90, val=[0] * 10)
+    job = SimpleNamespace(config=TrainConfig(data="d", time_budget=100.0), started=0.0, splits=splits)
+    probe = SimpleNamespace(extract_seconds=20.0)  # 18 s of it for the training inputs; 30 s left
+    assert recipes._epoch_seconds(job, probe, 64, epochs=2) == 18.0 and timed == []
+    assert recipes._epoch_seconds(job, probe, 64, epochs=1) == 7.0 and timed == [1]
+    cached = SimpleNamespace(extract_seconds=0.0)  # features from the cache: no bound known
+    assert recipes._epoch_seconds(job, cached, 64, epochs=2) == 7.0 and len(timed) == 2
+    job.config = TrainConfig(data="d")  # no budget: timed as ever
+    assert recipes._epoch_seconds(job, probe, 64, epochs=2) == 7.0 and len(timed) == 3

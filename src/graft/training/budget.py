@@ -21,12 +21,14 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .. import distributed
+from ..data.splits import Labelled
 from ..engine import part_of
 from ..modalities.base import Features
 from . import sizing, strategies
@@ -86,16 +88,18 @@ def _fit_within(job: Job, strategy: str, remaining: float) -> None:
         return
     splits, rate = job.splits, estimate.seconds_per_input
     needed = (len(splits.train) + estimate.n_eval) * rate
-    fraction = _share(job, strategy, len(splits.train))
+    fraction = EXTRACT_SHARE.get(strategy, 0.5)
     room = distributed.from_main(started + fraction * remaining - _now())  # less the timing itself
+    read = min(len(splits.train), _fitting(job, room, rate, estimate.n_eval))  # in its own share
+    # `auto` that could not fine-tune what its share reads ends with its probe: it reads in linear's
+    # share instead, and keeps to the probe (`recipes.choose`)
+    probe_only = strategy == "auto" and not _may_fine_tune(job, read, rate, remaining)
+    if probe_only:
+        fraction = EXTRACT_SHARE["linear"]
+        room = distributed.from_main(started + fraction * remaining - _now())
     if needed <= room:
         return
     fits = _fitting(job, room, rate, estimate.n_eval)
-    probe_only = _share(job, strategy, fits) != fraction  # `auto` on what fits ends with its probe
-    if probe_only:  # so reading takes linear's share, and `auto` keeps to the probe (`recipes.choose`)
-        fraction = _share(job, strategy, fits)
-        room = distributed.from_main(started + fraction * remaining - _now())
-        fits = _fitting(job, room, rate, estimate.n_eval)
     if fits >= len(splits.train):
         return
     share_ends = started + fraction * remaining
@@ -112,29 +116,98 @@ def _fit_within(job: Job, strategy: str, remaining: float) -> None:
     }
     if probe_only:
         job.budget_subset["auto"] = "linear"
-    used, measured = _grow(job, order, fits, share_ends) if estimate.extracts else (fits, None)
-    note = _subset_note(job, estimate, shares, used, needed, measured)
-    if measured is not None:
-        job.budget_subset["measured_seconds_per_input"] = round(measured, 5)
-        job.log(note)
-    job.budget_subset.update(train=used, note=note)
-    job.plan = job.plan.with_note(note)
-    job.splits = replace(splits, train=splits.train.subset(np.sort(order[:used])))
+    if not estimate.extracts:  # fine-tuning's decoding: the planned subset, as it is
+        note = _subset_note(job, estimate, shares, fits, needed)
+        job.budget_subset["note"] = note
+        job.plan = job.plan.with_note(note)
+        job.splits = replace(splits, train=splits.train.subset(np.sort(order[:fits])))
+        return
+    probe_ends = started + EXTRACT_SHARE["linear"] * remaining
+    growing = job.growing = Growing(splits.train, order, estimate, shares, needed, probe_ends)
+    with _as_the_probe_extracts(job, _layer_choices(job, fits)) as prep:
+        growing.prep, growing.choices = prep, _layer_choices(job, fits)
+        growing.val, growing.spent = _timed_extraction(job, prep, splits.val.sources, "validation")
+        _grow(job, growing, fits, share_ends)
+    _settle(job, growing)
 
 
-def _share(job: Job, strategy: str, n_train: int) -> float:
-    """The share of the budget left that reading and extracting `n_train` training inputs may
-    take. `auto` on data too small to fine-tune ends with its probe (`strategies.choose_strategy`):
-    it takes linear's share."""
-    if strategy == "auto" and job.task.examples_per_group(n_train) < strategies.MIN_PER_CLASS_TO_FINETUNE:
-        strategy = "linear"
-    return EXTRACT_SHARE.get(strategy, 0.5)
+@dataclass
+class Growing:
+    """A subset extracted in chunks (`_grow`): what continues it, and its features for the probe."""
+
+    train: Labelled  # all the training inputs, which `order` indexes
+    order: np.ndarray
+    estimate: _Estimate
+    shares: tuple[float, float]  # the seconds left when it was planned, and reading's share of them
+    needed: float  # the timed sample's estimate for all the data
+    probe_ends: float  # the end of linear's share: `auto` that keeps its probe reads until then
+    prep: Any = None
+    choices: tuple[int, ...] = ()
+    val: Features | None = None
+    parts: list[Features] = field(default_factory=list)  # the training chunks, in `order`
+    done: int = 0  # training inputs extracted: order[:done]
+    spent: float = 0.0  # seconds extraction took, validation's included
+    note: str = ""  # the plan's note on it, replaced as it grows
+    extracted: tuple[Path, Features] | None = None  # train+val features, until the probe takes them
+
+    @property
+    def rate(self) -> float:
+        """Seconds per input measured so far."""
+        return self.spent / max(1, self.done + len(self.val.ok if self.val is not None else ()))
+
+
+def grow_for_the_probe(job: Job) -> bool:
+    """`auto` that ends with its probe, with training data left out and time left: extraction goes
+    on to the end of linear's share of the budget (where the probe's own run would have read), and
+    the probe then trains on more data. Whether the subset grew."""
+    growing = job.growing
+    if not isinstance(growing, Growing) or growing.done >= len(growing.order):
+        return False
+    before = growing.done
+    with part_of(len(growing.order) + len(job.splits.val)), _as_the_probe_extracts(job, growing.choices):
+        _grow(job, growing, _next_chunk(job, growing, growing.probe_ends), growing.probe_ends)
+    if growing.done == before:
+        return False
+    _settle(job, growing)
+    return True
+
+
+def _settle(job: Job, growing: Growing) -> None:
+    """The job on the subset extracted so far: its training inputs, their features (the feature
+    cache's entry for exactly them, and the probe's), report.json's record and the plan's note."""
+    splits, done = job.splits, growing.done
+    train = _joined(growing.parts, np.argsort(growing.order[:done]))  # the subset's order: sorted
+    both = replace(_joined([train, growing.val]), seconds=growing.spent)
+    kept = growing.train.subset(np.sort(growing.order[:done]))
+    sources = [*kept.sources, *splits.val.sources]
+    path = cached_path(job.modality, job.backbone, growing.prep, sources, job.config.flip_features)
+    store(path, both)
+    growing.extracted = (path, both)
+    note = _subset_note(job, growing.estimate, growing.shares, done, growing.needed, growing.rate)
+    job.log(note)
+    record = job.budget_subset or {}
+    record.update(train=done, measured_seconds_per_input=round(growing.rate, 5), note=note)
+    notes = [n for n in job.plan.notes if n != growing.note]
+    job.plan, growing.note = replace(job.plan, notes=(*notes, note)), note
+    job.splits = replace(splits, train=kept)
+
+
+def _may_fine_tune(job: Job, n_train: int, seconds_per_input: float, remaining: float) -> bool:
+    """Whether `auto`, having read `n_train` training inputs in its share, could still choose to
+    fine-tune them (`strategies.choose_strategy`): enough examples a class, and the rest of the
+    budget holds its epochs of forward passes over them at the extraction's speed (an epoch costs
+    more: a backward pass, and PyTorch where extraction may run on ONNX Runtime)."""
+    if job.task.examples_per_group(n_train) < strategies.MIN_PER_CLASS_TO_FINETUNE:
+        return False
+    epochs = strategies.auto_epochs(n_train, job.modality.defaults.strategies["finetune"].epochs)
+    return epochs * n_train * seconds_per_input <= (1 - EXTRACT_SHARE["auto"]) * remaining
 
 
 # why `auto` keeps to the probe when the budget gave reading linear's share (`recipes.choose`)
 PROBE_ONLY_REASON = (
-    "under --time-budget, auto's share of it would read under {least} examples per class, too few to "
-    "fine-tune: reading took a probe's share instead, and the probe on the data read ends the run"
+    "under --time-budget, what auto's share of it would read leaves too few examples a class (under "
+    "{least}) or too little time to fine-tune them: reading took a probe's share instead, and the "
+    "probe on the data read ends the run"
 )
 
 
@@ -193,54 +266,39 @@ def _subset_note(
             f"({planned} planned, grown while the share allowed)"
         )
     # all of them, read in the share a run on all of them has, after what came before as now
-    whole = math.ceil(needed / _share(job, job.config.strategy, n_train) + budget - remaining)
+    whole = math.ceil(needed / EXTRACT_SHARE.get(job.config.strategy, 0.5) + budget - remaining)
     advice = f"for all of them: --time-budget {whole} or more, or smaller inputs: --image-size, --max-length"
     return f"{said}; {subset} ({advice})"
 
 
-def _grow(job: Job, order: np.ndarray, planned: int, share_ends: float) -> tuple[int, float]:
-    """Extract the validation inputs, then the training inputs in `order` by chunks, the first the
-    `planned` ones; after each, the speed measured so far decides how many more still fit before
-    `share_ends` (`_next_chunk`). Returns how many training inputs were extracted and the seconds
-    per input measured; their features, with validation's, wait in `job.extracted` for the probe,
-    and are the feature cache's entry for exactly those inputs."""
-    splits = job.splits
-    n_test = len(splits.test) if splits.test is not None else 0
-    choices = _layer_choices(job, planned)
-    train_parts: list[Features] = []
-    with _as_the_probe_extracts(job, choices) as prep:
-        val, spent = _timed_extraction(job, prep, splits.val.sources, "validation")
-        done, chunk, rate = 0, planned, spent / max(1, len(splits.val))
-        while chunk:
-            sources = [splits.train.sources[i] for i in order[done : done + chunk]]
-            shown = f"training, {done + chunk} of {len(order)}"
-            feats, seconds = _timed_extraction(job, prep, sources, shown)
-            train_parts.append(feats)
-            done, spent = done + chunk, spent + seconds
-            rate = spent / (done + len(splits.val))
-            more = _next_chunk(job, done, len(order), rate, share_ends, n_test, choices)
-            chunk = distributed.from_main(more)  # rank 0's clock decides for every process
-    train = _joined(train_parts, np.argsort(order[:done]))  # in the subset's order: sorted positions
-    both = replace(_joined([train, val]), seconds=spent)
-    sources = [*(splits.train.sources[i] for i in np.sort(order[:done])), *splits.val.sources]
-    path = cached_path(job.modality, job.backbone, prep, sources, job.config.flip_features)
-    store(path, both)
-    job.extracted = (path, both)
-    return done, rate
+def _grow(job: Job, growing: Growing, chunk: int, share_ends: float) -> None:
+    """Extract the training inputs in `growing.order` by chunks from where it stands, the first
+    `chunk` of them; after each, the speed measured so far decides how many more still fit before
+    `share_ends` (`_next_chunk`)."""
+    while chunk:
+        done = growing.done
+        sources = [growing.train.sources[i] for i in growing.order[done : done + chunk]]
+        shown = f"training, {done + chunk} of {len(growing.order)}"
+        feats, seconds = _timed_extraction(job, growing.prep, sources, shown)
+        growing.parts.append(feats)
+        growing.done, growing.spent = done + chunk, growing.spent + seconds
+        chunk = _next_chunk(job, growing, share_ends)
 
 
-def _next_chunk(
-    job: Job, done: int, total: int, rate: float, share_ends: float, n_test: int, choices: tuple[int, ...]
-) -> int:
-    """How many more training inputs to extract: what fits before `share_ends` at `rate` with the
-    test set's extraction kept back, at most as many as are done (a burst of load is seen before it
-    costs much), and none where fewer than MIN_CHUNK fit or more inputs would change the probe's
-    choice of feature layers (its features were extracted for this one)."""
+def _next_chunk(job: Job, growing: Growing, share_ends: float) -> int:
+    """How many more training inputs to extract: what fits before `share_ends` at the speed
+    measured so far with the test set's extraction kept back, at most as many as are done (a burst
+    of load is seen before it costs much), and none where fewer than MIN_CHUNK fit or more inputs
+    would change the probe's choice of feature layers (its features were extracted for this one).
+    Rank 0's clock decides for every process."""
+    done, total, rate = growing.done, len(growing.order), growing.rate
+    n_test = len(job.splits.test) if job.splits.test is not None else 0
     fits = int((share_ends - _now() - n_test * rate) / max(rate, 1e-9))
     more = min(total - done, fits, max(MIN_CHUNK, done))
-    if more <= 0 or (more < MIN_CHUNK and more < total - done):
-        return 0
-    return more if _layer_choices(job, done + more) == choices else 0
+    too_few = more <= 0 or (more < MIN_CHUNK and more < total - done)
+    if too_few or _layer_choices(job, done + more) != growing.choices:
+        more = 0
+    return int(distributed.from_main(more))
 
 
 def _timed_extraction(job: Job, prep: Any, sources: Sequence[Any], desc: str) -> tuple[Features, float]:
@@ -280,12 +338,13 @@ def _joined(parts: list[Features], order: np.ndarray | None = None) -> Features:
 def taken_extraction(job: Job, sources: Sequence[Any]) -> Features | None:
     """The features `_grow` extracted, once, when `sources` (with the body's current
     preprocessing) are what they were extracted for; otherwise None."""
-    if job.extracted is None:
+    growing = job.growing
+    if not isinstance(growing, Growing) or growing.extracted is None:
         return None
-    path, feats = job.extracted
+    path, feats = growing.extracted
     if path != cached_path(job.modality, job.backbone, job.prep, sources, job.config.flip_features):
         return None
-    job.extracted = None
+    growing.extracted = None
     return feats
 
 

@@ -71,8 +71,7 @@ class Job:
     log: Log
     task: Task = field(default_factory=lambda: get_task("single"))  # fitted to the training labels
     budget_subset: dict[str, Any] | None = None  # the training subset --time-budget allowed, if any
-    # features --time-budget extracted while it grew the subset (their cache path, them): the probe's
-    extracted: tuple[Path, Features] | None = None
+    growing: Any = None  # --time-budget's subset extracted in chunks (`budget.Growing`): the probe's
     tracking: Tracking = field(default_factory=Tracking)  # --log-to; off by default
 
 
@@ -1074,6 +1073,8 @@ def choose(job: Job) -> Choice:
         probe_seconds=probe.extract_seconds + probe.train_seconds if probe is not None else None,
         budget_label="budget" if remaining is None else "left of the time budget",
     )
+    if chosen == "linear" and probe is not None and budget.grow_for_the_probe(job):
+        probe = probe_head(job)  # again, on what was read in the time fine-tuning would have had
     planned = None
     if chosen == "finetune" and config.time_budget is None and config.epochs is None:
         affordable = int(strategies.DEFAULT_AUTO_BUDGET_S // max(epoch_seconds, 1e-9))
