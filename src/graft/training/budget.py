@@ -93,7 +93,8 @@ def _fit_within(job: Job, strategy: str, remaining: float) -> None:
     read = min(len(splits.train), _fitting(job, room, rate, estimate.n_eval))  # in its own share
     # `auto` that could not fine-tune what its share reads ends with its probe: it reads in linear's
     # share instead, and keeps to the probe (`recipes.choose`)
-    probe_only = strategy == "auto" and not _may_fine_tune(job, read, rate, remaining)
+    why_not = _why_not_fine_tune(job, read, rate, remaining) if strategy == "auto" else None
+    probe_only = why_not is not None
     if probe_only:
         fraction = EXTRACT_SHARE["linear"]
         room = distributed.from_main(started + fraction * remaining - _now())
@@ -104,7 +105,7 @@ def _fit_within(job: Job, strategy: str, remaining: float) -> None:
         return
     share_ends = started + fraction * remaining
     order = _stratified_order(splits.train.labels, job.config.seed)
-    shares = (remaining, fraction)
+    shares = (remaining, fraction, room)
     job.log(_subset_note(job, estimate, shares, fits, needed))  # at once, before the rest
     job.budget_subset = {
         "planned": fits,  # from the timed sample's estimate
@@ -114,8 +115,8 @@ def _fit_within(job: Job, strategy: str, remaining: float) -> None:
         "estimated_extraction_seconds": round(needed, 1),
         "extraction_share": fraction,  # of the budget left when it was planned
     }
-    if probe_only:
-        job.budget_subset["auto"] = "linear"
+    if probe_only:  # what `auto` then chooses, and why (`recipes.choose`)
+        job.budget_subset["auto"] = {"chosen": "linear", "reason": PROBE_ONLY_REASON.format(why=why_not)}
     if not estimate.extracts:  # fine-tuning's decoding: the planned subset, as it is
         note = _subset_note(job, estimate, shares, fits, needed)
         job.budget_subset["note"] = note
@@ -138,7 +139,7 @@ class Growing:
     train: Labelled  # all the training inputs, which `order` indexes
     order: np.ndarray
     estimate: _Estimate
-    shares: tuple[float, float]  # the seconds left when it was planned, and reading's share of them
+    shares: tuple[float, float, float]  # the seconds left when planned, reading's share, what the sample left
     needed: float  # the timed sample's estimate for all the data
     probe_ends: float  # the end of linear's share: `auto` that keeps its probe reads until then
     prep: Any = None
@@ -192,22 +193,28 @@ def _settle(job: Job, growing: Growing) -> None:
     job.splits = replace(splits, train=kept)
 
 
-def _may_fine_tune(job: Job, n_train: int, seconds_per_input: float, remaining: float) -> bool:
-    """Whether `auto`, having read `n_train` training inputs in its share, could still choose to
-    fine-tune them (`strategies.choose_strategy`): enough examples a class, and the rest of the
-    budget holds its epochs of forward passes over them at the extraction's speed (an epoch costs
-    more: a backward pass, and PyTorch where extraction may run on ONNX Runtime)."""
-    if job.task.examples_per_group(n_train) < strategies.MIN_PER_CLASS_TO_FINETUNE:
-        return False
+def _why_not_fine_tune(job: Job, n_train: int, seconds_per_input: float, remaining: float) -> str | None:
+    """Why `auto`, having read `n_train` training inputs in its share, could not choose to
+    fine-tune them (`strategies.choose_strategy`), or None: too few examples a class, or the rest
+    of the budget not holding its epochs of forward passes over them at the extraction's speed (an
+    epoch costs more: a backward pass, and PyTorch where extraction may run on ONNX Runtime)."""
+    per_class, least = job.task.examples_per_group(n_train), strategies.MIN_PER_CLASS_TO_FINETUNE
+    if per_class < least:
+        return f"{n_train} training examples, {per_class:.0f} a class (< {least})"
     epochs = strategies.auto_epochs(n_train, job.modality.defaults.strategies["finetune"].epochs)
-    return epochs * n_train * seconds_per_input <= (1 - EXTRACT_SHARE["auto"]) * remaining
+    floor, rest = epochs * n_train * seconds_per_input, (1 - EXTRACT_SHARE["auto"]) * remaining
+    if floor <= rest:
+        return None
+    return (
+        f"{n_train} training examples, whose {epochs} fine-tuning epoch(s) take over {floor:.0f}s "
+        f"(forward passes alone), more than the {rest:.0f}s the rest of the budget holds"
+    )
 
 
 # why `auto` keeps to the probe when the budget gave reading linear's share (`recipes.choose`)
 PROBE_ONLY_REASON = (
-    "under --time-budget, what auto's share of it would read leaves too few examples a class (under "
-    "{least}) or too little time to fine-tune them: reading took a probe's share instead, and the "
-    "probe on the data read ends the run"
+    "under --time-budget, auto's share of it would read {why}: reading took a probe's share "
+    "instead, and the probe on the data read ends the run"
 )
 
 
@@ -244,12 +251,12 @@ def _subset_note(
     reading may take), and what all of it would need: from the timed sample's estimate, or once
     extraction ran, from its `measured` seconds per input."""
     n_train, unit = len(job.splits.train), job.modality.unit
-    budget, (remaining, fraction) = float(job.config.time_budget or 0), shares
+    budget, (remaining, fraction, room) = float(job.config.time_budget or 0), shares
     share = fraction * remaining
     said = (
         f"time budget {budget:.0f}s: {estimate.work} all {n_train + estimate.n_eval} {unit} would take "
-        f"about {needed:.0f}s by a timed sample, more than the {share:.0f}s share of the budget it "
-        "may use"
+        f"about {needed:.0f}s by a timed sample, more than the {room:.0f}s left of the {share:.0f}s "
+        "share of the budget it may use"
     )
     if measured is None:
         grows = ", grown while extraction runs faster than this estimate" if estimate.extracts else ""

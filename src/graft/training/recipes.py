@@ -1043,9 +1043,9 @@ def choose(job: Job) -> Choice:
     first (seconds to minutes: it is needed either way) and its validation score joins the
     rule (`strategies.choose_strategy`); fine-tuning then continues from it."""
     config, splits = job.config, job.splits
-    if job.budget_subset and job.budget_subset.get("auto") == "linear":  # the budget went to reading
-        least = strategies.MIN_PER_CLASS_TO_FINETUNE
-        return Choice("linear", budget.PROBE_ONLY_REASON.format(least=least), None, None)
+    if job.budget_subset and "auto" in job.budget_subset:  # the budget went to reading: the probe
+        decided = job.budget_subset["auto"]
+        return Choice(decided["chosen"], decided["reason"], None, None)
     per_class = job.task.examples_per_group(len(splits.train))
     batch_size = (
         config.batch_size
