@@ -59,7 +59,9 @@ SCRATCH_DEFAULT_BUDGET_S = 180.0
 # run's evaluation and writing past its deadline): this share of the budget, at least RESERVE_MIN_S
 RESERVE_SHARE = 0.1
 RESERVE_MIN_S = 5.0
-MIN_RUN_BUDGET_S = 10.0  # a run's fixed costs (loading the backbone, evaluating, writing) need this
+# a run's fixed costs need this much: loading the backbone, fine-tuning's timed steps, the final
+# evaluation and writing (10-40 s on 2 busy cores); a smaller share is refused up front
+MIN_RUN_BUDGET_S = 20.0
 TEST_FRACTION = 0.2  # without --test, this stratified share of DATA (seed 0) is the fixed test set
 # The validation set (early stopping, the kept epoch) is the same for every method and size, and at
 # most this many per class: a user with 10 labels per class has no 5,000-image validation set, and
@@ -148,12 +150,16 @@ class PlannedRun:
 
 class BudgetSplit:
     """--time-budget for the whole compare: RESERVE_SHARE (at least RESERVE_MIN_S) kept back, and
-    each run, as it starts, an equal share of what is left for the runs still to do."""
+    each run, as it starts, an equal share of what is left for the runs still to do. A run's fixed
+    costs can take it past a small budget (fine-tuning's timed steps, evaluation, writing): the
+    most a method's runs went over is taken off its later runs' budgets, so they end near their
+    share."""
 
     def __init__(self, total: float, runs: int, log: Log) -> None:
         self.reserve = max(RESERVE_MIN_S, RESERVE_SHARE * total)
         self.ends = _now() + total - self.reserve
         self.runs_left = runs
+        self.over: dict[str, float] = {}  # method -> the most its runs went past their budget
         each = (total - self.reserve) / max(1, runs)
         if runs and each < MIN_RUN_BUDGET_S:
             runs_need = runs * MIN_RUN_BUDGET_S
@@ -170,11 +176,15 @@ class BudgetSplit:
                 f"of what is left ({each:.0f}s for the first; what a run does not use goes to the later ones)"
             )
 
-    def next_share(self) -> float:
-        """The budget of the run starting now (at least a second: a run that overran ate the rest)."""
+    def next_share(self, method: str) -> float:
+        """The budget of a `method` run starting now: its share, less what the method's runs went
+        over theirs (at least a second: runs that overran ate the rest)."""
         share = (self.ends - _now()) / max(1, self.runs_left)
         self.runs_left -= 1
-        return round(max(1.0, share), 1)
+        return round(max(1.0, share - self.over.get(method, 0.0)), 1)
+
+    def ran(self, method: str, budget: float, seconds: float) -> None:
+        self.over[method] = max(self.over.get(method, 0.0), seconds - budget, 0.0)
 
 
 def _now() -> float:
@@ -245,9 +255,11 @@ def run_compare(config: CompareConfig, log: Log = print) -> dict[str, Any]:
             if rows:  # what has finished so far stays readable if this run is stopped
                 write_outputs(_summary(config, modality, splits, rows, task), out)
             if split is not None:
-                run_config = replace(run_config, time_budget=split.next_share())
+                run_config = replace(run_config, time_budget=split.next_share(planned.method))
             data = replace(splits, train=planned.train, skipped=[])
             row = _run_one(planned, run_config, data, modality, task)
+            if split is not None:
+                split.ran(planned.method, float(run_config.time_budget or 0), row["seconds"])
             _record_row(run_config, row)
             log(
                 f"{_shown(planned, row, task)}: test {task.monitor_name} {row[f'test_{task.monitor}']:.4f} "
@@ -275,7 +287,7 @@ def _run_one(
     """One run, and its row."""
     from .runner import run
 
-    started = time.perf_counter()
+    started = _now()
     result = run(run_config, log=lambda line: None, splits=data, modality=modality)
     report = result.report
     return {
@@ -289,7 +301,7 @@ def _run_one(
         f"validation_{task.monitor}": report["validation"][task.monitor],
         "epochs": len(report["history"]),
         "time_budget": run_config.time_budget,
-        "seconds": time.perf_counter() - started,
+        "seconds": _now() - started,
         "run_dir": str(result.run_dir),
     }
 

@@ -163,8 +163,8 @@ class CompareOptions(Options):
     config_help: ClassVar[dict[str, str]] = {
         "time_budget": "finish the whole compare within this many seconds (also 30m, 1h): a tenth (at "
         "least 5 s) is kept for its own work, and each run gets an equal share of what is left when it "
-        "starts (the default: no limit, but scratch gets the seconds fine-tuning took on the same "
-        "subset, or 3 minutes without fine-tuning)",
+        "starts, less what its method's runs went over theirs (the default: no limit, but scratch gets "
+        "the seconds fine-tuning took on the same subset, or 3 minutes without fine-tuning)",
     }
     labels_per_class: str = option(
         "10,50,250,all",
