@@ -201,6 +201,8 @@ def test_auto_that_keeps_its_probe_reads_on_in_the_time_fine_tuning_would_have_h
     assert len(grown) == 2 and result.report["plan"]["strategy"] == "linear"
     first = int(grown[0].split("stratified subset of ")[1].split()[0])
     assert first < subset["train"] < N_TRAIN and result.report["data"]["train"] == subset["train"]
+    said = f"subset of {subset['train']} of the {N_TRAIN} training images ({subset['planned']} planned"
+    assert said in grown[-1]
     assert sum(grown[-1] == note for note in result.report["plan"]["notes"]) == 1  # replaced, not added
     used = clock.now() - result.job.started
     assert 0.8 * 60 <= used <= 60, f"{used:.1f}s of a 60s budget"

@@ -11,8 +11,12 @@ is the planned subset, and after each one the speed measured so far decides how 
 fit the share (the test set's extraction kept back). The subset grows while extraction runs faster
 than estimated. The plan and report.json (`data.budget_subset`) record the planned and the used
 counts; the features extracted are the feature cache's entry for the training and validation
-inputs finally used, as one extraction of them would be. Fine-tuning then plans on what is left
-(`left`), and its deadline keeps back the final evaluation and writing (`recipes.finetune`).
+inputs finally used, as one extraction of them would be.
+
+`auto` whose own share would read too little to fine-tune reads in a probe's share and keeps to
+its probe; one that weighed fine-tuning and kept its probe reads on to that share (`Growing`,
+`grow_for_the_probe`). Fine-tuning plans on what is left (`left`), and its deadline keeps back the
+final evaluation and writing (`recipes.finetune`).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ SAMPLE_INPUTS = 32  # inputs extracted (uncached) to time extraction on this mac
 EXTRACT_SHARE = {"linear": 0.85, "finetune": 0.5, "gradual": 0.5, "auto": 0.5}
 MIN_PER_CLASS = 2  # a subset keeps at least this many training inputs of every class
 # growing stops when fewer inputs than this still fit: each chunk pays its own set-up (decoding
-# workers, the engine's check), which a handful of inputs does not repay
+# workers start), which a handful of inputs does not repay
 MIN_CHUNK = 8
 
 
@@ -242,15 +246,16 @@ def _estimate(job: Job, strategy: str) -> _Estimate | None:
 def _subset_note(
     job: Job,
     estimate: _Estimate,
-    shares: tuple[float, float],
+    shares: tuple[float, float, float],
     used: int,
     needed: float,
     measured: float | None = None,
 ) -> str:
-    """What the budget does to the data (`shares`: the seconds left, and the fraction of them that
-    reading may take), and what all of it would need: from the timed sample's estimate, or once
-    extraction ran, from its `measured` seconds per input."""
-    n_train, unit = len(job.splits.train), job.modality.unit
+    """What the budget does to the data (`shares`: the seconds left, the fraction of them that
+    reading may take, and what the timed sample left of that), and what all of it would need: from
+    the timed sample's estimate, or once extraction ran, from its `measured` seconds per input."""
+    record = job.budget_subset or {}
+    n_train, unit = record.get("of", len(job.splits.train)), job.modality.unit  # all, before the subset
     budget, (remaining, fraction, room) = float(job.config.time_budget or 0), shares
     share = fraction * remaining
     said = (
@@ -263,7 +268,7 @@ def _subset_note(
         subset = f"training on a stratified subset of {used} of the {n_train} training {unit} that fits"
         subset += grows
     else:
-        planned = job.budget_subset["planned"] if job.budget_subset else used
+        planned = record.get("planned", used)
         said += f"; extraction then ran at {measured:.3g}s per input"
         if used == n_train:
             return f"{said}, and all {n_train} training {unit} were used (a subset of {planned} was planned)"
