@@ -18,7 +18,8 @@ fine-tuning among the methods within SCRATCH_DEFAULT_BUDGET_S).
 --time-budget is the whole compare's (`BudgetSplit`): a reserve is kept back for the compare's own
 work (its plots and report after every run, the last run's final evaluation and writing), and
 each run, as it starts, gets an equal share of what is left for the runs still to do, so the
-seconds a run does not use go to the later ones.
+seconds a run does not use go to the later ones; what a method's runs went past their budgets
+(fixed costs: fine-tuning's timed steps, evaluation, writing) is taken off its later runs.
 
 Each finished run records its row (`compare_row.json`, with the exact config that made it) and the
 outputs are rewritten before every new run: a compare stopped halfway keeps a report of what
