@@ -48,6 +48,25 @@ def test_small_job_without_a_cached_export_stays_on_torch():
     assert "do not repay" in choice.reason
 
 
+def test_parts_of_a_big_extraction_run_on_its_engine_chosen_once(monkeypatch: pytest.MonkeyPatch):
+    """--time-budget's timing sample and chunks are small parts of one extraction: inside
+    `part_of`, a part of 8 inputs gets the engine a job of all of them would (ONNX Runtime here,
+    where 8 alone stays on PyTorch), chosen once: later parts reuse it without another race."""
+    module, x = small_cnn(), batch()
+    races: list[int] = []
+    real_race = engine_mod._race
+    monkeypatch.setattr(engine_mod, "_race", lambda *a, **k: races.append(1) or real_race(*a, **k))
+    monkeypatch.setattr(engine_mod, "MIN_SPEEDUP", 0.0)  # the choice, not this machine's speed
+    with engine_mod.part_of(10 * MIN_INPUTS_TO_EXPORT):
+        first, choice = choose_engine(module, x, n_inputs=8)
+        again, same = choose_engine(module, x, n_inputs=8)
+    assert choice.name == "onnxruntime" and (again, same) == (first, choice) and len(races) == 1
+    with torch.no_grad():
+        module[0].weight.mul_(2)  # other weights: no cached export
+    _, alone = choose_engine(module, x, n_inputs=8)
+    assert alone.name == "torch" and "do not repay" in alone.reason  # outside it, as before
+
+
 def test_export_is_cached_by_weights_and_reused(tmp_path: Path):
     module, x = small_cnn(), batch()
     _, first = choose_engine(module, x, n_inputs=10, engine="onnxruntime")

@@ -143,15 +143,17 @@ def test_a_time_budget_holds_when_extraction_alone_would_not_fit(tmp_path, monke
     monkeypatch.setattr(image_modality.ImageModality, "encode", slow)
     data = make_image_folder(tmp_path / "data", per_class=66, seed=0)
     budget = 8.0
-    config = TrainConfig(
-        data=str(data), strategy=strategy, image_size=32, time_budget=budget, out=str(tmp_path / "run")
-    )
+    config = TrainConfig(  # PyTorch: the sleep is the network here, and an ONNX export (a one-off
+        # few seconds, repaid on real data) is more than an 8 s budget can absorb
+        data=str(data), strategy=strategy, image_size=32, time_budget=budget, out=str(tmp_path / "run"),
+        engine="torch",
+    )  # fmt: skip
     result, lines, seconds = _timed_run(config)
     assert seconds <= 1.25 * budget, f"{seconds:.1f}s for an {budget:.0f}s budget"
-    said = [line for line in lines if "stratified subset" in line]
-    assert len(said) == 1 and "would take about" in said[0] and "--time-budget" in said[0]
+    said = [line for line in lines if "stratified subset" in line]  # at once; again if it grew
+    assert len(said) in (1, 2) and "would take about" in said[0] and "--time-budget" in said[0]
     subset = result.report["data"]["budget_subset"]
-    assert subset["of"] == 178 and 6 <= subset["train"] < 178  # 198 images, 20 of them validation
+    assert subset["of"] == 178 and 6 <= subset["planned"] <= subset["train"] < 178  # 20 for validation
     assert result.report["data"]["train"] == subset["train"]
     counts = np.bincount(run_labels(result))
     assert counts.min() >= 2 and counts.max() - counts.min() <= 1  # every class, in proportion

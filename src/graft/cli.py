@@ -57,25 +57,27 @@ def add_arguments(
     options: type,
     only: tuple[str, ...] | None = None,
     defaults: dict[str, Any] | None = None,
+    helps: dict[str, str] | None = None,
 ) -> None:
     """One argument per field of an options dataclass (TrainConfig, graft.options.*), as Hugging
-    Face's HfArgumentParser does: its help, its default (shown), its choices, in its group."""
-    defaults = defaults or {}
+    Face's HfArgumentParser does: its help (or `helps`'), its default (shown), its choices, in its
+    group."""
+    defaults, helps = defaults or {}, helps or {}
     for f in fields(options):
         if only is not None and f.name not in only:
             continue
         default = defaults.get(f.name, f.default if f.default is not MISSING else None)
-        names, kwargs = _argument(f, default)
+        names, kwargs = _argument(f, default, helps.get(f.name))
         _group(parser, f.metadata.get("group")).add_argument(*names, **kwargs)
 
 
-def _argument(f: Field, default: Any) -> tuple[list[str], dict[str, Any]]:
+def _argument(f: Field, default: Any, help_text: str | None = None) -> tuple[list[str], dict[str, Any]]:
     """argparse's names and keywords for one field."""
     meta = f.metadata
     shape = {key: meta[key] for key in ("nargs", "metavar") if key in meta}
     if meta.get("positional"):
         return [f.name], {"help": meta["help"], **shape}
-    help_text = meta["help"]
+    help_text = help_text or meta["help"]
     if default is not None and default is not False:
         means = f": {meta['default_means']}" if "default_means" in meta else ""
         help_text = f"{help_text} (default: {default}{means})".strip()
@@ -106,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, options in COMMAND_OPTIONS.items():
         p = sub.add_parser(name, help=COMMAND_HELP[name])
         if options.config_fields:  # the training options it shares, generated from TrainConfig
-            add_arguments(p, TrainConfig, options.config_fields, options.config_defaults)
+            add_arguments(p, TrainConfig, options.config_fields, options.config_defaults, options.config_help)
         add_arguments(p, options)
     return parser
 

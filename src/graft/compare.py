@@ -12,7 +12,14 @@ Methods: `linear` (frozen pretrained features + a trained head), `finetune` (gra
 `scratch` (the same architecture from random weights: the honest baseline, trained until validation
 accuracy stops improving but never for fewer epochs than fine-tuning, with the same augmentation,
 BatchNorm statistics of its own and one learning rate for every layer; without --time-budget, within
-the seconds fine-tuning took on the same subset, at least SCRATCH_MIN_BUDGET_S).
+the seconds fine-tuning took on the same subset, at least SCRATCH_MIN_BUDGET_S, or without
+fine-tuning among the methods within SCRATCH_DEFAULT_BUDGET_S).
+
+--time-budget is the whole compare's (`BudgetSplit`): a reserve is kept back for the compare's own
+work (its plots and report after every run, the last run's final evaluation and writing), and
+each run, as it starts, gets an equal share of what is left for the runs still to do, so the
+seconds a run does not use go to the later ones; what a method's runs went past their budgets
+(fixed costs: fine-tuning's timed steps, evaluation, writing) is taken off its later runs.
 
 Each finished run records its row (`compare_row.json`, with the exact config that made it) and the
 outputs are rewritten before every new run: a compare stopped halfway keeps a report of what
@@ -22,6 +29,7 @@ finished, and the same command, or one with more sizes or methods, continues wit
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -43,6 +51,18 @@ SCRATCH_PATIENCE = 5
 # this many): trained until validation stops improving, it otherwise ran over 15 minutes on 1,000
 # CIFAR-10 images on 2 cores, most of a compare's time, to end near chance anyway.
 SCRATCH_MIN_BUDGET_S = 30.0
+# Without --time-budget and without fine-tuning to match (`--methods linear,scratch`), scratch gets
+# 3 minutes a run: from random weights on a small subset it is the honest floor, not a contender,
+# and its curve has shown that within minutes (near chance on 1,000 CIFAR-10 images on 2 cores).
+# Uncapped it planned 420 steps of about 5 s there: over 30 minutes, while the probe took about one.
+SCRATCH_DEFAULT_BUDGET_S = 180.0
+# --time-budget: kept back for the compare's own work (plots and report.html after every run, each
+# run's evaluation and writing past its deadline): this share of the budget, at least RESERVE_MIN_S
+RESERVE_SHARE = 0.1
+RESERVE_MIN_S = 5.0
+# a run's fixed costs need this much: loading the backbone, fine-tuning's timed steps, the final
+# evaluation and writing (10-40 s on 2 busy cores); a smaller share is refused up front
+MIN_RUN_BUDGET_S = 20.0
 TEST_FRACTION = 0.2  # without --test, this stratified share of DATA (seed 0) is the fixed test set
 # The validation set (early stopping, the kept epoch) is the same for every method and size, and at
 # most this many per class: a user with 10 labels per class has no 5,000-image validation set, and
@@ -112,73 +132,180 @@ def subset(pool: Labelled, per_class: int | None, seed: int, task: Task | None =
     return pool.subset(task.training_subset(pool.labels, per_class, seed))
 
 
-def run_compare(config: CompareConfig, log: Log = print) -> dict[str, Any]:
-    from .runner import run
+@dataclass(frozen=True)
+class PlannedRun:
+    """One method at one data size and seed, as the compare runs it."""
+
+    name: str
+    method: str
+    per_class: int | None
+    seed: int
+    train: Labelled
+    config: TrainConfig  # --time-budget: before the compare gives it its share
+
+    @property
+    def subset_key(self) -> tuple[str | None, int | None, int]:
+        """The runs on the same subset: fine-tuning's seconds there bound scratch's."""
+        return self.config.backbone, self.per_class, self.seed
+
+
+class BudgetSplit:
+    """--time-budget for the whole compare: RESERVE_SHARE (at least RESERVE_MIN_S) kept back, and
+    each run, as it starts, an equal share of what is left for the runs still to do. A run's fixed
+    costs can take it past a small budget (fine-tuning's timed steps, evaluation, writing): the
+    most a method's runs went over is taken off its later runs' budgets, so they end near their
+    share."""
+
+    def __init__(self, total: float, runs: int, log: Log) -> None:
+        self.reserve = max(RESERVE_MIN_S, RESERVE_SHARE * total)
+        self.ends = _now() + total - self.reserve
+        self.runs_left = runs
+        self.over: dict[str, float] = {}  # method -> the most its runs went past their budget
+        each = (total - self.reserve) / max(1, runs)
+        if runs and each < MIN_RUN_BUDGET_S:
+            runs_need = runs * MIN_RUN_BUDGET_S
+            needed = math.ceil(max(runs_need / (1 - RESERVE_SHARE), runs_need + RESERVE_MIN_S))
+            raise ConfigError(
+                f"--time-budget {total:g} for a compare of {runs} runs gives each about {each:.0f}s, less "
+                f"than the {MIN_RUN_BUDGET_S:.0f}s a run needs: give --time-budget {needed} or more, or "
+                "fewer --labels-per-class, --methods or --seeds"
+            )
+        if runs:
+            log(
+                f"time budget {total:g}s for the whole compare: {self.reserve:.0f}s kept for its own work, "
+                f"{total - self.reserve:.0f}s shared by its {runs} run(s) as they go, each an equal share "
+                f"of what is left ({each:.0f}s for the first; what a run does not use goes to the later ones)"
+            )
+
+    def next_share(self, method: str) -> float:
+        """The budget of a `method` run starting now: its share, less what the method's runs went
+        over theirs (at least a second: runs that overran ate the rest)."""
+        share = (self.ends - _now()) / max(1, self.runs_left)
+        self.runs_left -= 1
+        return round(max(1.0, share - self.over.get(method, 0.0)), 1)
+
+    def ran(self, method: str, budget: float, seconds: float) -> None:
+        self.over[method] = max(self.over.get(method, 0.0), seconds - budget, 0.0)
+
+
+def _now() -> float:
+    return time.perf_counter()
+
+
+def planned_runs(
+    config: CompareConfig, modality: Modality, splits: DataSplits, task: Task
+) -> list[PlannedRun]:
+    """Every run, in order: by backbone, size and seed, then METHODS' order (fine-tuning's time
+    bounds scratch's)."""
     from .training.recipes import finetune_epochs
 
-    given = TrainConfig(data=config.data, test=config.test, **dict(config.options or {}))
-    modality = detect(config.data, config=given).modality
-    splits = _fixed_splits(config, modality)
-    task = task_of(splits)
+    runs = []
     out = Path(config.out)
-    rows: list[dict[str, Any]] = []
     for backbone in config.backbones:
         base = TrainConfig(data=config.data, backbone=backbone, **dict(config.options or {}))
         for per_class in config.labels_per_class:
             for seed in range(config.seeds):
                 train = subset(splits.train, per_class, seed, task)
-                data = replace(splits, train=train, skipped=[])
                 batch = modality.defaults.strategies["finetune"].batch_size
                 ft_epochs = finetune_epochs(base, modality, "finetune", len(train), base.batch_size or batch)
-                finetune_seconds = None
-                for method in sorted(config.methods, key=_order):  # fine-tuning's time bounds scratch's
+                for method in sorted(config.methods, key=_order):
                     name = f"{method}-{per_class or 'all'}-seed{seed}" + (
                         f"-{backbone.replace('/', '_')}" if backbone else ""
                     )
                     run_config = replace(
                         method_config(base, method, ft_epochs), seed=seed, out=str(out / name), overwrite=True
                     )
-                    if method == "scratch" and base.time_budget is None and finetune_seconds is not None:
-                        run_config = replace(
-                            run_config, time_budget=round(max(SCRATCH_MIN_BUDGET_S, finetune_seconds), 1)
-                        )
-                    row = _finished_row(run_config)
-                    if row is not None:
-                        finetune_seconds = row["seconds"] if method == "finetune" else finetune_seconds
-                        rows.append(row)
-                        shown = f"{row['labels_per_class']:>6} {task.size_unit}"
-                        log(f"{method:9} {shown}, seed {seed}: done before")
-                        continue
-                    if rows:  # what has finished so far stays readable if this run is stopped
-                        write_outputs(_summary(config, modality, splits, rows, task), out)
-                    started = time.perf_counter()
-                    result = run(run_config, log=lambda line: None, splits=data, modality=modality)
-                    report = result.report
-                    row = {
-                        "method": method,
-                        "backbone": report["backbone"]["name"],
-                        "labels_per_class": per_class or task.size_reached(train.labels),
-                        "all": per_class is None,
-                        "seed": seed,
-                        "train_examples": len(train),
-                        f"test_{task.monitor}": report["test"][task.monitor],
-                        f"validation_{task.monitor}": report["validation"][task.monitor],
-                        "epochs": len(report["history"]),
-                        "time_budget": run_config.time_budget,
-                        "seconds": time.perf_counter() - started,
-                        "run_dir": str(result.run_dir),
-                    }
-                    rows.append(row)
-                    finetune_seconds = row["seconds"] if method == "finetune" else finetune_seconds
-                    _record_row(run_config, row)
-                    log(
-                        f"{method:9} {row['labels_per_class']:>6} {task.size_unit}, seed {seed}: test "
-                        f"{task.monitor_name} {row[f'test_{task.monitor}']:.4f} in {row['seconds']:.0f}s "
-                        f"({row['epochs']} epochs)"
-                    )
+                    runs.append(PlannedRun(name, method, per_class, seed, train, run_config))
+    return runs
+
+
+def scratch_budget(finetune_seconds: float | None) -> float:
+    """Scratch's seconds without --time-budget: fine-tuning's on the same subset (at least
+    SCRATCH_MIN_BUDGET_S), or SCRATCH_DEFAULT_BUDGET_S without fine-tuning to match."""
+    if finetune_seconds is None:
+        return SCRATCH_DEFAULT_BUDGET_S
+    return round(max(SCRATCH_MIN_BUDGET_S, finetune_seconds), 1)
+
+
+def run_compare(config: CompareConfig, log: Log = print) -> dict[str, Any]:
+    given = TrainConfig(data=config.data, test=config.test, **dict(config.options or {}))
+    modality = detect(config.data, config=given).modality
+    splits = _fixed_splits(config, modality)
+    task = task_of(splits)
+    out = Path(config.out)
+    runs = planned_runs(config, modality, splits, task)
+    total = runs[0].config.time_budget if runs else None
+    split = None
+    if total is not None:  # the runs an earlier compare finished are not run (nor budgeted) again
+        split = BudgetSplit(total, sum(_finished_row(r.config, any_budget=True) is None for r in runs), log)
+    elif "scratch" in config.methods:
+        log(
+            f"scratch without --time-budget: each run within the seconds fine-tuning took on its subset "
+            f"(at least {SCRATCH_MIN_BUDGET_S:.0f}s), or {SCRATCH_DEFAULT_BUDGET_S:.0f}s without fine-tuning"
+        )
+    rows: list[dict[str, Any]] = []
+    finetune_seconds: dict[tuple, float] = {}
+    for planned in runs:
+        run_config = planned.config
+        if split is None and planned.method == "scratch":
+            budget = scratch_budget(finetune_seconds.get(planned.subset_key))
+            run_config = replace(run_config, time_budget=budget)
+        row = _finished_row(run_config, any_budget=split is not None)
+        if row is not None:
+            log(f"{_shown(planned, row, task)}: done before")
+        else:
+            if rows:  # what has finished so far stays readable if this run is stopped
+                write_outputs(_summary(config, modality, splits, rows, task), out)
+            if split is not None:
+                run_config = replace(run_config, time_budget=split.next_share(planned.method))
+            data = replace(splits, train=planned.train, skipped=[])
+            row = _run_one(planned, run_config, data, modality, task)
+            if split is not None:
+                split.ran(planned.method, float(run_config.time_budget or 0), row["seconds"])
+            _record_row(run_config, row)
+            log(
+                f"{_shown(planned, row, task)}: test {task.monitor_name} {row[f'test_{task.monitor}']:.4f} "
+                f"in {row['seconds']:.0f}s ({row['epochs']} epochs{_budget_shown(row)})"
+            )
+        rows.append(row)
+        if planned.method == "finetune":
+            finetune_seconds[planned.subset_key] = row["seconds"]
     summary = _summary(config, modality, splits, rows, task)
     write_outputs(summary, out)
     return summary
+
+
+def _shown(planned: PlannedRun, row: dict[str, Any], task: Task) -> str:
+    return f"{planned.method:9} {row['labels_per_class']:>6} {task.size_unit}, seed {planned.seed}"
+
+
+def _budget_shown(row: dict[str, Any]) -> str:
+    return f", budget {row['time_budget']:.0f}s" if row.get("time_budget") else ""
+
+
+def _run_one(
+    planned: PlannedRun, run_config: TrainConfig, data: DataSplits, modality: Modality, task: Task
+) -> dict[str, Any]:
+    """One run, and its row."""
+    from .runner import run
+
+    started = _now()
+    result = run(run_config, log=lambda line: None, splits=data, modality=modality)
+    report = result.report
+    return {
+        "method": planned.method,
+        "backbone": report["backbone"]["name"],
+        "labels_per_class": planned.per_class or task.size_reached(planned.train.labels),
+        "all": planned.per_class is None,
+        "seed": planned.seed,
+        "train_examples": len(planned.train),
+        f"test_{task.monitor}": report["test"][task.monitor],
+        f"validation_{task.monitor}": report["validation"][task.monitor],
+        "epochs": len(report["history"]),
+        "time_budget": run_config.time_budget,
+        "seconds": _now() - started,
+        "run_dir": str(result.run_dir),
+    }
 
 
 def _summary(
@@ -197,18 +324,21 @@ def _summary(
 ROW_FILE = "compare_row.json"  # in each run folder: its row, and the exact config that made it
 
 
-def _finished_row(run_config: TrainConfig) -> dict[str, Any] | None:
+def _finished_row(run_config: TrainConfig, any_budget: bool = False) -> dict[str, Any] | None:
     """The row of a run that an earlier (interrupted or shorter) compare into the same --out
-    finished with exactly this config: reused, so a compare continues where it stopped."""
+    finished with exactly this config: reused, so a compare continues where it stopped. With
+    `any_budget` (a compare under --time-budget, whose shares differ from one compare to the next)
+    the run's own time budget is not compared."""
     path = Path(str(run_config.out)) / ROW_FILE
     try:
         saved = json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-    if (
-        saved.get("config") != json.loads(json.dumps(run_config.to_dict()))
-        or not (path.parent / "graft.json").is_file()
-    ):
+    wanted = json.loads(json.dumps(run_config.to_dict()))
+    found = saved.get("config")
+    if any_budget and isinstance(found, dict):
+        found, wanted = {**found, "time_budget": None}, {**wanted, "time_budget": None}
+    if found != wanted or not (path.parent / "graft.json").is_file():
         return None
     return saved.get("row")
 

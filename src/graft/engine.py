@@ -26,8 +26,10 @@ import inspect
 import io
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +65,30 @@ class EngineChoice:
         return asdict(self)
 
 
+@dataclass
+class _Whole:
+    """One extraction done in parts (`part_of`): its size, and the engines chosen for it so far."""
+
+    n_inputs: int
+    chosen: dict[tuple, tuple[Forward, EngineChoice]] = field(default_factory=dict)
+
+
+# --time-budget's timing sample and its chunks are small parts of one extraction: they run on the
+# engine the whole would, chosen (exported, raced) once
+_WHOLE: ContextVar[_Whole | None] = ContextVar("graft_engine_whole", default=None)
+
+
+@contextmanager
+def part_of(n_inputs: int) -> Iterator[None]:
+    """Extractions inside are parts of one of (at least) `n_inputs` inputs: the engine is chosen as
+    for that many, once for each network and input shape, and kept for every part."""
+    token = _WHOLE.set(_Whole(n_inputs))
+    try:
+        yield
+    finally:
+        _WHOLE.reset(token)
+
+
 def torch_forward(module: nn.Module, precision: Any = None) -> Forward:
     """PyTorch eager at `precision` (a `graft.compute.Precision`; default: the current one)."""
     from .compute import autocast, current_precision, module_device, use_precision
@@ -82,6 +108,20 @@ def choose_engine(
 ) -> tuple[Forward, EngineChoice]:
     """The forward pass for `module` (in eval mode) on inputs shaped like `example` (a real batch,
     already normalised), and why that engine. `engine`: auto, torch or onnxruntime."""
+    from .compute import current_precision
+
+    whole = _WHOLE.get()
+    if whole is None:
+        return _choose(module, example, n_inputs, engine)
+    key = (id(module), tuple(example.shape[1:]), engine, current_precision().name)
+    if key not in whole.chosen:
+        whole.chosen[key] = _choose(module, example, max(n_inputs, whole.n_inputs), engine)
+    return whole.chosen[key]
+
+
+def _choose(
+    module: nn.Module, example: torch.Tensor, n_inputs: int, engine: str
+) -> tuple[Forward, EngineChoice]:
     from .compute import FP32, current_precision, module_device
 
     precision = current_precision()

@@ -72,10 +72,12 @@ def label_column_flag() -> Any:
 @dataclass(frozen=True)
 class Options:
     """A subcommand's options. `config_fields`: the TrainConfig fields it also takes (generated
-    from TrainConfig), with `config_defaults` where its defaults differ from training's."""
+    from TrainConfig), with `config_defaults` where its defaults differ from training's and
+    `config_help` where their meaning does."""
 
     config_fields: ClassVar[tuple[str, ...]] = ()
     config_defaults: ClassVar[dict[str, Any]] = {}
+    config_help: ClassVar[dict[str, str]] = {}  # where a shared option means something else here
 
     def __post_init__(self) -> None:
         check_fields(self)  # types, choices, ranges: as TrainConfig checks itself
@@ -174,6 +176,12 @@ class CompareOptions(Options):
     the user typed them (`parse_sizes`, `parse_methods` and `parse_backbones` read them)."""
 
     config_fields: ClassVar[tuple[str, ...]] = COMPARE_OPTIONS
+    config_help: ClassVar[dict[str, str]] = {
+        "time_budget": "finish the whole compare within this many seconds (also 30m, 1h): a tenth (at "
+        "least 5 s) is kept for its own work, and each run gets an equal share of what is left when it "
+        "starts, less what its method's runs went over theirs (the default: no limit, but scratch gets "
+        "the seconds fine-tuning took on the same subset, or 3 minutes without fine-tuning)",
+    }
     labels_per_class: str = option(
         "10,50,250,all",
         "data sizes: examples per class (multi-label: per label; regression: per target decile)",

@@ -27,7 +27,10 @@ from ..modalities.base import Features, Modality
 
 FEATURES_VERSION = 2  # bump when extraction changes numerically (2: large JPEGs decode in draft mode)
 
-__all__ = ["FEATURES_VERSION", "Features", "cache_dir", "cache_key", "cached_features", "cached_path"]
+__all__ = [
+    "FEATURES_VERSION", "Features", "cache_dir", "cache_key", "cached_features", "cached_path", "extract",
+    "store",
+]  # fmt: skip
 
 
 def cache_key(modality: Modality, backbone: Backbone, prep: Any, sources: Sequence[Any], flip: bool) -> str:
@@ -74,19 +77,27 @@ def cached_features(
     multi-process run each process encodes its part of `sources` and every process gets them all;
     rank 0 writes the same cache entry a single process would (the key does not depend on the
     number of processes), so either kind of run reuses the other's features."""
-    from safetensors.numpy import save_file
-
     path = cached_path(modality, backbone, prep, sources, flip, directory)
     folder = path.parent
     usable = usable_folder(folder)
     feats = _read(path) if usable and path.is_file() else None
     if not distributed.any_process(feats is None):  # every process has them from the cache
         return feats  # type: ignore[return-value]
-    feats = _encode(
+    feats = extract(
         modality, backbone, prep, sources, flip=flip, batch_size=batch_size, desc=desc, engine=engine
     )
-    if not (usable and distributed.is_main()):
-        return feats
+    if usable:
+        store(path, feats)
+    return feats
+
+
+def store(path: Path, feats: Features) -> None:
+    """`feats` as the cache entry at `path` (written by rank 0; a cache that cannot be written
+    warns once and the features are still good)."""
+    from safetensors.numpy import save_file
+
+    if not (distributed.is_main() and usable_folder(path.parent)):
+        return
     blob = np.frombuffer(json.dumps(feats.failures).encode(), dtype=np.uint8).copy()
     try:
         atomic_write(
@@ -97,8 +108,7 @@ def cached_features(
             ),
         )
     except OSError as err:  # full, or made read-only meanwhile: the features are still good
-        _warn_unusable(folder, err)
-    return feats
+        _warn_unusable(path.parent, err)
 
 
 def _read(path: Path) -> Features | None:
@@ -114,7 +124,7 @@ def _read(path: Path) -> Features | None:
         return None
 
 
-def _encode(
+def extract(
     modality: Modality, backbone: Backbone, prep: Any, sources: Sequence[Any], **options: Any
 ) -> Features:
     """modality.encode; with several processes, each encodes a contiguous part and all get the merge."""

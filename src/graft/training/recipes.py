@@ -72,6 +72,7 @@ class Job:
     log: Log
     task: Task = field(default_factory=lambda: get_task("single"))  # fitted to the training labels
     budget_subset: dict[str, Any] | None = None  # the training subset --time-budget allowed, if any
+    growing: Any = None  # --time-budget's subset extracted in chunks (`budget.Growing`): the probe's
     tracking: Tracking = field(default_factory=Tracking)  # --log-to; off by default
 
 
@@ -238,7 +239,7 @@ class _FeatureSet:
 
 
 def _features(job: Job, data: Labelled, desc: str) -> Features:
-    feats = cached_features(
+    feats = budget.taken_extraction(job, data.sources) or cached_features(
         job.modality,
         job.backbone,
         data.sources,
@@ -1082,6 +1083,19 @@ def estimate_epoch_seconds(job: Job, batch_size: int) -> float:
     return per_step * math.ceil(len(train) / batch_size)
 
 
+def _epoch_seconds(job: Job, probe: TrainResult, batch_size: int, epochs: int) -> float:
+    """Seconds per fine-tuning epoch for `auto`'s rule. Under --time-budget, when what is left
+    cannot hold `epochs` forward passes over the training inputs (what their extraction just
+    took: an epoch costs more), that lower bound already rules fine-tuning out, and timing steps
+    (minutes on a busy CPU) is not paid for."""
+    share = len(job.splits.train) / max(1, len(job.splits.train) + len(job.splits.val))
+    floor = probe.extract_seconds * share  # 0 when the features came from the cache
+    remaining = budget.left(job)
+    if remaining is not None and floor > 0 and epochs * floor > remaining:
+        return floor
+    return estimate_epoch_seconds(job, batch_size)
+
+
 @dataclass
 class Choice:
     strategy: str
@@ -1095,6 +1109,9 @@ def choose(job: Job) -> Choice:
     first (seconds to minutes: it is needed either way) and its validation score joins the
     rule (`strategies.choose_strategy`); fine-tuning then continues from it."""
     config, splits = job.config, job.splits
+    if job.budget_subset and "auto" in job.budget_subset:  # the budget went to reading: the probe
+        decided = job.budget_subset["auto"]
+        return Choice(decided["chosen"], decided["reason"], None, None)
     per_class = job.task.examples_per_group(len(splits.train))
     batch_size = (
         config.batch_size
@@ -1109,7 +1126,7 @@ def choose(job: Job) -> Choice:
         # the probe runs first for every modality: LP-FT continues from it (images), and where
         # fine-tuning starts afresh (text) it is the model to beat; either way `auto` can stop at it
         probe = probe_head(job)
-        epoch_seconds = distributed.from_main(estimate_epoch_seconds(job, batch_size))  # one choice for all
+        epoch_seconds = distributed.from_main(_epoch_seconds(job, probe, batch_size, epochs))  # one for all
     remaining = distributed.from_main(budget.left(job))  # counts the probe and all before it; rank 0's
     chosen, reason = strategies.choose_strategy(
         per_class,
@@ -1122,6 +1139,8 @@ def choose(job: Job) -> Choice:
         probe_seconds=probe.extract_seconds + probe.train_seconds if probe is not None else None,
         budget_label="budget" if remaining is None else "left of the time budget",
     )
+    if chosen == "linear" and probe is not None and budget.grow_for_the_probe(job):
+        probe = probe_head(job)  # again, on what was read in the time fine-tuning would have had
     planned = None
     if chosen == "finetune" and config.time_budget is None and config.epochs is None:
         affordable = int(strategies.DEFAULT_AUTO_BUDGET_S // max(epoch_seconds, 1e-9))
