@@ -50,27 +50,25 @@ class _Plan:
 def _over_budget_job(modality_name: str) -> SimpleNamespace:
     """A job whose 200 training inputs take 1 s each to extract, against a 60 s budget."""
     return SimpleNamespace(
-        config=SimpleNamespace(time_budget=60.0, seed=0),
+        config=SimpleNamespace(time_budget=60.0, seed=0, strategy="linear"),
         started=time.perf_counter(),
         splits=_Splits(_Inputs(np.arange(200) % 2), _Inputs(np.arange(10) % 2)),
         modality=get_modality(modality_name),
         plan=_Plan(),
+        budget_subset=None,
         log=lambda line: None,
     )
 
 
 @pytest.mark.parametrize("name", ["image", "text"])
-def test_the_budget_advises_the_size_option_of_the_runs_own_modality(name, monkeypatch):
-    monkeypatch.setattr(budget, "_extracts", lambda job, strategy: True)
-    monkeypatch.setattr(budget, "_extraction_ahead", lambda job: True)
-    monkeypatch.setattr(budget, "_time_extraction", lambda job: 1.0)
+def test_the_budget_advises_the_size_option_of_the_runs_own_modality(name):
     job = _over_budget_job(name)
-    budget.fit_data_to_budget(job, "linear")
-    (note,) = job.plan.notes
+    estimate = budget._Estimate(1.0, 10, "reading and extracting", extracts=True)
+    note = budget._subset_note(job, estimate, (60.0, 0.85, 50.0), 40, 210.0)
     own = get_modality(name).size_option
     others = {m.size_option for m in modalities().values()} - {own}
     assert f"smaller inputs: {own})" in note and others and not any(o in note for o in others)
-    assert job.budget_subset["train"] < 200
+    assert "subset of 40 of the 200" in note
 
 
 def test_each_modality_names_a_size_option_that_graft_train_takes():

@@ -179,7 +179,7 @@ def test_texts_grow_too_and_the_probe_finds_its_four_layer_features(tmp_path, mo
     job = result.job
     assert subset["planned"] < subset["train"] == subset["of"] == len(job.splits.train)
     assert sum(calls) == len(job.splits.train) + len(job.splits.val) + 20  # each once, the test set last
-    assert any(note.startswith("feature layers") for note in result.report["plan"]["notes"])
+    assert any(note.startswith("probe features") for note in result.report["plan"]["notes"])
 
 
 def test_auto_that_keeps_its_probe_reads_on_in_the_time_fine_tuning_would_have_had(tmp_path, monkeypatch):

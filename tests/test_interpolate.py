@@ -33,7 +33,7 @@ def _line():
 def test_the_best_point_on_the_line_is_loaded_and_ties_go_to_the_kept_end():
     model, start, end = _line()
     peak = lambda m: -float((m.weight - 0.6).abs().sum())  # noqa: E731 - best near the middle
-    choice = choose_alpha(model, start, end, {0.0: peak(nn.Linear(1, 1)), 1.0: -0.4}, peak, lambda s: True)
+    choice = choose_alpha(model, start, end, {0.0: -0.6, 1.0: -0.4}, peak, lambda s: True)
     assert choice["alpha"] == 0.5 and float(model.weight) == 0.5
     assert list(choice["scores"]) == ["0.0", "0.25", "0.5", "0.75", "1.0"]
     flat = lambda m: 0.7  # noqa: E731 - every point alike: the kept end stays
