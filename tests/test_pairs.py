@@ -239,3 +239,22 @@ def test_a_fine_tuned_pair_regression_that_ranks_below_its_probe_gives_way_to_it
     val_pairs, val_scores = _rows(similarity["val"])
     zero_shot = _zero_shot_spearman(minilm, val_pairs, val_scores, report["preprocessing"]["max_length"])
     assert report["validation"]["spearman"] >= zero_shot - 0.005
+
+
+def test_a_regression_head_on_few_features_starts_at_the_least_squares_fit() -> None:
+    """The cosine alone is one feature: Adam's steps of about the LR each would leave its slope
+    far from the fit after a probe's 500 steps, so the head starts at the least-squares fit of the
+    standardised targets (where there are at least 10 examples a feature) and the probe's R2 is
+    the calibration's."""
+    from graft.tasks import get_task
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 1))
+    y = 3.0 * x[:, 0] + 2.0 + rng.normal(scale=0.1, size=200)
+    task = get_task("regression", ("score",)).fit(y[:, None], {})
+    weight, bias = task.linear_start(torch.tensor(x, dtype=torch.float32), torch.tensor(y[:, None]))
+    std = float(np.std(y))
+    assert float(weight[0, 0]) == pytest.approx(3.0 / std, rel=0.02)
+    assert float(bias[0]) == pytest.approx((2.0 - float(np.mean(y))) / std, abs=0.02)
+    wide = torch.zeros(200, 30)  # 200 examples for 30 features: not well determined
+    assert task.linear_start(wide, torch.tensor(y[:, None])) is None

@@ -244,8 +244,9 @@ def _best_encoding(
     pretrained = _cpu_copy(body.state_dict())
     tried: list[_Tried] = []
     for i, encoding in enumerate(choices):
-        if i:
+        if i:  # as a run with this encoding alone starts: the pretrained body, the seed's random state
             body.load_state_dict(pretrained)
+            torch.manual_seed(config.seed)
         prep = ready.modality.use_encoding(config, ready.backbone, ready.prep, ready.splits, encoding)
         share = _budget_share(config, started, len(choices) - i)
         log(f"pair encoding auto: training the {encoding}-encoder ({i + 1} of {len(choices)})")

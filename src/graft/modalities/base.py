@@ -189,6 +189,11 @@ class Modality(Protocol):
         """For people: what a choice of `feature_layer_choices` gives the probe."""
         ...
 
+    def lr_mult(self, prep: Any) -> float | None:
+        """Fine-tuning's --lr-mult for these features where the modality has its own default (None:
+        --lr-mult's)."""
+        ...
+
     def fine_tunes_from_probe(self, prep: Any) -> bool:
         """Whether fine-tuning on these features must continue from the probe's head even where
         the modality's fine-tuning otherwise starts its head afresh."""

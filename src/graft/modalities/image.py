@@ -368,6 +368,9 @@ class ImageModality:
     def feature_choice_name(self, prep: Any, layers: int) -> str:
         return "the pooled last stage"
 
+    def lr_mult(self, prep: Any) -> float | None:
+        return None
+
     def fine_tunes_from_probe(self, prep: Any) -> bool:
         """LP-FT's head-only phase decides (`recipes.probes_first`)."""
         return False

@@ -511,6 +511,12 @@ class TextModality:
             return prep.with_length(config.max_length)
         return length_from_data(backbone.tokenizer, splits.train.sources, prep)
 
+    def lr_mult(self, prep: TextPreprocessing) -> float | None:
+        """A bi-encoder regressing its cosine trains every layer at one rate, as Sentence-BERT does
+        (Reimers & Gurevych 2019: 2e-5 for all, which the head's 2e-4 after the probe, x0.1, gives);
+        other text fine-tuning decays the rate by --lr-mult from the head down."""
+        return 1.0 if self.fine_tunes_from_probe(prep) else None
+
     def fine_tunes_from_probe(self, prep: TextPreprocessing) -> bool:
         """A bi-encoder regressing the cosine of its two embeddings continues from the probe's
         calibration of that cosine (a fresh one-input head would start at a random sign and

@@ -164,6 +164,13 @@ class Task:
         data size and the time decide alone)."""
         return None
 
+    def linear_start(
+        self, features: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """A linear head's starting (weight, bias) on these standardised features, where the task
+        has a closed-form fit (None: the head starts from its initial weights)."""
+        return None
+
     def ranking(self, metrics: dict[str, Any], n_val: int) -> tuple[str, float, float]:
         """What two models of this task are compared by when the runner chooses between them
         (`runner._best_encoding`): the metric's name, its validation value, and one standard error

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     import torch
 
 SIZE_BINS = 10  # graft compare: a target's deciles are its "classes"
+LEAST_SQUARES_PER_FEATURE = 10  # examples a feature for a linear head to start at the least-squares fit
 
 
 def r2(predicted: np.ndarray, true: np.ndarray) -> float:
@@ -126,6 +127,24 @@ class Regression(Task):
         standard_error = abs(unexplained) * float(np.sqrt(2.0 / max(1, n_val)))
         noise = "two standard errors ((1 - R2) x sqrt(2/n))"
         return Headroom(unexplained, standard_error, "validation unexplained variance (1 - R2)", noise)
+
+    def linear_start(
+        self, features: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The least-squares fit of the standardised targets, where it is well determined (at least
+        LEAST_SQUARES_PER_FEATURE examples a feature): from a small initial slope, Adam's steps of
+        about the LR each would take hundreds of steps to reach it, and a one-feature head (a
+        bi-encoder's cosine) would end the probe far from its calibration."""
+        import torch
+
+        n, d = features.shape
+        if n < LEAST_SQUARES_PER_FEATURE * d:
+            return None
+        mean, std = self._scale(features.device)
+        targets = (labels.float() - mean) / std
+        design = torch.cat([features.float(), torch.ones(n, 1, device=features.device)], dim=1)
+        solution = torch.linalg.lstsq(design.cpu(), targets.cpu()).solution.to(features.device)
+        return solution[:d].T.contiguous(), solution[d].contiguous()
 
     def ranking(self, metrics: dict[str, Any], n_val: int) -> tuple[str, float, float]:
         """Spearman's rank correlation: what a similarity score is judged by, and what no monotone

@@ -13,7 +13,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -395,6 +395,7 @@ def _probe_once(
     val_sources = [splits.val.sources[i] for i in np.flatnonzero(val_rows.ok)]
     job.task.check(y_train.numpy(), unit)
     head.norm.fit(x_train.to(job.device))
+    _start_linear(job, head, x_train, y_train)
     batch_size, epochs, note = head_schedule(config, plan, len(y_train))
     plan = replace(plan, epochs=epochs, batch_size=batch_size)
     job.plan = plan = plan.with_note(f"{phase}: {note}") if note else plan
@@ -457,6 +458,18 @@ def _probe_once(
     if with_test:
         test_on_features(job, result)
     return result
+
+
+@torch.no_grad()
+def _start_linear(job: Job, head: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
+    """A linear head starts at the task's closed-form fit on the probe's features, where it has one
+    (`Task.linear_start`: a regression's least squares on few features)."""
+    if any(isinstance(m, nn.Linear) for m in head.hidden):
+        return
+    fit = job.task.linear_start(head.norm(x.to(job.device)), y.to(job.device))
+    if fit is not None:
+        head.fc.weight.copy_(fit[0])
+        head.fc.bias.copy_(fit[1])
 
 
 def test_on_features(job: Job, result: TrainResult) -> None:
@@ -581,7 +594,7 @@ def finetune(job: Job, probe: TrainResult | None = None) -> TrainResult:
     options, epochs = head_phase(plan, plan.epochs, continues)
     job.log(_epochs_line(plan, continues, config.time_budget is not None and not config.epochs))
     strategy = strategies.make_strategy(
-        plan.strategy, [n for n, _ in job.backbone.groups], **options, lr_mult=config.lr_mult
+        plan.strategy, [n for n, _ in job.backbone.groups], **options, lr_mult=_lr_mult(job)
     )
     loop = loop_config(
         config,
@@ -701,6 +714,14 @@ def _unless_wider_probe(
     line = f"the probe on {job.modality.feature_choice_name(job.prep, wider.layers)} is kept: {what} {shown}"
     job.log(line)
     return {"epoch": 0, monitor: bar, "reason": line + " (the fine-tuned model's)"}
+
+
+def _lr_mult(job: Job) -> float:
+    """--lr-mult, or where it is left at its default, the modality's own for these features (a
+    bi-encoder's cosine: 1, Sentence-BERT's one rate for every layer)."""
+    default = next(f.default for f in fields(TrainConfig) if f.name == "lr_mult")
+    own = job.modality.lr_mult(job.prep)
+    return own if own is not None and job.config.lr_mult == default else job.config.lr_mult
 
 
 def _probes_as_weights(
