@@ -185,7 +185,8 @@ def test_a_bi_encoder_bundle_predicts_exports_serves_and_encodes_alike(bi_run, s
 
     from graft.serve import create_app
 
-    answer = TestClient(create_app(bi_run.run_dir)).post("/predict", json={"texts": [list(p) for p in pairs]})
+    client = TestClient(create_app(bi_run.run_dir, precision="fp32"))
+    answer = client.post("/predict", json={"texts": [list(p) for p in pairs]})
     assert answer.status_code == 200, answer.text
     served = [p["value"] if "value" in p else p["values"]["score"] for p in answer.json()["predictions"]]
     assert np.allclose(served, values, atol=1e-3)
