@@ -257,6 +257,26 @@ def test_predictor_on_onnxruntime_predicts_what_torch_does(image_run: Path):
     assert on_torch.engine_choice is None  # torch was asked for: nothing to choose
 
 
+def test_a_cpu_prediction_on_onnxruntime_loads_no_training_module(image_run: Path):
+    """Prediction stands below training: graft.load, the engine's export and race on a CPU and its
+    cache folder load no graft.training module (checked in a fresh process)."""
+    import json
+    import subprocess
+    import sys
+
+    images = [str(p) for p in sorted((image_run.parent / "data").rglob("*.png"))]
+    code = (
+        "import sys, json, graft; "
+        "m = graft.load(sys.argv[1], device='cpu', engine='onnxruntime'); m.predict(sys.argv[2:]); "
+        "print(json.dumps({'engine': m.engine_choice['name'], "
+        "'training': sorted(n for n in sys.modules if n.startswith('graft.training'))}))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(image_run), *images], capture_output=True, text=True, check=True
+    )
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"engine": "onnxruntime", "training": []}
+
+
 # --------------------------------------------------------------------------- predicting without torch
 
 

@@ -220,7 +220,7 @@ def _weights_digest(module: nn.Module, example: torch.Tensor) -> str:
 
 
 def _cache_path(module: nn.Module, example: torch.Tensor) -> Path | None:
-    from .training.features import cache_dir, usable_folder
+    from .cache import cache_dir, usable_folder
 
     folder = cache_dir() / "engines"
     if not usable_folder(folder, quiet=True):  # the feature cache has warned about it already

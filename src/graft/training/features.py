@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import tempfile
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import numpy as np
 from .. import distributed
 from ..backbones import Backbone
 from ..bundle import atomic_write
-from ..cache import cache_dir
+from ..cache import cache_dir, usable_folder, warn_unusable
 from ..compute import current_precision
 from ..modalities.base import Features, Modality
 
@@ -108,7 +106,7 @@ def store(path: Path, feats: Features) -> None:
             ),
         )
     except OSError as err:  # full, or made read-only meanwhile: the features are still good
-        _warn_unusable(path.parent, err)
+        warn_unusable(path.parent, err)
 
 
 def _read(path: Path) -> Features | None:
@@ -140,33 +138,4 @@ def extract(
         max(p.seconds for _, p in parts),
         cached=False,
         engine=part.engine,
-    )
-
-
-_warned: set[Path] = set()
-
-
-def usable_folder(folder: Path, quiet: bool = False) -> bool:
-    """Whether the cache folder exists or can be made, and takes a file. If not, one warning
-    (naming GRAFT_CACHE_DIR; none when `quiet`) and training goes on without the cache."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as err:
-        if not quiet:
-            _warn_unusable(folder, err)
-        return False
-    return True
-
-
-def _warn_unusable(folder: Path, err: OSError) -> None:
-    if folder in _warned:
-        return
-    _warned.add(folder)
-    reason = err.strerror or type(err).__name__
-    warnings.warn(
-        f"the feature cache {folder} cannot be written ({reason}): training without it; "
-        "set GRAFT_CACHE_DIR to a writable folder to cache features",
-        stacklevel=3,
     )
