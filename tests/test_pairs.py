@@ -259,3 +259,13 @@ def test_a_regression_head_on_few_features_starts_at_the_least_squares_fit() -> 
     assert float(bias[0]) == pytest.approx((2.0 - float(np.mean(y))) / std, abs=0.02)
     wide = torch.zeros(200, 30)  # 200 examples for 30 features: not well determined
     assert task.linear_start(wide, torch.tensor(y[:, None])) is None
+
+
+def test_four_feature_layers_on_pairs_under_auto_train_the_cross_encoder(similarity, monkeypatch) -> None:
+    """--feature-layers 4 pools layers a bi-encoder does not: `auto` then trains the cross-encoder
+    alone rather than failing on an encoding the user did not ask for."""
+    monkeypatch.setenv("GRAFT_CACHE_DIR", str(similarity["root"] / "cache"))
+    config = _config(similarity, "four", feature_layers="4", overwrite=True)
+    report = run(config, log=lambda line: None).report
+    assert report["preprocessing"]["pair_encoding"] == "cross" and report["preprocessing"]["layers"] == 4
+    assert not any(n.startswith("pair encoding auto") for n in report["plan"]["notes"])

@@ -79,6 +79,8 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # in float32 whatever the body's precision: the head is a sliver of the compute, and a bf16
         # output keeps about 3 significant digits, which ties close scores (a regression's ranking)
+        if x.device.type not in ("cpu", "cuda"):  # graft autocasts only there (MPS: never)
+            return self.fc(self.hidden(self.norm(x.float())))
         with torch.autocast(x.device.type, enabled=False):
             return self.fc(self.hidden(self.norm(x.float())))
 

@@ -492,7 +492,9 @@ class TextModality:
     def encoding_choices(self, config: Any, prep: TextPreprocessing) -> tuple[str, ...]:
         """--pair-encoding auto on sentence pairs: the runner trains each encoding and keeps the
         better on validation (`runner._best_encoding`); nothing to choose for single texts."""
-        return PAIR_ENCODINGS if prep.pairs and config.pair_encoding == "auto" else ()
+        if not prep.pairs or config.pair_encoding != "auto" or prep.layers != 1:
+            return ()  # --feature-layers N: a bi-encoder pools the last layer alone, so cross
+        return PAIR_ENCODINGS
 
     def use_encoding(
         self, config: Any, backbone: Any, prep: TextPreprocessing, splits: DataSplits, encoding: str

@@ -733,9 +733,12 @@ def _probes_as_weights(
 ) -> tuple[dict[str, torch.Tensor] | None, dict[str, torch.Tensor] | None]:
     """The weights fine-tuning's end is measured against, taken before it trains: the pretrained
     body for a wider probe (`_unless_wider_probe`), and the probe as a whole model (that body, the
-    probe's head) where the task ranks models by another metric than the one keep-best follows (a
-    regression: Spearman against R2; `_unless_probe_ranks_higher`). None where there is none."""
-    ranks = probe is not None and job.task.ranking(probe.val, len(job.splits.val))[0] != job.task.monitor
+    probe's head) where fine-tuning continues from a probe the modality needs (a bi-encoder's
+    cosine, the zero-shot similarity) and the task ranks models by another metric than the one
+    keep-best follows (a regression: Spearman against R2; `_unless_probe_ranks_higher`). None where
+    there is none."""
+    ranks = probe is not None and job.modality.fine_tunes_from_probe(job.prep)  # a bi-encoder's cosine
+    ranks = ranks and job.task.ranking(probe.val, len(job.splits.val))[0] != job.task.monitor
     if wider is None and not ranks:
         return None, None
     weights = candidate if candidate is not None else _cpu_weights(model)
