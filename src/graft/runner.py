@@ -241,7 +241,7 @@ def _best_encoding(
     beats the first by more than one standard error: the one-standard-error rule of model selection,
     the modality listing its simplest encoding first (a bi-encoder before a cross-encoder)."""
     body = ready.backbone.body
-    pretrained = _cpu_copy(body.state_dict())
+    pretrained = recipes.cpu_weights(body)
     tried: list[_Tried] = []
     for i, encoding in enumerate(choices):
         if i:  # as a run with this encoding alone starts: the pretrained body, the seed's random state
@@ -255,7 +255,7 @@ def _best_encoding(
         trained = _train(job, tried[0].job.run_dir if tried else None)
         score = job.task.ranking(trained.val, len(ready.splits.val))
         last = i == len(choices) - 1
-        tried.append(_Tried(encoding, job, trained, None if last else _cpu_copy(body.state_dict()), score))
+        tried.append(_Tried(encoding, job, trained, None if last else recipes.cpu_weights(body), score))
     kept = distributed.from_main(_kept_encoding(tried))
     return _restore_encoding(config, ready, tried, kept, log)
 
@@ -302,10 +302,6 @@ def _budget_share(config: TrainConfig, started: float, runs_left: int) -> float 
         return None
     spent = time.perf_counter() - started
     return spent + (config.time_budget - spent) / runs_left
-
-
-def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def _train(job: Job, run_dir: Path | None = None) -> TrainResult:

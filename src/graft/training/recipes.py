@@ -741,7 +741,7 @@ def _probes_as_weights(
     ranks = ranks and job.task.ranking(probe.val, len(job.splits.val))[0] != job.task.monitor
     if wider is None and not ranks:
         return None, None
-    weights = candidate if candidate is not None else _cpu_weights(model)
+    weights = candidate if candidate is not None else cpu_weights(model)
     return (weights if wider is not None else None), (weights if ranks else None)
 
 
@@ -799,7 +799,7 @@ def _kept_weights(
 ) -> dict[str, Any]:
     """Keep-best's epoch loaded into `model`, then (after a probe) the WiSE-FT mix of the probe
     and the fine-tuned weights: what the model ends with, and why."""
-    trained = _cpu_weights(model) if probe_weights is not None and probe is not None and history else None
+    trained = cpu_weights(model) if probe_weights is not None and probe is not None and history else None
     kept = keep.restore(model, history[-1]["epoch"] if history else 0)
     if trained is not None:
         mix = _interpolate(job, model, probe_weights, trained, kept, probe, val_set, history)
@@ -807,7 +807,8 @@ def _kept_weights(
     return kept
 
 
-def _cpu_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+def cpu_weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's weights on the CPU: a candidate kept while the model trains on."""
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
@@ -818,7 +819,7 @@ def _probe_weights(
     start of the line `_interpolate` walks; None without a probe or with --interpolate off."""
     if probe is None or job.config.interpolate == "off":
         return None
-    return _cpu_weights(model) if continues else candidate
+    return cpu_weights(model) if continues else candidate
 
 
 def _interpolate(
@@ -837,7 +838,7 @@ def _interpolate(
     if kept["epoch"] == 0:  # keep-best kept the probe: the line runs to the last epoch
         end, end_score = trained, history[-1][monitor]
     else:
-        end, end_score = _cpu_weights(model), kept[monitor]
+        end, end_score = cpu_weights(model), kept[monitor]
     budget_s = job.config.time_budget
 
     def affordable(last_seconds: float) -> bool:  # a tenth of the budget stays for the test and bundle
