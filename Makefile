@@ -1,4 +1,4 @@
-# Two entry points, as in the README's Quickstart: `make demo` and `make test`.
+# Two entry points, as in the README's Quickstart: `make demo` and `make test`; `make docs` builds the site.
 VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
@@ -10,10 +10,10 @@ $(BIN)/graft: pyproject.toml
 	touch $@
 
 $(VENV)/.test-deps: $(BIN)/graft
-	$(BIN)/pip install --quiet -e '.[test,text,onnx,keras,serve,distributed,tensorboard,mlflow,tables,datasets]'
+	$(BIN)/pip install --quiet -e '.[test,text,onnx,keras,serve,distributed,tensorboard,mlflow,tables,datasets,docs]'
 	touch $@
 
-.PHONY: demo test test-slow lint
+.PHONY: demo test test-slow lint docs
 demo: $(BIN)/graft
 	$(BIN)/graft demo
 
@@ -24,10 +24,15 @@ demo: $(BIN)/graft
 # without (GRAFT_CPU_BF16), whichever this machine is
 test: $(VENV)/.test-deps
 	$(BIN)/ruff check src tests bench examples
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q -n auto --dist loadfile -m 'not slow and not timing'
 	$(BIN)/python -m pytest -q -m 'timing and not slow'
 	GRAFT_CPU_BF16=1 $(BIN)/python -m pytest -q -n auto --dist loadfile -m 'precision and not slow'
 	GRAFT_CPU_BF16=0 $(BIN)/python -m pytest -q -n auto --dist loadfile -m 'precision and not slow'
+
+# the documentation site (docs/, mkdocs.yml) into site/; --strict: a broken link or reference fails
+docs: $(VENV)/.test-deps
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 test-slow: $(VENV)/.test-deps
 	$(BIN)/python -m pytest -q -m slow
