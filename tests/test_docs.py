@@ -7,6 +7,7 @@ import html
 import importlib.util
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -107,19 +108,38 @@ def _page_text(built_html: str) -> str:
     return html.unescape(re.sub(r"<[^>]+>", "", built_html))
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _needs_the_docs_extra() -> None:
     missing = [name for name in DOCS_PACKAGES if importlib.util.find_spec(name) is None]
     if missing:
         unavailable(f"the docs extra is not installed ({', '.join(missing)}): pip install -e '.[docs]'")
-    out = tmp_path_factory.mktemp("site")
+
+
+def _mkdocs_build(project: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)]
     env = os.environ | {"NO_MKDOCS_2_WARNING": "1"}
-    build = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
-        cwd=ROOT, capture_output=True, text=True, env=env,
-    )
+    return subprocess.run(command, cwd=project, capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    _needs_the_docs_extra()
+    out = tmp_path_factory.mktemp("site")
+    build = _mkdocs_build(ROOT, out)
     assert build.returncode == 0, f"mkdocs build --strict failed:\n{build.stderr[-4000:]}"
     return out
+
+
+def test_a_broken_link_fails_the_build(tmp_path: Path) -> None:
+    _needs_the_docs_extra()
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "docs", project / "docs")
+    shutil.copy(ROOT / "mkdocs.yml", project / "mkdocs.yml")
+    for shared in ("src", "tools"):
+        (project / shared).symlink_to(ROOT / shared)
+    with open(project / "docs" / "index.md", "a", encoding="utf-8") as page:
+        page.write("\nSee [the missing page](guide/no-such-page.md).\n")
+    build = _mkdocs_build(project, tmp_path / "site")
+    assert build.returncode != 0 and "no-such-page.md" in build.stderr
 
 
 def test_the_site_builds_strictly(site: Path) -> None:
