@@ -65,6 +65,14 @@ def test_the_readme_is_a_front_page_of_at_most_200_lines() -> None:
     assert len(lines) <= README_MAX_LINES, f"README.md has {len(lines)} lines; move detail into docs/"
 
 
+def test_the_readmes_relative_links_lead_to_files_that_exist() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = [t.split("#")[0] for t in re.findall(r"\]\(([^)\s]+)\)", readme) if "://" not in t]
+    assert "docs/numbers.md" in targets
+    broken = [t for t in targets if t and not (ROOT / t).exists()]
+    assert not broken, f"README.md links to missing files: {broken}"
+
+
 def test_no_tracked_text_dates_anything_by_a_working_sitting() -> None:
     texts = _tracked_text_files()
     assert "README.md" in texts and "pyproject.toml" in texts  # the scan reads what it should
