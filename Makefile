@@ -23,7 +23,7 @@ demo: $(BIN)/graft
 # tests whose numbers a machine's precision decides, as on a CPU with native bf16 and as on one
 # without (GRAFT_CPU_BF16), whichever this machine is
 test: $(VENV)/.test-deps
-	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff check src tests bench examples tools
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 	$(BIN)/python -m pytest -q -n auto --dist loadfile -m 'not slow and not timing'
 	$(BIN)/python -m pytest -q -m 'timing and not slow'
