@@ -1,8 +1,8 @@
 """The "seed article" PyTorch transfer-learning recipe, as written: the baseline graft is measured against.
 
-    python bench/seed_recipe.py --data .cache/data/cifar10/train --test .cache/data/cifar10/test \\
+    python -m bench.baselines.seed_recipe --data .cache/data/cifar10/train --test .cache/data/cifar10/test \\
         --per-class 500 --test-per-class 100 --frozen          # frozen base: only the head trains
-    python bench/seed_recipe.py ... --per-class 100 --test-per-class 50   # full fine-tuning
+    python -m bench.baselines.seed_recipe ... --per-class 100 --test-per-class 50   # full fine-tuning
 
 A pretrained backbone from graft's registry (default efficientnet_lite0, offline) with its classifier
 replaced by `nn.Linear(num_features, num_classes)`; torchvision `ImageFolder` with Resize(resize_size),
@@ -17,8 +17,8 @@ schedule. `--frozen`: backbone parameters get requires_grad=False and the backbo
 `--per-class N` keeps the first N images of each class (ImageFolder's sorted order); the other bench
 scripts build the same subset as a folder of symlinks (`subset_folder`) so graft sees identical files.
 Wall seconds run from building the backbone to the end of the test evaluation (the Python and torch
-imports are not counted). `run_seed_recipe(...)` is the importable core (bench/linear_probe.py and
-bench/finetune.py use it); with `eval_each_epoch` it also evaluates the test set after every epoch,
+imports are not counted). `run_seed_recipe(...)` is the importable core (the anchors suite uses it);
+with `eval_each_epoch` it also evaluates the test set after every epoch,
 outside the training clock (`elapsed_seconds` counts training only).
 """
 
@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,14 +36,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from bench.data import BENCH, DATA, require_data
 from graft.backbones import create_backbone
-
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / ".cache" / "data" / "cifar10"
-BENCH = ROOT / ".cache" / "bench"
-UNPACK_HINT = (
-    "mkdir -p .cache/data/cifar10 && tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C .cache/data/cifar10"
-)
 
 
 class SeedModel(nn.Module):
@@ -59,14 +52,6 @@ class SeedModel(nn.Module):
         return self.head(self.body(x).flatten(1))
 
 
-def require_data(*folders: Path) -> None:
-    for folder in folders:
-        if not folder.is_dir():
-            raise SystemExit(
-                f"{folder} does not exist; unpack the CIFAR-10 JPEG copy first:\n    {UNPACK_HINT}"
-            )
-
-
 def first_per_class(dataset: datasets.ImageFolder, per_class: int | None) -> datasets.ImageFolder | Subset:
     """The first `per_class` samples of each class, in ImageFolder's (sorted) order."""
     if not per_class:
@@ -78,37 +63,6 @@ def first_per_class(dataset: datasets.ImageFolder, per_class: int | None) -> dat
             seen[label] = seen.get(label, 0) + 1
             keep.append(index)
     return Subset(dataset, keep)
-
-
-def subset_folder(source: Path, per_class: int | None, name: str) -> Path:
-    """A folder of symlinks to the first `per_class` images of each class of `source` (sorted names,
-    as ImageFolder orders them), under .cache/bench/subsets/<name>; `source` itself when per_class is
-    None. Rebuilt only when missing or different."""
-    if not per_class:
-        return source
-    dest = BENCH / "subsets" / name
-    extensions = datasets.folder.IMG_EXTENSIONS
-    for class_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = sorted(
-            p for p in class_dir.rglob("*") if p.suffix.lower() in extensions and not p.name.startswith(".")
-        )[:per_class]
-        target = dest / class_dir.name
-        wanted = {f.relative_to(class_dir).as_posix(): f.resolve() for f in files}
-        present = (
-            {p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_symlink()}
-            if target.is_dir()
-            else set()
-        )
-        if present == set(wanted):
-            continue
-        for p in sorted(target.rglob("*"), reverse=True) if target.is_dir() else []:
-            if p.is_symlink() or p.is_file():
-                p.unlink()
-        for rel, real in wanted.items():
-            link = target / rel
-            link.parent.mkdir(parents=True, exist_ok=True)
-            os.symlink(real, link)
-    return dest
 
 
 def default_device() -> str:

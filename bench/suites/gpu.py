@@ -1,8 +1,13 @@
 """One table from one run: how close graft's data path and training come to the network's own speed
 on this device, and the anchors beside it.
 
-    python bench/gpu.py                 # a GPU: full CIFAR-10 at 224 px, TREC-6; about 6 minutes
-    python bench/gpu.py --small         # any machine (a CPU): small subsets at 96 px, a few minutes
+    python -m bench gpu                 # a GPU: full CIFAR-10 at 224 px, TREC-6; about 6 minutes
+    python -m bench gpu --small         # any machine (a CPU): small subsets at 96 px, a few minutes
+    python -m bench gpu --only network levers --devices 2
+
+It measures an installed graft (the default tree is `installed`: build and install a wheel first);
+each case (network, levers, graft, loop, text) runs as its own process, prints each row as it is
+measured and hands it to the harness at once; peak GPU memory is reset before each row.
 
 Rows (images or texts per second; accuracy on the test split):
 - network alone, forward: EfficientNet-Lite0 (packaged weights) on batches already on the device,
@@ -40,8 +45,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.data import DATA, TEXT, subset_folder
+from bench.harness import emit
+from bench.suites import Context
+
+DEFAULT_TREE = "installed"
+PARTS = ("network", "levers", "graft", "loop", "text")
 
 
 class Settings:
@@ -57,15 +66,15 @@ class Settings:
         self.timed_steps = 5 if small else 30
         self.trec_rows = 600 if small else None
         self.trainer_epochs = 1 if small else 3
+        self.devices = args.devices
 
 
 def network_rows(s: Settings, device: Any) -> list[dict[str, Any]]:
     import torch
 
     from graft.backbones import create_backbone
-    from graft.compute import autocast, resolve_precision, use_precision
 
-    precision = resolve_precision("auto", device)
+    precision = _runtime("resolve_precision")("auto", device)
     backbone = create_backbone("efficientnet_lite0")
     model = torch.nn.Sequential(backbone.body, torch.nn.Flatten(), torch.nn.Linear(backbone.num_features, 10))
     model = model.to(device=device, memory_format=torch.channels_last)
@@ -83,33 +92,34 @@ def network_rows(s: Settings, device: Any) -> list[dict[str, Any]]:
         return s.batch * s.timed_steps / (time.perf_counter() - started)
 
     model.eval()
-    with use_precision(precision):
+    with _runtime("use_precision")(precision):
 
         def forward() -> None:
-            with torch.inference_mode(), autocast(device):
+            with torch.inference_mode(), _runtime("autocast")(device):
                 model(x)
 
+        _reset_peak(device)
         forward_rate = timed(forward)
+        forward_peak = _peak_gb(device)
         model.train()
         fused = {"fused": True} if device.type == "cuda" else {}
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
 
+        what = f"batch {s.batch}, {s.size} px, {precision.name}, channels_last"
+        first = _done({"row": "network alone: forward", "rate": forward_rate, "setting": what,
+                       "peak_gb": forward_peak})  # fmt: skip
+        _reset_peak(device)
         step_rate = timed(lambda: _train_step(model, optimizer, x, y, device))
-    peak = _peak_gb(device)
-    what = f"batch {s.batch}, {s.size} px, {precision.name}, channels_last"
-    return [
-        {"row": "network alone: forward", "rate": forward_rate, "setting": what, "peak_gb": peak},
-        {"row": "network alone: train step", "rate": step_rate, "setting": what, "peak_gb": peak},
-    ]
+    return [first, _done({"row": "network alone: train step", "rate": step_rate, "setting": what,
+                          "peak_gb": _peak_gb(device)})]  # fmt: skip
 
 
 def _train_step(model: Any, optimizer: Any, x: Any, y: Any, device: Any) -> None:
     """One forward + backward + AdamW step at the current precision's autocast."""
     import torch
 
-    from graft.compute import autocast
 
-    with autocast(device):
+    with _runtime("autocast")(device):
         loss = torch.nn.functional.cross_entropy(model(x), y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -123,15 +133,15 @@ def lever_rows(s: Settings, device: Any, compile_too: bool) -> list[dict[str, An
     import torch
 
     from graft.backbones import create_backbone
-    from graft.compute import resolve_precision, use_precision
 
-    precision = resolve_precision("auto", device)
+    precision = _runtime("resolve_precision")("auto", device)
     backbone = create_backbone("efficientnet_lite0")
     net = torch.nn.Sequential(backbone.body, torch.nn.Flatten(), torch.nn.Linear(backbone.num_features, 10))
     net = net.to(device=device, memory_format=torch.channels_last).train()
     rows: list[dict[str, Any]] = []
 
     def rate(model: Any, batch: int, fused: bool, warm: int = 3) -> tuple[float, float]:
+        _reset_peak(device)
         x = torch.randn(batch, 3, s.size, s.size, device=device).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (batch,), device=device)
         optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5, fused=fused)
@@ -151,19 +161,18 @@ def lever_rows(s: Settings, device: Any, compile_too: bool) -> list[dict[str, An
         return batch * s.timed_steps / (time.perf_counter() - started), first
 
     fused = device.type == "cuda"
-    with use_precision(precision):
+    with _runtime("use_precision")(precision):
         for batch in (64, 128, 256):
             value, _ = rate(net, batch, fused)
             optimizer = "fused AdamW" if fused else "AdamW"
-            rows.append({"row": f"lever: train step, batch {batch}", "rate": value, "setting": optimizer})
+            row = {"row": f"lever: train step, batch {batch}", "rate": value, "setting": optimizer}
+            rows.append(_done({**row, "peak_gb": _peak_gb(device)}))
         if fused:
             value, _ = rate(net, s.batch, fused=False)
             name = f"lever: train step, batch {s.batch}"
-            rows.append({"row": name, "rate": value, "setting": "AdamW unfused"})
+            rows.append(_done({"row": name, "rate": value, "setting": "AdamW unfused"}))
         if compile_too:
-            value, first = rate(torch.compile(net), s.batch, fused)
-            what = f"torch.compile, {first:.0f} s to compile and warm up"
-            rows.append({"row": f"lever: train step, batch {s.batch}", "rate": value, "setting": what})
+            rows.append(_done(_compiled_row(s, net, rate, fused)))
     return rows
 
 
@@ -171,6 +180,7 @@ def graft_rows(s: Settings, train: Path, test: Path, device: str) -> list[dict[s
     out = Path(tempfile.mkdtemp(prefix="gpu-bench-")) / "run"
     argv = [sys.executable, "-m", "graft", "train", str(train), "--test", str(test), "--device", device]
     argv += ["--image-size", str(s.size), "--time-budget", str(s.budget), "--out", str(out), "--json"]
+    argv += ["--devices", str(s.devices)] if s.devices > 1 else []
     with tempfile.TemporaryDirectory() as cache, _UtilSampler() as util:
         started = time.perf_counter()
         done = _graft(argv, cache)
@@ -210,7 +220,6 @@ def loop_row(s: Settings, train: Path, test: Path, device: Any) -> dict[str, Any
     from torchvision.transforms import v2
 
     from graft.backbones import create_backbone
-    from graft.compute import autocast, resolve_precision, use_precision
     from graft.data.pipeline import default_workers
 
     backbone = create_backbone("efficientnet_lite0")
@@ -231,16 +240,16 @@ def loop_row(s: Settings, train: Path, test: Path, device: Any) -> dict[str, Any
     model = model.to(device=device, memory_format=torch.channels_last)
     fused = {"fused": True} if device.type == "cuda" else {}
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4, **fused)
-    precision = resolve_precision("auto", device)
+    precision = _runtime("resolve_precision")("auto", device)
     rate = float("nan")
-    with use_precision(precision):
+    with _runtime("use_precision")(precision):
         for _ in range(s.loop_epochs):
             model.train()
             seen, started = 0, time.perf_counter()
             for x, y in train_loader:
                 x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
                 y = y.to(device, non_blocking=True)
-                with autocast(device):
+                with _runtime("autocast")(device):
                     loss = torch.nn.functional.cross_entropy(model(x), y)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -250,7 +259,7 @@ def loop_row(s: Settings, train: Path, test: Path, device: Any) -> dict[str, Any
             rate = seen / (time.perf_counter() - started)
         model.eval()
         right = total = 0
-        with torch.inference_mode(), autocast(device):
+        with torch.inference_mode(), _runtime("autocast")(device):
             for x, y in test_loader:
                 predicted = model(x.to(device).contiguous(memory_format=torch.channels_last)).argmax(1).cpu()
                 right, total = right + int((predicted == y).sum()), total + len(y)
@@ -264,7 +273,7 @@ def loop_row(s: Settings, train: Path, test: Path, device: Any) -> dict[str, Any
 
 
 def text_rows(s: Settings, trec: Path, device: str) -> list[dict[str, Any]]:
-    from anchors import hf_trainer
+    from bench.baselines.hf_trainer import hf_trainer
 
     folder = trec
     if s.trec_rows:  # a small copy: the first rows of train.csv, all of test.csv
@@ -275,6 +284,7 @@ def text_rows(s: Settings, trec: Path, device: str) -> list[dict[str, Any]]:
     out = Path(tempfile.mkdtemp(prefix="gpu-bench-text-")) / "run"
     argv = [sys.executable, "-m", "graft", "train", str(folder / "train.csv")]
     argv += ["--test", str(folder / "test.csv"), "--device", device, "--out", str(out), "--json"]
+    argv += ["--devices", str(s.devices)] if s.devices > 1 else []
     with tempfile.TemporaryDirectory() as cache:
         started = time.perf_counter()
         done = _graft(argv, cache)
@@ -325,6 +335,34 @@ class _UtilSampler:
         return sum(self.samples) / len(self.samples) if self.samples else None
 
 
+def _compiled_row(s: Settings, net: Any, rate: Any, fused: bool) -> dict[str, Any]:
+    """torch.compile's train step; a compiler that is missing or fails is a row that says so."""
+    import torch
+
+    row = f"lever: train step, batch {s.batch}"
+    if not hasattr(torch, "compile"):
+        return {"row": row, "setting": "torch.compile: not in this torch"}
+    try:
+        value, first = rate(torch.compile(net), s.batch, fused)
+    except Exception as error:  # inductor needs a compiler toolchain: its absence is a finding
+        return {"row": row, "setting": f"torch.compile failed: {type(error).__name__}: {str(error)[:120]}"}
+    return {"row": row, "rate": value, "setting": f"torch.compile, {first:.0f} s to compile and warm up"}
+
+
+def _runtime(name: str) -> Any:
+    """A function of graft's runtime (precision, device), wherever this tree keeps it."""
+    import importlib
+
+    for module in ("graft.runtime.precision", "graft.runtime.device", "graft.runtime", "graft.compute"):
+        try:
+            found = importlib.import_module(module)
+        except ImportError:
+            continue
+        if hasattr(found, name):
+            return getattr(found, name)
+    raise ImportError(f"this graft has no {name} in graft.runtime or graft.compute")
+
+
 def _graft(argv: list[str], cache: str) -> subprocess.CompletedProcess:
     return subprocess.run(argv, env=os.environ | {"GRAFT_CACHE_DIR": cache}, capture_output=True, text=True)
 
@@ -334,6 +372,13 @@ def _sync(device: Any) -> None:
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _reset_peak(device: Any) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
 
 
 def _peak_gb(device: Any) -> float | None:
@@ -346,59 +391,102 @@ def _cell(value: Any, spec: str) -> str:
     return "-" if value is None or value != value else format(value, spec)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small", action="store_true", help="small subsets at 96 px: any machine, minutes")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--data", type=Path, default=ROOT / ".cache" / "data" / "cifar10")
-    parser.add_argument("--trec", type=Path, default=ROOT.parent / "shared" / "data" / "text" / "trec6")
-    parser.add_argument("--image-size", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--time-budget", type=float)
-    parser.add_argument("--loop-epochs", type=int)
-    parts = ["network", "levers", "compile", "graft", "loop", "text"]
-    parser.add_argument("--skip", nargs="*", default=[], choices=parts)
-    args = parser.parse_args()
+def _done(row: dict[str, Any]) -> dict[str, Any]:
+    """A measured row: printed and handed to the harness at once (a later crash keeps it)."""
+    cells = [row["row"], row.get("setting", ""), _cell(row.get("rate"), ",.0f")]
+    cells += [_cell(row.get("accuracy"), ".4f"), _cell(row.get("util"), ".0f")]
+    cells.append(_cell(row.get("peak_gb"), ".1f"))
+    print("| " + " | ".join(cells) + " |", flush=True)
+    emit(row)
+    return row
+
+
+def _device(name: str) -> Any:
     import torch
-    from seed_recipe import subset_folder
 
-    from graft.compute import resolve_device
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
 
-    s = Settings(args)
-    device = resolve_device(args.device)
+
+def _cifar(args: argparse.Namespace, s: Settings) -> tuple[Path, Path]:
     if not (args.data / "train").is_dir():
         raise SystemExit(f"{args.data}/train is missing: unpack ../shared/data/cifar10-jpeg.tar.gz there")
     train = subset_folder(args.data / "train", s.per_class, f"gpu-train-{s.per_class}")
-    test = subset_folder(args.data / "test", s.test_per_class, f"gpu-test-{s.test_per_class}")
+    return train, subset_folder(args.data / "test", s.test_per_class, f"gpu-test-{s.test_per_class}")
+
+
+def measure(part: str, args: argparse.Namespace) -> None:
+    """One case in this process: its rows, printed and emitted as each is measured."""
+    import torch
+
+    s, device = Settings(args), _device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest kernels are worth finding
-    started = time.perf_counter()
-    rows: list[dict[str, Any]] = []
-    if "network" not in args.skip:
-        rows += network_rows(s, device)
-    if "levers" not in args.skip:
-        rows += lever_rows(s, device, compile_too=device.type == "cuda" and "compile" not in args.skip)
-    if "graft" not in args.skip:
-        rows += graft_rows(s, train, test, str(device))
-    if "loop" not in args.skip:
-        rows.append(loop_row(s, train, test, device))
-    if "text" not in args.skip and (args.trec / "train.csv").is_file():
-        rows += text_rows(s, args.trec, str(device))
-    limit = {r["row"]: r["rate"] for r in rows if r["row"].startswith("network alone")}
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
-    seconds = time.perf_counter() - started
-    print(f"\n{name}; CIFAR-10 {'subset' if s.small else 'full'} at {s.size} px; {seconds:.0f} s in all")
-    print("| row | setting | images/s | of the network's | test accuracy | GPU util % | peak GPU GB |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        kind = "forward" if "extraction" in r["row"] else "train step"
-        roof = limit.get(f"network alone: {kind}")
-        share = r["rate"] / roof if r.get("rate") and roof and not r["row"].startswith("network") else None
-        cells = [r["row"], r.get("setting", ""), _cell(r.get("rate"), ",.0f"), _cell(share, ".0%")]
-        cells += [_cell(r.get("accuracy"), ".4f"), _cell(r.get("util"), ".0f")]
-        cells.append(_cell(r.get("peak_gb"), ".1f"))
-        print("| " + " | ".join(cells) + " |")
-    print(json.dumps(rows, default=str))
+    print("| row | setting | images/s | test accuracy | GPU util % | peak GPU GB |", flush=True)
+    if part == "network":
+        network_rows(s, device)
+    elif part == "levers":
+        compile_too = device.type == "cuda" and "compile" not in args.skip
+        lever_rows(s, device, compile_too)
+    elif part == "text":
+        if not (args.trec / "train.csv").is_file():
+            print(f"TREC-6 is missing ({args.trec}/train.csv): the text rows are not measured", flush=True)
+            emit({"row": "TREC-6", "error": f"no data at {args.trec}"})
+            return
+        for row in text_rows(s, args.trec, str(device)):
+            _done(row)
+    else:
+        train, test = _cifar(args, s)
+        graft = part == "graft"
+        rows = graft_rows(s, train, test, str(device)) if graft else [loop_row(s, train, test, device)]
+        for row in rows:
+            _done(row)
+
+
+def add_arguments(group: Any) -> None:
+    group.add_argument("--small", action="store_true", help="small subsets at 96 px: any machine, minutes")
+    group.add_argument("--device", default="auto")
+    group.add_argument("--devices", type=int, default=1, help="graft train --devices N for the graft rows")
+    group.add_argument("--data", type=Path, default=DATA)
+    group.add_argument("--trec", type=Path, default=TEXT / "trec6")
+    group.add_argument("--image-size", type=int)
+    group.add_argument("--batch-size", type=int)
+    group.add_argument("--time-budget", type=float)
+    group.add_argument("--loop-epochs", type=int)
+    group.add_argument("--skip", nargs="*", default=[], choices=["compile"], help="leave torch.compile out")
+
+
+def _forward(options: argparse.Namespace) -> list[str]:
+    """The suite's options as the worker's command line."""
+    argv = ["--device", options.device, "--devices", str(options.devices), "--data", str(options.data)]
+    argv += ["--trec", str(options.trec), "--skip", *options.skip]
+    for name in ("image_size", "batch_size", "time_budget", "loop_epochs"):
+        if getattr(options, name) is not None:
+            argv += [f"--{name.replace('_', '-')}", str(getattr(options, name))]
+    return [*argv, "--small"] if options.small else argv
+
+
+def _case(part: str) -> Any:
+    def case(ctx: Context) -> list[dict[str, Any]]:
+        run = ctx.module("bench.suites.gpu", part, *_forward(ctx.options))
+        return [{**row, "case_wall_s": round(run.wall_s, 1), "rc": run.returncode} for row in run.rows] or [
+            {"error": f"exit {run.returncode}", "case_wall_s": round(run.wall_s, 1)}
+        ]
+
+    case.__doc__ = f"the {part} rows, in their own process"
+    return case
+
+
+CASES = {part: _case(part) for part in PARTS}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("part", choices=PARTS)
+    add_arguments(parser)
+    args = parser.parse_args()
+    measure(args.part, args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""fastai's standard transfer recipe on graft's packaged backbone, as one JSON line (run by anchors.py).
+"""fastai's standard transfer recipe on graft's packaged backbone, as one JSON line (the anchors
+suite runs it).
 
-    <python with fastai> bench/anchor_fastai.py TRAIN_DIR TEST_DIR --image-size 96 --epochs 5
+    <python with fastai> bench/baselines/fastai_fine_tune.py TRAIN_DIR TEST_DIR --image-size 96 --epochs 5
 
 `Resize` + `aug_transforms()` + ImageNet-style normalisation with the backbone's own mean/std, the
 concat-pool head of `create_head` on the backbone's feature map, `learn.fine_tune(epochs - 1)`

@@ -1,0 +1,51 @@
+"""The data the suites share, read-only: the CIFAR-10 JPEG copy, the text CSVs, and per-class subsets
+of an image folder as folders of symlinks (so graft and a baseline see identical files)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("GRAFT_BENCH_CIFAR", ROOT / ".cache" / "data" / "cifar10"))
+TEXT = Path(os.environ.get("GRAFT_BENCH_TEXT", ROOT.parent / "shared" / "data" / "text"))
+BENCH = ROOT / ".cache" / "bench"
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+UNPACK_HINT = (
+    "mkdir -p .cache/data/cifar10 && tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C .cache/data/cifar10"
+)
+
+
+def require_data(*folders: Path) -> None:
+    for folder in folders:
+        if not folder.is_dir():
+            raise SystemExit(f"{folder} does not exist; unpack the CIFAR-10 copy first:\n    {UNPACK_HINT}")
+
+
+def _wanted(class_dir: Path, per_class: int) -> dict[str, Path]:
+    files = sorted(
+        p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    )[:per_class]
+    return {f.relative_to(class_dir).as_posix(): f.resolve() for f in files}
+
+
+def subset_folder(source: Path, per_class: int | None, name: str) -> Path:
+    """A folder of symlinks to the first `per_class` images of each class of `source` (sorted names,
+    as ImageFolder orders them), under .cache/bench/subsets/<name>; `source` itself when per_class is
+    None. Rebuilt only when missing or different."""
+    if not per_class:
+        return source
+    dest = BENCH / "subsets" / name
+    for class_dir in sorted(p for p in source.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        target, wanted = dest / class_dir.name, _wanted(class_dir, per_class)
+        links = sorted(target.rglob("*"), reverse=True) if target.is_dir() else []
+        if {p.relative_to(target).as_posix() for p in links if p.is_symlink()} == set(wanted):
+            continue
+        for p in links:
+            if p.is_symlink() or p.is_file():
+                p.unlink()
+        for rel, real in wanted.items():
+            link = target / rel
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(real, link)
+    return dest
