@@ -3,7 +3,9 @@ of an image folder as folders of symlinks (so graft and a baseline see identical
 
 from __future__ import annotations
 
+import csv
 import os
+import random
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -11,6 +13,7 @@ DATA = Path(os.environ.get("GRAFT_BENCH_CIFAR", ROOT / ".cache" / "data" / "cifa
 TEXT = Path(os.environ.get("GRAFT_BENCH_TEXT", ROOT.parent / "shared" / "data" / "text"))
 BENCH = ROOT / ".cache" / "bench"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+VEHICLES = {"airplane", "automobile", "ship", "truck"}
 UNPACK_HINT = (
     "mkdir -p .cache/data/cifar10 && tar -xzf ../shared/data/cifar10-jpeg.tar.gz -C .cache/data/cifar10"
 )
@@ -49,3 +52,48 @@ def subset_folder(source: Path, per_class: int | None, name: str) -> Path:
             link.parent.mkdir(parents=True, exist_ok=True)
             os.symlink(real, link)
     return dest
+
+
+def table_sample(source: Path, target: Path, n: int) -> Path:
+    """n rows of a CSV drawn with seed 0, written once to `target`."""
+    if not target.is_file():
+        with open(source, newline="") as f:
+            reader = csv.DictReader(f)
+            rows, fields = list(reader), reader.fieldnames
+        random.Random(0).shuffle(rows)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows[:n])
+    return target
+
+
+def cifar_table(name: str, split: str, per_class: int, rotate: bool) -> Path:
+    """CIFAR-10's first `per_class` images of each class as PNGs and a labels.csv: the class and
+    "animal" or "vehicle" (multi-label), or, with `rotate`, each turned by a seeded random angle in
+    [-45, 45] degrees and labelled with |angle| (regression). Made once."""
+    from PIL import Image
+
+    folder = BENCH / "tasks" / name / split
+    table = folder / "labels.csv"
+    if table.is_file() and table.stat().st_mtime > Path(__file__).stat().st_mtime:  # made by this script
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(f"{name}-{split}")
+    rows = []
+    for class_dir in sorted(p for p in (DATA / split).iterdir() if p.is_dir()):
+        for source in sorted(class_dir.iterdir())[:per_class]:
+            target = f"{class_dir.name}-{source.stem}.png"
+            image = Image.open(source).convert("RGB")
+            if rotate:
+                angle = rng.uniform(-45, 45)
+                image.rotate(angle, resample=Image.BILINEAR).save(folder / target)
+                rows.append([target, f"{abs(angle):.2f}"])
+            else:
+                kind = "vehicle" if class_dir.name in VEHICLES else "animal"
+                image.save(folder / target)
+                rows.append([target, f"{class_dir.name}|{kind}"])
+    with open(folder / "labels.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["file", "angle" if rotate else "labels"], *rows])
+    return folder

@@ -145,11 +145,22 @@ def run_graft(tree: Tree, args: list[str], cache: Path | None = None, cwd: Path 
               env: dict[str, str] | None = None) -> Run:  # fmt: skip
     """`python -m graft ARGS` from `tree` (plus its flags for train), with a cold cache unless
     `cache` is given; report.json is read from `--out` when the run wrote one."""
-    argv = [sys.executable, "-m", "graft", *args]
-    if args and args[0] == "train":
-        argv += list(tree.flags)
+    return _graft(args, list(tree.flags), lambda folder: tree_env(tree, folder, env), cache, cwd)
+
+
+def graft_here(args: list[str], cache: Path | None = None, env: dict[str, str] | None = None) -> Run:
+    """`run_graft` from inside a case's script (`run_module` started it in the tree's environment,
+    so the tree is this process's PYTHONPATH and its flags are in GRAFT_BENCH_FLAGS)."""
+    def env_of(folder: Path) -> dict[str, str]:
+        return dict(os.environ, GRAFT_CACHE_DIR=str(folder)) | (env or {})
+
+    return _graft(args, tree_flags(), env_of, cache, None)
+
+
+def _graft(args: list[str], flags: list[str], env_of: Any, cache: Path | None, cwd: Path | None) -> Run:
+    argv = [sys.executable, "-m", "graft", *args, *(flags if args and args[0] == "train" else [])]
     with tempfile.TemporaryDirectory(prefix="graft-cache-") as cold:
-        run = timed(argv, tree_env(tree, cache or Path(cold), env), cwd)
+        run = timed(argv, env_of(cache or Path(cold)), cwd)
     if "--out" in args:
         report = Path(args[args.index("--out") + 1]) / "report.json"
         run.report = json.loads(report.read_text()) if report.is_file() else None

@@ -3,11 +3,10 @@ for graft's fine-tuning, side by side with the default in one run: the unfrozen 
 random-resized crops that grow from 2/3 of the input size to all of it (`--resize progressive`),
 and every evaluation is at the full size. Everything else is graft's default `finetune` (LP-FT).
 
-    python bench/progressive_resize.py --per-class 100 --image-size 96
+    python -m bench levers --only progressive_resize [-- --per-class 100 --image-size 96]
 
-Both runs use `--tta none`, so the comparison is of training alone (bench/README.md has the
-verdict). Results:
-.cache/bench/progressive_resize-<per-class>-<size>.json.
+Both runs use `--tta none`, so the comparison is of training alone rows go to the levers suite's
+results.
 """
 
 from __future__ import annotations
@@ -21,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from seed_recipe import BENCH, DATA, subset_folder
-
+from bench.data import BENCH, DATA, subset_folder
+from bench.harness import emit
 from graft.config import TrainConfig
 from graft.modalities.image import progressive_sizes
 from graft.runner import run
@@ -69,9 +68,7 @@ def main() -> None:
         print(f"| {name} | {row['test_accuracy']:.4f} | {curve} | {row['fine_tuning_seconds']:.0f} | "
               f"{row['wall_seconds']:.0f} |")  # fmt: skip
     sys.stdout.flush()
-    BENCH.mkdir(parents=True, exist_ok=True)
-    name = f"progressive_resize-{args.per_class}-{args.image_size}.json"
-    (BENCH / name).write_text(json.dumps(rows, indent=2))
+    emit(*({"row": name, "per_class": args.per_class, **row} for name, row in rows.items()))
 
 
 if __name__ == "__main__":

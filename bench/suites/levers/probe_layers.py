@@ -4,16 +4,16 @@ the pooled outputs of its last 1-3 blocks. One extraction a dataset; scikit-lear
 regression on standardised features (C = 1) trained on the training split, scored on the test split.
 No graft training loop: this says whether the features carry more, before any recipe is built on them.
 
-    python bench/probe_layers.py [--only trec6 sst2-3k snli-3k catdog planefrog cifar10-100]
+    python -m bench levers --only probe_layers [-- --only trec6 ...]
+    python -m bench.suites.levers.probe_layers [--only trec6 sst2-3k snli-3k catdog planefrog cifar10-100]
 
-The datasets are bench/wise_ft.py's, built from ../shared/data on first use.
+The datasets are bench/suites/levers/datasets.py's, built from ../shared/data on first use.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import sys
 import time
 from pathlib import Path
 
@@ -21,12 +21,10 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wise_ft import datasets  # noqa: E402  (the datasets, built on first use)
+from bench.data import TEXT
+from bench.harness import emit
+from bench.suites.levers.datasets import WORK, datasets
 
-ROOT = Path(__file__).resolve().parents[1]
-TEXT = ROOT.parent / "shared" / "data" / "text"
-WORK = ROOT / ".cache" / "bench" / "wise_ft"
 TEXT_SETS = {
     "trec6": (TEXT / "trec6" / "train.csv", TEXT / "trec6" / "test.csv", ["text"]),
     "sst2-3k": (WORK / "sst2-3k" / "train.csv", TEXT / "sst2" / "dev.csv", ["text"]),
@@ -127,6 +125,7 @@ def main() -> None:
     print("| dataset | features | test accuracy |\n| --- | --- | --- |")
     for r in rows:
         print(f"| {r['dataset']} | {r['features']} | {r['test']:.4f} |")
+    emit(*({**r, "row": f"{r['dataset']}: {r['features']}"} for r in rows))
 
 
 if __name__ == "__main__":

@@ -2,19 +2,17 @@
 test-time flip averaging, and evaluation at a higher resolution than training (FixRes, Touvron et
 al. 2019: random-resized-crop shows objects larger in training than a centre crop does at test).
 
-    python bench/levers.py RUN_DIR [RUN_DIR ...] --test .cache/bench/subsets/cifar10-test-100
-    python bench/levers.py RUN_DIR --test TEST --scales 1.0 1.15 1.3 --crop-pcts 0.875 1.0
+    python -m bench levers --only tta -- RUN_DIR [RUN_DIR ...] --test .cache/bench/subsets/cifar10-test-100
+    python -m bench levers --only tta -- RUN_DIR --test TEST --scales 1.0 1.15 1.3 --crop-pcts 0.875 1.0
 
 Each row is one bundle evaluated as it was trained (scale 1.0, its crop_pct, no flip) and with
 each lever alone and combined; accuracy on every test image and seconds for the pass (PyTorch,
 this machine's threads). The network, weights and images are the same in every row of a run.
-Results: .cache/bench/levers.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -22,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from seed_recipe import BENCH
 
 import graft
+from bench.harness import emit
 from graft.data.images import scan_image_folder
 
 
@@ -71,8 +69,8 @@ def main() -> None:
             print(f"| {row['input_size']} | {row['crop_pct']} | {row['flip']} | "
                   f"{row['test_accuracy']:.4f} | {row['seconds']:.1f} |")  # fmt: skip
         sys.stdout.flush()
-    BENCH.mkdir(parents=True, exist_ok=True)
-    (BENCH / "levers.json").write_text(json.dumps(results, indent=2))
+    emit(*({"row": f"{run} {r['input_size']} px crop {r['crop_pct']} flip {r['flip']}", **r}
+           for run, rows in results.items() for r in rows))
 
 
 if __name__ == "__main__":
