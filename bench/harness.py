@@ -193,3 +193,18 @@ def emit(*rows: dict[str, Any]) -> None:
 def tree_flags() -> list[str]:
     """The running tree's extra graft flags (for scripts that start `graft train` themselves)."""
     return shlex.split(os.environ.get(FLAGS_ENV, ""))
+
+
+def graft_runtime(name: str) -> Any:
+    """A function of graft's runtime (precision, device) wherever the running tree keeps it: the
+    suites that time the network alone run against trees from before and after it moved."""
+    import importlib
+
+    for module in ("graft.runtime.precision", "graft.runtime.device", "graft.runtime", "graft.compute"):
+        try:
+            found = importlib.import_module(module)
+        except ImportError:
+            continue
+        if hasattr(found, name):
+            return getattr(found, name)
+    raise ImportError(f"this graft has no {name} in graft.runtime or graft.compute")

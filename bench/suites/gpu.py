@@ -47,6 +47,7 @@ from typing import Any
 
 from bench.data import DATA, TEXT, subset_folder
 from bench.harness import emit
+from bench.harness import graft_runtime as _runtime
 from bench.suites import Context
 
 DEFAULT_TREE = "installed"
@@ -347,20 +348,6 @@ def _compiled_row(s: Settings, net: Any, rate: Any, fused: bool) -> dict[str, An
     except Exception as error:  # inductor needs a compiler toolchain: its absence is a finding
         return {"row": row, "setting": f"torch.compile failed: {type(error).__name__}: {str(error)[:120]}"}
     return {"row": row, "rate": value, "setting": f"torch.compile, {first:.0f} s to compile and warm up"}
-
-
-def _runtime(name: str) -> Any:
-    """A function of graft's runtime (precision, device), wherever this tree keeps it."""
-    import importlib
-
-    for module in ("graft.runtime.precision", "graft.runtime.device", "graft.runtime", "graft.compute"):
-        try:
-            found = importlib.import_module(module)
-        except ImportError:
-            continue
-        if hasattr(found, name):
-            return getattr(found, name)
-    raise ImportError(f"this graft has no {name} in graft.runtime or graft.compute")
 
 
 def _graft(argv: list[str], cache: str) -> subprocess.CompletedProcess:

@@ -1,33 +1,31 @@
 """Sentence pairs: graft's pair encodings against the packaged encoder's zero-shot cosine, one
 `graft train` process per row with a cold cache of its own.
 
-    python bench/pairs.py [--only sick-500 sick snli-3k snli] [--flags "--pair-encoding cross"]
+    python -m bench pairs [--only sick-500 sick snli-3k snli] [--zero-shot]
+    python -m bench pairs --only sick-500 --tree "cross=.:--pair-encoding cross"
 
 - sick-500: SICK's first 500 training pairs, relatedness 1-5 (`--task regression`), SICK's test set;
 - sick: all 4,934 SICK training pairs, the same test set;
-- snli-3k: bench/wise_ft.py's 3,000 SNLI pairs (2,000 test pairs), 3 classes, the defaults;
+- snli-3k: the levers suite's 3,000 SNLI pairs (2,000 test pairs), 3 classes, the defaults;
 - snli: all 9,842 SNLI training pairs and its 9,824 test pairs, `--strategy finetune --epochs 1`.
 
 Each regression row has the zero-shot baseline beside it: all-MiniLM-L6-v2 untrained, each
 sentence mean-pooled and L2-normalised, the cosine of the two (fp32), scored on the same test set.
-Prints one JSON line per run (test Spearman or accuracy, the encoding kept, seconds).
+A row: test Spearman or accuracy, the encoding kept, seconds (`--zero-shot`: the baseline too).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
-import shlex
-import subprocess
-import sys
-import time
+import shutil
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from wise_ft import TEXT, WORK, _table_sample  # noqa: E402  (the shared data and samples)
+from bench.data import BENCH, TEXT, table_sample
+from bench.suites import Context
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+WORK = BENCH / "wise_ft"
 PAIR = ["--text-column", "sentence1,sentence2", "--label-column", "score", "--task", "regression"]
 
 
@@ -42,8 +40,8 @@ def _first_rows(source: Path, target: Path, n: int) -> Path:
 
 def datasets() -> dict[str, list[str]]:
     sick = TEXT / "sick"
-    snli3k = _table_sample(TEXT / "snli" / "train.csv", WORK / "snli-3k" / "train.csv", 3000)
-    snli3k_test = _table_sample(TEXT / "snli" / "test.csv", WORK / "snli-3k" / "test.csv", 2000)
+    snli3k = table_sample(TEXT / "snli" / "train.csv", WORK / "snli-3k" / "train.csv", 3000)
+    snli3k_test = table_sample(TEXT / "snli" / "test.csv", WORK / "snli-3k" / "test.csv", 2000)
     return {
         "sick-500": [str(_first_rows(sick / "train.csv", WORK / "sick-500" / "train.csv", 500)),
                      "--test", str(sick / "test.csv"), *PAIR],
@@ -76,47 +74,32 @@ def zero_shot(test: Path) -> float:
     return float(spearmanr(cosine, [float(r["score"]) for r in rows]).statistic)
 
 
-def run(name: str, argv: list[str], flags: list[str]) -> dict:
-    out = WORK.parent / "pairs" / name
-    cache = WORK.parent / "pairs" / "cache"
-    subprocess.run(["rm", "-rf", str(cache)], check=True)
-    env = {"PYTHONPATH": str(SRC), "GRAFT_CACHE_DIR": str(cache), "PATH": "/usr/bin:/bin"}
-    cmd = [sys.executable, "-m", "graft", "train", *argv, *flags, "--out", str(out), "--overwrite", "--json"]
-    started = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"{shlex.join(cmd)} failed:\n{done.stderr[-3000:]}")
-    report = json.loads((out / "report.json").read_text())
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--zero-shot", action="store_true", help="also score the untrained cosine")
+
+
+def _pair(ctx: Context, name: str) -> list[dict[str, Any]]:
+    argv = datasets()[name]
+    out, cache = ctx.work / "run", ctx.work / "cache"
+    shutil.rmtree(cache, ignore_errors=True)
+    run = ctx.graft("train", *argv, "--out", str(out), "--overwrite", "--json", cache=cache).check()
+    report = run.report or {}
     key = "spearman" if (report.get("task") or {}).get("name") == "regression" else "accuracy"
     notes = [n for n in report["plan"]["notes"] if n.startswith("pair encoding auto")]
-    return {
-        "dataset": name,
-        "flags": shlex.join(flags),
-        "metric": key,
-        "test": report["test"][key],
-        "val": report["validation"][key],
-        "encoding": report["preprocessing"].get("pair_encoding", "cross"),
-        "strategy": report["strategy"],
-        "seconds": round(seconds, 1),
-        "precision": report["plan"]["precision"],
-        "choice": notes[0] if notes else None,
-    }
+    row = {"metric": key, "test": report["test"][key], "val": report["validation"][key],
+           "encoding": report["preprocessing"].get("pair_encoding", "cross"), "strategy": report["strategy"],
+           "precision": report["plan"]["precision"], "choice": notes[0] if notes else None}  # fmt: skip
+    if ctx.options.zero_shot and key == "spearman":
+        row["zero_shot_test"] = zero_shot(Path(argv[2]))
+    return [{**row, **run.measures()}]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="+", default=["sick-500", "sick", "snli-3k"])
-    parser.add_argument("--flags", default="", help="added to every graft train")
-    parser.add_argument("--zero-shot", action="store_true", help="also score the untrained cosine")
-    args = parser.parse_args()
-    sets = datasets()
-    for name in args.only:
-        row = run(name, sets[name], shlex.split(args.flags))
-        if args.zero_shot and row["metric"] == "spearman":
-            row["zero_shot_test"] = zero_shot(Path(sets[name][2]))
-        print(json.dumps(row), flush=True)
+def _case(name: str) -> Any:
+    def case(ctx: Context) -> list[dict[str, Any]]:
+        return _pair(ctx, name)
+
+    case.__doc__ = f"graft train on {name}: the test metric and the encoding kept"
+    return case
 
 
-if __name__ == "__main__":
-    main()
+CASES = {name: _case(name) for name in ("sick-500", "sick", "snli-3k", "snli")}
