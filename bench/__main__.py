@@ -45,7 +45,7 @@ def parse(argv: list[str]) -> tuple[ModuleType, argparse.Namespace]:
 
 
 def run_case(suite: str, case: str, fn: Any, ctx: Context) -> list[dict[str, Any]]:
-    seen = {"machine": results.machine()}
+    seen = {"machine": results.machine(), "date": results.now()}
     start = results.load()
     try:
         rows = fn(ctx)

@@ -10,7 +10,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("GRAFT_BENCH_CIFAR", ROOT / ".cache" / "data" / "cifar10"))
-TEXT = Path(os.environ.get("GRAFT_BENCH_TEXT", ROOT.parent / "shared" / "data" / "text"))
+
+
+def _shared_text() -> Path:
+    """../shared/data/text beside the checkout, or beside a folder above it (a worktree's)."""
+    for folder in ROOT.parents:
+        if (folder / "shared" / "data" / "text").is_dir():
+            return folder / "shared" / "data" / "text"
+    return ROOT.parent / "shared" / "data" / "text"
+
+
+TEXT = Path(os.environ.get("GRAFT_BENCH_TEXT") or _shared_text())
 BENCH = ROOT / ".cache" / "bench"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 VEHICLES = {"airplane", "automobile", "ship", "truck"}
@@ -97,3 +107,17 @@ def cifar_table(name: str, split: str, per_class: int, rotate: bool) -> Path:
     with open(folder / "labels.csv", "w", newline="") as f:
         csv.writer(f).writerows([["file", "angle" if rotate else "labels"], *rows])
     return folder
+
+
+def make_photos(sources: list[str], folder: Path, size: tuple[int, int] = (500, 375)) -> list[str]:
+    """CIFAR-10 JPEGs upscaled (bicubic) to `size` and saved as quality-90 JPEGs: photo-sized files."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for i, src in enumerate(sources):
+        path = folder / f"{i:05d}.jpg"
+        if not path.is_file():
+            Image.open(src).convert("RGB").resize(size, Image.BICUBIC).save(path, quality=90)
+        out.append(str(path))
+    return out

@@ -77,8 +77,12 @@ def busy(start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
 def stamp(row: dict[str, Any], suite: str, case: str, tree: Any, seen: dict[str, Any]) -> dict[str, Any]:
     """A measured row with what identifies it: suite, case, tree, commit, date, machine, busy."""
     head = {"suite": suite, "case": case, "tree": tree.name, "commit": tree.commit}
-    head["date"] = datetime.now(UTC).isoformat(timespec="seconds")
+    head["date"] = seen.get("date") or now()
     return {**head, "machine": seen["machine"], "busy": seen["busy"], **row}
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def append(suite: str, rows: list[dict[str, Any]], folder: Path = RESULTS) -> Path:
@@ -97,16 +101,13 @@ def read(suite: str, folder: Path = RESULTS) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _key(row: dict[str, Any]) -> tuple[str, str, str]:
-    return row.get("case", ""), str(row.get("row", "")), row.get("tree", "")
-
-
 def latest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The latest row per case (and row name, when a case measures several) and tree."""
-    kept: dict[tuple[str, str, str], dict[str, Any]] = {}
+    """The rows of the latest run of each case on each tree (a run's rows share its date)."""
+    last: dict[tuple[str, str], str] = {}
     for row in rows:
-        kept[_key(row)] = row  # rows are appended in time order: a later one replaces
-    return list(kept.values())
+        key = (row.get("case", ""), row.get("tree", ""))
+        last[key] = max(last.get(key, ""), row.get("date", ""))
+    return [r for r in rows if r.get("date", "") == last[(r.get("case", ""), r.get("tree", ""))]]
 
 
 def _cell(value: Any) -> str:

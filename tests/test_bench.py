@@ -48,7 +48,7 @@ def _row(case: str, tree: str, accuracy: float, date: str) -> dict:
             "machine": {}, "busy": {"busy": False}, "test_accuracy": accuracy}  # fmt: skip
 
 
-def test_table_prints_the_latest_row_per_case_and_tree(tmp_path, capsys):
+def test_table_prints_the_latest_run_of_each_case_on_each_tree(tmp_path, capsys):
     rows = [_row("demo", "before", 0.5, "2026-01-01"), _row("demo", "before", 0.75, "2026-01-02"),
             _row("demo", "after", 0.8, "2026-01-02"), _row("trec6", "after", 0.9, "2026-01-03")]  # fmt: skip
     results.append("accuracy", rows, tmp_path)

@@ -43,7 +43,8 @@ def script_case(module: str, *default_args: str) -> Case:
 
     def case(ctx: Context) -> list[dict[str, Any]]:
         run = ctx.module(module, *(ctx.extra or default_args))
-        rows = run.rows or [{}]
+        failed = {"error": f"{module} exited {run.returncode}"} if run.returncode else {}
+        rows = run.rows or [failed]
         return [{**row, **run.measures(script_rc=run.returncode)} for row in rows]
 
     case.__doc__ = f"python -m {module} {' '.join(default_args)}".strip()

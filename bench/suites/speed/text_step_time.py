@@ -1,6 +1,7 @@
 """Seconds per MiniLM fine-tuning step with the top N layer groups training (`--train-groups N`).
 
-    python bench/text_step_time.py [--groups all 4 3] [--batch 32 --tokens 14] [--steps 8 --rounds 3]
+    python -m bench speed --only text_step_time -- [--groups all 4 3] [--batch 32 --tokens 14]
+        [--steps 8 --rounds 3]
 
 One step is graft's own: `recipes.time_steps` runs forward, backward and the AdamW step through
 the training loop on real batches (TREC-6 training questions, `--batch` of them, cut or chosen to
@@ -16,21 +17,32 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import statistics
-from pathlib import Path
 
 import torch
 
+from bench.data import TEXT
+from bench.harness import emit
 from graft.backbones import create_backbone
 from graft.heads import GraftModel, HeadSpec, build_head
 from graft.modalities import get_modality
-from graft.training import recipes
 from graft.training.loop import LoopConfig
 from graft.training.strategies import HEAD
 
-ROOT = Path(__file__).resolve().parents[1]
-TREC6 = ROOT.parent / "shared" / "data" / "text" / "trec6" / "train.csv"
+
+def _time_steps() -> object:
+    """graft's step timer, wherever this tree keeps it (the recipes module split in two)."""
+    import importlib
+
+    for name in ("graft.training.timing", "graft.training.recipes"):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        if hasattr(module, "time_steps"):
+            return module.time_steps
+    raise ImportError("this graft has no time_steps in graft.training.timing or graft.training.recipes")
+TREC6 = TEXT / "trec6" / "train.csv"
 
 
 def batch_of_questions(tokenizer, n: int, tokens: int) -> torch.Tensor:
@@ -51,7 +63,7 @@ def seconds_per_step(backbone, head, x, y, train_top: int | None, steps: int) ->
     backbone.freeze_below(train_top, also=get_modality("text").extra_frozen(backbone))
     model = GraftModel(body, head)
     groups = [*backbone.trainable_groups(), (HEAD, list(head.parameters()))]
-    return recipes.time_steps(model, groups, [(x, y)] * (steps + 1), LoopConfig(epochs=1, lr=1e-4))
+    return _time_steps()(model, groups, [(x, y)] * (steps + 1), LoopConfig(epochs=1, lr=1e-4))
 
 
 def main() -> None:
@@ -62,7 +74,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps per setting and round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    parser.add_argument("--out", default=str(ROOT / ".cache" / "bench" / "text_step_time.json"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,13 +95,8 @@ def main() -> None:
     for name, seconds in median.items():
         label = f"all {len(backbone.groups)}" if name == "all" else f"top {name}"
         print(f"| {label} | {seconds:.3f} | {first / seconds:.2f}x |")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps(
-            {"threads": torch.get_num_threads(), "batch": args.batch, "tokens": args.tokens, "rounds": timed},
-            indent=2,
-        )
-    )
+        emit({"row": label, "seconds_per_step": seconds, "speed_up": first / seconds, "rounds": timed[name],
+              "threads": torch.get_num_threads(), "batch": args.batch, "tokens": args.tokens})  # fmt: skip
 
 
 if __name__ == "__main__":

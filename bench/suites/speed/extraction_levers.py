@@ -1,8 +1,9 @@
 """Feature-extraction speed of EfficientNet-Lite0 by resolution, memory format and dtype (one process),
 and (`--more`) the other extraction levers on real CIFAR-10 JPEGs.
 
-    python bench/extraction_levers.py [--seconds 3] [--rounds 3] [--sizes 96 160 224] [--dtypes fp32 bf16]
-    python bench/extraction_levers.py --more [--images 2000] [--size 96]
+    python -m bench speed --only extraction_levers -- [--seconds 3] [--rounds 3] [--sizes 96 160 224]
+        [--dtypes fp32 bf16]
+    python -m bench speed --only extraction_levers -- --more [--images 2000] [--size 96]
 
 Random weights (speed does not depend on them), batch 64, torch.inference_mode. Each layout gets its
 own copy of the model (`Module.to(memory_format=...)` converts in place, so one shared model would
@@ -27,13 +28,12 @@ import argparse
 import copy
 import statistics
 import time
-from pathlib import Path
 
 import timm
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / ".cache" / "data" / "cifar10"
+from bench.data import DATA
+from bench.harness import emit
 
 
 def _layout_is(model: torch.nn.Module, channels_last: bool) -> bool:
@@ -92,6 +92,8 @@ def layouts(args: argparse.Namespace) -> None:
             ratio = f"{median[cl, dtype] / reference:.2f}" if reference else ""
             layout = "channels_last" if cl else "NCHW"
             print(f"| {size} | {layout} | {dtype} | {median[cl, dtype]:.0f} | {ratio} |", flush=True)
+            emit({"row": f"{size} px {layout} {dtype}", "images_per_s": median[cl, dtype],
+                  "of_nchw_fp32": median[cl, dtype] / reference if reference else None})  # fmt: skip
 
 
 def _timed(label: str, images: int, fn) -> None:
@@ -100,9 +102,13 @@ def _timed(label: str, images: int, fn) -> None:
         started = time.perf_counter()
         fn(warm=False)
     except Exception as err:  # noqa: BLE001 - a lever that does not apply is a row, not a crash
-        print(f"| {label} | fails: {type(err).__name__}: {str(err).splitlines()[0][:80]} |", flush=True)
+        failure = f"{type(err).__name__}: {str(err).splitlines()[0][:80]}"
+        print(f"| {label} | fails: {failure} |", flush=True)
+        emit({"row": label, "error": failure})
         return
-    print(f"| {label} | {images / (time.perf_counter() - started):.0f} |", flush=True)
+    rate = images / (time.perf_counter() - started)
+    print(f"| {label} | {rate:.0f} |", flush=True)
+    emit({"row": label, "images_per_s": rate})
 
 
 def more(args: argparse.Namespace) -> None:

@@ -1,7 +1,7 @@
 """ONNX export: the parity figure and per-item latency of onnxruntime vs PyTorch on this CPU.
 
-    python bench/export_latency.py                                # trains the two small runs it needs
-    python bench/export_latency.py --image-run runs/a --text-run runs/b --repeats 50
+    python -m bench speed --only export_latency                # trains the two small runs it needs
+    python -m bench speed --only export_latency -- --image-run runs/a --text-run runs/b --repeats 50
 
 Without --image-run / --text-run it trains (once, under .cache/bench/export/): an image linear probe
 of the packaged EfficientNet-Lite0 at its native 224 px on 200 CIFAR-10 JPEGs (the first 20 per
@@ -16,8 +16,8 @@ code (parity check on up to 32 of its validation inputs), then timed:
 - batch 32: 32 validation inputs of the run (repeated when it has fewer; texts padded to the longest
   of them); batch 1: the first of them.
 
-Results go to .cache/bench/export_latency[-threadsN].json and a markdown table on stdout, with the
-load average: on a shared machine, busy cores slow multi-threaded PyTorch far more than one thread
+Rows go to the speed suite's results and a markdown table to stdout, with the load average: on a
+shared machine, busy cores slow multi-threaded PyTorch far more than one thread
 (`--threads 1` measures each runtime on one core).
 """
 
@@ -37,15 +37,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from seed_recipe import BENCH, DATA, ROOT, require_data, subset_folder
 
+from bench.data import BENCH, DATA, TEXT, require_data, subset_folder
+from bench.harness import emit
 from graft.config import TrainConfig
 from graft.export import export
 from graft.export import onnx as graft_onnx
 from graft.predict import load
 from graft.runner import run
 
-TREC = ROOT.parent / "shared" / "data" / "text" / "trec6" / "train.csv"
+TREC = TEXT / "trec6" / "train.csv"
 OUT = BENCH / "export"
 WARMUP = 3
 HEADER = (
@@ -167,8 +168,11 @@ def main() -> None:
             "latency": latency(run_dir, onnx_file, args.repeats, args.threads),
         }
     results["load_average_after"] = os.getloadavg()
-    name = f"export_latency-threads{args.threads}.json" if args.threads else "export_latency.json"
-    (BENCH / name).write_text(json.dumps(results, indent=2) + "\n")
+    for kind, model in results["models"].items():
+        threads = {k: results[k] for k in ("torch_threads", "onnxruntime_threads")}
+        threads["max_abs_diff"] = model["export"]["max_abs_diff"]
+        emit(*({"row": f"{kind} batch {r['batch']}", "backbone": model["backbone"], **r, **threads}
+               for r in model["latency"]))
     print(
         f"\ntorch {results['torch']} ({results['torch_threads']} threads), onnxruntime "
         f"{results['onnxruntime']} ({results['onnxruntime_threads']} threads); load average "

@@ -1,7 +1,7 @@
 """Feature-extraction images/s of the default backbone by resolution, beside this machine's matmul roofline.
 
-    python bench/throughput.py [--sizes 96 128 160 224] [--seconds 5] [--images 640] [--photos 256]
-                               [--matmul-size 2048 --reps 5] [--threads N]
+    python -m bench speed --only throughput -- [--sizes 96 128 160 224] [--seconds 5] [--images 640]
+        [--photos 256] [--matmul-size 2048 --reps 5] [--threads N]
 
 In one process: the fp32 and bf16 "roofline" as the GFLOP/s of a large torch.matmul (n x n, 2n^3
 FLOPs, median of --reps timed runs after a warm-up), and for each input size the backbone's FLOPs per
@@ -36,7 +36,6 @@ Unpack the data first:
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from contextlib import nullcontext
@@ -46,12 +45,12 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench.data import BENCH, DATA, make_photos
+from bench.harness import emit, graft_runtime
 from graft.backbones import create_backbone
-from graft.compute import bf16_supported
 from graft.modalities import get_modality
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / ".cache" / "data" / "cifar10"
+bf16_supported = graft_runtime("bf16_supported")
 
 
 def matmul_gflops(n: int, dtype: torch.dtype, reps: int) -> float:
@@ -145,20 +144,6 @@ def decode_per_second(backbone, size: int, sources: list[str], batch_size: int, 
     return len(sources) / (time.perf_counter() - started)
 
 
-def make_photos(sources: list[str], folder: Path, size: tuple[int, int] = (500, 375)) -> list[str]:
-    """CIFAR-10 JPEGs upscaled (bicubic) to `size` and saved as quality-90 JPEGs: photo-sized files."""
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for i, src in enumerate(sources):
-        path = folder / f"{i:05d}.jpg"
-        if not path.is_file():
-            Image.open(src).convert("RGB").resize(size, Image.BICUBIC).save(path, quality=90)
-        out.append(str(path))
-    return out
-
-
 def photos_table(backbone, sources: list[str], args: argparse.Namespace, fp32_roof: float) -> dict[str, Any]:
     """Issue 16's end-to-end target: extraction of 500 x 375 JPEGs at 224 px against the network
     alone in torch eager channels_last, in this one run; plus decode alone and the engine and
@@ -219,7 +204,6 @@ def main() -> None:
     parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--reps", type=int, default=5, help="timed matmuls per dtype")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
-    parser.add_argument("--out", default=str(ROOT / ".cache" / "bench" / "throughput.json"))
     parser.add_argument(
         "--photos", type=int, default=256, help="500 x 375 JPEGs for the large-photo table (0: skip it)"
     )
@@ -278,25 +262,15 @@ def main() -> None:
         print("| " + " | ".join(cells) + " |", flush=True)
     photos = None
     if args.photos:
-        made = make_photos(files[: args.photos], ROOT / ".cache" / "bench" / "photos500x375")
+        made = make_photos(files[: args.photos], BENCH / "photos500x375")
         photos = photos_table(backbone, made, args, fp32_roof)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(
-        json.dumps(
-            {
-                "threads": torch.get_num_threads(),
-                "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                "native_bf16": native_bf16,
-                "batch_size": args.batch_size,
-                "matmul_size": args.matmul_size,
-                "end_to_end_images": len(sources),
-                "roofline_gflops": {"fp32": round(fp32_roof, 1), "bf16": round(bf16_roof, 1)},
-                "rows": rows,
-                "photos": photos,
-            },
-            indent=2,
-        )
-    )
+    machine = {"threads": torch.get_num_threads(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+               "native_bf16": native_bf16, "batch_size": args.batch_size, "matmul_size": args.matmul_size,
+               "end_to_end_images": len(sources),
+               "roofline_gflops": {"fp32": round(fp32_roof, 1), "bf16": round(bf16_roof, 1)}}  # fmt: skip
+    emit(*({"row": f"{row['size']} px", **row, **machine} for row in rows))
+    if photos:
+        emit({"row": "large photos", **photos, **machine})
 
 
 if __name__ == "__main__":
