@@ -167,6 +167,13 @@ def _graft(args: list[str], flags: list[str], env_of: Any, cache: Path | None, c
     return run
 
 
+def start_graft(tree: Tree, args: list[str], cache: Path, log: Path) -> subprocess.Popen:
+    """`python -m graft ARGS` from `tree`, left running (a server); its output goes to `log`."""
+    with open(log, "w") as out:
+        argv = [sys.executable, "-m", "graft", *args]
+        return subprocess.Popen(argv, env=tree_env(tree, cache), stdout=out, stderr=subprocess.STDOUT)
+
+
 def run_module(tree: Tree, module: str, args: list[str], cache: Path | None = None) -> Run:
     """`python -m MODULE ARGS` (a case's own script) from `tree`; its output goes to the terminal,
     the rows it emits (`emit`) come back in `Run.rows`."""

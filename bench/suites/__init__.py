@@ -4,12 +4,13 @@ optionally `add_arguments(parser)` for the suite's own options and `DEFAULT_TREE
 from __future__ import annotations
 
 import argparse
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.harness import ROOT, Run, Tree, run_graft, run_module
+from bench.harness import ROOT, Run, Tree, run_graft, run_module, start_graft
 
 SUITES = ("accuracy", "levers", "speed", "memory", "budget", "pairs", "tasks", "anchors", "gpu", "serve")
 
@@ -24,6 +25,10 @@ class Context:
 
     def graft(self, *args: str, cache: Path | None = None, cwd: Path | None = None) -> Run:
         return run_graft(self.tree, list(args), cache=cache, cwd=cwd)
+
+    def start(self, *args: str, cache: Path, log: Path) -> subprocess.Popen:
+        """A long-running graft process of the tree (a server), cold cache `cache`."""
+        return start_graft(self.tree, list(args), cache, log)
 
     def module(self, module: str, *args: str, cache: Path | None = None) -> Run:
         return run_module(self.tree, module, list(args), cache=cache)
