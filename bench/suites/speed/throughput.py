@@ -16,7 +16,7 @@ for four paths:
       timed call includes the ONNX export, the cache being fresh), as `graft train` runs it: decode
       the JPEG, resize, crop, normalise, forward, with graft's default DataLoader workers, on the
       first --images JPEGs of the CIFAR-10 copy (every class), after a one-batch warm-up.
-Then the large-photo table (issue 16's target): --photos CIFAR-10 JPEGs upscaled to 500 x 375 and
+Then the large-photo table (graft's end-to-end target): --photos CIFAR-10 JPEGs upscaled to 500 x 375 and
 saved at quality 90, at 224 px: the network alone (torch eager channels_last: the baseline; ONNX
 Runtime), decoding alone (full and draft-mode), and graft end to end with each engine and with 0 or
 graft's default decode workers, each as a multiple of the baseline, measured in this one run.
@@ -120,9 +120,22 @@ def end_to_end_per_second(
     return len(sources) / seconds
 
 
+def _engine_modules() -> list[Any]:
+    import importlib
+
+    found = []
+    for name in ("graft.runtime.engine", "graft.engine"):  # after and before the runtime package
+        try:
+            found.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return found
+
+
 def onnx_forward_per_second(model: torch.nn.Module, x: torch.Tensor, seconds: float) -> float:
     """The network alone on ONNX Runtime (graft.engine's export and session), one reused batch."""
-    from graft.engine import _export, _ort_forward, _session
+    engine = next(m for m in _engine_modules() if hasattr(m, "_session"))  # the tree's engine module
+    _export, _ort_forward, _session = engine._export, engine._ort_forward, engine._session
 
     forward = _ort_forward(_session(_export(model, x)))
     forward(x)  # warm-up
@@ -145,7 +158,7 @@ def decode_per_second(backbone, size: int, sources: list[str], batch_size: int, 
 
 
 def photos_table(backbone, sources: list[str], args: argparse.Namespace, fp32_roof: float) -> dict[str, Any]:
-    """Issue 16's end-to-end target: extraction of 500 x 375 JPEGs at 224 px against the network
+    """The end-to-end target: extraction of 500 x 375 JPEGs at 224 px against the network
     alone in torch eager channels_last, in this one run; plus decode alone and the engine and
     worker settings graft chooses between."""
     from graft.data import pipeline
