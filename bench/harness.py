@@ -94,9 +94,16 @@ def _src_of(folder: Path) -> Path:
 
 
 def _installed_commit() -> str:
-    done = subprocess.run([sys.executable, "-c", "import graft; print(graft.__version__)"],
-                          capture_output=True, text=True)  # fmt: skip
-    return f"installed {done.stdout.strip() or 'graft (not importable)'}"
+    """The installed graft's version, and its checkout's commit when it is installed from one."""
+    code = "import graft, os; print(graft.__version__); print(os.path.dirname(graft.__file__))"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))  # as `tree_env` runs it: no checkout's src first
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=tempfile.gettempdir())  # fmt: skip
+    if done.returncode:
+        return "installed graft (not importable)"
+    version, folder = done.stdout.split()[:2]
+    commit = commit_of(Path(folder))
+    return f"installed {version}" + ("" if commit == "unknown" else f" from {commit}")
 
 
 @contextmanager

@@ -82,6 +82,18 @@ def test_a_tree_given_as_a_path_runs_graft_from_its_src_with_a_cold_cache(tmp_pa
     assert run.wall_s > 0 and run.peak_rss_mb > 10
 
 
+def test_a_tree_adds_its_flags_to_graft_train_only():
+    tree = harness.Tree("seeded", ROOT / "src", "abc", ("--seed", "3"))
+    train = harness.run_graft(tree, ["train", "--help"])
+    assert train.returncode == 0 and train.argv[-3:] == ["--help", "--seed", "3"]
+    assert harness.run_graft(tree, ["--help"]).argv[-1] == "--help"
+
+
+def test_the_installed_tree_names_its_version():
+    with harness.open_tree("installed") as tree:
+        assert tree.src is None and tree.commit.startswith("installed ")
+
+
 def test_a_tree_given_as_a_revision_is_checked_out_and_removed_after():
     with harness.open_tree("old=HEAD") as tree:
         checkout = tree.src.parent
