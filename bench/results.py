@@ -119,10 +119,16 @@ def _cell(value: Any) -> str:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    """A markdown table of the latest rows: case, tree, commit, the measured columns, busy, date."""
+    """The latest rows as markdown, a table per case (cases measure different things)."""
     rows = latest(rows)
     if not rows:
         return "(no rows yet)"
+    cases = list(dict.fromkeys(row.get("case", "") for row in rows))
+    return "\n\n".join(_case_table([r for r in rows if r.get("case", "") == case]) for case in cases)
+
+
+def _case_table(rows: list[dict[str, Any]]) -> str:
+    """Case, tree, commit, the measured columns, busy, date."""
     measured: list[str] = []
     for row in rows:
         measured += [k for k in row if k not in META and k not in measured]
