@@ -56,7 +56,7 @@ def datasets() -> dict[str, Callable[[], list[str]]]:
     sst2 = table_sample(TEXT / "sst2" / "train.csv", WORK / "sst2-3k" / "train.csv", 3000)
     snli = table_sample(TEXT / "snli" / "train.csv", WORK / "snli-3k" / "train.csv", 3000)
     snli_test = table_sample(TEXT / "snli" / "test.csv", WORK / "snli-3k" / "test.csv", 2000)
-    classes = sorted(p.name for p in (CIFAR / "train").iterdir())
+    classes = sorted(p.name for p in (CIFAR / "train").iterdir()) if (CIFAR / "train").is_dir() else []
     return {
         "cifar10-100": lambda: _image_set("cifar10-100", classes, 100, 0, 50),
         "catdog": lambda: _image_set("catdog", cats, 123, 77, 150),
