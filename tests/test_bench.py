@@ -161,3 +161,32 @@ def test_the_gpu_suite_imports_without_torch_graft_or_the_other_suites():
     helped = subprocess.run([sys.executable, "-m", "bench", "gpu", "--help"], cwd=ROOT, capture_output=True,
                             text=True, check=True)  # fmt: skip
     assert "--small" in helped.stdout and "--devices" in helped.stdout
+
+
+def test_the_accuracy_suite_runs_the_fixed_commands(tmp_path, monkeypatch):
+    """The commands (and so the numbers) stay those the suite has always compared."""
+    from bench.suites import accuracy
+
+    calls: list[list[str]] = []
+
+    def graft(*args: str, **_: object) -> harness.Run:
+        calls.append(list(args))
+        summary = {"transfer": {"accuracy": 0.85}, "scratch": {"accuracy": 0.2}, "test_accuracy": 0.9}
+        return harness.Run(list(args), 0, 1.0, 100.0, stdout=json.dumps(summary))
+
+    monkeypatch.setattr(accuracy, "_cifar", lambda n, t: (Path(f"/c/train-{n}"), Path(f"/c/test-{t}")))
+    ctx = SimpleNamespace(work=tmp_path, graft=graft)
+    rows = {name: case(ctx) for name, case in accuracy.CASES.items()}
+    out = ["--out", str(tmp_path / "run"), "--json"]
+    trec = accuracy.TEXT / "trec6"
+    size = ["--image-size", "96"]
+    finetune = ["train", "/c/train-100", "--test", "/c/test-50", "--strategy", "finetune", *size]
+    assert calls == [
+        ["demo", *out],
+        ["train", str(trec / "train.csv"), "--test", str(trec / "test.csv"), *out],
+        [*finetune, "--epochs", "1", *out],
+        [*finetune, "--epochs", "5", *out],
+        ["train", "/c/train-500", "--test", "/c/test-100", "--strategy", "linear", *size, *out],
+    ]
+    assert rows["demo"][0]["transfer"] == 0.85 and rows["trec6"][0]["test_error"] == pytest.approx(0.1)
+    assert rows["linear_96"][0] == {"wall_s": 1.0, "peak_rss_mb": 100.0, "test_accuracy": 0.9}
