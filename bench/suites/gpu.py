@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -46,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.data import DATA, TEXT, subset_folder
-from bench.harness import emit
+from bench.harness import emit, graft_here
 from bench.harness import graft_runtime as _runtime
 from bench.suites import Context
 
@@ -179,13 +177,12 @@ def lever_rows(s: Settings, device: Any, compile_too: bool) -> list[dict[str, An
 
 def graft_rows(s: Settings, train: Path, test: Path, device: str) -> list[dict[str, Any]]:
     out = Path(tempfile.mkdtemp(prefix="gpu-bench-")) / "run"
-    argv = [sys.executable, "-m", "graft", "train", str(train), "--test", str(test), "--device", device]
+    argv = ["train", str(train), "--test", str(test), "--device", device]
     argv += ["--image-size", str(s.size), "--time-budget", str(s.budget), "--out", str(out), "--json"]
     argv += ["--devices", str(s.devices)] if s.devices > 1 else []
     with tempfile.TemporaryDirectory() as cache, _UtilSampler() as util:
-        started = time.perf_counter()
-        done = _graft(argv, cache)
-        wall = time.perf_counter() - started
+        done = graft_here(argv, Path(cache))
+        wall = done.wall_s
     if done.returncode:
         raise SystemExit(f"graft train failed:\n{done.stderr[-3000:]}")
     report = json.loads((out / "report.json").read_text())
@@ -283,13 +280,12 @@ def text_rows(s: Settings, trec: Path, device: str) -> list[dict[str, Any]]:
         (folder / "train.csv").write_text("".join(lines[: s.trec_rows + 1]))
         shutil.copy(trec / "test.csv", folder / "test.csv")
     out = Path(tempfile.mkdtemp(prefix="gpu-bench-text-")) / "run"
-    argv = [sys.executable, "-m", "graft", "train", str(folder / "train.csv")]
+    argv = ["train", str(folder / "train.csv")]
     argv += ["--test", str(folder / "test.csv"), "--device", device, "--out", str(out), "--json"]
     argv += ["--devices", str(s.devices)] if s.devices > 1 else []
     with tempfile.TemporaryDirectory() as cache:
-        started = time.perf_counter()
-        done = _graft(argv, cache)
-        wall = time.perf_counter() - started
+        done = graft_here(argv, Path(cache))
+        wall = done.wall_s
     if done.returncode:
         raise SystemExit(f"graft train (TREC-6) failed:\n{done.stderr[-3000:]}")
     graft_accuracy = json.loads(done.stdout.strip().splitlines()[-1])["test_accuracy"]
@@ -348,10 +344,6 @@ def _compiled_row(s: Settings, net: Any, rate: Any, fused: bool) -> dict[str, An
     except Exception as error:  # inductor needs a compiler toolchain: its absence is a finding
         return {"row": row, "setting": f"torch.compile failed: {type(error).__name__}: {str(error)[:120]}"}
     return {"row": row, "rate": value, "setting": f"torch.compile, {first:.0f} s to compile and warm up"}
-
-
-def _graft(argv: list[str], cache: str) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, env=os.environ | {"GRAFT_CACHE_DIR": cache}, capture_output=True, text=True)
 
 
 def _sync(device: Any) -> None:
