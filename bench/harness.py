@@ -141,7 +141,12 @@ def timed(argv: list[str], env: dict[str, str], cwd: Path | None = None, capture
         started = time.perf_counter()
         process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out if capture else None,
                                    stderr=err if capture else None)  # fmt: skip
-        _, status, usage = os.wait4(process.pid, 0)
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        except BaseException:  # Ctrl-C or a timeout's signal: leave no graft running behind
+            process.kill()
+            process.wait()
+            raise
         wall = time.perf_counter() - started
         process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0), err.seek(0)
