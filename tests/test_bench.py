@@ -1,0 +1,192 @@
+"""The benchmark harness (`python -m bench`): the machine record, result rows as JSON lines, the
+table printed from them, trees run through the one helper, and the gpu suite's light import."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import bench.__main__ as cli
+from bench import harness, results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_machine_record_names_the_cpu_its_flags_cores_and_gpu():
+    record = results.machine()
+    assert set(record) == {"cpu", "flags", "cores", "gpu"}
+    assert record["cpu"] and record["cores"] >= 1 and record["gpu"]
+    assert set(record["flags"]) <= set(results.CPU_FLAGS)
+
+
+def test_busy_when_the_load_passes_half_the_cores_or_others_run():
+    quiet = {"load_per_core": 0.1, "others_running": 0}
+    assert results.busy(quiet, quiet)["busy"] is False
+    assert results.busy(quiet, {"load_per_core": 0.9, "others_running": 0})["busy"] is True
+    assert results.busy({"load_per_core": 0.1, "others_running": 2}, quiet)["busy"] is True
+    assert set(results.load()) == {"load_per_core", "others_running"}
+
+
+def test_a_row_round_trips_through_its_json_lines_file(tmp_path):
+    tree = harness.Tree("after", None, "abc123")
+    seen = {"machine": results.machine(), "busy": {"busy": False}}
+    row = results.stamp({"test_accuracy": 0.9, "wall_s": 12.5}, "accuracy", "demo", tree, seen)
+    assert set(results.META) <= set(row)
+    results.append("accuracy", [row], tmp_path)
+    results.append("accuracy", [row], tmp_path)
+    assert results.read("accuracy", tmp_path) == [row, row]
+    assert results.read("speed", tmp_path) == []
+
+
+def _row(case: str, tree: str, accuracy: float, date: str) -> dict:
+    return {"suite": "accuracy", "case": case, "tree": tree, "commit": f"c-{tree}", "date": date,
+            "machine": {}, "busy": {"busy": False}, "test_accuracy": accuracy}  # fmt: skip
+
+
+def test_table_prints_the_latest_run_of_each_case_on_each_tree(tmp_path, capsys):
+    rows = [_row("demo", "before", 0.5, "2026-01-01"), _row("demo", "before", 0.75, "2026-01-02"),
+            _row("demo", "after", 0.8, "2026-01-02"), _row("trec6", "after", 0.9, "2026-01-03")]  # fmt: skip
+    results.append("accuracy", rows, tmp_path)
+    assert cli.main(["accuracy", "--table", "--results", str(tmp_path)]) == 0
+    demo, trec6 = capsys.readouterr().out.strip().split("\n\n")
+    lines = demo.splitlines()
+    assert lines[0].startswith("| case | tree | commit | test_accuracy |")
+    body = lines[2:]
+    assert len(body) == 2 and trec6.count("| trec6 | after |") == 1
+    assert any("| demo | before | c-before | 0.7500 |" in line for line in body)
+    assert not any("0.5000" in line for line in body)
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("HEAD~1", ("HEAD~1", "HEAD~1", ())),
+        ("before=/tmp/old", ("before", "/tmp/old", ())),
+        ("wise=/tmp/new:--interpolate auto", ("wise", "/tmp/new", ("--interpolate", "auto"))),
+        ("installed", ("installed", "installed", ())),
+    ],
+)
+def test_tree_specs_name_a_place_and_its_flags(spec, expected):
+    assert harness.parse_tree_spec(spec) == expected
+
+
+def test_a_tree_given_as_a_path_runs_graft_from_its_src_with_a_cold_cache(tmp_path):
+    with harness.open_tree(f"here={ROOT}") as tree:
+        assert tree.src == ROOT / "src" and tree.commit != "unknown"
+        run = harness.run_graft(tree, ["--help"])
+    assert run.returncode == 0 and "train" in run.stdout
+    assert run.wall_s > 0 and run.peak_rss_mb > 10
+
+
+def test_a_tree_adds_its_flags_to_graft_train_only():
+    tree = harness.Tree("seeded", ROOT / "src", "abc", ("--seed", "3"))
+    train = harness.run_graft(tree, ["train", "--help"])
+    assert train.returncode == 0 and train.argv[-3:] == ["--help", "--seed", "3"]
+    assert harness.run_graft(tree, ["--help"]).argv[-1] == "--help"
+
+
+def test_the_installed_tree_names_its_version():
+    with harness.open_tree("installed") as tree:
+        assert tree.src is None and tree.commit.startswith("installed ")
+
+
+def test_a_tree_given_as_a_revision_is_checked_out_and_removed_after():
+    with harness.open_tree("old=HEAD") as tree:
+        checkout = tree.src.parent
+        assert (tree.src / "graft" / "cli.py").is_file()
+        assert tree.commit == harness.commit_of(ROOT).removesuffix("+dirty")
+    assert not checkout.exists()
+    assert str(checkout) not in subprocess.run(["git", "worktree", "list"], cwd=ROOT, capture_output=True,
+                                               text=True).stdout  # fmt: skip
+
+
+def test_a_tree_that_is_no_graft_checkout_is_refused_in_one_line(tmp_path):
+    with pytest.raises(SystemExit, match="no graft package"), harness.open_tree(str(tmp_path)):
+        pass
+
+
+def test_the_harness_stamps_and_appends_each_case_row(tmp_path, monkeypatch, capsys):
+    def one(ctx):
+        run = ctx.graft("--version")
+        return [run.measures(rc=run.returncode, src=str(ctx.tree.src))]
+
+    def broken(ctx):
+        raise ValueError("no data here")
+
+    suite = SimpleNamespace(CASES={"one": one, "broken": broken}, __name__="bench.suites.fake")
+    monkeypatch.setattr(cli, "load_suite", lambda name: suite)
+    monkeypatch.setattr(cli, "WORK", tmp_path / "work")
+    assert cli.main(["serve", "--results", str(tmp_path), "--tree", f"now={ROOT}"]) == 0
+    rows = results.read("serve", tmp_path)
+    assert [r["case"] for r in rows] == ["one", "broken"]
+    assert rows[0]["tree"] == "now" and rows[0]["rc"] == 0 and rows[0]["src"] == str(ROOT / "src")
+    assert set(rows[0]["machine"]) == {"cpu", "flags", "cores", "gpu"} and "busy" in rows[0]["busy"]
+    assert rows[1]["error"] == "ValueError: no data here"
+
+
+def test_emit_appends_rows_to_the_file_the_harness_names(tmp_path, monkeypatch):
+    target = tmp_path / "rows.jsonl"
+    monkeypatch.setenv(harness.ROWS_ENV, str(target))
+    harness.emit({"row": "a", "rate": 1.0}, {"row": "b"})
+    assert [json.loads(line)["row"] for line in target.read_text().splitlines()] == ["a", "b"]
+
+
+def test_every_suite_lists_its_cases_without_importing_torch_or_graft():
+    code = (
+        "import sys, bench.__main__ as m\n"
+        "for name in m.SUITES:\n"
+        "    cases = m.load_suite(name).CASES\n"
+        "    assert cases and all(callable(c) for c in cases.values()), name\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in ('torch', 'graft')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_gpu_suite_imports_without_torch_graft_or_the_other_suites():
+    code = (
+        "import sys, bench.suites.gpu as g; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'graft') "
+        "or (m.startswith('bench.') and m not in ('bench.suites.gpu', 'bench.suites', 'bench.harness', "
+        "'bench.data'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    helped = subprocess.run([sys.executable, "-m", "bench", "gpu", "--help"], cwd=ROOT, capture_output=True,
+                            text=True, check=True)  # fmt: skip
+    assert "--small" in helped.stdout and "--devices" in helped.stdout
+
+
+def test_the_accuracy_suite_runs_the_fixed_commands(tmp_path, monkeypatch):
+    """The commands (and so the numbers) stay those the suite has always compared."""
+    from bench.suites import accuracy
+
+    calls: list[list[str]] = []
+
+    def graft(*args: str, **_: object) -> harness.Run:
+        calls.append(list(args))
+        summary = {"transfer": {"accuracy": 0.85}, "scratch": {"accuracy": 0.2}, "test_accuracy": 0.9}
+        return harness.Run(list(args), 0, 1.0, 100.0, stdout=json.dumps(summary))
+
+    monkeypatch.setattr(accuracy, "_cifar", lambda n, t: (Path(f"/c/train-{n}"), Path(f"/c/test-{t}")))
+    ctx = SimpleNamespace(work=tmp_path, graft=graft)
+    rows = {name: case(ctx) for name, case in accuracy.CASES.items()}
+    out = ["--out", str(tmp_path / "run"), "--json"]
+    trec = accuracy.TEXT / "trec6"
+    size = ["--image-size", "96"]
+    finetune = ["train", "/c/train-100", "--test", "/c/test-50", "--strategy", "finetune", *size]
+    assert calls == [
+        ["demo", *out],
+        ["train", str(trec / "train.csv"), "--test", str(trec / "test.csv"), *out],
+        [*finetune, "--epochs", "1", *out],
+        [*finetune, "--epochs", "5", *out],
+        ["train", "/c/train-500", "--test", "/c/test-100", "--strategy", "linear", *size, *out],
+    ]
+    assert rows["demo"][0]["transfer"] == 0.85 and rows["trec6"][0]["test_error"] == pytest.approx(0.1)
+    assert rows["linear_96"][0] == {"wall_s": 1.0, "peak_rss_mb": 100.0, "test_accuracy": 0.9}
