@@ -52,7 +52,8 @@ def finetune(job: Job, probe: Outcome | None = None) -> Outcome:
     """`probe`: the head-only probe already ran (`auto.choose` runs it first). The model ends with
     the weights of the best validation score, the probe's included."""
     job, probe, wider = keep.probes_to_beat(job, probe)
-    train_set, val_set = _prepared_sets(job)
+    sets = _prepared_sets(job)
+    train_set, val_set = sets.train, sets.val
     start = _starting_model(job, probe, train_set)
     model = start.model
     probe_weights = keep.probe_weights(job, model, probe, start.continues, start.candidate)  # WiSE-FT's start
@@ -66,7 +67,7 @@ def finetune(job: Job, probe: Outcome | None = None) -> Outcome:
     start_score = probe.result.val[job.task.monitor] if probe is not None else None
     best = KeepBest(start_score, job.run_dir / "best.safetensors", config.resume, start.candidate, monitor)
     steps_per_epoch = train_set.steps_per_epoch(plan.batch_size)
-    callbacks = _callbacks(job, train_set, val_set, best, checkpointer, probe, schedule, steps_per_epoch)
+    callbacks = _callbacks(job, sets, best, checkpointer, probe, schedule)
     t_train = time.perf_counter()
     try:
         history = fit(
@@ -126,25 +127,19 @@ def _loop(
 
 
 def _callbacks(
-    job: Job,
-    train_set: Any,
-    val_set: Any,
-    best: KeepBest,
-    checkpointer: Checkpointer,
-    probe: Outcome | None,
-    schedule: Schedule,
-    steps_per_epoch: int,
+    job: Job, sets: Sets, best: KeepBest, saver: Checkpointer, probe: Outcome | None, schedule: Schedule
 ) -> list[Callback]:
     """Fine-tuning's callbacks, in the order they run at each epoch's end."""
     config, monitor = job.config, monitored(job.task)
+    steps_per_epoch = sets.train.steps_per_epoch(job.plan.batch_size)
     return [
-        *_precise_bn(config, train_set, job.device),
-        Evaluate(val_set, job.task),
+        *_precise_bn(config, sets.train, job.device),
+        Evaluate(sets.val, job.task),
         best,
         ProgressBar("fine-tuning", schedule.shown.count * steps_per_epoch, monitor),
         EpochLog(job.log, str(schedule.shown)),
         *job.tracking.callbacks("finetune"),
-        Checkpoint(checkpointer),
+        Checkpoint(saver),
         EarlyStopping(config.patience, monitor),
         *_behind_probe(job, probe, schedule.shown),
         *schedule.limits,
@@ -243,7 +238,15 @@ def _clock_ended(limits: list[Callback]) -> bool:
     return any(isinstance(cb, Deadline) and cb.fired for cb in limits)
 
 
-def _prepared_sets(job: Job) -> tuple[Any, Any]:
+@dataclass(frozen=True)
+class Sets:
+    """Fine-tuning's training and validation sets, prepared once."""
+
+    train: Any
+    val: Any
+
+
+def _prepared_sets(job: Job) -> Sets:
     """The training and validation sets, decoded or tokenised once."""
     t0, modality, splits = time.perf_counter(), job.modality, job.splits
     train_set = modality.training_set(job.config, job.backbone, job.prep, splits.train, splits.skipped)
@@ -253,7 +256,7 @@ def _prepared_sets(job: Job) -> tuple[Any, Any]:
         f"prepared {len(train_set)} training and {len(val_set)} validation {modality.unit} once "
         f"({time.perf_counter() - t0:.1f}s)"
     )
-    return train_set, val_set
+    return Sets(train_set, val_set)
 
 
 def _starting_model(job: Job, probe: Outcome | None, train_set: Any) -> Start:

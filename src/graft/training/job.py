@@ -104,9 +104,6 @@ class Outcome:
     def head(self) -> nn.Module:
         return self.model.head
 
-    def with_result(self, result: TrainResult) -> Outcome:
-        return replace(self, result=result)
-
 
 def model_with(model: GraftModel, head: nn.Module, flip_average: bool | None = None) -> GraftModel:
     """The network of `model`'s body (shared, not copied) and `head`: a recipe's own model, the

@@ -233,21 +233,11 @@ def _probe_once(
     batch_size, epochs, note = head_schedule(config, job.plan, len(y_train))
     plan = replace(job.plan, epochs=epochs, batch_size=batch_size)
     plan = plan.with_note(f"{phase}: {note}") if note else plan
-    x_dev, y_dev = x_train.to(job.device), y_train.to(job.device)
+    batches = _Shuffled(x_train.to(job.device), y_train.to(job.device), batch_size, config.seed)
     val_set = FeatureSet(x_val, y_val, val_sources)
-
-    def batches(epoch: int) -> Iterator[Batch]:
-        order = torch.randperm(
-            len(y_train), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        )
-        for start in range(0, len(y_train), batch_size):
-            idx = order[start : start + batch_size].to(job.device)
-            yield x_dev[idx], y_dev[idx]
-
-    steps_per_epoch = -(-len(y_train) // batch_size)
     started = time.perf_counter()
-    loop = loop_config(config, plan, epochs)
-    history = _fit_head(job, head, loop, batches, steps_per_epoch, val_set, phase, early_stop)
+    callbacks = _head_callbacks(job, val_set, phase, epochs * batches.steps, early_stop)
+    history = _fit_head(job, head, loop_config(config, plan, epochs), batches, callbacks)
     val_logits = logits_of(head, val_set)  # one pass for the metrics and the highest losses
     task = job.task.tune(val_logits, val_set.labels)  # multi-label: thresholds from validation
     result = TrainResult(
@@ -261,7 +251,7 @@ def _probe_once(
         features_engine=feats.engine,
     )
     result.top_losses = highest_losses(val_logits, val_set, task, job.modality)
-    _summarise(job, result, phase, steps_per_epoch)
+    _summarise(job, result, phase, batches.steps)
     # the head expects what it was trained on (--flip-features)
     outcome = Outcome(result, model_with(job.model, head, config.flip_features), task, plan, job.prep)
     if with_test:
@@ -269,25 +259,41 @@ def _probe_once(
     return outcome
 
 
-def _fit_head(
-    job: Job, head: nn.Module, loop: LoopConfig, batches: object, steps: int, val_set: FeatureSet, phase: str,
-    early_stop: bool,
-) -> list[dict]:  # fmt: skip
-    """The head's training loop on the cached features."""
-    # a small head is too little work to split: extra threads only spin-wait (10x slower on busy cores)
-    small = sum(p.numel() for p in head.parameters()) < 1_000_000 and job.device.type == "cpu"
+class _Shuffled:
+    """A probe's training batches: the feature vectors in a seeded order each epoch."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, seed: int) -> None:
+        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+        self.steps = -(-len(y) // batch_size)  # a step a batch, the last one short
+
+    def __call__(self, epoch: int) -> Iterator[Batch]:
+        order = torch.randperm(len(self.y), generator=torch.Generator().manual_seed(self.seed * 1000 + epoch))
+        for start in range(0, len(self.y), self.batch_size):
+            idx = order[start : start + self.batch_size].to(self.x.device)
+            yield self.x[idx], self.y[idx]
+
+
+def _head_callbacks(job: Job, val_set: FeatureSet, phase: str, total_steps: int, early_stop: bool) -> list:
+    """The probe's callbacks: validation, the progress bar, trackers, and early stopping if asked."""
     task, monitor = job.task, monitored(job.task)
-    callbacks = [Evaluate(val_set, task), ProgressBar(phase, loop.epochs * steps, monitor)]
+    callbacks = [Evaluate(val_set, task), ProgressBar(phase, total_steps, monitor)]
     callbacks += job.tracking.callbacks("probe")  # after Evaluate: the rows hold validation numbers
     if early_stop:
         callbacks.append(EarlyStopping(job.config.patience, monitor))
+    return callbacks
+
+
+def _fit_head(job: Job, head: nn.Module, loop: LoopConfig, batches: _Shuffled, callbacks: list) -> list[dict]:
+    """The head's training loop on the cached features."""
+    # a small head is too little work to split: extra threads only spin-wait (10x slower on busy cores)
+    small = sum(p.numel() for p in head.parameters()) < 1_000_000 and job.device.type == "cpu"
     with _threads(1 if small else torch.get_num_threads()):
         return fit(
             head,
             [(strategies.HEAD, list(head.parameters()))],
             strategies.make_strategy("linear", [n for n, _ in job.backbone.groups]),
             batches,
-            steps,
+            batches.steps,
             loop,
             callbacks=callbacks,
             loss_fn=task_loss(job),
