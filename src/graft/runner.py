@@ -253,8 +253,7 @@ def _best_encoding(
         prep = ready.modality.use_encoding(config, ready.backbone, ready.prep, ready.splits, encoding)
         share = clock.share(len(choices) - i)  # an equal share of what is left
         log(f"pair encoding auto: training the {encoding}-encoder ({i + 1} of {len(choices)})")
-        own = Clock(share, clock.started)
-        job = _job(replace(config, time_budget=share), log, ready, prep, own, task, tracking)
+        job = _job(replace(config, time_budget=share.seconds), log, ready, prep, share, task, tracking)
         job = replace(job, splits=replace(job.splits, test=None))  # the kept encoding alone is tested, once
         job, trained = _train(job, tried[0].job.run_dir if tried else None)
         score = job.task.ranking(trained.val, len(ready.splits.val))

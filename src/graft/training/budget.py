@@ -83,13 +83,13 @@ class Clock:
         """Whether the deadline, not a count of epochs, ends fine-tuning."""
         return self.seconds is not None and not epochs_given
 
-    def share(self, runs_left: int) -> float | None:
-        """The budget of the next of `runs_left` runs: an equal share of what is left, as a
+    def share(self, runs_left: int) -> Clock:
+        """The clock of the next of `runs_left` runs: an equal share of what is left, as a
         deadline counted from the run's start (`left`)."""
         if not self.seconds:
-            return None
+            return Clock(None, self.started)
         spent = time.perf_counter() - self.started
-        return spent + (self.seconds - spent) / runs_left
+        return Clock(spent + (self.seconds - spent) / runs_left, self.started)
 
     def decide_schedule(
         self, per_step: float, n_eval: int, batch_size: int, steps_per_epoch: int, epochs: int | None
