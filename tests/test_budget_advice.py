@@ -77,3 +77,18 @@ def test_each_modality_names_a_size_option_that_graft_train_takes():
     for modality in modalities().values():
         assert modality.size_option.startswith("--")
         assert hasattr(train, modality.size_option.removeprefix("--").replace("-", "_"))
+
+
+def test_the_clock_shares_what_is_left_and_shows_epochs_as_a_count():
+    """Each of several runs (pair encodings) gets an equal share of what is left, as a deadline from
+    the run's start; fine-tuning's epochs are a number, shown as about N under the clock."""
+    from graft.training.budget import Epochs
+
+    started = time.perf_counter() - 40.0  # 40 s spent of 100
+    share = Clock(100.0, started).share(2)
+    assert share.started == started and 69.0 < share.seconds <= 70.5  # 40 spent + half of the 60 left
+    assert Clock(None, started).share(2).seconds is None
+    about = Epochs(3, approximate=True)
+    assert (str(about), about.count, str(Epochs(3))) == ("~3", 3, "3")
+    plain = Clock(None, started).by_epochs(5)
+    assert (plain.epochs, plain.limits, str(plain.shown)) == (5, [], "5")
