@@ -20,6 +20,7 @@ from graft.modalities import image as image_modality
 from graft.modalities.base import Features
 from graft.runner import run
 from graft.training import budget
+from graft.training import subset as reading
 from graft.training.features import _read, cached_path
 
 N_TRAIN, N_VAL = 178, 20  # make_image_folder(per_class=66): 198 images, 10% for validation
@@ -47,7 +48,7 @@ def slow_extraction(mp: pytest.MonkeyPatch, seconds_per_image: float, sample_fac
 
     mp.setattr(budget, "_now", clock.now)
     mp.setattr(image_modality.ImageModality, "encode", encode)
-    mp.setattr(budget, "_time_extraction", lambda job: sample_factor * seconds_per_image)
+    mp.setattr(reading, "_time_extraction", lambda job: sample_factor * seconds_per_image)
     return clock
 
 
@@ -130,7 +131,7 @@ def test_joined_chunks_keep_each_row_and_failure_at_its_input():
         ok = np.array([i not in failed for i in range(len(positions))])
         return Features(values, ok, failed, 1.0, cached=False)
 
-    joined = budget._joined([part([5, 0], {}), part([3, 1], {1: "broken 1"})], np.argsort(order))
+    joined = reading._joined([part([5, 0], {}), part([3, 1], {1: "broken 1"})], np.argsort(order))
     assert joined.values[:, 0].tolist() == [0, 1, 3, 5]
     assert joined.failures == {1: "broken 1"} and joined.ok.tolist() == [True, False, True, True]
     assert joined.seconds == 2.0
@@ -138,14 +139,14 @@ def test_joined_chunks_keep_each_row_and_failure_at_its_input():
 
 def test_every_prefix_of_the_order_is_a_stratified_subset():
     labels = np.array([0] * 60 + [1] * 30 + [2] * 6)
-    order = budget._stratified_order(labels, seed=3)
+    order = reading._stratified_order(labels, seed=3)
     assert sorted(order.tolist()) == list(range(len(labels)))  # a permutation
     assert (np.bincount(labels[order[:6]], minlength=3) == 2).all()  # MIN_PER_CLASS of each first
     for size in (20, 48, 80):
         counts = np.bincount(labels[order[:size]], minlength=3)
         want = size * np.bincount(labels) / len(labels)
         assert np.abs(counts - want).max() <= 2.5, (size, counts, want)
-    assert (budget._stratified_order(labels, seed=3) == order).all()  # seeded
+    assert (reading._stratified_order(labels, seed=3) == order).all()  # seeded
 
 
 def test_texts_grow_too_and_the_probe_finds_its_four_layer_features(tmp_path, monkeypatch):
@@ -167,7 +168,7 @@ def test_texts_grow_too_and_the_probe_finds_its_four_layer_features(tmp_path, mo
 
     monkeypatch.setattr(budget, "_now", clock.now)
     monkeypatch.setattr(TextModality, "encode", encode)
-    monkeypatch.setattr(budget, "_time_extraction", lambda job: 5 * 0.05)
+    monkeypatch.setattr(reading, "_time_extraction", lambda job: 5 * 0.05)
     train, test = write_reviews(tmp_path / "train.csv", 120, 0), write_reviews(tmp_path / "test.csv", 20, 1)
     config = TrainConfig(
         data=str(train), test=str(test),
@@ -186,18 +187,18 @@ def test_auto_that_keeps_its_probe_reads_on_in_the_time_fine_tuning_would_have_h
     """`auto` whose share could read enough to fine-tune in one epoch (as on large data) keeps its
     own share; when it then keeps the probe, extraction goes on to the end of a probe's share, the
     probe trains again on the larger subset, and the run uses at least 80% of its budget."""
-    from graft.training import recipes, strategies
+    from graft.training import auto, strategies
 
     clock = slow_extraction(monkeypatch, seconds_per_image=0.3, sample_factor=1)
     monkeypatch.setattr(strategies, "MIN_EXAMPLES_SEEN", 50)  # one epoch is enough, as on large data
-    monkeypatch.setattr(recipes, "estimate_epoch_seconds", lambda job, batch: 100.0)  # too slow to fit
+    monkeypatch.setattr(auto, "estimate_epoch_seconds", lambda job, batch: 100.0)  # too slow to fit
     lines: list[str] = []
     data = make_image_folder(tmp_path / "data", per_class=66, seed=0)
     config = TrainConfig(data=str(data), image_size=32, time_budget=60.0, out=str(tmp_path / "run"))
     result = run(config, log=lines.append)
     subset = result.report["data"]["budget_subset"]
     grown = [line for line in lines if "extraction then ran at" in line]
-    assert "auto" not in subset and subset["extraction_share"] == budget.EXTRACT_SHARE["auto"]
+    assert "auto" not in subset and subset["extraction_share"] == reading.EXTRACT_SHARE["auto"]
     assert len(grown) == 2 and result.report["plan"]["strategy"] == "linear"
     first = int(grown[0].split("stratified subset of ")[1].split()[0])
     assert first < subset["train"] < N_TRAIN and result.report["data"]["train"] == subset["train"]
@@ -214,17 +215,17 @@ def test_auto_does_not_time_fine_tuning_that_the_time_left_cannot_hold(monkeypat
     timing its steps (which took 80-90 s on a busy 2-core machine, past a 60 s budget)."""
     from types import SimpleNamespace
 
-    from graft.training import recipes
+    from graft.training import auto
 
     timed: list[int] = []
-    monkeypatch.setattr(recipes, "estimate_epoch_seconds", lambda job, batch: timed.append(1) or 7.0)
+    monkeypatch.setattr(auto, "estimate_epoch_seconds", lambda job, batch: timed.append(1) or 7.0)
     monkeypatch.setattr(budget, "_now", lambda: 70.0)
     splits = SimpleNamespace(train=[0] * 90, val=[0] * 10)
-    job = SimpleNamespace(config=TrainConfig(data="d", time_budget=100.0), started=0.0, splits=splits)
-    probe = SimpleNamespace(extract_seconds=20.0)  # 18 s of it for the training inputs; 30 s left
-    assert recipes._epoch_seconds(job, probe, 64, epochs=2) == 18.0 and timed == []
-    assert recipes._epoch_seconds(job, probe, 64, epochs=1) == 7.0 and timed == [1]
-    cached = SimpleNamespace(extract_seconds=0.0)  # features from the cache: no bound known
-    assert recipes._epoch_seconds(job, cached, 64, epochs=2) == 7.0 and len(timed) == 2
-    job.config = TrainConfig(data="d")  # no budget: timed as ever
-    assert recipes._epoch_seconds(job, probe, 64, epochs=2) == 7.0 and len(timed) == 3
+    job = SimpleNamespace(clock=budget.Clock(100.0, started=0.0), splits=splits)
+    probe = SimpleNamespace(result=SimpleNamespace(extract_seconds=20.0))  # 18 s of it training; 30 s left
+    assert auto._epoch_seconds(job, probe, 64, epochs=2) == 18.0 and timed == []
+    assert auto._epoch_seconds(job, probe, 64, epochs=1) == 7.0 and timed == [1]
+    cached = SimpleNamespace(result=SimpleNamespace(extract_seconds=0.0))  # from the cache: no bound known
+    assert auto._epoch_seconds(job, cached, 64, epochs=2) == 7.0 and len(timed) == 2
+    job.clock = budget.Clock(None, started=0.0)  # no budget: timed as ever
+    assert auto._epoch_seconds(job, probe, 64, epochs=2) == 7.0 and len(timed) == 3

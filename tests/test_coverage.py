@@ -25,7 +25,7 @@ from graft.errors import DataError
 from graft.modalities import get_modality
 from graft.modalities import image as image_modality
 from graft.runner import run
-from graft.training import recipes
+from graft.training import auto
 from graft.training.features import cache_key, cached_features
 
 
@@ -69,7 +69,7 @@ def _auto(noise: Path, out: Path, epoch_seconds: float, monkeypatch, **kw) -> tu
         asked.append(batch_size)
         return epoch_seconds
 
-    monkeypatch.setattr(recipes, "estimate_epoch_seconds", estimate)
+    monkeypatch.setattr(auto, "estimate_epoch_seconds", estimate)
     monkeypatch.setattr(image_modality, "default_workers", lambda: 0)  # augmentation in this process
     config = TrainConfig(
         data=str(noise), image_size=32, val_fraction=0.3, epochs=1, out=str(out), **kw

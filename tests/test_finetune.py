@@ -25,7 +25,7 @@ from graft.cli import main
 from graft.config import TrainConfig, parse_duration
 from graft.modalities import image as image_modality
 from graft.runner import RunResult, run
-from graft.training import recipes
+from graft.training import finetune, timing
 from graft.training.checkpoint import Checkpointer
 from graft.training.loop import apply_stage
 from graft.training.strategies import HEAD, Stage
@@ -143,17 +143,17 @@ def test_resume_with_a_changed_setting_names_it(interrupted, tmp_path):
 
 @pytest.mark.parametrize(("setting", "value"), [("augment", "none"), ("lr_mult", 3.0), ("seed", 1)])
 def test_resume_key_names_any_changed_setting(interrupted, setting, value):
-    """The key the runner checks a checkpoint against (recipes.resume_key): the checkpoint of the
+    """The key the runner checks a checkpoint against (finetune.resume_key): the checkpoint of the
     interrupted run refuses another augment / lr_mult / seed by name and accepts the same command
     (the end-to-end refusal is the --lr test above; this one costs no training)."""
     config, out = interrupted
     plan = replace(_plan_stub(), strategy=config.strategy)
     model = torch.nn.Linear(1, 1)  # never loaded: the settings are compared first
-    changed = Checkpointer(out, recipes.resume_key(replace(config, **{setting: value}), plan), resume=True)
+    changed = Checkpointer(out, finetune.resume_key(replace(config, **{setting: value}), plan), resume=True)
     with pytest.raises(ValueError, match=rf"different settings \({setting}\)"):
         changed.restore(model, torch.optim.AdamW(model.parameters()))
     meta = json.loads((out / "checkpoint.json").read_text())
-    assert meta["config"] == recipes.resume_key(config, plan)  # the same command matches exactly
+    assert meta["config"] == finetune.resume_key(config, plan)  # the same command matches exactly
 
 
 def test_options_added_later_stay_out_of_the_resume_key_at_their_defaults():
@@ -161,8 +161,8 @@ def test_options_added_later_stay_out_of_the_resume_key_at_their_defaults():
     value is a setting the checkpoint must share."""
     config, plan = TrainConfig(data="x"), _plan_stub()
     later = {"resize", "task", "label_separator", "feature_layers", "image_column"}
-    assert later.isdisjoint(recipes.resume_key(config, plan))
-    assert recipes.resume_key(replace(config, feature_layers="4"), plan)["feature_layers"] == "4"
+    assert later.isdisjoint(finetune.resume_key(config, plan))
+    assert finetune.resume_key(replace(config, feature_layers="4"), plan)["feature_layers"] == "4"
 
 
 def _plan_stub():
@@ -451,8 +451,8 @@ def test_time_budget_anneals_even_when_the_step_timing_was_pessimistic(data, tmp
     """Fault injection: the timed steps read 8x slower than training then runs (a busy moment while
     timing). The deadline, not an epoch count from that timing, ends training: the budget is used
     and the LR has annealed when it stops."""
-    real = recipes.time_steps
-    monkeypatch.setattr(recipes, "time_steps", lambda *args, **kwargs: 8 * real(*args, **kwargs))
+    real = timing.time_steps
+    monkeypatch.setattr(timing, "time_steps", lambda *args, **kwargs: 8 * real(*args, **kwargs))
     loop_ends = spy_on_training_loops(monkeypatch)
     config = _config(data, epochs=None, freeze_epochs=0, time_budget=4.0, out=str(tmp_path / "run"))
     started = time.perf_counter()

@@ -3,17 +3,14 @@ fine-tuning does not beat the probe, and the advice when validation still rose a
 
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import pytest
 import torch
 from conftest import fit_scored
 from torch import nn
 
-from graft.config import TrainConfig
+from graft.training.budget import Clock
 from graft.training.callbacks import BehindProbe
 from graft.training.interpolate import choose_alpha, mixed
-from graft.training.recipes import still_rising
 
 
 def test_mixed_interpolates_floats_and_keeps_counters_of_the_end():
@@ -63,12 +60,10 @@ def test_auto_stops_fine_tuning_that_has_not_beaten_the_probe_after_half_its_epo
 
 
 def test_validation_still_rising_at_the_budgets_end_says_which_budget_would_help():
-    job = SimpleNamespace(
-        config=TrainConfig(data="d", time_budget=100), task=SimpleNamespace(monitor_short="accuracy")
-    )
+    clock = Clock(100.0, started=0.0)
     rows = [{"val_accuracy": 0.5}, {"val_accuracy": 0.6}]
-    (advice,) = still_rising(job, rows, "val_accuracy", 40.0)
+    (advice,) = clock.advice(rows, "val_accuracy", 40.0, None, "accuracy")
     assert "0.5000 -> 0.6000" in advice and "--time-budget 140 " in advice
-    assert still_rising(job, [*rows, {"val_accuracy": 0.55}], "val_accuracy", 60.0) == []
-    job.config = TrainConfig(data="d")  # no budget: no advice
-    assert still_rising(job, rows, "val_accuracy", 40.0) == []
+    assert clock.advice([*rows, {"val_accuracy": 0.55}], "val_accuracy", 60.0, None, "accuracy") == []
+    assert clock.advice(rows, "val_accuracy", 40.0, 2, "accuracy") == []  # --epochs given: no advice
+    assert Clock(None, started=0.0).advice(rows, "val_accuracy", 40.0, None, "accuracy") == []  # no budget

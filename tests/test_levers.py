@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from graft.heads import GraftModel
-from graft.training.recipes import choose_flip_tta
+from graft.training.evaluation import choose_flip_tta
 
 
 class _Val:

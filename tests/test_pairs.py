@@ -219,16 +219,16 @@ def test_a_fine_tuned_pair_regression_that_ranks_below_its_probe_gives_way_to_it
     """Keep-best follows R2; the probe's R2 reported at minus infinity, keep-best keeps the
     fine-tuned epoch that a learning rate far too high wrecked. The run still ends with the probe
     (the zero-shot cosine, calibrated): a regression's models are ranked by Spearman at the end."""
-    from graft.training import recipes
+    from graft.training import probe
 
-    probe_once = recipes._probe_once
+    probe_once = probe._probe_once
 
-    def reported_worse(job, **kwargs):
-        result = probe_once(job, **kwargs)
-        result.val = {**result.val, "r2": -1e9}
-        return result
+    def reported_worse(job, head, **kwargs):
+        outcome = probe_once(job, head, **kwargs)
+        outcome.result.val = {**outcome.result.val, "r2": -1e9}
+        return outcome
 
-    monkeypatch.setattr(recipes, "_probe_once", reported_worse)
+    monkeypatch.setattr(probe, "_probe_once", reported_worse)
     monkeypatch.setenv("GRAFT_CACHE_DIR", str(similarity["root"] / "cache"))
     config = _config(similarity, "wrecked", pair_encoding="bi", strategy="finetune", epochs=1, lr=0.5,
                      feature_layers="1", overwrite=True)  # fmt: skip

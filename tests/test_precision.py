@@ -153,15 +153,15 @@ def test_fp32_asked_for_trains_in_fp32_on_a_bf16_cpu(tmp_path, monkeypatch):
     monkeypatch.setenv(CPU_BF16_ENV, "1")
     data = make_image_folder(tmp_path / "data", per_class=6, seed=0)
     seen: list[torch.dtype | None] = []
-    from graft.training import recipes
+    from graft.training import probe
 
-    real = recipes.fit
+    real = probe.fit
 
     def spy(*args, **kwargs):
         seen.append(autocast_dtype(CPU))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(recipes, "fit", spy)
+    monkeypatch.setattr(probe, "fit", spy)
     config = TrainConfig(
         data=str(data), strategy="linear", image_size=32, epochs=2, precision="fp32", out=str(tmp_path / "r")
     )

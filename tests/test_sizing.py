@@ -13,7 +13,7 @@ from graft.config import Plan, TrainConfig
 from graft.modalities import get_modality
 from graft.runner import with_defaults
 from graft.tasks import get_task
-from graft.training import recipes, sizing
+from graft.training import sizing, timing
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")  # a device object: no GPU is needed to plan for one
 
@@ -86,17 +86,16 @@ def test_a_halved_batch_takes_the_lr_back_down_and_says_so(monkeypatch):
             raise torch.OutOfMemoryError("CUDA out of memory")
         return 0.1
 
-    monkeypatch.setattr(recipes, "time_steps", time_steps)
+    monkeypatch.setattr(timing, "time_steps", time_steps)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    recipes.fit_batch_to_memory(job, None, [], train_set)
-    plan = job.plan
+    plan = timing.fit_batch_to_memory(job, None, [], train_set)
     assert plan.batch_size == 128 and plan.lr == pytest.approx(default.lr * math.sqrt(2))
     assert plan.notes[-1].startswith("batch 128: 256 did not fit") and lines == [plan.notes[-1]]
 
 
 def test_fine_tuning_trains_with_the_batch_the_memory_fallback_chose(tmp_path, monkeypatch):
-    """The plan is frozen: `fit_batch_to_memory` gives the job a new plan, and fine-tuning must
-    read that one (its batch and LR), not the plan it started with."""
+    """The plan is frozen: `fit_batch_to_memory` returns a new plan, and fine-tuning must train
+    with that one (its batch and LR), not the plan it started with."""
     from dataclasses import replace
 
     from conftest import make_image_folder
@@ -104,9 +103,9 @@ def test_fine_tuning_trains_with_the_batch_the_memory_fallback_chose(tmp_path, m
     from graft.runner import run
 
     def smaller(job, model, groups, train_set):
-        job.plan = replace(job.plan, batch_size=4, lr=job.plan.lr / 2).with_note("batch 4: did not fit")
+        return replace(job.plan, batch_size=4, lr=job.plan.lr / 2).with_note("batch 4: did not fit")
 
-    monkeypatch.setattr(recipes, "fit_batch_to_memory", smaller)
+    monkeypatch.setattr(timing, "fit_batch_to_memory", smaller)
     data = make_image_folder(tmp_path / "data", per_class=8, seed=0)
     config = TrainConfig(data=str(data), strategy="finetune", epochs=1, image_size=32, val_fraction=0.25,
                          out=str(tmp_path / "run"))  # fmt: skip

@@ -19,7 +19,7 @@ from graft.heads import GraftModel
 from graft.tasks import get_task
 from graft.tasks.base import cover_groups
 from graft.training import strategies
-from graft.training.recipes import choose_flip_tta
+from graft.training.evaluation import choose_flip_tta
 
 # --------------------------------------------------------------------------- compare's data sizes
 

@@ -27,7 +27,7 @@ from graft.cli import main  # noqa: E402
 from graft.config import TrainConfig  # noqa: E402
 from graft.modalities.text import bucketed_order  # noqa: E402
 from graft.runner import RunResult, run  # noqa: E402
-from graft.training import recipes  # noqa: E402
+from graft.training import finetune, probe  # noqa: E402
 from graft.training.checkpoint import Checkpointer  # noqa: E402
 
 
@@ -237,15 +237,15 @@ def test_the_time_budget_looks_for_the_probes_four_layer_features(minilm) -> Non
     from types import SimpleNamespace
 
     from graft.modalities.text import TextModality
-    from graft.training import budget
+    from graft.training import subset
 
     job = SimpleNamespace(
         modality=TextModality(), config=TrainConfig(data="x.csv"), backbone=minilm, prep=minilm.preprocessing
     )
-    assert budget._probe_prep(job, 1000).layers == 4
+    assert subset._probe_prep(job, 1000).layers == 4
     assert minilm.body.layers == 1 and minilm.num_features == 384
     job.config = replace(job.config, feature_layers="1")
-    assert budget._probe_prep(job, 1000) is job.prep
+    assert subset._probe_prep(job, 1000) is job.prep
 
 
 def test_the_probe_tries_one_and_four_layers_and_says_which_it_kept(linear_run) -> None:
@@ -296,15 +296,15 @@ def test_a_fine_tuned_model_below_the_four_layer_probe_gives_way_to_it(
     monkeypatch.setattr(strategies, "feature_layers_kept", lambda scores, noise: max(scores))
     monkeypatch.setattr(strategies, "MIN_PER_CLASS_TO_FINETUNE", 1)  # auto fine-tunes 36 a class
     monkeypatch.setattr(strategies, "has_headroom", lambda headroom: (True, 0.0))  # after a perfect probe
-    probe_once = recipes._probe_once
+    probe_once = probe._probe_once
 
-    def one_layer_reported_worse(job, **kwargs):
-        result = probe_once(job, **kwargs)
+    def one_layer_reported_worse(job, head, **kwargs):
+        outcome = probe_once(job, head, **kwargs)
         if "last 1 layer" in kwargs["phase"]:
-            result.val = {**result.val, job.task.monitor: 0.0}
-        return result
+            outcome.result.val = {**outcome.result.val, job.task.monitor: 0.0}
+        return outcome
 
-    monkeypatch.setattr(recipes, "_probe_once", one_layer_reported_worse)
+    monkeypatch.setattr(probe, "_probe_once", one_layer_reported_worse)
     config = replace(
         _tuned_config(data, strategy, None, tmp_path / "wrecked"),
         test=str(data["test"]), lr=0.5, freeze_epochs=1 if strategy == "finetune" else None,
@@ -522,7 +522,7 @@ def test_adapt_lm_updates_the_encoder_before_classification(data) -> None:
 
 def test_small_text_datasets_get_more_epochs() -> None:
     from graft.modalities import get_modality
-    from graft.training.recipes import finetune_epochs
+    from graft.training.timing import finetune_epochs
 
     text, image = get_modality("text"), get_modality("image")
     config = TrainConfig(data="x.csv", strategy="finetune")
@@ -585,14 +585,14 @@ def test_auto_on_text_runs_the_probe_first_and_keeps_it_when_fine_tuning_is_wors
 
     monkeypatch.setattr(strategies, "choose_strategy", lambda *a, **k: ("finetune", "forced by the test"))
     starts: list[torch.Tensor] = []
-    real_fit = recipes.fit
+    real_fit = finetune.fit
 
     def spy(model, *args, **kwargs):
         if hasattr(model, "body"):  # fine-tuning (the probe fits the head alone)
             starts.append(model.head.fc.weight.detach().clone())
         return real_fit(model, *args, **kwargs)
 
-    monkeypatch.setattr(recipes, "fit", spy)
+    monkeypatch.setattr(finetune, "fit", spy)
     config = replace(
         _tuned_config(data, "auto", None, tmp_path / "run"), epochs=1, lr=3.0, keep_checkpoint=False
     )

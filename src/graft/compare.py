@@ -197,7 +197,7 @@ def planned_runs(
 ) -> list[PlannedRun]:
     """Every run, in order: by backbone, size and seed, then METHODS' order (fine-tuning's time
     bounds scratch's)."""
-    from .training.recipes import finetune_epochs
+    from .training.timing import finetune_epochs
 
     runs = []
     out = Path(config.out)
@@ -228,13 +228,15 @@ def scratch_budget(finetune_seconds: float | None) -> float:
 
 
 def run_compare(config: CompareConfig, log: Log = print) -> dict[str, Any]:
+    from .training.budget import Clock
+
     given = TrainConfig(data=config.data, test=config.test, **dict(config.options or {}))
     modality = detect(config.data, config=given).modality
     splits = _fixed_splits(config, modality)
     task = task_of(splits)
     out = Path(config.out)
     runs = planned_runs(config, modality, splits, task)
-    total = runs[0].config.time_budget if runs else None
+    total = Clock.budget_of(runs[0].config) if runs else None
     split = None
     if total is not None:  # the runs an earlier compare finished are not run (nor budgeted) again
         split = BudgetSplit(total, sum(_finished_row(r.config, any_budget=True) is None for r in runs), log)
@@ -261,7 +263,7 @@ def run_compare(config: CompareConfig, log: Log = print) -> dict[str, Any]:
             data = replace(splits, train=planned.train, skipped=[])
             row = _run_one(planned, run_config, data, modality, task)
             if split is not None:
-                split.ran(planned.method, float(run_config.time_budget or 0), row["seconds"])
+                split.ran(planned.method, float(Clock.budget_of(run_config) or 0), row["seconds"])
             _record_row(run_config, row)
             log(
                 f"{_shown(planned, row, task)}: test {task.monitor_name} {row[f'test_{task.monitor}']:.4f} "
@@ -288,6 +290,7 @@ def _run_one(
 ) -> dict[str, Any]:
     """One run, and its row."""
     from .runner import run
+    from .training.budget import Clock
 
     started = _now()
     result = run(run_config, log=lambda line: None, splits=data, modality=modality)
@@ -302,7 +305,7 @@ def _run_one(
         f"test_{task.monitor}": report["test"][task.monitor],
         f"validation_{task.monitor}": report["validation"][task.monitor],
         "epochs": len(report["history"]),
-        "time_budget": run_config.time_budget,
+        "time_budget": Clock.budget_of(run_config),
         "seconds": _now() - started,
         "run_dir": str(result.run_dir),
     }

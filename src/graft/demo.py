@@ -21,7 +21,7 @@ from .data.splits import DataSplits, Labelled
 from .modalities import get_modality
 from .options import DemoConfig
 from .runner import Log, run
-from .training.recipes import finetune_epochs
+from .training.timing import finetune_epochs
 
 BACKBONE = get_modality("image").default_backbone
 

@@ -11,7 +11,7 @@ from .bundle import save_bundle, write_json
 from .heads import HeadSpec
 from .metrics import plot_confusion, plot_curves, plot_predicted_against_true
 from .report_html import write_report_html
-from .training.recipes import Job, TrainResult
+from .training.job import Job, TrainResult
 
 
 def build_report(job: Job, trained: TrainResult, seconds: float, adapted: dict | None) -> dict[str, Any]:

@@ -28,8 +28,12 @@ from .heads import GraftModel, HeadSpec, build_head
 from .modalities import Modality, detect, get_modality
 from .report import build_report, save_run
 from .tasks import Task, get_task
-from .training import budget, recipes, sizing
-from .training.recipes import Job, TrainResult
+from .training import auto, recipes, sizing, subset
+from .training.budget import Clock
+from .training.evaluation import evaluate_test
+from .training.job import Job, TrainResult
+from .training.keep import cpu_weights
+from .training.timing import finetune_epochs
 from .training.trackers import Tracking, tracker_names
 
 Log = Callable[[str], None]
@@ -186,11 +190,11 @@ def _run_on(config: TrainConfig, log: Log, ready: Prepared, started: float) -> R
                 "--resume continues one training, and --pair-encoding auto trains two: pass "
                 "--pair-encoding bi or cross (report.json preprocessing.pair_encoding of a finished run)"
             )
+        clock = Clock.start(config, started)  # the one clock of --time-budget, for every step
         if choices:
-            job, trained = _best_encoding(config, log, ready, started, task, tracking, choices)
+            job, trained = _best_encoding(config, log, ready, clock, task, tracking, choices)
         else:
-            job = _job(config, log, ready, prep, started, task, tracking)
-            trained = _train(job)
+            job, trained = _train(_job(config, log, ready, prep, clock, task, tracking))
         job.model.eval()
         report = build_report(job, trained, time.perf_counter() - started, adapted)
         if distributed.is_main():  # several processes: rank 0 writes the run folder
@@ -202,7 +206,7 @@ def _run_on(config: TrainConfig, log: Log, ready: Prepared, started: float) -> R
 
 
 def _job(
-    config: TrainConfig, log: Log, ready: Prepared, prep: Any, started: float, task: Task, tracking: Tracking
+    config: TrainConfig, log: Log, ready: Prepared, prep: Any, clock: Clock, task: Task, tracking: Tracking
 ) -> Job:
     """A job for the backbone as its body is set now: a new head for its feature width, the plan."""
     modality, backbone, splits, device = ready.modality, ready.backbone, ready.splits, ready.device
@@ -210,9 +214,8 @@ def _job(
     model = modality.prepare_model(GraftModel(backbone.body, head, mirror=modality.mirror), device)
     plan = _plan(config, modality, backbone, prep, splits, device)
     out = Path(config.out or ".")
-    job = Job(config, plan, modality, backbone, prep, model, splits, device, out, started, log, task)
-    job.tracking = tracking
-    return job
+    job = Job(config, plan, modality, backbone, prep, model, splits, device, out, clock, log, task)
+    return replace(job, tracking=tracking)
 
 
 @dataclass
@@ -230,7 +233,7 @@ def _best_encoding(
     config: TrainConfig,
     log: Log,
     ready: Prepared,
-    started: float,
+    clock: Clock,
     task: Task,
     tracking: Tracking,
     choices: tuple[str, ...],
@@ -241,30 +244,30 @@ def _best_encoding(
     beats the first by more than one standard error: the one-standard-error rule of model selection,
     the modality listing its simplest encoding first (a bi-encoder before a cross-encoder)."""
     body = ready.backbone.body
-    pretrained = recipes.cpu_weights(body)
+    pretrained = cpu_weights(body)
     tried: list[_Tried] = []
     for i, encoding in enumerate(choices):
         if i:  # as a run with this encoding alone starts: the pretrained body, the seed's random state
             body.load_state_dict(pretrained)
             torch.manual_seed(config.seed)
         prep = ready.modality.use_encoding(config, ready.backbone, ready.prep, ready.splits, encoding)
-        share = _budget_share(config, started, len(choices) - i)
+        share = clock.share(len(choices) - i)  # an equal share of what is left
         log(f"pair encoding auto: training the {encoding}-encoder ({i + 1} of {len(choices)})")
-        job = _job(replace(config, time_budget=share), log, ready, prep, started, task, tracking)
-        job.splits = replace(job.splits, test=None)  # the kept encoding alone is tested, once
-        trained = _train(job, tried[0].job.run_dir if tried else None)
+        job = _job(replace(config, time_budget=share.seconds), log, ready, prep, share, task, tracking)
+        job = replace(job, splits=replace(job.splits, test=None))  # the kept encoding alone is tested, once
+        job, trained = _train(job, tried[0].job.run_dir if tried else None)
         score = job.task.ranking(trained.val, len(ready.splits.val))
         last = i == len(choices) - 1
-        tried.append(_Tried(encoding, job, trained, None if last else recipes.cpu_weights(body), score))
-    kept = distributed.from_main(_kept_encoding(tried))
-    return _restore_encoding(config, ready, tried, kept, log)
+        tried.append(_Tried(encoding, job, trained, None if last else cpu_weights(body), score))
+    return _restore_encoding(config, ready, tried, decide_encoding(tried), log)
 
 
-def _kept_encoding(tried: list[_Tried]) -> int:
-    """The first encoding, unless a later one beats it by more than one standard error."""
+def decide_encoding(tried: list[_Tried]) -> int:
+    """The first encoding, unless a later one beats it by more than one standard error: rank 0's
+    choice, for every process."""
     first = tried[0].score
     best = max(range(len(tried)), key=lambda i: (tried[i].score[1], -i))
-    return best if tried[best].score[1] > first[1] + first[2] else 0
+    return distributed.from_main(best if tried[best].score[1] > first[1] + first[2] else 0)
 
 
 def _restore_encoding(
@@ -287,41 +290,39 @@ def _restore_encoding(
         for path in other.trained.scratch_files:
             if path not in keep:
                 path.unlink(missing_ok=True)
-    job = chosen.job
-    job.config = config
-    job.plan = job.plan.with_note(line)
-    job.splits = replace(job.splits, test=ready.splits.test)
-    recipes.evaluate_test(job, chosen.trained)
+    plan = chosen.job.plan.with_note(line)
+    splits = replace(chosen.job.splits, test=ready.splits.test)
+    job = replace(chosen.job, config=config, plan=plan, splits=splits)
+    evaluate_test(job, chosen.trained)
     return job, chosen.trained
 
 
-def _budget_share(config: TrainConfig, started: float, runs_left: int) -> float | None:
-    """The --time-budget of the next of `runs_left` runs: an equal share of what is left, as a
-    deadline counted from the run's start (`budget.left`)."""
-    if not config.time_budget:
-        return None
-    spent = time.perf_counter() - started
-    return spent + (config.time_budget - spent) / runs_left
-
-
-def _train(job: Job, run_dir: Path | None = None) -> TrainResult:
+def _train(job: Job, run_dir: Path | None = None) -> tuple[Job, TrainResult]:
     """The data fitted to the time budget, the strategy chosen (`auto`), the run folder named (or
-    `run_dir`, an earlier encoding's), the recipe run."""
+    `run_dir`, an earlier encoding's), the recipe run: the job as the recipe's outcome leaves it."""
     config = job.config
-    budget.fit_data_to_budget(job, config.strategy)  # under --time-budget: data that can be read in it
+    job = subset.fit_data_to_budget(job, config.strategy)  # under --time-budget: data read in it
     probe = None
     if config.strategy == "auto":
-        choice = recipes.choose(job)
+        choice = auto.choose(job)
         job.log(f"strategy auto -> {choice.strategy}: {choice.reason}")
-        _resolve_strategy(job, choice)
         probe = choice.probe
-    named = run_dir or (Path(config.out) if config.out else None)
-    if named is None and distributed.is_main():  # rank 0 claims the folder; the others take its name
-        named = default_run_dir(job.backbone.name, job.plan.strategy, job.splits.name)
-    job.run_dir = distributed.from_main(named)
+        job = job.after(probe) if probe is not None else job
+        job = replace(job, plan=_resolved_plan(job, choice))
+    job = replace(job, run_dir=decide_run_dir(job, run_dir))
     if run_dir is None:
         job.tracking.open(job.run_dir, config)  # what the probe logged so far goes in now
-    return recipes.train(job, probe)
+    outcome = recipes.train(job, probe)
+    return job.after(outcome), outcome.result
+
+
+def decide_run_dir(job: Job, run_dir: Path | None) -> Path:
+    """The run folder: `run_dir` (an earlier encoding's), --out, or a new one that rank 0 claims
+    and every process takes."""
+    named = run_dir or (Path(job.config.out) if job.config.out else None)
+    if named is None and distributed.is_main():  # rank 0 claims the folder; the others take its name
+        named = default_run_dir(job.backbone.name, job.plan.strategy, job.splits.name)
+    return distributed.from_main(named)
 
 
 def fitted_task(config: TrainConfig, splits: DataSplits) -> Task:
@@ -441,7 +442,7 @@ def with_defaults(
     notes = [batch.note] if batch.note else []
     epochs = config.epochs or defaults.epochs
     if plan.strategy != "linear":
-        epochs = recipes.finetune_epochs(config, modality, plan.strategy, n_train, batch.batch_size)
+        epochs = finetune_epochs(config, modality, plan.strategy, n_train, batch.batch_size)
         if config.epochs is None and epochs > defaults.epochs:
             notes.append(
                 f"{epochs} epochs instead of the default {defaults.epochs}: at least "
@@ -457,7 +458,7 @@ def with_defaults(
     )
 
 
-def _resolve_strategy(job: Job, choice: recipes.Choice) -> None:
+def _resolved_plan(job: Job, choice: auto.Choice) -> Plan:
     """The job's plan for `auto`'s choice: its strategy and that strategy's defaults."""
     plan = job.plan
     # the probe's own notes stay, and always what --time-budget did to the data
@@ -468,5 +469,5 @@ def _resolve_strategy(job: Job, choice: recipes.Choice) -> None:
     if choice.epochs is not None:
         plan = replace(plan, epochs=choice.epochs)
     if choice.probe is not None and choice.strategy == "linear":
-        plan = replace(plan, epochs=len(choice.probe.history))
-    job.plan = plan
+        plan = replace(plan, epochs=len(choice.probe.result.history))
+    return plan

@@ -161,7 +161,7 @@ class EarlyStopping(Callback):
 class BehindProbe(Callback):
     """`auto`'s stop for fine-tuning that does not pay: after `after` epochs, when no epoch has beaten
     the probe's validation score (`probe_score`), fine-tuning stops and keep-best keeps the probe.
-    Half the planned epochs (at least 2, `recipes._behind_probe`): the warm-up and the highest
+    Half the planned epochs (at least 2, `finetune._behind_probe`): the warm-up and the highest
     learning rates are behind by then, and an epoch that beats the probe by one example continues."""
 
     def __init__(self, probe_score: float, after: int, monitor: str, log: Callable[[str], None]) -> None:

@@ -24,8 +24,8 @@ from ..heads import GraftModel, HeadSpec, build_head
 from ..options import LrFindOptions
 from .callbacks import LRFinder
 from .features import cached_features
+from .finetune import init_feature_norm
 from .loop import Batch, LoopConfig, fit
-from .recipes import init_feature_norm
 from .strategies import Stage
 
 

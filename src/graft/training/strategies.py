@@ -142,16 +142,9 @@ def choose_strategy(
             f"{examples_per_class:.0f} examples per class (< {MIN_PER_CLASS_TO_FINETUNE}): "
             "a linear probe on frozen features generalises better than fine-tuning"
         )
-    probe = ""
-    if headroom is not None:
-        room, threshold = has_headroom(headroom)
-        probe = f"the probe's {headroom.what} {headroom.gap:.1%} on {n_val} examples"
-        if not room:
-            return "linear", (
-                f"{probe} is within {threshold:.1%} (the larger of {MIN_HEADROOM:.0%} and {headroom.noise}): "
-                "fine-tuning could not show a gain, so the probe is kept"
-            )
-        probe += f" leaves room (> {threshold:.1%}); "
+    probe, kept = _probe_room(headroom, n_val)
+    if kept:
+        return "linear", probe
     if needed > budget:
         return "linear", (
             f"{probe}fine-tuning needs about {needed:.0f}s for {epochs} epoch(s), "
@@ -164,6 +157,21 @@ def choose_strategy(
         f"{probe}{examples_per_class:.0f} examples per class and about {needed:.0f}s for "
         f"{epochs} epoch(s){ratio} fit the {budget:.0f}s {budget_label}"
     )
+
+
+def _probe_room(headroom: Headroom | None, n_val: int) -> tuple[str, bool]:
+    """What the probe's score says of fine-tuning (the start of the reason), and whether it keeps
+    the probe: a score within `has_headroom`'s threshold of perfect leaves no gain to see."""
+    if headroom is None:
+        return "", False
+    room, threshold = has_headroom(headroom)
+    probe = f"the probe's {headroom.what} {headroom.gap:.1%} on {n_val} examples"
+    if not room:
+        return (
+            f"{probe} is within {threshold:.1%} (the larger of {MIN_HEADROOM:.0%} and {headroom.noise}): "
+            "fine-tuning could not show a gain, so the probe is kept"
+        ), True
+    return probe + f" leaves room (> {threshold:.1%}); ", False
 
 
 def _times(ratio: float) -> str:
