@@ -66,9 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     suite, options = parse(sys.argv[1:] if argv is None else argv)
     cases = suite.CASES
+    default = list(getattr(suite, "DEFAULT_CASES", cases))  # a long measurement runs only when named
     if options.list:
         for name, fn in cases.items():
-            print(f"{name}: {(fn.__doc__ or '').strip().splitlines()[0]}")
+            named = "" if name in default else " (only when named)"
+            first_line = (fn.__doc__ or "").strip().partition("\n")[0]
+            print(f"{name}{named}: {first_line}")
         return 0
     if options.table:
         print(results.table(results.read(options.suite, options.results)))
@@ -78,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{options.suite} has no case {', '.join(unknown)}; its cases: {', '.join(cases)}")
     for spec in options.tree or [getattr(suite, "DEFAULT_TREE", f"here={ROOT}")]:
         with open_tree(spec) as tree:
-            for name in options.only or list(cases):
+            for name in options.only or default:
                 work = WORK / options.suite / tree.name / name
                 work.mkdir(parents=True, exist_ok=True)
                 rows = run_case(options.suite, name, cases[name], Context(tree, options, work))

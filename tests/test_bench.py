@@ -176,7 +176,7 @@ def test_the_accuracy_suite_runs_the_fixed_commands(tmp_path, monkeypatch):
 
     monkeypatch.setattr(accuracy, "_cifar", lambda n, t: (Path(f"/c/train-{n}"), Path(f"/c/test-{t}")))
     ctx = SimpleNamespace(work=tmp_path, graft=graft)
-    rows = {name: case(ctx) for name, case in accuracy.CASES.items()}
+    rows = {name: accuracy.CASES[name](ctx) for name in accuracy.DEFAULT_CASES}
     out = ["--out", str(tmp_path / "run"), "--json"]
     trec = accuracy.TEXT / "trec6"
     size = ["--image-size", "96"]
@@ -190,3 +190,51 @@ def test_the_accuracy_suite_runs_the_fixed_commands(tmp_path, monkeypatch):
     ]
     assert rows["demo"][0]["transfer"] == 0.85 and rows["trec6"][0]["test_error"] == pytest.approx(0.1)
     assert rows["linear_96"][0] == {"wall_s": 1.0, "peak_rss_mb": 100.0, "test_accuracy": 0.9}
+
+
+def test_the_numbers_pages_accuracy_cases_run_its_figures_commands(tmp_path, monkeypatch):
+    """The long accuracy cases run the commands the numbers page's figures were measured with."""
+    from bench.suites import accuracy
+
+    calls: list[list[str]] = []
+
+    def graft(*args: str, **_: object) -> harness.Run:
+        calls.append(list(args))
+        curve = [{"method": "linear", "labels_per_class": n, "test_accuracy": 0.5} for n in (10, 50, 250)]
+        summary = {"accuracy": 0.8, "test_accuracy": 0.9, "results": curve}
+        return harness.Run(list(args), 0, 1.0, 100.0, stdout=json.dumps(summary))
+
+    monkeypatch.setattr(accuracy, "require_data", lambda *folders: None)
+    monkeypatch.setattr(accuracy, "subset_folder", lambda source, n, name: Path(f"/c/{name}"))
+    ctx = SimpleNamespace(work=tmp_path, graft=graft)
+    rows = {name: accuracy.CASES[name](ctx) for name in set(accuracy.CASES) - set(accuracy.DEFAULT_CASES)}
+    out = ["--out", str(tmp_path / "run"), "--json"]
+    cifar, trec, sst2 = accuracy.DATA, accuracy.TEXT / "trec6", str(accuracy.TEXT / "sst2")
+    trec6 = ["train", str(trec / "train.csv"), "--test", str(trec / "test.csv"), "--seed"]
+    assert sorted(calls) == sorted([
+        ["train", str(cifar / "train"), "--test", str(cifar / "test"), "--strategy", "finetune",
+         "--time-budget", "1800", "--image-size", "96", *out],
+        ["compare", str(cifar / "train"), "--test", "/c/cifar10-test-100", "--labels-per-class", "10,50,250",
+         "--image-size", "64", "--methods", "linear", *out],
+        ["train", sst2, "--strategy", "linear", "--seed", "0", "--feature-layers", "auto", *out],
+        ["train", sst2, "--strategy", "linear", "--seed", "0", "--feature-layers", "1", *out],
+        *([*trec6, seed, *out] for seed in ("0", "1", "2")),
+    ])  # fmt: skip
+    assert [r["labels_per_class"] for r in rows["compare_cifar10"]] == [10, 50, 250]
+    assert [r["test_error"] for r in rows["trec6_seeds"]] == [pytest.approx(0.1)] * 3
+    last_layer = rows["sst2_linear"][1]
+    assert last_layer["row"] == "--feature-layers 1" and last_layer["dev_accuracy"] == 0.8
+
+
+def test_a_bare_run_runs_the_default_cases_and_a_named_one_runs_too(tmp_path, monkeypatch, capsys):
+    ran: list[str] = []
+    cases = {name: (lambda ctx, name=name: ran.append(name) or [{"ok": 1}]) for name in ("quick", "long")}
+    suite = SimpleNamespace(CASES=cases, DEFAULT_CASES=("quick",), __name__="bench.suites.fake")
+    monkeypatch.setattr(cli, "load_suite", lambda name: suite)
+    monkeypatch.setattr(cli, "WORK", tmp_path / "work")
+    assert cli.main(["serve", "--results", str(tmp_path), "--tree", f"now={ROOT}"]) == 0
+    assert cli.main(["serve", "--only", "long", "--results", str(tmp_path), "--tree", f"now={ROOT}"]) == 0
+    assert ran == ["quick", "long"]
+    capsys.readouterr()
+    assert cli.main(["serve", "--list"]) == 0
+    assert "long (only when named):" in capsys.readouterr().out

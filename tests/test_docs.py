@@ -3,10 +3,13 @@ from the parser, and no text that dates anything by the working sitting that pro
 
 from __future__ import annotations
 
+import argparse
 import html
 import importlib.util
 import os
 import re
+import runpy
+import shlex
 import shutil
 import subprocess
 import sys
@@ -26,8 +29,11 @@ HELP_WIDTH = "80"  # the width tools/docs_cli.py formats the help at
 SITTING = re.compile(r"\b(session|sitting)s? \d+\b", re.IGNORECASE)
 SITTING_SHORT = re.compile(r"\bS\d{1,2}\b")  # "S8", in markdown files
 ALLOWED_NAMES = re.compile(r"InferenceSession|onnx_session")
-# coordinator: drop after merge (other branches remove the sitting-dated texts these still hold)
-NOT_YET_SCANNED = ("bench/", "src/graft/training/recipes.py")
+# coordinator: drop after merge (another branch removes the sitting-dated texts this still holds)
+NOT_YET_SCANNED = ("src/graft/training/recipes.py",)
+
+BENCH_COMMAND = re.compile(r"`python -m bench ([^`]+)`")  # a reproduce command on a page
+BENCH_PAGES = ("docs/numbers.md", "README.md")
 
 DOCS_PACKAGES = ("mkdocs", "material", "mkdocstrings", "mkdocstrings_handlers")
 
@@ -94,6 +100,78 @@ def test_readme_and_docs_hold_no_stale_figures() -> None:
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
     stale = [str(p.relative_to(ROOT)) for p in pages if "stale" in p.read_text(encoding="utf-8").lower()]
     assert not stale, f"measure the figure again or move it to CHANGELOG.md: {stale}"
+
+
+def _bench_commands() -> list[list[str]]:
+    """Every `python -m bench ...` command on the pages, as arguments (the pattern `SUITE` left out)."""
+    found = []
+    for page in BENCH_PAGES:
+        for args in BENCH_COMMAND.findall((ROOT / page).read_text(encoding="utf-8")):
+            if "SUITE" not in args:
+                found.append(shlex.split(args))
+    return found
+
+
+def _unrunnable(argv: list[str]) -> str | None:
+    """Why `python -m bench ARGV` would not run what it says (None: it would), parsed as the harness
+    parses it: the suite, its cases, its own options, and options after `--` only for script cases."""
+    from bench import __main__ as bench_cli
+
+    try:
+        suite, options = bench_cli.parse(argv)
+    except SystemExit:
+        return f"python -m bench {shlex.join(argv)}: the harness refuses its arguments (see above)"
+    cases, command = suite.CASES, f"python -m bench {shlex.join(argv)}"
+    unknown = [case for case in options.only or [] if case not in cases]
+    if unknown or not options.only:
+        return f"{command}: {options.suite} has {', '.join(cases)}; name them with --only"
+    not_scripts = [case for case in options.only if not hasattr(cases[case], "module")]
+    if options.extra and not_scripts:
+        return f"{command}: {', '.join(not_scripts)} takes no options after --"
+    return None
+
+
+def test_every_bench_command_on_the_pages_names_a_suite_its_cases_and_their_options() -> None:
+    commands = _bench_commands()
+    assert len(commands) >= 20 and ["accuracy", "--only", "demo"] in commands  # the scan reads the page
+    wrong = [why for argv in commands if (why := _unrunnable(argv))]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_bench_command_check_finds_what_it_looks_for() -> None:
+    assert _unrunnable(["accuracy", "--only", "demo"]) is None
+    assert _unrunnable(["speed", "--only", "throughput", "--", "--sizes", "96"]) is None
+    assert "has demo" in str(_unrunnable(["accuracy", "--only", "no-such-case"]))
+    assert "refuses" in str(_unrunnable(["no-such-suite", "--only", "demo"]))
+    assert "refuses" in str(_unrunnable(["anchors", "--only", "cifar10", "--no-such-option", "5"]))
+    extra_for_a_function = ["speed", "--only", "predict_speed", "--", "--repeats", "1"]
+    assert "no options after" in str(_unrunnable(extra_for_a_function))
+    assert "name them" in str(_unrunnable(["budget"]))
+
+
+class _Parsed(Exception):
+    """Raised by the patched parser: the script's options parsed, nothing run."""
+
+
+def test_the_script_options_on_the_pages_parse_with_each_scripts_own_parser(monkeypatch) -> None:
+    from bench import __main__ as bench_cli
+
+    scripts = []  # (the script of a case, the options the page gives it after `--`)
+    for argv in _bench_commands():
+        suite, options = bench_cli.parse(argv)
+        scripts += [(suite.CASES[case].module, options.extra) for case in options.only if options.extra]
+    assert ("bench.suites.speed.text_step_time", ["--threads", "1"]) in scripts
+
+    def parse_and_stop(parser: argparse.ArgumentParser, args: list[str] | None = None, space=None) -> None:
+        parse_args(parser, args, space)
+        raise _Parsed
+
+    parse_args = argparse.ArgumentParser.parse_args
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_and_stop)
+    for module, extra in scripts:
+        monkeypatch.setattr(sys, "argv", [module, *extra])
+        with pytest.raises(_Parsed):  # SystemExit instead: the script refused the options (see above)
+            runpy.run_module(module, run_name="__main__")
 
 
 def test_the_committed_cli_page_is_a_placeholder_not_a_hand_written_reference() -> None:

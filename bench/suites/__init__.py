@@ -53,6 +53,7 @@ def script_case(module: str, *default_args: str) -> Case:
         return [{**row, **run.measures(script_rc=run.returncode)} for row in rows]
 
     case.__doc__ = f"python -m {module} {' '.join(default_args)}".strip()
+    case.module = module  # type: ignore[attr-defined]  # the script that takes the options after `--`
     return case
 
 

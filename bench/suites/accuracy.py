@@ -6,6 +6,17 @@ includes process start), a cold cache. The commands and data are fixed so rows s
 - finetune_1, finetune_5: `--strategy finetune --image-size 96 --epochs 1 / 5` on the first 100
   (train) / 50 (test) CIFAR-10 JPEGs per class;
 - linear_96: `--strategy linear --image-size 96` on the first 500 / 100 images per class.
+
+Run only when named (`--only`), the longer measurements of the numbers page:
+
+- cifar10_finetune_30m: all 50,000 CIFAR-10 training images, `--strategy finetune --time-budget
+  1800 --image-size 96`, the 10,000 test images;
+- compare_cifar10: `graft compare` on all the training images at 10 / 50 / 250 labels per class,
+  64 px, the first 100 test images per class; the linear probe only (`--methods linear`: the
+  figure is the probe's; fine-tuning and scratch add about half an hour);
+- sst2_linear: SST-2 (dev.csv validates, test.csv tests), `--strategy linear`, seed 0, with
+  `--feature-layers auto` (the default) and `--feature-layers 1`;
+- trec6_seeds: TREC-6 with default settings, seeds 0, 1 and 2.
 """
 
 from __future__ import annotations
@@ -69,6 +80,53 @@ def linear_96(ctx: Context) -> list[dict[str, Any]]:
     return [run.measures(test_accuracy=summary["test_accuracy"])]
 
 
+def cifar10_finetune_30m(ctx: Context) -> list[dict[str, Any]]:
+    """All of CIFAR-10, 96 px, finetune --time-budget 1800: test accuracy."""
+    require_data(DATA / "train", DATA / "test")
+    args = ["train", str(DATA / "train"), "--test", str(DATA / "test"), "--strategy", "finetune"]
+    summary, run = _graft(ctx, *args, "--time-budget", "1800", "--image-size", "96")
+    report = run.report or {}
+    probe = [row["val_accuracy"] for row in report.get("history", []) if row.get("epoch") == 0]
+    return [run.measures(test_accuracy=summary["test_accuracy"], probe_val=probe[0] if probe else None)]
+
+
+def compare_cifar10(ctx: Context) -> list[dict[str, Any]]:
+    """graft compare, CIFAR-10 at 64 px, 10 / 50 / 250 labels per class: the probe's test accuracy."""
+    require_data(DATA / "train", DATA / "test")
+    test = subset_folder(DATA / "test", 100, "cifar10-test-100")
+    args = ["compare", str(DATA / "train"), "--test", str(test), "--labels-per-class", "10,50,250"]
+    summary, run = _graft(ctx, *args, "--image-size", "64", "--methods", "linear")
+    return [{"row": f"{r['method']}, {r['labels_per_class']}/class", "method": r["method"],
+             "labels_per_class": r["labels_per_class"], "test_accuracy": r["test_accuracy"], **run.measures()}
+            for r in summary["results"]]  # fmt: skip
+
+
+def sst2_linear(ctx: Context) -> list[dict[str, Any]]:
+    """SST-2, the linear probe, --feature-layers auto and 1: dev and test accuracy."""
+    rows = []
+    for layers in ("auto", "1"):
+        args = ["train", str(TEXT / "sst2"), "--strategy", "linear", "--seed", "0"]
+        summary, run = _graft(ctx, *args, "--feature-layers", layers)
+        kept = ((run.report or {}).get("preprocessing") or {}).get("layers")
+        rows.append(run.measures(row=f"--feature-layers {layers}", dev_accuracy=summary["accuracy"],
+                                 test_accuracy=summary["test_accuracy"], layers_kept=kept))  # fmt: skip
+    return rows
+
+
+def trec6_seeds(ctx: Context) -> list[dict[str, Any]]:
+    """TREC-6, default settings, seeds 0, 1, 2: test error of each."""
+    trec = TEXT / "trec6"
+    rows = []
+    for seed in ("0", "1", "2"):
+        args = ["train", str(trec / "train.csv"), "--test", str(trec / "test.csv"), "--seed", seed]
+        summary, run = _graft(ctx, *args)
+        rows.append(run.measures(row=f"seed {seed}", test_error=1 - summary["test_accuracy"]))
+    return rows
+
+
+DEFAULT_CASES = ("demo", "trec6", "finetune_1", "finetune_5", "linear_96")  # what a bare run runs
 CASES = {
     "demo": demo, "trec6": trec6, "finetune_1": finetune_1, "finetune_5": finetune_5, "linear_96": linear_96,
+    "cifar10_finetune_30m": cifar10_finetune_30m, "compare_cifar10": compare_cifar10,
+    "sst2_linear": sst2_linear, "trec6_seeds": trec6_seeds,
 }  # fmt: skip

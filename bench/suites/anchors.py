@@ -5,7 +5,10 @@ recipe, start-up included):
   images, resolution and epochs in all: graft's defaults (auto), `--strategy linear`, fastai's
   `fine_tune` (a Python with fastai: `--fastai-python`), the Keras guide's recipe, the seed loop;
 - trec6: graft's defaults and `--strategy linear` against a Hugging Face Trainer (3 epochs, 2e-5,
-  batch 16) on the packaged MiniLM.
+  batch 16) on the packaged MiniLM;
+- seed_linear (only when named): `graft train --strategy linear` against the seed loop with its
+  base frozen (`--frozen`), each `--epochs` epochs at batch 32 on the same `--per-class` subsets:
+  `--only seed_linear --per-class 200 --image-size 128 --epochs 10` is the numbers page's row.
 """
 
 from __future__ import annotations
@@ -101,4 +104,32 @@ def trec6(ctx: Context) -> list[dict[str, Any]]:
     return rows
 
 
-CASES = {"cifar10": cifar10, "trec6": trec6}
+def _seed_linear_pair(ctx: Context, train: Path, test: Path) -> list[dict[str, Any]]:
+    from bench.baselines.seed_recipe import run_seed_recipe
+
+    o = ctx.options
+    args = ["train", str(train), "--test", str(test), "--strategy", "linear", "--seed", str(o.seed)]
+    args += ["--image-size", str(o.image_size), "--epochs", str(o.epochs), "--batch-size", "32"]  # the loop's
+    graft = _graft(ctx, "graft train --strategy linear", args)
+    seed = run_seed_recipe(train, test, frozen=True, epochs=o.epochs, image_size=o.image_size, seed=o.seed)
+    graft["speedup"] = seed["wall_seconds"] / graft["wall_s"]
+    loop = {"row": "seed loop, frozen base", "test_accuracy": seed["test_accuracy"],
+            "wall_seconds": seed["wall_seconds"]}  # fmt: skip
+    return [loop, graft]
+
+
+def seed_linear(ctx: Context) -> list[dict[str, Any]]:
+    """The linear probe against the seed loop with a frozen base: test accuracy, wall seconds."""
+    o = ctx.options
+    require_data(DATA / "train", DATA / "test")
+    test = subset_folder(DATA / "test", o.test_per_class, f"cifar10-test-{o.test_per_class}")
+    rows: list[dict[str, Any]] = []
+    for per_class in o.per_class:
+        train = subset_folder(DATA / "train", per_class, f"cifar10-train-{per_class}")
+        pair = _seed_linear_pair(ctx, train, test)
+        rows += [{**r, "row": f"{per_class}/class: {r['row']}", "per_class": per_class} for r in pair]
+    return rows
+
+
+DEFAULT_CASES = ("cifar10", "trec6")  # what a bare run runs
+CASES = {"cifar10": cifar10, "trec6": trec6, "seed_linear": seed_linear}
