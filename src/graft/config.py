@@ -73,7 +73,7 @@ def parse_trackers(given: str | list[str] | tuple[str, ...] | None) -> str | Non
 
 
 STRATEGY_CHOICES = ("auto", "linear", "finetune", "gradual")
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # resolved by graft.compute.resolve_precision
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # resolved by graft.runtime.precision.resolve_precision
 TASK_CHOICES = ("auto", "single", "multi", "regression")  # graft.tasks
 
 
@@ -476,7 +476,7 @@ class Plan:
     lr: float
     freeze_epochs: int
     device: str
-    precision: str = "fp32"  # what --precision resolved to on `device` (compute.resolve_precision)
+    precision: str = "fp32"  # what --precision resolved to on `device` (runtime.precision.resolve_precision)
     precision_reason: str = ""
     preprocessing: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # where a default was stretched, and why

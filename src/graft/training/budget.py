@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .. import distributed
 from ..data.splits import Labelled
-from ..engine import part_of
+from ..distributed import ranks as distributed
 from ..modalities.base import Features
+from ..runtime.engine import part_of
 from . import sizing, strategies
 from .features import cached_path, extract, store
 

@@ -22,14 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import distributed
 from ..backbones import Backbone
 from ..bundle import stale_temp_files
-from ..compute import autocast, forward_all, module_device
 from ..config import Plan, TrainConfig
 from ..data.splits import DataSplits, Labelled, SkippedFile
+from ..distributed import ranks as distributed
 from ..heads import GraftModel, HeadSpec, build_head
 from ..modalities.base import Features, Modality
+from ..runtime.device import module_device
+from ..runtime.inference import forward_all
+from ..runtime.precision import autocast
 from ..tasks import Task, get_task
 from . import budget, interpolate, sizing, strategies
 from .callbacks import (

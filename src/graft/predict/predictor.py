@@ -14,25 +14,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..bundle import META_FILE, read_meta, read_weights, shown_classes, verify_bundle
+from ..errors import BundleError, ConfigError
+from ..heads import GraftModel, HeadSpec, build_head
+from ..modalities import get_modality
+from ..modalities.base import InputPipeline, Modality
+from ..options import PredictOptions
+from ..runtime.device import resolve_device
+from ..runtime.inference import forward_all
+from ..runtime.precision import Precision, resolve_precision, use_precision
+from ..tasks import task_from_meta
 from .answers import Answers
-from .bundle import META_FILE, read_meta, read_weights, shown_classes, verify_bundle
-from .compute import Precision, forward_all, resolve_device, resolve_precision, use_precision
-from .errors import BundleError, ConfigError
-from .heads import GraftModel, HeadSpec, build_head
-from .modalities import get_modality
-from .modalities.base import InputPipeline, Modality
-from .options import PredictOptions
-from .tasks import task_from_meta
 
 if TYPE_CHECKING:
-    from .onnx_runtime import OnnxPredictor
+    from .onnx_predictor import OnnxPredictor
 
 
 def _on_onnxruntime(path: Path, device: str | torch.device | None) -> OnnxPredictor:
     """An exported `.onnx` file, or a run folder: its fresh `model.onnx`, else its graph built in
     memory from the weights (as `graft export` builds it, without writing it)."""
-    from .onnx_graph import onnx_model_bytes, require_onnx, require_runtime
-    from .onnx_runtime import fresh_export, from_graph, load_onnx
+    from .graph import onnx_model_bytes, require_onnx, require_runtime
+    from .onnx_predictor import fresh_export, from_graph, load_onnx
 
     require_runtime()
     if not path.is_dir() or fresh_export(path) is not None:

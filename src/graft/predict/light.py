@@ -22,11 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from ..bundle import META_FILE, WEIGHTS_FILE, read_meta, shown_classes, verify_bundle
+from ..data.image_sets import image_paths_in
+from ..data.images import IMAGE_EXTENSIONS, image_files_below, load_rgb, resize_center_crop
+from ..errors import UnreadableImage
+from ..tasks import task_from_meta
 from .answers import Answers, onnx_session
-from .bundle import META_FILE, WEIGHTS_FILE, read_meta, shown_classes, verify_bundle
-from .data.images import IMAGE_EXTENSIONS, image_files_below, image_paths_in, load_rgb, resize_center_crop
-from .errors import UnreadableImage
-from .tasks import task_from_meta
 
 EXPORTED = "model.onnx"
 INPUT = "pixel_values"

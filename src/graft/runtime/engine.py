@@ -13,7 +13,7 @@ CPU, ONNX Runtime runs the same graph about 2-3x faster than PyTorch eager (Effi
   kept only when its outputs match fp32 PyTorch's within PARITY_TOLERANCE (relative to the largest
   output: like with like, whatever precision the job runs at) and it is at least 10% faster than the
   PyTorch configuration that would otherwise run (bf16 autocast on a CPU with native bf16, fp32
-  elsewhere: `graft.compute.current_precision`). Otherwise PyTorch runs, and
+  elsewhere: `runtime.precision.current_precision`). Otherwise PyTorch runs, and
   `EngineChoice.reason` says why.
 
 `EngineChoice` is what report.json records (`features_engine`).
@@ -36,6 +36,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from .device import module_device
+from .precision import FP32, autocast, current_precision, use_precision
 
 # A float32 graph run by another engine differs by reassociation only: ~1e-5 of the output scale
 # (measured 1e-5 on Lite0 features). 1e-3 leaves room for other architectures while still refusing
@@ -90,9 +93,7 @@ def part_of(n_inputs: int) -> Iterator[None]:
 
 
 def torch_forward(module: nn.Module, precision: Any = None) -> Forward:
-    """PyTorch eager at `precision` (a `graft.compute.Precision`; default: the current one)."""
-    from .compute import autocast, current_precision, module_device, use_precision
-
+    """PyTorch eager at `precision` (a `runtime.precision.Precision`; default: the current one)."""
     device = module_device(module)
     precision = precision or current_precision()
 
@@ -108,8 +109,6 @@ def choose_engine(
 ) -> tuple[Forward, EngineChoice]:
     """The forward pass for `module` (in eval mode) on inputs shaped like `example` (a real batch,
     already normalised), and why that engine. `engine`: auto, torch or onnxruntime."""
-    from .compute import current_precision
-
     whole = _WHOLE.get()
     if whole is None:
         return _choose(module, example, n_inputs, engine)
@@ -122,8 +121,6 @@ def choose_engine(
 def _choose(
     module: nn.Module, example: torch.Tensor, n_inputs: int, engine: str
 ) -> tuple[Forward, EngineChoice]:
-    from .compute import FP32, current_precision, module_device
-
     precision = current_precision()
     eager = torch_forward(module, precision)
 
@@ -205,7 +202,7 @@ def _ort_forward(session: Any) -> Forward:
 
 
 def _session(graph: bytes | Path) -> Any:
-    from .answers import onnx_session
+    from ..predict.answers import onnx_session
 
     # the threads PyTorch would have used; idle ones sleep: the decode workers share these cores
     return onnx_session(graph, threads=torch.get_num_threads(), spin=False)
@@ -220,7 +217,7 @@ def _weights_digest(module: nn.Module, example: torch.Tensor) -> str:
 
 
 def _cache_path(module: nn.Module, example: torch.Tensor) -> Path | None:
-    from .cache import cache_dir, usable_folder
+    from ..cache import cache_dir, usable_folder
 
     folder = cache_dir() / "engines"
     if not usable_folder(folder, quiet=True):  # the feature cache has warned about it already
@@ -237,7 +234,7 @@ def _exported(module: nn.Module, example: torch.Tensor, path: Path | None) -> tu
     seconds = time.perf_counter() - started
     if path is None:
         return blob, seconds
-    from .bundle import atomic_write
+    from ..bundle import atomic_write
 
     try:
         atomic_write(path, lambda tmp: Path(tmp).write_bytes(blob))

@@ -12,14 +12,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..bundle import META_FILE, shown_classes
+from ..errors import BundleError
+from ..modalities import get_modality
+from ..modalities.base import InputPipeline, Modality
+from ..runtime.precision import FP32
+from ..tasks import task_from_meta
 from .answers import Answers, onnx_session
-from .bundle import META_FILE, shown_classes
-from .compute import FP32
-from .errors import BundleError
-from .modalities import get_modality
-from .modalities.base import InputPipeline, Modality
-from .onnx_graph import output_name, require_runtime, signature_for
-from .tasks import task_from_meta
+from .graph import output_name, require_runtime, signature_for
 
 
 class OnnxPredictor(Answers):
@@ -61,7 +61,7 @@ class OnnxPredictor(Answers):
 
 
 def _session(model: bytes | Path, device: str | torch.device | None) -> Any:
-    from .compute import resolve_device
+    from ..runtime.device import resolve_device
 
     require_runtime()
     try:

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .data.frames import is_dataframe, is_hf_dataset, table_inputs
-from .errors import UnreadableImage
+from ..data.frames import is_dataframe, is_hf_dataset, table_inputs
+from ..errors import UnreadableImage
 
 
 def onnx_session(
