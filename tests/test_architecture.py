@@ -204,6 +204,24 @@ def test_no_file_is_over_600_lines():
     assert too_long == {}
 
 
+@pytest.mark.parametrize("old", sorted(SHIMS))
+def test_an_old_module_path_warns_and_gives_the_same_objects(old, monkeypatch):
+    import importlib
+
+    monkeypatch.delitem(sys.modules, old, raising=False)  # imported afresh: its warning is given again
+    with pytest.warns(DeprecationWarning, match=rf"^{re.escape(old)} is deprecated: import from ") as seen:
+        __import__(old)
+    assert seen[0].filename == __file__  # stacklevel=2: the line that imports it
+    module = sys.modules[old]
+    moved = {name: getattr(importlib.import_module(new), name) for new in SHIMS[old]
+             for name in vars(importlib.import_module(new)) if not name.startswith("__")}
+    shown = [name for name in vars(module) if not name.startswith("_")]
+    shown = [name for name in shown if name not in ("Any", "annotations", "importlib", "warnings")]
+    assert shown and all(getattr(module, name) is moved[name] for name in shown)
+    private = [name for name in moved if name.startswith("_")]  # forwarded on first use (bench scripts)
+    assert all(getattr(module, name) is moved[name] for name in private)
+
+
 def test_graft_predict_keeps_its_names_and_imports_no_torch():
     """`graft.predict` is a package now: its names of before load the torch predictor on first use,
     and importing it (or the torch-free path under it) imports neither torch nor training code."""
