@@ -17,7 +17,7 @@ def load(
 ) -> Predictor | OnnxPredictor:
     """Load a run folder (`model.safetensors` + `graft.json`) for prediction; an exported `.onnx`
     file or `runtime="onnx"` predicts through onnxruntime with the same API. `engine` (auto, torch,
-    onnxruntime): who runs the torch runtime's big CPU jobs (graft.engine). `precision` (auto,
+    onnxruntime): who runs the torch runtime's big CPU jobs (graft.runtime.engine). `precision` (auto,
     fp32, bf16, fp16): `auto` is bf16 on GPUs and CPUs with native bf16, else fp32; pass "fp32"
     for the probabilities an export's parity check compares against. `.precision` says which."""
     from .predict.predictor import load as _load  # torch is imported on first use, not on `import graft`

@@ -1,5 +1,5 @@
-"""ONNX: `graft export RUN --format onnx` (the graph itself: graft.onnx_graph; predicting from it:
-graft.onnx_runtime, `graft.load("model.onnx")`).
+"""ONNX: `graft export RUN --format onnx` (the graph itself: graft.predict.graph; predicting from it:
+graft.predict.onnx_predictor, `graft.load("model.onnx")`).
 
 The ONNX model takes exactly what `graft.load(run).preprocess(inputs)` gives (images: float32 NCHW,
 resized, cropped and normalised; texts: the tokenizer's `input_ids` and `attention_mask`, int64)

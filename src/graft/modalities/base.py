@@ -50,7 +50,7 @@ class Features:
     failures: dict[int, str]  # index -> reason
     seconds: float  # extraction time (0 on a cache hit)
     cached: bool
-    engine: dict[str, Any] | None = None  # graft.engine.EngineChoice of the extraction, when run
+    engine: dict[str, Any] | None = None  # graft.runtime.engine.EngineChoice of the extraction, when run
 
 
 class TrainingSet(Protocol):
@@ -237,7 +237,7 @@ class Modality(Protocol):
         engine: str = "auto",
     ) -> Features:
         """Frozen features of `sources`; `engine` (auto, torch, onnxruntime) runs the forward pass
-        where the modality supports more than PyTorch (see graft.engine)."""
+        where the modality supports more than PyTorch (see graft.runtime.engine)."""
         ...
 
     def fingerprint(self, sources: Sequence[Any]) -> str: ...

@@ -498,7 +498,7 @@ class ImageModality:
         engine: str = "auto",
     ) -> Features:
         """Backbone features per source; `flip` averages them with the mirrored image's. The
-        forward pass runs on the engine `graft.engine.choose_engine` picks for this job."""
+        forward pass runs on the engine `graft.runtime.engine.choose_engine` picks for this job."""
         from ..runtime.device import module_device
         from ..runtime.engine import choose_engine
 

@@ -469,7 +469,7 @@ class TextModality:
         desc: str,
         engine: str = "auto",
     ) -> Features:
-        # PyTorch only: the encoder's variable-length batches are not exported (graft.engine is
+        # PyTorch only: the encoder's variable-length batches are not exported (graft.runtime.engine is
         # for fixed-shape image batches)
         from ..runtime.device import module_device
         from ..runtime.inference import forward_all

@@ -1,5 +1,5 @@
 """The ONNX graph of a graft model, shared by `graft export` (graft.export.onnx) and prediction on
-onnxruntime (graft.onnx_runtime): what the graph takes, per modality (`Signature`: images' float32
+onnxruntime (graft.predict.onnx_predictor): what the graph takes, per modality (`Signature`: images' float32
 NCHW `pixel_values`; texts' int64 `input_ids` and `attention_mask`), what it gives, per task (the
 activated outputs, named by `Task.outputs_are`), and the graph itself, traced from a predictor with
 graft's metadata (`onnx_model_bytes`). Neither prediction nor export is imported here."""

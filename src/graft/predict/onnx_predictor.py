@@ -1,7 +1,7 @@
 """graft models on onnxruntime: `OnnxPredictor` (the same `predict` / `predict_proba` /
 `preprocess` API and `classes_` as `graft.predict.Predictor`, graft's own input pipeline feeding
 the session) and `load_onnx` (an exported `.onnx` file, or a run folder's fresh `model.onnx`).
-The prediction side of ONNX: it imports neither `graft.predict` nor `graft.export`."""
+The prediction side of ONNX: it imports neither the torch predictor (`predictor`) nor `graft.export`."""
 
 from __future__ import annotations
 
@@ -110,6 +110,6 @@ def fresh_export(run_dir: Path) -> Path | None:
 
 
 def from_graph(blob: bytes, meta: dict[str, Any], asset_root: Path, device: Any = None) -> OnnxPredictor:
-    """A predictor on a graph built in memory (`onnx_graph.onnx_model_bytes`), its assets (a text
+    """A predictor on a graph built in memory (`graph.onnx_model_bytes`), its assets (a text
     model's tokenizer) under `asset_root`."""
     return _onnx_predictor(_session(blob, device), meta, asset_root)

@@ -68,7 +68,7 @@ class Predictor(Answers):
         # bf16 on a CPU with native bf16 or a GPU (`auto`); graft.load(..., precision="fp32") for
         # the probabilities an fp32 export or another machine gives
         self.precision = precision or resolve_precision("auto", device)
-        self.engine = engine  # auto, torch or onnxruntime: see graft.engine
+        self.engine = engine  # auto, torch or onnxruntime: see graft.runtime.engine
         self.engine_choice: dict[str, Any] | None = None  # what the last prediction ran on
         self.task = task_from_meta(meta)  # what it predicts: one class, several labels, numbers
 
@@ -142,7 +142,7 @@ def load(
     """Rebuild a trained model from `model.safetensors` + `graft.json`; nothing is unpickled.
     An exported `.onnx` file, or `runtime="onnx"`, predicts through onnxruntime instead (the same
     `predict` / `predict_proba` / `preprocess` API; `graft.export.onnx`; always fp32). With the
-    torch runtime, `engine` (auto, torch, onnxruntime) says who runs big CPU jobs (`graft.engine`)
+    torch runtime, `engine` (auto, torch, onnxruntime) says who runs big CPU jobs (`graft.runtime.engine`)
     and `precision` (auto, fp32, bf16, fp16) its arithmetic: `auto` is bf16 on GPUs and CPUs with
     native bf16, else fp32, whatever the run trained with; `Predictor.precision` says which."""
     run_dir = Path(run_dir)
