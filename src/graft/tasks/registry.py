@@ -15,7 +15,7 @@ from .base import RawLabel, Task
 
 
 def _load_builtins() -> None:
-    # imported on first use: a task module imports torch only to train, but scipy and metrics follow
+    # imported on first use: `import graft.tasks` stays light (a task module reads the data package)
     from .multi import MultiLabel
     from .regression import Regression
     from .single import SingleLabel
