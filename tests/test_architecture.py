@@ -21,9 +21,9 @@ from PIL import Image
 
 import graft
 from graft.cli import main
-from graft.compute import resolve_device
 from graft.errors import ConfigError
 from graft.modalities import detect, get_modality
+from graft.runtime.device import resolve_device
 
 SRC = Path(graft.__file__).resolve().parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -96,11 +96,196 @@ def test_imports_run_one_way():
     for name in ("modalities/base.py", "modalities/image.py", "modalities/text.py"):
         assert not any(m.startswith("graft.training") for m in _imports(mods[name])), name
     # no circle between prediction and export: export uses the predictors, never the reverse
-    prediction = ["predict.py", "predict_onnx.py", "onnx_runtime.py", "onnx_graph.py"]
-    prediction += ["serve.py", "__init__.py"]
+    prediction = [name for name in mods if name.startswith("predict/")] + ["serve.py", "__init__.py"]
+    assert len(prediction) == 8
     for name in prediction:
         assert not any(m.startswith("graft.export") for m in _imports(mods[name])), name
-    assert not any(m.startswith("graft.predict") for m in _imports(mods["onnx_runtime.py"]))
+    # the onnxruntime predictor does not use the torch one
+    onnx_predictor = _imports(mods["predict/onnx_predictor.py"])
+    assert not any(m.startswith("graft.predict.predictor") for m in onnx_predictor)
+    # the layers below prediction never reach up into it (the engine borrows only answers' onnx_session)
+    for name in mods:
+        if name.startswith(("runtime/", "distributed/", "data/", "modalities/", "tasks/", "backbones/")):
+            above = {m for m in _imports(mods[name]) if m.startswith("graft.predict")}
+            assert above <= {"graft.predict.answers", "graft.predict.answers.onnx_session"}, name
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """graft module -> the graft modules it imports: every import statement (also inside functions
+    and under TYPE_CHECKING), `from . import x` resolved to the module x, an import of a package
+    counted as importing its __init__."""
+    paths = {_module_name(p): p for p in SRC.rglob("*.py")}
+
+    def known(name: str) -> str | None:  # the longest prefix that is a graft module
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        targets: set[str | None] = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets |= {known(alias.name) for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = package[: len(package) - node.level + 1] if node.level else []
+                module = ".".join([*base, node.module] if node.module else base)
+                for alias in node.names:
+                    inner = f"{module}.{alias.name}"
+                    targets.add(inner if inner in paths else known(module))
+        graph[name] = {t for t in targets if t is not None and t != name}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for target in sorted(graph[node]):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while (member := stack.pop()) != node:
+                component.append(member)
+            component.append(node)
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycles():
+    """No module imports, directly or through others, a module that imports it: every import
+    counts, also those inside functions, so a cycle cannot hide behind a lazy import."""
+    graph = _import_graph()
+    cycles = _cycles(graph)
+    lines = []
+    for members in cycles:
+        lines.append(f"cycle of {len(members)} modules:")
+        lines += [f"  {m} -> {', '.join(sorted(graph[m] & set(members)))}" for m in members]
+    assert cycles == [], "\n" + "\n".join(lines)
+
+
+# modules that moved in issue 35 keep their old path for one release, with a DeprecationWarning
+SHIMS = {
+    "graft.compute": ("graft.runtime.device", "graft.runtime.precision", "graft.runtime.inference"),
+    "graft.engine": ("graft.runtime.engine",),
+    "graft.onnx_runtime": ("graft.predict.onnx_predictor",),
+    "graft.predict_onnx": ("graft.predict.light",),
+}
+
+
+def test_no_file_is_over_600_lines():
+    too_long = {
+        name: n for name, path in _modules().items() if (n := len(path.read_text().splitlines())) > 600
+    }
+    assert too_long == {}
+
+
+@pytest.mark.parametrize("old", sorted(SHIMS))
+def test_an_old_module_path_warns_and_gives_the_same_objects(old, monkeypatch):
+    import importlib
+
+    monkeypatch.delitem(sys.modules, old, raising=False)  # imported afresh: its warning is given again
+    with pytest.warns(DeprecationWarning, match=rf"^{re.escape(old)} is deprecated: import from ") as seen:
+        __import__(old)
+    assert seen[0].filename == __file__  # stacklevel=2: the line that imports it
+    module = sys.modules[old]
+    moved = {name: getattr(importlib.import_module(new), name) for new in SHIMS[old]
+             for name in vars(importlib.import_module(new)) if not name.startswith("__")}
+    shown = [name for name in vars(module) if not name.startswith("_")]
+    shown = [name for name in shown if name not in ("Any", "annotations", "importlib", "warnings")]
+    assert shown and all(getattr(module, name) is moved[name] for name in shown)
+    private = [name for name in moved if name.startswith("_")]  # forwarded on first use (bench scripts)
+    assert all(getattr(module, name) is moved[name] for name in private)
+
+
+def test_graft_predict_keeps_its_names_and_imports_no_torch():
+    """`graft.predict` is a package now: its names of before load the torch predictor on first use,
+    and importing it (or the torch-free path under it) imports neither torch nor training code."""
+    code = (
+        "import sys, graft.predict, graft.predict.light; "
+        "print('torch' in sys.modules, any('graft.training' in m for m in sys.modules)); "
+        "from graft.predict import Predictor, build_model, load; import graft.predict.predictor as p; "
+        "print(Predictor is p.Predictor and build_model is p.build_model and load is p.load)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["False", "False", "True"]
+
+
+def test_an_old_name_of_graft_distributed_warns_and_gives_the_same_object():
+    import importlib
+
+    import graft.distributed as package
+
+    assert len(package._MOVED) == 24
+    for name, where in package._MOVED.items():
+        with pytest.warns(DeprecationWarning, match=rf"graft\.distributed\.{name} is deprecated: use "):
+            found = getattr(package, name)
+        assert found is getattr(importlib.import_module(f"graft.distributed.{where}"), name), name
+    with pytest.warns(DeprecationWarning, match="graft.distributed.launch is deprecated"):
+        from graft.distributed import launch
+    assert launch is importlib.import_module("graft.distributed.launcher").launch
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        package.nothing  # noqa: B018
+
+
+def test_graft_uses_none_of_its_old_paths():
+    """No graft module imports a moved module's old path or an old name of graft.distributed."""
+    import graft.distributed
+
+    old_names = {f"graft.distributed.{name}" for name in graft.distributed._MOVED}
+    for name, path in _modules().items():
+        if f"graft.{name.removesuffix('.py')}".replace("/", ".") in SHIMS:
+            continue
+        used = _imports(path)
+        assert not used & (set(SHIMS) | old_names), name
+        # the package itself (whose attributes are the old names) is never imported, only its modules
+        froms = [node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ImportFrom)]
+        package = [a.name for node in froms if node.module in (None, "graft") for a in node.names]
+        assert "distributed" not in package, name
+
+
+def test_importing_graft_and_training_gives_no_deprecation_warning_from_graft(tmp_path):
+    """In a fresh process: every graft module imported, then a small `graft train`; none of graft's
+    own old paths warns (they would, once each, if graft still used them)."""
+    data = make_image_folder(tmp_path / "data", per_class=4, seed=0)
+    code = f"""
+import importlib, pkgutil, re, warnings
+with warnings.catch_warnings(record=True) as seen:
+    warnings.simplefilter("always")
+    import graft
+    for info in pkgutil.walk_packages(graft.__path__, "graft."):
+        if info.name not in {sorted(SHIMS)!r} and info.name != "graft.__main__":
+            importlib.import_module(info.name)
+    from graft.cli import main
+    code = main(["train", {str(data)!r}, "--strategy", "linear", "--image-size", "32", "--epochs", "2",
+                 "--out", {str(tmp_path / "run")!r}])
+old = [str(w.message) for w in seen if re.match(r"graft[.][a-z_.]+ is deprecated", str(w.message))]
+print(code, old)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "0 []"
 
 
 # --------------------------------------------------------------------------- detection
@@ -253,7 +438,7 @@ def _old_bundle(tmp_path: Path, name: str) -> tuple[Path, dict]:
     from safetensors.torch import save_file
 
     from graft.heads import upgrade_head_keys
-    from graft.predict import build_model
+    from graft.predict.predictor import build_model
 
     fixture = json.loads((FIXTURES / f"bundle-0.1-{name}.json").read_text())
     meta = fixture["graft.json"]
@@ -322,10 +507,10 @@ def test_every_predictor_answers_through_one_shared_class():
     """PyTorch, onnxruntime and the torch-free path differ only in running the network
     (`outputs_or_skip`); reading a table's columns (`read_inputs`), `predict_proba_or_skip`,
     `outputs`, `predict_proba` and `predict` are written once."""
-    from graft.answers import Answers
-    from graft.onnx_runtime import OnnxPredictor
-    from graft.predict import Predictor
-    from graft.predict_onnx import ExportedImagePredictor
+    from graft.predict.answers import Answers
+    from graft.predict.light import ExportedImagePredictor
+    from graft.predict.onnx_predictor import OnnxPredictor
+    from graft.predict.predictor import Predictor
 
     for runtime in (Predictor, OnnxPredictor, ExportedImagePredictor):
         assert issubclass(runtime, Answers)

@@ -14,11 +14,11 @@ import numpy as np
 import pytest
 from conftest import make_image_folder
 
-from graft.compute import resolve_precision, use_precision
 from graft.config import TrainConfig
 from graft.modalities import image as image_modality
 from graft.modalities.base import Features
 from graft.runner import run
+from graft.runtime.precision import resolve_precision, use_precision
 from graft.training import budget
 from graft.training import subset as reading
 from graft.training.features import _read, cached_path

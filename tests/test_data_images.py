@@ -25,6 +25,7 @@ from graft.data import (
     Labelled,
     SkippedFile,
     UnreadableImage,
+    image_sets,
     load_cifar10,
     load_digits_images,
     load_image_data,
@@ -480,7 +481,7 @@ def _fake_cifar(monkeypatch: pytest.MonkeyPatch, train_counts: list[int]) -> lis
         images = [np.full((32, 32, 3), i % 256, dtype=np.uint8) for i in range(len(labels))]
         return images, labels, classes
 
-    monkeypatch.setattr(images_module, "load_cifar10", fake)
+    monkeypatch.setattr(image_sets, "load_cifar10", fake)  # what load_image_data("cifar10") reads
     return calls
 
 

@@ -10,13 +10,8 @@ import numpy as np
 import pytest
 
 from graft.data import DataSplits, Labelled
-from graft.data.text import (
-    is_text_data,
-    load_text_data,
-    read_text_column,
-    read_text_data,
-    split_columns,
-)
+from graft.data.tables import split_columns
+from graft.data.text import is_text_data, load_text_data, read_text_column, read_text_data
 from graft.errors import DataError
 
 

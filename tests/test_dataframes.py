@@ -221,9 +221,9 @@ def test_an_image_dataset_in_memory_and_saved_trains_as_the_folder(images, tmp_p
 def test_a_large_parquet_file_streams_its_needed_columns_in_batches(tmp_path, monkeypatch):
     import pyarrow.parquet as pq
 
-    from graft.data import text
+    from graft.data import tables, text
 
-    n = 3 * text.ARROW_BATCH_ROWS + 5
+    n = 3 * tables.ARROW_BATCH_ROWS + 5
     table = pa.table(
         {
             "text": [f"t{i}" for i in range(n)],
@@ -231,7 +231,7 @@ def test_a_large_parquet_file_streams_its_needed_columns_in_batches(tmp_path, mo
             "blob": [b"x" * 64] * n,
         }
     )
-    pq.write_table(table, tmp_path / "big.parquet", row_group_size=text.ARROW_BATCH_ROWS)
+    pq.write_table(table, tmp_path / "big.parquet", row_group_size=tables.ARROW_BATCH_ROWS)
     asked: list = []
     real = pq.ParquetFile.iter_batches
 
@@ -246,7 +246,7 @@ def test_a_large_parquet_file_streams_its_needed_columns_in_batches(tmp_path, mo
     read = text.read_text_data(tmp_path / "big.parquet", ["text"], "label")
     assert len(read.texts) == n and read.texts[-1] == f"t{n - 1}"
     assert asked[0]["columns"] == ["text", "label"]  # never the blob
-    assert max(asked[1:]) <= text.ARROW_BATCH_ROWS and len(asked) > 4
+    assert max(asked[1:]) <= tables.ARROW_BATCH_ROWS and len(asked) > 4
 
 
 def test_unusable_rows_are_skipped_counted_and_named(tmp_path, images):

@@ -17,9 +17,9 @@ import torch
 from conftest import make_image_folder
 from safetensors.torch import load_file
 
-from graft import distributed
 from graft.cli import main
 from graft.config import TrainConfig
+from graft.distributed import ddp, launcher, ranks, shards
 from graft.errors import ConfigError, DataError, DistributedError
 from graft.runner import _run_process, run
 
@@ -59,7 +59,7 @@ def _recording_run(log: Any, config: TrainConfig, seen_dir: str) -> Any:
 
     MemoryDataset.__getitem__ = recorded  # type: ignore[method-assign]
     result = _run_process(log, config, None, None)
-    Path(seen_dir, f"seen-{distributed.rank()}.json").write_text(json.dumps(seen))
+    Path(seen_dir, f"seen-{ranks.rank()}.json").write_text(json.dumps(seen))
     return result
 
 
@@ -76,7 +76,7 @@ def test_two_cpu_processes_share_the_batches_and_match_one_process(data, tmp_pat
     out2, out1 = tmp_path / "two", tmp_path / "one"
     lines: list[str] = []
     two = _config(data, out2, devices=2)
-    run_dir, report2 = distributed.launch(_recording_run, (two, str(tmp_path)), 2, CPU, lines.append)
+    run_dir, report2 = launcher.launch(_recording_run, (two, str(tmp_path)), 2, CPU, lines.append)
     launched = time.perf_counter() - started
 
     # one process alone, same data and settings, same feature cache (its entry written by rank 0)
@@ -156,30 +156,30 @@ def test_a_port_in_use_is_a_one_line_error(data, tmp_path, capsys, monkeypatch):
 
 def test_devices_under_another_launcher_must_match_it(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
-    distributed.check_devices(1)
-    distributed.check_devices(4)
+    ranks.check_devices(1)
+    ranks.check_devices(4)
     with pytest.raises(ConfigError, match="the launcher started 4 processes"):
-        distributed.check_devices(2)
+        ranks.check_devices(2)
 
 
 def test_alone_every_helper_is_a_no_op():
-    assert (distributed.world_size(), distributed.rank(), distributed.is_main()) == (1, 0, True)
-    assert distributed.shard([5, 3, 9]) == [5, 3, 9] and distributed.local_batch_size(64) == 64
-    assert distributed.rank_seed(7) == 7 and distributed.from_main("x") == "x"
-    assert distributed.setup(CPU) == CPU and not distributed.any_process(False)
+    assert (ranks.world_size(), ranks.rank(), ranks.is_main()) == (1, 0, True)
+    assert shards.shard([5, 3, 9]) == [5, 3, 9] and ranks.local_batch_size(64) == 64
+    assert ranks.rank_seed(7) == 7 and ranks.from_main("x") == "x"
+    assert ranks.setup(CPU) == CPU and not ranks.any_process(False)
     model = torch.nn.Linear(2, 2)
-    assert distributed.DataParallel(model).wrap() is model
+    assert ddp.DataParallel(model).wrap() is model
 
 
 def test_shards_are_disjoint_and_cover_the_batch(monkeypatch):
-    monkeypatch.setattr(distributed, "world_size", lambda: 3)
+    monkeypatch.setattr(shards, "world_size", lambda: 3)
     parts = []
     for r in range(3):
-        monkeypatch.setattr(distributed, "rank", lambda r=r: r)
-        parts.append(distributed.shard(list(range(10))))
+        monkeypatch.setattr(shards, "rank", lambda r=r: r)
+        parts.append(shards.shard(list(range(10))))
     assert sorted(sum(parts, [])) == list(range(10)) and [len(p) for p in parts] == [4, 3, 3]
-    monkeypatch.setattr(distributed, "rank", lambda: 2)
-    assert distributed.shard([7, 8]) == [7]  # fewer examples than processes: each still gets one
+    monkeypatch.setattr(shards, "rank", lambda: 2)
+    assert shards.shard([7, 8]) == [7]  # fewer examples than processes: each still gets one
 
 
 class _Failure:
@@ -199,9 +199,9 @@ class _Failed:
 
 
 def test_a_process_error_is_reported_as_one_line():
-    error = distributed._failure(_Failed(1, _Failure({"message": "DataError: no readable images"})), 2)
+    error = launcher._failure(_Failed(1, _Failure({"message": "DataError: no readable images"})), 2)
     assert isinstance(error, DataError) and str(error) == "no readable images"
-    killed = distributed._failure(_Failed(1, _Failure("Signal 9", exitcode=-9)), 2)
+    killed = launcher._failure(_Failed(1, _Failure("Signal 9", exitcode=-9)), 2)
     assert isinstance(killed, DistributedError)
     assert str(killed) == "process 1 of 2 was killed (SIGKILL); the other processes were stopped"
 
@@ -210,12 +210,12 @@ def test_a_process_error_is_reported_as_one_line():
 
 
 def _dies_on_rank_1(log: Any, how: str) -> str:
-    distributed.setup(CPU)
-    if distributed.rank() == 1:
+    ranks.setup(CPU)
+    if ranks.rank() == 1:
         if how == "dies":
             os._exit(3)
         time.sleep(120)  # hangs
-    distributed.any_process(True)  # rank 0 waits for rank 1 here
+    ranks.any_process(True)  # rank 0 waits for rank 1 here
     return "unreachable"
 
 
@@ -223,16 +223,16 @@ def _dies_on_rank_1(log: Any, how: str) -> str:
 def test_a_dying_process_stops_the_others_with_one_line():
     started = time.perf_counter()
     with pytest.raises(DistributedError, match=r"^process 1 of 2 exited with code 3; the other processes"):
-        distributed.launch(_dies_on_rank_1, ("dies",), 2, CPU)
+        launcher.launch(_dies_on_rank_1, ("dies",), 2, CPU)
     assert time.perf_counter() - started < 90
 
 
 @pytest.mark.slow
 def test_a_hanging_process_times_out_instead_of_hanging(monkeypatch):
-    monkeypatch.setenv(distributed.TIMEOUT_ENV, "5")
+    monkeypatch.setenv(ranks.TIMEOUT_ENV, "5")
     started = time.perf_counter()
     with pytest.raises(DistributedError, match=r"process 0 of 2 waited 5s for the others and gave up"):
-        distributed.launch(_dies_on_rank_1, ("hangs",), 2, CPU)
+        launcher.launch(_dies_on_rank_1, ("hangs",), 2, CPU)
     assert time.perf_counter() - started < 90
 
 
@@ -256,13 +256,13 @@ def _interrupted_run(log: Any, config: TrainConfig) -> Any:
 def test_a_two_process_run_resumes_to_the_uninterrupted_weights(data, tmp_path):
     # no probe: the fine-tuned weights are the bundle's, whichever epoch is kept
     straight = _config(data, tmp_path / "straight", devices=2, freeze_epochs=0)
-    distributed.launch(_run_process, (straight, None, None), 2, CPU)
+    launcher.launch(_run_process, (straight, None, None), 2, CPU)
     cut = _config(data, tmp_path / "cut", devices=2, freeze_epochs=0)
     with pytest.raises(DistributedError, match="process 0 of 2 failed: RuntimeError: stopped after"):
-        distributed.launch(_interrupted_run, (cut,), 2, CPU)
+        launcher.launch(_interrupted_run, (cut,), 2, CPU)
     assert (tmp_path / "cut" / "checkpoint.json").is_file()
     resumed = _config(data, tmp_path / "cut", devices=2, freeze_epochs=0, resume=True)
-    distributed.launch(_run_process, (resumed, None, None), 2, CPU)
+    launcher.launch(_run_process, (resumed, None, None), 2, CPU)
     a = load_file(str(tmp_path / "straight" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "model.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

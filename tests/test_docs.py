@@ -29,8 +29,6 @@ HELP_WIDTH = "80"  # the width tools/docs_cli.py formats the help at
 SITTING = re.compile(r"\b(session|sitting)s? \d+\b", re.IGNORECASE)
 SITTING_SHORT = re.compile(r"\bS\d{1,2}\b")  # "S8", in markdown files
 ALLOWED_NAMES = re.compile(r"InferenceSession|onnx_session")
-# coordinator: drop after merge (another branch removes the sitting-dated texts this still holds)
-NOT_YET_SCANNED = ("src/graft/training/recipes.py",)
 
 BENCH_COMMAND = re.compile(r"`python -m bench ([^`]+)`")  # a reproduce command on a page
 BENCH_PAGES = ("docs/numbers.md", "README.md")
@@ -45,7 +43,7 @@ def _tracked_text_files() -> dict[str, str]:
     texts = {}
     for name in filter(None, listed.split("\0")):
         path = ROOT / name
-        if name.startswith(NOT_YET_SCANNED) or not path.is_file():
+        if not path.is_file():
             continue
         data = path.read_bytes()
         if b"\0" in data:  # a binary file

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from graft import engine as engine_mod
-from graft.engine import MIN_INPUTS_TO_EXPORT, PARITY_TOLERANCE, choose_engine
+from graft.runtime import engine as engine_mod
+from graft.runtime.engine import MIN_INPUTS_TO_EXPORT, PARITY_TOLERANCE, choose_engine
 
 pytest.importorskip("onnxruntime")
 
@@ -296,7 +296,7 @@ def exported_run(image_run: Path, tmp_path_factory) -> Path:
 @pytest.mark.precision
 def test_an_exported_run_predicts_without_torch_what_torch_predicts(exported_run: Path, image_run: Path):
     import graft
-    from graft.predict_onnx import load_exported
+    from graft.predict.light import load_exported
 
     fast = load_exported(exported_run)
     assert fast is not None
@@ -337,7 +337,7 @@ def test_a_stale_export_is_ignored(exported_run: Path, tmp_path: Path):
     from conftest import make_image_folder
 
     from graft.config import TrainConfig
-    from graft.predict_onnx import load_exported
+    from graft.predict.light import load_exported
     from graft.runner import run
 
     data = make_image_folder(tmp_path / "data", per_class=8, seed=1)
@@ -411,7 +411,7 @@ def test_multi_label_and_regression_exports_predict_without_torch_as_torch_does(
     import graft
     from graft.cli import main
     from graft.errors import ConfigError
-    from graft.predict_onnx import load_exported
+    from graft.predict.light import load_exported
 
     run, images = exported_task_run
     fast = load_exported(run)

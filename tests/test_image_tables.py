@@ -18,7 +18,7 @@ from PIL import Image
 
 import graft
 from graft.cli import main
-from graft.data.images import ImageColumns, image_column_of, load_image_data
+from graft.data.image_sets import ImageColumns, image_column_of, load_image_data
 from graft.data.splits import TableLabels
 from graft.errors import DataError
 from graft.modalities import detect

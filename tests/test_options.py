@@ -83,7 +83,7 @@ def test_the_python_entry_points_default_to_the_same_fields():
     from graft.evaluate import evaluate_folder
     from graft.export import export
     from graft.export.onnx import export_onnx
-    from graft.predict import load
+    from graft.predict.predictor import load
     from graft.serve import serve
     from graft.training.lr_find import find_lr, lr_range_test
 

@@ -22,7 +22,7 @@ import graft  # noqa: E402
 from graft.backbones import TextPreprocessing, create_backbone  # noqa: E402
 from graft.cli import main  # noqa: E402
 from graft.config import TrainConfig  # noqa: E402
-from graft.modalities.text import Padding, tokenize  # noqa: E402
+from graft.modalities.text_batches import Padding, tokenize  # noqa: E402
 from graft.runner import run  # noqa: E402
 from graft.tasks.regression import spearman  # noqa: E402
 

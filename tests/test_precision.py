@@ -1,4 +1,4 @@
-"""--precision: decided once (`graft.compute.resolve_precision`), recorded in report.json and the
+"""--precision: decided once (`graft.runtime.precision.resolve_precision`), recorded in report.json and the
 bundle, applied by training, extraction and prediction, and compared like with like.
 
 GRAFT_CPU_BF16=1/0 makes `auto` treat this CPU as one with or without native bf16, so an AVX2
@@ -18,16 +18,16 @@ from conftest import CLASSES, make_image_folder
 
 import graft
 from graft.cli import main
-from graft.compute import (
+from graft.config import TrainConfig
+from graft.errors import ConfigError
+from graft.runner import run
+from graft.runtime.precision import (
     CPU_BF16_ENV,
     autocast_dtype,
     current_precision,
     resolve_precision,
     use_precision,
 )
-from graft.config import TrainConfig
-from graft.errors import ConfigError
-from graft.runner import run
 
 pytestmark = pytest.mark.precision
 CPU = torch.device("cpu")
@@ -133,7 +133,7 @@ def test_the_engine_race_judges_parity_at_fp32_and_speed_against_bf16(monkeypatc
     """On a CPU with bf16, ONNX Runtime (fp32) is compared with fp32 PyTorch for correctness, and
     raced against bf16 PyTorch (what would otherwise run) for speed."""
     pytest.importorskip("onnxruntime")
-    from graft.engine import PARITY_TOLERANCE, choose_engine
+    from graft.runtime.engine import PARITY_TOLERANCE, choose_engine
 
     monkeypatch.setenv(CPU_BF16_ENV, "1")
     torch.manual_seed(0)

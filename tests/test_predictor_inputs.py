@@ -68,7 +68,7 @@ def _predictors(model: graft.Classifier, run_dir: Path, torch_free: bool = False
     found["onnxruntime"] = graft.load(run_dir, runtime="onnx")
     if torch_free:
         from graft.export import export
-        from graft.predict_onnx import load_exported
+        from graft.predict.light import load_exported
 
         export(run_dir, "onnx")
         found["torch-free"] = load_exported(run_dir)

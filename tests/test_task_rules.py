@@ -14,7 +14,7 @@ import torch
 from conftest import write_image_table
 from torch import nn
 
-from graft.data.images import stratified_subset
+from graft.data.splits import stratified_subset
 from graft.heads import GraftModel
 from graft.tasks import get_task
 from graft.tasks.base import cover_groups

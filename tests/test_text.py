@@ -25,7 +25,7 @@ import graft  # noqa: E402
 from graft.backbones import BackboneError, create_backbone  # noqa: E402
 from graft.cli import main  # noqa: E402
 from graft.config import TrainConfig  # noqa: E402
-from graft.modalities.text import bucketed_order  # noqa: E402
+from graft.modalities.text_batches import bucketed_order  # noqa: E402
 from graft.runner import RunResult, run  # noqa: E402
 from graft.training import finetune, probe  # noqa: E402
 from graft.training.checkpoint import Checkpointer  # noqa: E402
@@ -149,7 +149,7 @@ def test_feature_layers_concatenate_the_last_layers_with_the_last_layer_last(min
 
 def test_gpu_batches_pad_to_multiples_of_8_within_the_truncation_length_and_cpu_ones_do_not() -> None:
     """Padding (ignored by the encoder, above) rounded up for a GPU's tensor cores and fewer shapes."""
-    from graft.modalities.text import Padding
+    from graft.modalities.text_batches import Padding
 
     ids = [torch.arange(1, 6), torch.arange(1, 4)]
     cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device object: no GPU needed
@@ -618,7 +618,7 @@ def test_a_sentence_pair_is_encoded_as_the_tokenizers_pair(minilm) -> None:
     """Two texts in one example: [CLS] a [SEP] b [SEP] with pairs on, truncated longest first so
     the second text keeps its tokens when the first is long; joined by a newline with pairs off
     (bundles from before pairs)."""
-    from graft.modalities.text import tokenize
+    from graft.modalities.text_batches import tokenize
 
     tok = minilm.tokenizer
     long_first, second = " ".join(["word"] * 40), "a short hypothesis"

@@ -19,9 +19,9 @@ from conftest import make_image_folder, write_reviews
 from torch import nn
 
 import graft
-from graft import distributed
 from graft.cli import main
 from graft.config import TrainConfig
+from graft.distributed import ranks
 from graft.errors import ConfigError
 from graft.runner import run
 from graft.training import recipes, trackers
@@ -369,7 +369,7 @@ def test_numbers_logged_before_the_run_folder_is_known_wait_for_it(tmp_path):
 
 
 def test_only_rank_0_logs(monkeypatch):
-    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    monkeypatch.setattr(ranks, "is_main", lambda: False)
     tracking = trackers.Tracking(["csv", "tensorboard"])
     assert not tracking.on and tracking.callbacks("probe") == []
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 if TYPE_CHECKING:
     from .api import Classifier, Regressor
-    from .onnx_runtime import OnnxPredictor
-    from .predict import Predictor
+    from .predict.onnx_predictor import OnnxPredictor
+    from .predict.predictor import Predictor
 
 
 def load(
@@ -17,10 +17,10 @@ def load(
 ) -> Predictor | OnnxPredictor:
     """Load a run folder (`model.safetensors` + `graft.json`) for prediction; an exported `.onnx`
     file or `runtime="onnx"` predicts through onnxruntime with the same API. `engine` (auto, torch,
-    onnxruntime): who runs the torch runtime's big CPU jobs (graft.engine). `precision` (auto,
+    onnxruntime): who runs the torch runtime's big CPU jobs (graft.runtime.engine). `precision` (auto,
     fp32, bf16, fp16): `auto` is bf16 on GPUs and CPUs with native bf16, else fp32; pass "fp32"
     for the probabilities an export's parity check compares against. `.precision` says which."""
-    from .predict import load as _load  # torch is imported on first use, not on `import graft`
+    from .predict.predictor import load as _load  # torch is imported on first use, not on `import graft`
 
     return _load(run_dir, device, runtime, engine, precision)
 

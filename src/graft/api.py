@@ -108,9 +108,9 @@ class _Estimator(BaseEstimator):
             return self._fit_processes(config, log, splits, modality, labels)
         result = run(config, log=log, splits=splits, modality=modality)
         job = result.job
-        from .compute import Precision
-        from .predict import Predictor
+        from .predict.predictor import Predictor
         from .report import bundle_meta
+        from .runtime.precision import Precision
 
         pipeline = job.modality.input_pipeline(job.prep, backbone=job.backbone)
         meta = bundle_meta(job, result.report)
@@ -165,7 +165,7 @@ class _Estimator(BaseEstimator):
         modality: Any,
         labels: np.ndarray | None,
     ) -> Classifier:
-        from .predict import load
+        from .predict.predictor import load
         from .runner import run_processes
 
         run_dir, report = run_processes(config, log, splits, modality)
@@ -372,7 +372,7 @@ def _separated_labels(y: list[Any], config: TrainConfig) -> bool:
 def _multi_from_text(y: list[Any], config: TrainConfig) -> Encoded:
     """Multi-label from one label text per input (`a|b`), read by the task a table's label column
     gets (graft.tasks.resolve_task): the same labels, names and separator as `graft train`."""
-    from .data.text import split_columns
+    from .data.tables import split_columns
     from .tasks import resolve_task
 
     raw = [str(v) for v in y]

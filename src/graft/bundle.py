@@ -94,7 +94,7 @@ def library_versions() -> dict[str, str]:
     import torch
     import torchvision
 
-    from . import __version__
+    from ._version import __version__
 
     return {
         "graft": __version__,

@@ -98,7 +98,7 @@ def _group(parser: argparse.ArgumentParser, name: str | None) -> Any:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
     from .config import TrainConfig
     from .options import COMMAND_OPTIONS
 
@@ -198,14 +198,14 @@ EXIT_SOME_FAILED = 3  # predict: some inputs could not be read (the others were 
 def cmd_predict(args: argparse.Namespace) -> dict[str, Any]:
     from .bundle import with_columns
     from .errors import ConfigError
-    from .predict_onnx import load_exported
+    from .predict.light import load_exported
 
     # an image run exported with `graft export` predicts without importing PyTorch (starts in ~1 s);
     # it computes in fp32, so it stands in for `auto` and `fp32` only
     torch_free = args.engine != "torch" and args.precision in ("auto", "fp32")
     model = load_exported(args.run_dir) if torch_free else None
     if model is None:
-        from .predict import load
+        from .predict.predictor import load
 
         model = load(args.run_dir, engine=args.engine, precision=args.precision)
     if not args.json:
@@ -414,7 +414,7 @@ def _resume_hint(args: argparse.Namespace, argv: list[str]) -> str:
 
 def _is_main() -> bool:
     """False in the processes other than rank 0 of a multi-process run (accelerate launch)."""
-    from .distributed import is_main
+    from .distributed.ranks import is_main
 
     return is_main()
 

@@ -73,7 +73,7 @@ def parse_trackers(given: str | list[str] | tuple[str, ...] | None) -> str | Non
 
 
 STRATEGY_CHOICES = ("auto", "linear", "finetune", "gradual")
-PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # resolved by graft.compute.resolve_precision
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")  # resolved by graft.runtime.precision.resolve_precision
 TASK_CHOICES = ("auto", "single", "multi", "regression")  # graft.tasks
 
 
@@ -148,7 +148,7 @@ class TrainConfig:
         "groups scale down from there by --lr-mult)",
     )
     # with the top half of MiniLM training, a step is ~1.5x faster; on TREC-6 and SST-2 that bought
-    # 1.5x the updates in the same time and no better accuracy (bench/README.md), so all train
+    # 1.5x the updates in the same time and no better accuracy (CHANGELOG.md), so all train
     train_groups: int | None = option(
         None,
         "fine-tune only the top N layer groups of the backbone (default: all); the groups below stay "
@@ -156,9 +156,9 @@ class TrainConfig:
         metavar="N",
     )
     # fastai's tta / timm's --tta. Flip averaging gained 0.6 to 2.0 points on every fine-tuned
-    # CIFAR-10 bundle measured (bench/levers.py) at 2x the prediction cost; `auto` keeps it only
-    # where the user's validation set shows a gain, since a mirror image means something else in
-    # some data (text in images, left and right).
+    # CIFAR-10 bundle measured (`python -m bench levers --only tta`) at 2x the prediction cost;
+    # `auto` keeps it only where the user's validation set shows a gain, since a mirror image means
+    # something else in some data (text in images, left and right).
     tta: str = option(
         "auto",
         "images, fine-tuning: test-time flip averaging: auto (kept when validation shows a gain beyond "
@@ -167,15 +167,16 @@ class TrainConfig:
         group="image",
     )
     # WiSE-FT (Wortsman et al. 2022) is off by default: side by side on 6 datasets of both
-    # modalities (bench/wise_ft.py, bench/README.md) no mix beat the fine-tuned end on validation,
-    # so it cost validation passes and changed nothing; it stays for data where it may pay
+    # modalities (`python -m bench levers --only datasets`; docs/numbers.md) no mix beat the
+    # fine-tuned end on validation, so it cost validation passes and changed nothing; it stays
+    # for data where it may pay
     interpolate: str = option(
         "off",
         "fine-tuning after a probe: mix the probe's and the fine-tuned weights by the share that scores "
         "best on validation (auto, WiSE-FT), or keep the better of the two (off)",
         choices=("auto", "off"),
     )
-    # progressive resizing did not win consistently side by side (bench/README.md: +2.6 points on
+    # progressive resizing did not win consistently side by side (CHANGELOG.md: +2.6 points on
     # one CIFAR-10 subset, -1.4 on another, 15% less fine-tuning time), so it is not the default
     resize: str = option(
         "fixed",
@@ -476,7 +477,7 @@ class Plan:
     lr: float
     freeze_epochs: int
     device: str
-    precision: str = "fp32"  # what --precision resolved to on `device` (compute.resolve_precision)
+    precision: str = "fp32"  # what --precision resolved to on `device` (runtime.precision.resolve_precision)
     precision_reason: str = ""
     preprocessing: dict[str, Any] = field(default_factory=dict)
     notes: tuple[str, ...] = ()  # where a default was stretched, and why

@@ -16,8 +16,8 @@ import numpy as np
 
 from .compare import method_config, write_outputs
 from .config import TrainConfig
-from .data.images import load_digits_images, stratified_subset
-from .data.splits import DataSplits, Labelled
+from .data.images import load_digits_images
+from .data.splits import DataSplits, Labelled, stratified_subset
 from .modalities import get_modality
 from .options import DemoConfig
 from .runner import Log, run
@@ -72,23 +72,8 @@ def run_demo(config: DemoConfig, log: Log = print) -> dict[str, Any]:
             run_config = replace(run_config, batch_size=SCRATCH_BATCH, epochs=SCRATCH_EPOCHS)
             log("from scratch: same network, same images, until validation accuracy stops improving ...")
         result = run(run_config, log=(lambda line: None) if quiet else log, splits=splits, modality=image)
-        seconds = time.perf_counter() - started
         results[method] = result
-        rows.append(
-            {
-                "method": method,
-                "backbone": BACKBONE,
-                "labels_per_class": config.labels_per_class,
-                "all": False,
-                "seed": config.seed,
-                "train_examples": len(splits.train),
-                "test_accuracy": result.report["test"]["accuracy"],
-                "validation_accuracy": result.report["validation"]["accuracy"],
-                "epochs": len(result.report["history"]),
-                "seconds": seconds,
-                "run_dir": str(result.run_dir),
-            }
-        )
+        rows.append(_row(method, config, splits, result, time.perf_counter() - started))
     transfer, scratch = rows
     write_outputs(
         {
@@ -112,4 +97,21 @@ def run_demo(config: DemoConfig, log: Log = print) -> dict[str, Any]:
         "compare_report": str(out / "compare" / "report.html"),
         "backbone": BACKBONE,
         "test_images": len(splits.test),
+    }
+
+
+def _row(method: str, config: DemoConfig, splits: DataSplits, result: Any, seconds: float) -> dict[str, Any]:
+    """One method's row of the comparison (compare.json), as `graft compare` writes it."""
+    return {
+        "method": method,
+        "backbone": BACKBONE,
+        "labels_per_class": config.labels_per_class,
+        "all": False,
+        "seed": config.seed,
+        "train_examples": len(splits.train),
+        "test_accuracy": result.report["test"]["accuracy"],
+        "validation_accuracy": result.report["validation"]["accuracy"],
+        "epochs": len(result.report["history"]),
+        "seconds": seconds,
+        "run_dir": str(result.run_dir),
     }

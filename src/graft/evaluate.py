@@ -18,7 +18,7 @@ from .data.frames import is_saved_dataset
 from .data.splits import SkippedFile
 from .errors import DataError
 from .options import EvalOptions
-from .predict import load
+from .predict.predictor import load
 
 _UNKNOWN = re.compile(r"label (.+) \((\d+) row\(s\)\) is not one of the model's classes")
 

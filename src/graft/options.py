@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from .config import PRECISION_CHOICES, TrainConfig, check_fields, option
 from .errors import ConfigError
 
-ENGINE_CHOICES = ("auto", "torch", "onnxruntime")  # graft.engine
+ENGINE_CHOICES = ("auto", "torch", "onnxruntime")  # graft.runtime.engine
 METHODS = ("linear", "finetune", "scratch")  # graft compare's methods, in the order they are shown
 RUN_DIR_HELP = "a run folder (graft.json + model.safetensors)"
 

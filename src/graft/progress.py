@@ -8,7 +8,7 @@ from types import TracebackType
 
 from tqdm.auto import tqdm
 
-from . import distributed
+from .distributed import ranks
 
 
 class Progress:
@@ -17,7 +17,7 @@ class Progress:
         self.done = 0
         self.extra = ""
         self.started = self.last = time.perf_counter()
-        self.quiet = not distributed.is_main()  # in a multi-process run, rank 0 shows progress
+        self.quiet = not ranks.is_main()  # in a multi-process run, rank 0 shows progress
         shown = sys.stderr.isatty() and not self.quiet
         self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False) if shown else None
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from . import distributed
 from .bundle import save_bundle, write_json
+from .distributed import ranks
 from .heads import HeadSpec
 from .metrics import plot_confusion, plot_curves, plot_predicted_against_true
 from .report_html import write_report_html
@@ -22,7 +22,7 @@ def build_report(job: Job, trained: TrainResult, seconds: float, adapted: dict |
         "modality": job.modality.name,
         "strategy": plan.strategy,
         "device": str(job.device),
-        "distributed": distributed.describe(job.device),  # world_size, backend, every process's device
+        "distributed": ranks.describe(job.device),  # world_size, backend, every process's device
         "backbone": {
             "name": backbone.name,
             "source": backbone.source,

@@ -18,15 +18,17 @@ from typing import Any
 
 import torch
 
-from . import distributed
 from .backbones import Backbone, create_backbone
-from .compute import Precision, current_precision, resolve_device, resolve_precision, use_precision
 from .config import Plan, TrainConfig
 from .data.splits import DataSplits
+from .distributed import ranks as distributed
+from .distributed.launcher import launch
 from .errors import ConfigError
 from .heads import GraftModel, HeadSpec, build_head
 from .modalities import Modality, detect, get_modality
 from .report import build_report, save_run
+from .runtime.device import resolve_device
+from .runtime.precision import Precision, current_precision, resolve_precision, use_precision
 from .tasks import Task, get_task
 from .training import auto, recipes, sizing, subset
 from .training.budget import Clock
@@ -346,7 +348,7 @@ def run_processes(
     preflight(config)  # once, here, before any process starts
     name = modality.name if modality is not None else None
     device = resolve_device(config.device)
-    run_dir, report = distributed.launch(_run_process, (config, splits, name), config.devices, device, log)
+    run_dir, report = launch(_run_process, (config, splits, name), config.devices, device, log)
     return Path(run_dir), report
 
 

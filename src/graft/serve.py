@@ -61,7 +61,7 @@ def create_app(
     from fastapi import Request
     from fastapi.responses import HTMLResponse, JSONResponse
 
-    from .predict import load
+    from .predict.predictor import load
 
     model = load(run_dir, precision=precision)
     modality = model.modality.name
@@ -79,14 +79,7 @@ def create_app(
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
-        page = resources.files("graft").joinpath("serve_page.html").read_text(encoding="utf-8")
-        classes = ", ".join(html.escape(name) for name in model.classes_)
-        return (
-            page.replace("__TAKES__", takes)
-            .replace("__TITLE__", html.escape(Path(run_dir).name))
-            .replace("__NCLASSES__", str(len(model.classes_)))
-            .replace("__CLASSES__", classes)
-        )
+        return _page(model, takes, Path(run_dir).name)
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:
@@ -108,21 +101,39 @@ def create_app(
             return error(415, 'send an image as the multipart field "file", or JSON {"texts": [...]}')
         if takes != "file":
             return error(400, f"this is a {modality} model: send {how}")
-        form = await request.form()
-        upload = form.get("file")
-        if upload is None or not hasattr(upload, "read"):
-            return error(400, 'no multipart field "file" with an image')
-        data = await upload.read(max_upload_bytes + 1)
-        if len(data) > max_upload_bytes:
-            return error(413, f"the image is over the {max_upload_bytes}-byte limit")
-        try:
-            given = model.modality.read_upload(data, upload.filename or "the upload")
-        except DataError as err:
-            return error(415, str(err))
-        outputs = model.outputs([given])[0]
-        return {"predictions": [{"input": upload.filename, **_answer(model, outputs)}]}
+        status, answer = await _upload_answers(request, model, max_upload_bytes)
+        return answer if status == 200 else JSONResponse(answer, status_code=status)
 
     return app
+
+
+def _page(model: Any, takes: str, title: str) -> str:
+    """The upload page, filled in for this model."""
+    page = resources.files("graft").joinpath("serve_page.html").read_text(encoding="utf-8")
+    classes = ", ".join(html.escape(name) for name in model.classes_)
+    return (
+        page.replace("__TAKES__", takes)
+        .replace("__TITLE__", html.escape(title))
+        .replace("__NCLASSES__", str(len(model.classes_)))
+        .replace("__CLASSES__", classes)
+    )
+
+
+async def _upload_answers(request: Any, model: Any, max_upload_bytes: int) -> tuple[int, Any]:
+    """(200, the answer) for an image uploaded as the multipart field "file", else (status, error)."""
+    form = await request.form()
+    upload = form.get("file")
+    if upload is None or not hasattr(upload, "read"):
+        return 400, {"error": 'no multipart field "file" with an image'}
+    data = await upload.read(max_upload_bytes + 1)
+    if len(data) > max_upload_bytes:
+        return 413, {"error": f"the image is over the {max_upload_bytes}-byte limit"}
+    try:
+        given = model.modality.read_upload(data, upload.filename or "the upload")
+    except DataError as err:
+        return 415, {"error": str(err)}
+    outputs = model.outputs([given])[0]
+    return 200, {"predictions": [{"input": upload.filename, **_answer(model, outputs)}]}
 
 
 def serve(

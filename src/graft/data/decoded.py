@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .images import UnreadableImage, load_rgb
+from ..errors import UnreadableImage
+from .images import load_rgb
 from .pipeline import Source, default_workers, ignore_interrupts
 
 STORE_VERSION = 1

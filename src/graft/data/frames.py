@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import ConfigError, DataError
 from .images import image_problem, image_source, is_image_value
 from .splits import DataSplits, SkippedFile, TableLabels, check_val_fraction
-from .text import TextTable, joined_text, labelled_splits, split_columns
+from .tables import TextTable, joined_text, labelled_splits, split_columns
 
 __all__ = [
     "SPLIT_ROLES",

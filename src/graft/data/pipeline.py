@@ -20,7 +20,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ..backbones import Preprocessing
-from .images import UnreadableImage, load_rgb, resize_center_crop
+from ..errors import UnreadableImage
+from .images import load_rgb, resize_center_crop
 
 Source = str | Path | Image.Image | np.ndarray
 

@@ -111,6 +111,31 @@ def stratified_split(
     return np.sort(train_idx), np.sort(val_idx)
 
 
+def stratified_subset(
+    labels: np.ndarray, per_class: int, seed: int, exclude: np.ndarray | None = None
+) -> np.ndarray:
+    """Sorted indices with ``per_class`` items of every class in ``labels``, none in ``exclude``."""
+    if per_class < 1:
+        raise ValueError(f"per_class must be at least 1, got {per_class}")
+    labels = np.asarray(labels).reshape(-1)
+    allowed = np.ones(len(labels), dtype=bool)
+    if exclude is not None and len(exclude):
+        allowed[np.asarray(exclude, dtype=np.int64)] = False
+    rng = np.random.default_rng(seed)
+    picked = []
+    for cls in np.unique(labels):  # sorted order keeps the draw reproducible
+        candidates = np.flatnonzero((labels == cls) & allowed)
+        if len(candidates) < per_class:
+            raise DataError(
+                f"class {cls} has {len(candidates)} usable samples, fewer than "
+                f"per_class={per_class}; lower per_class or add data"
+            )
+        picked.append(rng.choice(candidates, size=per_class, replace=False))
+    if not picked:
+        return np.empty(0, dtype=np.int64)
+    return np.sort(np.concatenate(picked)).astype(np.int64)
+
+
 def random_split(n: int, val_fraction: float, seed: int, where: str) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train, val) positions of a seeded random split (at least one example each side)."""
     check_val_fraction(val_fraction)
@@ -148,3 +173,4 @@ def _why_not_stratified(labels: np.ndarray, val_fraction: float) -> str:
     else:
         why = f"the smallest class has {smallest} example(s), too few to stratify the validation split"
     return f"{why}; using a plain random split (pass a validation set or a larger --val-fraction to avoid it)"
+

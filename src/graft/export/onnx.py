@@ -1,5 +1,5 @@
-"""ONNX: `graft export RUN --format onnx` (the graph itself: graft.onnx_graph; predicting from it:
-graft.onnx_runtime, `graft.load("model.onnx")`).
+"""ONNX: `graft export RUN --format onnx` (the graph itself: graft.predict.graph; predicting from it:
+graft.predict.onnx_predictor, `graft.load("model.onnx")`).
 
 The ONNX model takes exactly what `graft.load(run).preprocess(inputs)` gives (images: float32 NCHW,
 resized, cropped and normalised; texts: the tokenizer's `input_ids` and `attention_mask`, int64)
@@ -34,19 +34,13 @@ import torch
 from ..bundle import atomic_write, save_folder
 from ..errors import ConfigError, GraftError
 from ..modalities.base import Modality
-from ..onnx_graph import (  # noqa: F401 - graft.export.onnx's names, as before the split
-    EXPORT_FORMAT,
-    EXTRA_HINT,
-    OUTPUT,
-    Signature,
+from ..options import ExportOptions
+from ..predict.graph import (
     onnx_model_bytes,
-    output_name,
     require_onnx,
-    require_runtime,
     signature_for,
 )
-from ..onnx_runtime import OnnxPredictor, from_graph, load_onnx  # noqa: F401
-from ..options import ExportOptions
+from ..predict.onnx_predictor import OnnxPredictor, from_graph, load_onnx  # noqa: F401
 from . import Exporter, ExportError, Log, register_exporter
 
 OPSET = 17
@@ -55,7 +49,7 @@ PARITY_BATCH = 8  # small batches: several batch sizes and text lengths go throu
 
 
 def _torch_predictor(run_dir: Path) -> Any:
-    from ..predict import load
+    from ..predict.predictor import load
 
     return load(run_dir, device="cpu", runtime="torch", precision="fp32")  # like with like: ONNX is fp32
 

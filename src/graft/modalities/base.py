@@ -1,26 +1,23 @@
-"""The `Modality` interface and its registry. A modality knows its data and its inputs: how to find
-and read labelled examples, how they become model inputs (decoded and augmented images, tokenised
-and length-bucketed texts), what to freeze beyond the backbone's layer groups, and how a saved
-bundle takes new inputs. Everything else in graft (recipes, the loop, the report, the bundle) is
-the same for every modality and never asks which one it has.
+"""The `Modality` interface (its registry: `registry.py`). A modality knows its data and its
+inputs: how to find and read labelled examples, how they become model inputs (decoded and
+augmented images, tokenised and length-bucketed texts), what to freeze beyond the backbone's layer
+groups, and how a saved bundle takes new inputs. Everything else in graft (recipes, the loop, the
+report, the bundle) is the same for every modality and never asks which one it has.
 
-Adding a modality (audio, tables) is one file here that registers itself, plus a backbone file.
+Adding a modality (audio, tables) is one file here, registered in `registry.py` (or by a plugin through
+`register_modality`), plus a backbone file.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import nn
-
-from ..errors import ConfigError
-from ..registry import Registry
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 Log = Callable[[str], None]
@@ -53,7 +50,7 @@ class Features:
     failures: dict[int, str]  # index -> reason
     seconds: float  # extraction time (0 on a cache hit)
     cached: bool
-    engine: dict[str, Any] | None = None  # graft.engine.EngineChoice of the extraction, when run
+    engine: dict[str, Any] | None = None  # graft.runtime.engine.EngineChoice of the extraction, when run
 
 
 class TrainingSet(Protocol):
@@ -240,7 +237,7 @@ class Modality(Protocol):
         engine: str = "auto",
     ) -> Features:
         """Frozen features of `sources`; `engine` (auto, torch, onnxruntime) runs the forward pass
-        where the modality supports more than PyTorch (see graft.engine)."""
+        where the modality supports more than PyTorch (see graft.runtime.engine)."""
         ...
 
     def fingerprint(self, sources: Sequence[Any]) -> str: ...
@@ -266,70 +263,3 @@ class Modality(Protocol):
         ...
 
     def preprocessing_from_dict(self, d: dict[str, Any]) -> Any: ...
-
-
-def _load_builtins() -> None:
-    from . import image, text  # noqa: F401 - each registers itself
-
-
-_MODALITIES: Registry[Modality] = Registry("modality", _load_builtins)
-
-
-def register_modality(modality: Modality) -> Modality:
-    return _MODALITIES.register(modality.name, modality)
-
-
-def get_modality(name: str) -> Modality:
-    return _MODALITIES.get(name)
-
-
-def modalities() -> dict[str, Modality]:
-    return _MODALITIES.all()
-
-
-def modality_of_inputs(items: Sequence[Any]) -> Modality:
-    """The modality that accepts every one of these in-memory inputs."""
-    # a modality that takes any string (texts) is asked last: an image's path is a string too, and
-    # the registry's order is whichever module was imported first
-    ordered = sorted(modalities().values(), key=lambda m: bool(m.accepts("\0 not a path")))
-    for modality in ordered:
-        if items and all(modality.accepts(item) for item in items):
-            return modality
-    kinds = sorted({type(item).__name__ for item in items}) or ["nothing"]
-    raise ConfigError(
-        f"cannot tell what these inputs are ({', '.join(kinds)}): give image files or arrays, or texts"
-    )
-
-
-@dataclass
-class Detection:
-    modality: Modality
-    found: dict[str, list[str]] = field(default_factory=dict)  # modality name -> its inputs under the path
-
-    @property
-    def ignored(self) -> list[str]:
-        """The files another modality would read and the chosen one does not (a table both would
-        read is read, not ignored)."""
-        kept = set(self.found.get(self.modality.name, []))
-        return [f for files in self.found.values() for f in files if f not in kept]
-
-
-def detect(data: str | Path, default: str = "image", config: Any = None) -> Detection:
-    """The modality whose inputs make up most of `data`. A stray README.txt among images (or a
-    picture among texts) does not decide: the majority does, and the files it leaves out are
-    named in a warning. `config` (a TrainConfig) names a table's columns: a table whose input
-    column holds image paths is images."""
-    path = Path(data)
-    found = {name: m.inputs_in(path, config) for name, m in modalities().items()}
-    best = max(found, key=lambda name: (len(found[name]), name == default))
-    detection = Detection(get_modality(best), found)
-    ignored = detection.ignored
-    if ignored and found[best]:
-        shown = ", ".join(ignored[:3]) + (f" and {len(ignored) - 3} more" if len(ignored) > 3 else "")
-        warnings.warn(
-            f"{path} holds {len(found[best])} {detection.modality.unit}; ignoring {len(ignored)} other "
-            f"file(s): {shown}",
-            UserWarning,
-            stacklevel=2,
-        )
-    return detection

@@ -21,36 +21,37 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torch.utils.data import DataLoader
 
-from .. import distributed
 from ..backbones import Preprocessing, create_backbone
 from ..cache import cache_dir
 from ..data.decoded import FixedImages, decode_seconds, decode_to_store, is_stored
 from ..data.frames import dataset_kind, load_dataset_splits
-from ..data.images import (
-    IMAGE_EXTENSIONS,
+from ..data.image_sets import (
     LABELS_TABLE,
-    TEST_NAMES,
-    VAL_NAMES,
     ImageColumns,
-    TableLabels,
-    find_subdir,
     image_column_of,
-    image_files_below,
     image_paths_in,
     image_table,
     is_table_file,
     labels_table,
     load_image_data,
     read_image_table,
-    scan_image_folder,
     split_tables,
+)
+from ..data.images import (
+    IMAGE_EXTENSIONS,
+    TEST_NAMES,
+    VAL_NAMES,
+    find_subdir,
+    image_files_below,
+    scan_image_folder,
 )
 from ..data.memory import EpochBatches, MemoryDataset, train_transform
 from ..data.pipeline import default_workers, ignore_interrupts, interruptible, iterate_batches, normalize
-from ..data.splits import DataSplits, Labelled, SkippedFile
+from ..data.splits import DataSplits, Labelled, SkippedFile, TableLabels
+from ..distributed import ranks, shards
 from ..errors import ConfigError, DataError, UnreadableImage
 from ..progress import Progress
-from .base import Batch, Defaults, Features, StrategyDefaults, register_modality
+from .base import Batch, Defaults, Features, StrategyDefaults
 
 # Linear probes on standardised features: AdamW at 1e-3 with a one-cycle schedule over 30 cheap
 # epochs is the usual recipe (MAE/DINO linear evaluation use the same order of magnitude); large
@@ -71,7 +72,7 @@ IMAGE_DEFAULTS = Defaults(
 # the first unfrozen epoch trains on crops 2/3 of the input size (under half the pixels), growing
 # to the full size by the last epoch, so the last epochs train at the size it is evaluated at.
 # 2/3 is the middle of the usual range (fastai's 128 -> 224, EfficientNetV2's ~0.5 -> 1), not
-# tuned here; bench/progressive_resize.py is the side-by-side.
+# tuned here; `python -m bench levers --only progressive_resize` is the side-by-side.
 PROGRESSIVE_START = 2 / 3
 
 
@@ -85,7 +86,7 @@ def _columns(config: Any) -> ImageColumns:
 def _images_named(tables: Sequence[Path], columns: ImageColumns) -> list[str]:
     """Tables of image paths (the first decides) and the images the first one's first rows name;
     nothing for tables of texts: what detection counts."""
-    from ..data.text import table_sample
+    from ..data.tables import table_sample
 
     column = image_column_of(tables[0], columns) if tables else None
     if column is None:
@@ -204,7 +205,7 @@ class _TrainingImages:
         def batches(epoch: int) -> Iterator[Batch]:
             loader = self._loader_for(batch_size, seed, device)
             loader.batch_sampler.set_epoch(epoch)
-            for x, y in interruptible(distributed.shard_loader(loader)):  # this process's part of each batch
+            for x, y in interruptible(shards.shard_loader(loader)):  # this process's part of each batch
                 yield normalize(x.to(device, non_blocking=True), prep), y.to(device, non_blocking=True)
 
         return batches
@@ -454,10 +455,10 @@ class ImageModality:
         # decoded once, in parallel, into a file read back per image: memory stays flat in the
         # dataset's size, and a second run reads the decoded images instead of decoding again
         store = (data.sources, prep.resize_size, self.fingerprint(data.sources), cache_dir() / "decoded")
-        if distributed.world_size() > 1:  # rank 0 decodes; the others read what it wrote
-            if distributed.is_main():
+        if ranks.world_size() > 1:  # rank 0 decodes; the others read what it wrote
+            if ranks.is_main():
                 decode_to_store(*store)
-            distributed.from_main(None)  # every process waits for it here
+            ranks.from_main(None)  # every process waits for it here
         images, failures = decode_to_store(*store)
         skipped.extend(SkippedFile(str(data.sources[i]), reason) for i, reason in failures.items())
         keep = [i for i in range(len(images)) if i not in failures]
@@ -497,9 +498,9 @@ class ImageModality:
         engine: str = "auto",
     ) -> Features:
         """Backbone features per source; `flip` averages them with the mirrored image's. The
-        forward pass runs on the engine `graft.engine.choose_engine` picks for this job."""
-        from ..compute import module_device
-        from ..engine import choose_engine
+        forward pass runs on the engine `graft.runtime.engine.choose_engine` picks for this job."""
+        from ..runtime.device import module_device
+        from ..runtime.engine import choose_engine
 
         device = module_device(backbone.body)
         # outside inference mode: weights converted inside it could never train again (fine-tuning
@@ -578,6 +579,3 @@ class ImageModality:
 
     def adaptation_corpus(self, config: Any, splits: DataSplits) -> list[Any]:
         raise ConfigError("--adapt-lm is for text data (masked-LM adaptation of an encoder)")
-
-
-register_modality(ImageModality())

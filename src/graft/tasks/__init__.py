@@ -2,7 +2,8 @@
 (`base.Task`), beside the modalities (what the inputs are)."""
 
 from ..config import TASK_CHOICES
-from .base import Task, auto_task, get_task, register_task, resolve_task, task_from_meta, task_names
+from .base import Task
+from .registry import auto_task, get_task, register_task, resolve_task, task_from_meta, task_names
 
 __all__ = [
     "TASK_CHOICES",

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import DataError
-from .base import Headroom, LossFn, RawLabel, Task, finite, metrics_table, register_task
+from .base import Headroom, LossFn, RawLabel, Task, finite, metrics_table
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +68,6 @@ def best_threshold(scores: np.ndarray, positives: np.ndarray) -> float:
     return float(candidates[int(np.argmax(f1))])
 
 
-@register_task
 class MultiLabel(Task):
     name: ClassVar[str] = "multi"
     output_meaning: ClassVar[str] = (

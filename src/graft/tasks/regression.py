@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from ..errors import DataError
-from .base import Headroom, LossFn, RawLabel, Task, finite, metrics_table, register_task
+from .base import Headroom, LossFn, RawLabel, Task, finite, metrics_table
 
 if TYPE_CHECKING:
     import torch
@@ -44,7 +44,6 @@ def spearman(predicted: np.ndarray, true: np.ndarray) -> float:
     return float(spearmanr(predicted, true).statistic)
 
 
-@register_task
 class Regression(Task):
     name: ClassVar[str] = "regression"
     output_meaning: ClassVar[str] = (

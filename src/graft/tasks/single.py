@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from ..data.splits import stratified_subset
 from ..errors import ConfigError, DataError
-from .base import Headroom, LossFn, RawLabel, Task, metrics_table, register_task
+from .base import Headroom, LossFn, RawLabel, Task, metrics_table
 
 if TYPE_CHECKING:
     import torch
 
 
-@register_task
 class SingleLabel(Task):
     name: ClassVar[str] = "single"
     output_meaning: ClassVar[str] = "float32 (batch, classes): softmax, in graft.classes order"
@@ -122,8 +122,6 @@ class SingleLabel(Task):
 
     def training_subset(self, labels: np.ndarray, per_group: int, seed: int) -> np.ndarray:
         # the same count of every class (the smallest class's, when it has fewer)
-        from ..data.images import stratified_subset
-
         smallest = int(np.bincount(np.asarray(labels, dtype=np.int64)).min())
         return stratified_subset(labels, min(per_group, smallest), seed)
 

@@ -19,9 +19,9 @@ from torch import nn
 
 from ..backbones import Backbone
 from ..backbones._text import require_transformers
-from ..compute import module_device
 from ..errors import ConfigError
-from ..modalities.text import bucketed_order, pad, tokenize
+from ..modalities.text_batches import bucketed_order, pad, tokenize
+from ..runtime.device import module_device
 from .callbacks import ProgressBar
 from .loop import LoopConfig, fit
 from .strategies import Stage

@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .. import distributed
+from ..distributed import ranks
 from . import sizing, strategies, subset
 from .job import Job, Outcome, task_loss
 from .loop import LoopConfig
@@ -32,7 +32,7 @@ def estimate_epoch_seconds(job: Job, batch_size: int) -> float:
     model = job.model
     groups = [*job.backbone.trainable_groups(), (strategies.HEAD, list(model.head.parameters()))]
     loop = LoopConfig(epochs=1, lr=0.0, seed=job.config.seed, bn_frozen=job.config.bn == "frozen")
-    local = distributed.local_batch_size(batch_size)  # what one process takes of a global batch
+    local = ranks.local_batch_size(batch_size)  # what one process takes of a global batch
     per_step = time_steps(model, groups, train_set.timing_batches(local, job.device, 4), loop, task_loss(job))
     return per_step * math.ceil(len(train) / batch_size)
 
@@ -52,7 +52,7 @@ def _epoch_seconds(job: Job, probe: Outcome, batch_size: int, epochs: int) -> fl
 
 def decide_epoch_seconds(job: Job, probe: Outcome, batch_size: int, epochs: int) -> float:
     """Seconds per fine-tuning epoch (`_epoch_seconds`): rank 0's, for every process."""
-    return distributed.from_main(_epoch_seconds(job, probe, batch_size, epochs))
+    return ranks.from_main(_epoch_seconds(job, probe, batch_size, epochs))
 
 
 def choose(job: Job) -> Choice:

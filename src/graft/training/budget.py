@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .. import distributed
+from ..distributed import ranks
 from .callbacks import Deadline
 from .loop import Callback, clock_schedule, step_schedule
 
@@ -77,7 +77,7 @@ class Clock:
 
     def decide_left(self) -> float | None:
         """What is left, as rank 0's clock says: one plan for every process."""
-        return distributed.from_main(self.left())
+        return ranks.from_main(self.left())
 
     def ends_training(self, epochs_given: int | None) -> bool:
         """Whether the deadline, not a count of epochs, ends fine-tuning."""
@@ -103,8 +103,8 @@ class Clock:
         reserve = n_eval * per_step / (3 * batch_size) + 0.03 * self.seconds
         deadline = self.started + self.seconds - reserve
         fitting = max(1, round((deadline - time.perf_counter()) / (per_step * steps_per_epoch)))
-        fitting = distributed.from_main(fitting)  # several processes show the same (rank 0's timing)
-        cap = distributed.from_main(epochs if epochs else BUDGET_EPOCH_CAP)
+        fitting = ranks.from_main(fitting)  # several processes show the same (rank 0's timing)
+        cap = ranks.from_main(epochs if epochs else BUDGET_EPOCH_CAP)
         shown = Epochs(fitting, approximate=True) if not epochs else Epochs(min(cap, fitting))
         line = (
             f"time budget {self.seconds:.0f}s: {per_step:.3f}s per step, training until "
@@ -121,7 +121,7 @@ class Clock:
         """Whether another step as long as the last still fits, a tenth of the budget kept for the
         test and the bundle; rank 0's answer for every process."""
         left = self.left()
-        return bool(distributed.from_main(left is None or left - 0.1 * self.seconds > 2 * last_seconds))
+        return bool(ranks.from_main(left is None or left - 0.1 * self.seconds > 2 * last_seconds))
 
     def advice(
         self,

@@ -13,11 +13,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import distributed
 from ..bundle import atomic_write
-from ..compute import forward_all, synchronize
+from ..distributed import ranks
 from ..heads import upgrade_head_keys
 from ..progress import Progress
+from ..runtime.device import synchronize
+from ..runtime.inference import forward_all
 from ..tasks import Task
 from .checkpoint import Checkpointer
 from .loop import Callback, Loop
@@ -70,7 +71,7 @@ class Checkpoint(Callback):
         loop.state = self.checkpointer.restore(loop.model, loop.optimizer)
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
-        if distributed.is_main():
+        if ranks.is_main():
             self.checkpointer.save(loop.model, loop.optimizer, loop.state)
 
 
@@ -124,7 +125,7 @@ class KeepBest(Callback):
         self.score, self.epoch = float(score), epoch
         weights = (state if state is not None else loop.model.state_dict()).items()
         self.state = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in weights}
-        if self.path is not None and distributed.is_main():
+        if self.path is not None and ranks.is_main():
             from safetensors.torch import save_file
 
             meta = {"epoch": str(epoch), self.monitor: repr(self.score)}

@@ -9,9 +9,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..compute import forward_all, module_device
 from ..heads import GraftModel
 from ..modalities.base import Modality
+from ..runtime.device import module_device
+from ..runtime.inference import forward_all
 from ..tasks import Task, get_task
 from .job import Job, TrainResult
 
@@ -83,10 +84,10 @@ def choose_flip_tta(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Test-time flip averaging (fastai's `tta`, timm's `--tta`): each input's features averaged with
     its mirror image's, at twice the prediction cost. Fine-tuning augments with flips, so it
-    usually gains (bench/levers.py); `auto` keeps it only when validation shows a gain beyond
-    noise (`Task.keeps_flip`: otherwise the cheaper plain model stays), because a mirror image
-    means something else in some data. Chosen on the validation set, its validation score reads
-    slightly high; --test gives the unbiased figure. Returns the validation logits of the choice and
+    usually gains (`python -m bench levers --only tta`); `auto` keeps it only when validation
+    shows a gain beyond noise (`Task.keeps_flip`: otherwise the cheaper plain model stays),
+    because a mirror image means something else in some data. Chosen on the validation set, its
+    validation score reads slightly high; --test gives the unbiased figure. Returns the validation logits of the choice and
     report.json's record (with the task's monitored metric with and without: `val_<monitor>`)."""
     task = task or get_task("single")
     if mode == "none":

@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import distributed
 from ..backbones import Backbone
 from ..bundle import atomic_write
 from ..cache import cache_dir, usable_folder, warn_unusable
-from ..compute import current_precision
+from ..distributed import ranks, shards
 from ..modalities.base import Features, Modality
+from ..runtime.precision import current_precision
 
 FEATURES_VERSION = 2  # bump when extraction changes numerically (2: large JPEGs decode in draft mode)
 
@@ -79,7 +79,7 @@ def cached_features(
     folder = path.parent
     usable = usable_folder(folder)
     feats = _read(path) if usable and path.is_file() else None
-    if not distributed.any_process(feats is None):  # every process has them from the cache
+    if not ranks.any_process(feats is None):  # every process has them from the cache
         return feats  # type: ignore[return-value]
     feats = extract(
         modality, backbone, prep, sources, flip=flip, batch_size=batch_size, desc=desc, engine=engine
@@ -94,7 +94,7 @@ def store(path: Path, feats: Features) -> None:
     warns once and the features are still good)."""
     from safetensors.numpy import save_file
 
-    if not (distributed.is_main() and usable_folder(path.parent)):
+    if not (ranks.is_main() and usable_folder(path.parent)):
         return
     blob = np.frombuffer(json.dumps(feats.failures).encode(), dtype=np.uint8).copy()
     try:
@@ -126,11 +126,11 @@ def extract(
     modality: Modality, backbone: Backbone, prep: Any, sources: Sequence[Any], **options: Any
 ) -> Features:
     """modality.encode; with several processes, each encodes a contiguous part and all get the merge."""
-    if distributed.world_size() == 1:
+    if ranks.world_size() == 1:
         return modality.encode(backbone, prep, sources, **options)
-    start, stop = distributed.split_range(len(sources))
+    start, stop = shards.split_range(len(sources))
     part = modality.encode(backbone, prep, sources[start:stop], **options)
-    parts = [(first, p) for first, p in distributed.gather_objects((start, part)) if len(p.ok)]
+    parts = [(first, p) for first, p in ranks.gather_objects((start, part)) if len(p.ok)]
     return Features(
         np.concatenate([p.values for _, p in parts]).astype(np.float32, copy=False),
         np.concatenate([p.ok for _, p in parts]),

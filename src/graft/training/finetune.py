@@ -13,9 +13,10 @@ from typing import Any
 import torch
 
 from ..bundle import stale_temp_files
-from ..compute import autocast, module_device
 from ..config import Plan, TrainConfig
 from ..heads import GraftModel
+from ..runtime.device import module_device
+from ..runtime.precision import autocast
 from . import keep, strategies, timing
 from .budget import Epochs, Schedule
 from .callbacks import (

@@ -73,7 +73,7 @@ class TrainResult:
     train_seconds: float
     extract_seconds: float = 0.0
     cache_hit: bool = False
-    features_engine: dict[str, Any] | None = None  # graft.engine.EngineChoice of the extraction
+    features_engine: dict[str, Any] | None = None  # graft.runtime.engine.EngineChoice of the extraction
     phases: list[str] = field(default_factory=list)  # one summary line per phase
     kept: dict[str, Any] | None = None  # which epoch's weights the model holds, and why
     top_losses: list[dict[str, Any]] = field(default_factory=list)  # validation examples most wrong

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import distributed
+from ..distributed import ranks
 from ..heads import GraftModel
 from . import interpolate
 from .callbacks import KeepBest
@@ -51,7 +51,7 @@ def cpu_weights(model: nn.Module) -> Weights:
 def decide_challenger(bar: float, score: float) -> bool:
     """Whether a probe's validation score (`bar`) beats the kept model's: rank 0's answer, for
     every process."""
-    return bool(distributed.from_main(bar > score))
+    return bool(ranks.from_main(bar > score))
 
 
 def probes_to_beat(job: Job, probe: Outcome | None) -> tuple[Job, Outcome | None, Outcome | None]:

@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import distributed
-from ..compute import autocast, autocast_dtype, cuda_tuning, module_device
+from ..distributed.ddp import DataParallel
+from ..runtime.device import cuda_tuning, module_device
+from ..runtime.precision import autocast, autocast_dtype
 from .strategies import HEAD, Stage, StageFn
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -179,10 +180,10 @@ def fit(
     finished epoch and ends with the same weights as an uninterrupted run.
 
     `data_parallel`, in a multi-process run: `batches` yields this process's part of each global
-    batch, gradients are all-reduced (distributed.DataParallel) and the processes agree on the LR,
+    batch, gradients are all-reduced (DataParallel) and the processes agree on the LR,
     on stopping and on the epoch's loss. Without it every process does the same work alone."""
     device = module_device(model)
-    parallel = distributed.DataParallel(model, enabled=data_parallel)
+    parallel = DataParallel(model, enabled=data_parallel)
     loop = Loop(model, make_optimizer(groups, cfg, device), cfg, device, max(1, steps_per_epoch))
     loss_fn = loss_fn or classification_loss(cfg, device)
     # fp16 needs loss scaling against underflow; bf16 and fp32 do not
@@ -199,7 +200,7 @@ def fit(
 
 def _epochs(
     loop: Loop,
-    parallel: distributed.DataParallel,
+    parallel: DataParallel,
     groups: ParamGroups,
     strategy: StageFn,
     batches: Callable[[int], Iterable[Batch]],

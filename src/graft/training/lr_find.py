@@ -18,10 +18,10 @@ import torch
 from torch import nn
 
 from ..bundle import write_json
-from ..compute import use_precision
 from ..config import TrainConfig
 from ..heads import GraftModel, HeadSpec, build_head
 from ..options import LrFindOptions
+from ..runtime.precision import use_precision
 from .callbacks import LRFinder
 from .features import cached_features
 from .finetune import init_feature_norm

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import distributed
 from ..config import Plan, TrainConfig
 from ..data.splits import DataSplits, Labelled, SkippedFile
+from ..distributed import ranks
 from ..heads import HeadSpec, build_head
 from ..modalities.base import Features
 from . import sizing, strategies, subset
@@ -177,7 +177,7 @@ def _by_layers(job: Job, choices: Sequence[int], phase: str, early_stop: bool) -
 
 def decide_feature_layers(scores: dict[int, float], noise: float) -> int:
     """The probe's feature layers (`strategies.feature_layers_kept`): rank 0's, for every process."""
-    return distributed.from_main(strategies.feature_layers_kept(scores, noise))
+    return ranks.from_main(strategies.feature_layers_kept(scores, noise))
 
 
 def restored(job: Job, probe: Outcome, plan: str = "all") -> Outcome:

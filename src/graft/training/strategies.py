@@ -128,7 +128,7 @@ def choose_strategy(
 
     The time is not weighed against the probe's: fine-tuning an epoch costs a forward and a
     backward pass per example where the probe's extraction costs one forward pass in all (often
-    on a faster engine), so the ratio (22x to 40x on the CIFAR-10 subsets in bench/README.md;
+    on a faster engine), so the ratio (22x to 40x on the CIFAR-10 subsets in docs/numbers.md;
     more when the probe's features came from the cache) is a property of the recipe and the
     machine, not of the dataset, and cannot tell where the extra time pays. What
     pays is in the data: its size and the probe's error. The reason states the ratio, and

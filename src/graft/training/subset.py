@@ -3,7 +3,7 @@ written bundle (`budget.Clock`).
 
 Reading and extracting the data is usually the largest fixed cost (5,000 CIFAR-10 images at
 224 px: over 200 s on 2 CPU cores), so before it starts a timed sample of extraction sizes it, on
-the engine the whole extraction will run on (`graft.engine.part_of`). When the data cannot be read
+the engine the whole extraction will run on (`graft.runtime.engine.part_of`). When the data cannot be read
 within its share of the budget, the run says so at once (the estimate, and what would fit) and
 plans a stratified subset that fits. A sample's estimate is rough (a busy machine, one-off costs,
 a short sample's padding: 2.6-4.4x too slow was seen under load), so a probe's extraction then runs
@@ -32,10 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from .. import distributed
 from ..data.splits import Labelled
-from ..engine import part_of
+from ..distributed import ranks
 from ..modalities.base import Features
+from ..runtime.engine import part_of
 from . import budget, sizing, strategies
 from .features import cached_path, extract, store
 from .job import Job, probes_first
@@ -72,13 +72,13 @@ def fit_data_to_budget(job: Job, strategy: str) -> Job:
         return job
     splits = job.splits
     n_all = len(splits.train) + len(splits.val) + (len(splits.test) if splits.test is not None else 0)
-    with part_of(n_all):  # the timed sample and the chunks: parts of one extraction (graft.engine)
+    with part_of(n_all):  # the timed sample and the chunks: parts of one extraction (graft.runtime.engine)
         return _fit_within(job, strategy, remaining)
 
 
 def decide_room(started: float, fraction: float, remaining: float) -> float:
     """The seconds reading has left of its `fraction` of the budget: rank 0's, for every process."""
-    return distributed.from_main(started + fraction * remaining - _now())
+    return ranks.from_main(started + fraction * remaining - _now())
 
 
 def _fit_within(job: Job, strategy: str, remaining: float) -> Job:
@@ -240,7 +240,7 @@ def _estimate(job: Job, strategy: str) -> _Estimate | None:
 
 def decide_seconds_per_input(timed: Any, job: Job) -> float:
     """Seconds per input of `timed(job)` (extraction or decoding): rank 0's, for every process."""
-    return distributed.from_main(timed(job))
+    return ranks.from_main(timed(job))
 
 
 def _subset_note(
@@ -315,7 +315,7 @@ def _next_chunk(job: Job, growing: Growing, share_ends: float) -> int:
 
 def decide_chunk(more: int) -> int:
     """How many more training inputs to extract: rank 0's count, for every process."""
-    return int(distributed.from_main(more))
+    return int(ranks.from_main(more))
 
 
 def _timed_extraction(job: Job, prep: Any, sources: Sequence[Any], desc: str) -> tuple[Features, float]:

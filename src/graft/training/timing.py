@@ -11,8 +11,8 @@ from typing import Any
 
 from torch import nn
 
-from .. import distributed
 from ..config import Plan, TrainConfig
+from ..distributed import ranks
 from ..modalities.base import Modality
 from . import sizing, strategies
 from .budget import Clock, Schedule
@@ -74,7 +74,7 @@ def fit_batch_to_memory(job: Job, model: nn.Module, groups: Any, train_set: Any)
         return plan
 
     def try_step(batch: int) -> None:
-        local = distributed.local_batch_size(batch)
+        local = ranks.local_batch_size(batch)
         batches = train_set.timing_batches(local, job.device, 2)
         time_steps(model, groups, batches, LoopConfig(), loss_fn=task_loss(job))
 
@@ -100,7 +100,7 @@ def schedule(
     if not clock.on:
         return Clock.by_epochs(loop.epochs)
     batch_size = job.plan.batch_size
-    local = distributed.local_batch_size(batch_size)  # what one process takes of a global batch
+    local = ranks.local_batch_size(batch_size)  # what one process takes of a global batch
     per_step = time_steps(model, groups, train_set.timing_batches(local, job.device, 4), loop, task_loss(job))
     n_test = len(splits.test) if splits.test is not None else 0
     # flip averaging (--tta) passes validation twice more, and may double the test's pass

@@ -33,9 +33,9 @@ from typing import Any, NamedTuple, Protocol
 
 import torch
 
-from .. import distributed
 from ..bundle import atomic_write
 from ..config import Plan, TrainConfig
+from ..distributed import ranks
 from .loop import Callback, Loop
 
 FLUSH_STEPS = 100  # step losses read from the device together, this many at a time
@@ -269,7 +269,7 @@ class Tracking:
     `open`. Off (no trackers, no callbacks) without --log-to and on every rank but 0."""
 
     def __init__(self, names: Sequence[str] = ()) -> None:
-        self.names = list(names) if distributed.is_main() else []
+        self.names = list(names) if ranks.is_main() else []
         self.trackers: list[Tracker] = []
         self.waiting: list[Record] = []
         self.run_dir: Path | None = None

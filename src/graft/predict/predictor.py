@@ -14,25 +14,27 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..bundle import META_FILE, read_meta, read_weights, shown_classes, verify_bundle
+from ..errors import BundleError, ConfigError
+from ..heads import GraftModel, HeadSpec, build_head
+from ..modalities import get_modality
+from ..modalities.base import InputPipeline, Modality
+from ..options import PredictOptions
+from ..runtime.device import resolve_device
+from ..runtime.inference import forward_all
+from ..runtime.precision import Precision, resolve_precision, use_precision
+from ..tasks import task_from_meta
 from .answers import Answers
-from .bundle import META_FILE, read_meta, read_weights, shown_classes, verify_bundle
-from .compute import Precision, forward_all, resolve_device, resolve_precision, use_precision
-from .errors import BundleError, ConfigError
-from .heads import GraftModel, HeadSpec, build_head
-from .modalities import get_modality
-from .modalities.base import InputPipeline, Modality
-from .options import PredictOptions
-from .tasks import task_from_meta
 
 if TYPE_CHECKING:
-    from .onnx_runtime import OnnxPredictor
+    from .onnx_predictor import OnnxPredictor
 
 
 def _on_onnxruntime(path: Path, device: str | torch.device | None) -> OnnxPredictor:
     """An exported `.onnx` file, or a run folder: its fresh `model.onnx`, else its graph built in
     memory from the weights (as `graft export` builds it, without writing it)."""
-    from .onnx_graph import onnx_model_bytes, require_onnx, require_runtime
-    from .onnx_runtime import fresh_export, from_graph, load_onnx
+    from .graph import onnx_model_bytes, require_onnx, require_runtime
+    from .onnx_predictor import fresh_export, from_graph, load_onnx
 
     require_runtime()
     if not path.is_dir() or fresh_export(path) is not None:
@@ -66,7 +68,7 @@ class Predictor(Answers):
         # bf16 on a CPU with native bf16 or a GPU (`auto`); graft.load(..., precision="fp32") for
         # the probabilities an fp32 export or another machine gives
         self.precision = precision or resolve_precision("auto", device)
-        self.engine = engine  # auto, torch or onnxruntime: see graft.engine
+        self.engine = engine  # auto, torch or onnxruntime: see graft.runtime.engine
         self.engine_choice: dict[str, Any] | None = None  # what the last prediction ran on
         self.task = task_from_meta(meta)  # what it predicts: one class, several labels, numbers
 
@@ -140,7 +142,7 @@ def load(
     """Rebuild a trained model from `model.safetensors` + `graft.json`; nothing is unpickled.
     An exported `.onnx` file, or `runtime="onnx"`, predicts through onnxruntime instead (the same
     `predict` / `predict_proba` / `preprocess` API; `graft.export.onnx`; always fp32). With the
-    torch runtime, `engine` (auto, torch, onnxruntime) says who runs big CPU jobs (`graft.engine`)
+    torch runtime, `engine` (auto, torch, onnxruntime) says who runs big CPU jobs (`graft.runtime.engine`)
     and `precision` (auto, fp32, bf16, fp16) its arithmetic: `auto` is bf16 on GPUs and CPUs with
     native bf16, else fp32, whatever the run trained with; `Predictor.precision` says which."""
     run_dir = Path(run_dir)

@@ -1,7 +1,7 @@
 """What every predictor answers, and the one way graft opens an onnxruntime session
 (`onnx_session`), whatever runs the network: PyTorch (`predict.Predictor`),
-onnxruntime fed by graft's input pipeline (`onnx_runtime.OnnxPredictor`), or an exported image
-model without PyTorch (`predict_onnx.ExportedImagePredictor`). Each runtime implements one method,
+onnxruntime fed by graft's input pipeline (`onnx_predictor.OnnxPredictor`), or an exported image
+model without PyTorch (`light.ExportedImagePredictor`). Each runtime implements one method,
 `outputs_or_skip` (the task's activated outputs, a NaN row for an input it could not read); here,
 once, a DataFrame or Dataset is read by the columns the model was trained on (`read_inputs`) and
 the task turns the outputs into `outputs`, `predict_proba` and `predict`. Imports neither torch
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .data.frames import is_dataframe, is_hf_dataset, table_inputs
-from .errors import UnreadableImage
+from ..data.frames import is_dataframe, is_hf_dataset, table_inputs
+from ..errors import UnreadableImage
 
 
 def onnx_session(
@@ -23,7 +23,7 @@ def onnx_session(
 ) -> Any:
     """An onnxruntime session on the CPU (first the GPU with `cuda`, when onnxruntime has one),
     logging errors only (graft prints its own summary). `threads`, `spin`: for a session that
-    shares the cores with decoding workers (graft.engine), idle threads sleep instead of spinning."""
+    shares the cores with decoding workers (graft.runtime.engine), idle threads sleep instead of spinning."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -1,5 +1,5 @@
 """The ONNX graph of a graft model, shared by `graft export` (graft.export.onnx) and prediction on
-onnxruntime (graft.onnx_runtime): what the graph takes, per modality (`Signature`: images' float32
+onnxruntime (graft.predict.onnx_predictor): what the graph takes, per modality (`Signature`: images' float32
 NCHW `pixel_values`; texts' int64 `input_ids` and `attention_mask`), what it gives, per task (the
 activated outputs, named by `Task.outputs_are`), and the graph itself, traced from a predictor with
 graft's metadata (`onnx_model_bytes`). Neither prediction nor export is imported here."""
@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import __version__
-from .errors import ConfigError
-from .modalities.base import Modality
-from .tasks import Task
+from .._version import __version__
+from ..errors import ConfigError
+from ..modalities.base import Modality
+from ..tasks import Task
 
 OUTPUT = "probabilities"  # the output's name when the task's outputs are probabilities
 EXPORT_FORMAT = 1  # of the graft.* metadata; bump when its meaning changes
@@ -181,7 +181,7 @@ def signature_for(modality: Modality) -> Signature:
 
 
 def _trace(predictor: Any, signature: Signature) -> bytes:
-    from .engine import onnx_bytes
+    from ..runtime.engine import onnx_bytes
 
     wrapper = signature.wrap(predictor.model, predictor.preprocessing, predictor.task).eval()
     output = output_name(predictor.task)
