@@ -87,8 +87,9 @@ def choose_flip_tta(
     usually gains (`python -m bench levers --only tta`); `auto` keeps it only when validation
     shows a gain beyond noise (`Task.keeps_flip`: otherwise the cheaper plain model stays),
     because a mirror image means something else in some data. Chosen on the validation set, its
-    validation score reads slightly high; --test gives the unbiased figure. Returns the validation logits of the choice and
-    report.json's record (with the task's monitored metric with and without: `val_<monitor>`)."""
+    validation score reads slightly high; --test gives the unbiased figure. Returns the validation
+    logits of the choice and report.json's record (with the task's monitored metric with and
+    without: `val_<monitor>`)."""
     task = task or get_task("single")
     if mode == "none":
         return plain, {"flip": False, "reason": "off (--tta none)"}
