@@ -247,3 +247,37 @@ def test_the_python_reference_documents_the_public_names(site: Path) -> None:
     page = _page_text((site / "reference" / "python" / "index.html").read_text(encoding="utf-8"))
     for name in ("graft.load", "graft.api.Classifier", "graft.api.Regressor", "predict_proba", "fit"):
         assert name in page
+
+
+def _drawn_layout() -> dict[str, set[str]]:
+    """The modules the architecture page's drawing names, by package ("" for src/graft itself)."""
+    page = (ROOT / "docs" / "development" / "architecture.md").read_text(encoding="utf-8")
+    block = page.split("```text\n", 1)[1].split("```", 1)[0]
+    drawn: dict[str, set[str]] = {}
+    package = ""
+    for line in block.splitlines()[1:]:  # the first line is src/graft/ itself
+        indent = len(line) - len(line.lstrip())
+        head = re.match(r"\s*(\w+)/", line)
+        if head:
+            package = head.group(1)
+        elif indent == 2:
+            package = ""
+        named = set(re.findall(r"\b(\w+\.py)\b", line)) - {"__init__.py", "__main__.py"}
+        drawn.setdefault(package, set()).update(named)
+    return drawn
+
+
+def test_the_architecture_pages_drawing_names_every_module_and_only_those_that_exist() -> None:
+    src = ROOT / "src" / "graft"
+    drawn = _drawn_layout()
+    actual_by_package: dict[str, set[str]] = {}
+    for path in src.rglob("*.py"):
+        if path.name in {"__init__.py", "__main__.py"}:
+            continue
+        package = "" if path.parent == src else path.parent.name
+        actual_by_package.setdefault(package, set()).add(path.name)
+    assert actual_by_package.get("training"), "no modules found"
+    missing = {pkg: sorted(names - drawn.get(pkg, set())) for pkg, names in actual_by_package.items()}
+    invented = {pkg: sorted(names - actual_by_package.get(pkg, set())) for pkg, names in drawn.items()}
+    assert {k: v for k, v in missing.items() if v} == {}, "modules the drawing leaves out"
+    assert {k: v for k, v in invented.items() if v} == {}, "the drawing names modules that do not exist"
