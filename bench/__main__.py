@@ -45,7 +45,10 @@ def parse(argv: list[str]) -> tuple[ModuleType, argparse.Namespace]:
     return suite or load_suite(options.suite), options
 
 
-def run_case(suite: str, case: str, fn: Any, ctx: Context) -> list[dict[str, Any]]:
+def run_case(
+    suite: str, case: str, fn: Any, ctx: Context, before: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """One case's rows, stamped; `before` is the machine's load before the suite's first case."""
     seen = {"machine": results.machine(), "date": results.now()}
     start = results.load()
     try:
@@ -53,7 +56,7 @@ def run_case(suite: str, case: str, fn: Any, ctx: Context) -> list[dict[str, Any
     except Exception as error:  # one failed case is a row that says so; the others still run
         traceback.print_exc()
         rows = [{"error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"}]
-    seen["busy"] = results.busy(start, results.load())
+    seen["busy"] = results.busy(start, results.load(), before)
     return [results.stamp(row, suite, case, ctx.tree, seen) for row in rows]
 
 
@@ -79,12 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(options.only or []) - set(cases))
     if unknown:
         raise SystemExit(f"{options.suite} has no case {', '.join(unknown)}; its cases: {', '.join(cases)}")
+    before = results.load()  # later, the load average counts this suite's own earlier cases
     for spec in options.tree or [getattr(suite, "DEFAULT_TREE", f"here={ROOT}")]:
         with open_tree(spec) as tree:
             for name in options.only or default:
                 work = WORK / options.suite / tree.name / name
                 work.mkdir(parents=True, exist_ok=True)
-                rows = run_case(options.suite, name, cases[name], Context(tree, options, work))
+                rows = run_case(options.suite, name, cases[name], Context(tree, options, work), before)
                 path = results.append(options.suite, rows, options.results)
                 print(f"{options.suite}/{name} [{tree.name} {tree.commit}]: {len(rows)} row(s) -> {path}")
     print(results.table(results.read(options.suite, options.results)))

@@ -68,10 +68,13 @@ def load() -> dict[str, Any]:
     return {"load_per_core": round(per_core, 2), "others_running": _running_others({os.getpid()})}
 
 
-def busy(start: dict[str, Any], end: dict[str, Any]) -> dict[str, Any]:
-    """Busy when, at the start or the end, the load passes half the cores or others were running."""
-    flag = any(s["load_per_core"] > 0.5 or s["others_running"] > 0 for s in (start, end))
-    return {"busy": flag, "start": start, "end": end}
+def busy(start: dict[str, Any], end: dict[str, Any], before: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Busy when others were running at the start or the end, or when the load passed half the cores
+    before the suite's own work began (`before`; without it, at `start`). Later in a suite the load
+    average still counts the suite's own earlier cases, so it says nothing about other work then."""
+    first = before or start
+    flag = first["load_per_core"] > 0.5 or any(s["others_running"] > 0 for s in (start, end))
+    return {"busy": flag, "before": first, "start": start, "end": end}
 
 
 def stamp(row: dict[str, Any], suite: str, case: str, tree: Any, seen: dict[str, Any]) -> dict[str, Any]:

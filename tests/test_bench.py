@@ -24,11 +24,15 @@ def test_machine_record_names_the_cpu_its_flags_cores_and_gpu():
     assert set(record["flags"]) <= set(results.CPU_FLAGS)
 
 
-def test_busy_when_the_load_passes_half_the_cores_or_others_run():
+def test_busy_when_the_load_before_passes_half_the_cores_or_others_run():
     quiet = {"load_per_core": 0.1, "others_running": 0}
     assert results.busy(quiet, quiet)["busy"] is False
-    assert results.busy(quiet, {"load_per_core": 0.9, "others_running": 0})["busy"] is True
+    assert results.busy({"load_per_core": 0.9, "others_running": 0}, quiet)["busy"] is True
     assert results.busy({"load_per_core": 0.1, "others_running": 2}, quiet)["busy"] is True
+    # later in a suite the load counts its own earlier cases: only the load before the suite counts
+    own = {"load_per_core": 0.95, "others_running": 0}
+    assert results.busy(own, own, before=quiet)["busy"] is False
+    assert results.busy(quiet, quiet, before={"load_per_core": 0.8, "others_running": 0})["busy"] is True
     assert set(results.load()) == {"load_per_core", "others_running"}
 
 
