@@ -1,42 +1,27 @@
 """Exporters by format name: `export(run_dir, "onnx", out)` turns a run folder into a model another
-runtime can serve. One file per format registers itself here (`onnx.py`); the format's own packages
-are imported only when it runs, so `graft export --help` and a missing extra stay cheap.
+runtime can serve. One file per format (`onnx.py`), registered here on first use; the format's own
+packages are imported only when it runs, so `graft export --help` and a missing extra stay cheap.
 
-Adding a format is one file that calls `register_exporter` plus its name in `_BUILTIN`.
+Adding a format is one file that defines its `Exporter` (the types are `base.py`'s) and one line in
+`_load_builtins`; a plugin calls `register_exporter`.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, GraftError
+from ..errors import ConfigError
 from ..options import ExportOptions
 from ..registry import Registry
-
-Log = Callable[[str], None]
-
-_BUILTIN = ("onnx",)  # modules of this package that register a format
-
-
-class ExportError(GraftError, RuntimeError):
-    """An export that ran but cannot be trusted (a failed parity check); nothing was written."""
-
-
-@dataclass(frozen=True)
-class Exporter:
-    name: str  # the --format value
-    suffix: str  # the output file's suffix, e.g. ".onnx"
-    export: Callable[..., dict[str, Any]]  # (run_dir, out, *, samples, log) -> summary
-    description: str
+from .base import Exporter, ExportError, Log
 
 
 def _load_builtins() -> None:
-    for name in _BUILTIN:
-        importlib.import_module(f"{__name__}.{name}")  # each registers itself on import
+    # on first use, so `graft export --help` stays light; the formats never import this module
+    from .onnx import ONNX
+
+    register_exporter(ONNX)
 
 
 _EXPORTERS: Registry[Exporter] = Registry(

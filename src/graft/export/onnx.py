@@ -41,7 +41,7 @@ from ..predict.graph import (
     signature_for,
 )
 from ..predict.onnx_predictor import OnnxPredictor, from_graph, load_onnx  # noqa: F401
-from . import Exporter, ExportError, Log, register_exporter
+from .base import Exporter, ExportError, Log
 
 OPSET = 17
 TOLERANCE = 1e-4  # max |p_onnx - p_torch| over the parity samples
@@ -186,11 +186,9 @@ def export_onnx(
     }
 
 
-register_exporter(
-    Exporter(
-        name="onnx",
-        suffix=".onnx",
-        export=export_onnx,
-        description="ONNX (opset 17) for onnxruntime and other runtimes; probabilities out",
-    )
+ONNX = Exporter(
+    name="onnx",
+    suffix=".onnx",
+    export=export_onnx,
+    description="ONNX (opset 17) for onnxruntime and other runtimes; probabilities out",
 )
