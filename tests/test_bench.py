@@ -242,3 +242,16 @@ def test_a_bare_run_runs_the_default_cases_and_a_named_one_runs_too(tmp_path, mo
     capsys.readouterr()
     assert cli.main(["serve", "--list"]) == 0
     assert "long (only when named):" in capsys.readouterr().out
+
+
+def test_bench_keeps_its_scripts_in_suites_and_baselines():
+    """At most 12 files beside the suites, baselines and results: a new measurement is a case in a
+    suite, not one more script at the top."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    tracked = subprocess.run(
+        ["git", "ls-files", "bench"], cwd=bench.parent, capture_output=True, text=True, check=True
+    ).stdout.split()
+    top = [name for name in tracked if name.count("/") == 1]
+    assert tracked and len(top) <= 12, top
+    scripts = [bench.parent / name for name in tracked if name.endswith(".py")]
+    assert not [path for path in scripts if "sys.path" in path.read_text()]  # one package, no path tricks
