@@ -66,26 +66,38 @@ def _baselines(ctx: Context, train: Path, test: Path, per_class: int) -> list[di
     return rows
 
 
-def cifar10(ctx: Context) -> list[dict[str, Any]]:
-    """CIFAR-10 subsets: graft's defaults and probe against fastai, Keras and the seed loop."""
+def _each_subset(ctx: Context, measure: Any) -> list[dict[str, Any]]:
+    """`measure(train, test, per_class)`'s rows for each --per-class CIFAR-10 subset, labelled by it."""
     o = ctx.options
     require_data(DATA / "train", DATA / "test")
     test = subset_folder(DATA / "test", o.test_per_class, f"cifar10-test-{o.test_per_class}")
     rows: list[dict[str, Any]] = []
     for per_class in o.per_class:
         train = subset_folder(DATA / "train", per_class, f"cifar10-train-{per_class}")
-        base = ["train", str(train), "--test", str(test), "--image-size", str(o.image_size)]
-        found: list[dict[str, Any]] = []
-        if "graft" in o.recipes:
-            found.append(_graft(ctx, "graft defaults (auto)", base))
-        if o.graft_budget:
-            budget = [*base, "--time-budget", str(o.graft_budget)]
-            found.append(_graft(ctx, f"graft defaults, --time-budget {o.graft_budget:.0f}s", budget))
-        if "probe" in o.recipes:
-            found.append(_graft(ctx, "graft probe (--strategy linear)", [*base, "--strategy", "linear"]))
-        found += _baselines(ctx, train, test, per_class)
+        found = measure(train, test, per_class)
         rows += [{**r, "row": f"{per_class}/class: {r['row']}", "per_class": per_class} for r in found]
     return rows
+
+
+def cifar10(ctx: Context) -> list[dict[str, Any]]:
+    """CIFAR-10 subsets: graft's defaults and probe against fastai, Keras and the seed loop."""
+    return _each_subset(ctx, lambda train, test, per_class: _recipes(ctx, train, test, per_class))
+
+
+def _recipes(ctx: Context, train: Path, test: Path, per_class: int) -> list[dict[str, Any]]:
+    """graft's rows (defaults, under a budget, the probe) and the baselines' on one subset."""
+    o = ctx.options
+    base = ["train", str(train), "--test", str(test), "--image-size", str(o.image_size)]
+    found: list[dict[str, Any]] = []
+    if "graft" in o.recipes:
+        found.append(_graft(ctx, "graft defaults (auto)", base))
+    if o.graft_budget:
+        budget = [*base, "--time-budget", str(o.graft_budget)]
+        found.append(_graft(ctx, f"graft defaults, --time-budget {o.graft_budget:.0f}s", budget))
+    if "probe" in o.recipes:
+        found.append(_graft(ctx, "graft probe (--strategy linear)", [*base, "--strategy", "linear"]))
+    found += _baselines(ctx, train, test, per_class)
+    return found
 
 
 def trec6(ctx: Context) -> list[dict[str, Any]]:
@@ -120,15 +132,7 @@ def _seed_linear_pair(ctx: Context, train: Path, test: Path) -> list[dict[str, A
 
 def seed_linear(ctx: Context) -> list[dict[str, Any]]:
     """The linear probe against the seed loop with a frozen base: test accuracy, wall seconds."""
-    o = ctx.options
-    require_data(DATA / "train", DATA / "test")
-    test = subset_folder(DATA / "test", o.test_per_class, f"cifar10-test-{o.test_per_class}")
-    rows: list[dict[str, Any]] = []
-    for per_class in o.per_class:
-        train = subset_folder(DATA / "train", per_class, f"cifar10-train-{per_class}")
-        pair = _seed_linear_pair(ctx, train, test)
-        rows += [{**r, "row": f"{per_class}/class: {r['row']}", "per_class": per_class} for r in pair]
-    return rows
+    return _each_subset(ctx, lambda train, test, per_class: _seed_linear_pair(ctx, train, test))
 
 
 DEFAULT_CASES = ("cifar10", "trec6")  # what a bare run runs

@@ -1,28 +1,6 @@
-"""Deprecated: `graft.predict_onnx` moved to `graft.predict.light`;
-it still works for one release, with a DeprecationWarning."""
+"""Deprecated: `graft.predict_onnx` moved to `graft.predict.light`. It works for one release, with a
+DeprecationWarning: every old name is found where it lives now."""
 
-import importlib
-import warnings
-from typing import Any
+from ._moved import moved as _moved
 
-from .predict.light import (  # noqa: F401 - the old names, re-exported
-    EXPORTED,
-    INPUT,
-    ExportedImagePredictor,
-    load_exported,
-)
-
-warnings.warn(
-    "graft.predict_onnx is deprecated: import from graft.predict.light",
-    DeprecationWarning,
-    stacklevel=2,
-)
-
-
-def __getattr__(name: str) -> Any:
-    """Any other name of the old module (a private one too), from where it lives now."""
-    for where in ("graft.predict.light",):
-        module = importlib.import_module(where)
-        if hasattr(module, name):
-            return getattr(module, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = _moved(__name__, ("graft.predict.light",))
