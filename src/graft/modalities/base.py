@@ -175,7 +175,7 @@ class Modality(Protocol):
 
     def feature_layer_choices(self, config: Any, backbone: Any, n_examples: int) -> tuple[int, ...]:
         """How many of the body's last layers the linear probe on `n_examples` may pool into its
-        features, chosen on validation (`recipes.linear_probe`); () when there is no choice to make."""
+        features, chosen on validation (`training.probe.linear_probe`); () when there is no choice to make."""
         ...
 
     def use_feature_layers(self, backbone: Any, prep: Any, layers: int) -> Any:

@@ -373,7 +373,7 @@ class ImageModality:
         return None
 
     def fine_tunes_from_probe(self, prep: Any) -> bool:
-        """LP-FT's head-only phase decides (`recipes.probes_first`)."""
+        """LP-FT's head-only phase decides (`training.job.probes_first`)."""
         return False
 
     def apply_preprocessing(self, backbone: Any, prep: Any) -> None:

@@ -92,7 +92,7 @@ def _fit_within(job: Job, strategy: str, remaining: float) -> Job:
     room = decide_room(started, fraction, remaining)  # less the timing itself
     read = min(len(splits.train), _fitting(job, room, rate, estimate.n_eval))  # in its own share
     # `auto` that could not fine-tune what its share reads ends with its probe: it reads in linear's
-    # share instead, and keeps to the probe (`recipes.choose`)
+    # share instead, and keeps to the probe (`auto.choose`)
     why_not = _why_not_fine_tune(job, read, rate, remaining) if strategy == "auto" else None
     probe_only = why_not is not None
     if probe_only:
