@@ -208,7 +208,7 @@ class ServeOptions(Options):
         None, "require Authorization: Bearer TOKEN on /predict and /metrics (default: $GRAFT_SERVE_TOKEN)"
     )
     insecure: bool = option(False, "allow a network --host without a token (an open endpoint)")
-    # batches of 32 reach the offline throughput (docs/guide/export-serve.md); 5 ms is a few
+    # throughput stops growing past batches of 32 (docs/guide/export-serve.md); 5 ms is about 1%
     # percent of one image's latency and lets concurrent requests meet in a batch
     max_batch: int = option(
         32, "inputs per batch across requests (a text request counts its texts)", minimum=1
