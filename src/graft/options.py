@@ -208,8 +208,8 @@ class ServeOptions(Options):
         None, "require Authorization: Bearer TOKEN on /predict and /metrics (default: $GRAFT_SERVE_TOKEN)"
     )
     insecure: bool = option(False, "allow a network --host without a token (an open endpoint)")
-    # throughput stops growing past batches of 32 (docs/guide/export-serve.md); 5 ms is about 1%
-    # percent of one image's latency and lets concurrent requests meet in a batch
+    # throughput stops growing past batches of 32 (docs/guide/export-serve.md); 5 ms is about
+    # 1% of one image's latency and lets concurrent requests meet in a batch
     max_batch: int = option(
         32, "inputs per batch across requests (a text request counts its texts)", minimum=1
     )
