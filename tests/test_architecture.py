@@ -97,8 +97,8 @@ def test_imports_run_one_way():
     for name in ("modalities/base.py", "modalities/image.py", "modalities/text.py"):
         assert not any(m.startswith("graft.training") for m in _imports(mods[name])), name
     # no circle between prediction and export: export uses the predictors, never the reverse
-    prediction = [name for name in mods if name.startswith("predict/")] + ["serve.py", "__init__.py"]
-    assert len(prediction) == 8
+    prediction = [name for name in mods if name.startswith(("predict/", "serve/"))] + ["__init__.py"]
+    assert len(prediction) == 13
     for name in prediction:
         assert not any(m.startswith("graft.export") for m in _imports(mods[name])), name
     # the onnxruntime predictor does not use the torch one

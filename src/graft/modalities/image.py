@@ -334,6 +334,9 @@ class ImageModality:
                 f"{name} is not an image graft can read: send a JPEG, PNG, WebP, BMP or GIF"
             ) from None
 
+    def example_input(self) -> Image.Image:
+        return Image.new("RGB", (64, 48), (128, 128, 128))
+
     def accepts(self, item: Any) -> bool:
         if isinstance(item, np.ndarray):  # pixels: numbers (an array of strings is texts)
             return item.dtype.kind in "uifb"

@@ -247,6 +247,9 @@ class TextModality:
         """Texts come as JSON ({"texts": [...]}), not as uploaded files."""
         raise DataError(f"{name}: a text model takes JSON {{\"texts\": [...]}}, not an uploaded file")
 
+    def example_input(self) -> str:
+        return "a short text to warm the model up"
+
     def accepts(self, item: Any) -> bool:
         """A text, or a sentence pair: a 2-tuple, 2-list or 2-array of texts."""
         if isinstance(item, tuple | list | np.ndarray):
