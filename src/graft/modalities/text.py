@@ -27,6 +27,7 @@ from ..data.tables import TABLE_SUFFIXES, VAL_NAMES, find_table, split_columns
 from ..data.text import TEXT_FILE_SUFFIX, is_split_folder, load_text_data, read_text_column, read_text_data
 from ..distributed import shards
 from ..errors import ConfigError, DataError
+from ..runtime.device import to_device
 from .base import Batch, Defaults, Features, StrategyDefaults
 from .text_batches import (
     Padding,
@@ -109,7 +110,7 @@ class _TrainingTexts:
             for batch in bucketed_order(lengths, batch_size, generator):
                 index = shards.shard(batch)  # this process's part of the batch
                 x = self.padding([self.ids[i] for i in index], device)
-                yield x.to(device, non_blocking=True), self.labels[index].to(device, non_blocking=True)
+                yield to_device(x, device), to_device(self.labels[index], device)  # pinned on CUDA
 
         return batches
 
