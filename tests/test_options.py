@@ -84,7 +84,7 @@ def test_the_python_entry_points_default_to_the_same_fields():
     from graft.export import export
     from graft.export.onnx import export_onnx
     from graft.predict.predictor import load
-    from graft.serve import serve
+    from graft.serve import create_app, serve
     from graft.training.lr_find import find_lr, lr_range_test
 
     def default(function, name):
@@ -92,8 +92,9 @@ def test_the_python_entry_points_default_to_the_same_fields():
 
     assert default(export, "format") == ExportOptions.format == "onnx"
     assert default(export, "samples") == default(export_onnx, "samples") == ExportOptions.samples == 32
-    assert (default(serve, "host"), default(serve, "port")) == (ServeOptions.host, ServeOptions.port)
-    assert default(serve, "precision") == ServeOptions.precision == "auto"
+    # serve takes a ServeOptions (None: its defaults), so host, port and the rest are the CLI's own
+    assert default(serve, "options") is None and ServeOptions(run_dir="r").host == ServeOptions.host
+    assert default(create_app, "precision") == ServeOptions.precision == "auto"
     assert default(evaluate_folder, "precision") == EvalOptions.precision
     assert default(load, "engine") == PredictOptions.engine and default(load, "precision") == "auto"
     assert default(find_lr, "steps") == default(lr_range_test, "steps") == LrFindOptions.steps == 100
