@@ -30,7 +30,7 @@ COMPARE_OPTIONS = (
 # pick: the options that change which data is scored and how candidates see it
 PICK_OPTIONS = (
     "data", "val", "data_root", "image_size", "val_fraction", "device", "text_column", "label_column",
-    "max_length", "time_budget", "label_separator", "image_column",
+    "max_length", "time_budget", "label_separator", "image_column", "precision",
 )  # fmt: skip
 # lr-find: the options that change what the range test measures
 LR_FIND_OPTIONS = (

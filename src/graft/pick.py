@@ -131,10 +131,12 @@ def score_candidate(
 ) -> Candidate:
     """One candidate's row; any failure is a skipped row, never an error."""
     from .backbones import BackboneError, create_backbone
+    from .runtime.device import resolve_device
 
     row, started = Candidate(name), time.perf_counter()
     try:
         backbone = create_backbone(name)
+        backbone.body.to(resolve_device(config.device))
         prep = modality.preprocessing(config, backbone, splits)
         row.input_size = getattr(prep, "input_size", None) or getattr(prep, "max_length", None)
         row.images_per_s = _speed(modality, backbone, prep, splits.train.sources)
@@ -193,6 +195,9 @@ def pick_splits(config: PickConfig, modality: Modality, train_config: TrainConfi
 
 def run_pick(config: PickConfig, log: Log = print) -> dict[str, Any]:
     """Score every candidate and choose; returns the table and the choice (see the module's doc)."""
+    from .runtime.device import resolve_device
+    from .runtime.precision import resolve_precision, use_precision
+
     started = time.perf_counter()
     train_config = TrainConfig(data=config.data, **config.options)
     modality = detect(config.data, config=train_config).modality
@@ -200,9 +205,10 @@ def run_pick(config: PickConfig, log: Log = print) -> dict[str, Any]:
     names = config.candidates or default_candidates(modality)
     share = config.time_budget / len(names) if config.time_budget and names else None
     rows = []
-    for name in names:
-        log(f"pick: {name} ...")
-        rows.append(score_candidate(name, modality, train_config, splits, share))
+    with use_precision(resolve_precision(train_config.precision, resolve_device(train_config.device))):
+        for name in names:
+            log(f"pick: {name} ...")
+            rows.append(score_candidate(name, modality, train_config, splits, share))
     chosen = choose(rows)
     if chosen is None:
         reasons = "; ".join(f"{r.backbone}: {r.why}" for r in rows)
