@@ -97,16 +97,20 @@ def probe_scores(
 
 
 def _features(
-    modality: Modality, backbone: Any, prep: Any, data: Labelled, row: Candidate
-) -> tuple[np.ndarray, np.ndarray]:
-    """Cached frozen features of `data`; a real extraction's speed replaces the sample's in `row`
-    (it runs in the engine the whole job gets, ONNX Runtime where that pays on a CPU)."""
+    modality: Modality, backbone: Any, prep: Any, data: Labelled
+) -> tuple[np.ndarray, np.ndarray, float | None]:
+    """Cached frozen features of `data`, their labels, and the extraction's seconds (None: cached)."""
     from .training.features import cached_features
 
     feats = cached_features(modality, backbone, data.sources, prep, desc=f"{backbone.name} features")
-    if not feats.cached and feats.seconds > 0 and len(data) >= TIMING_SAMPLE:
-        row.images_per_s = len(data) / feats.seconds
-    return feats.values[feats.ok], np.asarray(data.labels)[feats.ok]
+    seconds = None if feats.cached or feats.seconds <= 0 else feats.seconds
+    return feats.values[feats.ok], np.asarray(data.labels)[feats.ok], seconds
+
+
+def _extraction_speed(sample_speed: float, n: int, seconds: list[float | None]) -> float:
+    """The whole extraction's inputs/s when it ran (in the engine the job got: ONNX Runtime where
+    that pays on a CPU), else the sample's."""
+    return n / sum(seconds) if all(s is not None for s in seconds) else sample_speed  # type: ignore[arg-type]
 
 
 def _speed(modality: Modality, backbone: Any, prep: Any, sources: Sequence[Any]) -> float:
@@ -146,8 +150,10 @@ def score_candidate(
         if (reason := _skip_reason(needed, share_s, time.perf_counter() - started)) is not None:
             row.why = reason
             return row
-        train_x, train_y = _features(modality, backbone, prep, splits.train, row)
-        val_x, val_y = _features(modality, backbone, prep, splits.val, row)
+        train_x, train_y, train_s = _features(modality, backbone, prep, splits.train)
+        val_x, val_y, val_s = _features(modality, backbone, prep, splits.val)
+        n = len(splits.train) + len(splits.val)
+        row.images_per_s = _extraction_speed(row.images_per_s, n, [train_s, val_s])
         row.linear, row.knn = probe_scores(train_x, train_y, val_x, val_y)
         row.linear_se, row.knn_se = binomial_se(row.linear, len(val_y)), binomial_se(row.knn, len(val_y))
         row.status = "scored"
@@ -168,7 +174,7 @@ def choose(rows: list[Candidate]) -> Candidate | None:
     chosen = min(close, key=lambda r: (r.cost or 0.0, -r.score))
     chosen.status = "chosen"
     if chosen is best or chosen.score >= best.score:
-        chosen.why = "best probe score" + (" and cheapest of the tied" if len(close) > 1 else "")
+        chosen.why = "best probe score" + (", cheapest within one SE" if len(close) > 1 else "")
     else:
         chosen.why = (
             f"cheaper, within one standard error of {best.backbone} "
