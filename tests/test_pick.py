@@ -141,6 +141,18 @@ def test_a_candidate_past_its_share_of_the_budget_is_skipped(tiny_backbones, col
     assert "past its 5 s share of --time-budget" in rows["tiny_sees_big"]["why"]
 
 
+def test_a_slow_candidate_whose_features_are_cached_is_not_skipped(
+    tiny_backbones, colours, capsys, monkeypatch
+):
+    from graft import pick
+
+    _pick(colours, "tiny_sees_big", capsys)  # its features are in the cache now
+    monkeypatch.setattr(pick, "_speed", lambda *a: 0.5)
+    result = _pick(colours, "tiny_sees_big,tiny_blind", capsys, "--time-budget", "10")
+    assert _rows(result)["tiny_sees_big"]["status"] == "chosen"
+    assert _rows(result)["tiny_blind"]["status"] == "skipped"  # not cached: 0.5 images/s is too slow
+
+
 def test_packaged_lite_candidates_not_installed_name_the_extra(monkeypatch):
     from graft.backbones import _vision, create_backbone, describe_backbone
     from graft.errors import BackboneError

@@ -124,6 +124,14 @@ def _speed(modality: Modality, backbone: Any, prep: Any, sources: Sequence[Any])
     return len(sample) / max(time.perf_counter() - started, 1e-9)
 
 
+def _uncached(modality: Modality, backbone: Any, prep: Any, splits: DataSplits) -> int:
+    """How many inputs still need extracting: a split whose features are cached costs nothing."""
+    from .training.features import cached_path
+
+    parts = (splits.train.sources, splits.val.sources)
+    return sum(len(p) for p in parts if not cached_path(modality, backbone, prep, p, False).is_file())
+
+
 def _skip_reason(needed_s: float, share_s: float | None, spent_s: float) -> str | None:
     if share_s is None or spent_s + needed_s <= share_s:
         return None
@@ -146,7 +154,7 @@ def score_candidate(
         row.images_per_s = _speed(modality, backbone, prep, splits.train.sources)
         params = sum(p.numel() for p in backbone.body.parameters())
         row.cost = float(params * (row.input_size or 1) ** 2)
-        needed = (len(splits.train) + len(splits.val)) / row.images_per_s
+        needed = _uncached(modality, backbone, prep, splits) / row.images_per_s
         if (reason := _skip_reason(needed, share_s, time.perf_counter() - started)) is not None:
             row.why = reason
             return row
@@ -182,7 +190,7 @@ def choose(rows: list[Candidate]) -> Candidate | None:
         )
     for r in scored:
         if r is not chosen:
-            r.why = "within one SE but costlier" if r in close else "lower score"
+            r.why = "within one SE but costlier" if any(r is c for c in close) else "lower score"
     return chosen
 
 
