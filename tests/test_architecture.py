@@ -97,8 +97,8 @@ def test_imports_run_one_way():
     for name in ("modalities/base.py", "modalities/image.py", "modalities/text.py"):
         assert not any(m.startswith("graft.training") for m in _imports(mods[name])), name
     # no circle between prediction and export: export uses the predictors, never the reverse
-    prediction = [name for name in mods if name.startswith("predict/")] + ["serve.py", "__init__.py"]
-    assert len(prediction) == 8
+    prediction = [name for name in mods if name.startswith(("predict/", "serve/"))] + ["__init__.py"]
+    assert len(prediction) == 13
     for name in prediction:
         assert not any(m.startswith("graft.export") for m in _imports(mods[name])), name
     # the onnxruntime predictor does not use the torch one
@@ -192,6 +192,8 @@ SHIMS = {
     "graft.engine": ("graft.runtime.engine",),
     "graft.onnx_runtime": ("graft.predict.onnx_predictor",),
     "graft.predict_onnx": ("graft.predict.light",),
+    "graft.answers": ("graft.predict.answers",),
+    "graft.onnx_graph": ("graft.predict.graph",),
 }
 
 
@@ -209,7 +211,7 @@ def test_an_old_module_path_warns_and_gives_the_same_objects(old, monkeypatch):
     monkeypatch.delitem(sys.modules, old, raising=False)  # imported afresh: its warning is given again
     with pytest.warns(DeprecationWarning, match=rf"^{re.escape(old)} is deprecated: import from ") as seen:
         __import__(old)
-    assert seen[0].filename == __file__  # stacklevel=2: the line that imports it
+    assert seen[0].filename == __file__  # the warning points at the line that imports it
     module = sys.modules[old]
     moved = {name: getattr(importlib.import_module(new), name) for new in SHIMS[old]
              for name in vars(importlib.import_module(new)) if not name.startswith("__")}
@@ -229,8 +231,10 @@ def test_graft_predict_keeps_its_names_and_imports_no_torch():
     code = (
         "import sys, graft.predict, graft.predict.light; "
         "print('torch' in sys.modules, any('graft.training' in m for m in sys.modules)); "
-        "from graft.predict import Predictor, build_model, load; import graft.predict.predictor as p; "
-        "print(Predictor is p.Predictor and build_model is p.build_model and load is p.load)"
+        "from graft.predict import RUNTIMES, Predictor, build_model, load; "
+        "import graft.predict.predictor as p; "
+        "print(Predictor is p.Predictor and build_model is p.build_model and load is p.load "
+        "and RUNTIMES == ('torch', 'onnx'))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["False", "False", "True"]

@@ -103,7 +103,8 @@ def client(image_run):
     from graft.serve import create_app
 
     run_dir, _ = image_run
-    return TestClient(create_app(run_dir, max_upload_bytes=200_000))
+    with TestClient(create_app(run_dir, max_upload_bytes=200_000)) as client:  # starts the batcher
+        yield client
 
 
 def test_predict_an_uploaded_image(client, image_run):

@@ -25,6 +25,8 @@ Rows (images or texts per second; accuracy on the test split):
   epochs; its last epoch's images/s and test accuracy (the anchor a user would write);
 - TREC-6: graft's defaults, and a Hugging Face `Trainer` (3 epochs, 2e-5, batch 16) on the packaged
   MiniLM, wall seconds and test accuracy (`--small`: 600 training questions, one Trainer epoch).
+- no host waits: on CUDA, a short `graft train` under GRAFT_SYNC_DEBUG=1 (an error row if PyTorch
+  caught the host waiting for the GPU inside a training epoch).
 GPU utilisation is sampled from `nvidia-smi` every 0.5 s while graft trains; peak GPU memory is the
 in-process rows' `torch.cuda.max_memory_allocated`. Needs no internet: graft, the packaged-weight
 wheels, the CIFAR-10 JPEGs (`.cache/data/cifar10`, or `--data`) and TREC-6 (`../shared/data/text`,
@@ -208,6 +210,21 @@ def graft_rows(s: Settings, train: Path, test: Path, device: str) -> list[dict[s
             "util": util.mean,
         },
     ]
+
+
+def sync_check_row(s: Settings, train: Path, device: str) -> dict[str, Any]:
+    """A short `graft train` under GRAFT_SYNC_DEBUG=1 (CUDA only): PyTorch raises at any host wait
+    inside a training epoch beyond graft's documented ones; the row says whether one was hit."""
+    out = Path(tempfile.mkdtemp(prefix="gpu-sync-")) / "run"
+    argv = ["train", str(train), "--device", device, "--image-size", str(s.size), "--time-budget", "30"]
+    with tempfile.TemporaryDirectory() as cache:
+        done = graft_here([*argv, "--out", str(out)], Path(cache), env={"GRAFT_SYNC_DEBUG": "1"})
+    shutil.rmtree(out.parent, ignore_errors=True)
+    setting = f"--time-budget 30, {done.wall_s:.0f} s wall"
+    row = {"row": "no host waits (GRAFT_SYNC_DEBUG=1)", "setting": setting}
+    if done.returncode:
+        return {**row, "error": (done.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    return {**row, "setting": row["setting"] + ", none hit"}
 
 
 def loop_row(s: Settings, train: Path, test: Path, device: Any) -> dict[str, Any]:
@@ -421,6 +438,8 @@ def measure(part: str, args: argparse.Namespace) -> None:
         rows = graft_rows(s, train, test, str(device)) if graft else [loop_row(s, train, test, device)]
         for row in rows:
             _done(row)
+        if graft and device.type == "cuda":
+            _done(sync_check_row(s, train, str(device)))
 
 
 def add_arguments(group: Any) -> None:

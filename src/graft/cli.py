@@ -390,15 +390,12 @@ def cmd_pick(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> None:
+    from .options import ServeOptions
     from .serve import serve
 
-    serve(
-        args.run_dir,
-        host=args.host,
-        port=args.port,
-        precision=args.precision,
-        log=lambda line: print(line, flush=True),
-    )
+    names = [f.name for f in fields(ServeOptions)]
+    options = ServeOptions(**{name: getattr(args, name) for name in names})
+    serve(args.run_dir, options, log=lambda line: print(line, flush=True))
 
 
 COMMANDS = {

@@ -226,6 +226,20 @@ class ServeOptions(Options):
     host: str = option("127.0.0.1", "address to bind", default_means="this machine")
     port: int = option(8000, "", minimum=0, maximum=65535)
     precision: str = precision_flag()
+    token: str | None = option(
+        None, "require Authorization: Bearer TOKEN on /predict and /metrics (default: $GRAFT_SERVE_TOKEN)"
+    )
+    insecure: bool = option(False, "allow a network --host without a token (an open endpoint)")
+    # throughput stops growing past batches of 32 (docs/guide/export-serve.md); 5 ms is about
+    # 1% of one image's latency and lets concurrent requests meet in a batch
+    max_batch: int = option(
+        32, "inputs per batch across requests (a text request counts its texts)", minimum=1
+    )
+    max_wait_ms: float = option(5.0, "how long a request waits for others to join its batch", minimum=0)
+    max_queue: int = option(256, "requests waiting for a batch; past it: 503 with Retry-After", minimum=1)
+    request_timeout: float = option(
+        30.0, "seconds a request may wait for its answer; past it: 504", minimum=0.001
+    )
 
 
 @dataclass(frozen=True)

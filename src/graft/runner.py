@@ -21,7 +21,7 @@ import torch
 from .backbones import Backbone, create_backbone
 from .config import Plan, TrainConfig
 from .data.splits import DataSplits
-from .distributed import ranks as distributed
+from .distributed import ranks
 from .distributed.launcher import launch
 from .errors import ConfigError
 from .heads import GraftModel, HeadSpec, build_head
@@ -133,8 +133,8 @@ def run(
             f"--devices {config.devices} starts processes: use graft train, graft.Classifier(...).fit "
             "or graft.runner.run_processes"
         )
-    distributed.check_devices(config.devices)
-    if not distributed.is_main():  # one of several processes: rank 0 tells
+    ranks.check_devices(config.devices)
+    if not ranks.is_main():  # one of several processes: rank 0 tells
         log = _silent
         warnings.simplefilter("ignore")
     preflight(config)
@@ -167,7 +167,7 @@ def prepare(
             raise ConfigError("in-memory splits need their modality (graft.modalities.get_modality)")
         modality = detect(config.data, config=config).modality
     modality.check(config)
-    device = distributed.setup(resolve_device(config.device))  # under a launcher: join the others
+    device = ranks.setup(resolve_device(config.device))  # under a launcher: join the others
     precision = resolve_precision(config.precision, device)
     backbone = _backbone_for(config, modality)
     if splits is None:
@@ -199,7 +199,7 @@ def _run_on(config: TrainConfig, log: Log, ready: Prepared, started: float) -> R
             job, trained = _train(_job(config, log, ready, prep, clock, task, tracking))
         job.model.eval()
         report = build_report(job, trained, time.perf_counter() - started, adapted)
-        if distributed.is_main():  # several processes: rank 0 writes the run folder
+        if ranks.is_main():  # several processes: rank 0 writes the run folder
             save_run(job, report)
             for path in trained.scratch_files:  # the bundle holds the kept weights now
                 path.unlink(missing_ok=True)
@@ -269,7 +269,7 @@ def decide_encoding(tried: list[_Tried]) -> int:
     choice, for every process."""
     first = tried[0].score
     best = max(range(len(tried)), key=lambda i: (tried[i].score[1], -i))
-    return distributed.from_main(best if tried[best].score[1] > first[1] + first[2] else 0)
+    return ranks.from_main(best if tried[best].score[1] > first[1] + first[2] else 0)
 
 
 def _restore_encoding(
@@ -322,9 +322,9 @@ def decide_run_dir(job: Job, run_dir: Path | None) -> Path:
     """The run folder: `run_dir` (an earlier encoding's), --out, or a new one that rank 0 claims
     and every process takes."""
     named = run_dir or (Path(job.config.out) if job.config.out else None)
-    if named is None and distributed.is_main():  # rank 0 claims the folder; the others take its name
+    if named is None and ranks.is_main():  # rank 0 claims the folder; the others take its name
         named = default_run_dir(job.backbone.name, job.plan.strategy, job.splits.name)
-    return distributed.from_main(named)
+    return ranks.from_main(named)
 
 
 def fitted_task(config: TrainConfig, splits: DataSplits) -> Task:
@@ -335,13 +335,13 @@ def fitted_task(config: TrainConfig, splits: DataSplits) -> Task:
 
 def launches_processes(config: TrainConfig) -> bool:
     """Whether the run is `--devices N` processes that this process has to start."""
-    return config.devices > 1 and not distributed.launched()
+    return config.devices > 1 and not ranks.launched()
 
 
 def run_processes(
     config: TrainConfig, log: Log = print, splits: DataSplits | None = None, modality: Modality | None = None
 ) -> tuple[Path, dict[str, Any]]:
-    """`--devices N`: `run` in N data-parallel processes on this machine (graft.distributed.launch);
+    """`--devices N`: `run` in N data-parallel processes on this machine (graft.distributed.launcher.launch);
     rank 0 writes the run folder and its lines reach `log`. Returns the folder and its report."""
     config.check()
     config.check_extras()
@@ -355,7 +355,7 @@ def run_processes(
 def _run_process(log: Log, config: TrainConfig, splits: DataSplits | None, modality: str | None) -> Any:
     """One of run_processes' processes."""
     result = run(config, log, splits, get_modality(modality) if modality else None)
-    return (str(result.run_dir), result.report) if distributed.is_main() else None
+    return (str(result.run_dir), result.report) if ranks.is_main() else None
 
 
 def _silent(line: str) -> None:

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..backbones import Preprocessing
 from ..errors import UnreadableImage
+from ..runtime.device import host_waits_allowed
 from .images import load_rgb, resize_center_crop
 
 Source = str | Path | Image.Image | np.ndarray
@@ -37,10 +38,26 @@ def eval_transform(prep: Preprocessing) -> Callable[[Image.Image], torch.Tensor]
     return transform
 
 
+_Key = tuple[tuple[float, ...], tuple[float, ...], torch.device]
+_CONSTANTS: dict[_Key, tuple[torch.Tensor, torch.Tensor]] = {}  # (mean, std) per backbone and device
+
+
+def _constants(prep: Preprocessing, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's mean and std (x255) on `device`, built there once (timm's PrefetchLoader): a
+    tensor built from Python numbers is a blocking host-to-device copy, once per batch before."""
+    key = (tuple(prep.mean), tuple(prep.std), device)
+    if key not in _CONSTANTS:
+        # normal tensors (usable inside and outside inference mode); a one-off wait for the copy
+        with torch.inference_mode(False), host_waits_allowed():
+            mean = torch.tensor(prep.mean, device=device).view(1, 3, 1, 1) * 255
+            std = torch.tensor(prep.std, device=device).view(1, 3, 1, 1) * 255
+        _CONSTANTS[key] = (mean, std)
+    return _CONSTANTS[key]
+
+
 def normalize(batch: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
     """uint8 NCHW -> float NCHW (channels_last), scaled and standardised for the backbone."""
-    mean = torch.tensor(prep.mean, device=batch.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(prep.std, device=batch.device).view(1, 3, 1, 1) * 255
+    mean, std = _constants(prep, batch.device)
     out = (batch.float() - mean) / std
     return out.contiguous(memory_format=torch.channels_last)
 
@@ -71,6 +88,10 @@ class Batch:
     images: torch.Tensor  # uint8 NCHW, readable items only
     indices: torch.Tensor  # positions of those items in the source list
     failures: list[tuple[int, str]]
+
+    def pin_memory(self) -> Batch:
+        """What a DataLoader with pin_memory=True calls on a batch type of its own."""
+        return Batch(self.images.pin_memory(), self.indices.pin_memory(), self.failures)
 
 
 def _collate(items: list[tuple[torch.Tensor | None, int, str | None]]) -> Batch:
@@ -139,11 +160,13 @@ def iterate_batches(
     batch_size: int = 64,
     workers: int | None = None,
     decode_size: int | None = None,
+    pin: bool = False,
 ) -> Iterator[Batch]:
     """Batches of decoded, resized, center-cropped uint8 images. `decode_size` (the resize's short
-    side) lets large JPEGs decode at a reduced scale first (`load_rgb`'s `min_side`)."""
+    side) lets large JPEGs decode at a reduced scale first (`load_rgb`'s `min_side`). `pin` (for a
+    CUDA device): in page-locked memory, so that a non-blocking copy to the GPU does not wait."""
     workers = default_workers() if workers is None else workers
-    kwargs: dict[str, Any] = {"num_workers": workers}
+    kwargs: dict[str, Any] = {"num_workers": workers, "pin_memory": pin}
     if workers:
         kwargs.update(prefetch_factor=4, persistent_workers=False, worker_init_fn=ignore_interrupts)
     loader = DataLoader(

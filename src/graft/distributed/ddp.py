@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     from torch import nn
 
 
+AGREE_EVERY = 25  # optimizer steps between two agreements on stopping in a multi-process run
+
+
 class DataParallel:
     """What the loop trains and agrees on. Alone (or `enabled=False`: the same work in every
     process, e.g. a head on cached features), the model itself and no communication. Otherwise
@@ -37,13 +40,23 @@ class DataParallel:
             self.wrapped, self.trains = _state["accelerator"].prepare_model(self.model), trains
         return self.wrapped
 
-    def lr(self, lr: float) -> float:
-        if not self.active:
+    def lr(self, lr: float, shared: bool = False) -> float:
+        """Rank 0's `lr`, in every process. `shared`: the schedule is a function of the step count
+        alone (the same in every process), so there is nothing to agree on and nothing to wait for;
+        a clock's schedule (a time budget) is agreed every step, a read of the clock."""
+        if not self.active or shared:
             return lr
         import torch
         from accelerate.utils import broadcast
 
         return float(broadcast(torch.tensor([lr], dtype=torch.float64, device=_device()), from_process=0))
+
+    def agrees_after(self, step: int) -> bool:
+        """Whether the processes agree on stopping after optimizer step `step`: alone, after every
+        step; together, every AGREE_EVERY steps (and at each epoch's end), since agreeing is a
+        collective the host waits for. A stop one process decides comes at most that many steps late,
+        at the same step in every process."""
+        return not self.active or step % AGREE_EVERY == 0
 
     def stop(self, stop: bool) -> bool:
         return any_process(stop) if self.active else stop

@@ -153,6 +153,10 @@ class Modality(Protocol):
         what `accepts` takes; a DataError saying what to send when the bytes are not one."""
         ...
 
+    def example_input(self) -> Any:
+        """One small input `accepts` takes: what `graft serve` warms the model with."""
+        ...
+
     def check(self, config: Any) -> None:
         """Options that do not apply to this modality."""
         ...

@@ -51,6 +51,7 @@ from ..data.splits import DataSplits, Labelled, SkippedFile, TableLabels
 from ..distributed import ranks, shards
 from ..errors import ConfigError, DataError, UnreadableImage
 from ..progress import Progress
+from ..runtime.device import to_device
 from .base import Batch, Defaults, Features, StrategyDefaults
 
 # Linear probes on standardised features: AdamW at 1e-3 with a one-cycle schedule over 30 cheap
@@ -235,7 +236,7 @@ class _EvalImages:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self), batch_size):
             index = torch.arange(start, min(len(self), start + batch_size))
-            yield index, normalize(self.images.range(start, start + batch_size).to(device), self.prep)
+            yield index, normalize(to_device(self.images.range(start, start + batch_size), device), self.prep)
 
 
 class _ImageInputs:
@@ -334,6 +335,9 @@ class ImageModality:
             raise DataError(
                 f"{name} is not an image graft can read: send a JPEG, PNG, WebP, BMP or GIF"
             ) from None
+
+    def example_input(self) -> Image.Image:
+        return Image.new("RGB", (64, 48), (128, 128, 128))
 
     def accepts(self, item: Any) -> bool:
         if isinstance(item, np.ndarray):  # pixels: numbers (an array of strings is texts)
@@ -500,7 +504,7 @@ class ImageModality:
     ) -> Features:
         """Backbone features per source; `flip` averages them with the mirrored image's. The
         forward pass runs on the engine `graft.runtime.engine.choose_engine` picks for this job."""
-        from ..runtime.device import module_device
+        from ..runtime.device import ahead, cuda_tuning, module_device
         from ..runtime.engine import choose_engine
 
         device = module_device(backbone.body)
@@ -512,11 +516,13 @@ class ImageModality:
         failures: dict[int, str] = {}
         forward, choice = None, None
         started = time.perf_counter()
-        with Progress(len(sources), desc, unit="img") as bar:
-            for batch in iterate_batches(sources, prep, batch_size, decode_size=prep.resize_size):
+        pin = device.type == "cuda"  # pinned batches, copied without waiting, read one ahead
+        batches = ahead(iterate_batches(sources, prep, batch_size, decode_size=prep.resize_size, pin=pin))
+        with Progress(len(sources), desc, unit="img") as bar, cuda_tuning(device, tf32=True):
+            for batch in batches:
                 failures.update(batch.failures)
                 if len(batch.indices):
-                    x = normalize(batch.images.to(device), prep)
+                    x = normalize(batch.images.to(device, non_blocking=True), prep)
                     if forward is None:
                         forward, choice = choose_engine(body, x, len(sources), engine)
                     out = forward(x)

@@ -42,7 +42,7 @@ def modalities() -> dict[str, Modality]:
 def modality_of_inputs(items: Sequence[Any]) -> Modality:
     """The modality that accepts every one of these in-memory inputs."""
     # a modality that takes any string (texts) is asked last: an image's path is a string too, and
-    # the registry's order is whichever module was imported first
+    # a plugin's modality registers after the built-ins
     ordered = sorted(modalities().values(), key=lambda m: bool(m.accepts("\0 not a path")))
     for modality in ordered:
         if items and all(modality.accepts(item) for item in items):

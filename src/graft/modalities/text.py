@@ -27,6 +27,7 @@ from ..data.tables import TABLE_SUFFIXES, VAL_NAMES, find_table, split_columns
 from ..data.text import TEXT_FILE_SUFFIX, is_split_folder, load_text_data, read_text_column, read_text_data
 from ..distributed import shards
 from ..errors import ConfigError, DataError
+from ..runtime.device import to_device
 from .base import Batch, Defaults, Features, StrategyDefaults
 from .text_batches import (
     Padding,
@@ -109,7 +110,7 @@ class _TrainingTexts:
             for batch in bucketed_order(lengths, batch_size, generator):
                 index = shards.shard(batch)  # this process's part of the batch
                 x = self.padding([self.ids[i] for i in index], device)
-                yield x.to(device, non_blocking=True), self.labels[index].to(device, non_blocking=True)
+                yield to_device(x, device), to_device(self.labels[index], device)  # pinned on CUDA
 
         return batches
 
@@ -247,6 +248,9 @@ class TextModality:
     def read_upload(self, data: bytes, name: str) -> str:
         """Texts come as JSON ({"texts": [...]}), not as uploaded files."""
         raise DataError(f"{name}: a text model takes JSON {{\"texts\": [...]}}, not an uploaded file")
+
+    def example_input(self) -> str:
+        return "a short text to warm the model up"
 
     def accepts(self, item: Any) -> bool:
         """A text, or a sentence pair: a 2-tuple, 2-list or 2-array of texts."""

@@ -20,6 +20,7 @@ from torch import nn
 
 from ..backbones import TextPreprocessing
 from ..errors import DataError
+from ..runtime.device import to_device
 
 BUCKET_BATCHES = 50  # batches per sorted chunk: similar lengths inside a batch, random order outside
 LENGTH_PERCENTILE = 99  # --max-length from the data: the 99th percentile of token counts
@@ -155,4 +156,4 @@ def sorted_batches(
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
-        yield torch.tensor(index), padding([ids[i] for i in index], device).to(device)
+        yield torch.tensor(index), to_device(padding([ids[i] for i in index], device), device)

@@ -13,9 +13,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .predictor import Predictor, build_model, load
+    from .predictor import RUNTIMES, Predictor, build_model, load
 
-_FROM_PREDICTOR = ("Predictor", "build_model", "load")
+_FROM_PREDICTOR = ("Predictor", "build_model", "load", "RUNTIMES")
 
 
 def __getattr__(name: str) -> Any:
@@ -24,4 +24,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Predictor", "build_model", "load"]
+__all__ = ["RUNTIMES", "Predictor", "build_model", "load"]

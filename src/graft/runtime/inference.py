@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..distributed import ranks
-from .device import module_device
+from .device import ahead, cuda_tuning, module_device
 from .engine import choose_engine
 from .precision import autocast
 
@@ -36,18 +36,20 @@ def forward_all(
     out: torch.Tensor | None = None
     size, me = (ranks.world_size(), ranks.rank()) if across_ranks else (1, 0)
     mine: list[torch.Tensor] = []
-    for k, (index, x) in enumerate(batches):
-        if k % size != me:
-            continue
-        if forward is None:
-            forward = _forward_for(module, x, n, engine, on_engine)
-        with torch.inference_mode(), autocast(device):
-            y = forward(x).flatten(1).float().cpu()
-        if out is None:
-            out = torch.zeros(n, y.shape[1])
-        out[index] = y
-        if size > 1:
-            mine.append(torch.as_tensor(index))
+    # cuDNN's benchmark on, TF32 as the caller has it; the next batch's copy is queued first
+    with cuda_tuning(device, tf32=None):
+        for k, (index, x) in enumerate(ahead(batches)):
+            if k % size != me:
+                continue
+            if forward is None:
+                forward = _forward_for(module, x, n, engine, on_engine)
+            with torch.inference_mode(), autocast(device):
+                y = forward(x).flatten(1).float().cpu()
+            if out is None:
+                out = torch.zeros(n, y.shape[1])
+            out[index] = y
+            if size > 1:
+                mine.append(torch.as_tensor(index))
     if size > 1:
         return _gathered_rows(out, mine, n)
     return out if out is not None else torch.zeros(0, 0)

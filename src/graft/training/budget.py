@@ -88,7 +88,7 @@ class Clock:
         deadline counted from the run's start (`left`)."""
         if not self.seconds:
             return Clock(None, self.started)
-        spent = time.perf_counter() - self.started
+        spent = _now() - self.started
         return Clock(spent + (self.seconds - spent) / runs_left, self.started)
 
     def decide_schedule(
@@ -102,7 +102,7 @@ class Clock:
         assert self.seconds
         reserve = n_eval * per_step / (3 * batch_size) + 0.03 * self.seconds
         deadline = self.started + self.seconds - reserve
-        fitting = max(1, round((deadline - time.perf_counter()) / (per_step * steps_per_epoch)))
+        fitting = max(1, round((deadline - _now()) / (per_step * steps_per_epoch)))
         fitting = ranks.from_main(fitting)  # several processes show the same (rank 0's timing)
         cap = ranks.from_main(epochs if epochs else BUDGET_EPOCH_CAP)
         shown = Epochs(fitting, approximate=True) if not epochs else Epochs(min(cap, fitting))

@@ -17,7 +17,7 @@ from ..bundle import atomic_write
 from ..distributed import ranks
 from ..heads import upgrade_head_keys
 from ..progress import Progress
-from ..runtime.device import synchronize
+from ..runtime.device import host_waits_allowed, synchronize
 from ..runtime.inference import forward_all
 from ..tasks import Task
 from .checkpoint import Checkpointer
@@ -68,11 +68,11 @@ class Checkpoint(Callback):
         self.checkpointer = checkpointer
 
     def on_fit_start(self, loop: Loop) -> None:
-        loop.state = self.checkpointer.restore(loop.model, loop.optimizer)
+        loop.state = self.checkpointer.restore(loop.model, loop.optimizer, loop.scaler)
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
         if ranks.is_main():
-            self.checkpointer.save(loop.model, loop.optimizer, loop.state)
+            self.checkpointer.save(loop.model, loop.optimizer, loop.state, loop.scaler)
 
 
 class KeepBest(Callback):
@@ -283,7 +283,8 @@ class LRFinder(Callback):
 
     def on_step_end(self, loop: Loop, loss: torch.Tensor) -> None:
         n = len(self.losses)
-        self.smooth = 0.9 * self.smooth + 0.1 * float(loss)  # waits for the step: the test needs it
+        with host_waits_allowed():  # waits for the step: the test needs it
+            self.smooth = 0.9 * self.smooth + 0.1 * float(loss)
         self.lrs.append(self.start * self.factor**n)
         self.losses.append(self.smooth / (1 - 0.9 ** (n + 1)))  # bias-corrected exponential average
         if not np.isfinite(self.losses[-1]) or self.losses[-1] > 4 * min(self.losses) or n + 1 >= self.steps:

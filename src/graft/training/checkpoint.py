@@ -54,7 +54,15 @@ class Checkpointer:
     def exists(self) -> bool:
         return (self.run_dir / META).is_file() and (self.run_dir / TENSORS).is_file()
 
-    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: LoopState) -> None:
+    def save(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        state: LoopState,
+        scaler: torch.amp.GradScaler | None = None,
+    ) -> None:
+        """Model, optimizer and loop state; with fp16's loss scaling, the scaler's state too (its
+        scale and growth count: without them a resumed run rescales from the start)."""
         from safetensors.torch import save_file
 
         tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -67,6 +75,9 @@ class Checkpointer:
             "optimizer": optim_meta,
             "config": self.config,
         }
+        scaling = scaler.state_dict() if scaler is not None else {}  # empty when not enabled
+        if scaling:
+            meta["scaler"] = scaling
         embedded = {"step": str(state.step), "state": json.dumps(meta, default=str)}
         atomic_write(self.run_dir / TENSORS, lambda tmp: save_file(tensors, str(tmp), metadata=embedded))
         write_json(self.run_dir / META, meta)
@@ -75,7 +86,9 @@ class Checkpointer:
         """checkpoint.json first: removed in this order, a folder never holds half a checkpoint."""
         return [self.run_dir / META, self.run_dir / TENSORS]
 
-    def restore(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> LoopState:
+    def restore(
+        self, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler | None = None
+    ) -> LoopState:
         """The saved state when resuming (and a checkpoint exists), else a fresh one."""
         if not (self.resume and self.exists()):
             return LoopState()
@@ -107,4 +120,6 @@ class Checkpointer:
         weights = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
         model.load_state_dict(upgrade_head_keys(weights))  # a checkpoint of before the named head
         optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
+        if scaler is not None and scaler.is_enabled() and meta.get("scaler"):
+            scaler.load_state_dict(meta["scaler"])
         return LoopState(meta["epoch"], meta["step"], meta["history"])

@@ -32,7 +32,7 @@ class FeatureSet:
         for start in range(0, len(self), batch_size):
             yield (
                 torch.arange(start, min(len(self), start + batch_size)),
-                self.x[start : start + batch_size].to(device),
+                self.x[start : start + batch_size].to(device, non_blocking=True),
             )
 
 

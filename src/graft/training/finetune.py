@@ -270,7 +270,7 @@ def _starting_model(job: Job, probe: Outcome | None, train_set: Any) -> Start:
     continues = probe is not None and starts_from_probe(job)
     candidate = None
     if probe is not None and not continues:
-        candidate = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        candidate = keep.cpu_weights(model)
         if probe.result.initial_head is not None:
             model.head.load_state_dict(probe.result.initial_head)
     if not continues:

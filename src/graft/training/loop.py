@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..distributed.ddp import DataParallel
-from ..runtime.device import cuda_tuning, module_device
+from ..runtime.device import cuda_tuning, host_waits_allowed, module_device, no_host_waits
 from ..runtime.precision import autocast, autocast_dtype
 from .strategies import HEAD, Stage, StageFn
 
@@ -77,6 +77,7 @@ class Loop:
     state: LoopState = field(default_factory=LoopState)
     stop: bool = False
     started: float = field(default_factory=time.perf_counter)
+    scaler: torch.amp.GradScaler | None = None  # fp16's loss scaling (checkpointed with the optimizer)
 
 
 # schedule(loop, step within the epoch) -> the head's learning rate for the next step
@@ -184,10 +185,11 @@ def fit(
     on stopping and on the epoch's loss. Without it every process does the same work alone."""
     device = module_device(model)
     parallel = DataParallel(model, enabled=data_parallel)
-    loop = Loop(model, make_optimizer(groups, cfg, device), cfg, device, max(1, steps_per_epoch))
-    loss_fn = loss_fn or classification_loss(cfg, device)
     # fp16 needs loss scaling against underflow; bf16 and fp32 do not
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype(device) == torch.float16)
+    optimizer = make_optimizer(groups, cfg, device)
+    loop = Loop(model, optimizer, cfg, device, max(1, steps_per_epoch), scaler=scaler)
+    loss_fn = loss_fn or classification_loss(cfg, device)
     for cb in callbacks:
         cb.on_fit_start(loop)
     with cuda_tuning(device):
@@ -211,35 +213,17 @@ def _epochs(
 ) -> None:
     """The epochs of `fit`. The host never waits for the device inside an epoch: the loss is summed
     on the device and read once at the epoch's end (a callback that reads a step's loss waits)."""
-    model, cfg, device = loop.model, loop.cfg, loop.device
+    model, cfg = loop.model, loop.cfg
     trained = {name for name, _ in groups}
     for epoch in range(loop.state.epoch, cfg.epochs):
         # dropout, augmentation: a function of the epoch (and of the process)
         torch.manual_seed(parallel.seed(cfg.seed * 1000 + epoch))
         stage = strategy(epoch)
         apply_stage(model, groups, stage, cfg.bn_frozen)
-        trainer = parallel.wrap()  # the model, or DistributedDataParallel over what trains now
         started = time.perf_counter()
-        loss_sum, seen, lr = torch.zeros((), device=device), 0, cfg.lr
-        for i, (x, y) in enumerate(batches(epoch)):
-            lr = parallel.lr(schedule(loop, i))
-            for g in loop.optimizer.param_groups:
-                g["lr"] = lr * stage.lr_mults.get(g["name"], 0.0)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast(device):
-                loss = loss_fn(trainer, x, y)
-            loop.optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(loop.optimizer)
-            scaler.update()
-            value = loss.detach().float()
-            loss_sum, seen = loss_sum + value * len(y), seen + len(y)
-            loop.state.step += 1
-            for cb in callbacks:
-                cb.on_step_end(loop, value)
-            loop.stop = parallel.stop(loop.stop)
-            if loop.stop:
-                break
+        with no_host_waits(loop.device):
+            steps = _steps(loop, parallel, stage, batches(epoch), loss_fn, scaler, callbacks, schedule)
+        loss_sum, seen, lr = steps
         total, seen = parallel.totals(float(loss_sum), seen)
         row = {
             "epoch": epoch + 1,
@@ -255,3 +239,42 @@ def _epochs(
         loop.stop = parallel.stop(loop.stop)
         if loop.stop:
             break
+
+
+def _steps(
+    loop: Loop,
+    parallel: DataParallel,
+    stage: Stage,
+    batches: Iterable[Batch],
+    loss_fn: LossFn,
+    scaler: torch.amp.GradScaler,
+    callbacks: Sequence[Callback],
+    schedule: Schedule,
+) -> tuple[torch.Tensor, int, float]:
+    """One epoch's optimizer steps: (the loss summed on the device, examples seen, the last LR)."""
+    device, cfg = loop.device, loop.cfg
+    trainer = parallel.wrap()  # the model, or DistributedDataParallel over what trains now
+    loss_sum, seen, lr = torch.zeros((), device=device), 0, cfg.lr
+    for i, (x, y) in enumerate(batches):
+        with host_waits_allowed():  # a clock's schedule is agreed by several processes
+            lr = parallel.lr(schedule(loop, i), shared=schedule is step_schedule)
+        for g in loop.optimizer.param_groups:
+            g["lr"] = lr * stage.lr_mults.get(g["name"], 0.0)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with autocast(device):
+            loss = loss_fn(trainer, x, y)
+        loop.optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(loop.optimizer)
+        scaler.update()
+        value = loss.detach().float()
+        loss_sum, seen = loss_sum + value * len(y), seen + len(y)
+        loop.state.step += 1
+        for cb in callbacks:
+            cb.on_step_end(loop, value)
+        if parallel.agrees_after(loop.state.step):
+            with host_waits_allowed():
+                loop.stop = parallel.stop(loop.stop)
+            if loop.stop:
+                break
+    return loss_sum, seen, lr

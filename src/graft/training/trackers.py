@@ -36,6 +36,7 @@ import torch
 from ..bundle import atomic_write
 from ..config import Plan, TrainConfig
 from ..distributed import ranks
+from ..runtime.device import host_waits_allowed
 from .loop import Callback, Loop
 
 FLUSH_STEPS = 100  # step losses read from the device together, this many at a time
@@ -385,7 +386,8 @@ class TrackSteps(Callback):
     def _flush(self) -> None:
         if not self.pending:
             return
-        losses = torch.stack([p[3] for p in self.pending]).tolist()  # one wait for all of them
+        with host_waits_allowed():  # one wait for all of them, every `every` steps
+            losses = torch.stack([p[3] for p in self.pending]).tolist()
         records = []
         for (epoch, step, lr, _), loss in zip(self.pending, losses, strict=True):
             records += [

@@ -1,0 +1,252 @@
+"""The FastAPI app of `graft serve` and the function that runs it on uvicorn.
+
+Requests are answered on the event loop; the model runs in the batcher's one worker thread, on
+batches gathered across requests (`batching.py`), so `/health` and `/ready` answer at once under
+load. Every error is graft's one shape, `{"error": "..."}`, FastAPI's own (404, 405, a malformed
+multipart body) included.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the endpoints' annotations at
+# runtime, and `Request` is imported inside create_app (the extra is optional).
+import asyncio
+import contextlib
+import html
+import logging
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..options import ServeOptions
+from .auth import authorized, check_exposure, resolve_token
+from .batching import Batcher, Overloaded
+from .inputs import MAX_UPLOAD_BYTES, BadRequest, read_request, takes_pairs
+from .metrics import ServeMetrics
+
+LOG = logging.getLogger("graft.serve")
+TOP_K = 5
+KNOWN_PATHS = frozenset({"/", "/predict", "/health", "/ready", "/metrics"})
+
+
+def _require_serve() -> Any:
+    try:
+        import fastapi
+        import prometheus_client  # noqa: F401
+        import python_multipart  # noqa: F401 - FastAPI needs it for form uploads
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise ConfigError("graft serve needs the `serve` extra: pip install 'graft-learn[serve]'") from None
+    return fastapi
+
+
+class Service:
+    """One loaded model behind a batcher: what the endpoints share."""
+
+    def __init__(self, model: Any, options: ServeOptions, token: str | None, max_upload_bytes: int) -> None:
+        self.model, self.options, self.token = model, options, token
+        self.max_upload_bytes = max_upload_bytes
+        self.ready = False
+        wait_s = options.max_wait_ms / 1000
+        self.batcher = Batcher(self._run, options.max_batch, wait_s, options.max_queue, self._on_batch)
+        engine = str(getattr(model, "engine", "torch"))
+        info = {"modality": model.modality.name, "classes": str(len(model.classes_)),
+                "precision": model.precision.name, "engine": engine}  # fmt: skip
+        self.metrics = ServeMetrics(lambda: self.batcher.depth, info)
+
+    def _run(self, inputs: list[Any]) -> Any:
+        return self.model.outputs(inputs)  # looked up at each call: tests put a spy there
+
+    def _on_batch(self, size: int) -> None:
+        self.metrics.batch_size.observe(size)
+
+    async def warm(self) -> None:
+        """One batch before /ready says yes (the first batch pays for lazy set-up)."""
+        try:
+            sample = self.model.modality.example_input()
+            await self.batcher.compute([(sample, sample) if takes_pairs(self.model) else sample])
+        except Exception:  # /ready stays 503 and says why in the log; /predict still answers
+            LOG.exception("the warm-up batch failed")
+            return
+        self.ready = True
+
+    async def predict(self, inputs: list[Any]) -> list[Any]:
+        """The outputs of one request's inputs; Overloaded at once, TimeoutError past the timeout."""
+        task = self.batcher.task
+        if task is None or task.get_loop() is not asyncio.get_running_loop():
+            # no lifespan (a TestClient outside `with`): each request runs alone, still off the loop
+            return await asyncio.wait_for(self.batcher.compute(inputs), self.options.request_timeout)
+        return await asyncio.wait_for(self.batcher.submit(inputs), self.options.request_timeout)
+
+    def health(self) -> dict[str, Any]:
+        model = self.model
+        return {"status": "alive", "ready": self.ready, "modality": model.modality.name,
+                "classes": list(model.classes_), "precision": model.precision.name,
+                "engine": getattr(model, "engine_choice", None) or getattr(model, "engine", "torch"),
+                "queue": self.batcher.depth}  # fmt: skip
+
+
+def error(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def create_app(
+    run_dir: str | Path,
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    precision: str = "auto",
+    options: ServeOptions | None = None,
+) -> Any:
+    """The FastAPI app for one run folder (the model is loaded once, here, at `precision`); `options`:
+    batching, queue, timeout and token (run it with `with TestClient(app)` or uvicorn: the batcher
+    starts with the app)."""
+    fastapi = _require_serve()
+    from ..predict.predictor import load
+
+    options = options or ServeOptions(run_dir=str(run_dir), precision=precision)
+    model = load(run_dir, precision=precision)
+    service = Service(model, options, resolve_token(options.token), max_upload_bytes)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        service.batcher.start()
+        warming = asyncio.get_running_loop().create_task(service.warm())
+        yield
+        await service.batcher.drain(timeout_s=options.request_timeout)
+        warming.cancel()
+
+    app = fastapi.FastAPI(title="graft", docs_url=None, redoc_url=None, lifespan=lifespan)
+    app.state.model, app.state.service = model, service
+    _add_error_handlers(app)
+    _add_access_log(app, service)
+    _add_routes(app, service, Path(run_dir).name)
+    return app
+
+
+def _add_routes(app: Any, service: Service, title: str) -> None:
+    from fastapi import Request
+    from fastapi.responses import HTMLResponse, Response
+
+    model, options = service.model, service.options
+
+    def denied(request: Request) -> Any:
+        if authorized(request.headers.get("authorization"), service.token):
+            return None
+        return error(401, "send the header Authorization: Bearer <the token graft serve was given>",
+                     headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return service.health()
+
+    @app.get("/ready")
+    def ready() -> Any:
+        batcher = service.batcher
+        why = "warming up" if not service.ready else "stopping" if batcher.closing else ""
+        why = why or ("queue full" if batcher.full else "")
+        return error(503, f"not ready: {why}") if why else {"ready": True}
+
+    @app.get("/metrics")
+    def metrics(request: Request) -> Any:
+        body, kind = service.metrics.text()
+        return denied(request) or Response(body, media_type=kind)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return _page(model, title, needs_token=service.token is not None)
+
+    @app.post("/predict")
+    async def predict(request: Request) -> Any:
+        if (refused := denied(request)) is not None:
+            return refused
+        busy = {"Retry-After": "1"}
+        if service.batcher.full or service.batcher.closing:
+            return error(503, "the server is busy: try again in a second", headers=busy)
+        try:
+            inputs, echoes = await read_request(request, model, service.max_upload_bytes)
+            outputs = await service.predict(inputs)
+        except BadRequest as err:
+            return error(err.status, err.message)
+        except Overloaded as err:
+            return error(503, f"the server is busy ({err}): try again in a second", headers=busy)
+        except TimeoutError:
+            return error(504, f"no answer within --request-timeout {options.request_timeout:g} s")
+        pairs = zip(echoes, outputs, strict=True)
+        rows = [{"input": e, **model.task.answer(o, model.classes_, TOP_K)} for e, o in pairs]
+        return {"predictions": rows}
+
+
+def _add_error_handlers(app: Any) -> None:
+    """FastAPI's own errors (404, 405, validation, malformed multipart) in graft's shape; an
+    unexpected one is logged with its traceback and answered 500."""
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Any, exc: HTTPException) -> Any:
+        return error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Any, exc: RequestValidationError) -> Any:
+        where = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return error(422, f"bad request: {where}")
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Any, exc: Exception) -> Any:
+        LOG.error("unexpected error on %s", request.url.path, exc_info=exc)
+        return error(500, f"internal error ({type(exc).__name__}): see the server's log")
+
+
+def _add_access_log(app: Any, service: Service) -> None:
+    """Each request: an id (the client's X-Request-ID, else a new one, sent back), its latency in
+    the access log and in /metrics."""
+
+    @app.middleware("http")
+    async def access(request: Any, call_next: Any) -> Any:
+        request_id = (request.headers.get("x-request-id") or uuid.uuid4().hex[:16])[:64]
+        start = time.perf_counter()
+        response = await call_next(request)
+        seconds = time.perf_counter() - start
+        response.headers["X-Request-ID"] = request_id
+        path = request.url.path if request.url.path in KNOWN_PATHS else "other"
+        service.metrics.observe(path, response.status_code, seconds)
+        LOG.info("%s %s %s %d %.1fms", request_id, request.method, request.url.path,
+                 response.status_code, 1000 * seconds)  # fmt: skip
+        return response
+
+
+def _page(model: Any, title: str, needs_token: bool) -> str:
+    """The upload page, filled in for this model (a token field when the server needs one)."""
+    page = resources.files("graft.serve").joinpath("page.html").read_text(encoding="utf-8")
+    classes = ", ".join(html.escape(name) for name in model.classes_)
+    return (
+        page.replace("__TAKES__", model.modality.request_field)
+        .replace("__TITLE__", html.escape(title))
+        .replace("__NCLASSES__", str(len(model.classes_)))
+        .replace("__CLASSES__", classes)
+        .replace("__NEEDS_TOKEN__", "true" if needs_token else "false")
+    )
+
+
+def serve(run_dir: str | Path, options: ServeOptions | None = None, log: Any = print) -> None:
+    """Run the app on uvicorn until Ctrl-C; requests accepted before it finish."""
+    options = options or ServeOptions(run_dir=str(run_dir))
+    token = resolve_token(options.token)
+    warning = check_exposure(options.host, token, options.insecure)  # before loading the model
+    app = create_app(run_dir, precision=options.precision, options=options)
+    used = app.state.model.precision
+    if warning:
+        log(warning)
+    auth = "a bearer token" if token else "no token"
+    log(f"serving {run_dir} on http://{options.host}:{options.port}/ at {used.name} ({used.reason}), "
+        f"{auth}, batches of up to {options.max_batch}; Ctrl-C stops")  # fmt: skip
+    if not LOG.handlers:  # the access log, on stderr
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        LOG.addHandler(handler)
+        LOG.setLevel(logging.INFO)
+    import uvicorn
+
+    uvicorn.run(app, host=options.host, port=options.port, log_level="warning", timeout_graceful_shutdown=30)

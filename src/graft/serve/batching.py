@@ -1,0 +1,137 @@
+"""Dynamic batching across requests: requests wait in a bounded asyncio queue; one task gathers
+them into a batch of up to `max_batch` inputs (waiting at most `max_wait_s` for more after the
+first) and runs the model on them in one worker thread, off the event loop, so `/health` and new
+connections are answered while a batch runs. A request is never split across batches."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Overloaded(Exception):
+    """The queue is full (or the server is stopping): answer 503 at once, never wait."""
+
+
+@dataclass
+class Job:
+    """One request's inputs and the future its answer (one output per input) resolves."""
+
+    inputs: list[Any]
+    future: asyncio.Future = field(repr=False)
+
+
+class Batcher:
+    """Gathers queued requests into batches and runs `run(inputs) -> outputs` in one thread (torch
+    releases the GIL while it computes; one thread keeps batches from competing for the cores)."""
+
+    def __init__(
+        self,
+        run: Callable[[list[Any]], Sequence[Any]],
+        max_batch: int,
+        max_wait_s: float,
+        max_queue: int,
+        on_batch: Callable[[int], None] = lambda size: None,
+    ) -> None:
+        self.run, self.max_batch, self.max_wait_s = run, max_batch, max_wait_s
+        self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=max_queue)
+        self.on_batch = on_batch
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graft-serve")
+        self.task: asyncio.Task | None = None
+        self.closing = False
+        self.pending: set[asyncio.Future] = set()  # accepted requests not answered yet
+        self._held: Job | None = None  # a request that did not fit the last batch: it starts the next
+
+    @property
+    def full(self) -> bool:
+        return self.queue.full()
+
+    @property
+    def depth(self) -> int:
+        return self.queue.qsize() + (self._held is not None)
+
+    def start(self) -> None:
+        if self.task is None:
+            self.task = asyncio.get_running_loop().create_task(self._serve_forever())
+
+    def submit(self, inputs: list[Any]) -> asyncio.Future:
+        """Queue one request's inputs; its future gets their outputs. Overloaded when full."""
+        if self.closing:
+            raise Overloaded("the server is stopping")
+        future = asyncio.get_running_loop().create_future()
+        try:
+            self.queue.put_nowait(Job(list(inputs), future))
+        except asyncio.QueueFull:
+            raise Overloaded(f"{self.queue.maxsize} requests are waiting already") from None
+        self.pending.add(future)
+        future.add_done_callback(self.pending.discard)
+        return future
+
+    async def compute(self, inputs: list[Any]) -> list[Any]:
+        """Run the model on `inputs` in the worker thread (the warm-up batch uses it)."""
+        return list(await asyncio.get_running_loop().run_in_executor(self.executor, self.run, inputs))
+
+    async def _serve_forever(self) -> None:
+        while True:
+            jobs = await self._gather()
+            await self._run_batch(jobs)
+
+    async def _gather(self) -> list[Job]:
+        """The next batch: the first request, then those that arrive within max_wait_s, up to
+        max_batch inputs; requests that gave up (timed out) are dropped here."""
+        first = self._held or await self.queue.get()
+        self._held = None
+        jobs, size = [first], len(first.inputs)
+        deadline = asyncio.get_running_loop().time() + self.max_wait_s
+        while size < self.max_batch:
+            try:
+                job = self.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                left = deadline - asyncio.get_running_loop().time()
+                if left <= 0:
+                    break
+                try:
+                    job = await asyncio.wait_for(self.queue.get(), left)
+                except TimeoutError:
+                    break
+            if size + len(job.inputs) > self.max_batch:
+                self._held = job
+                break
+            jobs.append(job)
+            size += len(job.inputs)
+        return [job for job in jobs if not job.future.done()]
+
+    async def _run_batch(self, jobs: list[Job]) -> None:
+        if not jobs:
+            return
+        inputs = [item for job in jobs for item in job.inputs]
+        try:
+            outputs = await self.compute(inputs)
+        except Exception as err:  # each waiting request hears of it; the server keeps serving
+            for job in jobs:
+                if not job.future.done():
+                    job.future.set_exception(err)
+            return
+        self.on_batch(len(inputs))
+        start = 0
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_result(outputs[start : start + len(job.inputs)])
+            start += len(job.inputs)
+
+    async def drain(self, timeout_s: float = 30.0) -> None:
+        """Stop taking requests, let the queued and running ones finish, then stop."""
+        self.closing = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.pending and loop.time() < deadline and self.task is not None:
+            await asyncio.sleep(0.01)
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        self.executor.shutdown(wait=True)

@@ -1,0 +1,287 @@
+"""What a first CUDA run relies on, checked on the CPU: no host waits per training step, the CUDA
+switches set and restored, and the CUDA-only choices (precision, fused AdamW, loss scaling)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import graft
+from graft.backbones import Preprocessing
+from graft.data import pipeline
+from graft.data.pipeline import normalize
+from graft.distributed import ddp, launcher, ranks
+from graft.errors import ConfigError
+from graft.runtime import device as device_module
+from graft.runtime.device import ahead, cuda_tuning, no_host_waits
+from graft.runtime.precision import Precision, resolve_precision, use_precision
+from graft.training.callbacks import Checkpoint, Deadline, EpochLog, ProgressBar
+from graft.training.checkpoint import Checkpointer
+from graft.training.loop import Callback, LoopConfig, fit, make_optimizer
+from graft.training.sizing import largest_fitting
+from graft.training.strategies import HEAD, Stage
+from graft.training.trackers import TrackSteps
+
+GRAFT_SRC = str(Path(graft.__file__).parent)
+CUDA = torch.device("cuda")
+
+
+def _spy_reads(set_attr: Callable[[object, str, object], None]) -> Counter:
+    """Counts graft's own reads of tensors back to the host and its host-to-device constants:
+    torch.tensor(..., device=...), Tensor.item, float(tensor), Tensor.tolist, torch.cuda.synchronize."""
+    counts: Counter = Counter()
+
+    def from_graft() -> bool:
+        return sys._getframe(2).f_code.co_filename.startswith(GRAFT_SRC)
+
+    real_tensor = torch.tensor
+
+    def tensor(*args, **kwargs):
+        if kwargs.get("device") is not None and from_graft():
+            counts["torch.tensor(device=)"] += 1
+        return real_tensor(*args, **kwargs)
+
+    set_attr(torch, "tensor", tensor)
+    for name in ("item", "tolist", "__float__"):
+        real = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _real=real, _name=name, **kwargs):
+            if from_graft():
+                counts[_name] += 1
+            return _real(self, *args, **kwargs)
+
+        set_attr(torch.Tensor, name, spy)
+    set_attr(torch.cuda, "synchronize", lambda *a, **k: counts.update(["synchronize"]))
+    return counts
+
+
+class _Tracking:
+    def __init__(self) -> None:
+        self.records: list = []
+
+    def log(self, records: list) -> None:
+        self.records += records
+
+
+def _image_epoch(tmp_path: Path, steps: int, data_parallel: bool = False) -> None:
+    """One real epoch of `fit` on uint8 images normalised per batch, with fine-tuning's per-step
+    callbacks (the deadline, the progress bar, the epoch log, the trackers, the checkpoint)."""
+    torch.manual_seed(0)
+    pipeline._CONSTANTS.clear()  # each run builds its constants once, as a fresh process does
+    prep = Preprocessing(input_size=8)
+    images = torch.randint(0, 255, (steps, 4, 3, 8, 8), dtype=torch.uint8)
+    labels = torch.randint(0, 2, (steps, 4))
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 2))
+
+    def batches(epoch: int):
+        for x, y in zip(images, labels, strict=True):
+            yield normalize(x, prep), y
+
+    callbacks = [
+        Deadline(time.perf_counter() + 3600),
+        ProgressBar("fine-tuning", steps),
+        EpochLog(lambda line: None, 1),
+        TrackSteps(_Tracking(), "finetune"),
+        Checkpoint(Checkpointer(tmp_path / f"run{steps}", {}, resume=False)),
+    ]
+    groups = [(HEAD, list(model.parameters()))]
+    stage = Stage({HEAD: 1.0})
+    cfg = LoopConfig(epochs=1)
+    fit(model, groups, lambda e: stage, batches, steps, cfg, callbacks=callbacks, data_parallel=data_parallel)
+
+
+def test_a_training_epoch_reads_nothing_back_per_step(tmp_path, monkeypatch):
+    """The same reads for an epoch of 3 steps and of 12: none per step (the epoch's end reads the
+    summed loss once; the trackers read every 100 steps)."""
+    counts = _spy_reads(monkeypatch.setattr)
+    _image_epoch(tmp_path, 3)
+    short = Counter(counts)
+    counts.clear()
+    _image_epoch(tmp_path, 12)
+    assert counts == short, f"3 steps: {dict(short)}, 12 steps: {dict(counts)}"
+    assert sum(short.values()) <= 4, dict(short)
+
+
+def _two_process_epochs(log: Callable[[str], None], tmp: str) -> tuple[dict, dict]:
+    """In each of two gloo processes: the reads of a 3-step and a 24-step data-parallel epoch."""
+    ranks.setup(torch.device("cpu"))
+    counts = _spy_reads(setattr)
+    _image_epoch(Path(tmp) / str(ranks.rank()), 3, data_parallel=True)
+    short = dict(counts)
+    counts.clear()
+    _image_epoch(Path(tmp) / str(ranks.rank()), 24, data_parallel=True)
+    return short, dict(counts)
+
+
+@pytest.mark.slow  # ~10 s of process start-up
+def test_two_processes_agree_at_intervals_not_every_step(tmp_path):
+    """Under --devices N the processes agree on stopping every AGREE_EVERY steps and at the
+    epoch's end; a step-count schedule's LR needs no agreement."""
+    assert ddp.AGREE_EVERY > 24
+    short, long = launcher.launch(_two_process_epochs, (str(tmp_path),), 2, torch.device("cpu"))
+    assert short == long, f"3 steps: {short}, 24 steps: {long}"
+
+
+def test_sync_debug_raises_at_host_waits_in_a_cuda_epoch_only_when_asked(monkeypatch):
+    modes: list[str | int] = []
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", modes.append)
+    with no_host_waits(CUDA):
+        pass
+    assert modes == []  # not asked
+    monkeypatch.setenv("GRAFT_SYNC_DEBUG", "1")
+    with no_host_waits(torch.device("cpu")):
+        pass
+    assert modes == []  # not on CUDA
+    with no_host_waits(CUDA), device_module.host_waits_allowed():  # a documented wait lifts it
+        pass
+    assert modes == ["error", "default", 0, 0]
+
+
+@pytest.fixture
+def cuda_flags():
+    """PyTorch's global switches, restored after the test (they are not plain attributes)."""
+    saved = torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32
+    yield
+    torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.parametrize("tf32", [True, False])
+def test_cuda_tuning_sets_benchmark_and_tf32_then_restores_them(cuda_flags, tf32):
+    torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = False, not tf32
+    with cuda_tuning(torch.device("cpu")):
+        assert torch.backends.cudnn.benchmark is False
+    with cuda_tuning(CUDA, tf32=tf32):
+        assert torch.backends.cudnn.benchmark is True
+        assert torch.backends.cuda.matmul.allow_tf32 is tf32
+    assert torch.backends.cudnn.benchmark is False
+    assert torch.backends.cuda.matmul.allow_tf32 is (not tf32)
+
+
+def _fake_gpu(monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int]) -> None:
+    """A CUDA GPU of `capability` as graft's code asks about it (an A100 is (8, 0), a T4 (7, 5))."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # says so on a T4 too
+
+
+def test_auto_precision_is_bf16_on_ampere_and_fp16_before(monkeypatch):
+    _fake_gpu(monkeypatch, (8, 0))
+    assert resolve_precision("auto", CUDA).name == "bf16"
+    assert resolve_precision("fp16", CUDA).name == "fp16"
+    _fake_gpu(monkeypatch, (7, 5))
+    assert resolve_precision("auto", CUDA).name == "fp16"  # bf16 is only emulated there
+    assert resolve_precision("fp32", CUDA).name == "fp32"
+    with pytest.raises(ConfigError, match="no bf16"):
+        resolve_precision("bf16", CUDA)
+
+
+def test_fused_adamw_only_on_cuda(monkeypatch):
+    made: list[dict] = []
+
+    class Recorded(torch.optim.AdamW):
+        def __init__(self, params, **kwargs):
+            made.append(kwargs)
+            super().__init__(params, **{k: v for k, v in kwargs.items() if k != "fused"})
+
+    monkeypatch.setattr(torch.optim, "AdamW", Recorded)
+    groups = [(HEAD, list(nn.Linear(4, 2).parameters()))]
+    make_optimizer(groups, LoopConfig(), torch.device("cpu"))
+    make_optimizer(groups, LoopConfig(), CUDA)
+    assert [m.get("fused") for m in made] == [None, True]
+
+
+def test_out_of_memory_halves_the_batch_and_empties_the_cache(monkeypatch):
+    emptied: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
+
+    def try_step(batch: int) -> None:
+        if batch > 64:
+            raise torch.OutOfMemoryError(f"CUDA out of memory at batch {batch}")
+
+    assert largest_fitting(try_step, 256, 32) == 64
+    assert len(emptied) == 2
+
+
+class _Capture(Callback):
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.stop_after, self.scaling = stop_after, {}
+
+    def on_epoch_end(self, loop, row):
+        loop.stop = loop.stop or row["epoch"] == self.stop_after
+
+    def on_fit_end(self, loop):
+        self.scaling = loop.scaler.state_dict()
+
+
+def _fp16_run(run_dir: Path, resume: bool, stop_after: int | None = None) -> tuple[nn.Module, dict]:
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    data = [(torch.randn(8, 4), torch.randint(0, 2, (8,))) for _ in range(3)]
+    capture = _Capture(stop_after)
+    callbacks = [Checkpoint(Checkpointer(run_dir, {}, resume=resume)), capture]
+    groups = [(HEAD, list(model.parameters()))]
+    stage = Stage({HEAD: 1.0})
+    with use_precision(Precision("fp16", "loss scaling, tested on the CPU")):
+        fit(model, groups, lambda e: stage, lambda e: data, 3, LoopConfig(epochs=2), callbacks=callbacks)
+    return model, capture.scaling
+
+
+def test_an_fp16_resume_restores_the_loss_scaler_and_ends_with_the_same_weights(tmp_path):
+    whole, whole_scaling = _fp16_run(tmp_path / "whole", resume=False)
+    _fp16_run(tmp_path / "cut", resume=False, stop_after=1)
+    resumed, resumed_scaling = _fp16_run(tmp_path / "cut", resume=True)
+    assert whole_scaling and resumed_scaling == whole_scaling
+    for a, b in zip(whole.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_extraction_batches_are_pinned_only_for_a_cuda_device(monkeypatch):
+    made: list[bool] = []
+    real = pipeline.DataLoader
+
+    def loader(*args, **kwargs):
+        made.append(kwargs["pin_memory"])
+        return real(*args, **{**kwargs, "pin_memory": False})  # no CUDA here to pin for
+
+    monkeypatch.setattr(pipeline, "DataLoader", loader)
+    sources = [np.zeros((8, 8, 3), dtype=np.uint8)] * 3
+    list(pipeline.iterate_batches(sources, Preprocessing(input_size=8), workers=0))
+    list(pipeline.iterate_batches(sources, Preprocessing(input_size=8), workers=0, pin=True))
+    assert made == [False, True]
+    pinned: list[int] = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: pinned.append(1) or self)
+    batch = pipeline.Batch(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), torch.zeros(1), [(1, "bad")])
+    assert batch.pin_memory().failures == [(1, "bad")] and len(pinned) == 2
+
+
+def test_batches_are_read_one_ahead_of_the_computation():
+    read: list[int] = []
+
+    def batches():
+        for k in range(3):
+            read.append(k)
+            yield k
+
+    seen = []
+    for k in ahead(batches()):
+        seen.append((k, list(read)))
+    assert seen == [(0, [0, 1]), (1, [0, 1, 2]), (2, [0, 1, 2])]
+
+
+def test_evaluation_and_prediction_keep_tf32_as_the_caller_has_it(cuda_flags):
+    for outside in (False, True):  # prediction (PyTorch's default), evaluation inside training
+        torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32 = False, outside
+        with cuda_tuning(CUDA, tf32=None):
+            assert torch.backends.cudnn.benchmark is True
+            assert torch.backends.cuda.matmul.allow_tf32 is outside
+        assert torch.backends.cudnn.benchmark is False
