@@ -29,6 +29,7 @@ COMMAND_HELP = {
     "compare": "linear probe vs fine-tuning vs from scratch, at several data sizes",
     "serve": "an HTTP prediction service and page for a run folder (extra serve)",
     "backbones": "list the built-in backbones",
+    "pick": "score candidate backbones on your data (frozen-feature probes) and pick one",
     "demo": "pretrained vs from scratch on scikit-learn's digits, offline",
 }
 
@@ -313,7 +314,7 @@ def cmd_backbones(args: argparse.Namespace) -> dict[str, Any]:
         for r in rows:
             print(
                 f"{r['name']:28} {r['source']:12} {r['parameters']:>12,} {r['input_size']:>6}  "
-                f"{'yes' if r['offline'] else 'no (downloads when online)'}"
+                f"{'yes' if r['offline'] else r.get('missing') or 'no (downloads when online)'}"
             )
         print("Also: any torchvision classification model by name, any timm model as timm/<name>.")
     return {"backbones": rows}
@@ -374,6 +375,20 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     return headline(summary)
 
 
+def cmd_pick(args: argparse.Namespace) -> dict[str, Any]:
+    from .options import PickOptions, parse_candidates
+    from .pick import PickConfig, format_table, run_pick
+
+    options = _config_options(args)
+    data, budget = options.pop("data"), options.pop("time_budget")
+    given = PickOptions.from_args(args)
+    config = PickConfig(data, parse_candidates(given.candidates), budget, given.per_class, options)
+    result = run_pick(config, log=_log_for(args))
+    if not args.json:
+        print("\n".join(format_table(result)))
+    return result
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from .options import ServeOptions
     from .serve import serve
@@ -387,6 +402,7 @@ COMMANDS = {
     "train": cmd_train,
     "report": cmd_report,
     "compare": cmd_compare,
+    "pick": cmd_pick,
     "serve": cmd_serve,
     "eval": cmd_eval,
     "predict": cmd_predict,
@@ -446,6 +462,7 @@ PATH_ARGUMENTS = {
     "train": (("data", "data"), ("val", "--val"), ("test", "--test")),
     "lr-find": (("data", "data"), ("val", "--val")),
     "compare": (("data", "data"), ("test", "--test"), ("val", "--val")),
+    "pick": (("data", "data"), ("val", "--val")),
     "eval": (("run_dir", "run folder"), ("data", "data")),
     "predict": (("run_dir", "run folder"), ("input", "--input")),
     "export": (("run_dir", "run folder"),),

@@ -27,6 +27,11 @@ COMPARE_OPTIONS = (
     "label_column", "max_length", "time_budget", "batch_size", "tta", "task", "label_separator",
     "image_column",
 )  # fmt: skip
+# pick: the options that change which data is scored and how candidates see it
+PICK_OPTIONS = (
+    "data", "val", "data_root", "image_size", "val_fraction", "device", "text_column", "label_column",
+    "max_length", "time_budget", "label_separator", "image_column", "precision",
+)  # fmt: skip
 # lr-find: the options that change what the range test measures
 LR_FIND_OPTIONS = (
     "data", "val", "data_root", "backbone", "weights", "strategy", "head", "dropout", "image_size",
@@ -198,6 +203,23 @@ class CompareOptions(Options):
 
 
 @dataclass(frozen=True)
+class PickOptions(Options):
+    """`graft pick`: the data options training takes, then these."""
+
+    config_fields: ClassVar[tuple[str, ...]] = PICK_OPTIONS
+    config_help: ClassVar[dict[str, str]] = {
+        "time_budget": "finish the pick within this many seconds (also 30m, 1h): each candidate gets an "
+        "equal share, and one whose feature extraction cannot finish in it is skipped",
+        "image_size": "images: every candidate's input size in pixels (default: each one's native size)",
+    }
+    candidates: str | None = option(
+        None, "comma-separated backbones to score (default: the installed packaged ones of the data's kind)"
+    )
+    per_class: int = option(100, "training examples per class each candidate is scored on", minimum=2)
+    json: bool = json_flag()
+
+
+@dataclass(frozen=True)
 class ServeOptions(Options):
     run_dir: str = positional("a run folder")
     # 127.0.0.1: a model is not published to the network by accident
@@ -250,6 +272,7 @@ COMMAND_OPTIONS: dict[str, type[Options]] = {
     "export": ExportOptions,
     "report": ReportOptions,
     "compare": CompareOptions,
+    "pick": PickOptions,
     "serve": ServeOptions,
     "backbones": BackbonesOptions,
     "demo": DemoOptions,
@@ -278,6 +301,12 @@ def parse_methods(text: str) -> tuple[str, ...]:
     if not methods or set(methods) - set(METHODS):
         raise ConfigError(f"bad --methods {text!r}: choose from {', '.join(METHODS)}")
     return methods
+
+
+def parse_candidates(text: str | None) -> tuple[str, ...] | None:
+    """'a, b' -> ('a', 'b'); none given -> None: the modality's packaged backbones."""
+    names = tuple(b.strip() for b in (text or "").split(",") if b.strip())
+    return names or None
 
 
 def parse_backbones(text: str | None) -> tuple[str | None, ...]:

