@@ -28,6 +28,7 @@ from .data.splits import DataSplits, Labelled
 from .errors import ConfigError
 from .modalities import Modality, detect
 from .options import PickOptions
+from .training.budget import Clock
 
 VAL_PER_CLASS = 100  # validation examples per class the probes are scored on
 KNN_NEIGHBOURS = 5
@@ -217,7 +218,8 @@ def run_pick(config: PickConfig, log: Log = print) -> dict[str, Any]:
     modality = detect(config.data, config=train_config).modality
     splits = pick_splits(config, modality, train_config)
     names = config.candidates or default_candidates(modality)
-    share = config.time_budget / len(names) if config.time_budget and names else None
+    clock = Clock.start(config, started)  # the one reader of a --time-budget
+    share = clock.seconds / len(names) if clock.on and names else None
     rows = []
     with use_precision(resolve_precision(train_config.precision, resolve_device(train_config.device))):
         for name in names:
@@ -232,7 +234,7 @@ def run_pick(config: PickConfig, log: Log = print) -> dict[str, Any]:
         "flag": pin_flag(chosen.backbone, config.options.get("image_size")),
         "train_examples": len(splits.train),
         "val_examples": len(splits.val),
-        "time_budget": config.time_budget,
+        "time_budget": clock.seconds,
         "seconds": round(time.perf_counter() - started, 2),
         "candidates": [vars(r) | {"score": r.score if r.status != "skipped" else None} for r in rows],
     }
