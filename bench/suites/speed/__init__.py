@@ -15,11 +15,24 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import time
+from collections.abc import Callable
 from typing import Any
 
 from bench.data import DATA, require_data, subset_folder
 from bench.suites import Context, script_case
 from bench.suites.speed.predict_speed import predict_speed
+
+
+def items_per_second(forward: Callable[[], Any], items: int, seconds: float) -> float:
+    """Items a second of `forward()` (one batch of `items`) repeated for `seconds`, after one warm-up
+    call (one-off allocations and kernel selection); the caller sets its contexts."""
+    forward()
+    n, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        forward()
+        n += items
+    return n / (time.perf_counter() - started)
 
 
 def add_arguments(group: argparse._ArgumentGroup) -> None:

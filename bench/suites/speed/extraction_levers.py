@@ -34,6 +34,7 @@ import torch
 
 from bench.data import DATA
 from bench.harness import emit
+from bench.suites.speed import items_per_second
 
 
 def _layout_is(model: torch.nn.Module, channels_last: bool) -> bool:
@@ -61,12 +62,7 @@ def prepared(base: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
 
 def images_per_second(model: torch.nn.Module, x: torch.Tensor, bf16: bool, seconds: float) -> float:
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        model(x)  # warm-up: one-off allocations and kernel selection
-        n, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            model(x)
-            n += len(x)
-    return n / (time.perf_counter() - started)
+        return items_per_second(lambda: model(x), len(x), seconds)
 
 
 def layouts(args: argparse.Namespace) -> None:

@@ -47,6 +47,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from bench.data import BENCH, DATA, make_photos
 from bench.harness import emit, graft_runtime
+from bench.suites.speed import items_per_second
 from graft.backbones import create_backbone
 from graft.modalities import get_modality
 
@@ -86,12 +87,7 @@ def forward_per_second(
         context = torch.no_grad()
     autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else nullcontext()
     with context, autocast:
-        model(x)  # warm-up: one-off allocations and kernel selection
-        n, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            model(x)
-            n += len(x)
-    return n / (time.perf_counter() - started)
+        return items_per_second(lambda: model(x), len(x), seconds)
 
 
 def end_to_end_per_second(
