@@ -80,6 +80,32 @@ def test_deadline_stops_training_and_anneals_the_lr():
     assert history[-1]["lr"] < 1e-2 * 0.05
 
 
+@pytest.mark.timing
+def test_the_step_that_crosses_the_deadline_runs_annealed():
+    """When the time left holds only a step or two, each step takes the LR of the moment it is
+    expected to end: the step that crosses the deadline runs annealed, not mid-cycle."""
+
+    class SlowSteps(Callback):
+        def on_step_end(self, loop, loss):
+            time.sleep(0.25)
+
+    model, groups, batches = _toy()
+    fit(model, groups, lambda e: Stage({HEAD: 1.0}), batches, 1, LoopConfig(epochs=1))  # first-call costs
+    started = time.perf_counter()
+    history = fit(
+        model,
+        groups,
+        lambda e: Stage({HEAD: 1.0}),
+        batches,
+        1,
+        LoopConfig(epochs=10**9, lr=1e-2),
+        callbacks=[SlowSteps(), Deadline(started + 0.65)],
+        schedule=clock_schedule(started + 0.65),
+    )
+    assert len(history) <= 4  # one step per epoch: the third crosses the deadline
+    assert history[-1]["lr"] < 1e-2 * 0.05, f"final LR {history[-1]['lr']:.2e}"
+
+
 def test_step_timer_stops_after_its_steps_and_times_the_gaps():
     """The timer ends the fit after steps + 1 steps and reports a positive median gap."""
     model, groups, batches = _toy()

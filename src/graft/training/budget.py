@@ -110,7 +110,7 @@ class Clock:
             f"time budget {self.seconds:.0f}s: {per_step:.3f}s per step, training until "
             f"{deadline - self.started:.0f}s (about {fitting} epoch(s)), the schedule follows the clock"
         )
-        return Schedule(cap, clock_schedule(deadline), [Deadline(deadline)], shown, line)
+        return Schedule(cap, clock_schedule(deadline, per_step), [Deadline(deadline)], shown, line)
 
     @staticmethod
     def by_epochs(epochs: int) -> Schedule:

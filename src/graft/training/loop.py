@@ -103,14 +103,23 @@ def step_schedule(loop: Loop, i: int) -> float:
     return cfg.lr * one_cycle(progress, cfg.pct_start)
 
 
-def clock_schedule(deadline: float) -> Schedule:
+def clock_schedule(deadline: float, per_step: float | None = None) -> Schedule:
     """One-cycle over wall time until `deadline` (a time.perf_counter() value): the LR anneals
-    exactly when time is up, whatever a step really costs."""
+    exactly when time is up, whatever a step really costs. Each step takes the LR of the moment it
+    is expected to end (the mean step of this fit so far, or the timed `per_step` before the
+    first), so the step that crosses the deadline runs annealed even when the time left is only
+    a step or two."""
+    seen: dict[str, Any] = {}
 
     def schedule(loop: Loop, i: int) -> float:
         if loop.cfg.cycle == "epoch":
             return step_schedule(loop, i)
-        clock = (time.perf_counter() - loop.started) / max(deadline - loop.started, 1e-9)
+        now = time.perf_counter()
+        if seen.get("loop") is not loop:  # a new fit: count its steps from here
+            seen.update(loop=loop, first_step=loop.state.step)
+        taken = loop.state.step - seen["first_step"]
+        step_seconds = (now - loop.started) / taken if taken else (per_step or 0.0)
+        clock = (now + step_seconds - loop.started) / max(deadline - loop.started, 1e-9)
         # whichever comes first, the deadline or the planned steps (an epoch cap set from a slow
         # timing ends training before the deadline): the LR has annealed when training stops
         steps = (loop.state.step + 1) / max(1, loop.cfg.epochs * loop.steps_per_epoch)  # this step's end
