@@ -68,6 +68,7 @@ def _features(job: Job, data: Labelled, desc: str) -> Features:
         batch_size=sizing.inference_batch(job.device, 64),
         desc=desc,
         engine=job.config.engine,
+        known=job.known_features,
     )
     unit = job.modality.unit
     if feats.cached:
