@@ -64,12 +64,17 @@ TINY = {
 }
 
 
-@pytest.fixture
-def tiny_backbones(monkeypatch: pytest.MonkeyPatch) -> None:
+def register_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TINY's backbones in the registry, for one test."""
     entries = _registry._BACKBONES.all() and _registry._BACKBONES._entries
     for name, make in TINY.items():
         info = BackboneInfo(name, "local", _builder(name, make()), lambda: {})
         monkeypatch.setitem(entries, name, info)
+
+
+@pytest.fixture
+def tiny_backbones(monkeypatch: pytest.MonkeyPatch) -> None:
+    register_tiny(monkeypatch)
 
 
 @pytest.fixture(scope="module")

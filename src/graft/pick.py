@@ -43,6 +43,8 @@ TIMING_SAMPLE = 16  # inputs encoded first to measure a candidate's speed before
 # similar budget lands on the same size, so its features come from the cache
 PER_CLASS_LADDER = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000)
 SIZING_MARGIN = 0.7  # of the budget left after timing, for extraction: the probes and loading take the rest
+AUTO = "auto"  # `--backbone auto`: the pick chooses
+PICK_SHARE = 0.25  # of --time-budget that `--backbone auto`'s pick may take, from the run's start
 ONLINE_HOST = "huggingface.co"  # where timm's and the hub's weights come from
 
 Log = Callable[[str], None]
@@ -390,6 +392,34 @@ def _picked(
     }
     known = known_rows(modality, winner.backbone, winner.prep, winner.features)
     return Picked(result, winner.backbone, known)
+
+
+def pick_for_training(
+    config: TrainConfig, modality: Modality, splits: DataSplits, clock: Clock, log: Log
+) -> Picked:
+    """`graft train --backbone auto`: the pick on the training data within `clock` (PICK_SHARE of
+    --time-budget; without one, the default subset), its table logged with the flag that pins the
+    choice. One candidate (text offline: MiniLM alone is packaged) or a task the probes cannot
+    score keeps that backbone or the default, said in one line."""
+    from .backbones import create_backbone
+
+    names = candidate_names(modality, device_kind(config), log)
+    alone = None
+    if len(names) == 1:
+        alone = f"{names[0]} is the only {modality.name} candidate here (offline, only it is packaged)"
+    elif not scores_single_label(splits):
+        names, alone = (modality.default_backbone,), "the pick scores single-label classification only"
+    if alone is not None:
+        flag = pin_flag(names[0], config.image_size)
+        log(f"backbone auto -> {names[0]}: {alone}; pin it with {flag}")
+        result = {"chosen": names[0], "why": alone, "flag": flag, "candidates": []}
+        return Picked(result, create_backbone(names[0]), None)
+    picked = pick_on(splits, modality, config, names, clock, None, log)
+    for line in format_table(picked.result):
+        log(line)
+    chosen = picked.result
+    log(f"backbone auto -> {chosen['chosen']}: {chosen['why']}; pin it with {chosen['flag']}")
+    return picked
 
 
 def run_pick(config: PickConfig, log: Log = print) -> dict[str, Any]:
