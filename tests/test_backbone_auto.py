@@ -175,3 +175,16 @@ def test_text_auto_offline_keeps_minilm_in_one_line(monkeypatch):
     picked = pick.pick_for_training(config, get_modality("text"), None, pick.Clock(None, 0.0), lines.append)
     assert picked.result["chosen"] == "minilm" and built == ["minilm"] and picked.known is None
     assert lines[-1].startswith("backbone auto -> minilm: minilm is the only text candidate here (offline")
+
+
+def test_when_no_candidate_fits_the_pick_share_the_default_is_trained(
+    tiny_backbones, colours, tmp_path, capsys, monkeypatch
+):
+    from graft import pick
+
+    monkeypatch.setattr(ImageModality, "packaged_backbones", ("tiny_blind", "tiny_sees_big"))
+    monkeypatch.setattr(ImageModality, "default_backbone", "tiny_sees")
+    monkeypatch.setattr(pick, "_speed", lambda *a: 0.01)  # hours for 36 images: past any share
+    report, out = _train(colours, tmp_path / "run", capsys, "--time-budget", "60")
+    assert report["backbone"]["name"] == "tiny_sees" and report["backbone_pick"]["candidates"] == []
+    assert "backbone auto -> tiny_sees: graft pick: no candidate could be scored" in out

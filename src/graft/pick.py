@@ -414,7 +414,14 @@ def pick_for_training(
         log(f"backbone auto -> {names[0]}: {alone}; pin it with {flag}")
         result = {"chosen": names[0], "why": alone, "flag": flag, "candidates": []}
         return Picked(result, create_backbone(names[0]), None)
-    picked = pick_on(splits, modality, config, names, clock, None, log)
+    try:
+        picked = pick_on(splits, modality, config, names, clock, None, log)
+    except ConfigError as err:  # nothing scored (all skipped, or the share spent): a run goes on
+        default = modality.default_backbone
+        why = f"{err}; the default kept"
+        log(f"backbone auto -> {default}: {why}")
+        return Picked({"chosen": default, "why": why, "flag": pin_flag(default, config.image_size),
+                       "candidates": []}, create_backbone(default), None)  # fmt: skip
     for line in format_table(picked.result):
         log(line)
     chosen = picked.result
