@@ -188,3 +188,22 @@ def test_when_no_candidate_fits_the_pick_share_the_default_is_trained(
     report, out = _train(colours, tmp_path / "run", capsys, "--time-budget", "60")
     assert report["backbone"]["name"] == "tiny_sees" and report["backbone_pick"]["candidates"] == []
     assert "backbone auto -> tiny_sees: graft pick: no candidate could be scored" in out
+
+
+def test_the_python_door_picks_as_the_cli_does_and_trains_as_the_named_backbone(
+    tiny_backbones, colours, tmp_path, capsys, monkeypatch
+):
+    import graft
+
+    monkeypatch.setattr(ImageModality, "packaged_backbones", ("tiny_blind", "tiny_sees"))
+    argv = ["train", str(colours), "--backbone", "tiny_sees", "--strategy", "linear"]
+    assert main([*argv, "--val-fraction", "0.34", "--out", str(tmp_path / "named")]) == 0
+    named = json.loads((tmp_path / "named" / "report.json").read_text())
+    cli, _ = _train(colours, tmp_path / "cli", capsys)
+    model = graft.Classifier(backbone="auto", strategy="linear", val_fraction=0.34, out=str(tmp_path / "py"))
+    model.fit(str(colours))
+    python = json.loads((tmp_path / "py" / "report.json").read_text())
+    assert python["backbone"]["name"] == cli["backbone"]["name"] == "tiny_sees"
+    assert [r["backbone"] for r in python["backbone_pick"]["candidates"]] == ["tiny_blind", "tiny_sees"]
+    accuracies = {r["validation"]["accuracy"] for r in (named, cli, python)}
+    assert len(accuracies) == 1  # the same answers through every door, and as the named backbone

@@ -345,6 +345,10 @@ def pick_on(
     val = _val_subset(splits)
     trials = []
     for name in names:
+        left = clock.left()
+        if left is not None and left <= 0:  # building and timing it would only overrun the budget
+            trials.append(_Trial(Candidate(name, why="the time budget's share was spent before it")))
+            continue
         log(f"pick: {name} ...")
         trials.append(_trial(name, modality, config, replace(splits, val=val), device))
     ready = [t for t in trials if t.backbone is not None]

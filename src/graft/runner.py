@@ -183,6 +183,7 @@ def prepare(
         with use_precision(precision):  # the features' cache key holds the precision
             picked = pick.pick_for_training(config, modality, splits, clock.part(pick.PICK_SHARE), log)
         backbone = picked.backbone
+        torch.manual_seed(config.seed)  # training starts as a run with `--backbone NAME` does
     else:
         backbone = _backbone_for(config, modality)
         splits = splits if splits is not None else modality.load_splits(config)
