@@ -160,12 +160,16 @@ def ladder(smallest_class: int, ceiling: int | None) -> list[int]:
 def _needs(trials: Sequence[_Trial], modality: Modality, splits: DataSplits, sizes: Sequence[int]) -> dict:
     """Each size's seconds per candidate: what it lacks of that subset and of validation, at its
     timed speed (features in the cache cost nothing: a repeated pick reads them back)."""
-    from .training.features import cached_path
+    from .training.features import cached_path, has_entries
 
     val_print = modality.fingerprint(splits.val.sources)
+    cold = not any(has_entries(t.backbone) for t in trials)  # nothing to look up: no fingerprints
     needs = {}
     for k in sizes:
         train = _train_subset(splits, k)
+        if cold:
+            needs[k] = [(len(train) + len(splits.val)) / (t.row.images_per_s or 1e-9) for t in trials]
+            continue
         train_print = modality.fingerprint(train.sources)
         row = []
         for t in trials:
@@ -398,6 +402,15 @@ def _picked(
     return Picked(result, winner.backbone, known)
 
 
+def _kept(name: str, why: str, config: TrainConfig, log: Log) -> Picked:
+    """`--backbone auto` without a pick: `name`, and why, in one line."""
+    from .backbones import create_backbone
+
+    flag = pin_flag(name, config.image_size)
+    log(f"backbone auto -> {name}: {why}; pin it with {flag}")
+    return Picked({"chosen": name, "why": why, "flag": flag, "candidates": []}, create_backbone(name), None)
+
+
 def pick_for_training(
     config: TrainConfig, modality: Modality, splits: DataSplits, clock: Clock, log: Log
 ) -> Picked:
@@ -405,8 +418,6 @@ def pick_for_training(
     --time-budget; without one, the default subset), its table logged with the flag that pins the
     choice. One candidate (text offline: MiniLM alone is packaged) or a task the probes cannot
     score keeps that backbone or the default, said in one line."""
-    from .backbones import create_backbone
-
     names = candidate_names(modality, device_kind(config), log)
     alone = None
     if len(names) == 1:
@@ -414,18 +425,11 @@ def pick_for_training(
     elif not scores_single_label(splits):
         names, alone = (modality.default_backbone,), "the pick scores single-label classification only"
     if alone is not None:
-        flag = pin_flag(names[0], config.image_size)
-        log(f"backbone auto -> {names[0]}: {alone}; pin it with {flag}")
-        result = {"chosen": names[0], "why": alone, "flag": flag, "candidates": []}
-        return Picked(result, create_backbone(names[0]), None)
+        return _kept(names[0], alone, config, log)
     try:
         picked = pick_on(splits, modality, config, names, clock, None, log)
     except ConfigError as err:  # nothing scored (all skipped, or the share spent): a run goes on
-        default = modality.default_backbone
-        why = f"{err}; the default kept"
-        log(f"backbone auto -> {default}: {why}")
-        return Picked({"chosen": default, "why": why, "flag": pin_flag(default, config.image_size),
-                       "candidates": []}, create_backbone(default), None)  # fmt: skip
+        return _kept(modality.default_backbone, f"{err}; the default kept", config, log)
     for line in format_table(picked.result):
         log(line)
     chosen = picked.result

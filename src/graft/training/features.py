@@ -28,7 +28,7 @@ FEATURES_VERSION = 2  # bump when extraction changes numerically (2: large JPEGs
 
 __all__ = [
     "FEATURES_VERSION", "Features", "KnownRows", "cache_dir", "cache_key", "cached_features", "cached_path",
-    "extract", "extract_reusing", "known_rows", "store",
+    "extract", "extract_reusing", "has_entries", "known_rows", "store",
 ]  # fmt: skip
 
 
@@ -81,7 +81,17 @@ def cache_key(
     """The entry's name; `inputs`: `modality.fingerprint(sources)` when the caller has it already."""
     head = _digest(_spec(backbone, prep, flip) | {"n": len(sources)})
     inputs = (inputs or modality.fingerprint(sources))[:24]
-    return f"{backbone.name.replace('/', '_').strip('_')}-{head}-{inputs}"
+    return f"{_prefix(backbone)}-{head}-{inputs}"
+
+
+def _prefix(backbone: Backbone) -> str:
+    return backbone.name.replace("/", "_").strip("_")
+
+
+def has_entries(backbone: Backbone, directory: Path | None = None) -> bool:
+    """Whether the cache holds any features of `backbone` (a cold cache: nothing to look up)."""
+    folder = (directory or cache_dir()) / "features"
+    return folder.is_dir() and any(folder.glob(f"{_prefix(backbone)}-*.safetensors"))
 
 
 def cached_path(
