@@ -207,3 +207,13 @@ def test_the_python_door_picks_as_the_cli_does_and_trains_as_the_named_backbone(
     assert [r["backbone"] for r in python["backbone_pick"]["candidates"]] == ["tiny_blind", "tiny_sees"]
     accuracies = {r["validation"]["accuracy"] for r in (named, cli, python)}
     assert len(accuracies) == 1  # the same answers through every door, and as the named backbone
+
+
+def test_a_given_image_size_applies_to_every_candidate_and_to_the_flag(
+    tiny_backbones, colours, tmp_path, capsys, monkeypatch
+):
+    monkeypatch.setattr(ImageModality, "packaged_backbones", ("tiny_blind", "tiny_sees"))
+    report, out = _train(colours, tmp_path / "run", capsys, "--image-size", "40")
+    assert {r["input_size"] for r in report["backbone_pick"]["candidates"]} == {40}
+    assert report["backbone_pick"]["flag"] == "--backbone tiny_sees --image-size 40"
+    assert "pin it with --backbone tiny_sees --image-size 40" in out
