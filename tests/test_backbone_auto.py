@@ -67,6 +67,7 @@ def test_auto_picks_the_better_backbone_listed_second_and_trains_on_it(
     # the winner's inputs are encoded once: the pick's subset and validation, then the rest alone
     extracted = sum(n for name, n, desc in encoded if name == "tiny_sees" and "timing" not in desc)
     assert extracted == report["data"]["train"] + report["data"]["val"]
+    assert "from the backbone pick's" in out  # and the run says so
 
 
 def test_backbone_named_behaves_as_before(tiny_backbones, colours, tmp_path, capsys):

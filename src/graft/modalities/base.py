@@ -51,6 +51,7 @@ class Features:
     seconds: float  # extraction time (0 on a cache hit)
     cached: bool
     engine: dict[str, Any] | None = None  # graft.runtime.engine.EngineChoice of the extraction, when run
+    reused: int = 0  # rows taken from an earlier extraction (`--backbone auto`'s pick), not encoded
 
 
 class TrainingSet(Protocol):

@@ -171,7 +171,8 @@ def _extract_around(
     for i, p in enumerate(prints):
         if p in known.rows:
             values[i] = known.rows[p]
-    return Features(values, ok, failures, seconds, cached=False, engine=engine)
+    reused = len(sources) - len(missing)
+    return Features(values, ok, failures, seconds, cached=False, engine=engine, reused=reused)
 
 
 def store(path: Path, feats: Features) -> None:
