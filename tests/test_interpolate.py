@@ -59,6 +59,16 @@ def test_auto_stops_fine_tuning_that_has_not_beaten_the_probe_after_half_its_epo
     assert bool(lines) == (epochs_run < len(scores))
 
 
+@pytest.mark.parametrize(("scores", "epochs_run"), [([0.6, 0.9, 0.9, 0.9], 1), ([0.66, 0.75, 0.6, 0.6], 4)])
+def test_auto_stops_after_the_first_epoch_below_the_probe_by_over_one_standard_error(scores, epochs_run):
+    """The probe scores 0.7 with a standard error of 0.05: a first epoch at 0.6 stops fine-tuning
+    there; one at 0.66 (within one SE) continues, and the half-the-epochs rule still applies."""
+    lines: list[str] = []
+    history = fit_scored(nn.Linear(2, 2), scores, BehindProbe(0.7, 2, "val_accuracy", lines.append, 0.05))
+    assert len(history) == epochs_run
+    assert any("first epoch" in line for line in lines) == (epochs_run == 1)
+
+
 def test_validation_still_rising_at_the_budgets_end_says_which_budget_would_help():
     clock = Clock(100.0, started=0.0)
     rows = [{"val_accuracy": 0.5}, {"val_accuracy": 0.6}]

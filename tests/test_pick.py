@@ -64,12 +64,17 @@ TINY = {
 }
 
 
-@pytest.fixture
-def tiny_backbones(monkeypatch: pytest.MonkeyPatch) -> None:
+def register_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TINY's backbones in the registry, for one test."""
     entries = _registry._BACKBONES.all() and _registry._BACKBONES._entries
     for name, make in TINY.items():
         info = BackboneInfo(name, "local", _builder(name, make()), lambda: {})
         monkeypatch.setitem(entries, name, info)
+
+
+@pytest.fixture
+def tiny_backbones(monkeypatch: pytest.MonkeyPatch) -> None:
+    register_tiny(monkeypatch)
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +136,12 @@ def test_missing_and_failing_candidates_are_skipped_with_a_line(tiny_backbones, 
 
 def test_a_candidate_past_its_share_of_the_budget_is_skipped(tiny_backbones, colours, capsys, monkeypatch):
     from graft import pick
+    from graft.training.budget import Clock
 
-    # tiny_sees_big extracts 0.5 images/s: its ~36 images need far more than its 5 s share
+    # tiny_sees_big extracts 0.5 images/s: its ~36 images need far more than its 5 s share (a
+    # clock that stands still: a busy machine's loading does not eat the shares)
     monkeypatch.setattr(pick, "_speed", lambda m, b, *a: 0.5 if b.name == "tiny_sees_big" else 1e4)
+    monkeypatch.setattr(Clock, "left", lambda self: self.seconds)
     result = _pick(colours, "tiny_sees_big,tiny_blind", capsys, "--time-budget", "10")
     rows = _rows(result)
     assert result["chosen"] == "tiny_blind"  # the only one scored
@@ -145,9 +153,11 @@ def test_a_slow_candidate_whose_features_are_cached_is_not_skipped(
     tiny_backbones, colours, capsys, monkeypatch
 ):
     from graft import pick
+    from graft.training.budget import Clock
 
     _pick(colours, "tiny_sees_big", capsys)  # its features are in the cache now
     monkeypatch.setattr(pick, "_speed", lambda *a: 0.5)
+    monkeypatch.setattr(Clock, "left", lambda self: self.seconds)
     result = _pick(colours, "tiny_sees_big,tiny_blind", capsys, "--time-budget", "10")
     assert _rows(result)["tiny_sees_big"]["status"] == "chosen"
     assert _rows(result)["tiny_blind"]["status"] == "skipped"  # not cached: 0.5 images/s is too slow
@@ -189,3 +199,54 @@ def test_texts_pick_among_the_packaged_encoders(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [r["backbone"] for r in result["candidates"]] == ["minilm"]
     assert result["chosen"] == "minilm" and result["candidates"][0]["linear"] is not None
+
+
+def test_a_larger_budget_sizes_a_larger_subset():
+    """Fake speeds (50 and 20 inputs/s, 3 classes, 30 validation inputs): the subset per class
+    grows with the budget; without one it is the stated default; none fitting takes the smallest."""
+    from graft.pick import DEFAULT_PICK_PER_CLASS, ladder, size_per_class
+
+    sizes = ladder(5000, None)
+    needs = {k: [(3 * k + 30) / rate for rate in (50.0, 20.0)] for k in sizes}
+    small, large = size_per_class(60.0, needs, None), size_per_class(600.0, needs, None)
+    assert small < large and small >= 5
+    assert all(need <= 0.7 * 600 / 2 for need in needs[large])  # every candidate fits its share
+    assert size_per_class(6000.0, needs, 200) == 200  # --per-class caps it
+    assert size_per_class(None, needs, None) == DEFAULT_PICK_PER_CLASS == 100
+    assert size_per_class(1.0, needs, None) == min(sizes)
+
+
+@pytest.mark.parametrize(("budget", "per_class"), [(11, 5), (100, 7)])
+def test_the_pick_reads_more_of_the_data_under_a_larger_budget(
+    tiny_backbones, colours, capsys, monkeypatch, budget, per_class
+):
+    """4 images/s and a clock that stands still: 11 s lets the pick read 5 of each class's 7-8
+    training images (with the 13 validation ones, within 70% of the budget), 100 s all it can
+    take of every class (7, the smallest class's)."""
+    from graft import pick
+    from graft.training.budget import Clock
+
+    monkeypatch.setattr(pick, "_speed", lambda *a: 4.0)
+    monkeypatch.setattr(Clock, "left", lambda self: self.seconds)
+    result = _pick(colours, "tiny_sees", capsys, "--time-budget", str(budget))
+    assert result["per_class"] == per_class and result["train_examples"] == 3 * per_class
+
+
+def test_online_candidates_are_skipped_offline_with_one_line(monkeypatch):
+    from graft import pick
+    from graft.modalities import get_modality
+
+    lines: list[str] = []
+    image = get_modality("image")
+    assert pick.candidate_names(image, "cpu", lines.append) == image.packaged_backbones  # GRAFT_OFFLINE=1
+    assert len(lines) == 1 and "timm/convnext_nano" in lines[0] and "offline" in lines[0]
+    monkeypatch.setattr(pick, "can_reach", lambda host: True)
+    online = pick.candidate_names(get_modality("text"), "gpu", lines.append)
+    assert online[0] == "minilm" and "hf/intfloat/e5-base-v2" in online and len(lines) == 1
+
+
+def test_an_online_candidate_that_cannot_download_is_skipped_not_failed(tiny_backbones, colours, capsys):
+    result = _pick(colours, "timm/efficientnet_b0,tiny_sees", capsys)
+    row = _rows(result)["timm/efficientnet_b0"]
+    assert result["chosen"] == "tiny_sees"
+    assert row["status"] == "skipped" and row["why"].startswith("unavailable:") and "offline" in row["why"]

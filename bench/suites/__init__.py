@@ -12,7 +12,9 @@ from typing import Any
 
 from bench.harness import ROOT, Run, Tree, run_graft, run_module, start_graft
 
-SUITES = ("accuracy", "levers", "speed", "memory", "budget", "pairs", "tasks", "anchors", "gpu", "serve")
+SUITES = (
+    "accuracy", "levers", "speed", "memory", "budget", "pairs", "tasks", "anchors", "gpu", "serve", "pick",
+)  # fmt: skip
 
 
 @dataclass

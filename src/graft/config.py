@@ -96,7 +96,8 @@ class TrainConfig:
     backbone: str | None = option(
         None,
         "see `graft backbones`; also any torchvision name, timm/<name>, hf/<hub id> or a local model "
-        "folder (default: efficientnet_lite0 for images, minilm for text)",
+        "folder, or `auto`: picked on the data by frozen-feature probes of the candidates (graft pick) "
+        "within a quarter of --time-budget (default: efficientnet_lite0 for images, minilm for text)",
     )
     weights: str | None = option(
         None, "local .pth/.safetensors weights for --backbone, or `random` to train it from scratch"
@@ -335,6 +336,11 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.backbone == "auto" and (self.weights or self.devices > 1 or self.resume):
+            raise ConfigError(
+                "--backbone auto picks among pretrained candidates in one process: --weights, --devices "
+                "and --resume need the backbone named (graft pick prints the flag that pins it)"
+            )
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0.0 <= self.dropout < 1.0:

@@ -27,6 +27,7 @@ COMPARE_OPTIONS = (
     "label_column", "max_length", "time_budget", "batch_size", "tta", "task", "label_separator",
     "image_column",
 )  # fmt: skip
+DEFAULT_PICK_PER_CLASS = 100  # graft pick without --time-budget or --per-class
 # pick: the options that change which data is scored and how candidates see it
 PICK_OPTIONS = (
     "data", "val", "data_root", "image_size", "val_fraction", "device", "text_column", "label_column",
@@ -215,7 +216,12 @@ class PickOptions(Options):
     candidates: str | None = option(
         None, "comma-separated backbones to score (default: the installed packaged ones of the data's kind)"
     )
-    per_class: int = option(100, "training examples per class each candidate is scored on", minimum=2)
+    per_class: int | None = option(
+        None,
+        "training examples per class each candidate is scored on (default: as many as --time-budget "
+        f"lets every candidate read, else {DEFAULT_PICK_PER_CLASS})",
+        minimum=2,
+    )
     json: bool = json_flag()
 
 

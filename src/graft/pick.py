@@ -1,38 +1,51 @@
-"""`graft pick DATA`: which backbone suits *this* data? Each candidate's frozen features on a
-stratified subset of the training data (cached as training caches them), scored on the validation
-split by a linear probe (logistic regression) and a k-NN probe, each with the binomial standard
-error of its accuracy. A candidate's score is the better of its two probes; the best score wins,
-but a cheaper candidate (fewer parameters x pixels, a FLOPs proxy) wins when its score is within
-one standard error of the best: on a small validation set such a difference is noise.
+"""`graft pick DATA` and `graft train --backbone auto`: which backbone suits *this* data? Each
+candidate's frozen features on a stratified subset of the training data (cached as training caches
+them), scored on the validation split by a linear probe (logistic regression) and a k-NN probe,
+each with the binomial standard error of its accuracy. A candidate's score is the better of its two
+probes; the best score wins, but a cheaper candidate (fewer parameters x pixels, a FLOPs proxy)
+wins when its score is within one standard error of the best: on a small validation set such a
+difference is noise.
 
 Candidates: `--candidates a,b,c`, else the packaged backbones of the data's modality (offline:
 EfficientNet-Lite0/1/2 for images, each at its native size unless --image-size is given; MiniLM for
-texts). A candidate that is not installed, fails to build or extract, or whose extraction cannot
-finish in its share of --time-budget (an equal share each) is skipped with one line saying why;
-it never fails the pick.
+texts) and, when online, the modality's short online list for the device. Every candidate's speed
+is timed on a few inputs first; under a time budget the subset per class is then sized so that all
+of them fit it (`size_per_class`), else it is PickOptions' default. A candidate that is not
+installed, fails to build or extract, or whose extraction cannot finish in its share of the
+budget (an equal share each) is skipped with one line saying why; it never fails the pick.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from .compare import task_of
+from ._net import can_reach
 from .config import TrainConfig
 from .data.splits import DataSplits, Labelled
 from .errors import ConfigError
 from .modalities import Modality, detect
-from .options import PickOptions
+from .modalities.base import Features
+from .options import DEFAULT_PICK_PER_CLASS
+from .tasks import get_task
 from .training.budget import Clock
+from .training.features import KnownRows
 
 VAL_PER_CLASS = 100  # validation examples per class the probes are scored on
 KNN_NEIGHBOURS = 5
 TIMING_SAMPLE = 16  # inputs encoded first to measure a candidate's speed before committing to it
+# the subset sizes (training examples per class) a budget chooses among: a repeated pick under a
+# similar budget lands on the same size, so its features come from the cache
+PER_CLASS_LADDER = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000)
+SIZING_MARGIN = 0.7  # of the budget left after timing, for extraction: the probes and loading take the rest
+AUTO = "auto"  # `--backbone auto`: the pick chooses
+PICK_SHARE = 0.25  # of --time-budget that `--backbone auto`'s pick may take, from the run's start
+ONLINE_HOST = "huggingface.co"  # where timm's and the hub's weights come from
 
 Log = Callable[[str], None]
 
@@ -40,9 +53,9 @@ Log = Callable[[str], None]
 @dataclass(frozen=True)
 class PickConfig:
     data: str
-    candidates: tuple[str, ...] | None = None  # None: the modality's packaged backbones
+    candidates: tuple[str, ...] | None = None  # None: the modality's packaged (and online) backbones
     time_budget: float | None = None  # seconds for the whole pick; each candidate an equal share
-    per_class: int = PickOptions.per_class  # training examples per class scored for each candidate
+    per_class: int | None = None  # training examples per class (None: sized to the budget, or the default)
     # any other `graft train` option that changes the data or the inputs (image_size, val, ...)
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -71,6 +84,26 @@ class Candidate:
         return self.linear_se if (self.linear or 0.0) >= (self.knn or 0.0) else self.knn_se  # type: ignore[return-value]
 
 
+@dataclass
+class _Trial:
+    """A candidate built and timed (`backbone` None: skipped), then scored on the subset."""
+
+    row: Candidate
+    backbone: Any = None
+    prep: Any = None
+    features: list[tuple[Sequence[Any], Features]] = field(default_factory=list)
+
+
+@dataclass
+class Picked:
+    """The pick's table and choice (`result`), the chosen backbone as built, and its features on
+    the pick's inputs (training extracts only the others)."""
+
+    result: dict[str, Any]
+    backbone: Any
+    known: KnownRows | None
+
+
 def binomial_se(accuracy: float, n: int) -> float:
     return math.sqrt(accuracy * (1 - accuracy) / n) if n else 0.0
 
@@ -78,6 +111,81 @@ def binomial_se(accuracy: float, n: int) -> float:
 def default_candidates(modality: Modality) -> tuple[str, ...]:
     """The packaged backbones of `modality`, installed or not (a missing one is listed as such)."""
     return tuple(modality.packaged_backbones)
+
+
+def device_kind(config: TrainConfig) -> str:
+    """Which of a modality's online lists suits the device: "gpu" or "cpu"."""
+    from .runtime.device import resolve_device
+
+    return "cpu" if resolve_device(config.device).type == "cpu" else "gpu"
+
+
+def candidate_names(modality: Modality, kind: str, log: Log) -> tuple[str, ...]:
+    """The packaged backbones, then (online only) the modality's online list for the device kind;
+    offline, the online ones are skipped with one line."""
+    names = default_candidates(modality)
+    online = tuple(n for n in modality.online_backbones.get(kind, ()) if n not in names)
+    if online and not can_reach(ONLINE_HOST):
+        log(
+            f"pick: the online candidates ({', '.join(online)}) are skipped: offline (GRAFT_OFFLINE or "
+            f"HF_HUB_OFFLINE is set, or {ONLINE_HOST} cannot be reached)"
+        )
+        return names
+    return names + online
+
+
+def size_per_class(seconds: float | None, needs: Mapping[int, Sequence[float]], ceiling: int | None) -> int:
+    """Training examples per class each candidate is scored on. Without a budget (`seconds` None),
+    `ceiling` or the default. Under one, among the sizes of `needs` (each size: every candidate's
+    seconds to extract what it lacks of that subset and the validation inputs), the largest at
+    which the most candidates fit an equal share of SIZING_MARGIN x `seconds` (none fits: the
+    smallest); at most `ceiling`.
+    A larger budget, a larger subset."""
+    if seconds is None or not needs:
+        return ceiling or DEFAULT_PICK_PER_CLASS
+    sizes = [k for k in needs if ceiling is None or k <= ceiling] or [min(needs)]
+    share = SIZING_MARGIN * max(seconds, 0.0) / max(1, max(len(v) for v in needs.values()))
+    fitting = {k: sum(s <= share for s in needs[k]) for k in sizes}
+    most = max(fitting.values())
+    return max(k for k in sizes if fitting[k] == most) if most else min(sizes)
+
+
+def ladder(smallest_class: int, ceiling: int | None) -> list[int]:
+    """The subset sizes a budget chooses among: PER_CLASS_LADDER below the smallest class (a
+    subset cannot take more of every class) and `ceiling`, then the cap itself."""
+    cap = min(smallest_class, ceiling) if ceiling else smallest_class
+    return [k for k in PER_CLASS_LADDER if k < cap] + [max(1, cap)]
+
+
+def _needs(trials: Sequence[_Trial], modality: Modality, splits: DataSplits, sizes: Sequence[int]) -> dict:
+    """Each size's seconds per candidate: what it lacks of that subset and of validation, at its
+    timed speed (features in the cache cost nothing: a repeated pick reads them back)."""
+    from .training.features import cached_path, has_entries
+
+    val_print = modality.fingerprint(splits.val.sources)
+    cold = not any(has_entries(t.backbone) for t in trials)  # nothing to look up: no fingerprints
+    needs = {}
+    for k in sizes:
+        train = _train_subset(splits, k)
+        if cold:
+            needs[k] = [(len(train) + len(splits.val)) / (t.row.images_per_s or 1e-9) for t in trials]
+            continue
+        train_print = modality.fingerprint(train.sources)
+        row = []
+        for t in trials:
+            parts = ((train.sources, train_print), (splits.val.sources, val_print))
+            lacking = sum(
+                len(sources)
+                for sources, inputs in parts
+                if not cached_path(modality, t.backbone, t.prep, sources, False, inputs=inputs).is_file()
+            )
+            row.append(lacking / (t.row.images_per_s or 1e-9))
+        needs[k] = row
+    return needs
+
+
+def _train_subset(splits: DataSplits, per_class: int) -> Labelled:
+    return splits.train.subset(get_task("single").training_subset(splits.train.labels, per_class, 0))
 
 
 def probe_scores(
@@ -97,20 +205,21 @@ def probe_scores(
     return linear_acc, knn_acc
 
 
-def _features(
-    modality: Modality, backbone: Any, prep: Any, data: Labelled
-) -> tuple[np.ndarray, np.ndarray, float | None]:
-    """Cached frozen features of `data`, their labels, and the extraction's seconds (None: cached)."""
+def _features(modality: Modality, backbone: Any, prep: Any, data: Labelled) -> Features:
+    """Cached frozen features of `data` (flip-free: as training extracts by default)."""
     from .training.features import cached_features
 
-    feats = cached_features(modality, backbone, data.sources, prep, desc=f"{backbone.name} features")
-    seconds = None if feats.cached or feats.seconds <= 0 else feats.seconds
-    return feats.values[feats.ok], np.asarray(data.labels)[feats.ok], seconds
+    return cached_features(modality, backbone, data.sources, prep, desc=f"{backbone.name} features")
 
 
-def _extraction_speed(sample_speed: float, n: int, seconds: list[float | None]) -> float:
+def _usable(feats: Features, data: Labelled) -> tuple[np.ndarray, np.ndarray]:
+    return feats.values[feats.ok], np.asarray(data.labels)[feats.ok]
+
+
+def _extraction_speed(sample_speed: float, n: int, parts: list[Features]) -> float:
     """The whole extraction's inputs/s when it ran (in the engine the job got: ONNX Runtime where
     that pays on a CPU), else the sample's."""
+    seconds = [None if f.cached or f.seconds <= 0 else f.seconds for f in parts]
     return n / sum(seconds) if all(s is not None for s in seconds) else sample_speed  # type: ignore[arg-type]
 
 
@@ -133,44 +242,62 @@ def _uncached(modality: Modality, backbone: Any, prep: Any, splits: DataSplits) 
     return sum(len(p) for p in parts if not cached_path(modality, backbone, prep, p, False).is_file())
 
 
-def _skip_reason(needed_s: float, share_s: float | None, spent_s: float) -> str | None:
-    if share_s is None or spent_s + needed_s <= share_s:
+def _skip_reason(needed_s: float, share_s: float | None) -> str | None:
+    if share_s is None or needed_s <= share_s:
         return None
     return f"extraction needs about {needed_s:.0f} s, past its {share_s:.0f} s share of --time-budget"
 
 
-def score_candidate(
-    name: str, modality: Modality, config: TrainConfig, splits: DataSplits, share_s: float | None
-) -> Candidate:
-    """One candidate's row; any failure is a skipped row, never an error."""
-    from .backbones import BackboneError, create_backbone
-    from .runtime.device import resolve_device
+def _failure(err: Exception) -> str:
+    from .backbones import BackboneError
 
-    row, started = Candidate(name), time.perf_counter()
+    if isinstance(err, BackboneError):  # not installed, no weights offline: its message says what to install
+        return f"unavailable: {err}"
+    return f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+
+
+def _trial(name: str, modality: Modality, config: TrainConfig, splits: DataSplits, device: Any) -> _Trial:
+    """`name` built, on the device, and timed on a few training inputs; any failure (a missing
+    wheel, a download that fails) is a skipped row, never an error."""
+    from .backbones import create_backbone
+
+    trial = _Trial(Candidate(name))
+    row = trial.row
     try:
         backbone = create_backbone(name)
-        backbone.body.to(resolve_device(config.device))
+        if backbone.modality != modality.name:
+            row.why = f"unavailable: a {backbone.modality} model, and the data holds {modality.unit}"
+            return trial
+        backbone.body.to(device)
         prep = modality.preprocessing(config, backbone, splits)
         row.input_size = getattr(prep, "input_size", None) or getattr(prep, "max_length", None)
         row.images_per_s = _speed(modality, backbone, prep, splits.train.sources)
-        params = sum(p.numel() for p in backbone.body.parameters())
-        row.cost = float(params * (row.input_size or 1) ** 2)
-        needed = _uncached(modality, backbone, prep, splits) / row.images_per_s
-        if (reason := _skip_reason(needed, share_s, time.perf_counter() - started)) is not None:
+        row.cost = float(sum(p.numel() for p in backbone.body.parameters()) * (row.input_size or 1) ** 2)
+        trial.backbone, trial.prep = backbone, prep
+    except Exception as err:  # noqa: BLE001 - a failing candidate never fails the pick
+        row.why = _failure(err)
+    return trial
+
+
+def _score(trial: _Trial, modality: Modality, splits: DataSplits, share_s: float | None) -> None:
+    """The trial's probes on the subset, unless its extraction cannot finish in `share_s`."""
+    row, backbone, prep = trial.row, trial.backbone, trial.prep
+    try:
+        needed = _uncached(modality, backbone, prep, splits) / (row.images_per_s or 1e-9)
+        if (reason := _skip_reason(needed, share_s)) is not None:
             row.why = reason
-            return row
-        train_x, train_y, train_s = _features(modality, backbone, prep, splits.train)
-        val_x, val_y, val_s = _features(modality, backbone, prep, splits.val)
+            return
+        train = _features(modality, backbone, prep, splits.train)
+        val = _features(modality, backbone, prep, splits.val)
+        (train_x, train_y), (val_x, val_y) = _usable(train, splits.train), _usable(val, splits.val)
         n = len(splits.train) + len(splits.val)
-        row.images_per_s = _extraction_speed(row.images_per_s, n, [train_s, val_s])
+        row.images_per_s = _extraction_speed(row.images_per_s or 0.0, n, [train, val])
         row.linear, row.knn = probe_scores(train_x, train_y, val_x, val_y)
         row.linear_se, row.knn_se = binomial_se(row.linear, len(val_y)), binomial_se(row.knn, len(val_y))
         row.status = "scored"
-    except BackboneError as err:  # not installed, no weights offline: its message says what to install
-        row.why = f"unavailable: {err}"
+        trial.features = [(splits.train.sources, train), (splits.val.sources, val)]
     except Exception as err:  # noqa: BLE001 - a failing candidate never fails the pick
-        row.why = f"failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-    return row
+        row.why = _failure(err)
 
 
 def choose(rows: list[Candidate]) -> Candidate | None:
@@ -195,49 +322,138 @@ def choose(rows: list[Candidate]) -> Candidate | None:
     return chosen
 
 
-def pick_splits(config: PickConfig, modality: Modality, train_config: TrainConfig) -> DataSplits:
-    """A stratified, seeded subset of the training data and at most VAL_PER_CLASS per class of validation."""
-    splits = modality.load_splits(train_config)
-    task = task_of(splits)
-    if task.name != "single":
-        raise ConfigError(
-            f"graft pick scores single-label classification; {config.data} is a {task.name} task"
-        )
-    train = splits.train.subset(task.training_subset(splits.train.labels, config.per_class, 0))
-    val = splits.val.subset(task.validation_subset(splits.val.labels, VAL_PER_CLASS, 0))
-    return replace(splits, train=train, val=val)
+def scores_single_label(splits: DataSplits) -> bool:
+    """The pick's probes score single-label classification."""
+    return (splits.task if isinstance(splits.task, str) else splits.task.name) == "single"
+
+
+def _val_subset(splits: DataSplits) -> Labelled:
+    task = get_task("single")
+    return splits.val.subset(task.validation_subset(splits.val.labels, VAL_PER_CLASS, 0))
+
+
+def pick_on(
+    splits: DataSplits,
+    modality: Modality,
+    config: TrainConfig,
+    names: Sequence[str],
+    clock: Clock,
+    per_class: int | None,
+    log: Log,
+) -> Picked:
+    """Every candidate built and timed; the subset sized (`size_per_class`, on what `clock` has
+    left); each scored in an equal share of what is left; the choice (`choose`)."""
+    from .runtime.device import resolve_device
+
+    started, device = time.perf_counter(), resolve_device(config.device)
+    val = _val_subset(splits)
+    trials = []
+    for name in names:
+        left = clock.left()
+        if left is not None and left <= 0:  # building and timing it would only overrun the budget
+            trials.append(_Trial(Candidate(name, why="the time budget's share was spent before it")))
+            continue
+        log(f"pick: {name} ...")
+        trials.append(_trial(name, modality, config, replace(splits, val=val), device))
+    ready = [t for t in trials if t.backbone is not None]
+    splits = replace(splits, val=val)
+    left = clock.left()
+    if left is None:  # no budget: the given size or the default
+        chosen_per_class = size_per_class(None, {}, per_class)
+    else:
+        smallest = int(np.bincount(np.asarray(splits.train.labels, dtype=np.int64)).min())
+        needs = _needs(ready, modality, splits, ladder(smallest, per_class))
+        chosen_per_class = size_per_class(left, needs, per_class)
+    subset = replace(splits, train=_train_subset(splits, chosen_per_class))
+    left = clock.left()
+    share = max(0.0, left) / len(ready) if left is not None and ready else None
+    for trial in ready:
+        _score(trial, modality, subset, share)
+    return _picked(trials, subset, chosen_per_class, config, modality, time.perf_counter() - started)
+
+
+def _picked(
+    trials: list[_Trial],
+    subset: DataSplits,
+    per_class: int,
+    config: TrainConfig,
+    modality: Modality,
+    seconds: float,
+) -> Picked:
+    from .training.features import known_rows
+
+    rows = [t.row for t in trials]
+    chosen = choose(rows)
+    if chosen is None:
+        reasons = "; ".join(f"{r.backbone}: {r.why}" for r in rows)
+        raise ConfigError(f"graft pick: no candidate could be scored ({reasons})")
+    winner = next(t for t in trials if t.row is chosen)
+    result = {
+        "chosen": chosen.backbone,
+        "why": chosen.why,
+        "flag": pin_flag(chosen.backbone, config.image_size),
+        "per_class": per_class,
+        "train_examples": len(subset.train),
+        "val_examples": len(subset.val),
+        "seconds": round(seconds, 2),
+        "candidates": [vars(r) | {"score": r.score if r.status != "skipped" else None} for r in rows],
+    }
+    known = known_rows(modality, winner.backbone, winner.prep, winner.features)
+    return Picked(result, winner.backbone, known)
+
+
+def _kept(name: str, why: str, config: TrainConfig, log: Log) -> Picked:
+    """`--backbone auto` without a pick: `name`, and why, in one line."""
+    from .backbones import create_backbone
+
+    flag = pin_flag(name, config.image_size)
+    log(f"backbone auto -> {name}: {why}; pin it with {flag}")
+    return Picked({"chosen": name, "why": why, "flag": flag, "candidates": []}, create_backbone(name), None)
+
+
+def pick_for_training(
+    config: TrainConfig, modality: Modality, splits: DataSplits, clock: Clock, log: Log
+) -> Picked:
+    """`graft train --backbone auto`: the pick on the training data within `clock` (PICK_SHARE of
+    --time-budget; without one, the default subset), its table logged with the flag that pins the
+    choice. One candidate (text offline: MiniLM alone is packaged) or a task the probes cannot
+    score keeps that backbone or the default, said in one line."""
+    names = candidate_names(modality, device_kind(config), log)
+    alone = None
+    if len(names) == 1:
+        alone = f"{names[0]} is the only {modality.name} candidate here (offline, only it is packaged)"
+    elif not scores_single_label(splits):
+        names, alone = (modality.default_backbone,), "the pick scores single-label classification only"
+    if alone is not None:
+        return _kept(names[0], alone, config, log)
+    try:
+        picked = pick_on(splits, modality, config, names, clock, None, log)
+    except ConfigError as err:  # nothing scored (all skipped, or the share spent): a run goes on
+        return _kept(modality.default_backbone, f"{err}; the default kept", config, log)
+    for line in format_table(picked.result):
+        log(line)
+    chosen = picked.result
+    log(f"backbone auto -> {chosen['chosen']}: {chosen['why']}; pin it with {chosen['flag']}")
+    return picked
 
 
 def run_pick(config: PickConfig, log: Log = print) -> dict[str, Any]:
-    """Score every candidate and choose; returns the table and the choice (see the module's doc)."""
+    """`graft pick`: score every candidate and choose; returns the table and the choice."""
     from .runtime.device import resolve_device
     from .runtime.precision import resolve_precision, use_precision
 
     started = time.perf_counter()
     train_config = TrainConfig(data=config.data, **config.options)
     modality = detect(config.data, config=train_config).modality
-    splits = pick_splits(config, modality, train_config)
-    names = config.candidates or default_candidates(modality)
+    splits = modality.load_splits(train_config)
+    if not scores_single_label(splits):
+        raise ConfigError(f"graft pick scores single-label classification; {config.data} is not one")
     clock = Clock.start(config, started)  # the one reader of a --time-budget
-    share = clock.seconds / len(names) if clock.on and names else None
-    rows = []
+    names = config.candidates or candidate_names(modality, device_kind(train_config), log)
     with use_precision(resolve_precision(train_config.precision, resolve_device(train_config.device))):
-        for name in names:
-            log(f"pick: {name} ...")
-            rows.append(score_candidate(name, modality, train_config, splits, share))
-    chosen = choose(rows)
-    if chosen is None:
-        reasons = "; ".join(f"{r.backbone}: {r.why}" for r in rows)
-        raise ConfigError(f"graft pick: no candidate could be scored ({reasons})")
-    return {
-        "chosen": chosen.backbone,
-        "flag": pin_flag(chosen.backbone, config.options.get("image_size")),
-        "train_examples": len(splits.train),
-        "val_examples": len(splits.val),
-        "time_budget": clock.seconds,
-        "seconds": round(time.perf_counter() - started, 2),
-        "candidates": [vars(r) | {"score": r.score if r.status != "skipped" else None} for r in rows],
-    }
+        picked = pick_on(splits, modality, train_config, names, clock, config.per_class, log)
+    seconds = round(time.perf_counter() - started, 2)
+    return picked.result | {"time_budget": clock.seconds, "seconds": seconds}
 
 
 def pin_flag(backbone: str, image_size: int | None) -> str:

@@ -29,7 +29,9 @@ def build_report(job: Job, trained: TrainResult, seconds: float, adapted: dict |
             "weights": backbone.weights,
             "num_features": backbone.num_features,
             "groups": [g for g, _ in backbone.groups],
+            **({"picked_by": "auto"} if job.backbone_pick is not None else {}),
         },
+        "backbone_pick": job.backbone_pick,  # --backbone auto: the candidates' table and the choice
         "head": str(HeadSpec.parse(config.head, config.dropout)),
         "preprocessing": job.prep.to_dict(),
         "task": job.task.to_dict(),  # what it predicts, and what training decided (thresholds, scales)

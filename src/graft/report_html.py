@@ -144,6 +144,33 @@ def _task_sections(report: dict[str, Any], run_dir: Path, shown: dict[str, Any],
     )
 
 
+def _score_cell(value: float | None, se: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} ± {se or 0.0:.3f}"
+
+
+def _backbone_pick(pick: dict[str, Any] | None) -> str:
+    """`--backbone auto`'s table: each candidate's input size, speed and probe scores, the choice."""
+    if not pick:
+        return ""
+    rows = [
+        [
+            r["backbone"],
+            r["input_size"] or "-",
+            f"{r['images_per_s']:.1f}" if r["images_per_s"] else "-",
+            _score_cell(r["linear"], r["linear_se"]),
+            _score_cell(r["knn"], r["knn_se"]),
+            r["status"] + (f": {r['why']}" if r["why"] else ""),
+        ]
+        for r in pick.get("candidates", [])
+    ]
+    header = ["backbone", "input", "inputs/s", "linear probe", "5-NN probe", "result"]
+    table = _table(header, rows) if rows else ""
+    return (
+        f"<h2>Backbone pick (--backbone auto)</h2><p>Chosen: <b>{_e(pick['chosen'])}</b>, "
+        f"{_e(pick['why'])}. Pin it: <code>{_e(pick['flag'])}</code></p>{table}"
+    )
+
+
 _NAMES = {"multi": "labels", "regression": "target(s)"}
 
 
@@ -186,6 +213,7 @@ def render(report: dict[str, Any], run_dir: Path) -> str:
 <p>Strategy: {_e(choice.get("reason", ""))}</p>
 <p>Kept: {_e(kept.get("reason", ""))}</p>{tta_line}
 <ul>{phases}{notes}</ul>
+{_backbone_pick(report.get("backbone_pick"))}
 <h2>Learning curves</h2>{embed_png(run_dir / "curves.png", "learning curves")}
 {_task_sections(report, run_dir, shown, shown_name)}
 <h2>Validation examples with the highest loss</h2>{_top_losses(report.get("top_losses", []))}

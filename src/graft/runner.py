@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from . import pick
 from .backbones import Backbone, create_backbone
 from .config import Plan, TrainConfig
 from .data.splits import DataSplits
@@ -138,7 +139,7 @@ def run(
         log = _silent
         warnings.simplefilter("ignore")
     preflight(config)
-    ready = prepare(config, log, splits, modality)
+    ready = prepare(config, log, splits, modality, started)
     with use_precision(ready.precision):
         return _run_on(config, log, ready, started)
 
@@ -153,14 +154,20 @@ class Prepared:
     backbone: Backbone
     splits: DataSplits
     prep: Any  # the modality's preprocessing (image sizes and normalisation, text lengths)
+    picked: Any = None  # `--backbone auto`'s `pick.Picked`: its table, choice and features
 
 
 def prepare(
-    config: TrainConfig, log: Log = print, splits: DataSplits | None = None, modality: Modality | None = None
+    config: TrainConfig,
+    log: Log = print,
+    splits: DataSplits | None = None,
+    modality: Modality | None = None,
+    started: float | None = None,
 ) -> Prepared:
     """The one setup of `graft train` and `graft lr-find`: the modality (detected or given) checks
     the config, the device and precision are decided, the backbone is built (first: a missing
-    download fails in seconds, before a long scan of the data), the data read, the preprocessing
+    download fails in seconds, before a long scan of the data; `--backbone auto`: picked on the
+    data, within its share of the budget from `started`), the data read, the preprocessing
     resolved, and the backbone moved to the device."""
     if modality is None:
         if splits is not None:
@@ -169,13 +176,21 @@ def prepare(
     modality.check(config)
     device = ranks.setup(resolve_device(config.device))  # under a launcher: join the others
     precision = resolve_precision(config.precision, device)
-    backbone = _backbone_for(config, modality)
-    if splits is None:
-        splits = modality.load_splits(config)
+    picked = None
+    if config.backbone == pick.AUTO:
+        splits = splits if splits is not None else modality.load_splits(config)
+        clock = Clock.start(config, time.perf_counter() if started is None else started)
+        with use_precision(precision):  # the features' cache key holds the precision
+            picked = pick.pick_for_training(config, modality, splits, clock.part(pick.PICK_SHARE), log)
+        backbone = picked.backbone
+        torch.manual_seed(config.seed)  # training starts as a run with `--backbone NAME` does
+    else:
+        backbone = _backbone_for(config, modality)
+        splits = splits if splits is not None else modality.load_splits(config)
     _report_skipped(splits, modality, log)
     prep = modality.preprocessing(config, backbone, splits)
     backbone.body.to(device)
-    return Prepared(modality, device, precision, backbone, splits, prep)
+    return Prepared(modality, device, precision, backbone, splits, prep, picked)
 
 
 def _run_on(config: TrainConfig, log: Log, ready: Prepared, started: float) -> RunResult:
@@ -217,6 +232,9 @@ def _job(
     plan = _plan(config, modality, backbone, prep, splits, device)
     out = Path(config.out or ".")
     job = Job(config, plan, modality, backbone, prep, model, splits, device, out, clock, log, task)
+    picked = ready.picked
+    if picked is not None:  # --backbone auto: its table for the report, its features not read twice
+        job = replace(job, known_features=picked.known, backbone_pick=picked.result)
     return replace(job, tracking=tracking)
 
 

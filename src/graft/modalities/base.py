@@ -51,6 +51,7 @@ class Features:
     seconds: float  # extraction time (0 on a cache hit)
     cached: bool
     engine: dict[str, Any] | None = None  # graft.runtime.engine.EngineChoice of the extraction, when run
+    reused: int = 0  # rows taken from an earlier extraction (`--backbone auto`'s pick), not encoded
 
 
 class TrainingSet(Protocol):
@@ -124,6 +125,8 @@ class Modality(Protocol):
     size_option: str  # the option that makes each input cheaper (advice): "--image-size", "--max-length"
     default_backbone: str
     packaged_backbones: tuple[str, ...]  # offline candidates of `graft pick`, cheapest first
+    # online candidates of `graft pick` by device kind ("cpu", "gpu"), tried only when online
+    online_backbones: dict[str, tuple[str, ...]]
     defaults: Defaults
     request_field: str  # what `graft serve` takes: "file" (an uploaded image) or "texts" (JSON)
     mirrors: bool  # inputs have a mirror image to average predictions with (--tta)

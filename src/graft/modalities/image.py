@@ -289,6 +289,11 @@ class ImageModality:
     size_option = "--image-size"  # smaller inputs, for advice
     default_backbone = "efficientnet_lite0"
     packaged_backbones = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+    # timm's, by published transfer results and size (docs/guide/pick.md says why each)
+    online_backbones = {
+        "cpu": ("timm/efficientnet_b0", "timm/convnext_nano"),
+        "gpu": ("timm/efficientnet_b0", "timm/convnext_nano", "timm/resnet50", "timm/convnext_tiny"),
+    }
     defaults = IMAGE_DEFAULTS
     request_field = "file"  # what `graft serve` takes: an uploaded image
     mirrors = True

@@ -218,6 +218,16 @@ class TextModality:
     size_option = "--max-length"  # smaller inputs, for advice
     default_backbone = "minilm"
     packaged_backbones = ("minilm",)
+    # the hub's sentence encoders, by MTEB classification results and size (docs/guide/pick.md)
+    online_backbones = {
+        "cpu": ("hf/sentence-transformers/all-MiniLM-L12-v2", "hf/BAAI/bge-small-en-v1.5"),
+        "gpu": (
+            "hf/sentence-transformers/all-MiniLM-L12-v2",
+            "hf/BAAI/bge-small-en-v1.5",
+            "hf/intfloat/e5-base-v2",
+            "hf/BAAI/bge-base-en-v1.5",
+        ),
+    }
     defaults = TEXT_DEFAULTS
     request_field = "texts"  # what `graft serve` takes: a JSON list of texts
     mirrors = False

@@ -83,6 +83,11 @@ class Clock:
         """Whether the deadline, not a count of epochs, ends fine-tuning."""
         return self.seconds is not None and not epochs_given
 
+    def part(self, fraction: float) -> Clock:
+        """The clock of a step allowed `fraction` of the budget from the run's start (`--backbone
+        auto`'s pick); without a budget, none."""
+        return Clock(self.seconds * fraction if self.seconds else None, self.started)
+
     def share(self, runs_left: int) -> Clock:
         """The clock of the next of `runs_left` runs: an equal share of what is left, as a
         deadline counted from the run's start (`left`)."""

@@ -163,18 +163,33 @@ class BehindProbe(Callback):
     """`auto`'s stop for fine-tuning that does not pay: after `after` epochs, when no epoch has beaten
     the probe's validation score (`probe_score`), fine-tuning stops and keep-best keeps the probe.
     Half the planned epochs (at least 2, `finetune._behind_probe`): the warm-up and the highest
-    learning rates are behind by then, and an epoch that beats the probe by one example continues."""
+    learning rates are behind by then, and an epoch that beats the probe by one example continues.
+    Sooner when the first epoch already lies below the probe by more than one standard error of
+    the probe's score (`noise`, the task's; 0: no such rule): fine-tuning that starts that far
+    behind rarely wins, and its remaining epochs are the run's largest cost."""
 
-    def __init__(self, probe_score: float, after: int, monitor: str, log: Callable[[str], None]) -> None:
+    def __init__(
+        self, probe_score: float, after: int, monitor: str, log: Callable[[str], None], noise: float = 0.0
+    ) -> None:
         self.probe_score, self.after, self.monitor, self.log = probe_score, after, monitor, log
+        self.noise = noise
 
     def on_epoch_end(self, loop: Loop, row: dict[str, Any]) -> None:
         scores = [r[self.monitor] for r in loop.state.history if self.monitor in r]
-        if len(scores) >= self.after and max(scores) <= self.probe_score and not loop.stop:
+        if loop.stop or not scores:
+            return
+        name = self.monitor.removeprefix("val_")
+        if len(scores) == 1 and self.noise > 0 and scores[0] < self.probe_score - self.noise:
+            loop.stop = True
+            self.log(
+                f"fine-tuning stops after its first epoch: validation {name} {scores[0]:.4f} is below "
+                f"the probe's {self.probe_score:.4f} by more than one standard error ({self.noise:.4f})"
+            )
+        elif len(scores) >= self.after and max(scores) <= self.probe_score:
             loop.stop = True
             self.log(
                 f"fine-tuning stops after {len(scores)} epoch(s): none beat the probe's validation "
-                f"{self.monitor.removeprefix('val_')} ({self.probe_score:.4f})"
+                f"{name} ({self.probe_score:.4f})"
             )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,24 +27,71 @@ from ..runtime.precision import current_precision
 FEATURES_VERSION = 2  # bump when extraction changes numerically (2: large JPEGs decode in draft mode)
 
 __all__ = [
-    "FEATURES_VERSION", "Features", "cache_dir", "cache_key", "cached_features", "cached_path", "extract",
-    "store",
+    "FEATURES_VERSION", "Features", "KnownRows", "cache_dir", "cache_key", "cached_features", "cached_path",
+    "extract", "extract_reusing", "has_entries", "known_rows", "store",
 ]  # fmt: skip
 
 
-def cache_key(modality: Modality, backbone: Backbone, prep: Any, sources: Sequence[Any], flip: bool) -> str:
-    spec = {
+@dataclass(frozen=True)
+class KnownRows:
+    """Feature rows extracted already (`graft train --backbone auto`'s pick, on a subset), by each
+    input's fingerprint, for one backbone, preprocessing, flip and precision (`spec`): a later
+    extraction of more inputs with the same `spec` encodes only the others."""
+
+    spec: str
+    rows: dict[str, np.ndarray]
+
+
+def _spec(backbone: Backbone, prep: Any, flip: bool) -> dict[str, Any]:
+    return {
         "v": FEATURES_VERSION,
         "backbone": backbone.name,
         "weights": backbone.weights,
         "prep": prep.to_dict(),
         "flip": flip,
-        "n": len(sources),
         "precision": current_precision().name,  # bf16 features differ from fp32 ones
     }
-    head = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-    inputs = modality.fingerprint(sources)[:24]
-    return f"{backbone.name.replace('/', '_').strip('_')}-{head}-{inputs}"
+
+
+def _digest(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def known_rows(
+    modality: Modality, backbone: Backbone, prep: Any, parts: Sequence[tuple[Sequence[Any], Features]]
+) -> KnownRows:
+    """The readable rows of `parts` (inputs and their features, extracted without flipping)."""
+    rows = {
+        modality.fingerprint([source]): feats.values[i]
+        for sources, feats in parts
+        for i, source in enumerate(sources)
+        if feats.ok[i]
+    }
+    return KnownRows(_digest(_spec(backbone, prep, False)), rows)
+
+
+def cache_key(
+    modality: Modality,
+    backbone: Backbone,
+    prep: Any,
+    sources: Sequence[Any],
+    flip: bool,
+    inputs: str | None = None,
+) -> str:
+    """The entry's name; `inputs`: `modality.fingerprint(sources)` when the caller has it already."""
+    head = _digest(_spec(backbone, prep, flip) | {"n": len(sources)})
+    inputs = (inputs or modality.fingerprint(sources))[:24]
+    return f"{_prefix(backbone)}-{head}-{inputs}"
+
+
+def _prefix(backbone: Backbone) -> str:
+    return backbone.name.replace("/", "_").strip("_")
+
+
+def has_entries(backbone: Backbone, directory: Path | None = None) -> bool:
+    """Whether the cache holds any features of `backbone` (a cold cache: nothing to look up)."""
+    folder = (directory or cache_dir()) / "features"
+    return folder.is_dir() and any(folder.glob(f"{_prefix(backbone)}-*.safetensors"))
 
 
 def cached_path(
@@ -53,9 +101,10 @@ def cached_path(
     sources: Sequence[Any],
     flip: bool,
     directory: Path | None = None,
+    inputs: str | None = None,
 ) -> Path:
     """Where `cached_features` keeps (or will keep) these features."""
-    key = cache_key(modality, backbone, prep, sources, flip)
+    key = cache_key(modality, backbone, prep, sources, flip, inputs)
     return (directory or cache_dir()) / "features" / f"{key}.safetensors"
 
 
@@ -70,6 +119,7 @@ def cached_features(
     desc: str = "features",
     directory: Path | None = None,
     engine: str = "auto",
+    known: KnownRows | None = None,
 ) -> Features:
     """modality.encode, memoised on disk as safetensors (no pickle) under GRAFT_CACHE_DIR. In a
     multi-process run each process encodes its part of `sources` and every process gets them all;
@@ -81,12 +131,48 @@ def cached_features(
     feats = _read(path) if usable and path.is_file() else None
     if not ranks.any_process(feats is None):  # every process has them from the cache
         return feats  # type: ignore[return-value]
-    feats = extract(
-        modality, backbone, prep, sources, flip=flip, batch_size=batch_size, desc=desc, engine=engine
-    )
+    options = {"flip": flip, "batch_size": batch_size, "desc": desc, "engine": engine}
+    feats = extract_reusing(known, modality, backbone, prep, sources, **options)
     if usable:
         store(path, feats)
     return feats
+
+
+def extract_reusing(
+    known: KnownRows | None,
+    modality: Modality,
+    backbone: Backbone,
+    prep: Any,
+    sources: Sequence[Any],
+    **options: Any,
+) -> Features:
+    """`extract`, the rows `known` holds for this backbone and preprocessing taken from it."""
+    if known is None or known.spec != _digest(_spec(backbone, prep, bool(options.get("flip")))):
+        return extract(modality, backbone, prep, sources, **options)
+    return _extract_around(known, modality, backbone, prep, sources, options)
+
+
+def _extract_around(
+    known: KnownRows, modality: Modality, backbone: Backbone, prep: Any, sources: Sequence[Any], options: dict
+) -> Features:
+    """`sources`' features, encoding only the inputs `known` lacks."""
+    prints = [modality.fingerprint([source]) for source in sources]
+    missing = [i for i, p in enumerate(prints) if p not in known.rows]
+    if len(missing) == len(sources):
+        return extract(modality, backbone, prep, sources, **options)
+    width = len(next(iter(known.rows.values())))
+    values, ok = np.zeros((len(sources), width), np.float32), np.ones(len(sources), bool)
+    failures, seconds, engine = {}, 0.0, None
+    if missing:
+        part = extract(modality, backbone, prep, [sources[i] for i in missing], **options)
+        values[missing], ok[missing] = part.values, part.ok
+        failures = {missing[i]: reason for i, reason in part.failures.items()}
+        seconds, engine = part.seconds, part.engine
+    for i, p in enumerate(prints):
+        if p in known.rows:
+            values[i] = known.rows[p]
+    reused = len(sources) - len(missing)
+    return Features(values, ok, failures, seconds, cached=False, engine=engine, reused=reused)
 
 
 def store(path: Path, feats: Features) -> None:

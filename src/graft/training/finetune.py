@@ -228,11 +228,13 @@ def _lr_mult(job: Job) -> float:
 
 def _behind_probe(job: Job, probe: Outcome | None, shown: Epochs) -> list[Callback]:
     """`auto` only: fine-tuning that has not beaten the probe on validation after half its epochs
-    (at least 2) stops (`BehindProbe`); a fine-tuning the user asked for runs its epochs."""
+    (at least 2), or whose first epoch is below it by more than one standard error, stops
+    (`BehindProbe`); a fine-tuning the user asked for runs its epochs."""
     if probe is None or job.config.strategy != "auto":
         return []
     after = max(2, math.ceil(shown.count / 2))
-    return [BehindProbe(float(probe.result.val[job.task.monitor]), after, monitored(job.task), job.log)]
+    _, score, noise = job.task.ranking(probe.result.val, len(job.splits.val))
+    return [BehindProbe(score, after, monitored(job.task), job.log, noise)]
 
 
 def _clock_ended(limits: list[Callback]) -> bool:

@@ -43,6 +43,8 @@ class Job:
     budget_subset: dict[str, Any] | None = None  # the training subset --time-budget allowed, if any
     growing: Any = None  # --time-budget's subset extracted in chunks (`subset.Growing`): the probe's
     tracking: Tracking = field(default_factory=Tracking)  # --log-to; off by default
+    known_features: Any = None  # `features.KnownRows` of `--backbone auto`'s pick: not extracted twice
+    backbone_pick: dict[str, Any] | None = None  # `--backbone auto`'s table and choice (the report's)
 
     @property
     def started(self) -> float:

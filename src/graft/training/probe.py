@@ -68,16 +68,21 @@ def _features(job: Job, data: Labelled, desc: str) -> Features:
         batch_size=sizing.inference_batch(job.device, 64),
         desc=desc,
         engine=job.config.engine,
+        known=job.known_features,
     )
     unit = job.modality.unit
     if feats.cached:
         job.log(f"{desc}: {len(data)} feature vectors from the cache")
+    elif feats.reused == len(data):
+        job.log(f"{desc}: {len(data)} feature vectors from the backbone pick's extraction")
     else:
-        rate = len(data) / max(feats.seconds, 1e-9)
+        encoded = len(data) - feats.reused
+        rate = encoded / max(feats.seconds, 1e-9)
         engine = f" on {feats.engine['name']}" if feats.engine else ""
+        reused = f", {feats.reused} more from the backbone pick's" if feats.reused else ""
         job.log(
-            f"{desc}: extracted {len(data)} feature vectors in {feats.seconds:.1f}s "
-            f"({rate:.0f} {unit}/s{engine})"
+            f"{desc}: extracted {encoded} feature vectors in {feats.seconds:.1f}s "
+            f"({rate:.0f} {unit}/s{engine}){reused}"
         )
     return feats
 

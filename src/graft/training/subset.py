@@ -37,7 +37,7 @@ from ..distributed import ranks
 from ..modalities.base import Features
 from ..runtime.engine import part_of
 from . import budget, sizing, strategies
-from .features import cached_path, extract, store
+from .features import cached_path, extract_reusing, store
 from .job import Job, probes_first
 
 SAMPLE_INPUTS = 32  # inputs extracted (uncached) to time extraction on this machine and data
@@ -321,7 +321,8 @@ def decide_chunk(more: int) -> int:
 def _timed_extraction(job: Job, prep: Any, sources: Sequence[Any], desc: str) -> tuple[Features, float]:
     """Features of `sources` (shared out between processes) and the seconds they took."""
     started = _now()
-    feats = extract(
+    feats = extract_reusing(
+        job.known_features,
         job.modality,
         job.backbone,
         prep,
