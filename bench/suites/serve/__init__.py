@@ -139,7 +139,7 @@ def text_run(ctx: Context) -> Path:
         return ctx.options.text_run
     rng = random.Random(1)
     table = ctx.work / "reviews.csv"
-    rows = ["review,sentiment", *(f"{t},{label}" for t, label in (review(rng) for _ in range(60)))]
+    rows = ["text,label", *(f"{t},{label}" for t, label in (review(rng) for _ in range(60)))]
     table.write_text("\n".join(rows) + "\n")
     out = ctx.work / "run"
     ctx.graft("train", str(table), "--strategy", "linear", "--out", str(out), "--overwrite").check()
