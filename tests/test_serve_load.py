@@ -485,3 +485,22 @@ def test_a_body_without_content_length_is_held_to_the_limit(image_run, monkeypat
         assert "over the 20000-byte limit" in refused.json()["error"]
         assert "content-length" not in refused.request.headers
     assert alive.status_code == 200
+
+
+def test_a_large_photo_is_served_as_predict_reads_it(image_run, tmp_path):
+    """An upload is decoded and resized in a decoding thread as `predict` reads a file (a large
+    JPEG at a reduced scale): the same probabilities, so the batch only crops it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    photo = tmp_path / "large.jpg"
+    Image.fromarray(pixels).resize((1200, 900), Image.Resampling.NEAREST).save(photo, quality=90)
+    run_dir, _ = image_run
+    with _client(_app(run_dir)) as client:
+        _wait_ready(client)
+        (row,) = _post_image(client, photo).json()["predictions"]
+    alone = graft.load(run_dir, precision="fp32")
+    expected = dict(zip(alone.classes_, alone.predict_proba([photo])[0], strict=True))
+    for answer in row["top"]:
+        assert answer["probability"] == pytest.approx(expected[answer["label"]], abs=1e-4)

@@ -115,7 +115,8 @@ async def _uploads(request: Any, model: Any, max_upload_bytes: int) -> tuple[lis
             raise BadRequest(413, f"the image is over the {max_upload_bytes}-byte limit")
         name = upload.filename or "the upload"
         try:
-            inputs.append(await asyncio.to_thread(model.modality.read_upload, data, name))
+            read = model.modality.read_upload  # decoded and resized here, in a thread, off the batch
+            inputs.append(await asyncio.to_thread(read, data, name, model.preprocessing))
         except DataError as err:
             raise BadRequest(415, str(err)) from None
     return inputs, [u.filename for u in uploads]
