@@ -1,6 +1,6 @@
 """`graft serve` under load, beside the offline throughput of the same run folder in the same run.
 
-    python -m bench serve                                   # a smoke: tiny runs, about a minute
+    python -m bench serve                                   # a smoke: a tiny image run, about a minute
     python -m bench serve [--only images text] [--clients 1 16 256] [--requests-total N]
                           [--files N] [--image-size 224] [--run RUN] [--text-run RUN]
 
@@ -53,8 +53,8 @@ PHOTO_SIZE = (500, 375)
 def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--clients", type=int, nargs="+", default=[1, 16, 256], help="a row per count")
     group.add_argument("--requests-total", type=int, default=0,
-                       help="requests at each client count (default: 4 a client, at least 64)")  # fmt: skip
-    group.add_argument("--files", type=int, default=64, help="distinct images (texts: requests' worth)")
+                       help="requests at each client count (default: 2 a client, at least 32)")  # fmt: skip
+    group.add_argument("--files", type=int, default=32, help="distinct images (texts: requests' worth)")
     group.add_argument("--image-size", type=int, default=64, help="the trained image run's input size")
     group.add_argument("--timeout", type=float, default=30.0, help="client timeout, seconds")
     group.add_argument("--run", type=Path, help="an image run folder to serve (default: train one)")
@@ -196,7 +196,7 @@ def serve_rows(
         ready_s = round(time.perf_counter() - started, 1)
         said = [line for line in log.read_text().splitlines() if line.startswith("engine ")]
         for clients in ctx.options.clients:
-            total = ctx.options.requests_total or max(64, 4 * clients)
+            total = ctx.options.requests_total or max(32, 2 * clients)
             row = measure(base, server.pid, bodies, clients, total, ctx.options.timeout)
             served = row["requests_per_s"] * per_request
             rows.append({"row": f"{clients} clients", **row, "inputs_per_request": per_request,
@@ -241,3 +241,4 @@ def text(ctx: Context) -> list[dict[str, Any]]:
 
 
 CASES = {"images": images, "text": text}
+DEFAULT_CASES = ("images",)  # the smoke; the text case runs when named (`--only images text`)

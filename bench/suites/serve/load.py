@@ -1,11 +1,14 @@
 """The serve suite's client side: an asyncio load generator (httpx) at N concurrent clients, a
-/health poller every 0.2 s and an RSS sampler of the server process and its children, all running
-while the load does; one row of figures per load."""
+/health poller every 0.2 s (a process of its own: the load generator's event loop neither delays
+nor competes with it for the GIL) and an RSS sampler of the server process and its children, all
+running while the load does; one row of figures per load."""
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import itertools
+import multiprocessing
 import statistics
 import threading
 import time
@@ -89,8 +92,30 @@ def rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def poll_health(host: str, port: int, polling: Any, stop: Any, out: Any) -> None:
+    """GET /health every HEALTH_EVERY_S on one kept-alive connection (`polling` is set after the
+    first) until `stop` is set; then (latencies in seconds, failures) into the pipe `out`."""
+    seconds: list[float] = []
+    failed = 0
+    connection = http.client.HTTPConnection(host, port, timeout=30)
+    while not seconds or not stop.wait(HEALTH_EVERY_S):
+        started = time.perf_counter()
+        try:
+            connection.request("GET", "/health")
+            answer = connection.getresponse()
+            answer.read()
+            failed += answer.status != 200
+        except (OSError, http.client.HTTPException):  # counted, and a new connection next time
+            failed += 1
+            connection.close()
+        seconds.append(time.perf_counter() - started)
+        polling.set()
+    out.send((seconds, failed))
+
+
 class Watcher:
-    """A thread polling /health every 0.2 s and sampling the server's RSS while the load runs."""
+    """While the load runs: a process polling /health (`poll_health`) and a thread sampling the
+    server's RSS with the count of requests answered so far."""
 
     def __init__(self, base: str, pid: int, answered: Answered) -> None:
         self.base, self.pid, self.answered = base, pid, answered
@@ -98,41 +123,38 @@ class Watcher:
         self.health_failed = 0
         self.rss: list[tuple[float, int, float]] = []  # (seconds, requests answered, MB)
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread = threading.Thread(target=self._sample, daemon=True)
+        context = multiprocessing.get_context("spawn")
+        self.polling, self.stop_polling = context.Event(), context.Event()
+        self.results, sent = context.Pipe(duplex=False)
+        host, port = base.removeprefix("http://").split(":")
+        polls = (host, int(port), self.polling, self.stop_polling, sent)
+        self.poller = context.Process(target=poll_health, args=polls)
         self.started = time.perf_counter()
 
     def __enter__(self) -> Watcher:
+        self.poller.start()
+        self.polling.wait(60)  # the load starts once /health is being polled
+        self.started = time.perf_counter()
         self.thread.start()
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.stop.set()
+        self.stop_polling.set()
+        if self.results.poll(60):  # a poll in flight ends within its 30 s timeout
+            self.health_s, self.health_failed = self.results.recv()
+        self.poller.join(timeout=5)
+        if self.poller.is_alive():
+            self.poller.terminate()
         self.thread.join()
 
-    def _watch(self) -> None:
-        import httpx
-
-        next_health = next_rss = time.perf_counter()
-        with httpx.Client(timeout=30) as client:
-            while not self.stop.is_set():
-                now = time.perf_counter()
-                if now >= next_rss:
-                    self.rss.append((now - self.started, len(self.answered.statuses), rss_mb(self.pid)))
-                    next_rss = now + RSS_EVERY_S
-                if now >= next_health:
-                    self._poll(client)
-                    next_health = now + HEALTH_EVERY_S
-                self.stop.wait(0.01)
-        self.rss.append((time.perf_counter() - self.started, len(self.answered.statuses), rss_mb(self.pid)))
-
-    def _poll(self, client: Any) -> None:
-        started = time.perf_counter()
-        try:
-            ok = client.get(f"{self.base}/health").status_code == 200
-        except Exception:  # noqa: BLE001 - a failed health check is counted, not raised
-            ok = False
-        self.health_s.append(time.perf_counter() - started)
-        self.health_failed += not ok
+    def _sample(self) -> None:
+        while True:
+            done = len(self.answered.statuses)
+            self.rss.append((time.perf_counter() - self.started, done, rss_mb(self.pid)))
+            if self.stop.wait(RSS_EVERY_S):
+                break
 
     def rss_figures(self, total: int) -> dict[str, Any]:
         """RSS growth from the first sample after RSS_FROM_REQUEST answers (half the load when it is
