@@ -237,20 +237,37 @@ def _add_error_handlers(app: Any) -> None:
 
 def _add_access_log(app: Any, service: Service) -> None:
     """Each request: an id (the client's X-Request-ID, else a new one, sent back), its latency in
-    the access log and in /metrics."""
+    the access log and in /metrics. Plain ASGI, not `@app.middleware`: no task and no stream per
+    request on the event loop that answers /health."""
+    app.add_middleware(AccessLog, service=service)
 
-    @app.middleware("http")
-    async def access(request: Any, call_next: Any) -> Any:
-        request_id = (request.headers.get("x-request-id") or uuid.uuid4().hex[:16])[:64]
-        start = time.perf_counter()
-        response = await call_next(request)
-        seconds = time.perf_counter() - start
-        response.headers["X-Request-ID"] = request_id
-        path = request.url.path if request.url.path in KNOWN_PATHS else "other"
-        service.metrics.observe(path, response.status_code, seconds)
-        LOG.info("%s %s %s %d %.1fms", request_id, request.method, request.url.path,
-                 response.status_code, 1000 * seconds)  # fmt: skip
-        return response
+
+class AccessLog:
+    def __init__(self, app: Any, service: Service) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = (given or uuid.uuid4().hex[:16])[:64]
+        start, status = time.perf_counter(), 500  # 500: the app raised before it answered
+        id_header = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def send_with_id(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds, path = time.perf_counter() - start, scope["path"]
+            self.service.metrics.observe(path if path in KNOWN_PATHS else "other", status, seconds)
+            LOG.info("%s %s %s %d %.1fms", request_id, scope["method"], path, status, 1000 * seconds)
 
 
 def _page(model: Any, title: str, needs_token: bool) -> str:
