@@ -173,12 +173,13 @@ def _add_routes(app: Any, service: Service, title: str) -> None:
         return error(401, "send the header Authorization: Bearer <the token graft serve was given>",
                      headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
+    # async: answered on the event loop itself, never queued behind the thread pool under load
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return service.health()
 
     @app.get("/ready")
-    def ready() -> Any:
+    async def ready() -> Any:
         batcher = service.batcher
         why = "warming up" if not service.ready else "stopping" if batcher.closing else ""
         why = why or ("queue full" if batcher.full else "")
