@@ -202,8 +202,8 @@ def serve_rows(
             rows.append({"row": f"{clients} clients", **row, "inputs_per_request": per_request,
                          "inputs_per_s": round(served, 2), **offline,
                          "served_over_offline": round(served / offline["offline_inputs_per_s"], 3),
-                         "engine": health["engine"], "engine_line": said[0] if said else None,
-                         "precision": health["precision"], "ready_s": ready_s})  # fmt: skip
+                         "engine": health.get("engine"), "engine_line": said[0] if said else None,
+                         "precision": health.get("precision"), "ready_s": ready_s})  # fmt: skip
             print({k: v for k, v in rows[-1].items() if k != "rss_mb_over_time"}, flush=True)
     finally:
         server.terminate()
