@@ -255,3 +255,52 @@ def test_bench_keeps_its_scripts_in_suites_and_baselines():
     assert tracked and len(top) <= 12, top
     scripts = [bench.parent / name for name in tracked if name.endswith(".py")]
     assert not [path for path in scripts if "sys.path" in path.read_text()]  # one package, no path tricks
+
+
+def test_the_serve_suites_load_generator_counts_statuses_health_and_memory():
+    """The serve suite's client side against a tiny server answering every third request 503:
+    the 200s and 503s counted apart, the 503s' latency, /health polled during the load, RSS sampled."""
+    pytest.importorskip("httpx")
+    uvicorn = pytest.importorskip("uvicorn")
+    import os
+    import socket
+    import threading
+    import time
+
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from bench.suites.serve.load import Body, measure
+
+    seen = []
+
+    async def predict(request):
+        seen.append(await request.body())
+        time.sleep(0.01)  # a slow model: the health poller runs meanwhile
+        return JSONResponse({}, status_code=503 if len(seen) % 3 == 0 else 200)
+
+    async def health(request):
+        return JSONResponse({"status": "alive"})
+
+    app = Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/health", health)])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    try:
+        bodies = [Body(b"one", {}), Body(b"two", {})]
+        row = measure(f"http://127.0.0.1:{port}", os.getpid(), bodies, clients=3, total=30, timeout_s=5)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    assert (row["requests"], row["ok"], row["errors"]) == (30, 20, {"503": 10})
+    assert row["client_timeouts"] == 0 and row["max_503_ms"] >= row["p99_503_ms"] > 0
+    assert row["requests_per_s"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
+    assert row["health_polls"] >= 1 and row["health_failed"] == 0
+    assert row["rss_end_mb"] > 10 and row["rss_growth_from_request"] == 15
+    assert sorted(set(seen)) == [b"one", b"two"]

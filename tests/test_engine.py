@@ -136,7 +136,7 @@ def test_explicit_torch_and_missing_runtime(monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(builtins, "__import__", no_ort)
     _, choice = choose_engine(small_cnn(), batch(), n_inputs=1000)
-    assert choice.name == "torch" and "graft[onnx]" in choice.reason
+    assert choice.name == "torch" and "graft-learn[onnx]" in choice.reason
 
 
 def test_image_extraction_on_onnxruntime_matches_torch(tmp_path: Path):

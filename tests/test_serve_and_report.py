@@ -133,7 +133,9 @@ def test_bad_requests_get_a_4xx_and_the_server_keeps_serving(client, image_run):
     assert again.status_code == 200 and again.json()["predictions"][0]["top"][0]["label"] == "blue"
     health = client.get("/health").json()
     assert health["modality"] == "image" and health["classes"] == list(CLASSES)
-    assert health["precision"] == graft.load(image_run[0]).precision.name
+    # the precision served: the engine raced at start-up decides it (ONNX Runtime computes in fp32)
+    alone = graft.load(image_run[0]).precision.name
+    assert health["precision"] == ("fp32" if health["engine"] == "onnxruntime" else alone)
     page = client.get("/").text
     assert f"{len(CLASSES)} classes: {', '.join(CLASSES)}" in page
 

@@ -335,9 +335,172 @@ def test_shutdown_under_load_lets_every_accepted_request_finish(image_run):
 
     with ThreadPoolExecutor(8) as pool:
         answers = [pool.submit(post, f) for f in files[:8]]
-        time.sleep(0.3)  # all connected; the first batches are running, the rest queued
+        batcher, deadline = app.state.service.batcher, time.monotonic() + 20
+        while len(batcher.pending) + sum(sizes) < 8:  # all accepted: batches running, the rest queued
+            assert time.monotonic() < deadline, "the requests never arrived"
+            time.sleep(0.01)
         server.should_exit = True
         statuses = [a.result() for a in answers]
     thread.join(timeout=30)
     assert statuses == [200] * 8 and sum(sizes) == 8
     assert not thread.is_alive()
+
+
+# --------------------------------------------------------------------------- the engine at start-up
+
+
+def _started(app: Any) -> Any:
+    client = _client(app)
+    client.__enter__()
+    _wait_ready(client)
+    return client
+
+
+def test_the_engine_race_runs_at_start_up_at_max_batch_and_decides_serving(image_run, monkeypatch):
+    """Six inputs a batch: the engines race on six at start-up (a server repays an export whatever
+    its batch size), the winner runs /predict, /health names it, and each answer is what a
+    one-at-a-time predict gives."""
+    from graft.runtime import engine
+
+    raced: list[int] = []
+    real_race = engine._race
+    monkeypatch.setattr(engine, "_race", lambda a, b, x, **k: raced.append(len(x)) or real_race(a, b, x, **k))
+    run_dir, files = image_run
+    said: list[str] = []
+    from graft.serve import create_app
+
+    options = ServeOptions(run_dir=str(run_dir), max_batch=6)
+    app = create_app(run_dir, precision="fp32", options=options, log=said.append)
+    client = _started(app)
+    try:
+        health = client.get("/health").json()
+        answers = [_post_image(client, f).json()["predictions"][0] for f in files[:4]]
+        metrics = client.get("/metrics").text
+    finally:
+        client.__exit__(None, None, None)
+    model = app.state.model
+    assert raced == [6] and model.settled is not None
+    assert health["engine"] == model.engine_choice["name"] and health["engine_reason"]
+    assert health["precision"] == "fp32" and f'engine="{health["engine"]}"' in metrics
+    (line,) = [s for s in said if s.startswith("engine ")]
+    assert line.startswith(f"engine {health['engine']} (fp32) at batches of 6: ")
+    alone = graft.load(run_dir, precision="fp32")
+    for answer, path in zip(answers, files[:4], strict=True):
+        expected = dict(zip(alone.classes_, alone.predict_proba([path])[0], strict=True))
+        for row in answer["top"]:
+            assert row["probability"] == pytest.approx(expected[row["label"]], abs=1e-4)
+
+
+def test_a_race_won_by_onnxruntime_makes_serving_use_it(image_run, monkeypatch):
+    from graft.runtime import engine
+
+    ran: list[int] = []
+
+    def won_by_onnxruntime(module, example, n_inputs, engine_name="auto", serving=False):
+        eager = engine.torch_forward(module, engine.FP32)
+        choice = engine.EngineChoice("onnxruntime", "1.4x PyTorch fp32's speed (a fake race)", 0.0, 1.4)
+        return (lambda x: ran.append(len(x)) or eager(x)), choice
+
+    monkeypatch.setattr(engine, "choose_engine", won_by_onnxruntime)
+    run_dir, files = image_run
+    client = _started(_app(run_dir, max_batch=4))
+    try:
+        answer = _post_image(client, files[0])
+        health = client.get("/health").json()
+    finally:
+        client.__exit__(None, None, None)
+    assert answer.status_code == 200 and ran[-1] == 1  # the request ran on the winner's forward
+    assert (health["engine"], health["precision"]) == ("onnxruntime", "fp32")
+    assert "fake race" in health["engine_reason"]
+
+
+def test_a_parity_failure_keeps_pytorch(image_run, monkeypatch):
+    from graft.runtime import engine
+
+    real = engine._ort_forward
+    monkeypatch.setattr(engine, "_ort_forward", lambda session: (lambda x: real(session)(x) + 1.0))
+    run_dir, files = image_run
+    client = _started(_app(run_dir, max_batch=4))
+    try:
+        answer = _post_image(client, files[0]).json()["predictions"][0]
+        health = client.get("/health").json()
+    finally:
+        client.__exit__(None, None, None)
+    assert health["engine"] == "torch" and "differs from fp32 PyTorch" in health["engine_reason"]
+    expected = graft.load(run_dir, precision="fp32").predict([files[0]])[0]
+    assert answer["top"][0]["label"] == expected
+
+
+def test_without_onnxruntime_pytorch_serves_and_says_why_in_one_line(image_run, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name == "onnxruntime":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    run_dir, files = image_run
+    said: list[str] = []
+    from graft.serve import create_app
+
+    app = create_app(run_dir, precision="fp32", options=ServeOptions(run_dir=str(run_dir)), log=said.append)
+    client = _started(app)
+    try:
+        assert _post_image(client, files[0]).status_code == 200
+        health = client.get("/health").json()
+    finally:
+        client.__exit__(None, None, None)
+    assert health["engine"] == "torch" and "onnxruntime is not installed" in health["engine_reason"]
+    assert [s for s in said if s.startswith("engine ")] == [
+        f"engine torch (fp32) at batches of 32: {health['engine_reason']}"
+    ]
+
+
+# --------------------------------------------------------------------------- bodies without a length
+
+
+def test_a_body_without_content_length_is_held_to_the_limit(image_run, monkeypatch):
+    """A client that streams its body (chunked, no content-length) gets the same 413 in graft's
+    shape, for an upload or JSON, and the server keeps serving."""
+    run_dir, files = image_run
+
+    def chunks(total: int) -> Any:
+        for _ in range(total // 1000):
+            yield b"x" * 1000
+
+    from graft.serve import create_app
+
+    options = ServeOptions(run_dir=str(run_dir))
+    app = create_app(run_dir, precision="fp32", options=options, max_upload_bytes=20_000)
+    boundary = {"content-type": "multipart/form-data; boundary=b"}
+    with _client(app) as client:
+        upload = client.post("/predict", content=chunks(60_000), headers=boundary)
+        texts = client.post("/predict", content=chunks(60_000), headers=JSON)
+        alive = _post_image(client, files[0])
+    for refused in (upload, texts):
+        assert refused.status_code == 413 and set(refused.json()) == {"error"}
+        assert "over the 20000-byte limit" in refused.json()["error"]
+        assert "content-length" not in refused.request.headers
+    assert alive.status_code == 200
+
+
+def test_a_large_photo_is_served_as_predict_reads_it(image_run, tmp_path):
+    """An upload is decoded and resized in a decoding thread as `predict` reads a file (a large
+    JPEG at a reduced scale): the same probabilities, so the batch only crops it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    photo = tmp_path / "large.jpg"
+    Image.fromarray(pixels).resize((1200, 900), Image.Resampling.NEAREST).save(photo, quality=90)
+    run_dir, _ = image_run
+    with _client(_app(run_dir)) as client:
+        _wait_ready(client)
+        (row,) = _post_image(client, photo).json()["predictions"]
+    alone = graft.load(run_dir, precision="fp32")
+    expected = dict(zip(alone.classes_, alone.predict_proba([photo])[0], strict=True))
+    for answer in row["top"]:
+        assert answer["probability"] == pytest.approx(expected[answer["label"]], abs=1e-4)

@@ -246,6 +246,12 @@ class ServeOptions(Options):
     request_timeout: float = option(
         30.0, "seconds a request may wait for its answer; past it: 504", minimum=0.001
     )
+    engine: str = option(
+        "auto",
+        "who runs the network on the CPU: auto (raced at start-up at --max-batch inputs: ONNX Runtime "
+        "when its outputs match fp32 PyTorch and it is faster), torch or onnxruntime",
+        choices=ENGINE_CHOICES,
+    )
 
 
 @dataclass(frozen=True)

@@ -119,16 +119,25 @@ def resize_center_crop(img: Image.Image, resize_size: int, crop_size: int, inter
     `resize_size` (antialiased when shrinking), then a centred `crop_size` square, as uint8 HWC.
     Sizes and crop offsets are computed as torchvision's Resize(int) and CenterCrop do. Training's
     evaluation, feature extraction and every predictor share this one function (and need no torch)."""
+    img = resize_short_side(img, resize_size, interpolation)
+    size = img.size
+    top = int(round((size[1] - crop_size) / 2.0))
+    left = int(round((size[0] - crop_size) / 2.0))
+    return np.asarray(img.crop((left, top, left + crop_size, top + crop_size)))
+
+
+def resize_short_side(img: Image.Image, resize_size: int, interpolation: str) -> Image.Image:
+    """`resize_center_crop`'s first step: the short side to `resize_size` (torchvision's
+    Resize(int) sizes). An image already at that size is returned as it is, so a server can resize
+    an upload in its decoding thread and the batch then only crops it, to the same pixels."""
     width, height = img.size
     if width <= height:
         size = (resize_size, int(resize_size * height / width))
     else:
         size = (int(resize_size * width / height), resize_size)
-    if size != img.size:
-        img = img.resize(size, _PIL_FILTERS.get(interpolation, Image.Resampling.BICUBIC))
-    top = int(round((size[1] - crop_size) / 2.0))
-    left = int(round((size[0] - crop_size) / 2.0))
-    return np.asarray(img.crop((left, top, left + crop_size, top + crop_size)))
+    if size == img.size:
+        return img
+    return img.resize(size, _PIL_FILTERS.get(interpolation, Image.Resampling.BICUBIC))
 
 
 def _exif_transpose(img: Image.Image) -> Image.Image:

@@ -151,9 +151,10 @@ class Modality(Protocol):
         """Whether one in-memory input (an array, a PIL image, a string) is this modality's."""
         ...
 
-    def read_upload(self, data: bytes, name: str) -> Any:
+    def read_upload(self, data: bytes, name: str, prep: Any = None) -> Any:
         """One input from the bytes of a file uploaded to `graft serve` (request_field "file"):
-        what `accepts` takes; a DataError saying what to send when the bytes are not one."""
+        what `accepts` takes (given the model's preprocessing `prep`, as far along it as the input
+        can go before batching); a DataError saying what to send when the bytes are not one."""
         ...
 
     def example_input(self) -> Any:

@@ -43,6 +43,8 @@ from ..data.images import (
     VAL_NAMES,
     find_subdir,
     image_files_below,
+    load_rgb,
+    resize_short_side,
     scan_image_folder,
 )
 from ..data.memory import EpochBatches, MemoryDataset, train_transform
@@ -330,13 +332,18 @@ class ImageModality:
         """Every image file below `folder` (hidden ones left out), for `graft predict FOLDER`."""
         return image_files_below(folder)
 
-    def read_upload(self, data: bytes, name: str) -> Image.Image:
-        """An uploaded image, decoded whole (a truncated file is refused here, not mid-batch)."""
+    def read_upload(self, data: bytes, name: str, prep: Any = None) -> Image.Image:
+        """An uploaded image, decoded whole (a truncated file is refused here, not mid-batch). Given
+        the model's `prep`: decoded and resized as prediction does (a large JPEG at a reduced scale,
+        its short side to the resize), in the caller's thread, so that the batch only crops it."""
         try:
+            if prep is not None:
+                image = load_rgb(data, prep.resize_size)
+                return resize_short_side(image, prep.resize_size, prep.interpolation)
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 return image.copy()
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        except (UnidentifiedImageError, UnreadableImage, OSError, SyntaxError, ValueError):
             raise DataError(
                 f"{name} is not an image graft can read: send a JPEG, PNG, WebP, BMP or GIF"
             ) from None

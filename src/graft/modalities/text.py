@@ -255,7 +255,7 @@ class TextModality:
         """The texts of a table's text column(s) (the bundle's), or of a plain file, one a line."""
         return read_text_column(path, meta.get("recipe", {}).get("text_column", "text"))
 
-    def read_upload(self, data: bytes, name: str) -> str:
+    def read_upload(self, data: bytes, name: str, prep: Any = None) -> str:
         """Texts come as JSON ({"texts": [...]}), not as uploaded files."""
         raise DataError(f"{name}: a text model takes JSON {{\"texts\": [...]}}, not an uploaded file")
 

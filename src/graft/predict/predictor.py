@@ -70,6 +70,7 @@ class Predictor(Answers):
         self.precision = precision or resolve_precision("auto", device)
         self.engine = engine  # auto, torch or onnxruntime: see graft.runtime.engine
         self.engine_choice: dict[str, Any] | None = None  # what the last prediction ran on
+        self.settled: Any = None  # a forward raced once (`settle_engine`) that runs every batch
         self.task = task_from_meta(meta)  # what it predicts: one class, several labels, numbers
 
     def _forward_all(self, batches: Any, n: int) -> torch.Tensor:
@@ -77,7 +78,27 @@ class Predictor(Answers):
             self.engine_choice = choice.to_dict()
 
         with use_precision(self.precision):
-            return forward_all(self.model, batches, n, engine=self.engine, on_engine=record)
+            return forward_all(
+                self.model, batches, n, engine=self.engine, on_engine=record, chosen=self.settled
+            )
+
+    def settle_engine(self, inputs: Any) -> dict[str, Any]:
+        """Race the engines (`graft.runtime.engine`, parity judged at fp32) once, on `inputs`: as many
+        as will run together (a server's --max-batch). Every later prediction runs on the winner, so
+        a server repays an export whatever its batch size. Returns the choice (`engine_choice`)."""
+        from ..runtime.engine import EngineChoice, choose_engine
+
+        items = self.pipeline.as_list(self.read_inputs(inputs))
+        _, x = next(iter(self.pipeline.batches(items, len(items), self.device)))
+        if not (isinstance(x, torch.Tensor) and x.is_floating_point()):
+            reason = f"the engine race runs image models; {self.modality.unit} run on PyTorch"
+            choice = EngineChoice("torch", reason, torch_precision=self.precision.name)
+        else:
+            with use_precision(self.precision):
+                forward, choice = choose_engine(self.model, x, len(items), self.engine, serving=True)
+            self.settled = forward
+        self.engine_choice = choice.to_dict() | {"batch": len(items)}
+        return self.engine_choice
 
     def preprocess(self, inputs: Any) -> Any:
         """What the network takes: a float32 NCHW array for images, token ids per text."""

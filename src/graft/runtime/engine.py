@@ -105,13 +105,15 @@ def torch_forward(module: nn.Module, precision: Any = None) -> Forward:
 
 
 def choose_engine(
-    module: nn.Module, example: torch.Tensor, n_inputs: int, engine: str = "auto"
+    module: nn.Module, example: torch.Tensor, n_inputs: int, engine: str = "auto", serving: bool = False
 ) -> tuple[Forward, EngineChoice]:
     """The forward pass for `module` (in eval mode) on inputs shaped like `example` (a real batch,
-    already normalised), and why that engine. `engine`: auto, torch or onnxruntime."""
+    already normalised), and why that engine. `engine`: auto, torch or onnxruntime. `serving`: for
+    a server, which runs batch after batch for as long as it is up, so an export is repaid whatever
+    `n_inputs`, and the engines race on the whole `example` (the batch size it serves)."""
     whole = _WHOLE.get()
-    if whole is None:
-        return _choose(module, example, n_inputs, engine)
+    if whole is None or serving:
+        return _choose(module, example, n_inputs, engine, serving)
     key = (id(module), tuple(example.shape[1:]), engine, current_precision().name)
     if key not in whole.chosen:
         whole.chosen[key] = _choose(module, example, max(n_inputs, whole.n_inputs), engine)
@@ -119,7 +121,7 @@ def choose_engine(
 
 
 def _choose(
-    module: nn.Module, example: torch.Tensor, n_inputs: int, engine: str
+    module: nn.Module, example: torch.Tensor, n_inputs: int, engine: str, serving: bool = False
 ) -> tuple[Forward, EngineChoice]:
     precision = current_precision()
     eager = torch_forward(module, precision)
@@ -134,9 +136,10 @@ def _choose(
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
-        return keep_torch("onnxruntime is not installed (pip install 'graft[onnx]')")
+        return keep_torch("onnxruntime is not installed (pip install 'graft-learn[onnx]')")
     path = _cache_path(module, example)
-    if engine == "auto" and n_inputs < MIN_INPUTS_TO_EXPORT and not (path and path.is_file()):
+    repaid = serving or n_inputs >= MIN_INPUTS_TO_EXPORT or (path is not None and path.is_file())
+    if engine == "auto" and not repaid:
         return keep_torch(f"{n_inputs} inputs do not repay an ONNX export")
     try:
         graph, export_seconds = _exported(module, example, path)
@@ -147,7 +150,7 @@ def _choose(
     if len(session.get_inputs()) != 1:  # the trace lost the input: a graph of constants
         return keep_torch("the exported graph does not take the input")
     fast = _ort_forward(session)
-    probe = example[:PROBE_IMAGES]
+    probe = example if serving else example[:PROBE_IMAGES]
     try:
         (torch_s, want), (ort_s, got) = _race(eager, fast, probe)
         if precision.name != FP32.name:  # parity like with like: ONNX Runtime computes in fp32

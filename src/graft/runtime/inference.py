@@ -22,6 +22,7 @@ def forward_all(
     engine: str = "torch",
     on_engine: Any = None,
     across_ranks: bool = False,
+    chosen: Any = None,
 ) -> torch.Tensor:
     """float32 outputs of `module` for n inputs, in input order, on the CPU. `batches` yields
     (input positions, inputs already on the module's device): a modality may batch inputs in any
@@ -29,7 +30,8 @@ def forward_all(
     `runtime.engine.choose_engine` run single-tensor inputs (images) on ONNX Runtime when that is
     measured to be faster; `on_engine` receives its `EngineChoice`. `across_ranks` (every process
     of a multi-process run calls it): each process runs every world_size-th batch, and every
-    process gets all the rows."""
+    process gets all the rows. `chosen`: a forward settled beforehand (a server's, raced once at
+    start-up) that runs float inputs instead of choosing again."""
     module.eval()
     device = module_device(module)
     forward = None
@@ -42,7 +44,9 @@ def forward_all(
             if k % size != me:
                 continue
             if forward is None:
-                forward = _forward_for(module, x, n, engine, on_engine)
+                floats = isinstance(x, torch.Tensor) and x.is_floating_point()
+                settled = chosen is not None and floats
+                forward = chosen if settled else _forward_for(module, x, n, engine, on_engine)
             with torch.inference_mode(), autocast(device):
                 y = forward(x).flatten(1).float().cpu()
             if out is None:

@@ -44,16 +44,34 @@ def _require_serve() -> Any:
 class Service:
     """One loaded model behind a batcher: what the endpoints share."""
 
-    def __init__(self, model: Any, options: ServeOptions, token: str | None, max_upload_bytes: int) -> None:
-        self.model, self.options, self.token = model, options, token
+    def __init__(
+        self, model: Any, options: ServeOptions, token: str | None, max_upload_bytes: int, log: Any = LOG.info
+    ) -> None:
+        self.model, self.options, self.token, self.log = model, options, token, log
         self.max_upload_bytes = max_upload_bytes
         self.ready = False
         wait_s = options.max_wait_ms / 1000
         self.batcher = Batcher(self._run, options.max_batch, wait_s, options.max_queue, self._on_batch)
-        engine = str(getattr(model, "engine", "torch"))
-        info = {"modality": model.modality.name, "classes": str(len(model.classes_)),
-                "precision": model.precision.name, "engine": engine}  # fmt: skip
-        self.metrics = ServeMetrics(lambda: self.batcher.depth, info)
+        # until the race at start-up: what the model would run on alone
+        alone = getattr(model, "runtime", "torch").replace("onnx", "onnxruntime")
+        self.engine: dict[str, Any] = {"name": alone, "reason": "not raced yet"}
+        self.metrics = ServeMetrics(lambda: self.batcher.depth, self._info())
+
+    def _info(self) -> dict[str, str]:
+        return {"modality": self.model.modality.name, "classes": str(len(self.model.classes_)),
+                "precision": self.precision, "engine": self.engine["name"]}  # fmt: skip
+
+    @property
+    def precision(self) -> str:
+        """What the served arithmetic is: ONNX Runtime computes in fp32, PyTorch at the model's."""
+        return "fp32" if self.engine["name"] == "onnxruntime" else self.model.precision.name
+
+    def _settle_engine(self) -> None:
+        """The engine race at --max-batch inputs decides what serves (graft.runtime.engine)."""
+        self.engine = settle_engine(self.model, self.options.max_batch)
+        self.metrics.model_info.info(self._info())
+        self.log(f"engine {self.engine['name']} ({self.precision}) at batches of "
+                 f"{self.options.max_batch}: {self.engine['reason']}")  # fmt: skip
 
     def _run(self, inputs: list[Any]) -> Any:
         return self.model.outputs(inputs)  # looked up at each call: tests put a spy there
@@ -62,7 +80,12 @@ class Service:
         self.metrics.batch_size.observe(size)
 
     async def warm(self) -> None:
-        """One batch before /ready says yes (the first batch pays for lazy set-up)."""
+        """The engines raced and one batch run before /ready says yes (the first batch pays for
+        lazy set-up)."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(self.batcher.executor, self._settle_engine)
+        except Exception:  # noqa: BLE001 - the model still serves, on what it would run alone
+            LOG.exception("the engine race failed; serving on PyTorch")
         try:
             sample = self.model.modality.example_input()
             await self.batcher.compute([(sample, sample) if takes_pairs(self.model) else sample])
@@ -82,9 +105,20 @@ class Service:
     def health(self) -> dict[str, Any]:
         model = self.model
         return {"status": "alive", "ready": self.ready, "modality": model.modality.name,
-                "classes": list(model.classes_), "precision": model.precision.name,
-                "engine": getattr(model, "engine_choice", None) or getattr(model, "engine", "torch"),
+                "classes": list(model.classes_), "precision": self.precision,
+                "engine": self.engine["name"], "engine_reason": self.engine["reason"],
                 "queue": self.batcher.depth}  # fmt: skip
+
+
+def settle_engine(model: Any, max_batch: int) -> dict[str, Any]:
+    """The engines raced on `max_batch` synthetic inputs of the model's kind (the batch size it
+    serves); the winner runs every batch after. An exported .onnx model runs on onnxruntime."""
+    settle = getattr(model, "settle_engine", None)
+    if settle is None:
+        return {"name": "onnxruntime", "reason": "an exported ONNX model runs on onnxruntime"}
+    from ..predict.graph import signature_for
+
+    return settle(signature_for(model.modality).synthetic(model.preprocessing, max_batch))
 
 
 def error(status: int, message: str, headers: dict[str, str] | None = None) -> Any:
@@ -98,16 +132,18 @@ def create_app(
     max_upload_bytes: int = MAX_UPLOAD_BYTES,
     precision: str = "auto",
     options: ServeOptions | None = None,
+    log: Any = LOG.info,
 ) -> Any:
     """The FastAPI app for one run folder (the model is loaded once, here, at `precision`); `options`:
-    batching, queue, timeout and token (run it with `with TestClient(app)` or uvicorn: the batcher
-    starts with the app)."""
+    batching, queue, timeout, token and engine (run it with `with TestClient(app)` or uvicorn: the
+    batcher starts with the app, races the engines and runs a warm-up batch; `log` hears which
+    engine won and why)."""
     fastapi = _require_serve()
     from ..predict.predictor import load
 
     options = options or ServeOptions(run_dir=str(run_dir), precision=precision)
-    model = load(run_dir, precision=precision)
-    service = Service(model, options, resolve_token(options.token), max_upload_bytes)
+    model = load(run_dir, precision=precision, engine=options.engine)
+    service = Service(model, options, resolve_token(options.token), max_upload_bytes, log)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
@@ -137,12 +173,13 @@ def _add_routes(app: Any, service: Service, title: str) -> None:
         return error(401, "send the header Authorization: Bearer <the token graft serve was given>",
                      headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
+    # async: answered on the event loop itself, never queued behind the thread pool under load
     @app.get("/health")
-    def health() -> dict[str, Any]:
+    async def health() -> dict[str, Any]:
         return service.health()
 
     @app.get("/ready")
-    def ready() -> Any:
+    async def ready() -> Any:
         batcher = service.batcher
         why = "warming up" if not service.ready else "stopping" if batcher.closing else ""
         why = why or ("queue full" if batcher.full else "")
@@ -201,20 +238,37 @@ def _add_error_handlers(app: Any) -> None:
 
 def _add_access_log(app: Any, service: Service) -> None:
     """Each request: an id (the client's X-Request-ID, else a new one, sent back), its latency in
-    the access log and in /metrics."""
+    the access log and in /metrics. Plain ASGI, not `@app.middleware`: no task and no stream per
+    request on the event loop that answers /health."""
+    app.add_middleware(AccessLog, service=service)
 
-    @app.middleware("http")
-    async def access(request: Any, call_next: Any) -> Any:
-        request_id = (request.headers.get("x-request-id") or uuid.uuid4().hex[:16])[:64]
-        start = time.perf_counter()
-        response = await call_next(request)
-        seconds = time.perf_counter() - start
-        response.headers["X-Request-ID"] = request_id
-        path = request.url.path if request.url.path in KNOWN_PATHS else "other"
-        service.metrics.observe(path, response.status_code, seconds)
-        LOG.info("%s %s %s %d %.1fms", request_id, request.method, request.url.path,
-                 response.status_code, 1000 * seconds)  # fmt: skip
-        return response
+
+class AccessLog:
+    def __init__(self, app: Any, service: Service) -> None:
+        self.app, self.service = app, service
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = (given or uuid.uuid4().hex[:16])[:64]
+        start, status = time.perf_counter(), 500  # 500: the app raised before it answered
+        id_header = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def send_with_id(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), id_header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            seconds, path = time.perf_counter() - start, scope["path"]
+            self.service.metrics.observe(path if path in KNOWN_PATHS else "other", status, seconds)
+            LOG.info("%s %s %s %d %.1fms", request_id, scope["method"], path, status, 1000 * seconds)
 
 
 def _page(model: Any, title: str, needs_token: bool) -> str:
@@ -235,7 +289,7 @@ def serve(run_dir: str | Path, options: ServeOptions | None = None, log: Any = p
     options = options or ServeOptions(run_dir=str(run_dir))
     token = resolve_token(options.token)
     warning = check_exposure(options.host, token, options.insecure)  # before loading the model
-    app = create_app(run_dir, precision=options.precision, options=options)
+    app = create_app(run_dir, precision=options.precision, options=options, log=log)
     used = app.state.model.precision
     if warning:
         log(warning)

@@ -37,6 +37,7 @@ async def read_request(request: Any, model: Any, max_upload_bytes: int) -> tuple
     size = int(request.headers.get("content-length") or 0)
     if size > max_upload_bytes:
         raise BadRequest(413, f"upload of {size} bytes is over the {max_upload_bytes}-byte limit")
+    request = capped(request, max_upload_bytes)  # a body sent without content-length (chunked) too
     kind = request.headers.get("content-type", "")
     takes = model.modality.request_field
     wrong = f"this {model.modality.name} model takes {HOW_TO_SEND[takes]}"
@@ -52,6 +53,24 @@ async def read_request(request: Any, model: Any, max_upload_bytes: int) -> tuple
     if takes != "file":
         raise BadRequest(400, wrong)
     return await _uploads(request, model, max_upload_bytes)
+
+
+def capped(request: Any, limit: int) -> Any:
+    """`request` whose body reads raise a 413 BadRequest once more than `limit` bytes arrived,
+    whatever its headers say: the body is never held past the limit."""
+    from starlette.requests import Request
+
+    receive, seen = request.receive, 0
+
+    async def receive_capped() -> Any:
+        nonlocal seen
+        message = await receive()
+        seen += len(message.get("body", b""))
+        if seen > limit:
+            raise BadRequest(413, f"the request body is over the {limit}-byte limit")
+        return message
+
+    return Request(request.scope, receive_capped)
 
 
 def _json_body(raw: bytes) -> Any:
@@ -96,7 +115,8 @@ async def _uploads(request: Any, model: Any, max_upload_bytes: int) -> tuple[lis
             raise BadRequest(413, f"the image is over the {max_upload_bytes}-byte limit")
         name = upload.filename or "the upload"
         try:
-            inputs.append(await asyncio.to_thread(model.modality.read_upload, data, name))
+            read = model.modality.read_upload  # decoded and resized here, in a thread, off the batch
+            inputs.append(await asyncio.to_thread(read, data, name, model.preprocessing))
         except DataError as err:
             raise BadRequest(415, str(err)) from None
     return inputs, [u.filename for u in uploads]

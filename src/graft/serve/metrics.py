@@ -28,7 +28,8 @@ class ServeMetrics:
         )  # fmt: skip
         depth = prom.Gauge("graft_queue_depth", "requests waiting for a batch", registry=self.registry)
         depth.set_function(queue_depth)
-        prom.Info("graft_model", "the model served", registry=self.registry).info(info)
+        self.model_info = prom.Info("graft_model", "the model served", registry=self.registry)
+        self.model_info.info(info)
 
     def observe(self, path: str, status: int, seconds: float) -> None:
         self.requests.labels(path, str(status)).inc()
