@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -25,7 +26,15 @@ from graft.runtime.device import ahead, cuda_tuning, no_host_waits
 from graft.runtime.precision import Precision, resolve_precision, use_precision
 from graft.training.callbacks import Checkpoint, Deadline, EpochLog, ProgressBar
 from graft.training.checkpoint import Checkpointer
-from graft.training.loop import Callback, LoopConfig, fit, make_optimizer
+from graft.training.loop import (
+    Callback,
+    LoopConfig,
+    Schedule,
+    clock_schedule,
+    fit,
+    make_optimizer,
+    step_schedule,
+)
 from graft.training.sizing import largest_fitting
 from graft.training.strategies import HEAD, Stage
 from graft.training.trackers import TrackSteps
@@ -71,9 +80,20 @@ class _Tracking:
         self.records += records
 
 
-def _image_epoch(tmp_path: Path, steps: int, data_parallel: bool = False) -> None:
+class _LRs(Callback):
+    def __init__(self) -> None:
+        self.taken: list[float] = []
+
+    def on_step_end(self, loop, loss):
+        self.taken.append(loop.optimizer.param_groups[0]["lr"])
+
+
+def _image_epoch(
+    tmp_path: Path, steps: int, data_parallel: bool = False, schedule: Schedule = step_schedule
+) -> list[float]:
     """One real epoch of `fit` on uint8 images normalised per batch, with fine-tuning's per-step
-    callbacks (the deadline, the progress bar, the epoch log, the trackers, the checkpoint)."""
+    callbacks (the deadline, the progress bar, the epoch log, the trackers, the checkpoint);
+    returns the LR of each step."""
     torch.manual_seed(0)
     pipeline._CONSTANTS.clear()  # each run builds its constants once, as a fresh process does
     prep = Preprocessing(input_size=8)
@@ -91,11 +111,16 @@ def _image_epoch(tmp_path: Path, steps: int, data_parallel: bool = False) -> Non
         EpochLog(lambda line: None, 1),
         TrackSteps(_Tracking(), "finetune"),
         Checkpoint(Checkpointer(tmp_path / f"run{steps}", {}, resume=False)),
+        lrs := _LRs(),
     ]
     groups = [(HEAD, list(model.parameters()))]
     stage = Stage({HEAD: 1.0})
     cfg = LoopConfig(epochs=1)
-    fit(model, groups, lambda e: stage, batches, steps, cfg, callbacks=callbacks, data_parallel=data_parallel)
+    fit(
+        model, groups, lambda e: stage, batches, steps, cfg,
+        callbacks=callbacks, data_parallel=data_parallel, schedule=schedule,
+    )
+    return lrs.taken
 
 
 def test_a_training_epoch_reads_nothing_back_per_step(tmp_path, monkeypatch):
@@ -110,24 +135,34 @@ def test_a_training_epoch_reads_nothing_back_per_step(tmp_path, monkeypatch):
     assert sum(short.values()) <= 4, dict(short)
 
 
-def _two_process_epochs(log: Callable[[str], None], tmp: str) -> tuple[dict, dict]:
-    """In each of two gloo processes: the reads of a 3-step and a 24-step data-parallel epoch."""
+def _two_process_epochs(log: Callable[[str], None], tmp: str) -> dict[str, Any]:
+    """In each of two gloo processes: the reads of a 3-step and a 24-step data-parallel epoch, on
+    the step schedule and on a time budget's clock; every process's LRs on the clock."""
     ranks.setup(torch.device("cpu"))
     counts = _spy_reads(setattr)
-    _image_epoch(Path(tmp) / str(ranks.rank()), 3, data_parallel=True)
-    short = dict(counts)
-    counts.clear()
-    _image_epoch(Path(tmp) / str(ranks.rank()), 24, data_parallel=True)
-    return short, dict(counts)
+    seen: dict[str, Any] = {}
+    schedules = {"steps": lambda: step_schedule, "clock": lambda: clock_schedule(time.perf_counter() + 3)}
+    for name, schedule in schedules.items():
+        for steps in (3, 24):
+            counts.clear()
+            lrs = _image_epoch(Path(tmp) / f"{ranks.rank()}{name}", steps, True, schedule())
+            seen[f"{name} {steps}"] = dict(counts)
+    seen["lrs"] = ranks.gather_objects(lrs)
+    return seen
 
 
 @pytest.mark.slow  # ~10 s of process start-up
 def test_two_processes_agree_at_intervals_not_every_step(tmp_path):
     """Under --devices N the processes agree on stopping every AGREE_EVERY steps and at the
-    epoch's end; a step-count schedule's LR needs no agreement."""
+    epoch's end; neither a step-count schedule nor a time budget's clock agrees on the LR per
+    step (the clock is rank 0's, read when they agree), and every process takes the same LRs."""
     assert ddp.AGREE_EVERY > 24
-    short, long = launcher.launch(_two_process_epochs, (str(tmp_path),), 2, torch.device("cpu"))
-    assert short == long, f"3 steps: {short}, 24 steps: {long}"
+    seen = launcher.launch(_two_process_epochs, (str(tmp_path),), 2, torch.device("cpu"))
+    assert seen["steps 3"] == seen["steps 24"], seen
+    assert seen["clock 3"] == seen["clock 24"], seen
+    first, second = seen["lrs"]
+    assert len(first) == 24 and first == second
+    assert first[-1] < first[0]  # annealing towards the deadline on the clock
 
 
 def test_sync_debug_raises_at_host_waits_in_a_cuda_epoch_only_when_asked(monkeypatch):
