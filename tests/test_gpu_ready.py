@@ -45,7 +45,8 @@ CUDA = torch.device("cuda")
 
 def _spy_reads(set_attr: Callable[[object, str, object], None]) -> Counter:
     """Counts graft's own reads of tensors back to the host and its host-to-device constants:
-    torch.tensor(..., device=...), Tensor.item, float(tensor), Tensor.tolist, torch.cuda.synchronize."""
+    torch.tensor(..., device=...), Tensor.item, float(tensor), Tensor.tolist, torch.cuda.synchronize,
+    indexing by a boolean mask."""
     counts: Counter = Counter()
 
     def from_graft() -> bool:
@@ -69,6 +70,14 @@ def _spy_reads(set_attr: Callable[[object, str, object], None]) -> Counter:
 
         set_attr(torch.Tensor, name, spy)
     set_attr(torch.cuda, "synchronize", lambda *a, **k: counts.update(["synchronize"]))
+    real_getitem = torch.Tensor.__getitem__
+
+    def getitem(self, index):  # a boolean mask's result has a size the host must read first
+        if isinstance(index, torch.Tensor) and index.dtype == torch.bool and from_graft():
+            counts["tensor[mask]"] += 1
+        return real_getitem(self, index)
+
+    set_attr(torch.Tensor, "__getitem__", getitem)
     return counts
 
 
@@ -133,6 +142,23 @@ def test_a_training_epoch_reads_nothing_back_per_step(tmp_path, monkeypatch):
     _image_epoch(tmp_path, 12)
     assert counts == short, f"3 steps: {dict(short)}, 12 steps: {dict(counts)}"
     assert sum(short.values()) <= 4, dict(short)
+
+
+def test_language_model_adaptation_reads_nothing_back_per_step(monkeypatch):
+    """--adapt-lm's masked-LM epochs: the same reads for 2 steps and for 5 (the masked positions
+    are found on the CPU where batches are made, not by a mask on the device)."""
+    pytest.importorskip("transformers", reason="text needs the `text` extra")
+    from graft.backbones import create_backbone
+    from graft.training.adapt_lm import adapt_language_model
+
+    backbone = create_backbone("minilm")
+    texts = [f"question {k} asks about" + " places and dates" * (k % 5) for k in range(20)]
+    counts = _spy_reads(monkeypatch.setattr)
+    adapt_language_model(backbone, texts[:8], 1, 16, batch_size=4, log=lambda line: None)
+    short = Counter(counts)
+    counts.clear()
+    adapt_language_model(backbone, texts, 1, 16, batch_size=4, log=lambda line: None)
+    assert counts == short, f"2 steps: {dict(short)}, 5 steps: {dict(counts)}"
 
 
 def _two_process_epochs(log: Callable[[str], None], tmp: str) -> dict[str, Any]:
