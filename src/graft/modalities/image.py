@@ -25,6 +25,7 @@ from ..backbones import Preprocessing, create_backbone
 from ..cache import cache_dir
 from ..data.decoded import FixedImages, decode_seconds, decode_to_store, is_stored
 from ..data.frames import dataset_kind, load_dataset_splits
+from ..data.gpu_decode import decoded_batches
 from ..data.image_sets import (
     LABELS_TABLE,
     ImageColumns,
@@ -517,7 +518,8 @@ class ImageModality:
         forward, choice = None, None
         started = time.perf_counter()
         pin = device.type == "cuda"  # pinned batches, copied without waiting, read one ahead
-        batches = ahead(iterate_batches(sources, prep, batch_size, decode_size=prep.resize_size, pin=pin))
+        decoded, decoding = decoded_batches(sources, prep, batch_size, device, pin)  # on the GPU if faster
+        batches = ahead(decoded)
         with Progress(len(sources), desc, unit="img") as bar, cuda_tuning(device, tf32=True):
             for batch in batches:
                 failures.update(batch.failures)
@@ -532,7 +534,8 @@ class ImageModality:
                     ok[batch.indices.numpy()] = True
                 bar.update(len(batch.indices) + len(batch.failures))
         seconds = time.perf_counter() - started
-        return Features(values, ok, failures, seconds, cached=False, engine=choice and choice.to_dict())
+        engine = {**(choice.to_dict() if choice else {}), "decoder": decoding.to_dict()}
+        return Features(values, ok, failures, seconds, cached=False, engine=engine)
 
     def fingerprint(self, sources: Sequence[Any]) -> str:
         """Path, size and mtime of files; the bytes of in-memory images."""

@@ -74,10 +74,12 @@ def _features(job: Job, data: Labelled, desc: str) -> Features:
         job.log(f"{desc}: {len(data)} feature vectors from the cache")
     else:
         rate = len(data) / max(feats.seconds, 1e-9)
-        engine = f" on {feats.engine['name']}" if feats.engine else ""
+        engine = feats.engine or {}
+        on = f" on {engine['name']}" if engine.get("name") else ""
+        decoding = f", decoding {engine['decoder']['reason']}" if engine.get("decoder") else ""
         job.log(
             f"{desc}: extracted {len(data)} feature vectors in {feats.seconds:.1f}s "
-            f"({rate:.0f} {unit}/s{engine})"
+            f"({rate:.0f} {unit}/s{on}{decoding})"
         )
     return feats
 
