@@ -188,6 +188,34 @@ def test_a_forward_over_batches_copies_its_outputs_to_the_cpu_once_per_chunk(mon
     assert counts["cpu"] == 3  # after 5 batches, 10, and the last 2
 
 
+def test_image_feature_extraction_copies_features_back_once(tmp_path, monkeypatch):
+    """Frozen-feature extraction: the same reads for 3 batches and for 12 (the features come back
+    in one copy per chunk, not one per batch)."""
+    from PIL import Image
+
+    from graft.backbones import create_backbone
+    from graft.modalities import get_modality
+
+    backbone = create_backbone("efficientnet_lite0")
+    prep = Preprocessing(input_size=32)
+    paths = []
+    for k in range(24):
+        paths.append(tmp_path / f"{k:02d}.png")
+        Image.new("RGB", (40, 36), (10 * k, 255 - 10 * k, 128)).save(paths[-1])
+    image = get_modality("image")
+    counts = _spy_reads(monkeypatch.setattr)
+    kwargs = {"flip": False, "batch_size": 2, "desc": "features", "engine": "torch"}
+    pipeline._CONSTANTS.clear()  # built once per process: in each call here, as in a fresh one
+    image.encode(backbone, prep, paths[:6], **kwargs)
+    short = Counter(counts)
+    counts.clear()
+    pipeline._CONSTANTS.clear()
+    features = image.encode(backbone, prep, paths, **kwargs)
+    assert counts == short, f"3 batches: {dict(short)}, 12: {dict(counts)}"
+    assert features.ok.all() and features.values.shape == (24, backbone.num_features)
+    assert np.abs(features.values[0] - features.values[-1]).max() > 0
+
+
 def _two_process_epochs(log: Callable[[str], None], tmp: str) -> dict[str, Any]:
     """In each of two gloo processes: the reads of a 3-step and a 24-step data-parallel epoch, on
     the step schedule and on a time budget's clock; every process's LRs on the clock."""

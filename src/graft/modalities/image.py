@@ -507,13 +507,13 @@ class ImageModality:
         forward pass runs on the engine `graft.runtime.engine.choose_engine` picks for this job."""
         from ..runtime.device import ahead, cuda_tuning, module_device
         from ..runtime.engine import choose_engine
+        from ..runtime.inference import OutputRows
 
         device = module_device(backbone.body)
         # outside inference mode: weights converted inside it could never train again (fine-tuning
         # after a probe trains this very module)
         body = backbone.body.eval().to(memory_format=torch.channels_last)
-        values = np.zeros((len(sources), backbone.num_features), dtype=np.float32)
-        ok = np.zeros(len(sources), dtype=bool)
+        rows, ok = OutputRows(len(sources)), np.zeros(len(sources), dtype=bool)
         failures: dict[int, str] = {}
         forward, choice = None, None
         started = time.perf_counter()
@@ -530,9 +530,11 @@ class ImageModality:
                     out = forward(x)
                     if flip:
                         out = (out + forward(x.flip(3))) / 2
-                    values[batch.indices.numpy()] = out.cpu().numpy()
+                    rows.add(batch.indices, out.flatten(1).float())  # copied back once per chunk
                     ok[batch.indices.numpy()] = True
                 bar.update(len(batch.indices) + len(batch.failures))
+        done = rows.done()  # None when nothing was readable
+        values = done.numpy() if done is not None else np.zeros((len(sources), backbone.num_features), "f4")
         seconds = time.perf_counter() - started
         engine = {**(choice.to_dict() if choice else {}), "decoder": decoding.to_dict()}
         return Features(values, ok, failures, seconds, cached=False, engine=engine)

@@ -33,7 +33,7 @@ def forward_all(
     module.eval()
     device = module_device(module)
     forward = None
-    rows = _Rows(n)
+    rows = OutputRows(n)
     size, me = (ranks.world_size(), ranks.rank()) if across_ranks else (1, 0)
     mine: list[torch.Tensor] = []
     # cuDNN's benchmark on, TF32 as the caller has it; the next batch's copy is queued first
@@ -61,10 +61,11 @@ def forward_all(
 CHUNK_BYTES = 64 << 20
 
 
-class _Rows:
-    """forward_all's outputs: kept on the device and copied to the CPU in chunks of up to
-    CHUNK_BYTES, so the host waits for the device once per chunk (once in all for logits and most
-    extractions), not per batch, and a large extraction holds a bounded amount of device memory."""
+class OutputRows:
+    """The outputs of a forward over batches (forward_all's, image extraction's): kept on the
+    device and copied to the CPU in chunks of up to CHUNK_BYTES, so the host waits for the device
+    once per chunk (once in all for logits and most extractions), not per batch, and a large
+    extraction holds a bounded amount of device memory."""
 
     def __init__(self, n: int) -> None:
         self.n = n
