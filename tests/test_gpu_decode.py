@@ -96,3 +96,22 @@ def test_device_batches_match_the_cpu_path_and_a_bad_batch_falls_back(tmp_path):
         assert a.images.shape == b.images.shape and a.images.dtype == torch.uint8
         # JPEG decoders and resizes differ a little
         assert (a.images.float() - b.images.float()).abs().mean() < 8
+
+
+def test_one_race_per_process_device_and_size(tmp_path, fake_cuda, monkeypatch):
+    """A time budget's chunks of one extraction, and later extractions, reuse the first race."""
+    races: list[int] = []
+    real = gpu_decode.choose_decoder
+    monkeypatch.setattr(gpu_decode, "_RACED", {})
+
+    def race(*args, **kwargs):
+        races.append(1)
+        return real(*args, gpu=_decoder())
+
+    monkeypatch.setattr(gpu_decode, "choose_decoder", race)
+    jpegs = _jpegs(tmp_path, 4)
+    for part in (jpegs[:2], jpegs[2:]):
+        batches, choice = decoded_batches(part, PREP, 2, CUDA)
+        assert len(races) == 1 and choice.name in ("gpu", "cpu")
+    decoded_batches(_jpegs(tmp_path, 2, "png"), PREP, 2, CUDA)  # not JPEGs: a race of their own
+    assert len(races) == 2

@@ -34,6 +34,8 @@ PROBE_IMAGES = 32
 MIN_SPEEDUP = 1.1
 JPEG_START = b"\xff\xd8\xff"
 
+_RACED: dict[tuple, tuple[Any, DecodeChoice]] = {}  # decoded_batches' races, per device and size
+
 # encoded files (1-D uint8 tensors) -> RGB uint8 CHW images on the device
 Decoder = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
@@ -47,6 +49,9 @@ class DecodeChoice:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+NO_CUDA = DecodeChoice("cpu", "cpu (no CUDA)")
 
 
 def nvjpeg(device: torch.device) -> Decoder:
@@ -116,7 +121,7 @@ def choose_decoder(
 ) -> tuple[Decoder | None, DecodeChoice]:
     """The race (see the module's docstring): the GPU decoder to use, or None for the CPU workers."""
     if device.type != "cuda" or not torch.cuda.is_available():
-        return None, DecodeChoice("cpu", "cpu (no CUDA)")
+        return None, NO_CUDA
     sample = list(sources[:PROBE_IMAGES])
     if not sample or not all(is_jpeg_file(s) for s in sample):
         return None, DecodeChoice("cpu", "cpu (not JPEG files)")
@@ -140,8 +145,15 @@ def decoded_batches(
     sources: Sequence[Any], prep: Preprocessing, batch_size: int, device: torch.device, pin: bool = False
 ) -> tuple[Iterator[Batch], DecodeChoice]:
     """An extraction's batches of uint8 images, decoded where the race says (the one door to the
-    GPU path), and the choice."""
-    decoder, choice = choose_decoder(sources, prep, device, default_workers())
+    GPU path), and the choice. The race runs once per process, device and image size: the parts
+    of one extraction (a time budget's chunks) and later ones reuse it."""
+    if device.type != "cuda":
+        return iterate_batches(sources, prep, batch_size, decode_size=prep.resize_size, pin=pin), NO_CUDA
+    jpegs = all(is_jpeg_file(s) for s in sources[:PROBE_IMAGES])
+    key = (device, prep.resize_size, prep.input_size, prep.interpolation, jpegs)
+    if key not in _RACED:
+        _RACED[key] = choose_decoder(sources, prep, device, default_workers())
+    decoder, choice = _RACED[key]
     if decoder is not None:
         return gpu_batches(sources, prep, batch_size, decoder), choice
     return iterate_batches(sources, prep, batch_size, decode_size=prep.resize_size, pin=pin), choice
