@@ -8,6 +8,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,11 +22,21 @@ from graft.data.pipeline import normalize
 from graft.distributed import ddp, launcher, ranks
 from graft.errors import ConfigError
 from graft.runtime import device as device_module
+from graft.runtime import inference
 from graft.runtime.device import ahead, cuda_tuning, no_host_waits
+from graft.runtime.inference import forward_all
 from graft.runtime.precision import Precision, resolve_precision, use_precision
 from graft.training.callbacks import Checkpoint, Deadline, EpochLog, ProgressBar
 from graft.training.checkpoint import Checkpointer
-from graft.training.loop import Callback, LoopConfig, fit, make_optimizer
+from graft.training.loop import (
+    Callback,
+    LoopConfig,
+    Schedule,
+    clock_schedule,
+    fit,
+    make_optimizer,
+    step_schedule,
+)
 from graft.training.sizing import largest_fitting
 from graft.training.strategies import HEAD, Stage
 from graft.training.trackers import TrackSteps
@@ -36,7 +47,8 @@ CUDA = torch.device("cuda")
 
 def _spy_reads(set_attr: Callable[[object, str, object], None]) -> Counter:
     """Counts graft's own reads of tensors back to the host and its host-to-device constants:
-    torch.tensor(..., device=...), Tensor.item, float(tensor), Tensor.tolist, torch.cuda.synchronize."""
+    torch.tensor(..., device=...), Tensor.item, float(tensor), Tensor.tolist, Tensor.cpu,
+    torch.cuda.synchronize, indexing by a boolean mask."""
     counts: Counter = Counter()
 
     def from_graft() -> bool:
@@ -50,7 +62,7 @@ def _spy_reads(set_attr: Callable[[object, str, object], None]) -> Counter:
         return real_tensor(*args, **kwargs)
 
     set_attr(torch, "tensor", tensor)
-    for name in ("item", "tolist", "__float__"):
+    for name in ("item", "tolist", "__float__", "cpu"):
         real = getattr(torch.Tensor, name)
 
         def spy(self, *args, _real=real, _name=name, **kwargs):
@@ -60,6 +72,14 @@ def _spy_reads(set_attr: Callable[[object, str, object], None]) -> Counter:
 
         set_attr(torch.Tensor, name, spy)
     set_attr(torch.cuda, "synchronize", lambda *a, **k: counts.update(["synchronize"]))
+    real_getitem = torch.Tensor.__getitem__
+
+    def getitem(self, index):  # a boolean mask's result has a size the host must read first
+        if isinstance(index, torch.Tensor) and index.dtype == torch.bool and from_graft():
+            counts["tensor[mask]"] += 1
+        return real_getitem(self, index)
+
+    set_attr(torch.Tensor, "__getitem__", getitem)
     return counts
 
 
@@ -71,9 +91,20 @@ class _Tracking:
         self.records += records
 
 
-def _image_epoch(tmp_path: Path, steps: int, data_parallel: bool = False) -> None:
+class _LRs(Callback):
+    def __init__(self) -> None:
+        self.taken: list[float] = []
+
+    def on_step_end(self, loop, loss):
+        self.taken.append(loop.optimizer.param_groups[0]["lr"])
+
+
+def _image_epoch(
+    tmp_path: Path, steps: int, data_parallel: bool = False, schedule: Schedule = step_schedule
+) -> list[float]:
     """One real epoch of `fit` on uint8 images normalised per batch, with fine-tuning's per-step
-    callbacks (the deadline, the progress bar, the epoch log, the trackers, the checkpoint)."""
+    callbacks (the deadline, the progress bar, the epoch log, the trackers, the checkpoint);
+    returns the LR of each step."""
     torch.manual_seed(0)
     pipeline._CONSTANTS.clear()  # each run builds its constants once, as a fresh process does
     prep = Preprocessing(input_size=8)
@@ -91,11 +122,16 @@ def _image_epoch(tmp_path: Path, steps: int, data_parallel: bool = False) -> Non
         EpochLog(lambda line: None, 1),
         TrackSteps(_Tracking(), "finetune"),
         Checkpoint(Checkpointer(tmp_path / f"run{steps}", {}, resume=False)),
+        lrs := _LRs(),
     ]
     groups = [(HEAD, list(model.parameters()))]
     stage = Stage({HEAD: 1.0})
     cfg = LoopConfig(epochs=1)
-    fit(model, groups, lambda e: stage, batches, steps, cfg, callbacks=callbacks, data_parallel=data_parallel)
+    fit(
+        model, groups, lambda e: stage, batches, steps, cfg,
+        callbacks=callbacks, data_parallel=data_parallel, schedule=schedule,
+    )
+    return lrs.taken
 
 
 def test_a_training_epoch_reads_nothing_back_per_step(tmp_path, monkeypatch):
@@ -107,27 +143,107 @@ def test_a_training_epoch_reads_nothing_back_per_step(tmp_path, monkeypatch):
     counts.clear()
     _image_epoch(tmp_path, 12)
     assert counts == short, f"3 steps: {dict(short)}, 12 steps: {dict(counts)}"
-    assert sum(short.values()) <= 4, dict(short)
+    saved = short.pop("cpu", 0)  # the checkpoint copies weights and optimizer state at the end
+    assert saved <= 16 and sum(short.values()) <= 4, dict(short)
 
 
-def _two_process_epochs(log: Callable[[str], None], tmp: str) -> tuple[dict, dict]:
-    """In each of two gloo processes: the reads of a 3-step and a 24-step data-parallel epoch."""
+def test_language_model_adaptation_reads_nothing_back_per_step(monkeypatch):
+    """--adapt-lm's masked-LM epochs: the same reads for 2 steps and for 5 (the masked positions
+    are found on the CPU where batches are made, not by a mask on the device)."""
+    pytest.importorskip("transformers", reason="text needs the `text` extra")
+    from graft.backbones import create_backbone
+    from graft.training.adapt_lm import adapt_language_model
+
+    backbone = create_backbone("minilm")
+    texts = [f"question {k} asks about" + " places and dates" * (k % 5) for k in range(20)]
+    counts = _spy_reads(monkeypatch.setattr)
+    adapt_language_model(backbone, texts[:8], 1, 16, batch_size=4, log=lambda line: None)
+    short = Counter(counts)
+    counts.clear()
+    adapt_language_model(backbone, texts, 1, 16, batch_size=4, log=lambda line: None)
+    assert counts == short, f"2 steps: {dict(short)}, 5 steps: {dict(counts)}"
+
+
+def test_a_forward_over_batches_copies_its_outputs_to_the_cpu_once_per_chunk(monkeypatch):
+    """Extraction, evaluation and prediction (`forward_all`): the outputs stay on the device and
+    come back in one copy (one wait) per CHUNK_BYTES, in input order whatever the batch order."""
+    torch.manual_seed(0)
+    model, data = nn.Linear(4, 3), torch.randn(48, 4)
+
+    def batches(count: int):  # batches of 4 rows, last first
+        for k in reversed(range(count)):
+            index = torch.arange(4 * k, 4 * k + 4)
+            yield index, data[index]
+
+    counts = _spy_reads(monkeypatch.setattr)
+    forward_all(model, batches(3), 12)
+    short = Counter(counts)
+    counts.clear()
+    out = forward_all(model, batches(12), 48)
+    assert counts == short and short["cpu"] == 1, f"3 batches: {dict(short)}, 12: {dict(counts)}"
+    torch.testing.assert_close(out, model(data).detach())
+    monkeypatch.setattr(inference, "CHUNK_BYTES", 5 * 4 * 3 * 4)  # five batches' float32 rows
+    counts.clear()
+    assert torch.equal(forward_all(model, batches(12), 48), out)
+    assert counts["cpu"] == 3  # after 5 batches, 10, and the last 2
+
+
+def test_image_feature_extraction_copies_features_back_once(tmp_path, monkeypatch):
+    """Frozen-feature extraction: the same reads for 3 batches and for 12 (the features come back
+    in one copy per chunk, not one per batch)."""
+    from PIL import Image
+
+    from graft.backbones import create_backbone
+    from graft.modalities import get_modality
+
+    backbone = create_backbone("efficientnet_lite0")
+    prep = Preprocessing(input_size=32)
+    paths = []
+    for k in range(24):
+        paths.append(tmp_path / f"{k:02d}.png")
+        Image.new("RGB", (40, 36), (10 * k, 255 - 10 * k, 128)).save(paths[-1])
+    image = get_modality("image")
+    counts = _spy_reads(monkeypatch.setattr)
+    kwargs = {"flip": False, "batch_size": 2, "desc": "features", "engine": "torch"}
+    pipeline._CONSTANTS.clear()  # built once per process: in each call here, as in a fresh one
+    image.encode(backbone, prep, paths[:6], **kwargs)
+    short = Counter(counts)
+    counts.clear()
+    pipeline._CONSTANTS.clear()
+    features = image.encode(backbone, prep, paths, **kwargs)
+    assert counts == short, f"3 batches: {dict(short)}, 12: {dict(counts)}"
+    assert features.ok.all() and features.values.shape == (24, backbone.num_features)
+    assert np.abs(features.values[0] - features.values[-1]).max() > 0
+
+
+def _two_process_epochs(log: Callable[[str], None], tmp: str) -> dict[str, Any]:
+    """In each of two gloo processes: the reads of a 3-step and a 24-step data-parallel epoch, on
+    the step schedule and on a time budget's clock; every process's LRs on the clock."""
     ranks.setup(torch.device("cpu"))
     counts = _spy_reads(setattr)
-    _image_epoch(Path(tmp) / str(ranks.rank()), 3, data_parallel=True)
-    short = dict(counts)
-    counts.clear()
-    _image_epoch(Path(tmp) / str(ranks.rank()), 24, data_parallel=True)
-    return short, dict(counts)
+    seen: dict[str, Any] = {}
+    schedules = {"steps": lambda: step_schedule, "clock": lambda: clock_schedule(time.perf_counter() + 3)}
+    for name, schedule in schedules.items():
+        for steps in (3, 24):
+            counts.clear()
+            lrs = _image_epoch(Path(tmp) / f"{ranks.rank()}{name}", steps, True, schedule())
+            seen[f"{name} {steps}"] = dict(counts)
+    seen["lrs"] = ranks.gather_objects(lrs)
+    return seen
 
 
 @pytest.mark.slow  # ~10 s of process start-up
 def test_two_processes_agree_at_intervals_not_every_step(tmp_path):
     """Under --devices N the processes agree on stopping every AGREE_EVERY steps and at the
-    epoch's end; a step-count schedule's LR needs no agreement."""
+    epoch's end; neither a step-count schedule nor a time budget's clock agrees on the LR per
+    step (the clock is rank 0's, read when they agree), and every process takes the same LRs."""
     assert ddp.AGREE_EVERY > 24
-    short, long = launcher.launch(_two_process_epochs, (str(tmp_path),), 2, torch.device("cpu"))
-    assert short == long, f"3 steps: {short}, 24 steps: {long}"
+    seen = launcher.launch(_two_process_epochs, (str(tmp_path),), 2, torch.device("cpu"))
+    assert seen["steps 3"] == seen["steps 24"], seen
+    assert seen["clock 3"] == seen["clock 24"], seen
+    first, second = seen["lrs"]
+    assert len(first) == 24 and first == second
+    assert first[-1] < first[0]  # annealing towards the deadline on the clock
 
 
 def test_sync_debug_raises_at_host_waits_in_a_cuda_epoch_only_when_asked(monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .ranks import _device, _group, _state, any_process, rank_seed, sum_all
+from .ranks import _group, _state, any_process, rank, rank_seed, sum_all
 
 if TYPE_CHECKING:
     from torch import nn
@@ -19,8 +19,8 @@ class DataParallel:
     process, e.g. a head on cached features), the model itself and no communication. Otherwise
     DistributedDataParallel through `Accelerator.prepare_model`, over the parameters that train in
     the current stage (wrapped again when a stage changes them: gradual unfreezing), each process
-    with its own random streams, the learning rate from rank 0's schedule (a time budget follows
-    rank 0's clock) and a stop when any process stops."""
+    with its own random streams, a stop when any process stops and, under a time budget, rank 0's
+    clock (`agree`), from which every process computes the same learning rates."""
 
     def __init__(self, model: nn.Module, enabled: bool = True) -> None:
         self.model = model
@@ -40,17 +40,6 @@ class DataParallel:
             self.wrapped, self.trains = _state["accelerator"].prepare_model(self.model), trains
         return self.wrapped
 
-    def lr(self, lr: float, shared: bool = False) -> float:
-        """Rank 0's `lr`, in every process. `shared`: the schedule is a function of the step count
-        alone (the same in every process), so there is nothing to agree on and nothing to wait for;
-        a clock's schedule (a time budget) is agreed every step, a read of the clock."""
-        if not self.active or shared:
-            return lr
-        import torch
-        from accelerate.utils import broadcast
-
-        return float(broadcast(torch.tensor([lr], dtype=torch.float64, device=_device()), from_process=0))
-
     def agrees_after(self, step: int) -> bool:
         """Whether the processes agree on stopping after optimizer step `step`: alone, after every
         step; together, every AGREE_EVERY steps (and at each epoch's end), since agreeing is a
@@ -60,6 +49,19 @@ class DataParallel:
 
     def stop(self, stop: bool) -> bool:
         return any_process(stop) if self.active else stop
+
+    def agree(self, stop: bool, clock: tuple[float, ...] | None) -> tuple[bool, tuple[float, ...] | None]:
+        """One collective for both: a stop when any process stops, and rank 0's `clock` reading
+        (a clock schedule's, `loop.ClockSchedule.reading`) in every process, which each then
+        extrapolates by its step count until the next agreement: the same learning rates in every
+        process without a collective per step."""
+        if not self.active:
+            return stop, clock
+        if clock is None:
+            return self.stop(stop), None
+        mine = clock if rank() == 0 else (0.0,) * len(clock)  # a sum of rank 0's values and zeros
+        total, *main = sum_all(float(stop), *mine)
+        return total > 0, tuple(main)
 
     def totals(self, loss_sum: float, seen: int) -> tuple[float, int]:
         if not self.active:

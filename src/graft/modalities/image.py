@@ -25,6 +25,7 @@ from ..backbones import Preprocessing, create_backbone
 from ..cache import cache_dir
 from ..data.decoded import FixedImages, decode_seconds, decode_to_store, is_stored
 from ..data.frames import dataset_kind, load_dataset_splits
+from ..data.gpu_decode import decoded_batches
 from ..data.image_sets import (
     LABELS_TABLE,
     ImageColumns,
@@ -518,18 +519,19 @@ class ImageModality:
         forward pass runs on the engine `graft.runtime.engine.choose_engine` picks for this job."""
         from ..runtime.device import ahead, cuda_tuning, module_device
         from ..runtime.engine import choose_engine
+        from ..runtime.inference import OutputRows
 
         device = module_device(backbone.body)
         # outside inference mode: weights converted inside it could never train again (fine-tuning
         # after a probe trains this very module)
         body = backbone.body.eval().to(memory_format=torch.channels_last)
-        values = np.zeros((len(sources), backbone.num_features), dtype=np.float32)
-        ok = np.zeros(len(sources), dtype=bool)
+        rows, ok = OutputRows(len(sources)), np.zeros(len(sources), dtype=bool)
         failures: dict[int, str] = {}
         forward, choice = None, None
         started = time.perf_counter()
         pin = device.type == "cuda"  # pinned batches, copied without waiting, read one ahead
-        batches = ahead(iterate_batches(sources, prep, batch_size, decode_size=prep.resize_size, pin=pin))
+        decoded, decoding = decoded_batches(sources, prep, batch_size, device, pin)  # on the GPU if faster
+        batches = ahead(decoded)
         with Progress(len(sources), desc, unit="img") as bar, cuda_tuning(device, tf32=True):
             for batch in batches:
                 failures.update(batch.failures)
@@ -540,11 +542,14 @@ class ImageModality:
                     out = forward(x)
                     if flip:
                         out = (out + forward(x.flip(3))) / 2
-                    values[batch.indices.numpy()] = out.cpu().numpy()
+                    rows.add(batch.indices, out.flatten(1).float())  # copied back once per chunk
                     ok[batch.indices.numpy()] = True
                 bar.update(len(batch.indices) + len(batch.failures))
+        done = rows.done()  # None when nothing was readable
+        values = done.numpy() if done is not None else np.zeros((len(sources), backbone.num_features), "f4")
         seconds = time.perf_counter() - started
-        return Features(values, ok, failures, seconds, cached=False, engine=choice and choice.to_dict())
+        engine = {**(choice.to_dict() if choice else {}), "decoder": decoding.to_dict()}
+        return Features(values, ok, failures, seconds, cached=False, engine=engine)
 
     def fingerprint(self, sources: Sequence[Any]) -> str:
         """Path, size and mtime of files; the bytes of in-memory images."""

@@ -35,7 +35,7 @@ def forward_all(
     module.eval()
     device = module_device(module)
     forward = None
-    out: torch.Tensor | None = None
+    rows = OutputRows(n)
     size, me = (ranks.world_size(), ranks.rank()) if across_ranks else (1, 0)
     mine: list[torch.Tensor] = []
     # cuDNN's benchmark on, TF32 as the caller has it; the next batch's copy is queued first
@@ -48,16 +48,54 @@ def forward_all(
                 settled = chosen is not None and floats
                 forward = chosen if settled else _forward_for(module, x, n, engine, on_engine)
             with torch.inference_mode(), autocast(device):
-                y = forward(x).flatten(1).float().cpu()
-            if out is None:
-                out = torch.zeros(n, y.shape[1])
-            out[index] = y
+                y = forward(x).flatten(1).float()
+            rows.add(index, y)  # outside inference mode: the CPU rows it makes stay writable
             if size > 1:
                 mine.append(torch.as_tensor(index))
+    out = rows.done()
     if size > 1:
         return _gathered_rows(out, mine, n)
     return out if out is not None else torch.zeros(0, 0)
 
+
+
+# outputs held on the device before one copy to the CPU: 8,192 rows of 2,048 features (32 batches
+# of 256 images), one chunk in all for logits; on the CPU the copy is a no-op and the chunk costs
+# one extra copy of these rows (`torch.cat`), bounded by the same size
+CHUNK_BYTES = 64 << 20
+
+
+class OutputRows:
+    """The outputs of a forward over batches (forward_all's, image extraction's): kept on the
+    device and copied to the CPU in chunks of up to CHUNK_BYTES, so the host waits for the device
+    once per chunk (once in all for logits and most extractions), not per batch, and a large
+    extraction holds a bounded amount of device memory."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.out: torch.Tensor | None = None
+        self.pending: list[tuple[Any, torch.Tensor]] = []
+        self.bytes = 0
+
+    def add(self, index: Any, y: torch.Tensor) -> None:
+        self.pending.append((index, y))
+        self.bytes += y.numel() * y.element_size()
+        if self.bytes >= CHUNK_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        ys = [y for _, y in self.pending]
+        chunk = (ys[0] if len(ys) == 1 else torch.cat(ys)).cpu()  # the chunk's one wait
+        if self.out is None:
+            self.out = torch.zeros(self.n, chunk.shape[1])
+        self.out[torch.cat([torch.as_tensor(index) for index, _ in self.pending])] = chunk
+        self.pending, self.bytes = [], 0
+
+    def done(self) -> torch.Tensor | None:
+        self.flush()
+        return self.out
 
 
 def _gathered_rows(out: torch.Tensor | None, mine: list[torch.Tensor], n: int) -> torch.Tensor:

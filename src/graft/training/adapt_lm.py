@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,11 +41,20 @@ def mask_tokens(
     chosen = (torch.rand(ids.shape, generator=generator) < MASK_PROBABILITY) & ~special
     labels = torch.where(chosen, ids, torch.full_like(ids, -100))
     draw = torch.rand(ids.shape, generator=generator)
-    inputs = ids.clone()
-    inputs[chosen & (draw < 0.8)] = tokenizer.mask_token_id
+    inputs = torch.where(chosen & (draw < 0.8), tokenizer.mask_token_id, ids)
     swap = chosen & (draw >= 0.8) & (draw < 0.9)
-    inputs[swap] = torch.randint(len(tokenizer), ids.shape, generator=generator)[swap]
-    return inputs, labels
+    return torch.where(swap, torch.randint(len(tokenizer), ids.shape, generator=generator), inputs), labels
+
+
+def masked_targets(labels: torch.Tensor) -> torch.Tensor | None:
+    """The masked positions of a batch as (position in the flattened batch, token id) rows, found
+    on the CPU where the batch is made (None when nothing is masked): the loss then picks them on
+    the device by index, where a boolean mask would make the host wait to learn how many."""
+    flat = labels.numpy().ravel()
+    positions = np.flatnonzero(flat != -100)
+    if not positions.size:
+        return None
+    return torch.from_numpy(np.stack([positions, flat[positions]], axis=1))
 
 
 def _mlm_model(backbone: Backbone) -> nn.Module:
@@ -64,13 +74,16 @@ def _head_of(mlm: nn.Module) -> nn.Module | None:
 def _masked_lm_loss(
     head: nn.Module | None, pad_id: int
 ) -> Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]:
-    def loss(mlm: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(mlm: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """`targets`: `masked_targets` rows, on the device."""
         mask = (inputs != pad_id).long()
+        positions, wanted = targets[:, 0], targets[:, 1]
         if head is None:
-            return mlm(input_ids=inputs, attention_mask=mask, labels=labels).loss
+            labels = torch.full_like(inputs, -100).view(-1).index_put((positions,), wanted)
+            return mlm(input_ids=inputs, attention_mask=mask, labels=labels.view_as(inputs)).loss
         hidden = getattr(mlm, mlm.base_model_prefix)(input_ids=inputs, attention_mask=mask).last_hidden_state
-        picked = labels != -100
-        return nn.functional.cross_entropy(head(hidden[picked]).float(), labels[picked])
+        picked = hidden.flatten(0, 1).index_select(0, positions)
+        return nn.functional.cross_entropy(head(picked).float(), wanted)
 
     return loss
 
@@ -104,8 +117,9 @@ def adapt_language_model(
         generator = torch.Generator().manual_seed(seed * 1000 + epoch)
         for index in bucketed_order(lengths, batch_size, generator):
             inputs, labels = mask_tokens(pad([ids[i] for i in index], pad_id), tokenizer, generator)
-            if (labels != -100).any():
-                yield inputs, labels
+            targets = masked_targets(labels)
+            if targets is not None:  # the epoch's loss is a mean over masked tokens
+                yield inputs, targets
 
     steps_per_epoch = math.ceil(len(ids) / batch_size)
     cfg = LoopConfig(epochs=epochs, lr=HEAD_LR, weight_decay=0.01, pct_start=0.1, seed=seed, bn_frozen=False)

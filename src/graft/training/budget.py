@@ -108,8 +108,10 @@ class Clock:
         reserve = n_eval * per_step / (3 * batch_size) + 0.03 * self.seconds
         deadline = self.started + self.seconds - reserve
         fitting = max(1, round((deadline - _now()) / (per_step * steps_per_epoch)))
-        fitting = ranks.from_main(fitting)  # several processes show the same (rank 0's timing)
-        cap = ranks.from_main(epochs if epochs else BUDGET_EPOCH_CAP)
+        # several processes: rank 0's deadline (as seconds from now: each process's clock has its
+        # own start), its timing and its epochs, decided once for every process
+        left, fitting, cap = ranks.from_main((deadline - _now(), fitting, epochs or BUDGET_EPOCH_CAP))
+        deadline = _now() + left
         shown = Epochs(fitting, approximate=True) if not epochs else Epochs(min(cap, fitting))
         line = (
             f"time budget {self.seconds:.0f}s: {per_step:.3f}s per step, training until "

@@ -78,6 +78,8 @@ class Loop:
     stop: bool = False
     started: float = field(default_factory=time.perf_counter)
     scaler: torch.amp.GradScaler | None = None  # fp16's loss scaling (checkpointed with the optimizer)
+    # several processes under a clock schedule: (step, its reading) of rank 0's clock at the last agreement
+    agreed_clock: tuple[int, float, float] | None = None
 
 
 # schedule(loop, step within the epoch) -> the head's learning rate for the next step
@@ -103,29 +105,46 @@ def step_schedule(loop: Loop, i: int) -> float:
     return cfg.lr * one_cycle(progress, cfg.pct_start)
 
 
-def clock_schedule(deadline: float, per_step: float | None = None) -> Schedule:
+class ClockSchedule:
     """One-cycle over wall time until `deadline` (a time.perf_counter() value): the LR anneals
     exactly when time is up, whatever a step really costs. Each step takes the LR of the moment it
     is expected to end (the mean step of this fit so far, or the timed `per_step` before the
     first), so the step that crosses the deadline runs annealed even when the time left is only
-    a step or two."""
-    seen: dict[str, Any] = {}
+    a step or two. Several processes read rank 0's clock only when they agree on stopping
+    (`Loop.agreed_clock`) and count steps from there, so they take the same LRs with no
+    collective per step."""
 
-    def schedule(loop: Loop, i: int) -> float:
+    def __init__(self, deadline: float, per_step: float | None = None) -> None:
+        self.deadline, self.per_step = deadline, per_step
+        self.seen: dict[str, Any] = {}
+
+    def reading(self, loop: Loop) -> tuple[float, float]:
+        """This process's clock: (the share of the time to the deadline spent, a step's share)."""
+        now = time.perf_counter()
+        if self.seen.get("loop") is not loop:  # a new fit: count its steps from here
+            self.seen.update(loop=loop, first_step=loop.state.step)
+        taken = loop.state.step - self.seen["first_step"]
+        step_seconds = (now - loop.started) / taken if taken else (self.per_step or 0.0)
+        span = max(self.deadline - loop.started, 1e-9)
+        return (now - loop.started) / span, step_seconds / span
+
+    def __call__(self, loop: Loop, i: int) -> float:
         if loop.cfg.cycle == "epoch":
             return step_schedule(loop, i)
-        now = time.perf_counter()
-        if seen.get("loop") is not loop:  # a new fit: count its steps from here
-            seen.update(loop=loop, first_step=loop.state.step)
-        taken = loop.state.step - seen["first_step"]
-        step_seconds = (now - loop.started) / taken if taken else (per_step or 0.0)
-        clock = (now + step_seconds - loop.started) / max(deadline - loop.started, 1e-9)
+        if loop.agreed_clock is None:
+            spent, step_share = self.reading(loop)
+        else:
+            at, spent, step_share = loop.agreed_clock
+            spent += (loop.state.step - at) * step_share
         # whichever comes first, the deadline or the planned steps (an epoch cap set from a slow
         # timing ends training before the deadline): the LR has annealed when training stops
         steps = (loop.state.step + 1) / max(1, loop.cfg.epochs * loop.steps_per_epoch)  # this step's end
-        return loop.cfg.lr * one_cycle(max(clock, steps), loop.cfg.pct_start)
+        return loop.cfg.lr * one_cycle(max(spent + step_share, steps), loop.cfg.pct_start)
 
-    return schedule
+
+def clock_schedule(deadline: float, per_step: float | None = None) -> Schedule:
+    """The LR schedule of a time budget (`ClockSchedule`)."""
+    return ClockSchedule(deadline, per_step)
 
 
 def make_optimizer(
@@ -201,6 +220,8 @@ def fit(
     loss_fn = loss_fn or classification_loss(cfg, device)
     for cb in callbacks:
         cb.on_fit_start(loop)
+    if parallel.active:  # once per fit: where rank 0's clock stands, for every process
+        _agree(loop, parallel, schedule)
     with cuda_tuning(device):
         _epochs(loop, parallel, groups, strategy, batches, loss_fn, scaler, callbacks, schedule)
     parallel.close()
@@ -245,7 +266,7 @@ def _epochs(
         loop.state.epoch = epoch + 1
         for cb in callbacks:
             cb.on_epoch_end(loop, row)
-        loop.stop = parallel.stop(loop.stop)
+        _agree(loop, parallel, schedule)
         if loop.stop:
             break
 
@@ -265,8 +286,7 @@ def _steps(
     trainer = parallel.wrap()  # the model, or DistributedDataParallel over what trains now
     loss_sum, seen, lr = torch.zeros((), device=device), 0, cfg.lr
     for i, (x, y) in enumerate(batches):
-        with host_waits_allowed():  # a clock's schedule is agreed by several processes
-            lr = parallel.lr(schedule(loop, i), shared=schedule is step_schedule)
+        lr = schedule(loop, i)  # the same in every process: no collective
         for g in loop.optimizer.param_groups:
             g["lr"] = lr * stage.lr_mults.get(g["name"], 0.0)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -282,8 +302,17 @@ def _steps(
         for cb in callbacks:
             cb.on_step_end(loop, value)
         if parallel.agrees_after(loop.state.step):
-            with host_waits_allowed():
-                loop.stop = parallel.stop(loop.stop)
+            _agree(loop, parallel, schedule)
             if loop.stop:
                 break
     return loss_sum, seen, lr
+
+
+def _agree(loop: Loop, parallel: DataParallel, schedule: Schedule) -> None:
+    """The processes' agreement (a documented wait): a stop when any stops, and rank 0's clock
+    for a clock schedule. Alone it costs nothing."""
+    reading = schedule.reading(loop) if parallel.active and isinstance(schedule, ClockSchedule) else None
+    with host_waits_allowed():
+        loop.stop, clock = parallel.agree(loop.stop, reading)
+    if clock is not None:
+        loop.agreed_clock = (loop.state.step, clock[0], clock[1])

@@ -78,11 +78,13 @@ def _features(job: Job, data: Labelled, desc: str) -> Features:
     else:
         encoded = len(data) - feats.reused
         rate = encoded / max(feats.seconds, 1e-9)
-        engine = f" on {feats.engine['name']}" if feats.engine else ""
+        engine = feats.engine or {}
+        on = f" on {engine['name']}" if engine.get("name") else ""
+        decoding = f", decoding {engine['decoder']['reason']}" if engine.get("decoder") else ""
         reused = f", {feats.reused} more from the backbone pick's" if feats.reused else ""
         job.log(
             f"{desc}: extracted {encoded} feature vectors in {feats.seconds:.1f}s "
-            f"({rate:.0f} {unit}/s{engine}){reused}"
+            f"({rate:.0f} {unit}/s{on}{decoding}){reused}"
         )
     return feats
 
