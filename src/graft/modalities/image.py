@@ -56,6 +56,7 @@ from ..errors import ConfigError, DataError, UnreadableImage
 from ..progress import Progress
 from ..runtime.device import to_device
 from .base import Batch, Defaults, Features, StrategyDefaults
+from .image_sizes import progressive_sizes, takes_size
 
 # Linear probes on standardised features: AdamW at 1e-3 with a one-cycle schedule over 30 cheap
 # epochs is the usual recipe (MAE/DINO linear evaluation use the same order of magnitude); large
@@ -71,13 +72,6 @@ IMAGE_DEFAULTS = Defaults(
     min_finetune_steps=0,
     warmup_share=0.25,
 )
-
-# Progressive resizing (fastai, Howard 2018; EfficientNetV2's progressive learning, Tan & Le 2021):
-# the first unfrozen epoch trains on crops 2/3 of the input size (under half the pixels), growing
-# to the full size by the last epoch, so the last epochs train at the size it is evaluated at.
-# 2/3 is the middle of the usual range (fastai's 128 -> 224, EfficientNetV2's ~0.5 -> 1), not
-# tuned here; `python -m bench levers --only progressive_resize` is the side-by-side.
-PROGRESSIVE_START = 2 / 3
 
 
 def _columns(config: Any) -> ImageColumns:
@@ -97,34 +91,6 @@ def _images_named(tables: Sequence[Path], columns: ImageColumns) -> list[str]:
         return []
     named = (tables[0].parent / str(value).strip() for value in table_sample(tables[0])[column])
     return [*map(str, tables), *(str(p) for p in named if p.is_file())]
-
-
-def progressive_sizes(full: int, epochs: int) -> list[int]:
-    """Training crop sizes per epoch for progressive resizing: from PROGRESSIVE_START of the input
-    size up to all of it at the last epoch, in equal steps, each a multiple of 8 (the strides of
-    CNNs divide it)."""
-    if epochs <= 1:
-        return [full] * max(epochs, 0)
-    first = PROGRESSIVE_START * full
-    steps = [first + (full - first) * e / (epochs - 1) for e in range(epochs)]
-    sizes = [min(full, max(8, round(size / 8) * 8)) for size in steps]  # never above the full size
-    sizes[-1] = full
-    return sizes
-
-
-@torch.no_grad()
-def _takes_size(model: nn.Module, size: int) -> bool:
-    """Whether the network runs on size x size inputs (some, ViTs without dynamic image sizes,
-    take only the size they were built for)."""
-    was_training, device = model.training, next(model.parameters()).device
-    model.eval()
-    try:
-        model(torch.zeros(2, 3, size, size, device=device))
-        return True
-    except (RuntimeError, AssertionError, ValueError):
-        return False
-    finally:
-        model.train(was_training)
 
 
 class _EpochTransforms:
@@ -164,7 +130,7 @@ class _TrainingImages:
         self.sizes = []
         if len(set(sizes)) <= 1:
             return None
-        if not _takes_size(model, min(sizes)):
+        if not takes_size(model, min(sizes)):
             return f"off: the network takes only {self.prep.input_size} px inputs"
         self.sizes = sizes
         return f"training crops {' -> '.join(map(str, sizes))} px"
