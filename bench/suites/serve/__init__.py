@@ -156,14 +156,19 @@ def _free_port() -> int:
 
 
 def _wait_ready(base: str, server: subprocess.Popen, seconds: float = 600) -> dict[str, Any]:
-    """/health once /ready says yes (the engines raced and a batch run)."""
+    """/health once /ready says yes (the engines raced and a batch run), or once /health answers
+    for a server without /ready."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"graft serve exited {server.returncode} before it was ready")
         try:
-            with urllib.request.urlopen(f"{base}/ready", timeout=2):
-                pass
+            try:
+                with urllib.request.urlopen(f"{base}/ready", timeout=2):
+                    pass
+            except urllib.error.HTTPError as error:  # a tree without /ready: alive is ready
+                if error.code != 404:
+                    raise
             with urllib.request.urlopen(f"{base}/health", timeout=2) as answer:
                 return json.loads(answer.read())
         except (urllib.error.URLError, ConnectionError, TimeoutError):
