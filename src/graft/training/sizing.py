@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..runtime.capabilities import cuda_capabilities
+
 GPU_BATCH_SCALES = (4, 2)  # tried in order: the first that leaves enough steps an epoch
 MIN_STEPS_PER_EPOCH = 100
 INFERENCE_BATCH_CUDA = 256
@@ -68,6 +70,5 @@ def largest_fitting(try_step: Callable[[int], object], batch: int, floor: int) -
         except out_of_memory_errors():
             if batch // 2 < floor:
                 raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            cuda_capabilities().empty_cache()
             batch //= 2
