@@ -25,6 +25,7 @@ from ..runtime.capabilities import cuda_capabilities
 GPU_BATCH_SCALES = (4, 2)  # tried in order: the first that leaves enough steps an epoch
 MIN_STEPS_PER_EPOCH = 100
 INFERENCE_BATCH_CUDA = 256
+LR_RULE = "the square-root rule for Adam"
 
 
 @dataclass(frozen=True)
@@ -40,15 +41,20 @@ def device_batch(default: int, n_train: int, device: torch.device) -> BatchChoic
         return BatchChoice(default, 1.0)
     for scale in GPU_BATCH_SCALES:
         if n_train // (default * scale) >= MIN_STEPS_PER_EPOCH:
-            return BatchChoice(default * scale, math.sqrt(scale), _note(default, default * scale))
+            batch = default * scale
+            return BatchChoice(batch, lr_factor(batch, default), _note(default, batch))
     return BatchChoice(default, 1.0)
 
 
+def lr_factor(batch: int, default: int) -> float:
+    """What the default LR is multiplied by at `batch` in place of `default` (the module's rule)."""
+    return math.sqrt(batch / default)
+
+
 def _note(default: int, batch: int) -> str:
-    factor = math.sqrt(batch / default)
     return (
         f"batch {batch} instead of {default} on the GPU (at least {MIN_STEPS_PER_EPOCH} steps an "
-        f"epoch), learning rate x{factor:.2g} (the square-root rule for Adam)"
+        f"epoch), learning rate x{lr_factor(batch, default):.2g} ({LR_RULE})"
     )
 
 
