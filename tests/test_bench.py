@@ -310,7 +310,9 @@ def test_the_gpu_suite_small_measures_every_row_on_a_cpu_from_generated_data(tmp
     done = subprocess.run([*argv, "--image-size", "32", "--batch-size", "8"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    rows = {row["row"]: row for row in results.read("gpu", tmp_path)}
+    recorded = results.read("gpu", tmp_path)
+    assert len(results.latest(recorded)) == len(recorded)  # a case's rows share its date: one table
+    rows = {row["row"]: row for row in recorded}
     assert not [row for row in rows.values() if "error" in row], done.stdout[-3000:]
     assert set(rows) >= {
         "network alone: forward", "network alone: train step", "lever: train step, batch 8",

@@ -415,7 +415,8 @@ def _done(row: dict[str, Any]) -> dict[str, Any]:
     if not _live:
         emit(row)
         return row
-    seen = {"machine": _live["machine"], "busy": results.busy(_live["start"], results.load())}
+    seen = {"machine": _live["machine"], "date": _live["date"]}
+    seen["busy"] = results.busy(_live["start"], results.load())
     results.append("gpu", [results.stamp(row, "gpu", _live["case"], _live["tree"], seen)], _live["folder"])
     return row
 
@@ -489,6 +490,7 @@ def measure(part: str, args: argparse.Namespace) -> None:
     if args.live_results:
         stamp = json.loads(args.stamp)
         _live.update(folder=args.live_results, case=part, machine=results.machine(), start=results.load(),
+                     date=results.now(),  # one date for the case's rows: the table shows them together
                      tree=argparse.Namespace(name=stamp["tree"], commit=stamp["commit"]))  # fmt: skip
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed shapes: the fastest kernels are worth finding
