@@ -2,7 +2,9 @@
 sized for a CPU, where a larger batch does not run faster per example. On a CUDA GPU a step of 64
 small images leaves most of the device idle, so fine-tuning takes a larger batch there, and the
 learning rate follows it by the square-root rule for Adam-type optimisers (Malladi et al. 2022,
-"On the SDEs and scaling rules for adaptive gradient algorithms": batch x k, LR x sqrt(k)).
+"On the SDEs and scaling rules for adaptive gradient algorithms": batch x k, LR x sqrt(k)). On the
+CPU, three seeds each (`python -m bench accuracy --only batch_lr_rule`, docs/guide/distributed.md),
+it and the linear rule (LR x k, SGD's) are within noise of each other, so the literature decides.
 
 The rule, for a batch size and LR the user left unset:
 - the batch grows 4x (else 2x) only while an epoch keeps at least MIN_STEPS_PER_EPOCH optimizer
