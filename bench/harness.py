@@ -96,7 +96,7 @@ def _src_of(folder: Path) -> Path:
 def _installed_commit() -> str:
     """The installed graft's version, and its checkout's commit when it is installed from one."""
     code = "import graft, os; print(graft.__version__); print(os.path.dirname(graft.__file__))"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))  # as `tree_env` runs it: no checkout's src first
+    env = tree_env(Tree("installed", None, ""), Path(tempfile.gettempdir()))  # as its processes run
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           cwd=tempfile.gettempdir())  # fmt: skip
     if done.returncode:
@@ -128,9 +128,11 @@ def open_tree(spec: str) -> Iterator[Tree]:
 
 
 def tree_env(tree: Tree, cache: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment of a process of `tree`: its src (and this repo, for `bench`) on PYTHONPATH."""
+    """The environment of a process of `tree`: its src (and this repo, for `bench`) on PYTHONPATH,
+    then the caller's PYTHONPATH (where a wheel was installed with `pip install --target`)."""
     paths = [str(tree.src)] if tree.src is not None else []
-    env = dict(os.environ, GRAFT_CACHE_DIR=str(cache), PYTHONPATH=os.pathsep.join([*paths, str(ROOT)]))
+    paths += [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = dict(os.environ, GRAFT_CACHE_DIR=str(cache), PYTHONPATH=os.pathsep.join(paths))
     env[FLAGS_ENV] = shlex.join(tree.flags)  # ROOT holds no graft package: it shadows nothing
     return env | (extra or {})
 

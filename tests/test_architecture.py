@@ -24,6 +24,7 @@ import graft
 from graft.cli import main
 from graft.errors import ConfigError
 from graft.modalities import detect, get_modality
+from graft.runtime.capabilities import CudaCapabilities, use_capabilities
 from graft.runtime.device import resolve_device
 
 SRC = Path(graft.__file__).resolve().parent
@@ -329,18 +330,18 @@ def test_tables_are_text_and_cifar10_is_images(tmp_path):
 
 def test_resolve_device(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto") == torch.device("cpu")
-    with pytest.raises(ConfigError, match="no CUDA GPU"):
-        resolve_device("cuda")
+    with use_capabilities(CudaCapabilities(available=False)):  # as on a GPU machine too
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            resolve_device("cuda")
     with pytest.raises(ConfigError, match="unknown --device 'gpu0'"):
         resolve_device("gpu0")
 
 
 def test_cli_device_error_is_one_line(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     data = make_image_folder(tmp_path / "data", per_class=4, seed=0)
-    assert main(["train", str(data), "--device", "cuda:1", "--out", str(tmp_path / "run")]) == 2
+    with use_capabilities(CudaCapabilities(available=False)):
+        assert main(["train", str(data), "--device", "cuda:1", "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "graft: error: --device cuda:1: no CUDA GPU is visible to PyTorch; use --device cpu"
 

@@ -4,15 +4,19 @@ table printed from them, trees run through the one helper, and the gpu suite's l
 from __future__ import annotations
 
 import json
+import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import BAD, GOOD, NOUNS, make_image_folder
 
 import bench.__main__ as cli
 from bench import harness, results
+from bench.suites import gpu as gpu_suite
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,7 +162,7 @@ def test_the_gpu_suite_imports_without_torch_graft_or_the_other_suites():
         "import sys, bench.suites.gpu as g; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'graft') "
         "or (m.startswith('bench.') and m not in ('bench.suites.gpu', 'bench.suites', 'bench.harness', "
-        "'bench.data'))))"
+        "'bench.data', 'bench.results'))))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -211,7 +215,8 @@ def test_the_numbers_pages_accuracy_cases_run_its_figures_commands(tmp_path, mon
     monkeypatch.setattr(accuracy, "require_data", lambda *folders: None)
     monkeypatch.setattr(accuracy, "subset_folder", lambda source, n, name: Path(f"/c/{name}"))
     ctx = SimpleNamespace(work=tmp_path, graft=graft)
-    rows = {name: accuracy.CASES[name](ctx) for name in set(accuracy.CASES) - set(accuracy.DEFAULT_CASES)}
+    figures = set(accuracy.CASES) - set(accuracy.DEFAULT_CASES) - {"batch_lr_rule"}
+    rows = {name: accuracy.CASES[name](ctx) for name in figures}
     out = ["--out", str(tmp_path / "run"), "--json"]
     cifar, trec, sst2 = accuracy.DATA, accuracy.TEXT / "trec6", str(accuracy.TEXT / "sst2")
     trec6 = ["train", str(trec / "train.csv"), "--test", str(trec / "test.csv"), "--seed"]
@@ -228,6 +233,29 @@ def test_the_numbers_pages_accuracy_cases_run_its_figures_commands(tmp_path, mon
     assert [r["test_error"] for r in rows["trec6_seeds"]] == [pytest.approx(0.1)] * 3
     last_layer = rows["sst2_linear"][1]
     assert last_layer["row"] == "--feature-layers 1" and last_layer["dev_accuracy"] == 0.8
+
+
+def test_the_batch_lr_rule_case_runs_three_arms_over_three_seeds_with_mean_and_error(tmp_path, monkeypatch):
+    from bench.suites import accuracy
+
+    calls: list[list[str]] = []
+    scores = iter([0.50, 0.52, 0.54, 0.40, 0.42, 0.44, 0.60, 0.60, 0.60])
+
+    def graft(*args: str, **_: object) -> harness.Run:
+        calls.append(list(args))
+        return harness.Run(list(args), 0, 1.0, 100.0, stdout=json.dumps({"test_accuracy": next(scores)}))
+
+    monkeypatch.setattr(accuracy, "require_data", lambda *folders: None)
+    monkeypatch.setattr(accuracy, "subset_folder", lambda source, n, name: Path(f"/c/{name}"))
+    rows = accuracy.batch_lr_rule(SimpleNamespace(work=tmp_path, graft=graft))
+    ran = [tuple(c[c.index(flag) + 1] for flag in ("--batch-size", "--lr", "--seed")) for c in calls]
+    assert ran == [
+        (batch, lr, seed) for batch, lr in (("64", "0.001"), ("256", "0.002"), ("256", "0.004"))
+        for seed in ("0", "1", "2")
+    ]  # fmt: skip
+    means = [row for row in rows if "standard_error" in row]
+    assert [round(row["test_accuracy"], 4) for row in means] == [0.52, 0.42, 0.60]
+    assert means[0]["standard_error"] == pytest.approx(0.02 / 3**0.5) and means[2]["standard_error"] == 0
 
 
 def test_a_bare_run_runs_the_default_cases_and_a_named_one_runs_too(tmp_path, monkeypatch, capsys):
@@ -304,3 +332,45 @@ def test_the_serve_suites_load_generator_counts_statuses_health_and_memory():
     assert row["health_polls"] >= 1 and row["health_failed"] == 0
     assert row["rss_end_mb"] > 10 and row["rss_growth_from_request"] == 15
     assert sorted(set(seen)) == [b"one", b"two"]
+
+
+def _text_table(path: Path, per_label: int) -> None:
+    """A `text,label` table whose one sentiment word gives the label (as TREC-6's columns)."""
+    lines = ["text,label"]
+    for i in range(per_label):
+        lines += [f"the {NOUNS[i % len(NOUNS)]} was {GOOD[i % len(GOOD)]},pos"]
+        lines += [f"the {NOUNS[i % len(NOUNS)]} was {BAD[i % len(BAD)]},neg"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_the_gpu_suite_small_measures_every_row_on_a_cpu_from_generated_data(tmp_path):
+    """`python -m bench gpu --small` (make test runs it) on a generated image folder and text table,
+    on the CPU: every row is recorded, none failed, every rate finite and positive, every accuracy
+    present."""
+    images, text = tmp_path / "images", tmp_path / "text"
+    for split, per_class in (("train", 8), ("test", 4)):
+        make_image_folder(images / split, per_class=per_class, seed=per_class)
+    text.mkdir()
+    _text_table(text / "train.csv", 12)
+    _text_table(text / "test.csv", 4)
+    argv = [sys.executable, "-m", "bench", "gpu", "--small", "--tree", f"here={ROOT}", "--device", "cpu"]
+    argv += ["--results", str(tmp_path), "--data", str(images), "--trec", str(text), "--per-class", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread a process, as the other tests run torch
+    done = subprocess.run([*argv, "--image-size", "32", "--batch-size", "8"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    recorded = results.read("gpu", tmp_path)
+    assert len(results.latest(recorded)) == len(recorded)  # a case's rows share its date: one table
+    rows = {row["row"]: row for row in recorded}
+    assert not [row for row in rows.values() if "error" in row], done.stdout[-3000:]
+    assert set(rows) >= {
+        "network alone: forward", "network alone: train step", "lever: train step, batch 8",
+        "graft extraction (the probe)", "graft fine-tuning", "hand-written loop (anchor)",
+        "TREC-6: graft defaults", "TREC-6: transformers.Trainer",
+    }  # fmt: skip
+    rates = [row["rate"] for row in rows.values() if "rate" in row]
+    assert len(rates) == 8 and all(math.isfinite(rate) and rate > 0 for rate in rates), rates
+    accurate = ("graft fine-tuning", "hand-written loop (anchor)", "TREC-6: graft defaults",
+                "TREC-6: transformers.Trainer")  # fmt: skip
+    assert all(0 <= rows[name]["accuracy"] <= 1 for name in accurate)
+    assert all(row["commit"] != "unknown" and row["case"] in gpu_suite.PARTS for row in rows.values())

@@ -1,8 +1,10 @@
 """What a first CUDA run relies on, checked on the CPU: no host waits per training step, the CUDA
-switches set and restored, and the CUDA-only choices (precision, fused AdamW, loss scaling)."""
+switches set and restored, and the CUDA-only choices (precision, fused AdamW, loss scaling), asked of
+the one device-capabilities seam with an H100's recorded capabilities (tests/fixtures)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections import Counter
@@ -23,7 +25,8 @@ from graft.distributed import ddp, launcher, ranks
 from graft.errors import ConfigError
 from graft.runtime import device as device_module
 from graft.runtime import inference
-from graft.runtime.device import ahead, cuda_tuning, no_host_waits
+from graft.runtime.capabilities import CudaCapabilities, cuda_capabilities, use_capabilities
+from graft.runtime.device import ahead, cuda_tuning, no_host_waits, resolve_device
 from graft.runtime.inference import forward_all
 from graft.runtime.precision import Precision, resolve_precision, use_precision
 from graft.training.callbacks import Checkpoint, Deadline, EpochLog, ProgressBar
@@ -43,6 +46,23 @@ from graft.training.trackers import TrackSteps
 
 GRAFT_SRC = str(Path(graft.__file__).parent)
 CUDA = torch.device("cuda")
+H100 = CudaCapabilities.from_json(Path(__file__).parent / "fixtures" / "h100_capabilities.json")
+T4 = dataclasses.replace(H100, name="Tesla T4", capability=(7, 5), total_memory=15_835_660_288)
+
+
+class _Recorded(CudaCapabilities):
+    """A recorded GPU that counts the allocator-cache releases graft asks for (no CUDA to empty)."""
+
+    emptied: list[int]
+
+    def _release(self) -> None:
+        self.emptied.append(1)
+
+
+def _recording(base: CudaCapabilities) -> _Recorded:
+    fake = _Recorded(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+    object.__setattr__(fake, "emptied", [])
+    return fake
 
 
 def _spy_reads(set_attr: Callable[[object, str, object], None]) -> Counter:
@@ -282,22 +302,30 @@ def test_cuda_tuning_sets_benchmark_and_tf32_then_restores_them(cuda_flags, tf32
     assert torch.backends.cuda.matmul.allow_tf32 is (not tf32)
 
 
-def _fake_gpu(monkeypatch: pytest.MonkeyPatch, capability: tuple[int, int]) -> None:
-    """A CUDA GPU of `capability` as graft's code asks about it (an A100 is (8, 0), a T4 (7, 5))."""
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)  # says so on a T4 too
+def test_the_recorded_h100_is_what_the_seam_reports_and_a_cpu_machine_has_none():
+    assert (H100.name, H100.capability, H100.bf16_native, H100.total_memory // 2**30) == (
+        "NVIDIA H100 80GB HBM3", (9, 0), True, 79)
+    assert CudaCapabilities.from_dict(H100.to_dict()) == H100
+    with use_capabilities(H100):
+        assert cuda_capabilities() is H100
+        assert resolve_device("auto") == CUDA and resolve_device("cuda:0") == torch.device("cuda:0")
+        assert launcher.available(CUDA) == (1, "CUDA GPU(s)")
+        with pytest.raises(ConfigError, match="has 1 CUDA GPU"):
+            resolve_device("cuda:1")
+    with use_capabilities(CudaCapabilities(available=False)):
+        assert resolve_device("auto") == torch.device("cpu") and not cuda_capabilities().bf16_native
 
 
-def test_auto_precision_is_bf16_on_ampere_and_fp16_before(monkeypatch):
-    _fake_gpu(monkeypatch, (8, 0))
-    assert resolve_precision("auto", CUDA).name == "bf16"
-    assert resolve_precision("fp16", CUDA).name == "fp16"
-    _fake_gpu(monkeypatch, (7, 5))
-    assert resolve_precision("auto", CUDA).name == "fp16"  # bf16 is only emulated there
-    assert resolve_precision("fp32", CUDA).name == "fp32"
-    with pytest.raises(ConfigError, match="no bf16"):
-        resolve_precision("bf16", CUDA)
+def test_auto_precision_is_bf16_on_ampere_and_later_and_fp16_before():
+    with use_capabilities(H100):
+        assert resolve_precision("auto", CUDA).name == "bf16"
+        assert resolve_precision("fp16", CUDA).name == "fp16"
+        assert resolve_precision("bf16", CUDA).name == "bf16"
+    with use_capabilities(T4):
+        assert resolve_precision("auto", CUDA).name == "fp16"  # bf16 is only emulated there
+        assert resolve_precision("fp32", CUDA).name == "fp32"
+        with pytest.raises(ConfigError, match="no bf16"):
+            resolve_precision("bf16", CUDA)
 
 
 def test_fused_adamw_only_on_cuda(monkeypatch):
@@ -315,17 +343,17 @@ def test_fused_adamw_only_on_cuda(monkeypatch):
     assert [m.get("fused") for m in made] == [None, True]
 
 
-def test_out_of_memory_halves_the_batch_and_empties_the_cache(monkeypatch):
-    emptied: list[int] = []
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(1))
-
+def test_out_of_memory_halves_the_batch_and_empties_the_cache():
     def try_step(batch: int) -> None:
         if batch > 64:
             raise torch.OutOfMemoryError(f"CUDA out of memory at batch {batch}")
 
-    assert largest_fitting(try_step, 256, 32) == 64
-    assert len(emptied) == 2
+    with use_capabilities(_recording(H100)) as gpu:
+        assert largest_fitting(try_step, 256, 32) == 64
+    assert len(gpu.emptied) == 2  # after 256 and after 128 ran out
+    with use_capabilities(_recording(CudaCapabilities(available=False))) as cpu_only:
+        assert largest_fitting(try_step, 256, 32) == 64
+    assert cpu_only.emptied == []  # no GPU: nothing to empty
 
 
 class _Capture(Callback):

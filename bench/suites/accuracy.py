@@ -16,7 +16,12 @@ Run only when named (`--only`), the longer measurements of the numbers page:
   figure is the probe's; fine-tuning and scratch add about half an hour);
 - sst2_linear: SST-2 (dev.csv validates, test.csv tests), `--strategy linear`, seed 0, with
   `--feature-layers auto` (the default) and `--feature-layers 1`;
-- trec6_seeds: TREC-6 with default settings, seeds 0, 1 and 2.
+- trec6_seeds: TREC-6 with default settings, seeds 0, 1 and 2;
+- batch_lr_rule: the LR rule of a GPU's larger fine-tuning batch (`training/sizing.py`), measured
+  on the CPU (accuracy does not depend on the device): `--strategy finetune --image-size 32
+  --epochs 3` on the first 200 (train) / 100 (test) CIFAR-10 JPEGs per class, seeds 0, 1, 2, three
+  arms: batch 64 at the default LR 1e-3, batch 256 at 2e-3 (square-root rule) and at 4e-3 (linear
+  rule); a row per run, then each arm's mean test accuracy and its standard error over the seeds.
 """
 
 from __future__ import annotations
@@ -124,9 +129,39 @@ def trec6_seeds(ctx: Context) -> list[dict[str, Any]]:
     return rows
 
 
+LR_RULE_ARMS = (("batch 64, LR 1e-3", 64, 1e-3), ("batch 256, sqrt rule (LR 2e-3)", 256, 2e-3),
+                ("batch 256, linear rule (LR 4e-3)", 256, 4e-3))  # fmt: skip
+LR_RULE_SEEDS = ("0", "1", "2")
+
+
+def batch_lr_rule(ctx: Context) -> list[dict[str, Any]]:
+    """CIFAR-10 200/100 per class, 32 px, finetune 3 epochs: batch 64 vs 256 (sqrt / linear LR), 3 seeds."""
+    train, test = _cifar(200, 100)
+    rows: list[dict[str, Any]] = []
+    for arm, batch, lr in LR_RULE_ARMS:
+        accuracies = []
+        for seed in LR_RULE_SEEDS:
+            args = ["train", str(train), "--test", str(test), "--strategy", "finetune", "--image-size", "32"]
+            args += ["--epochs", "3", "--batch-size", str(batch), "--lr", str(lr), "--seed", seed]
+            summary, run = _graft(ctx, *args)
+            accuracies.append(summary["test_accuracy"])
+            rows.append(run.measures(row=f"{arm}, seed {seed}", test_accuracy=accuracies[-1]))
+            print(rows[-1], flush=True)
+        rows.append({"row": f"{arm}: mean of {len(accuracies)}", **mean_and_se(accuracies)})
+    return rows
+
+
+def mean_and_se(values: list[float]) -> dict[str, float]:
+    """The mean and its standard error (the sample standard deviation over sqrt(n))."""
+    n = len(values)
+    mean = sum(values) / n
+    spread = (sum((v - mean) ** 2 for v in values) / (n - 1)) ** 0.5 if n > 1 else 0.0
+    return {"test_accuracy": mean, "standard_error": spread / n**0.5}
+
+
 DEFAULT_CASES = ("demo", "trec6", "finetune_1", "finetune_5", "linear_96")  # what a bare run runs
 CASES = {
     "demo": demo, "trec6": trec6, "finetune_1": finetune_1, "finetune_5": finetune_5, "linear_96": linear_96,
     "cifar10_finetune_30m": cifar10_finetune_30m, "compare_cifar10": compare_cifar10,
-    "sst2_linear": sst2_linear, "trec6_seeds": trec6_seeds,
+    "sst2_linear": sst2_linear, "trec6_seeds": trec6_seeds, "batch_lr_rule": batch_lr_rule,
 }  # fmt: skip

@@ -23,9 +23,9 @@ if TYPE_CHECKING:  # torch is imported where it is used: `is_main` costs nothing
 def available(device: torch.device) -> tuple[int, str]:
     """How many processes this machine takes on `device`, and what they are (for messages)."""
     if device.type == "cuda":
-        import torch
+        from ..runtime.capabilities import cuda_capabilities
 
-        return torch.cuda.device_count(), "CUDA GPU(s)"
+        return cuda_capabilities().device_count, "CUDA GPU(s)"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return cores, "CPU core(s)"
 

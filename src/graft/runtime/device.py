@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from .capabilities import cuda_capabilities
 
 DEVICE_CHOICES = "auto, cpu, cuda, cuda:N or mps"
 T = TypeVar("T")
@@ -25,18 +26,18 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         return spec
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda" if cuda_capabilities().available else "cpu")
     try:
         device = torch.device(spec)
     except RuntimeError:
         raise ConfigError(f"unknown --device {spec!r}: use {DEVICE_CHOICES}") from None
+    gpus = cuda_capabilities()
     if device.type == "cuda":
-        if not torch.cuda.is_available():
+        if not gpus.available:
             raise ConfigError(f"--device {spec}: no CUDA GPU is visible to PyTorch; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"--device {spec}: this machine has {torch.cuda.device_count()} CUDA GPU(s) (cuda:0 ..)"
-            )
+        if device.index is not None and device.index >= gpus.device_count:
+            count = gpus.device_count
+            raise ConfigError(f"--device {spec}: this machine has {count} CUDA GPU(s) (cuda:0 ..)")
     elif device.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"--device {spec}: Apple MPS is not available here; use --device cpu")
     elif device.type not in ("cpu", "cuda", "mps"):

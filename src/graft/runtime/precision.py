@@ -18,6 +18,7 @@ import torch
 
 from ..config import PRECISION_CHOICES
 from ..errors import ConfigError
+from .capabilities import cuda_capabilities
 
 _DTYPES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Overrides what `auto` believes about this CPU's bf16 (1: native, 0: none): lets an AVX2 machine
@@ -38,9 +39,8 @@ def cpu_has_native_bf16() -> bool:
 
 
 def cuda_has_native_bf16(device: torch.device) -> bool:
-    """Ampere (compute capability 8) and later; `torch.cuda.is_bf16_supported()` also says True
-    where bf16 is only emulated (V100, T4), which is slower than fp16."""
-    return torch.cuda.get_device_capability(device)[0] >= 8
+    """Ampere (compute capability 8) and later (`CudaCapabilities.bf16_native`)."""
+    return cuda_capabilities().bf16_native
 
 
 

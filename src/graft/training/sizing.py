@@ -2,7 +2,9 @@
 sized for a CPU, where a larger batch does not run faster per example. On a CUDA GPU a step of 64
 small images leaves most of the device idle, so fine-tuning takes a larger batch there, and the
 learning rate follows it by the square-root rule for Adam-type optimisers (Malladi et al. 2022,
-"On the SDEs and scaling rules for adaptive gradient algorithms": batch x k, LR x sqrt(k)).
+"On the SDEs and scaling rules for adaptive gradient algorithms": batch x k, LR x sqrt(k)). On the
+CPU, three seeds each (`python -m bench accuracy --only batch_lr_rule`, docs/guide/distributed.md),
+it and the linear rule (LR x k, SGD's) are within noise of each other, so the literature decides.
 
 The rule, for a batch size and LR the user left unset:
 - the batch grows 4x (else 2x) only while an epoch keeps at least MIN_STEPS_PER_EPOCH optimizer
@@ -20,9 +22,12 @@ from dataclasses import dataclass
 
 import torch
 
+from ..runtime.capabilities import cuda_capabilities
+
 GPU_BATCH_SCALES = (4, 2)  # tried in order: the first that leaves enough steps an epoch
 MIN_STEPS_PER_EPOCH = 100
 INFERENCE_BATCH_CUDA = 256
+LR_RULE = "the square-root rule for Adam"
 
 
 @dataclass(frozen=True)
@@ -38,15 +43,20 @@ def device_batch(default: int, n_train: int, device: torch.device) -> BatchChoic
         return BatchChoice(default, 1.0)
     for scale in GPU_BATCH_SCALES:
         if n_train // (default * scale) >= MIN_STEPS_PER_EPOCH:
-            return BatchChoice(default * scale, math.sqrt(scale), _note(default, default * scale))
+            batch = default * scale
+            return BatchChoice(batch, lr_factor(batch, default), _note(default, batch))
     return BatchChoice(default, 1.0)
 
 
+def lr_factor(batch: int, default: int) -> float:
+    """What the default LR is multiplied by at `batch` in place of `default` (the module's rule)."""
+    return math.sqrt(batch / default)
+
+
 def _note(default: int, batch: int) -> str:
-    factor = math.sqrt(batch / default)
     return (
         f"batch {batch} instead of {default} on the GPU (at least {MIN_STEPS_PER_EPOCH} steps an "
-        f"epoch), learning rate x{factor:.2g} (the square-root rule for Adam)"
+        f"epoch), learning rate x{lr_factor(batch, default):.2g} ({LR_RULE})"
     )
 
 
@@ -68,6 +78,5 @@ def largest_fitting(try_step: Callable[[int], object], batch: int, floor: int) -
         except out_of_memory_errors():
             if batch // 2 < floor:
                 raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            cuda_capabilities().empty_cache()
             batch //= 2

@@ -83,8 +83,8 @@ def fit_batch_to_memory(job: Job, model: nn.Module, groups: Any, train_set: Any)
         return plan
     note = f"batch {fitting}: {plan.batch_size} did not fit in the GPU's memory"
     lr = plan.lr
-    if config.lr is None:  # the square-root rule, back down with the batch
-        lr *= math.sqrt(fitting / plan.batch_size)
+    if config.lr is None:  # the batch rule's LR, back down with the batch
+        lr *= sizing.lr_factor(fitting, default) / sizing.lr_factor(plan.batch_size, default)
         note += f", learning rate {lr:.2g}"
     job.log(note)
     return replace(plan, batch_size=fitting, lr=lr).with_note(note)
