@@ -22,7 +22,7 @@ from ..errors import ConfigError
 from ..options import ServeOptions
 from .auth import authorized, check_exposure, resolve_token
 from .batching import Batcher, Overloaded
-from .inputs import MAX_UPLOAD_BYTES, BadRequest, read_request, takes_pairs
+from .inputs import MAX_UPLOAD_BYTES, BadRequest, drain, read_request, takes_pairs
 from .metrics import ServeMetrics
 
 LOG = logging.getLogger("graft.serve")
@@ -200,6 +200,7 @@ def _add_routes(app: Any, service: Service, title: str) -> None:
             return refused
         busy = {"Retry-After": "1"}
         if service.batcher.full or service.batcher.closing:
+            await drain(request, service.max_upload_bytes)  # read, never decoded: the 503 arrives
             return error(503, "the server is busy: try again in a second", headers=busy)
         try:
             inputs, echoes = await read_request(request, model, service.max_upload_bytes)

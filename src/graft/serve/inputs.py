@@ -73,6 +73,22 @@ def capped(request: Any, limit: int) -> Any:
     return Request(request.scope, receive_capped)
 
 
+async def drain(request: Any, limit: int) -> None:
+    """Read and drop a refused request's body, up to `limit` bytes: a server that closes a
+    connection while the client is still sending resets it, and the client sees a broken
+    connection instead of the answer (a 503 must reach it)."""
+    from starlette.requests import ClientDisconnect
+
+    seen = 0
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > limit:
+                return
+    except ClientDisconnect:
+        return
+
+
 def _json_body(raw: bytes) -> Any:
     try:
         return json.loads(raw)
