@@ -393,6 +393,7 @@ def _picked(
         "why": chosen.why,
         "flag": pin_flag(chosen.backbone, config.image_size),
         "per_class": per_class,
+        "unit": modality.unit,  # what the extraction speed counts: images or texts
         "train_examples": len(subset.train),
         "val_examples": len(subset.val),
         "seconds": round(seconds, 2),
@@ -466,11 +467,12 @@ def _cell(value: float | None, se: float | None) -> str:
 
 def format_table(result: dict[str, Any]) -> list[str]:
     """The pick's table as printed lines, then the flag that pins the choice."""
-    lines = [f"{'backbone':24} {'input':>5} {'img/s':>7} {'linear':>15} {'k-NN':>15}  result"]
+    speed_header = f"{result.get('unit', 'img')}/s"
+    lines = [f"{'backbone':24} {'input':>5} {speed_header:>8} {'linear':>15} {'k-NN':>15}  result"]
     for r in result["candidates"]:
         speed = f"{r['images_per_s']:.1f}" if r["images_per_s"] else "-"
         lines.append(
-            f"{r['backbone']:24} {r['input_size'] or '-':>5} {speed:>7} "
+            f"{r['backbone']:24} {r['input_size'] or '-':>5} {speed:>8} "
             f"{_cell(r['linear'], r['linear_se']):>15} {_cell(r['knn'], r['knn_se']):>15}  "
             f"{r['status']}{': ' + r['why'] if r['why'] else ''}"
         )
