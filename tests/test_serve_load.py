@@ -504,18 +504,3 @@ def test_a_large_photo_is_served_as_predict_reads_it(image_run, tmp_path):
     expected = dict(zip(alone.classes_, alone.predict_proba([photo])[0], strict=True))
     for answer in row["top"]:
         assert answer["probability"] == pytest.approx(expected[answer["label"]], abs=1e-4)
-
-
-def test_a_lone_request_does_not_wait_for_others_that_are_not_coming(image_run):
-    """--max-wait-ms holds a batch open only while another request is being read or decoded: one
-    client's requests run at once, not after the wait."""
-    run_dir, files = image_run
-    app = _app(run_dir, max_wait_ms=1500)
-    with _client(app) as client:
-        _wait_ready(client)
-        _post_image(client, files[0])
-        started = time.perf_counter()
-        answer = _post_image(client, files[1])
-        took = time.perf_counter() - started
-    assert answer.status_code == 200
-    assert took < 1.0, f"a lone request took {took:.2f} s: it waited for the batch to fill"

@@ -203,8 +203,7 @@ def _add_routes(app: Any, service: Service, title: str) -> None:
             await drain(request, service.max_upload_bytes)  # read, never decoded: the 503 arrives
             return error(503, "the server is busy: try again in a second", headers=busy)
         try:
-            with service.batcher.arriving_request():
-                inputs, echoes = await read_request(request, model, service.max_upload_bytes)
+            inputs, echoes = await read_request(request, model, service.max_upload_bytes)
             outputs = await service.predict(inputs)
         except BadRequest as err:
             return error(err.status, err.message)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,7 +45,6 @@ class Batcher:
         self.closing = False
         self.pending: set[asyncio.Future] = set()  # accepted requests not answered yet
         self._held: Job | None = None  # a request that did not fit the last batch: it starts the next
-        self.arriving = 0  # requests being read or decoded: they join the queue soon
 
     @property
     def full(self) -> bool:
@@ -54,16 +53,6 @@ class Batcher:
     @property
     def depth(self) -> int:
         return self.queue.qsize() + (self._held is not None)
-
-    @contextlib.contextmanager
-    def arriving_request(self) -> Iterator[None]:
-        """Count a request while it is read and decoded: a batch waits for it (up to max_wait_s)
-        only when one is on its way, so a lone client's request runs at once."""
-        self.arriving += 1
-        try:
-            yield
-        finally:
-            self.arriving -= 1
 
     def start(self) -> None:
         if self.task is None:
@@ -92,8 +81,8 @@ class Batcher:
             await self._run_batch(jobs)
 
     async def _gather(self) -> list[Job]:
-        """The next batch: the first request, then those queued or arriving within max_wait_s, up
-        to max_batch inputs; requests that gave up (timed out) are dropped here."""
+        """The next batch: the first request, then those that arrive within max_wait_s, up to
+        max_batch inputs; requests that gave up (timed out) are dropped here."""
         first = self._held or await self.queue.get()
         self._held = None
         jobs, size = [first], len(first.inputs)
@@ -103,7 +92,7 @@ class Batcher:
                 job = self.queue.get_nowait()
             except asyncio.QueueEmpty:
                 left = deadline - asyncio.get_running_loop().time()
-                if left <= 0 or not self.arriving:  # nothing on its way: waiting only adds latency
+                if left <= 0:
                     break
                 try:
                     job = await asyncio.wait_for(self.queue.get(), left)
