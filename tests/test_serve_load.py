@@ -8,6 +8,9 @@ import asyncio
 import json
 import logging
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -244,6 +247,28 @@ def _text_app(run_dir: Path, monkeypatch: pytest.MonkeyPatch, pairs: bool) -> An
     return _app(run_dir)
 
 
+def test_the_batch_size_defaults_to_the_modalitys_and_the_flag_overrides_it(image_run, monkeypatch):
+    run_dir, _ = image_run
+    assert _app(run_dir).state.service.batcher.max_batch == 32
+    assert _app(run_dir, max_batch=7).state.service.batcher.max_batch == 7
+    assert _text_app(run_dir, monkeypatch, pairs=False).state.service.batcher.max_batch == 64
+
+
+def test_the_batchers_worker_has_pytorchs_threads_and_the_event_loop_one():
+    """A thread of the event loop's that ran ops with PyTorch's threads would give libgomp more
+    threads than cores (see batching.py); a fresh process, not to change this one's threads."""
+    code = textwrap.dedent("""
+        import asyncio, torch
+        from graft.serve.batching import Batcher, torch_threads_for_worker
+        torch.set_num_threads(3)
+        threads = torch_threads_for_worker()
+        batcher = Batcher(lambda xs: [torch.get_num_threads() for _ in xs], 4, 0.0, 4, torch_threads=threads)
+        print(threads, torch.get_num_threads(), asyncio.run(batcher.compute([0]))[0])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["3", "1", "3"]
+
+
 def test_bad_text_requests_get_a_4xx_in_grafts_shape(image_run, monkeypatch):
     run_dir, _ = image_run
     with _client(_text_app(run_dir, monkeypatch, pairs=True)) as client:
@@ -302,7 +327,7 @@ def test_serve_options_reach_the_command_line():
     assert (args.max_batch, args.max_wait_ms, args.max_queue, args.request_timeout) == (16, 2.0, 9, 3.0)
     assert (args.token, args.insecure) == ("t", True)
     defaults = ServeOptions(run_dir="run")
-    assert (defaults.max_batch, defaults.max_wait_ms, defaults.max_queue) == (32, 5.0, 256)
+    assert (defaults.max_batch, defaults.max_wait_ms, defaults.max_queue) == (None, 5.0, 256)
     assert json.loads(json.dumps(defaults.request_timeout)) == 30.0
 
 

@@ -236,10 +236,12 @@ class ServeOptions(Options):
         None, "require Authorization: Bearer TOKEN on /predict and /metrics (default: $GRAFT_SERVE_TOKEN)"
     )
     insecure: bool = option(False, "allow a network --host without a token (an open endpoint)")
-    # throughput stops growing past batches of 32 (docs/guide/export-serve.md); 5 ms is about
-    # 1% of one image's latency and lets concurrent requests meet in a batch
-    max_batch: int = option(
-        32, "inputs per batch across requests (a text request counts its texts)", minimum=1
+    # default: the modality's `serve_batch` (32 images, 64 texts: measured, docs/guide/export-serve.md);
+    # 5 ms is about 1% of one image's latency and lets concurrent requests meet in a batch
+    max_batch: int | None = option(
+        None,
+        "inputs per batch across requests, a text request counting its texts (default: 32 images, 64 texts)",
+        minimum=1,
     )
     max_wait_ms: float = option(5.0, "how long a request waits for others to join its batch", minimum=0)
     max_queue: int = option(256, "requests waiting for a batch; past it: 503 with Retry-After", minimum=1)

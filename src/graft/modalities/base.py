@@ -129,6 +129,7 @@ class Modality(Protocol):
     online_backbones: dict[str, tuple[str, ...]]
     defaults: Defaults
     request_field: str  # what `graft serve` takes: "file" (an uploaded image) or "texts" (JSON)
+    serve_batch: int  # `graft serve --max-batch`'s default: inputs per batch across requests
     mirrors: bool  # inputs have a mirror image to average predictions with (--tta)
     # a batch of model inputs -> its mirror image (images: left-right), or None without one
     mirror: Callable[[torch.Tensor], torch.Tensor] | None

@@ -255,6 +255,8 @@ class _ImageInputs:
 class ImageModality:
     name = "image"
     unit = "images"
+    # served images/s stop growing past batches of 32 (`python -m bench serve`, 2 cores)
+    serve_batch = 32
     size_option = "--image-size"  # smaller inputs, for advice
     default_backbone = "efficientnet_lite0"
     packaged_backbones = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")

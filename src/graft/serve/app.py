@@ -21,12 +21,13 @@ from typing import Any
 from ..errors import ConfigError
 from ..options import ServeOptions
 from .auth import authorized, check_exposure, resolve_token
-from .batching import Batcher, Overloaded
+from .batching import Batcher, Overloaded, torch_threads_for_worker
 from .inputs import MAX_UPLOAD_BYTES, BadRequest, drain, read_request, takes_pairs
 from .metrics import ServeMetrics
 
 LOG = logging.getLogger("graft.serve")
 TOP_K = 5
+DEFAULT_MAX_BATCH = 32  # a plug-in modality without `serve_batch`
 KNOWN_PATHS = frozenset({"/", "/predict", "/health", "/ready", "/metrics"})
 
 
@@ -45,13 +46,22 @@ class Service:
     """One loaded model behind a batcher: what the endpoints share."""
 
     def __init__(
-        self, model: Any, options: ServeOptions, token: str | None, max_upload_bytes: int, log: Any = LOG.info
+        self,
+        model: Any,
+        options: ServeOptions,
+        token: str | None,
+        max_upload_bytes: int,
+        log: Any = LOG.info,
+        torch_threads: int | None = None,
     ) -> None:
         self.model, self.options, self.token, self.log = model, options, token, log
         self.max_upload_bytes = max_upload_bytes
         self.ready = False
         wait_s = options.max_wait_ms / 1000
-        self.batcher = Batcher(self._run, options.max_batch, wait_s, options.max_queue, self._on_batch)
+        self.max_batch = options.max_batch or getattr(model.modality, "serve_batch", DEFAULT_MAX_BATCH)
+        self.batcher = Batcher(
+            self._run, self.max_batch, wait_s, options.max_queue, self._on_batch, torch_threads
+        )
         # until the race at start-up: what the model would run on alone
         alone = getattr(model, "runtime", "torch").replace("onnx", "onnxruntime")
         self.engine: dict[str, Any] = {"name": alone, "reason": "not raced yet"}
@@ -68,10 +78,10 @@ class Service:
 
     def _settle_engine(self) -> None:
         """The engine race at --max-batch inputs decides what serves (graft.runtime.engine)."""
-        self.engine = settle_engine(self.model, self.options.max_batch)
+        self.engine = settle_engine(self.model, self.max_batch)
         self.metrics.model_info.info(self._info())
         self.log(f"engine {self.engine['name']} ({self.precision}) at batches of "
-                 f"{self.options.max_batch}: {self.engine['reason']}")  # fmt: skip
+                 f"{self.max_batch}: {self.engine['reason']}")  # fmt: skip
 
     def _run(self, inputs: list[Any]) -> Any:
         return self.model.outputs(inputs)  # looked up at each call: tests put a spy there
@@ -133,17 +143,18 @@ def create_app(
     precision: str = "auto",
     options: ServeOptions | None = None,
     log: Any = LOG.info,
+    torch_threads: int | None = None,
 ) -> Any:
     """The FastAPI app for one run folder (the model is loaded once, here, at `precision`); `options`:
     batching, queue, timeout, token and engine (run it with `with TestClient(app)` or uvicorn: the
     batcher starts with the app, races the engines and runs a warm-up batch; `log` hears which
-    engine won and why)."""
+    engine won and why); `torch_threads`: the batcher's worker's PyTorch CPU threads."""
     fastapi = _require_serve()
     from ..predict.predictor import load
 
     options = options or ServeOptions(run_dir=str(run_dir), precision=precision)
     model = load(run_dir, precision=precision, engine=options.engine)
-    service = Service(model, options, resolve_token(options.token), max_upload_bytes, log)
+    service = Service(model, options, resolve_token(options.token), max_upload_bytes, log, torch_threads)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> Any:
@@ -290,13 +301,14 @@ def serve(run_dir: str | Path, options: ServeOptions | None = None, log: Any = p
     options = options or ServeOptions(run_dir=str(run_dir))
     token = resolve_token(options.token)
     warning = check_exposure(options.host, token, options.insecure)  # before loading the model
-    app = create_app(run_dir, precision=options.precision, options=options, log=log)
+    threads = torch_threads_for_worker()  # before the model loads: see batching.py
+    app = create_app(run_dir, precision=options.precision, options=options, log=log, torch_threads=threads)
     used = app.state.model.precision
     if warning:
         log(warning)
     auth = "a bearer token" if token else "no token"
     log(f"serving {run_dir} on http://{options.host}:{options.port}/ at {used.name} ({used.reason}), "
-        f"{auth}, batches of up to {options.max_batch}; Ctrl-C stops")  # fmt: skip
+        f"{auth}, batches of up to {app.state.service.max_batch}; Ctrl-C stops")  # fmt: skip
     if not LOG.handlers:  # the access log, on stderr
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
