@@ -203,8 +203,9 @@ def test_texts_pick_among_the_packaged_encoders(tmp_path, capsys):
 
 def test_a_larger_budget_sizes_a_larger_subset():
     """Fake speeds (50 and 20 inputs/s, 3 classes, 30 validation inputs): the subset per class
-    grows with the budget; without one it is the stated default; none fitting takes the smallest."""
-    from graft.pick import DEFAULT_PICK_PER_CLASS, ladder, size_per_class
+    grows with the budget; without one it is --per-class or the smallest; none fitting takes the
+    smallest."""
+    from graft.pick import ladder, size_per_class
 
     sizes = ladder(5000, None)
     needs = {k: [(3 * k + 30) / rate for rate in (50.0, 20.0)] for k in sizes}
@@ -212,8 +213,32 @@ def test_a_larger_budget_sizes_a_larger_subset():
     assert small < large and small >= 5
     assert all(need <= 0.7 * 600 / 2 for need in needs[large])  # every candidate fits its share
     assert size_per_class(6000.0, needs, 200) == 200  # --per-class caps it
-    assert size_per_class(None, needs, None) == DEFAULT_PICK_PER_CLASS == 100
+    assert size_per_class(None, needs, None) == min(sizes) and size_per_class(None, needs, 40) == 40
     assert size_per_class(1.0, needs, None) == min(sizes)
+
+
+def test_without_a_budget_the_pick_costs_about_one_probe_of_the_cheapest():
+    """Three candidates at 100, 50 and 25 inputs/s, 10 classes, 100 validation inputs: the subset
+    is the largest whose extraction by all of them together fits the cheapest one's time for all
+    the data (at least MIN_ALLOWANCE_S), so it grows with the data set."""
+    from graft.pick import MIN_ALLOWANCE_S, affordable_size, ladder
+
+    def needs_for(per_class_available: int) -> tuple[dict[int, list[float]], float]:
+        sizes = ladder(per_class_available, None)
+        needs = {k: [(10 * k + 100) / rate for rate in (100.0, 50.0, 25.0)] for k in sizes}
+        return needs, (10 * per_class_available + 100) / 100.0
+
+    sizes = []
+    for available in (100, 1000, 5000):
+        needs, one_probe = needs_for(available)
+        size = affordable_size(needs, one_probe)
+        assert sum(needs[size]) <= max(one_probe, MIN_ALLOWANCE_S)
+        assert all(sum(needs[k]) > max(one_probe, MIN_ALLOWANCE_S) for k in needs if k > size)
+        sizes.append(size)
+    assert sizes[0] < sizes[1] < sizes[2]
+    needs, _ = needs_for(100)
+    assert affordable_size(needs, 0.0) == affordable_size(needs, MIN_ALLOWANCE_S)  # the floor
+    assert affordable_size({5: [99.0], 10: [199.0]}, 1.0) == 5  # none fits: the smallest
 
 
 @pytest.mark.parametrize(("budget", "per_class"), [(11, 5), (100, 7)])

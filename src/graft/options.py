@@ -27,7 +27,6 @@ COMPARE_OPTIONS = (
     "label_column", "max_length", "time_budget", "batch_size", "tta", "task", "label_separator",
     "image_column",
 )  # fmt: skip
-DEFAULT_PICK_PER_CLASS = 100  # graft pick without --time-budget or --per-class
 # pick: the options that change which data is scored and how candidates see it
 PICK_OPTIONS = (
     "data", "val", "data_root", "image_size", "val_fraction", "device", "text_column", "label_column",
@@ -219,7 +218,8 @@ class PickOptions(Options):
     per_class: int | None = option(
         None,
         "training examples per class each candidate is scored on (default: as many as --time-budget "
-        f"lets every candidate read, else {DEFAULT_PICK_PER_CLASS})",
+        "lets every candidate read, else as many as all of them read in the time the cheapest "
+        "would take for all the data: about one more linear probe)",
         minimum=2,
     )
     json: bool = json_flag()

@@ -10,7 +10,8 @@ Candidates: `--candidates a,b,c`, else the packaged backbones of the data's moda
 EfficientNet-Lite0/1/2 for images, each at its native size unless --image-size is given; MiniLM for
 texts) and, when online, the modality's short online list for the device. Every candidate's speed
 is timed on a few inputs first; under a time budget the subset per class is then sized so that all
-of them fit it (`size_per_class`), else it is PickOptions' default. A candidate that is not
+of them fit it (`size_per_class`); without one, so that all of them together take about what the
+cheapest would take for all the data, i.e. one more linear probe (`affordable_size`). A candidate that is not
 installed, fails to build or extract, or whose extraction cannot finish in its share of the
 budget (an equal share each) is skipped with one line saying why; it never fails the pick.
 """
@@ -31,7 +32,6 @@ from .data.splits import DataSplits, Labelled
 from .errors import ConfigError
 from .modalities import Modality, detect
 from .modalities.base import Features
-from .options import DEFAULT_PICK_PER_CLASS
 from .tasks import get_task
 from .training.budget import Clock
 from .training.features import KnownRows
@@ -42,6 +42,10 @@ TIMING_SAMPLE = 16  # inputs encoded first to measure a candidate's speed before
 # the subset sizes (training examples per class) a budget chooses among: a repeated pick under a
 # similar budget lands on the same size, so its features come from the cache
 PER_CLASS_LADDER = (5, 10, 20, 30, 50, 75, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 3000, 5000)
+# graft pick without a budget spends at least this long extracting: below it, the process start and
+# building the candidates (about 7 s for the three packaged image ones, 2 cores) dominate anyway,
+# and a smaller subset would only make a small data set's scores noisier
+MIN_ALLOWANCE_S = 15.0
 SIZING_MARGIN = 0.7  # of the budget left after timing, for extraction: the probes and loading take the rest
 AUTO = "auto"  # `--backbone auto`: the pick chooses
 PICK_SHARE = 0.25  # of --time-budget that `--backbone auto`'s pick may take, from the run's start
@@ -136,18 +140,35 @@ def candidate_names(modality: Modality, kind: str, log: Log) -> tuple[str, ...]:
 
 def size_per_class(seconds: float | None, needs: Mapping[int, Sequence[float]], ceiling: int | None) -> int:
     """Training examples per class each candidate is scored on. Without a budget (`seconds` None),
-    `ceiling` or the default. Under one, among the sizes of `needs` (each size: every candidate's
+    `ceiling` or the smallest size. Under one, among the sizes of `needs` (each size: every candidate's
     seconds to extract what it lacks of that subset and the validation inputs), the largest at
     which the most candidates fit an equal share of SIZING_MARGIN x `seconds` (none fits: the
     smallest); at most `ceiling`.
     A larger budget, a larger subset."""
     if seconds is None or not needs:
-        return ceiling or DEFAULT_PICK_PER_CLASS
+        return ceiling or min(needs, default=PER_CLASS_LADDER[0])
     sizes = [k for k in needs if ceiling is None or k <= ceiling] or [min(needs)]
     share = SIZING_MARGIN * max(seconds, 0.0) / max(1, max(len(v) for v in needs.values()))
     fitting = {k: sum(s <= share for s in needs[k]) for k in sizes}
     most = max(fitting.values())
     return max(k for k in sizes if fitting[k] == most) if most else min(sizes)
+
+
+def affordable_size(needs: Mapping[int, Sequence[float]], allowance_s: float) -> int:
+    """Without --time-budget or --per-class: the largest size at which every candidate together
+    extracts what it lacks within `allowance_s` (`one_probe_seconds`: the pick then costs about
+    one more linear probe, whatever the data's size; at least MIN_ALLOWANCE_S), else the
+    smallest. A user who wants more data scored gives a budget or --per-class."""
+    allowance_s = max(allowance_s, MIN_ALLOWANCE_S)
+    fitting = [k for k, seconds in needs.items() if sum(seconds) <= allowance_s]
+    return max(fitting) if fitting else min(needs)
+
+
+def one_probe_seconds(trials: Sequence[_Trial], splits: DataSplits) -> float:
+    """The cheapest candidate's seconds to extract all the training and validation inputs at its
+    timed speed: what a linear probe of it on the data would spend."""
+    cheapest = min(trials, key=lambda t: t.row.cost or 0.0)
+    return (len(splits.train) + len(splits.val)) / (cheapest.row.images_per_s or 1e-9)
 
 
 def ladder(smallest_class: int, ceiling: int | None) -> list[int]:
@@ -182,6 +203,25 @@ def _needs(trials: Sequence[_Trial], modality: Modality, splits: DataSplits, siz
             row.append(lacking / (t.row.images_per_s or 1e-9))
         needs[k] = row
     return needs
+
+
+def _size(
+    ready: Sequence[_Trial],
+    modality: Modality,
+    splits: DataSplits,
+    left: float | None,
+    per_class: int | None,
+    allowance: float,
+) -> int:
+    """The subset per class: --per-class without a budget; else sized to the budget left
+    (`size_per_class`) or, without one, to one probe's time (`affordable_size`)."""
+    if left is None and per_class is not None:
+        return per_class
+    smallest = int(np.bincount(np.asarray(splits.train.labels, dtype=np.int64)).min())
+    needs = _needs(ready, modality, splits, ladder(smallest, per_class))
+    if left is None:
+        return affordable_size(needs, allowance) if needs else PER_CLASS_LADDER[0]
+    return size_per_class(left, needs, per_class)
 
 
 def _train_subset(splits: DataSplits, per_class: int) -> Labelled:
@@ -356,14 +396,9 @@ def pick_on(
         log(f"pick: {name} ...")
         trials.append(_trial(name, modality, config, replace(splits, val=val), device))
     ready = [t for t in trials if t.backbone is not None]
+    allowance = one_probe_seconds(ready, splits) if ready else 0.0  # all of the validation split
     splits = replace(splits, val=val)
-    left = clock.left()
-    if left is None:  # no budget: the given size or the default
-        chosen_per_class = size_per_class(None, {}, per_class)
-    else:
-        smallest = int(np.bincount(np.asarray(splits.train.labels, dtype=np.int64)).min())
-        needs = _needs(ready, modality, splits, ladder(smallest, per_class))
-        chosen_per_class = size_per_class(left, needs, per_class)
+    chosen_per_class = _size(ready, modality, splits, clock.left(), per_class, allowance)
     subset = replace(splits, train=_train_subset(splits, chosen_per_class))
     left = clock.left()
     share = max(0.0, left) / len(ready) if left is not None and ready else None
@@ -416,9 +451,9 @@ def pick_for_training(
     config: TrainConfig, modality: Modality, splits: DataSplits, clock: Clock, log: Log
 ) -> Picked:
     """`graft train --backbone auto`: the pick on the training data within `clock` (PICK_SHARE of
-    --time-budget; without one, the default subset), its table logged with the flag that pins the
-    choice. One candidate (text offline: MiniLM alone is packaged) or a task the probes cannot
-    score keeps that backbone or the default, said in one line."""
+    --time-budget; without one, a subset sized to one probe's time), its table logged with the
+    flag that pins the choice. One candidate (text offline: MiniLM alone is packaged) or a task
+    the probes cannot score keeps that backbone or the default, said in one line."""
     names = candidate_names(modality, device_kind(config), log)
     alone = None
     if len(names) == 1:
