@@ -76,10 +76,12 @@ def _git(*args: str, cwd: Path = ROOT) -> str:
 
 
 def commit_of(folder: Path) -> str:
-    """The checkout's commit, `+dirty` when it has uncommitted changes; `unknown` outside git."""
+    """The checkout's commit, `+dirty` when it has uncommitted changes (other than the rows the
+    harness itself writes, bench/results/); `unknown` outside git."""
     try:
         head = _git("rev-parse", "--short=12", "HEAD", cwd=folder)
-        dirty = _git("status", "--porcelain", "--untracked-files=no", cwd=folder)
+        rows = ":(top,exclude)bench/results"
+        dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ":/", rows, cwd=folder)
     except (subprocess.CalledProcessError, FileNotFoundError, NotADirectoryError):
         return "unknown"
     return head + ("+dirty" if dirty else "")

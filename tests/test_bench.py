@@ -103,6 +103,23 @@ def test_the_installed_tree_names_its_version():
         assert tree.src is None and tree.commit.startswith("installed ")
 
 
+def test_rows_the_harness_wrote_do_not_make_a_tree_dirty(tmp_path):
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)  # fmt: skip
+
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "bench" / "results" / "speed.jsonl").write_text("")
+    (tmp_path / "code.py").write_text("")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    (tmp_path / "bench" / "results" / "speed.jsonl").write_text("{}\n")
+    assert not harness.commit_of(tmp_path).endswith("+dirty")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    assert harness.commit_of(tmp_path).endswith("+dirty")
+
+
 def test_a_tree_given_as_a_revision_is_checked_out_and_removed_after():
     with harness.open_tree("old=HEAD") as tree:
         checkout = tree.src.parent

@@ -13,7 +13,8 @@
 - ranking: per set, `graft pick`'s ranking of the three offline candidates against a full-data
   linear probe's (`graft train --backbone B --strategy linear`, test accuracy): Kendall's tau
   (target >= 0.6 averaged over the sets), and whether the full-data winner is chosen or the
-  chosen one is within one standard error of it.
+  chosen one is within one standard error of it; `full_spread_se`, the full-data accuracies'
+  spread in standard errors, says whether there is a ranking to agree with (under ~1: noise).
 
 The sets (only CIFAR-10 is local, so they differ by classes and size; the test images are the
 same classes' first --test-per-class of the CIFAR-10 test split):
@@ -191,6 +192,9 @@ def _agreement(ctx: Context, name: str, train: Path, test: Path, picked: dict[st
         "chosen": chosen,
         "full_winner": winner,
         "chosen_within_one_se": accuracy[chosen] >= accuracy[winner] - full[winner]["se"],
+        # the full-data accuracies' spread in standard errors: under ~1, their ranking is itself noise
+        "full_spread_se": round((max(accuracy.values()) - min(accuracy.values())) / full[winner]["se"], 2),
+        "pick_per_class": picked.get("per_class"),
         "pick_s": round(picked["seconds"], 1),
     }
 
