@@ -2,7 +2,7 @@
 
     python -m bench serve                                   # a smoke: a tiny image run, about a minute
     python -m bench serve [--only images text] [--clients 1 16 256] [--requests-total N]
-                          [--files N] [--image-size 224] [--run RUN] [--text-run RUN]
+                          [--files N] [--image-size 224] [--run RUN] [--text-run RUN] [--max-batch N]
 
 Each case trains a tiny run (or serves `--run` / `--text-run`), measures the OFFLINE throughput
 first (`graft.load(run).predict_proba` on batches of 32 of the same inputs, 2 torch threads, on
@@ -59,6 +59,7 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--timeout", type=float, default=30.0, help="client timeout, seconds")
     group.add_argument("--run", type=Path, help="an image run folder to serve (default: train one)")
     group.add_argument("--text-run", type=Path, help="a text run folder to serve (default: train one)")
+    group.add_argument("--max-batch", type=int, help="graft serve's --max-batch (default: graft's)")
 
 
 # --------------------------------------------------------------------------- inputs
@@ -195,7 +196,8 @@ def serve_rows(
     from bench.suites.serve.load import measure
 
     port, log = _free_port(), ctx.work / "serve.log"
-    server = ctx.start("serve", str(run), "--port", str(port), cache=ctx.work / "cache", log=log)
+    batch = ["--max-batch", str(ctx.options.max_batch)] if ctx.options.max_batch else []
+    server = ctx.start("serve", str(run), "--port", str(port), *batch, cache=ctx.work / "cache", log=log)
     base, rows = f"http://127.0.0.1:{port}", []
     try:
         started = time.perf_counter()
