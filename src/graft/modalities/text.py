@@ -215,8 +215,9 @@ class _TextInputs:
 class TextModality:
     name = "text"
     unit = "texts"
-    # 16 clients of 8 texts, 2 cores: 569 texts/s at batches of 32, 704 at 64, 703 at 128, 679 at
-    # 256 (`python -m bench serve --only text`); 64 is also one forward of the predictor's sorted batches
+    # 16 clients of 8 texts, 2 cores: 600 texts/s at batches of 32, 733 at 64, 776 at 128, level
+    # within the run-to-run noise (`python -m bench serve --only text --max-batch N`); 64 halves a
+    # batch's latency against 128 and is one forward of the predictor's length-sorted batches
     serve_batch = 64
     size_option = "--max-length"  # smaller inputs, for advice
     default_backbone = "minilm"
