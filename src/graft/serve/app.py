@@ -301,7 +301,8 @@ def serve(run_dir: str | Path, options: ServeOptions | None = None, log: Any = p
     options = options or ServeOptions(run_dir=str(run_dir))
     token = resolve_token(options.token)
     warning = check_exposure(options.host, token, options.insecure)  # before loading the model
-    threads = torch_threads_for_worker()  # before the model loads: see batching.py
+    # before the model loads (see batching.py); an exported .onnx model serves without PyTorch
+    threads = None if Path(run_dir).suffix == ".onnx" else torch_threads_for_worker()
     app = create_app(run_dir, precision=options.precision, options=options, log=log, torch_threads=threads)
     used = app.state.model.precision
     if warning:
