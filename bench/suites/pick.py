@@ -193,10 +193,14 @@ def _agreement(ctx: Context, name: str, train: Path, test: Path, picked: dict[st
         "full_winner": winner,
         "chosen_within_one_se": accuracy[chosen] >= accuracy[winner] - full[winner]["se"],
         # the full-data accuracies' spread in standard errors: under ~1, their ranking is itself noise
-        "full_spread_se": round((max(accuracy.values()) - min(accuracy.values())) / full[winner]["se"], 2),
+        "full_spread_se": _in_se(max(accuracy.values()) - min(accuracy.values()), full[winner]["se"]),
         "pick_per_class": picked.get("per_class"),
         "pick_s": round(picked["seconds"], 1),
     }
+
+
+def _in_se(difference: float, se: float) -> float | None:
+    return round(difference / se, 2) if se > 0 else None  # a perfect score has no binomial error
 
 
 CASES = {"side_by_side": side_by_side, "time_to_pick": time_to_pick, "ranking": ranking}

@@ -59,7 +59,7 @@ class PickConfig:
     data: str
     candidates: tuple[str, ...] | None = None  # None: the modality's packaged (and online) backbones
     time_budget: float | None = None  # seconds for the whole pick; each candidate an equal share
-    per_class: int | None = None  # training examples per class (None: sized to the budget, or the default)
+    per_class: int | None = None  # examples per class (None: sized to the budget, or to one probe's time)
     # any other `graft train` option that changes the data or the inputs (image_size, val, ...)
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -178,13 +178,20 @@ def ladder(smallest_class: int, ceiling: int | None) -> list[int]:
     return [k for k in PER_CLASS_LADDER if k < cap] + [max(1, cap)]
 
 
-def _needs(trials: Sequence[_Trial], modality: Modality, splits: DataSplits, sizes: Sequence[int]) -> dict:
+def _needs(
+    trials: Sequence[_Trial],
+    modality: Modality,
+    splits: DataSplits,
+    sizes: Sequence[int],
+    look_up: bool = True,
+) -> dict:
     """Each size's seconds per candidate: what it lacks of that subset and of validation, at its
-    timed speed (features in the cache cost nothing: a repeated pick reads them back)."""
+    timed speed (features in the cache cost nothing: a repeated pick reads them back); without
+    `look_up`, as if nothing were cached (no fingerprint of every subset's files)."""
     from .training.features import cached_path, has_entries
 
     val_print = modality.fingerprint(splits.val.sources)
-    cold = not any(has_entries(t.backbone) for t in trials)  # nothing to look up: no fingerprints
+    cold = not look_up or not any(has_entries(t.backbone) for t in trials)
     needs = {}
     for k in sizes:
         train = _train_subset(splits, k)
@@ -218,10 +225,11 @@ def _size(
     if left is None and per_class is not None:
         return per_class
     smallest = int(np.bincount(np.asarray(splits.train.labels, dtype=np.int64)).min())
-    needs = _needs(ready, modality, splits, ladder(smallest, per_class))
-    if left is None:
+    sizes = ladder(smallest, per_class)
+    if left is None:  # the same timed speeds give the same size again, so its features are cached
+        needs = _needs(ready, modality, splits, sizes, look_up=False)
         return affordable_size(needs, allowance) if needs else PER_CLASS_LADDER[0]
-    return size_per_class(left, needs, per_class)
+    return size_per_class(left, _needs(ready, modality, splits, sizes), per_class)
 
 
 def _train_subset(splits: DataSplits, per_class: int) -> Labelled:

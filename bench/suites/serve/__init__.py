@@ -3,6 +3,7 @@
     python -m bench serve                                   # a smoke: a tiny image run, about a minute
     python -m bench serve [--only images text] [--clients 1 16 256] [--requests-total N]
                           [--files N] [--image-size 224] [--run RUN] [--text-run RUN] [--max-batch N]
+                          [--max-queue N]
 
 Each case trains a tiny run (or serves `--run` / `--text-run`), measures the OFFLINE throughput
 first (`graft.load(run).predict_proba` on batches of 32 of the same inputs, 2 torch threads, on
@@ -60,6 +61,8 @@ def add_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--run", type=Path, help="an image run folder to serve (default: train one)")
     group.add_argument("--text-run", type=Path, help="a text run folder to serve (default: train one)")
     group.add_argument("--max-batch", type=int, help="graft serve's --max-batch (default: graft's)")
+    group.add_argument("--max-queue", type=int, help="graft serve's --max-queue (default: graft's; "
+                       "below the client count, the 503s are measured)")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- inputs
@@ -196,8 +199,9 @@ def serve_rows(
     from bench.suites.serve.load import measure
 
     port, log = _free_port(), ctx.work / "serve.log"
-    batch = ["--max-batch", str(ctx.options.max_batch)] if ctx.options.max_batch else []
-    server = ctx.start("serve", str(run), "--port", str(port), *batch, cache=ctx.work / "cache", log=log)
+    flags = [f"--{name.replace('_', '-')}={value}" for name in ("max_batch", "max_queue")
+             if (value := getattr(ctx.options, name))]  # fmt: skip
+    server = ctx.start("serve", str(run), "--port", str(port), *flags, cache=ctx.work / "cache", log=log)
     base, rows = f"http://127.0.0.1:{port}", []
     try:
         started = time.perf_counter()
@@ -214,7 +218,8 @@ def serve_rows(
                          "served_over_offline": round(served / offline["offline_inputs_per_s"], 3),
                          "served_over_batch_calls": round(served / max(calls, 1e-9), 3),
                          "engine": health.get("engine"), "engine_line": said[0] if said else None,
-                         "precision": health.get("precision"), "ready_s": ready_s})  # fmt: skip
+                         "precision": health.get("precision"), "max_batch": health.get("max_batch"),
+                         "ready_s": ready_s})  # fmt: skip
             print({k: v for k, v in rows[-1].items() if k != "rss_mb_over_time"}, flush=True)
     finally:
         server.terminate()

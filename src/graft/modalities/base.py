@@ -155,7 +155,9 @@ class Modality(Protocol):
     def read_upload(self, data: bytes, name: str, prep: Any = None) -> Any:
         """One input from the bytes of a file uploaded to `graft serve` (request_field "file"):
         what `accepts` takes (given the model's preprocessing `prep`, as far along it as the input
-        can go before batching); a DataError saying what to send when the bytes are not one."""
+        can go before batching); a DataError saying what to send when the bytes are not one.
+        It runs in a thread of its own, beside the batch: no PyTorch ops (serve/batching.py says
+        why), Pillow or NumPy only."""
         ...
 
     def example_input(self) -> Any:

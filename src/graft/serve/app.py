@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..options import ServeOptions
 from .auth import authorized, check_exposure, resolve_token
-from .batching import Batcher, Overloaded, torch_threads_for_worker
+from .batching import Batcher, Overloaded, restore_torch_threads, torch_threads_for_worker
 from .inputs import MAX_UPLOAD_BYTES, BadRequest, drain, read_request, takes_pairs
 from .metrics import ServeMetrics
 
@@ -117,7 +117,7 @@ class Service:
         return {"status": "alive", "ready": self.ready, "modality": model.modality.name,
                 "classes": list(model.classes_), "precision": self.precision,
                 "engine": self.engine["name"], "engine_reason": self.engine["reason"],
-                "queue": self.batcher.depth}  # fmt: skip
+                "max_batch": self.max_batch, "queue": self.batcher.depth}  # fmt: skip
 
 
 def settle_engine(model: Any, max_batch: int) -> dict[str, Any]:
@@ -301,8 +301,16 @@ def serve(run_dir: str | Path, options: ServeOptions | None = None, log: Any = p
     options = options or ServeOptions(run_dir=str(run_dir))
     token = resolve_token(options.token)
     warning = check_exposure(options.host, token, options.insecure)  # before loading the model
-    # before the model loads (see batching.py); an exported .onnx model serves without PyTorch
-    threads = None if Path(run_dir).suffix == ".onnx" else torch_threads_for_worker()
+    threads = torch_threads_for_worker()  # before the model loads: see batching.py
+    try:
+        _serve_app(run_dir, options, token, warning, threads, log)
+    finally:  # the caller's thread gets its PyTorch threads back
+        restore_torch_threads(threads)
+
+
+def _serve_app(
+    run_dir: str | Path, options: ServeOptions, token: str | None, warning: str | None, threads: int, log: Any
+) -> None:
     app = create_app(run_dir, precision=options.precision, options=options, log=log, torch_threads=threads)
     used = app.state.model.precision
     if warning:

@@ -33,20 +33,19 @@ class Job:
     future: asyncio.Future = field(repr=False)
 
 
-def torch_threads_for_worker() -> int | None:
+def torch_threads_for_worker() -> int:
     """PyTorch's CPU thread count, for the batcher's worker; the calling thread (the event loop's,
-    which loads the model) keeps one, so only the worker's OpenMP team is on the cores. None when
-    PyTorch is not installed (an exported ONNX model serves without it)."""
-    try:
-        import torch
-    except ImportError:
-        return None
+    which loads the model) keeps one, so only the worker's OpenMP team is on the cores. Any other
+    thread of the server must not run PyTorch ops either (uploads are decoded with Pillow)."""
+    import torch
+
     threads = torch.get_num_threads()
     torch.set_num_threads(SINGLE)
     return threads
 
 
-def _set_torch_threads(threads: int) -> None:
+def restore_torch_threads(threads: int) -> None:
+    """The calling thread's PyTorch threads back to `threads` (also the worker's initializer)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -71,7 +70,7 @@ class Batcher:
         # torch_threads: the worker's PyTorch CPU threads (None: as the process has them)
         setup: dict[str, Any] = {}
         if torch_threads is not None:
-            setup = {"initializer": _set_torch_threads, "initargs": (torch_threads,)}
+            setup = {"initializer": restore_torch_threads, "initargs": (torch_threads,)}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graft-serve", **setup)
         self.task: asyncio.Task | None = None
         self.closing = False
