@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..options import ServeOptions
 from .auth import authorized, check_exposure, resolve_token
-from .batching import Batcher, Overloaded, restore_torch_threads, torch_threads_for_worker
+from .batching import Batcher, Overloaded, Slot, restore_torch_threads, torch_threads_for_worker
 from .inputs import MAX_UPLOAD_BYTES, BadRequest, drain, read_request, takes_pairs
 from .metrics import ServeMetrics
 
@@ -104,13 +104,14 @@ class Service:
             return
         self.ready = True
 
-    async def predict(self, inputs: list[Any]) -> list[Any]:
-        """The outputs of one request's inputs; Overloaded at once, TimeoutError past the timeout."""
+    async def predict(self, inputs: list[Any], slot: Slot | None = None) -> list[Any]:
+        """The outputs of one request's inputs (queued in `slot`, if it holds one); Overloaded at
+        once, TimeoutError past the timeout."""
         task = self.batcher.task
         if task is None or task.get_loop() is not asyncio.get_running_loop():
             # no lifespan (a TestClient outside `with`): each request runs alone, still off the loop
             return await asyncio.wait_for(self.batcher.compute(inputs), self.options.request_timeout)
-        return await asyncio.wait_for(self.batcher.submit(inputs), self.options.request_timeout)
+        return await asyncio.wait_for(self.batcher.submit(inputs, slot), self.options.request_timeout)
 
     def health(self) -> dict[str, Any]:
         model = self.model
@@ -210,18 +211,22 @@ def _add_routes(app: Any, service: Service, title: str) -> None:
         if (refused := denied(request)) is not None:
             return refused
         busy = {"Retry-After": "1"}
-        if service.batcher.full or service.batcher.closing:
+        try:  # a place in the queue before the body is read and decoded: a refusal comes first
+            slot = service.batcher.reserve()
+        except Overloaded as err:
             await drain(request, service.max_upload_bytes)  # read, never decoded: the 503 arrives
-            return error(503, "the server is busy: try again in a second", headers=busy)
+            return error(503, f"the server is busy ({err}): try again in a second", headers=busy)
         try:
             inputs, echoes = await read_request(request, model, service.max_upload_bytes)
-            outputs = await service.predict(inputs)
+            outputs = await service.predict(inputs, slot)
         except BadRequest as err:
             return error(err.status, err.message)
         except Overloaded as err:
             return error(503, f"the server is busy ({err}): try again in a second", headers=busy)
         except TimeoutError:
             return error(504, f"no answer within --request-timeout {options.request_timeout:g} s")
+        finally:
+            slot.release()
         pairs = zip(echoes, outputs, strict=True)
         rows = [{"input": e, **model.task.answer(o, model.classes_, TOP_K)} for e, o in pairs]
         return {"predictions": rows}

@@ -13,16 +13,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 SINGLE = 1  # PyTorch threads left to the event loop's thread: it runs no model
+WORKER_NICENESS = 10  # Linux: the event loop's thread gets about 9x the model's CPU share when both wait
 
 
 class Overloaded(Exception):
     """The queue is full (or the server is stopping): answer 503 at once, never wait."""
+
+
+class Slot:
+    """A place in the queue held for a request while its body is read and decoded, so that a
+    request let in is never refused after that work, and one that cannot be is refused first."""
+
+    def __init__(self, batcher: Batcher) -> None:
+        self.batcher, self.held = batcher, True
+
+    def release(self) -> None:
+        if self.held:
+            self.batcher.reading -= 1
+            self.held = False
 
 
 @dataclass
@@ -42,6 +58,16 @@ def torch_threads_for_worker() -> int:
     threads = torch.get_num_threads()
     torch.set_num_threads(SINGLE)
     return threads
+
+
+def start_worker(threads: int) -> None:
+    """The batcher's worker thread: PyTorch's threads, and a lower priority than the event loop's
+    thread (its OpenMP or ONNX Runtime threads, started from it, inherit it), so that under load
+    the loop still answers /health and refusals at once and the model takes the CPU it leaves."""
+    restore_torch_threads(threads)
+    with contextlib.suppress(AttributeError, OSError):  # not on every OS; never fails a server
+        me = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, me, os.getpriority(os.PRIO_PROCESS, me) + WORKER_NICENESS)
 
 
 def restore_torch_threads(threads: int) -> None:
@@ -70,16 +96,27 @@ class Batcher:
         # torch_threads: the worker's PyTorch CPU threads (None: as the process has them)
         setup: dict[str, Any] = {}
         if torch_threads is not None:
-            setup = {"initializer": restore_torch_threads, "initargs": (torch_threads,)}
+            setup = {"initializer": start_worker, "initargs": (torch_threads,)}
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="graft-serve", **setup)
         self.task: asyncio.Task | None = None
         self.closing = False
         self.pending: set[asyncio.Future] = set()  # accepted requests not answered yet
         self._held: Job | None = None  # a request that did not fit the last batch: it starts the next
+        self.reading = 0  # requests holding a Slot: let in, their bodies still being read
 
     @property
     def full(self) -> bool:
-        return self.queue.full()
+        """Requests waiting, with those let in and still being read, fill the queue."""
+        return self.queue.qsize() + self.reading >= self.queue.maxsize
+
+    def reserve(self) -> Slot:
+        """A place for a request about to be read: Overloaded at once when there is none."""
+        if self.closing:
+            raise Overloaded("the server is stopping")
+        if self.full:
+            raise Overloaded(f"{self.queue.maxsize} requests are waiting already")
+        self.reading += 1
+        return Slot(self)
 
     @property
     def depth(self) -> int:
@@ -89,8 +126,11 @@ class Batcher:
         if self.task is None:
             self.task = asyncio.get_running_loop().create_task(self._serve_forever())
 
-    def submit(self, inputs: list[Any]) -> asyncio.Future:
-        """Queue one request's inputs; its future gets their outputs. Overloaded when full."""
+    def submit(self, inputs: list[Any], slot: Slot | None = None) -> asyncio.Future:
+        """Queue one request's inputs (in the `slot` it holds, if any); its future gets their
+        outputs. Overloaded when full or stopping."""
+        if slot is not None:
+            slot.release()  # no await from here to the put: the place cannot be taken meanwhile
         if self.closing:
             raise Overloaded("the server is stopping")
         future = asyncio.get_running_loop().create_future()
