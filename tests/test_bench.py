@@ -103,6 +103,19 @@ def test_the_installed_tree_names_its_version():
         assert tree.src is None and tree.commit.startswith("installed ")
 
 
+def test_the_serve_suite_reads_the_servers_own_503_latency_from_its_access_log():
+    from bench.suites.serve import served_latency
+
+    lines = [
+        "2026-12-07 08:12:07,825 a1 POST /predict 503 5.5ms",
+        "2026-12-07 08:12:07,900 b2 POST /predict 200 80.1ms",
+        "2026-12-07 08:12:08,100 c3 GET /ready 503 1.0ms",
+        "2026-12-07 08:12:08,200 d4 POST /predict 503 50.0ms",
+    ]
+    assert served_latency(lines) == {"server_p99_503_ms": 50.0, "server_max_503_ms": 50.0}
+    assert served_latency(lines[1:3]) == {"server_p99_503_ms": None, "server_max_503_ms": None}
+
+
 def test_rows_the_harness_wrote_do_not_make_a_tree_dirty(tmp_path):
     def git(*args: str) -> None:
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,

@@ -10,9 +10,10 @@ first (`graft.load(run).predict_proba` on batches of 32 of the same inputs, 2 to
 each engine: the faster is the offline figure), then starts one `graft serve RUN` process of the
 tree (cold cache; it races the engines at --max-batch and serves the winner), waits for /ready, and
 loads it at each client count (asyncio + httpx, client timeout 30 s; `load.py`). A row per count:
-req/s and inputs/s of 200s, p50/p99, errors by status, p99 and max latency of the 503s, client
-timeouts, /health p99 polled every 0.2 s during the load, RSS of the server and its children
-sampled over time and its growth from after the first 500 requests to the end, the offline
+req/s and inputs/s of 200s, p50/p99, errors by status, p99 and max latency of the 503s (at the
+client, and in the server's access log: the client's adds the load generator's own queueing on the
+same cores), client timeouts, /health p99 polled every 0.2 s during the load, RSS of the server
+and its children sampled over time and its growth from after the first 500 requests to the end, the offline
 figure and served/offline, and the engine the server chose and why.
 
 - images: 500x375 JPEGs of varied content, one a request (multipart `file`); the run is a
@@ -210,7 +211,9 @@ def serve_rows(
         said = [line for line in log.read_text().splitlines() if line.startswith("engine ")]
         for clients in ctx.options.clients:
             total = ctx.options.requests_total or max(32, 2 * clients)
+            logged = len(log.read_text().splitlines())
             row = measure(base, server.pid, bodies, clients, total, ctx.options.timeout)
+            row |= served_latency(log.read_text().splitlines()[logged:])
             served = row["requests_per_s"] * per_request
             calls = offline["offline_batch_calls_inputs_per_s"]
             rows.append({"row": f"{clients} clients", **row, "inputs_per_request": per_request,
@@ -225,6 +228,19 @@ def serve_rows(
         server.terminate()
         server.wait(timeout=60)
     return rows
+
+
+def served_latency(lines: list[str]) -> dict[str, Any]:
+    """The server's own latency of its 503s (access log: `ID POST /predict STATUS 5.5ms`), from
+    the app receiving the request to its answer: what the client's figure holds beyond it is the
+    load generator's own queueing and the network stack on the same cores."""
+    from bench.suites.serve.load import percentile
+
+    refused = [float(p[-1].removesuffix("ms")) for p in (line.split() for line in lines)
+               if len(p) >= 4 and p[-2] == "503" and p[-3] == "/predict"]  # fmt: skip
+    p99 = percentile(refused, 0.99)
+    return {"server_p99_503_ms": None if p99 is None else round(p99, 1),
+            "server_max_503_ms": max(refused) if refused else None}  # fmt: skip
 
 
 # --------------------------------------------------------------------------- cases
