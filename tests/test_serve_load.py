@@ -254,7 +254,7 @@ def test_the_batch_size_defaults_to_the_modalitys_and_the_flag_overrides_it(imag
     assert _text_app(run_dir, monkeypatch, pairs=False).state.service.batcher.max_batch == 64
 
 
-def test_the_batchers_worker_has_pytorchs_threads_and_the_event_loop_one():
+def test_the_batchers_worker_has_pytorchs_threads_at_a_lower_priority_and_the_event_loop_one():
     """A thread of the event loop's that ran ops with PyTorch's threads would give libgomp more
     threads than cores (see batching.py); a fresh process, not to change this one's threads."""
     code = textwrap.dedent("""
@@ -262,11 +262,20 @@ def test_the_batchers_worker_has_pytorchs_threads_and_the_event_loop_one():
         from graft.serve.batching import Batcher, torch_threads_for_worker
         torch.set_num_threads(3)
         threads = torch_threads_for_worker()
-        batcher = Batcher(lambda xs: [torch.get_num_threads() for _ in xs], 4, 0.0, 4, torch_threads=threads)
-        print(threads, torch.get_num_threads(), asyncio.run(batcher.compute([0]))[0])
+        import os, threading
+        def seen(xs):
+            nice = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            return [(torch.get_num_threads(), nice) for _ in xs]
+        batcher = Batcher(seen, 4, 0.0, 4, torch_threads=threads)
+        worker_threads, worker_nice = asyncio.run(batcher.compute([0]))[0]
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        print(threads, torch.get_num_threads(), worker_threads, worker_nice - base, base)
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["3", "1", "3"]
+    threads, loop, worker, lower, base = out.stdout.split()
+    assert (threads, loop, worker) == ("3", "1", "3")
+    if sys.platform == "linux":  # 10 below the loop's priority, as far as the lowest (19) allows
+        assert int(lower) == min(10, 19 - int(base))
 
 
 def test_bad_text_requests_get_a_4xx_in_grafts_shape(image_run, monkeypatch):
@@ -317,6 +326,30 @@ def test_the_batcher_gathers_holds_over_and_drains():
     assert answers == [[10, 20, 30], [40, 50, 60], [70]]
     assert batches == [[1, 2, 3], [4, 5, 6, 7]]  # [4, 5, 6] did not fit the first batch: it led the next
     assert "stopping" in str(refused)
+
+
+def test_a_request_holds_its_place_while_it_is_read_and_one_past_the_queue_is_refused_first():
+    from graft.serve.batching import Batcher, Overloaded
+
+    async def scenario() -> list[Any]:
+        batcher = Batcher(lambda xs: xs, max_batch=4, max_wait_s=0.0, max_queue=2)
+        first, second = batcher.reserve(), batcher.reserve()  # two bodies being read
+        seen = [batcher.full]
+        try:
+            batcher.reserve()
+        except Overloaded as err:
+            seen.append(str(err))
+        future = batcher.submit([1], first)  # the place it held becomes its place in the queue
+        seen += [batcher.full, batcher.queue.qsize(), batcher.reading]
+        second.release()
+        seen += [batcher.full, batcher.reading]
+        future.cancel()
+        return seen
+
+    full, refused, still_full, queued, reading, after, left = asyncio.run(scenario())
+    assert full and "2 requests are waiting" in refused
+    assert (still_full, queued, reading) == (True, 1, 1)
+    assert (after, left) == (False, 0)
 
 
 def test_serve_options_reach_the_command_line():
