@@ -50,6 +50,20 @@ def spy_on_training_loops(mp: pytest.MonkeyPatch) -> list[float]:
     return ends
 
 
+def hide_module(mp: pytest.MonkeyPatch, name: str) -> None:
+    """`import name` raises ImportError, as where the package is not installed."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def without(module: str, *args: Any, **kwargs: Any) -> Any:
+        if module == name:
+            raise ImportError(module)
+        return real_import(module, *args, **kwargs)
+
+    mp.setattr(builtins, "__import__", without)
+
+
 def isolate(mp: pytest.MonkeyPatch, root: Path) -> Path:
     """Point every cache graft, torch and Hugging Face could touch into `root`, and force offline."""
     root.mkdir(parents=True, exist_ok=True)
@@ -98,6 +112,20 @@ def synthetic_image(label: str, rng: np.random.Generator, size: int = 32) -> np.
     else:
         out[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = 255  # a white square
     return out
+
+
+@pytest.fixture
+def tiny_backbones(monkeypatch: pytest.MonkeyPatch) -> None:
+    """test_pick's tiny backbones in the registry, for one test (the pick's and auto's tests)."""
+    from test_pick import register_tiny
+
+    register_tiny(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small image folder of coloured classes, one per test module."""
+    return make_image_folder(tmp_path_factory.mktemp("colours") / "data", per_class=12, seed=0)
 
 
 def make_image_folder(root: Path, per_class: int, seed: int) -> Path:

@@ -8,21 +8,9 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import make_image_folder
-from test_pick import register_tiny
 
 from graft.cli import main
 from graft.modalities.image import ImageModality
-
-
-@pytest.fixture
-def tiny_backbones(monkeypatch: pytest.MonkeyPatch) -> None:
-    register_tiny(monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image_folder(tmp_path_factory.mktemp("auto") / "data", per_class=12, seed=0)
 
 
 @pytest.fixture

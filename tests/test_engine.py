@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import hide_module
 from PIL import Image
 from torch import nn
 
@@ -125,16 +126,7 @@ def test_an_exporter_error_falls_back_to_torch(monkeypatch: pytest.MonkeyPatch):
 def test_explicit_torch_and_missing_runtime(monkeypatch: pytest.MonkeyPatch):
     _, choice = choose_engine(small_cnn(), batch(), n_inputs=1000, engine="torch")
     assert (choice.name, choice.reason) == ("torch", "--engine torch")
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_ort(name, *args, **kwargs):
-        if name == "onnxruntime":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_ort)
+    hide_module(monkeypatch, "onnxruntime")
     _, choice = choose_engine(small_cnn(), batch(), n_inputs=1000)
     assert choice.name == "torch" and "graft-learn[onnx]" in choice.reason
 

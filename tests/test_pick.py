@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_image_folder
 from torch import nn
 
 from graft.backbones import Backbone, Preprocessing, _registry
@@ -70,16 +69,6 @@ def register_tiny(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, make in TINY.items():
         info = BackboneInfo(name, "local", _builder(name, make()), lambda: {})
         monkeypatch.setitem(entries, name, info)
-
-
-@pytest.fixture
-def tiny_backbones(monkeypatch: pytest.MonkeyPatch) -> None:
-    register_tiny(monkeypatch)
-
-
-@pytest.fixture(scope="module")
-def colours(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_image_folder(tmp_path_factory.mktemp("pick") / "data", per_class=12, seed=0)
 
 
 def _pick(data: Path, candidates: str, capsys, *extra: str) -> dict:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import make_image_folder
+from conftest import hide_module, make_image_folder
 
 import graft
 from graft.options import ServeOptions
@@ -490,16 +490,7 @@ def test_a_parity_failure_keeps_pytorch(image_run, monkeypatch):
 
 
 def test_without_onnxruntime_pytorch_serves_and_says_why_in_one_line(image_run, monkeypatch):
-    import builtins
-
-    real_import = builtins.__import__
-
-    def no_onnxruntime(name, *args, **kwargs):
-        if name == "onnxruntime":
-            raise ImportError(name)
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    hide_module(monkeypatch, "onnxruntime")
     run_dir, files = image_run
     said: list[str] = []
     from graft.serve import create_app
